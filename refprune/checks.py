@@ -1,0 +1,71 @@
+"""Validation of user input: every public entry point goes through :func:`validate`.
+
+Bad input raises ``ValueError``/``TypeError`` naming the problem before any arithmetic;
+user arrays are converted to float64 copies where needed and never written to.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from .nn import Sequential
+from .nn.losses import Loss
+
+Inputs = namedtuple("Inputs", "model grouped X y loss n_samples n_outputs scale")
+
+
+def check_array(a, name, dtype_kinds="fiub"):
+    """``a`` as a finite float64 array; raises if it is not numeric or not finite."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in dtype_kinds:
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN or inf value(s)")
+    return arr
+
+
+def check_params(model, params):
+    """Validate a list of parameter arrays against ``model``; returns float64 arrays."""
+    if not isinstance(model, Sequential):
+        raise TypeError(f"model must be a refprune Sequential, got {type(model).__name__}")
+    if isinstance(params, np.ndarray) or not isinstance(params, (list, tuple)):
+        raise TypeError(
+            "params must be a list of arrays (model.init() or unflatten_params(model, theta)), "
+            f"got {type(params).__name__}"
+        )
+    shapes = model.param_shapes()
+    if len(params) != len(shapes):
+        raise ValueError(f"model has {len(shapes)} parameter arrays, got {len(params)}")
+    out = []
+    for i, (p, shape) in enumerate(zip(params, shapes)):
+        p = check_array(p, f"params[{i}]")
+        if p.shape != tuple(shape):
+            raise ValueError(f"params[{i}] must have shape {tuple(shape)}, got {p.shape}")
+        out.append(p)
+    return out
+
+
+def check_vector(v, n, name="v"):
+    """A tangent ``(n,)`` or a stack ``(K, n)`` of them, finite float64."""
+    v = check_array(v, name)
+    if v.ndim not in (1, 2) or v.shape[-1] != n:
+        raise ValueError(f"{name} must have shape ({n},) or (K, {n}), got {v.shape}")
+    return v
+
+
+def validate(model, params, X, y, loss):
+    """Check and convert all inputs of a loss-based computation."""
+    params = check_params(model, params)
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss must be a refprune loss (CrossEntropyLoss, MSELoss), got {type(loss).__name__}")
+    X = check_array(X, "X")
+    if X.ndim < 2 or X.shape[0] < 1:
+        raise ValueError(f"X must have shape (N, ...) with N >= 1, got {X.shape}")
+    out_shape = model.output_shape(X.shape[1:])
+    if len(out_shape) != 1:
+        raise ValueError(f"the model's per-sample output must be a vector (C,), got shape {out_shape}")
+    n, c = X.shape[0], out_shape[0]
+    y = loss.check_targets(y, n, c)
+    return Inputs(model, model.group_params(params), X, y, loss, n, c, loss.scale(n, c))

@@ -1,0 +1,228 @@
+"""Exact curvature matrices over ``theta``: Hessian, GGN, residual and Fishers.
+
+All are assembled by one routine (``docs/derivations.md`` §4).  For each parameterised
+layer ``l`` with output ``z_l`` (``K_l`` entries per sample) the identity matrix is
+pushed forward from ``z_l`` as ``K_l`` tangents per sample, the loss curvature is
+applied, and the tangents are pulled back, giving ``d(g_n^m)/dz_l`` for the per-sample
+gradient ``g_n^m`` of every later layer ``m >= l``.  Because ``z_l = W_l U_l + b_l``,
+
+    H[theta_l, theta_m] = R sum_n sum_t U_l[n, :, t] (x) d(g_n^m) / dz_l[n, :, t]
+
+which is :meth:`AffineLayer.param_contract`.  Blocks ``m < l`` follow by symmetry.
+The cost is ``O(N n^2)`` multiply-adds, the BLAS limit of the problem, instead of
+``O(N C n^2)`` for ``J^T Lambda J`` or ``n`` separate Hessian-vector products.
+
+Which matrix is built depends on two choices:
+
+=============  ========================  ==========================================
+matrix         loss curvature ``Phi_n``  second-order network terms (``phi''``, ``d U``)
+=============  ========================  ==========================================
+Hessian        ``Lambda_n``              yes
+GGN            ``Lambda_n``              no
+residual       ``0``                     yes   (``H = GGN + residual``)
+true Fisher    ``E_y[g g^T]``            no
+MC Fisher      ``mean_s g_s g_s^T``      no
+emp. Fisher    ``g_obs g_obs^T``         no
+=============  ========================  ==========================================
+"""
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import derivatives as _d
+from .checks import validate
+from .nn import AffineLayer
+
+
+class CurvatureTooLargeError(MemoryError):
+    """An ``n x n`` matrix would not fit in the memory available."""
+
+
+def available_memory():
+    """Bytes of memory available to this process (Linux ``MemAvailable``)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**63
+
+
+def _output_array(n, out, name, max_bytes):
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.shape != (n, n) or out.dtype != np.float64:
+            got = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}"
+            raise ValueError(f"{name}: out must be a float64 array of shape ({n}, {n}), got {got}")
+        if not out.flags.writeable:
+            raise ValueError(f"{name}: out is read-only")
+        return out
+    need = n * n * 8
+    limit = max_bytes if max_bytes is not None else available_memory() - 8 * 4 * _d.CHUNK_FLOATS
+    if need > limit:
+        raise CurvatureTooLargeError(
+            f"{name}: the {n} x {n} float64 matrix needs {need / 2**30:.2f} GiB but only "
+            f"{max(limit, 0) / 2**30:.2f} GiB may be used; pass out=numpy.memmap(path, "
+            f"dtype='float64', mode='w+', shape=({n}, {n})) to write it to disk"
+        )
+    return np.empty((n, n))
+
+
+def _assemble(inp, loss_matvec, second_order, out, progress, name):
+    model, n_samples = inp.model, inp.n_samples
+    offsets = model.param_offsets()
+    L = len(model)
+    out_shapes, s = [], inp.X.shape[1:]
+    for layer in model:
+        s = layer.output_shape(s)
+        out_shapes.append(tuple(s))
+    width = max(int(np.prod(w)) for w in _d._layer_work_shapes(inp))
+    chunk = _d.CHUNK_FLOATS
+    param_layers = [j for j, layer in enumerate(model) if isinstance(layer, AffineLayer)]
+    t_start = time.perf_counter()
+
+    for count, l in enumerate(param_layers):
+        layer_l, out_l = model[l], out_shapes[l]
+        K = int(np.prod(out_l))
+        n_l = layer_l.n_params
+        rows = slice(offsets[l], offsets[l + 1])
+        nc = max(1, chunk // (K * width))
+        for s0 in range(0, n_samples, nc):
+            s1 = min(n_samples, s0 + nc)
+            f, caches, douts = _d._gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
+            seed = np.broadcast_to(np.eye(K).reshape((1, K) + out_l), (s1 - s0, K) + out_l)
+            xdots = [None] * L
+            t = seed
+            for j in range(l + 1, L):
+                xdots[j] = t
+                t = model[j].jvp(inp.grouped[j], caches[j], t)
+            D = loss_matvec(f, inp.y[s0:s1], t, slice(s0, s1))
+            for j in range(L - 1, l - 1, -1):
+                layer = model[j]
+                if isinstance(layer, AffineLayer):
+                    dU = layer.input_tangent_features(xdots[j]) if (second_order and j > l) else None
+                    q_unit = layer.n_params // layer.out_units
+                    per_chunk = max(1, min(chunk // ((s1 - s0) * K), chunk // n_l) // q_unit)
+                    for u0 in range(0, layer.out_units, per_chunk):
+                        u1 = min(layer.out_units, u0 + per_chunk)
+                        T = layer.per_sample_param_grad(caches[j], D, dU, douts[j], units=(u0, u1))
+                        C = layer_l.param_contract(caches[l], T.reshape((s1 - s0,) + out_l + (T.shape[-1],)))
+                        C *= inp.scale
+                        c0 = 0
+                        for a, b in layer.unit_columns((u0, u1)):
+                            target = out[rows, offsets[j] + a : offsets[j] + b]
+                            part = C[:, c0 : c0 + b - a]
+                            if s0 == 0:
+                                target[...] = part
+                            else:
+                                target += part
+                            c0 += b - a
+                if j == l:
+                    break
+                Dn = layer.vjp(inp.grouped[j], caches[j], D)
+                if second_order and xdots[j] is not None:
+                    curv = layer.vjp_curvature(inp.grouped[j], caches[j], douts[j], xdots[j])
+                    if curv is not None:
+                        Dn += curv
+                D = Dn
+        if progress:
+            print(
+                f"{name}: rows of layer {l} ({layer_l!r}) done "
+                f"[{count + 1}/{len(param_layers)}, {time.perf_counter() - t_start:.1f} s]",
+                file=sys.stderr,
+            )
+    # blocks below the diagonal by symmetry, in row tiles to stay cache friendly
+    for a, l in enumerate(param_layers):
+        for m in param_layers[a + 1 :]:
+            src = out[offsets[l] : offsets[l + 1], offsets[m] : offsets[m + 1]]
+            dst = out[offsets[m] : offsets[m + 1], offsets[l] : offsets[l + 1]]
+            for i in range(0, dst.shape[0], 256):
+                dst[i : i + 256] = src[:, i : i + 256].T
+    return out
+
+
+def _hessian_matvec(inp):
+    return lambda f, y, V, idx: inp.loss.hessian_matvec(f, y, V)
+
+
+def hessian(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
+    """The exact Hessian ``d^2 L / dtheta^2``, ``(n, n)`` in flat parameter order.
+
+    Parameters
+    ----------
+    out : ndarray (n, n), optional
+        Array to write into, e.g. a ``numpy.memmap`` for matrices larger than memory;
+        the work is done in blocks of rows per layer, so only temporaries of about
+        ``CHUNK_FLOATS`` values are held besides ``out``.
+    max_bytes : int, optional
+        Refuse (``CurvatureTooLargeError``) to allocate a result larger than this;
+        default: the memory currently available.
+    progress : bool
+        Report each layer's rows on stderr.
+    """
+    inp = validate(model, params, X, y, loss)
+    res = _output_array(model.n_params, out, "hessian", max_bytes)
+    return _assemble(inp, _hessian_matvec(inp), True, res, progress, "hessian")
+
+
+def ggn(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
+    """The generalized Gauss-Newton ``G = R sum_n J_n^T Lambda_n J_n`` (Schraudolph 2002),
+    ``(n, n)``.  Arguments as for :func:`hessian`."""
+    inp = validate(model, params, X, y, loss)
+    res = _output_array(model.n_params, out, "ggn", max_bytes)
+    return _assemble(inp, _hessian_matvec(inp), False, res, progress, "ggn")
+
+
+def residual(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
+    """``H - GGN = R sum_n sum_c (dl_n/df_nc) d^2 f_nc / dtheta^2``, built from the
+    network's second derivatives alone (no loss curvature), ``(n, n)``."""
+    inp = validate(model, params, X, y, loss)
+    res = _output_array(model.n_params, out, "residual", max_bytes)
+    zero = lambda f, y, V, idx: np.zeros_like(V)  # noqa: E731
+    return _assemble(inp, zero, True, res, progress, "residual")
+
+
+FISHER_KINDS = ("true", "mc", "empirical")
+
+
+def fisher(model, params, X, y, loss, kind="true", samples=1, seed=0, out=None, max_bytes=None,
+           progress=False):
+    """A Fisher information matrix ``R sum_n J_n^T Phi_n J_n`` (``CONVENTIONS.md``).
+
+    Parameters
+    ----------
+    kind : {"true", "mc", "empirical"}
+        ``"true"``: ``Phi_n = E_{y ~ p(.|f_n)}[g g^T]`` computed from the likelihood
+        (categorical for cross-entropy, Gaussian with variance 1/2 for squared error);
+        it equals the GGN.  ``"mc"``: the expectation replaced by the mean over
+        ``samples`` labels drawn with ``numpy.random.default_rng(seed)``.
+        ``"empirical"``: ``Phi_n = g g^T`` at the observed targets ``y``.
+    """
+    if kind not in FISHER_KINDS:
+        raise ValueError(f"fisher: kind must be one of {FISHER_KINDS}, got {kind!r}")
+    inp = validate(model, params, X, y, loss)
+    res = _output_array(model.n_params, out, f"fisher ({kind})", max_bytes)
+    if kind == "true":
+        matvec = lambda f, y, V, idx: inp.loss.fisher_matvec(f, V)  # noqa: E731
+    else:
+        if kind == "mc":
+            if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
+                raise ValueError(f"fisher: samples must be a positive int, got {samples!r}")
+            f_all, _ = _d.forward(inp)
+            targets = inp.loss.sample(f_all, np.random.default_rng(seed), int(samples))
+        else:
+            targets = inp.y[None]
+
+        def matvec(f, y, V, idx):
+            # Phi V = mean_s g_s (g_s . V) with g_s = dl/df at the s-th target
+            G = np.stack([inp.loss.grad(f, t[idx]) for t in targets], axis=1)  # (N, S, C)
+            return np.matmul(np.matmul(V, G.transpose(0, 2, 1)), G) / G.shape[1]
+
+    return _assemble(inp, matvec, False, res, progress, f"fisher ({kind})")

@@ -1,0 +1,174 @@
+"""Loss, gradient, per-sample gradients and Hessian-vector products, by hand.
+
+Notation (``docs/derivations.md``): ``x_j`` is the input of layer ``j``, ``d_j`` the
+cotangent ``dl_n/dx_{j+1}`` at its output, ``R{.}`` Pearlmutter's operator
+``d/de (.)(theta + e v)`` (Pearlmutter 1994, "Fast exact multiplication by the
+Hessian", §3-4).  Every pass handles ``K`` directions at once: tangents are
+``(N, K, *shape)``.
+"""
+
+import numpy as np
+
+from .checks import check_vector, validate
+from .nn import AffineLayer
+
+#: number of float64 values a temporary array may hold before work is split in chunks
+CHUNK_FLOATS = 2**23
+
+
+def forward(inp, X=None):
+    """Network output and caches for ``inp.X`` (or a slice ``X`` of it)."""
+    return inp.model.forward_with_caches(inp.grouped, inp.X if X is None else X)
+
+
+def first_param_layer(model):
+    return next((j for j, layer in enumerate(model) if isinstance(layer, AffineLayer)), len(model))
+
+
+def backward(inp, caches, d_out):
+    """Cotangents at every layer's output, ``d_out`` ``(N, K, C)`` at the network's.
+
+    Stops once the first parameterised layer is reached (the input needs none).
+    """
+    model = inp.model
+    stop = first_param_layer(model)
+    douts = [None] * len(model)
+    d = d_out
+    for j in range(len(model) - 1, stop - 1, -1):
+        douts[j] = d
+        if j > stop:
+            d = model[j].vjp(inp.grouped[j], caches[j], d)
+    return douts
+
+
+def _gradient_pass(inp, X=None, y=None):
+    """Forward, loss derivative and backward pass on the batch (or a slice of it)."""
+    X = inp.X if X is None else X
+    y = inp.y if y is None else y
+    f, caches = forward(inp, X)
+    douts = backward(inp, caches, inp.loss.grad(f, y)[:, None])
+    return f, caches, douts
+
+
+def loss(model, params, X, y, loss):
+    """``L(theta) = R sum_n l_n`` as a Python float (``CONVENTIONS.md``)."""
+    inp = validate(model, params, X, y, loss)
+    f, _ = forward(inp)
+    return float(inp.scale * np.sum(inp.loss.per_sample(f, inp.y)))
+
+
+def grad(model, params, X, y, loss):
+    """Gradient ``dL/dtheta`` of shape ``(n,)``, in flat parameter order."""
+    inp = validate(model, params, X, y, loss)
+    _, caches, douts = _gradient_pass(inp)
+    parts = [
+        layer.param_grad(caches[j], douts[j])[0]
+        for j, layer in enumerate(model)
+        if isinstance(layer, AffineLayer)
+    ]
+    return inp.scale * np.concatenate(parts)
+
+
+def per_sample_grads(model, params, X, y, loss):
+    """Per-sample gradients ``R dl_n/dtheta`` of shape ``(N, n)``; rows sum to :func:`grad`.
+
+    For the unscaled ``dl_n/dtheta`` divide by ``R`` (``1/N`` for cross-entropy "mean",
+    ``1/(N C)`` for squared-error "mean", ``1`` for "sum").
+    """
+    inp = validate(model, params, X, y, loss)
+    _, caches, douts = _gradient_pass(inp)
+    out = np.empty((inp.n_samples, model.n_params))
+    offsets = model.param_offsets()
+    for j, layer in enumerate(model):
+        if isinstance(layer, AffineLayer):
+            out[:, offsets[j] : offsets[j + 1]] = layer.per_sample_param_grad(caches[j], douts[j])[:, 0]
+    out *= inp.scale
+    return out
+
+
+def _hvp_block(inp, caches, douts, f, V):
+    """Pearlmutter's R-operator for ``K`` parameter tangents ``V`` ``(K, n)``.
+
+    Forward: ``R{x_{j+1}} = J_j R{x_j} + (dW_j) U_j + db_j``.
+    Loss: ``R{d_L} = Lambda R{f}``.
+    Backward: ``R{d_{j-1}} = J_j^T R{d_j} + [R{J_j^T}] d_j`` where the bracket is the
+    activation's ``phi'' R{z}`` term and, for affine layers, ``dW^T d_j``;
+    ``R{grad W_j} = sum_n R{d_j} U_j^T + d_j R{U_j}^T`` (docs §5).
+    """
+    model = inp.model
+    offsets = model.param_offsets()
+    k = V.shape[0]
+    dparams = []
+    for j, layer in enumerate(model):
+        chunk = V[:, offsets[j] : offsets[j + 1]]
+        shapes, parts, i = layer.param_shapes(), [], 0
+        for s in shapes:
+            size = int(np.prod(s))
+            parts.append(chunk[:, i : i + size].reshape((k,) + tuple(s)))
+            i += size
+        dparams.append(parts)
+
+    xdots = [None] * len(model)  # tangent of each layer's input (None: zero)
+    t = None
+    for j, layer in enumerate(model):
+        xdots[j] = t
+        out = layer.jvp(inp.grouped[j], caches[j], t) if t is not None else None
+        if isinstance(layer, AffineLayer):
+            pj = layer.param_jvp(inp.grouped[j], caches[j], dparams[j])
+            out = pj if out is None else out + pj
+        t = out
+    D = inp.loss.hessian_matvec(f, inp.y, t)
+
+    result = np.empty((k, model.n_params))
+    stop = first_param_layer(model)
+    for j in range(len(model) - 1, stop - 1, -1):
+        layer, p, cache, d0, xd = model[j], inp.grouped[j], caches[j], douts[j], xdots[j]
+        if isinstance(layer, AffineLayer):
+            block = layer.param_grad(cache, D)
+            if xd is not None:
+                block += layer.param_grad_input_tangent(layer.input_tangent_features(xd), d0)
+            result[:, offsets[j] : offsets[j + 1]] = block
+        if j == stop:
+            break
+        Dn = layer.vjp(p, cache, D)
+        if xd is not None:
+            curv = layer.vjp_curvature(p, cache, d0, xd)
+            if curv is not None:
+                Dn += curv
+        if isinstance(layer, AffineLayer):
+            Dn += layer.param_vjp_tangent(p, cache, dparams[j], d0)
+        D = Dn
+    return result
+
+
+def hvp(model, params, X, y, loss, v):
+    """Hessian-vector product ``H v`` by the R-operator, without forming ``H``.
+
+    ``v`` is ``(n,)`` or a stack ``(K, n)`` of directions, all propagated at once
+    (split into chunks that keep temporaries under ``CHUNK_FLOATS`` values).
+    Returns the same shape as ``v``.
+    """
+    inp = validate(model, params, X, y, loss)
+    v = check_vector(v, model.n_params)
+    V = np.atleast_2d(v)
+    f, caches, douts = _gradient_pass(inp)
+    width = max(int(np.prod(s)) for s in _layer_work_shapes(inp))
+    step = max(1, CHUNK_FLOATS // max(1, inp.n_samples * width))
+    out = np.concatenate([_hvp_block(inp, caches, douts, f, V[i : i + step]) for i in range(0, len(V), step)])
+    out *= inp.scale
+    return out if v.ndim == 2 else out[0]
+
+
+def _layer_work_shapes(inp):
+    """Per-sample shapes of each layer's input, output and (for conv) im2col features,
+    used to size chunks of tangent work."""
+    shapes, s = [], inp.X.shape[1:]
+    for layer in inp.model:
+        shapes.append(s)
+        out = layer.output_shape(s)
+        if isinstance(layer, AffineLayer):
+            r = layer.n_weight // layer.out_units
+            shapes.append((r, int(np.prod(out)) // layer.out_units))
+        s = out
+        shapes.append(s)
+    return shapes

@@ -1,0 +1,197 @@
+"""Layers affine in their parameters: ``z = W_r U(x) + b`` (Linear and Conv2d).
+
+Both layers are written as a weight matrix ``W_r`` of shape ``(c_out, r)`` times
+*features* ``U(x)`` of shape ``(N, r, T)``: for ``Linear`` ``U = x`` with ``T = 1``; for
+``Conv2d`` ``U`` is the im2col unfolding with ``T`` output locations and
+``r = c_in kh kw``.  Every parameter derivative is then one formula for both layers
+(``docs/derivations.md`` §2):
+
+* per-sample gradient ``dL/dW_r = sum_t dz[:, t] U[:, t]^T`` and ``dL/db = sum_t dz[:, t]``;
+* the flat parameter order is PyTorch's: ``weight.ravel()`` then ``bias``, and
+  ``weight.ravel()`` equals ``W_r.ravel()`` because ``r`` is ordered ``(c_in, kh, kw)``.
+"""
+
+import numpy as np
+
+from .base import Layer, merge_tangent_axis, split_tangent_axis
+
+
+class AffineLayer(Layer):
+    """Shared parameter calculus of :class:`Linear` and :class:`Conv2d`.
+
+    Subclasses provide ``features`` (``(B, *in) -> (B, r, T)``), its adjoint
+    ``features_adjoint`` (``(B, r, T), in_shape -> (B, *in)``) and the reshapes
+    between ``(B, c_out, T)`` and the layer's output layout.
+    """
+
+    param_names = ("weight", "bias")
+    out_units = None  # c_out; set by subclasses
+    bias = True
+
+    # -- subclass hooks ---------------------------------------------------------
+    def features(self, x):
+        raise NotImplementedError
+
+    def features_adjoint(self, dU, in_shape):
+        raise NotImplementedError
+
+    def to_output(self, z, in_shape):
+        """``(B, c_out, T) -> (B, *out)`` for per-sample input shape ``in_shape``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def from_output(y):
+        """``(B, c_out, *spatial) -> (B, c_out, T)``."""
+        return y.reshape(y.shape[0], y.shape[1], -1)
+
+    # -- parameters -----------------------------------------------------------
+    def param_shapes(self):
+        shapes = [self.weight_shape]
+        if self.bias:
+            shapes.append((self.out_units,))
+        return shapes
+
+    def init(self, rng):
+        # PyTorch's default: kaiming_uniform_(a=sqrt(5)) on the weight gives
+        # U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias uses the same bound.
+        fan_in = int(np.prod(self.weight_shape[1:]))
+        bound = 1.0 / np.sqrt(fan_in)
+        return [rng.uniform(-bound, bound, size=s) for s in self.param_shapes()]
+
+    def _w(self, params):
+        return params[0].reshape(self.out_units, -1)
+
+    @property
+    def n_weight(self):
+        return int(np.prod(self.weight_shape))
+
+    # -- forward and its derivatives with respect to the input ------------------
+    def forward(self, params, x):
+        U = self.features(x)
+        z = np.matmul(self._w(params), U)
+        if self.bias:
+            z += params[1][:, None]
+        return self.to_output(z, x.shape[1:]), (U, x.shape[1:])
+
+    def jvp(self, params, cache, dx):
+        n = dx.shape[0]
+        dU = self.features(merge_tangent_axis(dx))
+        return split_tangent_axis(self.to_output(np.matmul(self._w(params), dU), cache[1]), n)
+
+    def vjp(self, params, cache, dy):
+        n = dy.shape[0]
+        dz = self.from_output(merge_tangent_axis(dy))
+        dU = np.matmul(self._w(params).T, dz)
+        return split_tangent_axis(self.features_adjoint(dU, cache[1]), n)
+
+    # -- derivatives involving the parameters -----------------------------------
+    def param_jvp(self, params, cache, dparams):
+        """Output tangent ``dW_r U + db`` for parameter tangents with a leading ``K``.
+
+        ``dparams`` is ``[dW (K, *weight_shape), db (K, c_out)]``; returns ``(N, K, *out)``.
+        """
+        U = cache[0]
+        k = dparams[0].shape[0]
+        dW = dparams[0].reshape(k * self.out_units, -1)
+        dz = np.matmul(dW, U).reshape(U.shape[0], k, self.out_units, U.shape[2])
+        if self.bias:
+            dz += dparams[1][None, :, :, None]
+        out = self.to_output(merge_tangent_axis(dz), cache[1])
+        return split_tangent_axis(out, U.shape[0])
+
+    def param_vjp_tangent(self, params, cache, dparams, dy0):
+        """``dW_r^T dy0`` mapped back to the input layout: the parameter part of the
+        backward R-operator.  ``dy0`` is ``(N, 1, *out)``; returns ``(N, K, *in)``."""
+        n = dy0.shape[0]
+        k = dparams[0].shape[0]
+        dWt = dparams[0].reshape(k, self.out_units, -1).transpose(0, 2, 1)
+        dz0 = self.from_output(dy0[:, 0])  # (N, c_out, T)
+        dU = np.matmul(dWt[None], dz0[:, None])  # (N, K, r, T)
+        return split_tangent_axis(self.features_adjoint(merge_tangent_axis(dU), cache[1]), n)
+
+    def input_tangent_features(self, dx):
+        """Features of an input tangent ``(N, K, *in) -> (N, K, r, T)``."""
+        n = dx.shape[0]
+        return split_tangent_axis(self.features(merge_tangent_axis(dx)), n)
+
+    def param_contract(self, cache, T):
+        """Batch parameter gradient with trailing axes: ``sum_{n,t} U[n,r,t] T[n,c,t,q]``.
+
+        ``T`` has shape ``(N, *out, q)``; returns ``(n_params, q)`` in flat order.  With
+        ``q`` cotangent directions this is the summed gradient for each; with ``T`` the
+        derivative of another layer's gradient with respect to this layer's output it is
+        a block of the Hessian (``docs/derivations.md`` §4).
+        """
+        U = cache[0]
+        n, r, t = U.shape
+        q = T.shape[-1]
+        Tz = T.reshape(n, self.out_units, t, q)
+        out = np.empty((self.n_params, q))
+        w = out[: self.n_weight].reshape(self.out_units, r, q)
+        if t == 1:
+            np.matmul(U[:, :, 0].T, Tz[:, :, 0, :].transpose(1, 0, 2), out=w)
+        else:
+            Ur = U.transpose(1, 0, 2).reshape(r, n * t)
+            Tc = Tz.transpose(1, 0, 2, 3).reshape(self.out_units, n * t, q)
+            np.matmul(Ur, Tc, out=w)
+        if self.bias:
+            Tz.sum(axis=(0, 2), out=out[self.n_weight:])
+        return out
+
+    def param_grad(self, cache, dy):
+        """Summed parameter gradients for cotangents ``dy`` of shape ``(N, K, *out)``;
+        returns ``(K, n_params)``."""
+        return self.param_contract(cache, np.moveaxis(dy, 1, -1)).T
+
+    def param_grad_input_tangent(self, dU, dy0):
+        """``sum_{n,t} dy0[n,c,t] dU[n,k,r,t]``: the part of the R-operator of the
+        weight gradient that comes from an input tangent (``dU`` its features
+        ``(N, K, r, T)``, ``dy0`` the first-order cotangent ``(N, 1, *out)``).
+        Returns ``(K, n_params)`` (zero for the bias, which has no input factor)."""
+        n, k, r, t = dU.shape
+        dz0 = self.from_output(dy0[:, 0])  # (N, c_out, T)
+        lhs = dU.transpose(1, 2, 0, 3).reshape(k, r, n * t)
+        rhs = dz0.transpose(0, 2, 1).reshape(n * t, self.out_units)
+        out = np.zeros((k, self.n_params))
+        out[:, : self.n_weight] = np.matmul(lhs, rhs).transpose(0, 2, 1).reshape(k, -1)
+        return out
+
+    def per_sample_param_grad(self, cache, dy, dU=None, dy0=None, units=None):
+        """Per-sample parameter gradients ``(N, K, n_sel)`` for cotangents ``dy``.
+
+        With ``dU`` (input-tangent features) and ``dy0`` (first-order cotangent) the
+        bilinear term ``dy0 x dU`` is added: the result is then the tangent of the
+        per-sample gradient (``docs/derivations.md`` §4).  ``units = (u0, u1)`` keeps
+        output units ``u0 .. u1-1`` only, in the order ``[weight rows, biases]``.
+        """
+        U = cache[0]
+        n, r, t = U.shape
+        u0, u1 = units if units is not None else (0, self.out_units)
+        nu = u1 - u0
+        k = dy.shape[1]
+        dz = self.from_output(merge_tangent_axis(dy)).reshape(n, k, self.out_units, t)[:, :, u0:u1]
+        out = np.empty((n, k, nu * r + (nu if self.bias else 0)))
+        w = out[:, :, : nu * r].reshape(n, k, nu, r)
+        if t == 1:
+            np.multiply(dz, U[:, None, None, :, 0], out=w)
+        else:
+            np.matmul(dz, U.transpose(0, 2, 1)[:, None], out=w)
+        if dU is not None:
+            dz0 = self.from_output(dy0[:, 0])[:, None, u0:u1]  # (N, 1, nu, T)
+            if t == 1:
+                w += dz0 * dU[:, :, None, :, 0]
+            else:
+                w += np.matmul(dz0, dU.transpose(0, 1, 3, 2))
+        if self.bias:
+            dz.sum(axis=-1, out=out[:, :, nu * r:])
+        return out
+
+    def unit_columns(self, units):
+        """Flat parameter ranges covered by output units ``(u0, u1)``:
+        ``[(start, stop) of the weights, (start, stop) of the biases]``."""
+        u0, u1 = units
+        r = self.n_weight // self.out_units
+        ranges = [(u0 * r, u1 * r)]
+        if self.bias:
+            ranges.append((self.n_weight + u0, self.n_weight + u1))
+        return ranges

@@ -1,0 +1,80 @@
+"""The layer protocol shared by every building block of a :class:`Sequential`.
+
+Layers hold no state: parameters are passed in and every forward pass returns a
+``cache`` that the derivative methods read (``docs/derivations.md`` §1).  Arrays that
+carry derivatives have a *tangent axis*: primal activations are ``(N, *shape)``,
+tangents and cotangents ``(N, K, *shape)`` with ``K`` directions per sample, so many
+Jacobian-vector products run as one matrix product.
+
+Method summary (``x`` input, ``y`` output, ``J = dy/dx`` per sample):
+
+=====================  =====================================================
+``forward``            ``y = layer(params, x)`` and the cache
+``jvp``                ``J dx`` for ``dx`` of shape ``(N, K, *in)``
+``vjp``                ``J^T dy`` for ``dy`` of shape ``(N, K, *out)``
+``vjp_curvature``      the second-order part of the R-operator of ``vjp``:
+                       ``d/de [J(x + e dx)^T dy0]`` (zero for layers linear in ``x``)
+=====================  =====================================================
+"""
+
+import numpy as np
+
+
+class Layer:
+    """Base class: a parameter-free layer that is linear in its input.
+
+    Subclasses override :meth:`output_shape`, :meth:`forward`, :meth:`jvp` and
+    :meth:`vjp`; nonlinear ones also :meth:`vjp_curvature`.
+    """
+
+    #: names of the parameter arrays, in PyTorch's order
+    param_names = ()
+
+    def param_shapes(self):
+        """Shapes of this layer's parameter arrays, in PyTorch's order."""
+        return []
+
+    def init(self, rng):
+        """Draw initial parameters from ``rng`` (a ``numpy.random.Generator``)."""
+        return []
+
+    def output_shape(self, in_shape):
+        """Per-sample output shape for per-sample input shape ``in_shape``.
+
+        Raises ``ValueError`` naming the layer when the input does not fit it.
+        """
+        raise NotImplementedError
+
+    def forward(self, params, x):
+        raise NotImplementedError
+
+    def jvp(self, params, cache, dx):
+        raise NotImplementedError
+
+    def vjp(self, params, cache, dy):
+        raise NotImplementedError
+
+    def vjp_curvature(self, params, cache, dy0, dx):
+        """Second-order term of the backward R-operator; ``None`` means zero.
+
+        ``dy0`` is the first-order cotangent ``(N, 1, *out)``, ``dx`` an input tangent
+        ``(N, K, *in)``; the result has the shape of ``dx``.
+        """
+        return None
+
+    @property
+    def n_params(self):
+        return int(sum(np.prod(s, dtype=np.int64) for s in self.param_shapes()))
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def merge_tangent_axis(a):
+    """``(N, K, *shape) -> (N*K, *shape)`` (a view when possible)."""
+    return a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
+
+
+def split_tangent_axis(a, n):
+    """``(N*K, *shape) -> (N, K, *shape)``."""
+    return a.reshape((n, a.shape[0] // n) + a.shape[1:])

@@ -1,0 +1,125 @@
+"""Losses with PyTorch's semantics (``docs/derivations.md`` §3, ``CONVENTIONS.md``).
+
+``L = R sum_n l_n`` with the per-sample loss ``l_n`` summed over outputs:
+
+* :class:`CrossEntropyLoss`: ``l_n = -log softmax(f_n)[y_n]``; ``R = 1/N`` ("mean") or 1.
+* :class:`MSELoss`: ``l_n = sum_c (f_nc - y_nc)^2``; ``R = 1/(N C)`` ("mean") or 1.
+
+Each loss also gives the per-sample loss Hessian ``Lambda_n = d^2 l_n / df_n^2`` as a
+matrix product, the Fisher's ``E_y[g g^T]`` for its likelihood, and samples from that
+likelihood.
+"""
+
+import numpy as np
+
+_REDUCTIONS = ("mean", "sum")
+
+
+class Loss:
+    def __init__(self, reduction="mean"):
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"{type(self).__name__}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def __repr__(self):
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+
+def log_softmax(f):
+    m = f.max(axis=-1, keepdims=True)
+    s = f - m
+    return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax cross-entropy on integer labels ``y`` of shape ``(N,)`` in ``[0, C)``.
+
+    Likelihood: categorical with ``p = softmax(f)``.  Then
+    ``grad = p - e_y`` and ``Lambda = diag(p) - p p^T``.
+    """
+
+    def check_targets(self, y, n, c):
+        y = np.asarray(y)
+        if y.shape != (n,):
+            raise ValueError(f"CrossEntropyLoss: labels must have shape ({n},), got {y.shape}")
+        if y.dtype.kind == "f":
+            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+                raise ValueError("CrossEntropyLoss: labels must be integers, got non-integer values")
+        elif y.dtype.kind not in "iu":
+            raise ValueError(f"CrossEntropyLoss: labels must be integers, got dtype {y.dtype}")
+        if n and (y.min() < 0 or y.max() >= c):
+            raise ValueError(f"CrossEntropyLoss: labels must lie in [0, {c}), got range [{y.min()}, {y.max()}]")
+        return y.astype(np.int64)
+
+    def scale(self, n, c):
+        return 1.0 / n if self.reduction == "mean" else 1.0
+
+    def per_sample(self, f, y):
+        return -np.take_along_axis(log_softmax(f), y[:, None], axis=1)[:, 0]
+
+    def grad(self, f, y):
+        g = np.exp(log_softmax(f))
+        g[np.arange(len(y)), y] -= 1.0
+        return g
+
+    def hessian_matvec(self, f, y, V):
+        """``Lambda_n V_n = p * V - p (p . V)`` for ``V`` of shape ``(N, K, C)``."""
+        p = np.exp(log_softmax(f))[:, None]
+        return p * V - p * np.sum(p * V, axis=-1, keepdims=True)
+
+    def fisher_matvec(self, f, V):
+        """``E_{y ~ p}[g(y) g(y)^T] V`` evaluated as the sum over all ``C`` labels of
+        ``p_y (p - e_y)(p - e_y)^T`` (no closed form used, so ``F = GGN`` is a test)."""
+        p = np.exp(log_softmax(f))
+        c = p.shape[1]
+        G = p[:, None, :] - np.eye(c)[None]  # (N, y, C): g(y) = p - e_y
+        E = np.einsum("nyc,ny,nyd->ncd", G, p, G)
+        return np.matmul(V, E)  # E symmetric
+
+    def sample(self, f, rng, samples):
+        """``samples`` labels per sample from ``softmax(f)``: ``(samples, N)`` ints."""
+        cdf = np.cumsum(np.exp(log_softmax(f)), axis=1)
+        u = rng.random((samples, f.shape[0], 1))
+        return np.minimum((u > cdf[None]).sum(axis=-1), f.shape[1] - 1)
+
+
+class MSELoss(Loss):
+    """Squared error on targets ``y`` of shape ``(N, C)``, no factor 1/2 (PyTorch).
+
+    Likelihood: Gaussian with variance ``1/2`` per output, so that
+    ``-log p(y | f) = (f - y)^2 + const``.  ``grad = 2 (f - y)``, ``Lambda = 2 I``.
+    """
+
+    #: variance of the Gaussian likelihood that makes ``l_n`` its negative log-density
+    variance = 0.5
+
+    def check_targets(self, y, n, c):
+        y = np.asarray(y)
+        if y.shape != (n, c):
+            raise ValueError(f"MSELoss: targets must have shape ({n}, {c}), got {y.shape}")
+        if y.dtype.kind not in "fiub":
+            raise ValueError(f"MSELoss: targets must be numeric, got dtype {y.dtype}")
+        y = y.astype(np.float64)
+        if not np.all(np.isfinite(y)):
+            raise ValueError("MSELoss: targets contain NaN or inf")
+        return y
+
+    def scale(self, n, c):
+        return 1.0 / (n * c) if self.reduction == "mean" else 1.0
+
+    def per_sample(self, f, y):
+        return np.sum((f - y) ** 2, axis=1)
+
+    def grad(self, f, y):
+        return 2.0 * (f - y)
+
+    def hessian_matvec(self, f, y, V):
+        return 2.0 * V
+
+    def fisher_matvec(self, f, V):
+        """``E[g g^T] = 4 Cov(y) = 4 * variance * I`` for ``g = 2 (f - y)``."""
+        return (4.0 * self.variance) * V
+
+    def sample(self, f, rng, samples):
+        """Targets ``(samples, N, C)`` from ``N(f, variance I)``."""
+        return f[None] + np.sqrt(self.variance) * rng.standard_normal((samples,) + f.shape)
