@@ -90,14 +90,23 @@ def _assemble(inp, loss_matvec, second_order, out, progress, name):
 
     for count, l in enumerate(param_layers):
         layer_l, out_l = model[l], out_shapes[l]
-        K = int(np.prod(out_l))
         n_l = layer_l.n_params
+        # Seed choice (docs §4): the identity on z_l (K = |z_l| directions per sample,
+        # contracted with U_l at the end) or the parameter Jacobian dz_l/dtheta_l
+        # (K = n_l directions, giving the rows directly); the smaller K wins.
+        K_id = int(np.prod(out_l))
+        jacobian_seed = n_l < K_id
+        K = n_l if jacobian_seed else K_id
         rows = slice(offsets[l], offsets[l + 1])
         nc = max(1, chunk // (K * width))
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
+            first = s0 == 0
             f, caches, douts = _d._gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
-            seed = np.broadcast_to(np.eye(K).reshape((1, K) + out_l), (s1 - s0, K) + out_l)
+            if jacobian_seed:
+                seed = layer_l.param_jvp(inp.grouped[l], caches[l], _split_identity(layer_l))
+            else:
+                seed = np.broadcast_to(np.eye(K).reshape((1, K) + out_l), (s1 - s0, K) + out_l)
             xdots = [None] * L
             t = seed
             for j in range(l + 1, L):
@@ -108,22 +117,15 @@ def _assemble(inp, loss_matvec, second_order, out, progress, name):
                 layer = model[j]
                 if isinstance(layer, AffineLayer):
                     dU = layer.input_tangent_features(xdots[j]) if (second_order and j > l) else None
-                    q_unit = layer.n_params // layer.out_units
-                    per_chunk = max(1, min(chunk // ((s1 - s0) * K), chunk // n_l) // q_unit)
-                    for u0 in range(0, layer.out_units, per_chunk):
-                        u1 = min(layer.out_units, u0 + per_chunk)
-                        T = layer.per_sample_param_grad(caches[j], D, dU, douts[j], units=(u0, u1))
-                        C = layer_l.param_contract(caches[l], T.reshape((s1 - s0,) + out_l + (T.shape[-1],)))
-                        C *= inp.scale
-                        c0 = 0
-                        for a, b in layer.unit_columns((u0, u1)):
-                            target = out[rows, offsets[j] + a : offsets[j] + b]
-                            part = C[:, c0 : c0 + b - a]
-                            if s0 == 0:
-                                target[...] = part
-                            else:
-                                target += part
-                            c0 += b - a
+                    cols = slice(offsets[j], offsets[j + 1])
+                    if jacobian_seed:
+                        block = layer.param_grad(caches[j], D)
+                        if dU is not None:
+                            block += layer.param_grad_input_tangent(dU, douts[j])
+                        _accumulate(out[rows, cols], block, inp.scale, first)
+                    else:
+                        _rows_from_identity_seed(out, rows, offsets[j], layer_l, caches[l], layer, caches[j],
+                                                 D, dU, douts[j], inp.scale, first, chunk)
                 if j == l:
                     break
                 Dn = layer.vjp(inp.grouped[j], caches[j], D)
@@ -146,6 +148,43 @@ def _assemble(inp, loss_matvec, second_order, out, progress, name):
             for i in range(0, dst.shape[0], 256):
                 dst[i : i + 256] = src[:, i : i + 256].T
     return out
+
+
+def _split_identity(layer):
+    """The identity over a layer's flat parameters as per-array tangents with a leading
+    axis: ``[dW (n_l, *weight_shape), db (n_l, c_out)]``."""
+    eye = np.eye(layer.n_params)
+    parts, i = [], 0
+    for shape in layer.param_shapes():
+        size = int(np.prod(shape))
+        parts.append(eye[:, i : i + size].reshape((layer.n_params,) + tuple(shape)))
+        i += size
+    return parts
+
+
+def _accumulate(target, block, scale, first):
+    if first:
+        np.multiply(block, scale, out=target)
+    else:
+        target += scale * block
+
+
+def _rows_from_identity_seed(out, rows, col0, layer_l, cache_l, layer_m, cache_m, D, dU, d0, scale, first, chunk):
+    """Rows of layer ``l`` against the columns of layer ``m`` when the tangents were seeded
+    with the identity on ``z_l``: form the tangent of ``m``'s per-sample gradient for a
+    few output units at a time and contract it with ``U_l`` (``param_contract``)."""
+    n, K = D.shape[:2]
+    n_l = layer_l.n_params
+    q_unit = layer_m.n_params // layer_m.out_units
+    per_chunk = max(1, min(chunk // (n * K), chunk // n_l) // q_unit)
+    for u0 in range(0, layer_m.out_units, per_chunk):
+        u1 = min(layer_m.out_units, u0 + per_chunk)
+        T = layer_m.per_sample_param_grad(cache_m, D, dU, d0, units=(u0, u1))
+        C = layer_l.param_contract(cache_l, T.reshape((n,) + layer_l.out_shape_of(cache_l) + (T.shape[-1],)))
+        c0 = 0
+        for a, b in layer_m.unit_columns((u0, u1)):
+            _accumulate(out[rows, col0 + a : col0 + b], C[:, c0 : c0 + b - a], scale, first)
+            c0 += b - a
 
 
 def _hessian_matvec(inp):

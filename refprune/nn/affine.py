@@ -58,6 +58,10 @@ class AffineLayer(Layer):
         bound = 1.0 / np.sqrt(fan_in)
         return [rng.uniform(-bound, bound, size=s) for s in self.param_shapes()]
 
+    def out_shape_of(self, cache):
+        """Per-sample output shape of the forward pass that produced ``cache``."""
+        return tuple(self.output_shape(cache[1]))
+
     def _w(self, params):
         return params[0].reshape(self.out_units, -1)
 
