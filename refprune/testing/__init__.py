@@ -1,0 +1,15 @@
+"""Public testing kit: finite-difference checkers, a ``theta``-function view of a
+loss, kink margins and (in :mod:`refprune.testing.strategies`, needs hypothesis)
+strategies that draw architectures, parameters and data."""
+
+from .finite_differences import (
+    assert_close, check_grad, check_hessian, check_hvp, check_jvp, check_vjp, default_step,
+    directional_derivative,
+)
+from .kinks import kink_margin
+from .objective import Objective
+
+__all__ = [
+    "directional_derivative", "default_step", "assert_close", "check_grad", "check_jvp",
+    "check_vjp", "check_hvp", "check_hessian", "Objective", "kink_margin",
+]

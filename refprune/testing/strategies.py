@@ -1,0 +1,126 @@
+"""Hypothesis strategies that draw refprune architectures, parameters and data.
+
+Public so that other projects can property-test their own implementations against
+refprune, e.g.::
+
+    from hypothesis import given
+    from refprune.testing.strategies import problems
+
+    @given(problems())
+    def test_my_hessian(p):
+        H_ref = rp.hessian(p.model, p.params, p.X, p.y, p.loss)
+        ...
+
+Arrays are generated from a drawn seed with ``numpy.random.default_rng`` (cheap,
+reproducible and shrinkable through the seed); sizes are kept small so that dense
+reference computations stay fast.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+try:
+    from hypothesis import strategies as st
+except ImportError as err:  # pragma: no cover
+    raise ImportError(
+        "refprune.testing.strategies needs hypothesis: pip install 'refprune[test]'"
+    ) from err
+
+from ..nn import (
+    AvgPool2d, Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, MSELoss, ReLU, Sequential,
+    Sigmoid, Softplus, Tanh,
+)
+
+#: every activation type, for strategies that draw one
+ACTIVATIONS = (ReLU, Tanh, Sigmoid, Softplus)
+#: activations that are smooth everywhere
+SMOOTH_ACTIVATIONS = (Tanh, Sigmoid, Softplus)
+
+Problem = namedtuple("Problem", "model params X y loss")
+Architecture = namedtuple("Architecture", "model input_shape")
+
+
+@st.composite
+def mlps(draw, max_depth=3, max_width=5, in_features=None, out_features=None, activations=ACTIVATIONS):
+    """A ``Sequential`` of ``Linear`` layers (with or without bias) and activations.
+
+    Draws an :class:`Architecture` ``(model, input_shape)``.
+    """
+    d = in_features if in_features is not None else draw(st.integers(1, max_width))
+    in_shape = (d,)
+    layers = []
+    for _ in range(draw(st.integers(0, max_depth - 1))):
+        w = draw(st.integers(1, max_width))
+        layers += [Linear(d, w, bias=draw(st.booleans())), draw(st.sampled_from(activations))()]
+        d = w
+    c = out_features if out_features is not None else draw(st.integers(2, max_width))
+    layers.append(Linear(d, c, bias=draw(st.booleans())))
+    return Architecture(Sequential(*layers), in_shape)
+
+
+@st.composite
+def convnets(draw, max_channels=3, max_size=7, out_features=None, activations=ACTIVATIONS,
+             pools=(AvgPool2d, MaxPool2d)):
+    """``Conv2d`` (random kernel, stride, padding, bias) followed by an optional
+    activation and pooling, optionally a second ``Conv2d``, then ``Flatten`` and a
+    ``Linear`` head.  Draws an :class:`Architecture`."""
+    c = draw(st.integers(1, 2))
+    h = draw(st.integers(3, max_size))
+    w = draw(st.integers(3, max_size))
+    in_shape = shape = (c, h, w)
+    layers = []
+    for i in range(draw(st.integers(1, 2))):
+        k = draw(st.integers(1, min(3, shape[1], shape[2])))
+        conv = Conv2d(shape[0], draw(st.integers(1, max_channels)), (k, draw(st.integers(1, 3))) if i else k,
+                      stride=draw(st.integers(1, 2)), padding=draw(st.integers(0, 1)), bias=draw(st.booleans()))
+        try:
+            new = conv.output_shape(shape)
+        except ValueError:
+            break
+        layers.append(conv)
+        shape = new
+        if draw(st.booleans()):
+            layers.append(draw(st.sampled_from(activations))())
+        if pools and min(shape[1:]) >= 2 and draw(st.booleans()):
+            layers.append(draw(st.sampled_from(pools))(2))
+            shape = layers[-1].output_shape(shape)
+    if not any(isinstance(layer, Conv2d) for layer in layers):
+        layers = [Conv2d(c, 1, 1)]
+        shape = (1, h, w)
+    out = out_features if out_features is not None else draw(st.integers(2, 4))
+    layers += [Flatten(), Linear(int(np.prod(shape)), out, bias=draw(st.booleans()))]
+    return Architecture(Sequential(*layers), in_shape)
+
+
+def architectures(activations=ACTIVATIONS):
+    """An MLP or a convolutional net."""
+    return st.one_of(mlps(activations=activations), convnets(activations=activations))
+
+
+def losses(kinds=("cross_entropy", "mse"), reductions=("mean", "sum")):
+    """A loss object of any kind and reduction."""
+    classes = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss}
+    return st.builds(lambda k, r: classes[k](reduction=r), st.sampled_from(kinds), st.sampled_from(reductions))
+
+
+@st.composite
+def problems(draw, architectures=None, losses=None, max_samples=4, param_scale=(0.5, 1.0, 2.0)):
+    """A :class:`Problem` ``(model, params, X, y, loss)``.
+
+    Parameters are PyTorch's default initialisation times a drawn scale (large scales
+    saturate activations); inputs are standard normal; targets are uniform labels for
+    cross-entropy and standard normal for squared error.
+    """
+    arch = draw(architectures if architectures is not None else globals()["architectures"]())
+    loss = draw(losses if losses is not None else globals()["losses"]())
+    model = arch.model
+    n = draw(st.integers(1, max_samples))
+    seed = draw(st.integers(0, 2**32 - 1))
+    scale = draw(st.sampled_from(param_scale))
+    rng = np.random.default_rng(seed)
+    params = [scale * p for p in model.init(seed)]
+    X = rng.standard_normal((n,) + tuple(arch.input_shape))
+    c = model.output_shape(arch.input_shape)[0]
+    y = rng.integers(0, c, size=n) if isinstance(loss, CrossEntropyLoss) else rng.standard_normal((n, c))
+    return Problem(model, params, X, y, loss)

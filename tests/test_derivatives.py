@@ -1,0 +1,125 @@
+"""Whole-network derivatives against central differences, over architectures drawn by
+hypothesis (every layer type, both losses, both reductions).
+
+Kinks.  ReLU and max pooling are not differentiable everywhere.  Each test requires
+``kink_margin > 1e-2`` (every ReLU input and every max-pool top-two gap at least 1e-2
+from zero) and uses a fixed step ``h = 1e-6`` along unit-norm directions: the stencil
+reaches ``theta +- 2h v``, which moves any pre-activation by at most ``2h |J v|``, far
+below the margin for these small nets, so the differences never straddle a kink.  The
+fourth-order stencil with this step has truncation error ~h^4 and rounding error
+~eps/h ~ 2e-10 relative, inside the tolerances below.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import refprune as rp
+from refprune.testing import (
+    Objective, assert_close, check_grad, check_hessian, check_hvp, directional_derivative, kink_margin,
+)
+from refprune.testing.strategies import architectures, convnets, losses, mlps, problems
+
+from cases import CASES, IDS, make
+
+STEP = 1e-6
+
+
+def smooth_enough(p):
+    return kink_margin(p.model, p.params, p.X) > 1e-2
+
+
+def unit(v):
+    return v / np.linalg.norm(v)
+
+
+@given(problems())
+def test_gradient_against_central_differences(p):
+    assume(smooth_enough(p))
+    obj = Objective(p.model, p.X, p.y, p.loss)
+    theta = rp.flatten_params(p.params)
+    g = obj.grad(theta)
+    for k, v in enumerate(unit(np.random.default_rng(k).standard_normal(theta.size)) for k in range(3)):
+        fd = directional_derivative(obj.loss, theta, v, step=STEP)
+        assert_close(g @ v, fd, 1e-6, 1e-9 * max(1.0, abs(obj.loss(theta))), f"gradient along direction {k}")
+
+
+@given(problems())
+def test_hvp_against_central_differences_of_the_gradient(p):
+    assume(smooth_enough(p))
+    obj = Objective(p.model, p.X, p.y, p.loss)
+    theta = rp.flatten_params(p.params)
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        v = unit(rng.standard_normal(theta.size))
+        fd = directional_derivative(obj.grad, theta, v, step=STEP)
+        hv = obj.hvp(theta, v)
+        assert_close(hv, fd, 1e-5, 1e-7 * max(1.0, np.abs(fd).max()), f"Hessian-vector product {k}")
+
+
+@settings(max_examples=8)
+@given(problems(max_samples=3))
+def test_hessian_columns_against_central_differences(p):
+    assume(smooth_enough(p))
+    assume(p.model.n_params <= 120)
+    obj = Objective(p.model, p.X, p.y, p.loss)
+    theta = rp.flatten_params(p.params)
+    H = rp.hessian(p.model, p.params, p.X, p.y, p.loss)
+    check_hessian(obj.grad, H, theta, rtol=1e-5, atol=1e-7, step=STEP)
+
+
+@given(problems(architectures=architectures(), losses=losses()))
+def test_public_checkers_accept_refprune_derivatives(p):
+    """The public checkers with their default steps, on smooth nets only."""
+    assume(smooth_enough(p))
+    obj = Objective(p.model, p.X, p.y, p.loss)
+    theta = rp.flatten_params(p.params)
+    assume(kink_margin(p.model, p.params, p.X) > 0.1)
+    check_grad(obj.loss, obj.grad, theta, rtol=1e-5, atol=1e-8)
+    check_hvp(obj.grad, obj.hvp, theta, directions=2, rtol=1e-4, atol=1e-7)
+
+
+@given(problems())
+def test_per_sample_gradients_sum_to_the_gradient_and_match_single_sample_losses(p):
+    G = rp.per_sample_grads(p.model, p.params, p.X, p.y, p.loss)
+    g = rp.grad(p.model, p.params, p.X, p.y, p.loss)
+    assert G.shape == (p.X.shape[0], p.model.n_params)
+    assert_close(G.sum(0), g, 1e-12, 1e-13 * max(1.0, np.abs(g).max()), "sum of per-sample gradients")
+    # row n is R * dl_n/dtheta: the gradient of the one-sample problem, rescaled
+    n, c = p.X.shape[0], p.model.output_shape(p.X.shape[1:])[0]
+    R, R1 = p.loss.scale(n, c), p.loss.scale(1, c)
+    for i in range(n):
+        gi = rp.grad(p.model, p.params, p.X[i : i + 1], p.y[i : i + 1], p.loss)
+        assert_close(G[i], gi * R / R1, 1e-12, 1e-14, f"per-sample gradient {i}")
+
+
+@given(problems(), st.integers(1, 5))
+def test_batched_hvp_equals_one_at_a_time(p, k):
+    V = np.random.default_rng(k).standard_normal((k, p.model.n_params))
+    HV = rp.hvp(p.model, p.params, p.X, p.y, p.loss, V)
+    for i in range(k):
+        assert_close(HV[i], rp.hvp(p.model, p.params, p.X, p.y, p.loss, V[i]), 1e-12, 1e-13, f"row {i}")
+
+
+def test_strategies_cover_every_layer_type():
+    """The drawn architectures reach every layer type (else the property tests above
+    would silently skip some)."""
+    seen = set()
+
+    @settings(max_examples=200, derandomize=True)
+    @given(st.one_of(mlps(), convnets()))
+    def collect(arch):
+        seen.update(type(layer).__name__ for layer in arch.model)
+
+    collect()
+    assert seen >= {"Linear", "Conv2d", "ReLU", "Tanh", "Sigmoid", "Softplus", "AvgPool2d", "MaxPool2d", "Flatten"}
+
+
+@pytest.mark.parametrize("arch,lossname", CASES, ids=IDS)
+def test_hessian_of_named_cases_against_central_differences(arch, lossname):
+    model, params, X, y, loss = make(arch, lossname)
+    assert kink_margin(model, params, X) > 1e-2, "case must stay away from kinks"
+    obj = Objective(model, X, y, loss)
+    H = rp.hessian(model, params, X, y, loss)
+    check_hessian(obj.grad, H, rp.flatten_params(params), rtol=1e-5, atol=1e-7, step=STEP)
