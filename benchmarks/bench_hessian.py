@@ -48,18 +48,10 @@ def best_of(fn, repeat):
 def torch_time(model, params, X, y, repeat):
     import torch
 
-    from refprune.crosscheck import to_torch
+    from refprune.crosscheck import torch_hessian
 
-    tmodel, tparams = to_torch(model, params)
-    names = [k for k, _ in tmodel.named_parameters()]
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-
-    def f(*ps):
-        out = torch.func.functional_call(tmodel, dict(zip(names, ps)), (Xt,))
-        return torch.nn.functional.cross_entropy(out, yt)
-
-    ps = tuple(torch.from_numpy(p) for p in params)
-    return best_of(lambda: torch.func.hessian(f, argnums=tuple(range(len(ps))))(*ps), repeat)
+    torch.set_num_threads(2)
+    return best_of(lambda: torch_hessian(model, params, X, y, rp.CrossEntropyLoss()), repeat)
 
 
 def main():
