@@ -10,7 +10,7 @@ Float64, softmax cross-entropy (mean), seed 0.  Run with two BLAS threads::
     OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_hessian.py [--torch] [--jax]
 
 Peak memory beyond the n x n result is read from ``tracemalloc`` (NumPy reports its
-allocations to it).  ``--torch`` / ``--jax`` time ``torch.func.hessian`` and
+allocations to it).  ``--torch`` / ``--jax`` time (where installed) ``torch.func.hessian`` and
 ``jax.jit(jax.hessian)`` on the same nets and data when installed.
 """
 
@@ -54,10 +54,23 @@ def torch_time(model, params, X, y, repeat):
     return best_of(lambda: torch_hessian(model, params, X, y, rp.CrossEntropyLoss()), repeat)
 
 
+def jax_time(model, params, X, y, repeat):
+    """jax.jit(jax.hessian): compiled once (excluded), then timed."""
+    import jax
+
+    from refprune.crosscheck import jax_loss_function
+
+    f = jax.jit(jax.hessian(jax_loss_function(model, X, y, rp.CrossEntropyLoss())))
+    theta = rp.flatten_params(params)
+    f(theta).block_until_ready()
+    return best_of(lambda: f(theta).block_until_ready(), repeat)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--torch", action="store_true")
+    ap.add_argument("--jax", action="store_true")
     ap.add_argument("--only", default="abc")
     args = ap.parse_args()
     loss = rp.CrossEntropyLoss()
@@ -75,6 +88,8 @@ def main():
         line = f"({name}) n={n:5d}  refprune hessian {t:7.3f} s  peak beyond result {extra:7.1f} MiB (result {8 * n * n / 2**20:.0f} MiB)"
         if args.torch:
             line += f"  torch.func.hessian {torch_time(model, params, X, y, 1):7.2f} s"
+        if args.jax:
+            line += f"  jax.jit(jax.hessian) {jax_time(model, params, X, y, args.repeat):7.2f} s"
         print(line, flush=True)
 
 

@@ -81,3 +81,75 @@ def torch_hessian(model, params, X, y, loss):
 
     theta = torch.from_numpy(np.concatenate([np.ravel(p) for p in params]).astype(np.float64))
     return torch.func.hessian(f)(theta).numpy()
+
+
+def _jax():
+    try:
+        import jax
+    except ImportError as err:
+        raise ImportError(
+            "this cross-check needs JAX: pip install 'refprune[crosscheck]' (or pip install jax jaxlib)"
+        ) from err
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def jax_loss_function(model, X, y, loss):
+    """``theta -> L(theta)`` written with ``jax.numpy`` and ``jax.lax`` from the model's
+    layer descriptions (no refprune code on the path), for ``jax.hessian``."""
+    jax = _jax()
+    jnp, lax = jax.numpy, jax.lax
+    shapes = model.param_shapes()
+    sizes = [int(np.prod(s)) for s in shapes]
+    Xj = jnp.asarray(np.asarray(X, dtype=np.float64))
+    yj = jnp.asarray(np.asarray(y))
+
+    def apply(layer, ps, x):
+        if isinstance(layer, nn.Linear):
+            out = x @ ps[0].T
+            return out + ps[1] if layer.bias else out
+        if isinstance(layer, nn.Conv2d):
+            out = lax.conv_general_dilated(x, ps[0], layer.stride, [(p, p) for p in layer.padding],
+                                           dimension_numbers=("NCHW", "OIHW", "NCHW"))
+            return out + ps[1][None, :, None, None] if layer.bias else out
+        if isinstance(layer, nn.ReLU):
+            return jnp.maximum(x, 0.0)
+        if isinstance(layer, nn.Tanh):
+            return jnp.tanh(x)
+        if isinstance(layer, nn.Sigmoid):
+            return jax.nn.sigmoid(x)
+        if isinstance(layer, nn.Softplus):
+            return jnp.logaddexp(0.0, x)
+        if isinstance(layer, nn.Flatten):
+            return x.reshape(x.shape[0], -1)
+        if isinstance(layer, (nn.AvgPool2d, nn.MaxPool2d)):
+            k = layer.kernel_size
+            n, c, h, w = x.shape
+            win = x[:, :, : h // k * k, : w // k * k].reshape(n, c, h // k, k, w // k, k)
+            return win.mean(axis=(3, 5)) if isinstance(layer, nn.AvgPool2d) else win.max(axis=(3, 5))
+        raise TypeError(f"no JAX equivalent known for {layer!r}")
+
+    def L(theta):
+        flat = jnp.split(theta, np.cumsum(sizes)[:-1])
+        ps = [t.reshape(s) for t, s in zip(flat, shapes)]
+        x, i = Xj, 0
+        for layer in model:
+            k = len(layer.param_shapes())
+            x = apply(layer, ps[i : i + k], x)
+            i += k
+        n, c = x.shape
+        if isinstance(loss, nn.CrossEntropyLoss):
+            per = -jnp.take_along_axis(jax.nn.log_softmax(x, axis=1), yj[:, None], axis=1)[:, 0]
+        else:
+            per = jnp.sum((x - yj) ** 2, axis=1)
+        return loss.scale(n, c) * jnp.sum(per)
+
+    return L
+
+
+def jax_hessian(model, params, X, y, loss):
+    """The Hessian by ``jax.jit(jax.hessian)`` over the flat parameter vector."""
+    jax = _jax()
+    L = jax_loss_function(model, X, y, loss)
+    theta = np.concatenate([np.ravel(p) for p in params]).astype(np.float64)
+    return np.asarray(jax.jit(jax.hessian(L))(theta))

@@ -28,7 +28,8 @@ def spirals(n_per_class=60, classes=3, noise=0.35, seed=0):
     return X, y
 
 
-def train(model, params, X, y, loss, steps, lr, momentum, log_every, out=sys.stdout):
+def train(model, params, X, y, loss, steps, lr, momentum, log_every, out=None):
+    out = sys.stdout if out is None else out
     theta = rp.flatten_params(params)
     vel = np.zeros_like(theta)
     for step in range(steps + 1):
@@ -42,7 +43,8 @@ def train(model, params, X, y, loss, steps, lr, momentum, log_every, out=sys.std
         theta = theta + vel
 
 
-def summarise(name, eig, out=sys.stdout):
+def summarise(name, eig, out=None):
+    out = sys.stdout if out is None else out
     # eigenvalues within rounding of zero (relative to the largest) count as zero
     tiny = 1e-10 * max(1.0, np.abs(eig).max())
     neg = eig[eig < -tiny]

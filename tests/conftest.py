@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, settings
 # "thorough": many more examples, for a deeper run before a release;
 # "dev": like "ci" but random, for local exploration.
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-settings.register_profile("ci", max_examples=12, derandomize=True, **_common)
+settings.register_profile("ci", max_examples=30, derandomize=True, **_common)
 settings.register_profile("thorough", max_examples=300, **_common)
 settings.register_profile("dev", max_examples=25, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
