@@ -75,9 +75,49 @@ def _output_array(n, out, name, max_bytes):
     return np.empty((n, n))
 
 
-def _assemble(inp, loss_matvec, second_order, out, progress, name):
+class _FullSink:
+    """Writes block ``(l, m)``, ``m >= l``, into the rows of ``theta_l`` of an ``(n, n)``
+    array and mirrors it below the diagonal at the end."""
+
+    def __init__(self, out, offsets, param_layers):
+        self.out, self.offsets, self.param_layers = out, offsets, param_layers
+
+    def wants(self, l, m):
+        return True
+
+    def target(self, l, m, a, b):
+        o = self.offsets
+        return self.out[o[l] : o[l + 1], o[m] + a : o[m] + b]
+
+    def finish(self):
+        o, out = self.offsets, self.out
+        for i, l in enumerate(self.param_layers):
+            for m in self.param_layers[i + 1 :]:
+                src = out[o[l] : o[l + 1], o[m] : o[m + 1]]
+                dst = out[o[m] : o[m + 1], o[l] : o[l + 1]]
+                for r in range(0, dst.shape[0], 256):  # row tiles stay cache friendly
+                    dst[r : r + 256] = src[:, r : r + 256].T
+        return out
+
+
+class _BlockSink:
+    """Keeps only the diagonal blocks ``(l, l)``, one array per layer."""
+
+    def __init__(self, model, param_layers):
+        self.blocks = {l: np.empty((model[l].n_params,) * 2) for l in param_layers}
+
+    def wants(self, l, m):
+        return l == m
+
+    def target(self, l, m, a, b):
+        return self.blocks[l][:, a:b]
+
+    def finish(self):
+        return sorted(self.blocks.items())
+
+
+def _assemble(inp, loss_matvec, second_order, sink, progress, name):
     model, n_samples = inp.model, inp.n_samples
-    offsets = model.param_offsets()
     L = len(model)
     out_shapes, s = [], inp.X.shape[1:]
     for layer in model:
@@ -85,7 +125,7 @@ def _assemble(inp, loss_matvec, second_order, out, progress, name):
         out_shapes.append(tuple(s))
     width = max(int(np.prod(w)) for w in _d._layer_work_shapes(inp))
     chunk = _d.CHUNK_FLOATS
-    param_layers = [j for j, layer in enumerate(model) if isinstance(layer, AffineLayer)]
+    param_layers = _param_layers(model)
     t_start = time.perf_counter()
 
     for count, l in enumerate(param_layers):
@@ -97,7 +137,6 @@ def _assemble(inp, loss_matvec, second_order, out, progress, name):
         K_id = int(np.prod(out_l))
         jacobian_seed = n_l < K_id
         K = n_l if jacobian_seed else K_id
-        rows = slice(offsets[l], offsets[l + 1])
         nc = max(1, chunk // (K * width))
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
@@ -115,17 +154,17 @@ def _assemble(inp, loss_matvec, second_order, out, progress, name):
             D = loss_matvec(f, inp.y[s0:s1], t, slice(s0, s1))
             for j in range(L - 1, l - 1, -1):
                 layer = model[j]
-                if isinstance(layer, AffineLayer):
+                if isinstance(layer, AffineLayer) and sink.wants(l, j):
                     dU = layer.input_tangent_features(xdots[j]) if (second_order and j > l) else None
-                    cols = slice(offsets[j], offsets[j + 1])
+                    target = lambda a, b: sink.target(l, j, a, b)  # noqa: E731
                     if jacobian_seed:
                         block = layer.param_grad(caches[j], D)
                         if dU is not None:
                             block += layer.param_grad_input_tangent(dU, douts[j])
-                        _accumulate(out[rows, cols], block, inp.scale, first)
+                        _accumulate(target(0, layer.n_params), block, inp.scale, first)
                     else:
-                        _rows_from_identity_seed(out, rows, offsets[j], layer_l, caches[l], layer, caches[j],
-                                                 D, dU, douts[j], inp.scale, first, chunk)
+                        _rows_from_identity_seed(target, layer_l, caches[l], layer, caches[j], D, dU, douts[j],
+                                                 inp.scale, first, chunk)
                 if j == l:
                     break
                 Dn = layer.vjp(inp.grouped[j], caches[j], D)
@@ -140,14 +179,23 @@ def _assemble(inp, loss_matvec, second_order, out, progress, name):
                 f"[{count + 1}/{len(param_layers)}, {time.perf_counter() - t_start:.1f} s]",
                 file=sys.stderr,
             )
-    # blocks below the diagonal by symmetry, in row tiles to stay cache friendly
-    for a, l in enumerate(param_layers):
-        for m in param_layers[a + 1 :]:
-            src = out[offsets[l] : offsets[l + 1], offsets[m] : offsets[m + 1]]
-            dst = out[offsets[m] : offsets[m + 1], offsets[l] : offsets[l + 1]]
-            for i in range(0, dst.shape[0], 256):
-                dst[i : i + 256] = src[:, i : i + 256].T
-    return out
+    return sink.finish()
+
+
+def _param_layers(model):
+    return [j for j, layer in enumerate(model) if isinstance(layer, AffineLayer)]
+
+
+def _full(inp, out, max_bytes, name):
+    res = _output_array(inp.model.n_params, out, name, max_bytes)
+    return _FullSink(res, inp.model.param_offsets(), _param_layers(inp.model))
+
+
+def layer_blocks(inp, second_order=True, kind="hessian"):
+    """Diagonal blocks ``[(layer index, (n_l, n_l) array)]`` of the Hessian
+    (``second_order=True``) or of ``R sum_n J^T Phi J`` for output curvature ``kind``."""
+    return _assemble(inp, _d.loss_curvature_matvec(inp, kind), second_order,
+                     _BlockSink(inp.model, _param_layers(inp.model)), False, "blocks")
 
 
 def _split_identity(layer):
@@ -169,7 +217,7 @@ def _accumulate(target, block, scale, first):
         target += scale * block
 
 
-def _rows_from_identity_seed(out, rows, col0, layer_l, cache_l, layer_m, cache_m, D, dU, d0, scale, first, chunk):
+def _rows_from_identity_seed(target, layer_l, cache_l, layer_m, cache_m, D, dU, d0, scale, first, chunk):
     """Rows of layer ``l`` against the columns of layer ``m`` when the tangents were seeded
     with the identity on ``z_l``: form the tangent of ``m``'s per-sample gradient for a
     few output units at a time and contract it with ``U_l`` (``param_contract``)."""
@@ -183,12 +231,8 @@ def _rows_from_identity_seed(out, rows, col0, layer_l, cache_l, layer_m, cache_m
         C = layer_l.param_contract(cache_l, T.reshape((n,) + layer_l.out_shape_of(cache_l) + (T.shape[-1],)))
         c0 = 0
         for a, b in layer_m.unit_columns((u0, u1)):
-            _accumulate(out[rows, col0 + a : col0 + b], C[:, c0 : c0 + b - a], scale, first)
+            _accumulate(target(a, b), C[:, c0 : c0 + b - a], scale, first)
             c0 += b - a
-
-
-def _hessian_matvec(inp):
-    return lambda f, y, V, idx: inp.loss.hessian_matvec(f, y, V)
 
 
 def hessian(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
@@ -207,25 +251,24 @@ def hessian(model, params, X, y, loss, out=None, max_bytes=None, progress=False)
         Report each layer's rows on stderr.
     """
     inp = validate(model, params, X, y, loss)
-    res = _output_array(model.n_params, out, "hessian", max_bytes)
-    return _assemble(inp, _hessian_matvec(inp), True, res, progress, "hessian")
+    sink = _full(inp, out, max_bytes, "hessian")
+    return _assemble(inp, _d.loss_curvature_matvec(inp, "hessian"), True, sink, progress, "hessian")
 
 
 def ggn(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
     """The generalized Gauss-Newton ``G = R sum_n J_n^T Lambda_n J_n`` (Schraudolph 2002),
     ``(n, n)``.  Arguments as for :func:`hessian`."""
     inp = validate(model, params, X, y, loss)
-    res = _output_array(model.n_params, out, "ggn", max_bytes)
-    return _assemble(inp, _hessian_matvec(inp), False, res, progress, "ggn")
+    sink = _full(inp, out, max_bytes, "ggn")
+    return _assemble(inp, _d.loss_curvature_matvec(inp, "hessian"), False, sink, progress, "ggn")
 
 
 def residual(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
     """``H - GGN = R sum_n sum_c (dl_n/df_nc) d^2 f_nc / dtheta^2``, built from the
     network's second derivatives alone (no loss curvature), ``(n, n)``."""
     inp = validate(model, params, X, y, loss)
-    res = _output_array(model.n_params, out, "residual", max_bytes)
-    zero = lambda f, y, V, idx: np.zeros_like(V)  # noqa: E731
-    return _assemble(inp, zero, True, res, progress, "residual")
+    sink = _full(inp, out, max_bytes, "residual")
+    return _assemble(inp, _d.loss_curvature_matvec(inp, "zero"), True, sink, progress, "residual")
 
 
 FISHER_KINDS = ("true", "mc", "empirical")
@@ -247,21 +290,6 @@ def fisher(model, params, X, y, loss, kind="true", samples=1, seed=0, out=None, 
     if kind not in FISHER_KINDS:
         raise ValueError(f"fisher: kind must be one of {FISHER_KINDS}, got {kind!r}")
     inp = validate(model, params, X, y, loss)
-    res = _output_array(model.n_params, out, f"fisher ({kind})", max_bytes)
-    if kind == "true":
-        matvec = lambda f, y, V, idx: inp.loss.fisher_matvec(f, V)  # noqa: E731
-    else:
-        if kind == "mc":
-            if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
-                raise ValueError(f"fisher: samples must be a positive int, got {samples!r}")
-            f_all, _ = _d.forward(inp)
-            targets = inp.loss.sample(f_all, np.random.default_rng(seed), int(samples))
-        else:
-            targets = inp.y[None]
-
-        def matvec(f, y, V, idx):
-            # Phi V = mean_s g_s (g_s . V) with g_s = dl/df at the s-th target
-            G = np.stack([inp.loss.grad(f, t[idx]) for t in targets], axis=1)  # (N, S, C)
-            return np.matmul(np.matmul(V, G.transpose(0, 2, 1)), G) / G.shape[1]
-
-    return _assemble(inp, matvec, False, res, progress, f"fisher ({kind})")
+    sink = _full(inp, out, max_bytes, f"fisher ({kind})")
+    matvec = _d.loss_curvature_matvec(inp, kind, samples, seed)
+    return _assemble(inp, matvec, False, sink, progress, f"fisher ({kind})")

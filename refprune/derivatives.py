@@ -11,6 +11,7 @@ import numpy as np
 
 from .checks import check_vector, validate
 from .nn import AffineLayer
+from .output_factors import draw_targets
 
 #: number of float64 values a temporary array may hold before work is split in chunks
 CHUNK_FLOATS = 2**23
@@ -86,8 +87,36 @@ def per_sample_grads(model, params, X, y, loss):
     return out
 
 
-def _hvp_block(inp, caches, douts, f, V):
-    """Pearlmutter's R-operator for ``K`` parameter tangents ``V`` ``(K, n)``.
+def loss_curvature_matvec(inp, kind, samples=1, seed=0, f_all=None):
+    """``(f, y, V, idx) -> Phi_n V`` for the output-space curvature of a matrix kind
+    (docs §4 table): ``"hessian"`` (``Lambda_n``), ``"true"`` (``E_y[g g^T]``),
+    ``"mc"`` (``samples`` labels drawn with ``seed``), ``"empirical"``, ``"zero"``."""
+    if kind == "hessian":
+        return lambda f, y, V, idx: inp.loss.hessian_matvec(f, y, V)
+    if kind == "true":
+        return lambda f, y, V, idx: inp.loss.fisher_matvec(f, V)
+    if kind == "zero":
+        return lambda f, y, V, idx: np.zeros_like(V)
+    if kind == "mc":
+        targets = draw_targets(inp, forward(inp)[0] if f_all is None else f_all, samples, seed)
+    elif kind == "empirical":
+        targets = inp.y[None]
+    else:
+        raise ValueError(f"unknown output curvature {kind!r}")
+
+    def matvec(f, y, V, idx):
+        # Phi V = mean_s g_s (g_s . V) with g_s = dl/df at the s-th target
+        G = np.stack([inp.loss.grad(f, t[idx]) for t in targets], axis=1)  # (N, S, C)
+        return np.matmul(np.matmul(V, G.transpose(0, 2, 1)), G) / G.shape[1]
+
+    return matvec
+
+
+def curvature_products(inp, caches, douts, f, V, phi, second_order=True):
+    """Pearlmutter's R-operator for ``K`` parameter tangents ``V`` ``(K, n)``, with
+    output curvature ``phi`` (see :func:`loss_curvature_matvec`); without the
+    second-order network terms it gives ``R sum_n J_n^T Phi_n J_n V`` (GGN/Fisher).
+    Returns the unscaled products (multiply by ``R``).
 
     Forward: ``R{x_{j+1}} = J_j R{x_j} + (dW_j) U_j + db_j``.
     Loss: ``R{d_L} = Lambda R{f}``.
@@ -117,7 +146,7 @@ def _hvp_block(inp, caches, douts, f, V):
             pj = layer.param_jvp(inp.grouped[j], caches[j], dparams[j])
             out = pj if out is None else out + pj
         t = out
-    D = inp.loss.hessian_matvec(f, inp.y, t)
+    D = phi(f, inp.y, t, slice(None))
 
     result = np.empty((k, model.n_params))
     stop = first_param_layer(model)
@@ -125,17 +154,17 @@ def _hvp_block(inp, caches, douts, f, V):
         layer, p, cache, d0, xd = model[j], inp.grouped[j], caches[j], douts[j], xdots[j]
         if isinstance(layer, AffineLayer):
             block = layer.param_grad(cache, D)
-            if xd is not None:
+            if second_order and xd is not None:
                 block += layer.param_grad_input_tangent(layer.input_tangent_features(xd), d0)
             result[:, offsets[j] : offsets[j + 1]] = block
         if j == stop:
             break
         Dn = layer.vjp(p, cache, D)
-        if xd is not None:
+        if second_order and xd is not None:
             curv = layer.vjp_curvature(p, cache, d0, xd)
             if curv is not None:
                 Dn += curv
-        if isinstance(layer, AffineLayer):
+        if second_order and isinstance(layer, AffineLayer):
             Dn += layer.param_vjp_tangent(p, cache, dparams[j], d0)
         D = Dn
     return result
@@ -154,7 +183,9 @@ def hvp(model, params, X, y, loss, v):
     f, caches, douts = _gradient_pass(inp)
     width = max(int(np.prod(s)) for s in _layer_work_shapes(inp))
     step = max(1, CHUNK_FLOATS // max(1, inp.n_samples * width))
-    out = np.concatenate([_hvp_block(inp, caches, douts, f, V[i : i + step]) for i in range(0, len(V), step)])
+    phi = loss_curvature_matvec(inp, "hessian")
+    out = np.concatenate([curvature_products(inp, caches, douts, f, V[i : i + step], phi)
+                          for i in range(0, len(V), step)])
     out *= inp.scale
     return out if v.ndim == 2 else out[0]
 

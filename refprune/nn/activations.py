@@ -28,6 +28,9 @@ class Elementwise(Layer):
     def vjp(self, params, cache, dy):
         return cache[0][:, None] * dy
 
+    def vjp_squared(self, params, cache, h):
+        return (cache[0] ** 2)[:, None] * h
+
     def vjp_curvature(self, params, cache, dy0, dx):
         if cache[1] is None:
             return None

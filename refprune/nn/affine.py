@@ -88,6 +88,12 @@ class AffineLayer(Layer):
         dU = np.matmul(self._w(params).T, dz)
         return split_tangent_axis(self.features_adjoint(dU, cache[1]), n)
 
+    def vjp_squared(self, params, cache, h):
+        n = h.shape[0]
+        dz = self.from_output(merge_tangent_axis(h))
+        dU = np.matmul((self._w(params) ** 2).T, dz)
+        return split_tangent_axis(self.features_adjoint(dU, cache[1]), n)
+
     # -- derivatives involving the parameters -----------------------------------
     def param_jvp(self, params, cache, dparams):
         """Output tangent ``dW_r U + db`` for parameter tangents with a leading ``K``.
@@ -146,6 +152,13 @@ class AffineLayer(Layer):
         """Summed parameter gradients for cotangents ``dy`` of shape ``(N, K, *out)``;
         returns ``(K, n_params)``."""
         return self.param_contract(cache, np.moveaxis(dy, 1, -1)).T
+
+    def param_grad_squared_features(self, cache, h):
+        """``sum_{n,t} h[n,c,t] U[n,r,t]^2`` (and ``sum h`` for the bias): OBD's weight
+        second derivatives from the pre-activation ones (LeCun et al. 1990, eq. 8, summed
+        over the locations that share a convolution weight).  ``h`` is ``(N, 1, *out)``;
+        returns ``(n_params,)``."""
+        return self.param_grad((cache[0] ** 2, cache[1]), h)[0]
 
     def param_grad_input_tangent(self, dU, dy0):
         """``sum_{n,t} dy0[n,c,t] dU[n,k,r,t]``: the part of the R-operator of the

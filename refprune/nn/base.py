@@ -14,6 +14,7 @@ Method summary (``x`` input, ``y`` output, ``J = dy/dx`` per sample):
 ``vjp``                ``J^T dy`` for ``dy`` of shape ``(N, K, *out)``
 ``vjp_curvature``      the second-order part of the R-operator of ``vjp``:
                        ``d/de [J(x + e dx)^T dy0]`` (zero for layers linear in ``x``)
+``vjp_squared``        ``(J o J)^T dy`` (squared entries), for OBD's diagonal
 =====================  =====================================================
 """
 
@@ -53,6 +54,13 @@ class Layer:
 
     def vjp(self, params, cache, dy):
         raise NotImplementedError
+
+    def vjp_squared(self, params, cache, h):
+        """``(J o J)^T h``: the transpose of the Jacobian with squared entries, applied to
+        ``h (N, K, *out)``.  OBD's diagonal back-propagation (LeCun et al. 1990, eq. 7)
+        uses it to drop cross terms.  The default is right for layers whose Jacobian has
+        only 0/1 entries (flatten, max pooling)."""
+        return self.vjp(params, cache, h)
 
     def vjp_curvature(self, params, cache, dy0, dx):
         """Second-order term of the backward R-operator; ``None`` means zero.

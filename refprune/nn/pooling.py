@@ -63,6 +63,11 @@ class AvgPool2d(_Pool2d):
         return self._unwindows(win, cache).reshape((n, k) + cache)
 
 
+    def vjp_squared(self, params, cache, h):
+        # each window entry has Jacobian 1/k^2, squared 1/k^4 = vjp / k^2
+        return self.vjp(params, cache, h) / self.kernel_size**2
+
+
 class MaxPool2d(_Pool2d):
     """Maximum over each window.  Piecewise linear: the derivative routes through the
     arg-max of the primal input (the first one on ties, as in PyTorch), and the

@@ -1,0 +1,166 @@
+"""Diagonals of curvature matrices, without forming the ``n x n`` matrix.
+
+Exact diagonals (``docs/derivations.md`` §7).  The per-sample Hessian of ``l_n`` with
+respect to a layer output is back-propagated in factored form ``sum_k s_k q_k q_k^T``
+(signs ``s_k = +-1``), as in Hessian backpropagation (Dangel, Harmeling & Hennig 2020,
+"Modular block-diagonal curvature approximations", eq. 7, and BackPACK's DiagHessian):
+
+* at the output, the columns of ``Phi_n = Q_n Q_n^T`` (:mod:`refprune.output_factors`);
+* through any layer, ``q <- J^T q`` (``vjp`` on the stack of columns);
+* at an activation, the residual ``diag(phi''(z) * delta_a)`` adds one column
+  ``sqrt(|d_u|) e_u`` per unit, with the sign of ``d_u`` (Hessian only).
+
+At an affine layer the diagonal of its block is then
+``R sum_n sum_k s_k (per-sample gradient of column k)^2``, since
+``H_ll = R sum_n J_{z_l,theta_l}^T M_n J_{z_l,theta_l}``.
+
+OBD's approximation (LeCun, Denker & Solla 1990, eqs. 7-9) back-propagates only the
+diagonal of ``M_n``, dropping every cross term: ``h_z = phi'(z)^2 h_a + phi''(z) delta_a``
+(eq. 9, the second term dropped in the Levenberg-Marquardt variant),
+``h_x = sum_k W_kx^2 h_z`` and ``h_w = sum h_z x^2`` (eqs. 7-8; sums over locations for
+shared convolution weights).
+"""
+
+import numpy as np
+
+from . import derivatives as _d
+from .checks import validate
+from .nn import AffineLayer
+from .nn.activations import Elementwise
+from .output_factors import OutputFactor, hessian_sqrt
+
+
+def _activation_columns(d):
+    """One-hot columns ``sqrt(|d_u|) e_u`` for a per-sample diagonal ``d (N, *shape)``,
+    split by sign: returns ``(positive, negative)`` stacks ``(N, U, *shape)``."""
+    n, shape = d.shape[0], d.shape[1:]
+    u = int(np.prod(shape))
+    flat = d.reshape(n, u)
+    out = []
+    for part in (np.maximum(flat, 0.0), np.maximum(-flat, 0.0)):
+        cols = np.zeros((n, u, u))
+        cols[:, np.arange(u), np.arange(u)] = np.sqrt(part)
+        out.append(cols.reshape((n, u) + shape))
+    return out
+
+
+def _chunk_size(inp, columns):
+    width = max(int(np.prod(w)) for w in _d._layer_work_shapes(inp))
+    return max(1, _d.CHUNK_FLOATS // max(1, columns * width))
+
+
+def _squared_grads(layer, cache, Q, n_cols_budget):
+    """``sum_{n,k} (per-sample gradient of column k)^2`` over a layer's parameters,
+    a few output units at a time."""
+    n, k = Q.shape[:2]
+    q_unit = layer.n_params // layer.out_units
+    per = max(1, n_cols_budget // max(1, n * k * q_unit))
+    out = np.empty(layer.n_params)
+    for u0 in range(0, layer.out_units, per):
+        u1 = min(layer.out_units, u0 + per)
+        g = layer.per_sample_param_grad(cache, Q, units=(u0, u1))
+        sq = np.einsum("nkq,nkq->q", g, g)
+        c0 = 0
+        for a, b in layer.unit_columns((u0, u1)):
+            out[a:b] = sq[c0 : c0 + b - a]
+            c0 += b - a
+    return out
+
+
+def _factored_diagonal(inp, factor, residual):
+    model = inp.model
+    offsets = model.param_offsets()
+    out = np.zeros(model.n_params)
+    stop = _d.first_param_layer(model)
+    # columns at the bottom: Phi's columns plus one per activation unit (Hessian only)
+    extra, s = 0, inp.X.shape[1:]
+    for layer in model:
+        if residual and isinstance(layer, Elementwise):
+            extra += 2 * int(np.prod(s))
+        s = layer.output_shape(s)
+    probe = factor.columns(_d.forward(inp, inp.X[:1])[0], slice(0, 1)).shape[1]
+    nc = _chunk_size(inp, probe + extra)
+    for s0 in range(0, inp.n_samples, nc):
+        s1 = min(inp.n_samples, s0 + nc)
+        f, caches, douts = _d._gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
+        pos, neg = factor.columns(f, slice(s0, s1)), None
+        for j in range(len(model) - 1, stop - 1, -1):
+            layer, p, cache = model[j], inp.grouped[j], caches[j]
+            if isinstance(layer, AffineLayer):
+                block = _squared_grads(layer, cache, pos, _d.CHUNK_FLOATS)
+                if neg is not None:
+                    block -= _squared_grads(layer, cache, neg, _d.CHUNK_FLOATS)
+                out[offsets[j] : offsets[j + 1]] += block
+            if j == stop:
+                break
+            pos = layer.vjp(p, cache, pos)
+            neg = None if neg is None else layer.vjp(p, cache, neg)
+            if residual and isinstance(layer, Elementwise) and cache[1] is not None:
+                cp, cn = _activation_columns(cache[1] * douts[j][:, 0])
+                pos = np.concatenate([pos, cp], axis=1)
+                neg = cn if neg is None else np.concatenate([neg, cn], axis=1)
+    out *= inp.scale
+    return out
+
+
+class _HessianFactor:
+    """Output columns of ``Lambda_n`` (the loss Hessian), as an ``OutputFactor``."""
+
+    def __init__(self, inp):
+        self.inp = inp
+
+    def columns(self, f, idx):
+        return hessian_sqrt(self.inp.loss, f)
+
+
+def hessian_diagonal(model, params, X, y, loss):
+    """Exact ``diag(H)``, ``(n,)``, by second-order backpropagation (docs §7)."""
+    inp = validate(model, params, X, y, loss)
+    return _factored_diagonal(inp, _HessianFactor(inp), residual=True)
+
+
+def ggn_diagonal(model, params, X, y, loss):
+    """Exact ``diag(GGN)``, ``(n,)``: ``C`` back-propagated columns per sample."""
+    inp = validate(model, params, X, y, loss)
+    return _factored_diagonal(inp, _HessianFactor(inp), residual=False)
+
+
+def fisher_diagonal(model, params, X, y, loss, kind="mc", samples=1, seed=0):
+    """Diagonal of a Fisher, ``(n,)``.
+
+    ``kind="mc"``: of the Monte-Carlo Fisher with ``samples`` labels drawn with
+    ``seed`` (the same draws as ``fisher(kind="mc", samples=, seed=)``);
+    ``"empirical"``: of the empirical Fisher; ``"true"``: of the true Fisher (= the GGN).
+    """
+    if kind not in ("true", "mc", "empirical"):
+        raise ValueError(f"fisher_diagonal: kind must be 'true', 'mc' or 'empirical', got {kind!r}")
+    inp = validate(model, params, X, y, loss)
+    factor = _HessianFactor(inp) if kind == "true" else OutputFactor(inp, kind, samples, seed)
+    return _factored_diagonal(inp, factor, residual=False)
+
+
+def obd_diagonal(model, params, X, y, loss, levenberg_marquardt=False):
+    """OBD's approximate Hessian diagonal (LeCun, Denker & Solla 1990, eqs. 7-9), ``(n,)``.
+
+    Cross terms between units (and between locations of a convolution) are dropped at
+    every layer; the output starts from ``diag(Lambda_n)``.  With
+    ``levenberg_marquardt=True`` the ``phi''`` term of eq. 9 is dropped as well.  It
+    equals the exact diagonal for a single affine layer, not in general.
+    """
+    inp = validate(model, params, X, y, loss)
+    offsets = model.param_offsets()
+    out = np.zeros(model.n_params)
+    stop = _d.first_param_layer(model)
+    f, caches, douts = _d._gradient_pass(inp)
+    h = np.sum(hessian_sqrt(loss, f) ** 2, axis=1)[:, None]  # diag(Lambda_n), (N, 1, C)
+    for j in range(len(model) - 1, stop - 1, -1):
+        layer, p, cache = model[j], inp.grouped[j], caches[j]
+        if isinstance(layer, AffineLayer):
+            out[offsets[j] : offsets[j + 1]] = layer.param_grad_squared_features(cache, h)
+        if j == stop:
+            break
+        h = layer.vjp_squared(p, cache, h)
+        if not levenberg_marquardt and isinstance(layer, Elementwise) and cache[1] is not None:
+            h = h + (cache[1] * douts[j][:, 0])[:, None]
+    out *= inp.scale
+    return out
