@@ -16,6 +16,14 @@ from .params import flatten_params, unflatten_params
 from .derivatives import grad, hvp, loss, per_sample_grads
 # exact curvature matrices
 from .curvature import CurvatureTooLargeError, fisher, ggn, hessian, residual
+# diagonal approximations
+from .diagonal import fisher_diagonal, ggn_diagonal, hessian_diagonal, obd_diagonal
+# one interface for every curvature matrix
+from .operators import BlockDiagonal, CurvatureOperator, Dense, Diagonal, ExactCurvature, block_diagonal
+# Kronecker-factored approximations
+from .kronecker import KFAC, KroneckerBlock, kfac
+from .ekfac import EKFAC, ekfac
+from .output_factors import FISHER_TYPES
 
 __version__ = "0.1.0"
 
@@ -29,4 +37,10 @@ __all__ = [
     "loss", "grad", "per_sample_grads", "hvp",
     # exact curvature matrices
     "hessian", "ggn", "residual", "fisher", "CurvatureTooLargeError",
+    # diagonal approximations
+    "hessian_diagonal", "ggn_diagonal", "fisher_diagonal", "obd_diagonal",
+    # one interface for every curvature matrix
+    "CurvatureOperator", "ExactCurvature", "BlockDiagonal", "Diagonal", "Dense", "block_diagonal",
+    # Kronecker-factored approximations
+    "kfac", "KFAC", "KroneckerBlock", "ekfac", "EKFAC", "FISHER_TYPES",
 ]

@@ -158,8 +158,8 @@ class ExactCurvature(CurvatureOperator):
 
     def _matmat(self, V):
         f, caches, douts = self._state
-        return _d.curvature_products(self.inp, caches, douts, f, V.T, self._phi,
-                                     second_order=self.kind == "hessian").T
+        out = _d.curvature_products(self.inp, caches, douts, f, V.T, self._phi, second_order=self.kind == "hessian")
+        return self.inp.scale * out.T
 
     def to_dense(self):
         if self.kind == "hessian":

@@ -1,0 +1,279 @@
+"""K-FAC (Martens & Grosse 2015) and KFC for convolutions (Grosse & Martens 2016).
+
+Each affine layer's block of a curvature matrix is approximated as ``S kron A`` over the
+rows of ``[W | b]`` (``CONVENTIONS.md``; docs §8): ``A`` from the layer's input features
+with the bias folded in as a constant 1, ``S`` ("G" in the papers) from the output
+gradients.  For ``Q_n[:, k]`` the columns of the output curvature of the Fisher type
+(:mod:`refprune.output_factors`) back-propagated to the layer output, ``g_nkt``:
+
+* expand:  ``A = 1/(N T) sum_{n,t} a_nt a_nt^T``,  ``S = R sum_{n,k,t} g_nkt g_nkt^T``;
+* reduce:  ``A = 1/N sum_n abar_n abar_n^T``, ``abar_n = 1/T sum_t a_nt``,
+  ``S = R sum_{n,k} (sum_t g_nkt)(sum_t g_nkt)^T``  (Eschenhagen et al. 2023, §3).
+
+For ``T = 1`` (Linear) both are K-FAC.  Operations use ``(S kron A) vec(M) = vec(S M A)``
+for row-major ``vec`` and the eigendecompositions of the factors.  Damping is named:
+``"factored"`` is ``(S + sqrt(lam) I) kron (A + sqrt(lam) I)``, ``"exact"`` is
+``S kron A + lam I`` (Martens & Grosse 2015, §6.3).
+"""
+
+import numpy as np
+
+from . import derivatives as _d
+from .checks import validate
+from .nn import AffineLayer
+from .nn.base import merge_tangent_axis
+from .operators import CurvatureOperator
+from .output_factors import OutputFactor
+
+KFAC_APPROX = ("expand", "reduce")
+DAMPING_FORMS = ("factored", "exact")
+
+
+def _check_damping(damping, form):
+    if form not in DAMPING_FORMS:
+        raise ValueError(f"damping form must be one of {DAMPING_FORMS}, got {form!r}")
+    if not np.isfinite(damping) or damping < 0:
+        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+    return float(damping)
+
+
+class LayerLayout:
+    """Map between a layer's flat parameters ``[W.ravel(), b]`` and the matrix
+    ``M = [W_r | b]`` of shape ``(c, p)`` (``p = r + 1`` with a bias, else ``r``)."""
+
+    def __init__(self, layer, offset):
+        self.layer, self.offset = layer, int(offset)
+        self.c = layer.out_units
+        self.r = layer.n_weight // self.c
+        self.bias = layer.bias
+        self.p = self.r + (1 if self.bias else 0)
+        self.size = self.c * self.p
+        # flat index i -> row-major index in vec(M)
+        idx = (np.arange(self.c)[:, None] * self.p + np.arange(self.r)[None, :]).ravel()
+        if self.bias:
+            idx = np.concatenate([idx, np.arange(self.c) * self.p + self.r])
+        self.perm = idx
+
+    def to_matrix(self, V):
+        """``(n_l, k) -> (k, c, p)``."""
+        out = np.empty((V.shape[1], self.size))
+        out[:, self.perm] = V.T
+        return out.reshape(-1, self.c, self.p)
+
+    def from_matrix(self, M):
+        """``(k, c, p) -> (n_l, k)``."""
+        return M.reshape(M.shape[0], self.size)[:, self.perm].T
+
+    def to_flat_order(self, K):
+        """A ``(c p, c p)`` matrix over ``vec(M)`` re-indexed to flat parameter order."""
+        return K[np.ix_(self.perm, self.perm)]
+
+
+class KroneckerBlock:
+    """``S kron A`` for one layer, with its damped forms, inverse, trace and logdet."""
+
+    def __init__(self, S, A, layout):
+        self.S, self.A, self.layout = S, A, layout
+        self._eig = None
+
+    def eigh(self):
+        """``(s, U_S, a, U_A)`` with ``S = U_S diag(s) U_S^T`` and likewise ``A``."""
+        if self._eig is None:
+            s, US = np.linalg.eigh(self.S)
+            a, UA = np.linalg.eigh(self.A)
+            self._eig = (s, US, a, UA)
+        return self._eig
+
+    def eigenvalues(self, damping=0.0, form="exact"):
+        """Eigenvalues ``(c, p)`` of the (damped) block: ``s_i a_j (+ lam)`` or
+        ``(s_i + sqrt(lam))(a_j + sqrt(lam))``."""
+        lam = _check_damping(damping, form)
+        s, _, a, _ = self.eigh()
+        if form == "factored":
+            return np.outer(s + np.sqrt(lam), a + np.sqrt(lam))
+        return np.outer(s, a) + lam
+
+    def _apply_in_eigenbasis(self, M, scale):
+        _, US, _, UA = self.eigh()
+        return US @ ((US.T @ M @ UA) * scale) @ UA.T
+
+    def matmat(self, V, damping=0.0, form="exact"):
+        lam = _check_damping(damping, form)
+        M = self.layout.to_matrix(V)
+        if form == "factored" and lam:
+            r = np.sqrt(lam)
+            S, A = self.S + r * np.eye(len(self.S)), self.A + r * np.eye(len(self.A))
+            return self.layout.from_matrix(S @ M @ A)
+        out = self.S @ M @ self.A
+        if lam:
+            out = out + lam * M
+        return self.layout.from_matrix(out)
+
+    def inverse_matmat(self, V, damping=0.0, form="exact"):
+        ev = self.eigenvalues(damping, form)
+        tiny = 1e3 * np.finfo(float).eps * max(1.0, np.abs(ev).max())
+        if np.min(ev) <= tiny:
+            raise np.linalg.LinAlgError(
+                f"K-FAC block of layer {self.layout.layer!r} is singular or indefinite with damping "
+                f"{damping} ({form}): smallest eigenvalue {np.min(ev):.3e}; use a larger damping"
+            )
+        return self.layout.from_matrix(self._apply_in_eigenbasis(self.layout.to_matrix(V), 1.0 / ev))
+
+    def dense(self, damping=0.0, form="exact"):
+        """The (damped) block in flat parameter order, ``(n_l, n_l)``."""
+        return self.matmat(np.eye(self.layout.size), damping, form)
+
+    def trace(self, damping=0.0, form="exact"):
+        return float(np.sum(self.eigenvalues(damping, form)))
+
+    def logdet(self, damping=0.0, form="exact"):
+        ev = self.eigenvalues(damping, form)
+        if np.min(ev) <= 0:
+            raise np.linalg.LinAlgError(
+                f"log-determinant of a block with eigenvalue {np.min(ev):.3e} <= 0; use damping > 0"
+            )
+        return float(np.sum(np.log(ev)))
+
+
+class KroneckerCurvature(CurvatureOperator):
+    """Block-diagonal curvature of per-layer blocks (K-FAC or EKFAC) over ``theta``.
+
+    ``damped(lam, form)`` and ``inverse(lam, form)`` return operators of the same kind;
+    ``trace`` and ``logdet`` are sums over blocks.
+    """
+
+    def __init__(self, blocks, n, damping=0.0, form="exact", inverse=False):
+        self.blocks, self.n = list(blocks), int(n)
+        self.damping, self.form, self.inverted = damping, form, inverse
+
+    def _matmat(self, V):
+        out = np.zeros_like(V)
+        for b in self.blocks:
+            o, e = b.layout.offset, b.layout.offset + b.layout.size
+            fn = b.inverse_matmat if self.inverted else b.matmat
+            out[o:e] = fn(V[o:e], self.damping, self.form)
+        return out
+
+    def damped(self, damping, form="exact"):
+        """The operator ``S kron A + lam I`` (``"exact"``) or
+        ``(S + sqrt(lam) I) kron (A + sqrt(lam) I)`` (``"factored"``), per block."""
+        _check_damping(damping, form)
+        return type(self)(self.blocks, self.n, damping, form)
+
+    def inverse(self, damping=0.0, form="exact"):
+        """The inverse of the damped operator, applied through the factors'
+        eigendecompositions (raises ``LinAlgError`` if a block is singular)."""
+        _check_damping(damping, form)
+        return type(self)(self.blocks, self.n, damping, form, inverse=True)
+
+    def trace(self):
+        t = sum(b.trace(self.damping, self.form) for b in self.blocks)
+        return t if not self.inverted else sum(
+            float(np.sum(1.0 / b.eigenvalues(self.damping, self.form))) for b in self.blocks)
+
+    def logdet(self):
+        ld = sum(b.logdet(self.damping, self.form) for b in self.blocks)
+        return -ld if self.inverted else ld
+
+    def eigenvalues(self):
+        """All eigenvalues, block by block (each block's ``(c, p)`` grid raveled)."""
+        ev = [b.eigenvalues(self.damping, self.form).ravel() for b in self.blocks]
+        return 1.0 / np.concatenate(ev) if self.inverted else np.concatenate(ev)
+
+    def to_dense(self):
+        out = np.zeros((self.n, self.n))
+        for b in self.blocks:
+            o, e = b.layout.offset, b.layout.offset + b.layout.size
+            fn = b.inverse_matmat if self.inverted else b.matmat
+            out[o:e, o:e] = fn(np.eye(e - o), self.damping, self.form)
+        return out
+
+
+class KFAC(KroneckerCurvature):
+    """K-FAC / KFC: per-layer :class:`KroneckerBlock` s; ``factors()`` gives ``[(S, A)]``."""
+
+    def factors(self):
+        return [(b.S, b.A) for b in self.blocks]
+
+
+def _layer_statistics(inp, factor, visit):
+    """Back-propagate the output factor's columns chunk by chunk; call
+    ``visit(j, layer, U, g)`` for every affine layer with its features ``U (n, r, T)``
+    and output-gradient columns ``g (n, K, c, T)``."""
+    model = inp.model
+    probe = factor.columns(_d.forward(inp, inp.X[:1])[0], slice(0, 1)).shape[1]
+    width = max(int(np.prod(w)) for w in _d._layer_work_shapes(inp))
+    nc = max(1, _d.CHUNK_FLOATS // max(1, probe * width))
+    for s0 in range(0, inp.n_samples, nc):
+        s1 = min(inp.n_samples, s0 + nc)
+        f, caches = _d.forward(inp, inp.X[s0:s1])
+        stacks = _d.backward(inp, caches, factor.columns(f, slice(s0, s1)))
+        for j, layer in enumerate(model):
+            if isinstance(layer, AffineLayer):
+                U = caches[j][0]
+                n, k = stacks[j].shape[:2]
+                g = layer.from_output(merge_tangent_axis(stacks[j])).reshape(n, k, layer.out_units, U.shape[2])
+                visit(j, layer, U, g)
+
+
+def with_bias_row(layer, U):
+    """Features with the constant 1 for the bias: ``(n, r, T) -> (n, p, T)``."""
+    if not layer.bias:
+        return U
+    return np.concatenate([U, np.ones((U.shape[0], 1, U.shape[2]))], axis=1)
+
+
+def kfac(model, params, X, y, loss, fisher="type-2", approx="expand", samples=1, seed=0):
+    """K-FAC (Linear) and KFC (Conv2d) factors of every affine layer.
+
+    Parameters
+    ----------
+    fisher : {"type-2", "mc", "empirical"}
+        Which output-gradient columns build ``S``: a square root of the loss Hessian
+        (K-FAC of the GGN), ``samples`` sampled labels with ``seed`` (K-FAC of the MC
+        Fisher) or the observed labels (K-FAC of the empirical Fisher).
+    approx : {"expand", "reduce"}
+        The convolution variant (Eschenhagen et al. 2023); the same for Linear.
+
+    Returns
+    -------
+    KFAC
+        A :class:`~refprune.operators.CurvatureOperator`; ``.factors()`` lists
+        ``(S, A)`` per affine layer (output factor first), ``.blocks`` the
+        :class:`KroneckerBlock` s with their damped/inverse/trace/logdet operations.
+    """
+    if approx not in KFAC_APPROX:
+        raise ValueError(f"kfac: approx must be one of {KFAC_APPROX}, got {approx!r}")
+    inp = validate(model, params, X, y, loss)
+    factor = OutputFactor(inp, fisher, samples, seed)
+    return KFAC(_kfac_blocks(inp, factor, approx), model.n_params)
+
+
+def _kfac_blocks(inp, factor, approx):
+    model = inp.model
+    offsets = model.param_offsets()
+    stats = {}
+
+    def visit(j, layer, U, g):
+        a = with_bias_row(layer, U)
+        if approx == "expand":
+            am = a.transpose(0, 2, 1).reshape(-1, a.shape[1])
+            gm = g.transpose(0, 1, 3, 2).reshape(-1, g.shape[2])
+        else:
+            am = a.mean(axis=2)
+            gm = g.sum(axis=3).reshape(-1, g.shape[2])
+        A, S = am.T @ am, gm.T @ gm
+        if j in stats:
+            stats[j][0] += S
+            stats[j][1] += A
+        else:
+            stats[j] = [S, A, U.shape[2]]
+
+    _layer_statistics(inp, factor, visit)
+    blocks = []
+    for j in sorted(stats):
+        S, A, T = stats[j]
+        A /= inp.n_samples * (T if approx == "expand" else 1)
+        S *= inp.scale
+        blocks.append(KroneckerBlock(S, A, LayerLayout(model[j], offsets[j])))
+    return blocks
