@@ -51,8 +51,12 @@ def _chunk_size(inp, columns):
 
 def _squared_grads(layer, cache, Q, n_cols_budget):
     """``sum_{n,k} (per-sample gradient of column k)^2`` over a layer's parameters,
-    a few output units at a time."""
+    a few output units at a time.  With one location (``T = 1``) the per-sample
+    gradient ``q_k x^T`` is rank one and the sum is ``sum_n (sum_k q_nk^2) x_n^2``."""
     n, k = Q.shape[:2]
+    if cache[0].shape[2] == 1:
+        qq = np.einsum("nk...,nk...->n...", Q, Q)[:, None]
+        return layer.param_grad_squared_features(cache, qq)
     q_unit = layer.n_params // layer.out_units
     per = max(1, n_cols_budget // max(1, n * k * q_unit))
     out = np.empty(layer.n_params)

@@ -97,9 +97,17 @@ def ekfac(model, params, X, y, loss, fisher="type-2", approx="expand", samples=1
         b = by_layer[offsets[j]]
         _, US, _, UA = b.eigh()
         a = with_bias_row(layer, U)  # (n, p, T)
+        n, k, c, t = g.shape
+        if t == 1:
+            # rank-one per-sample gradients g a^T project to (US^T g)(UA^T a)^T
+            gs = (g[..., 0] @ US) ** 2  # (n, K, c)
+            aa = (a[..., 0] @ UA) ** 2  # (n, p)
+            scales[offsets[j]] += gs.sum(axis=1).T @ aa
+            return
         G = np.matmul(g, a.transpose(0, 2, 1)[:, None])  # (n, K, c, p): per-sample gradients
-        P = np.matmul(np.matmul(US.T, G), UA)
-        scales[offsets[j]] += np.einsum("nkcp,nkcp->cp", P, P)
+        P = (G.reshape(-1, G.shape[-1]) @ UA).reshape(n * k, c, -1)  # right factor, one product
+        P = np.tensordot(US, P, axes=(0, 1))  # (c, n K, p): left factor
+        scales[offsets[j]] += np.einsum("inj,inj->ij", P, P)
 
     _layer_statistics(inp, factor, visit)
     blocks = [EKFACBlock(b, inp.scale * scales[b.layout.offset]) for b in kron_blocks]
