@@ -24,6 +24,9 @@ from .operators import BlockDiagonal, CurvatureOperator, Dense, Diagonal, ExactC
 from .kronecker import KFAC, KroneckerBlock, kfac
 from .ekfac import EKFAC, ekfac
 from .output_factors import FISHER_TYPES
+# training and pruning
+from .training import train
+from .pruning import OBS, PruneResult, SingularCurvatureError, prunable_mask, prune, remove_units
 
 __version__ = "0.1.0"
 
@@ -43,4 +46,6 @@ __all__ = [
     "CurvatureOperator", "ExactCurvature", "BlockDiagonal", "Diagonal", "Dense", "block_diagonal",
     # Kronecker-factored approximations
     "kfac", "KFAC", "KroneckerBlock", "ekfac", "EKFAC", "FISHER_TYPES",
+    # training and pruning
+    "train", "prune", "PruneResult", "OBS", "SingularCurvatureError", "prunable_mask", "remove_units",
 ]

@@ -1,0 +1,124 @@
+"""EigenDamage (Wang et al. 2019, "EigenDamage: Structured pruning in the
+Kronecker-factored eigenbasis", §4).
+
+Reparametrise each affine layer in the eigenbases of its K-FAC factors
+``S = Q_S diag(s) Q_S^T``, ``A = Q_A diag(a) Q_A^T``:  ``W* = Q_S^T [W | b] Q_A``.  In that
+basis the K-FAC (or EKFAC) Fisher is diagonal with entries ``s*_ij`` (``s_i a_j``, or the
+EKFAC re-estimates), so OBS equals OBD there and the importance of ``W*_ij`` is
+``W*_ij^2 s*_ij / 2`` (their eq. 9).  Whole eigen-directions are removed, columns ``j``
+of ``Q_A`` and rows ``i`` of ``Q_S^T``, ranked by their summed importance with one global
+threshold and a per-layer cap on the fraction removed; the predicted loss increase is
+the importance summed over the removed entries (each once).
+
+The kept directions give the bottleneck ``x -> Q_A'^T [x; 1] -> W*' -> Q_S'`` as three
+layers (for a convolution: the ``kh x kw`` convolution ``Q_A'``, then two 1x1
+convolutions).  A layer keeps its bottleneck only when it has fewer parameters than the
+original; otherwise the pruned function is stored densely, ``[W' | b'] = Q_S' W*' Q_A'^T``.
+"""
+
+import numpy as np
+
+from ..ekfac import ekfac
+from ..kronecker import kfac
+from ..nn import Conv2d, Linear, Sequential
+from ..params import flatten_params, unflatten_params
+from .masks import affine_layers
+
+
+def _bottleneck_layers(layer, QA, Wstar, QS):
+    """Three layers computing ``Q_S W* Q_A^T [x; 1]`` and their parameters."""
+    kA, kS = QA.shape[1], QS.shape[1]
+    r = layer.n_weight // layer.out_units
+    first_w = QA[:r].T
+    first_b = QA[r] if layer.bias else None
+    if isinstance(layer, Linear):
+        l1 = Linear(layer.in_features, kA, bias=layer.bias)
+        l2, l3 = Linear(kA, kS, bias=False), Linear(kS, layer.out_features, bias=False)
+        ps = [first_w] + ([first_b] if layer.bias else []) + [Wstar, QS]
+    else:
+        l1 = Conv2d(layer.in_channels, kA, layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                    bias=layer.bias)
+        l2, l3 = Conv2d(kA, kS, 1, bias=False), Conv2d(kS, layer.out_channels, 1, bias=False)
+        ps = [first_w.reshape((kA,) + layer.weight_shape[1:])] + ([first_b] if layer.bias else []) + [
+            Wstar[:, :, None, None], QS[:, :, None, None]]
+    return [l1, l2, l3], ps
+
+
+def eigendamage(model, params, X, y, loss, sparsity, o):
+    from .prune import PruneResult, PruneStep, evaluate
+
+    eig = o.get("eigenvalues", "ekfac")
+    cap = o["max_layer_fraction"]
+    if not 0 < cap <= 1:
+        raise ValueError(f"max_layer_fraction must be in (0, 1], got {cap!r}")
+    args = (model, params, X, y, loss)
+    approx = ekfac(*args, fisher=o["fisher"], samples=o["samples"], seed=o["seed"]) if eig == "ekfac" else None
+    K = kfac(*args, fisher=o["fisher"], samples=o["samples"], seed=o["seed"])
+    theta = flatten_params(params)
+    info = []
+    for idx, (j, layer, start, _, stop) in enumerate(affine_layers(model)):
+        block = K.blocks[idx]
+        s, QS, a, QA = block.eigh()
+        M = block.layout.to_matrix(theta[start:stop][:, None])[0]
+        Wstar = QS.T @ M @ QA
+        sstar = approx.blocks[idx].scales if approx is not None else np.outer(s, a)
+        imp = Wstar**2 * sstar / 2
+        info.append(dict(j=j, layer=layer, QS=QS, QA=QA, Wstar=Wstar, imp=imp))
+    # one global ranking of every direction (S side: rows, A side: columns)
+    dirs = []
+    for li, d in enumerate(info):
+        dirs += [(float(v), li, "S", i) for i, v in enumerate(d["imp"].sum(axis=1))]
+        dirs += [(float(v), li, "A", i) for i, v in enumerate(d["imp"].sum(axis=0))]
+    target = int(np.floor(sparsity * len(dirs)))
+    removed = {(li, side): [] for li in range(len(info)) for side in "SA"}
+    taken = 0
+    for v, li, side, i in sorted(dirs, key=lambda t: t[0]):
+        if taken == target:
+            break
+        n_side = info[li]["imp"].shape[0 if side == "S" else 1]
+        limit = min(int(np.floor(cap * n_side)), n_side - 1)
+        if len(removed[(li, side)]) >= limit:
+            continue
+        removed[(li, side)].append(i)
+        taken += 1
+    if taken < target:
+        raise ValueError(f"eigendamage: sparsity {sparsity} exceeds what the per-layer cap "
+                         f"max_layer_fraction={cap} allows ({taken} of {len(dirs)} directions)")
+    layers, new_params, predicted = [], [], 0.0
+    grouped = model.group_params(params)
+    info_by_j = {d["j"]: (li, d) for li, d in enumerate(info)}
+    kept_report = []
+    for j, layer in enumerate(model):
+        if j not in info_by_j:
+            layers.append(layer)
+            new_params += grouped[j]
+            continue
+        li, d = info_by_j[j]
+        keepS = np.setdiff1d(np.arange(d["QS"].shape[1]), removed[(li, "S")])
+        keepA = np.setdiff1d(np.arange(d["QA"].shape[1]), removed[(li, "A")])
+        gone = np.ones_like(d["imp"], dtype=bool)
+        gone[np.ix_(keepS, keepA)] = False
+        predicted += float(d["imp"][gone].sum())
+        QSk, QAk, Wk = d["QS"][:, keepS], d["QA"][:, keepA], d["Wstar"][np.ix_(keepS, keepA)]
+        b_layers, b_params = _bottleneck_layers(layer, QAk, Wk, QSk)
+        n_bottleneck = sum(p.size for p in b_params)
+        if n_bottleneck < layer.n_params:
+            layers += b_layers
+            new_params += b_params
+            kept_report.append((j, "bottleneck", n_bottleneck, layer.n_params))
+        else:
+            dense = (QSk @ Wk @ QAk.T)[None]
+            from ..kronecker import LayerLayout
+
+            flat = LayerLayout(layer, 0).from_matrix(dense)[:, 0]
+            layers.append(layer)
+            new_params += unflatten_params(Sequential(layer), flat)
+            kept_report.append((j, "dense", layer.n_params, layer.n_params))
+    new_model = Sequential(*layers)
+    L0 = evaluate(model, theta, X, y, loss)
+    L1 = evaluate(new_model, flatten_params(new_params), X, y, loss)
+    removed_list = np.array([(li, 0 if side == "S" else 1, i) for (li, side), v in removed.items() for i in v],
+                            dtype=np.int64).reshape(-1, 3)
+    step = PruneStep(1, removed_list, predicted, L1 - L0, L1 - L0, L1, taken / len(dirs) if dirs else 0.0)
+    step.layers = kept_report
+    return PruneResult(new_model, new_params, np.ones(new_model.n_params, dtype=bool), [step], "eigendamage")

@@ -1,0 +1,119 @@
+"""Optimal Brain Surgeon on a given positive definite matrix (Hassibi & Stork 1993).
+
+For the quadratic model ``dL = 1/2 dtheta^T H dtheta`` at a minimum, removing weight
+``q`` (``theta_q + dtheta_q = 0``) at least cost gives (Hassibi & Stork 1993, eqs. 4-5)
+
+    s_q = w_q^2 / (2 [H^-1]_qq),    dtheta = -(w_q / [H^-1]_qq) H^-1 e_q,
+
+and for a set ``Q`` of weights removed jointly (group OBS; Kurtic et al. 2022, eq. 3)
+
+    s_Q = w_Q^T ([H^-1]_QQ)^-1 w_Q / 2,    dtheta = -H^-1 E_Q ([H^-1]_QQ)^-1 w_Q.
+
+After removing ``Q`` the remaining problem is the same with ``H`` restricted to the other
+coordinates; its inverse is the Schur-complement update (elimination, no re-inversion)
+
+    (H_RR)^-1 = [H^-1]_RR - [H^-1]_RQ ([H^-1]_QQ)^-1 [H^-1]_QR,
+
+an ``O(n^2 |Q|)`` step (Frantar & Alistarh 2022, "Optimal Brain Compression", eq. 5).
+"""
+
+import numpy as np
+import scipy.linalg
+
+
+class SingularCurvatureError(np.linalg.LinAlgError):
+    """The matrix to invert is singular or not positive definite."""
+
+
+def inverse_spd(H, damping=0.0, what="matrix"):
+    """``(H + damping I)^-1`` by Cholesky; raises :class:`SingularCurvatureError` naming
+    the problem when the damped matrix is not (numerically) positive definite."""
+    H = np.asarray(H, dtype=np.float64)
+    n = H.shape[0]
+    if H.shape != (n, n):
+        raise ValueError(f"{what} must be square, got shape {H.shape}")
+    if not np.isfinite(damping) or damping < 0:
+        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+    if n == 0:
+        return np.zeros((0, 0))
+    M = H + damping * np.eye(n)
+    try:
+        c, low = scipy.linalg.cho_factor(M, lower=True, check_finite=True)
+    except np.linalg.LinAlgError:
+        ev = np.linalg.eigvalsh(M)[0]
+        raise SingularCurvatureError(
+            f"the {what} (damping {damping}) is not positive definite: smallest eigenvalue {ev:.3e}; "
+            "use damping > 0 (or a positive semi-definite curvature such as the GGN)"
+        ) from None
+    d = np.diag(c)
+    if d.min() <= np.sqrt(n * np.finfo(float).eps) * d.max():
+        raise SingularCurvatureError(
+            f"the {what} (damping {damping}) is numerically singular: condition ~ {(d.max() / d.min()) ** 2:.1e}; "
+            "use damping > 0"
+        )
+    inv = scipy.linalg.cho_solve((c, low), np.eye(n))
+    return (inv + inv.T) / 2
+
+
+class OBS:
+    """Sequential OBS on ``w`` (``(n,)``) with inverse curvature ``Hinv`` (``(n, n)``).
+
+    ``prunable`` marks the coordinates that may be removed (others are only updated).
+    Removed coordinates are eliminated from ``Hinv`` and stay exactly zero.  The arrays
+    passed in are copied.
+    """
+
+    def __init__(self, Hinv, w, prunable=None):
+        self.Hinv = np.array(Hinv, dtype=np.float64)
+        self.w = np.array(w, dtype=np.float64)
+        n = self.w.size
+        if self.Hinv.shape != (n, n):
+            raise ValueError(f"OBS: Hinv must have shape ({n}, {n}), got {self.Hinv.shape}")
+        self.active = np.ones(n, dtype=bool)
+        self.prunable = np.ones(n, dtype=bool) if prunable is None else np.array(prunable, dtype=bool)
+
+    def saliencies(self):
+        """``w_q^2 / (2 [H^-1]_qq)`` for every prunable active ``q`` (``inf`` elsewhere)."""
+        s = np.full(self.w.size, np.inf)
+        c = self.active & self.prunable
+        s[c] = self.w[c] ** 2 / (2.0 * np.diag(self.Hinv)[c])
+        return s
+
+    def group_saliency(self, Q):
+        Q = np.asarray(Q)
+        w = self.w[Q]
+        return float(w @ np.linalg.solve(self.Hinv[np.ix_(Q, Q)], w) / 2.0)
+
+    def remove(self, Q):
+        """Remove the set ``Q`` jointly: apply the group update, eliminate ``Q`` from
+        ``Hinv``; returns the predicted increase ``s_Q``."""
+        Q = np.atleast_1d(np.asarray(Q))
+        if not np.all(self.active[Q]):
+            raise ValueError("OBS: coordinate already removed")
+        HQQ = self.Hinv[np.ix_(Q, Q)]
+        wQ = self.w[Q]
+        coef = np.linalg.solve(HQQ, wQ)
+        s = float(wQ @ coef / 2.0)
+        cols = self.Hinv[:, Q]
+        self.w -= cols @ coef
+        self.w[Q] = 0.0  # exact zeros (the update makes them zero up to rounding)
+        # elimination: Hinv <- Hinv - Hinv[:, Q] HQQ^-1 Hinv[Q, :]
+        self.Hinv -= cols @ np.linalg.solve(HQQ, cols.T)
+        self.Hinv[Q, :] = 0.0
+        self.Hinv[:, Q] = 0.0
+        self.active[Q] = False
+        return s
+
+    def prune(self, count, group_size=1):
+        """Remove ``count`` weights, ``group_size`` at a time, each time the ones with the
+        smallest single-weight saliency; returns the summed predicted increase."""
+        total, left = 0.0, int(count)
+        while left > 0:
+            k = min(group_size, left)
+            s = self.saliencies()
+            if not np.isfinite(s).any() or np.isfinite(s).sum() < k:
+                raise ValueError("OBS: fewer prunable weights left than requested")
+            Q = np.argsort(s, kind="stable")[:k]
+            total += self.remove(Q)
+            left -= k
+        return total

@@ -1,0 +1,231 @@
+"""``prune``: one entry point for every criterion, with a record of every step.
+
+Every step reports the loss change the criterion's quadratic model predicted and the
+loss change actually observed, with the criterion's update of the remaining weights and
+without it (the removed weights just zeroed), so that each criterion's quality is
+measured (``CONVENTIONS.md``, "Pruning").
+"""
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..checks import validate
+from ..derivatives import loss as loss_value
+from ..params import flatten_params, unflatten_params
+from ..training import train
+from . import unstructured as U
+from .masks import affine_layers, check_mask, check_not_emptied, prunable_mask, sparsity_of
+
+UNSTRUCTURED = ("magnitude", "obd", "obs", "woodfisher", "layer_obs")
+STRUCTURED = ("c_obd", "c_obs", "kron_obd", "kron_obs")
+METHODS = UNSTRUCTURED + STRUCTURED + ("eigendamage",)
+
+
+@dataclass
+class PruneStep:
+    """One pruning step.
+
+    ``predicted``: the quadratic model's increase (``nan`` for magnitude, which has no
+    loss model; for ``layer_obs`` the increase of the layer-wise objective).
+    ``actual``: loss after the step (with the criterion's update) minus loss before.
+    ``actual_without_update``: the same with the removed weights zeroed and nothing
+    else changed.
+    """
+
+    step: int
+    removed: np.ndarray
+    predicted: float
+    actual: float
+    actual_without_update: float
+    loss: float
+    sparsity: float
+    retrain_history: list = field(default_factory=list)
+
+
+@dataclass
+class PruneResult:
+    """``model`` and ``params`` after pruning (a smaller model for structured methods and
+    EigenDamage), ``mask`` over the result's ``theta`` and the per-step ``steps``."""
+
+    model: object
+    params: list
+    mask: np.ndarray
+    steps: list
+    method: str
+    #: structured methods: the original architecture with the removed units zeroed
+    #: (it computes the same function as ``model``)
+    masked_model: object = None
+    masked_params: list = None
+
+    def summary(self):
+        lines = [f"{self.method}: {len(self.steps)} step(s)",
+                 f"{'step':>4} {'removed':>8} {'predicted':>12} {'actual':>12} {'no update':>12} {'loss':>10} {'sparsity':>8}"]
+        for s in self.steps:
+            lines.append(f"{s.step:4d} {len(s.removed):8d} {s.predicted:12.4e} {s.actual:12.4e} "
+                         f"{s.actual_without_update:12.4e} {s.loss:10.5f} {s.sparsity:8.3f}")
+        return "\n".join(lines)
+
+
+def _check_fraction(sparsity):
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)) \
+            or not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    return float(sparsity)
+
+
+def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope="global", curvature="ggn",
+          diagonal="exact", damping=0.0, group_size=1, fisher="type-2", samples=1, seed=0, mask=None,
+          include_bias=False, retrain=None, max_layer_fraction=0.9, eigenvalues="ekfac", progress=False):
+    """Prune ``model`` to ``sparsity`` with ``method`` and record every step.
+
+    Parameters
+    ----------
+    method : str
+        ``"magnitude"``, ``"obd"`` (``diagonal=``), ``"obs"`` (``curvature=``),
+        ``"woodfisher"``, ``"layer_obs"`` (unstructured); ``"c_obd"``, ``"c_obs"``,
+        ``"kron_obd"``, ``"kron_obs"`` (whole output units; ``fisher=``);
+        ``"eigendamage"`` (eigen-directions; ``fisher=``, ``max_layer_fraction=``).
+    sparsity : float in [0, 1)
+        Fraction of prunable weights (unstructured), of prunable units (structured) or
+        of eigen-directions (EigenDamage) to remove.
+    steps : int
+        Number of rounds; round ``k`` reaches ``sparsity * k / steps``, the curvature is
+        recomputed at the current weights every round, and ``retrain`` (a dict of
+        :func:`refprune.train` options) fine-tunes with the mask after each round.
+    scope : {"global", "layer"}
+        One ranking over all layers, or the same fraction in every layer.
+    curvature : {"hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher"}
+        The matrix of ``"obs"``.
+    diagonal : {"exact", "ggn", "fisher", "empirical", "obd", "obd_lm"}
+        The diagonal of ``"obd"``: exact Hessian, GGN, MC Fisher, empirical Fisher,
+        OBD's own approximation (with or without the ``phi''`` term).
+    damping : float
+        Added to the curvature before it is inverted (OBS, WoodFisher, layer-wise OBS;
+        factored damping of the Kronecker factors for the structured methods).
+    group_size : int
+        OBS removes this many weights at a time by the group formula.
+    max_layer_fraction, eigenvalues :
+        EigenDamage: the largest fraction of a layer's directions (per factor) that may
+        go, and whose eigenvalues rank them (``"ekfac"`` re-estimated or ``"kfac"``).
+    mask : bool array (n,), optional
+        Coordinates already pruned (``False``); they stay zero.
+    include_bias : bool
+        Let unstructured methods remove biases too.
+
+    Returns
+    -------
+    PruneResult
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {METHODS}")
+    sparsity = _check_fraction(sparsity)
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    if not isinstance(group_size, (int, np.integer)) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if not np.isfinite(damping) or damping < 0:
+        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+    if method == "obs" and curvature not in U.CURVATURES:
+        raise ValueError(f"curvature must be one of {U.CURVATURES}, got {curvature!r}")
+    if eigenvalues not in ("ekfac", "kfac"):
+        raise ValueError(f"eigenvalues must be 'ekfac' or 'kfac', got {eigenvalues!r}")
+    if method == "obd" and diagonal not in U.DIAGONALS:
+        raise ValueError(f"diagonal must be one of {U.DIAGONALS}, got {diagonal!r}")
+    validate(model, params, X, y, loss)
+    opts = dict(scope=scope, curvature=curvature, diagonal=diagonal, damping=float(damping),
+                group_size=int(group_size), fisher=fisher, samples=samples, seed=seed,
+                include_bias=include_bias, retrain=retrain, max_layer_fraction=max_layer_fraction,
+                eigenvalues=eigenvalues, progress=progress)
+    if method in UNSTRUCTURED:
+        return _prune_unstructured(model, params, X, y, loss, method, sparsity, steps, mask, opts)
+    if method in STRUCTURED:
+        from .structured import prune_units
+
+        return prune_units(model, params, X, y, loss, method, sparsity, steps, mask, opts)
+    from .eigendamage import eigendamage
+
+    return eigendamage(model, params, X, y, loss, sparsity, opts)
+
+
+def _targets(model, candidates_all, mask, fraction, scope):
+    """Number of weights to remove now: ``[(indices of a group, count)]``."""
+    if scope == "global":
+        total = int(candidates_all.sum())
+        done = int((candidates_all & ~mask).sum())
+        return [(np.flatnonzero(mask), int(np.floor(fraction * total)) - done)]
+    out = []
+    for _, _, start, _, stop in affine_layers(model):
+        c = candidates_all[start:stop]
+        total, done = int(c.sum()), int((c & ~mask[start:stop]).sum())
+        out.append((start + np.flatnonzero(mask[start:stop]), int(np.floor(fraction * total)) - done))
+    return out
+
+
+def evaluate(model, theta, X, y, loss):
+    return loss_value(model, unflatten_params(model, theta), X, y, loss)
+
+
+def record_step(model, X, y, loss, k, theta_before, theta_after, removed, predicted, mask, prunable):
+    L0 = evaluate(model, theta_before, X, y, loss)
+    zeroed = theta_before.copy()
+    zeroed[removed] = 0.0
+    L1 = evaluate(model, theta_after, X, y, loss)
+    return PruneStep(k, np.sort(removed), float(predicted), L1 - L0, evaluate(model, zeroed, X, y, loss) - L0, L1,
+                     sparsity_of(mask, prunable))
+
+
+def maybe_retrain(model, theta, X, y, loss, mask, retrain, seed):
+    if not retrain:
+        return theta, []
+    opts = dict(retrain)
+    opts.setdefault("seed", seed)
+    p, hist = train(model, unflatten_params(model, theta), X, y, loss, mask=mask, **opts)
+    return flatten_params(p), hist
+
+
+def _prune_unstructured(model, params, X, y, loss, method, sparsity, steps, mask, o):
+    mask = check_mask(model, mask)
+    prunable = prunable_mask(model, o["include_bias"])
+    theta = flatten_params(params) * mask
+    records = []
+    for k in range(1, steps + 1):
+        frac = sparsity * k / steps
+        args = (model, unflatten_params(model, theta), X, y, loss)
+        candidates = prunable & mask
+        if method == "layer_obs":
+            from .layerwise import layer_obs_round
+
+            new, removed, predicted = layer_obs_round(model, theta, X, mask, prunable, frac, o["damping"])
+        else:
+            groups = _targets(model, prunable, mask, frac, o["scope"])
+            if sum(c for _, c in groups) <= 0:
+                continue
+            if method == "magnitude" or method == "obd":
+                score = np.abs(theta) if method == "magnitude" else theta**2 * U.diagonal_of(
+                    o["diagonal"], args, o["samples"], o["seed"]) / 2.0
+                removed = np.concatenate([idx[candidates[idx]][np.argsort(score[idx[candidates[idx]]],
+                                                                            kind="stable")[:c]]
+                                          for idx, c in groups if c > 0])
+                new = theta.copy()
+                new[removed] = 0.0
+                predicted = float("nan") if method == "magnitude" else float(np.sum(score[removed]))
+            else:
+                kind = "woodfisher" if method == "woodfisher" else o["curvature"]
+                Hinv_of = U.obs_inverse_factory(kind, args, o["damping"], o["samples"], o["seed"])
+                new, removed, predicted = U.select_obs(theta, mask, candidates, [c for _, c in groups],
+                                                       Hinv_of, o["group_size"], [idx for idx, _ in groups])
+        new_mask = mask.copy()
+        new_mask[removed] = False
+        check_not_emptied(model, new_mask, prunable)
+        rec = record_step(model, X, y, loss, k, theta, new, removed, predicted, new_mask, prunable)
+        mask, theta = new_mask, new * new_mask
+        theta, rec.retrain_history = maybe_retrain(model, theta, X, y, loss, mask, o["retrain"], o["seed"])
+        records.append(rec)
+        if o["progress"]:
+            print(f"prune ({method}): step {k}/{steps}, sparsity {rec.sparsity:.3f}, loss {rec.loss:.5f}",
+                  file=sys.stderr)
+    return PruneResult(model, unflatten_params(model, theta), mask, records, method)

@@ -1,0 +1,172 @@
+"""Structured criteria: remove whole output units (neurons, channels).
+
+For an affine layer with K-FAC block ``F = S kron A`` over the rows ``w_i`` of
+``[W | b]`` (``CONVENTIONS.md``; factored damping ``S + sqrt(lam) I``, ``A + sqrt(lam) I``):
+
+* Kron-OBD:  ``s_i = S_ii w_i^T A w_i / 2``  (the OBD saliency of the whole row under ``F``);
+* Kron-OBS:  ``s_i = w_i^T A w_i / (2 [S^-1]_ii)``, update ``dW = -S^-1 e_i w_i^T / [S^-1]_ii``:
+  group OBS with ``F`` for the set ``Q = row i``, since ``[F^-1]_QQ = [S^-1]_ii A^-1``
+  (Wang et al. 2019, "EigenDamage", §3.2, eqs. 7-8, with the exact ``w_i^T A w_i``);
+* C-OBD: ``s_i = sum_j w_ij^2 F_(ij),(ij) / 2`` with the exact diagonal of the Fisher;
+* C-OBS: ``s_i = sum_j w_ij^2 / (2 [F^-1]_(ij),(ij))`` with ``[F^-1]_(ij),(ij) =
+  [S^-1]_ii [A^-1]_jj`` (K-FAC); the removed row gets the exact group update above.
+
+Units are removed one at a time, lowest saliency over all prunable layers first; after a
+Kron-OBS/C-OBS removal ``S^-1`` of that layer is updated by eliminating the unit.  At the
+end :func:`~refprune.pruning.surgery.remove_units` returns the smaller network.
+"""
+
+import sys
+
+import numpy as np
+
+from ..diagonal import fisher_diagonal, ggn_diagonal
+from ..kronecker import kfac
+from ..params import flatten_params, unflatten_params
+from .masks import check_mask
+from .obs import inverse_spd
+from .surgery import remove_units, structurally_prunable
+
+
+def _unit_rows(layout, theta):
+    """Rows ``w_i`` of ``[W | b]`` for a layer: ``(c, p)``."""
+    return layout.to_matrix(theta[layout.offset : layout.offset + layout.size][:, None])[0]
+
+
+class _LayerState:
+    def __init__(self, block, theta, alive, damping, diag=None):
+        self.layout = block.layout
+        r = np.sqrt(damping)
+        self.A = block.A + r * np.eye(len(block.A))
+        S = block.S + r * np.eye(len(block.S))
+        idx = np.flatnonzero(alive)
+        self.alive = alive.copy()
+        # S restricted to the units still alive (dead rows are constrained to zero)
+        self.Sinv = np.zeros_like(S)
+        self.Sinv[np.ix_(idx, idx)] = inverse_spd(S[np.ix_(idx, idx)], 0.0, what=f"K-FAC factor S of {block.layout.layer!r}")
+        self.S = S
+        self.Ainv_diag = np.diag(inverse_spd(self.A, 0.0, what=f"K-FAC factor A of {block.layout.layer!r}"))
+        self.diag = diag
+
+    def saliencies(self, M, method):
+        s = np.full(self.layout.c, np.inf)
+        a = self.alive
+        if method == "kron_obd":
+            s[a] = np.diag(self.S)[a] * np.einsum("ip,pq,iq->i", M[a], self.A, M[a]) / 2
+        elif method == "kron_obs":
+            s[a] = np.einsum("ip,pq,iq->i", M[a], self.A, M[a]) / (2 * np.diag(self.Sinv)[a])
+        elif method == "c_obs":
+            s[a] = np.sum(M[a] ** 2 / (2 * np.outer(np.diag(self.Sinv)[a], self.Ainv_diag)), axis=1)
+        else:  # c_obd
+            s[a] = np.sum(M[a] ** 2 * self.diag[a], axis=1) / 2
+        return s
+
+    def remove(self, M, i, update):
+        """Remove unit ``i`` from ``M = [W | b]`` in place; returns nothing."""
+        if update:
+            col = self.Sinv[:, i].copy()
+            M -= np.outer(col / col[i], M[i])
+            self.Sinv -= np.outer(col, col) / col[i]
+        M[i] = 0.0
+        self.Sinv[i, :] = 0.0
+        self.Sinv[:, i] = 0.0
+        self.alive[i] = False
+
+
+def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
+    from .prune import PruneResult, maybe_retrain, record_step
+
+    layers = structurally_prunable(model)
+    if not layers:
+        raise ValueError(f"{method}: the model has no affine layer whose units can be removed (only the last one)")
+    mask = check_mask(model, mask)
+    theta = flatten_params(params) * mask
+    offsets = model.param_offsets()
+    total = sum(model[j].out_units for j in layers)
+    alive = {j: np.ones(model[j].out_units, dtype=bool) for j in layers}
+    for j in layers:  # units whose whole row is already masked count as removed
+        rows = _unit_rows(_layout_of(model, j), mask.astype(float))
+        alive[j] &= rows.any(axis=1)
+    records = []
+    unit_prunable = np.zeros(model.n_params, dtype=bool)
+    for j in layers:
+        unit_prunable[offsets[j] : offsets[j + 1]] = True
+    for k in range(1, steps + 1):
+        count = int(np.floor(sparsity * k / steps * total)) - sum(int((~a).sum()) for a in alive.values())
+        if count <= 0:
+            continue
+        args = (model, unflatten_params(model, theta), X, y, loss)
+        K = kfac(*args, fisher=o["fisher"], samples=o["samples"], seed=o["seed"])
+        blocks = {b.layout.offset: b for b in K.blocks}
+        diag = None
+        if method == "c_obd":
+            diag = ggn_diagonal(*args) if o["fisher"] == "type-2" else fisher_diagonal(
+                *args, kind=o["fisher"], samples=o["samples"], seed=o["seed"])
+        states, mats = {}, {}
+        for j in layers:
+            b = blocks[offsets[j]]
+            d = None if diag is None else _unit_rows(b.layout, diag)
+            states[j] = _LayerState(b, theta, alive[j], o["damping"], d)
+            mats[j] = _unit_rows(b.layout, theta)
+        new_theta = theta.copy()
+        removed_units, predicted = [], 0.0
+        update = method in ("kron_obs", "c_obs")
+        for _ in range(count):
+            # a layer down to its last unit leaves the candidate set: never empty a layer
+            cands = [(states[j].saliencies(mats[j], method), j) for j in layers if alive[j].sum() > 1]
+            if not cands:
+                raise ValueError(
+                    f"{method}: sparsity {sparsity} would remove every unit of some layer; at most "
+                    f"{total - len(layers)} of {total} units can go (one must stay in each layer)")
+            s, j = min(cands, key=lambda t: np.min(t[0]))
+            i = int(np.argmin(s))
+            predicted += float(s[i])
+            states[j].remove(mats[j], i, update)
+            alive[j] = states[j].alive
+            removed_units.append((j, i))
+        removed_idx = []
+        for j in layers:
+            lay = states[j].layout
+            new_theta[lay.offset : lay.offset + lay.size] = lay.from_matrix(mats[j][None])[:, 0]
+        new_mask = mask.copy()
+        for j, i in removed_units:
+            lay = states[j].layout
+            rows = np.zeros((lay.c, lay.p))
+            rows[i] = 1.0
+            idx = lay.offset + np.flatnonzero(lay.from_matrix(rows[None])[:, 0])
+            new_mask[idx] = False
+            removed_idx.append(idx)
+        removed = np.concatenate(removed_idx)
+        rec = record_step(model, X, y, loss, k, theta, new_theta * new_mask, removed, predicted, new_mask,
+                          unit_prunable)
+        rec.sparsity = 1.0 - sum(int(a.sum()) for a in alive.values()) / total
+        rec.removed_units = removed_units
+        theta, mask = new_theta * new_mask, new_mask
+        theta, rec.retrain_history = maybe_retrain(model, theta, X, y, loss, mask, o["retrain"], o["seed"])
+        records.append(rec)
+        if o["progress"]:
+            print(f"prune ({method}): step {k}/{steps}, {rec.sparsity:.3f} of units removed", file=sys.stderr)
+    small, small_params = remove_units(model, unflatten_params(model, theta), alive, np.shape(X)[1:])
+    return PruneResult(small, small_params, _carry_mask(model, mask, alive, np.shape(X)[1:], small),
+                       records, method, model, unflatten_params(model, theta))
+
+
+def _carry_mask(model, mask, alive, in_shape, small):
+    """The mask of the smaller model: the same surgery applied to the 0/1 mask selects
+    exactly the kept weights; biases (possibly new ones that hold folded constants)
+    are free."""
+    from .masks import affine_layers
+
+    if mask.all():
+        return np.ones(small.n_params, dtype=bool)
+    _, mp = remove_units(model, unflatten_params(model, mask.astype(float)), alive, in_shape)
+    m = flatten_params(mp) != 0
+    for _, _, start, wstop, stop in affine_layers(small):
+        m[wstop:stop] = True
+    return m
+
+
+def _layout_of(model, j):
+    from ..kronecker import LayerLayout
+
+    return LayerLayout(model[j], model.param_offsets()[j])

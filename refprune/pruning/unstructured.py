@@ -1,0 +1,112 @@
+"""Unstructured criteria: choose single weights, optionally update the others.
+
+* magnitude: smallest ``|w_q|`` (no loss model);
+* OBD (LeCun, Denker & Solla 1990, eq. 6): ``s_q = w_q^2 h_qq / 2`` with any diagonal;
+* OBS (Hassibi & Stork 1993) on the exact Hessian, GGN or a Fisher, restricted to the
+  coordinates still free, inverted once per round and eliminated per removal;
+* WoodFisher (Singh & Alistarh 2020, §3): OBS on the damped empirical Fisher
+  ``lam I + U^T U`` (``U = G / sqrt(R)``, rows the per-sample gradients), whose inverse
+  the Woodbury identity gives from an ``N x N`` solve:
+  ``(lam I + U^T U)^-1 = (I - U^T (lam I_N + U U^T)^-1 U) / lam``.
+
+Each ``select_*`` function takes the current flat ``theta``, the ``mask`` of free
+coordinates and the boolean ``candidates`` that may be removed, and returns
+``(new_theta, removed_indices, predicted_increase)``.
+"""
+
+import numpy as np
+
+from .. import curvature, derivatives, diagonal
+from ..checks import validate
+from .obs import OBS, SingularCurvatureError, inverse_spd
+
+CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher")
+DIAGONALS = ("exact", "ggn", "fisher", "empirical", "obd", "obd_lm")
+
+
+def _lowest(scores, candidates, count):
+    idx = np.flatnonzero(candidates)
+    order = np.argsort(scores[idx], kind="stable")
+    return idx[order[:count]]
+
+
+def select_magnitude(theta, candidates, count):
+    removed = _lowest(np.abs(theta), candidates, count)
+    out = theta.copy()
+    out[removed] = 0.0
+    return out, removed, float("nan")
+
+
+def diagonal_of(kind, args, samples, seed):
+    if kind == "exact":
+        return diagonal.hessian_diagonal(*args)
+    if kind == "ggn":
+        return diagonal.ggn_diagonal(*args)
+    if kind == "fisher":
+        return diagonal.fisher_diagonal(*args, kind="mc", samples=samples, seed=seed)
+    if kind == "empirical":
+        return diagonal.fisher_diagonal(*args, kind="empirical")
+    if kind in ("obd", "obd_lm"):
+        return diagonal.obd_diagonal(*args, levenberg_marquardt=kind == "obd_lm")
+    raise ValueError(f"diagonal must be one of {DIAGONALS}, got {kind!r}")
+
+
+def select_obd(theta, candidates, count, h):
+    s = theta**2 * h / 2.0
+    removed = _lowest(s, candidates, count)
+    out = theta.copy()
+    out[removed] = 0.0
+    return out, removed, float(np.sum(s[removed]))
+
+
+def dense_curvature(kind, args, samples, seed):
+    if kind == "hessian":
+        return curvature.hessian(*args)
+    if kind in ("ggn", "fisher"):
+        return curvature.ggn(*args)
+    if kind == "empirical_fisher":
+        return curvature.fisher(*args, kind="empirical")
+    if kind == "mc_fisher":
+        return curvature.fisher(*args, kind="mc", samples=samples, seed=seed)
+    raise ValueError(f"curvature must be one of {CURVATURES}, got {kind!r}")
+
+
+def woodbury_inverse(U, damping):
+    """``(damping I + U^T U)^-1`` for ``U (N, m)`` via an ``N x N`` solve."""
+    if not damping > 0:
+        raise SingularCurvatureError(
+            f"the empirical Fisher of {U.shape[0]} samples has rank <= {U.shape[0]}"
+            f"{' < ' + str(U.shape[1]) if U.shape[0] < U.shape[1] else ''} parameters; "
+            "WoodFisher needs damping > 0"
+        )
+    K = damping * np.eye(U.shape[0]) + U @ U.T
+    inv = (np.eye(U.shape[1]) - U.T @ np.linalg.solve(K, U)) / damping
+    return (inv + inv.T) / 2
+
+
+def select_obs(theta, mask, candidates, count, Hinv_of, group_size, groups):
+    """OBS within each group of coordinates (``groups``: list of index arrays covering the
+    free coordinates; one group = global OBS, one per layer = layer-wise blocks), with
+    ``count[i]`` removals in group ``i``.  ``Hinv_of(idx)`` returns the inverse curvature
+    restricted to ``idx``."""
+    out = theta.copy()
+    removed, predicted = [], 0.0
+    for idx, k in zip(groups, count):
+        if k <= 0:
+            continue
+        solver = OBS(Hinv_of(idx), out[idx], prunable=candidates[idx])
+        predicted += solver.prune(k, group_size)
+        out[idx] = solver.w
+        removed.append(idx[~solver.active])
+    removed = np.concatenate(removed) if removed else np.zeros(0, dtype=int)
+    return out, removed, predicted
+
+
+def obs_inverse_factory(kind, args, damping, samples, seed):
+    """``idx -> (H_idx,idx + damping I)^-1`` for a dense curvature or WoodFisher."""
+    if kind == "woodfisher":
+        inp_scale = validate(*args).scale
+        rows = derivatives.per_sample_grads(*args) / np.sqrt(inp_scale)
+        return lambda idx: woodbury_inverse(rows[:, idx], damping)
+    H = dense_curvature(kind, args, samples, seed)
+    return lambda idx: inverse_spd(H[np.ix_(idx, idx)], damping, what=f"{kind} restricted to the free weights")
