@@ -73,8 +73,11 @@ def _eliminate(Hinv, C, t, diag, W, rows, q, update_w):
     the ``t``-th column of ``C``."""
     if rows.size == 0:
         return
-    # column q of the current inverse: H^-1 e_q - C^T (C e_q)
-    col = Hinv[:, q].T - np.einsum("msr,ms->mr", C[rows, :t], C[rows, :t, q])
+    # column q of the current inverse: H^-1 e_q - C^T (C e_q); a slice, not a copy, when
+    # every row takes part
+    Ct = C[:, :t] if rows.size == C.shape[0] else C[rows, :t]
+    cq = np.take_along_axis(Ct, q[:, None, None], axis=2)  # (m, t, 1)
+    col = Hinv[:, q].T - np.matmul(cq.transpose(0, 2, 1), Ct)[:, 0]
     dq = col[np.arange(rows.size), q]
     if update_w:
         W[rows] -= (W[rows, q] / dq)[:, None] * col

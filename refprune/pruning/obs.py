@@ -37,22 +37,27 @@ def inverse_spd(H, damping=0.0, what="matrix"):
     if n == 0:
         return np.zeros((0, 0))
     M = H + damping * np.eye(n)
-    try:
-        c, low = scipy.linalg.cho_factor(M, lower=True, check_finite=True)
-    except np.linalg.LinAlgError:
+    if not np.all(np.isfinite(M)):
+        raise ValueError(f"the {what} contains NaN or inf")
+    # Cholesky (potrf) and the inverse from it (potri): about n^3 flops in all
+    L, info = scipy.linalg.lapack.dpotrf(M, lower=1, clean=1)
+    if info != 0:
         ev = np.linalg.eigvalsh(M)[0]
         raise SingularCurvatureError(
             f"the {what} (damping {damping}) is not positive definite: smallest eigenvalue {ev:.3e}; "
             "use damping > 0 (or a positive semi-definite curvature such as the GGN)"
-        ) from None
-    d = np.diag(c)
+        )
+    d = np.diag(L)
     if d.min() <= np.sqrt(n * np.finfo(float).eps) * d.max():
         raise SingularCurvatureError(
             f"the {what} (damping {damping}) is numerically singular: condition ~ {(d.max() / d.min()) ** 2:.1e}; "
             "use damping > 0"
         )
-    inv = scipy.linalg.cho_solve((c, low), np.eye(n))
-    return (inv + inv.T) / 2
+    inv, info = scipy.linalg.lapack.dpotri(L, lower=1)
+    if info != 0:  # pragma: no cover - potrf succeeded, so potri cannot fail
+        raise SingularCurvatureError(f"inverting the {what} failed (LAPACK potri info {info})")
+    lower = np.tril(inv)
+    return lower + np.tril(inv, -1).T
 
 
 class OBS:
@@ -94,11 +99,17 @@ class OBS:
         wQ = self.w[Q]
         coef = np.linalg.solve(HQQ, wQ)
         s = float(wQ @ coef / 2.0)
-        cols = self.Hinv[:, Q]
+        cols = self.Hinv[:, Q].copy()
         self.w -= cols @ coef
         self.w[Q] = 0.0  # exact zeros (the update makes them zero up to rounding)
         # elimination: Hinv <- Hinv - Hinv[:, Q] HQQ^-1 Hinv[Q, :]
-        self.Hinv -= cols @ np.linalg.solve(HQQ, cols.T)
+        if len(Q) == 1 and self.Hinv.flags.c_contiguous:
+            # in-place rank-one BLAS update (one pass over memory); Hinv^T is Fortran-ordered
+            # and symmetric, so updating it updates Hinv
+            c = cols[:, 0]
+            scipy.linalg.blas.dger(-1.0 / HQQ[0, 0], c, c, a=self.Hinv.T, overwrite_a=True)
+        else:
+            self.Hinv -= cols @ np.linalg.solve(HQQ, cols.T)
         self.Hinv[Q, :] = 0.0
         self.Hinv[:, Q] = 0.0
         self.active[Q] = False
