@@ -60,7 +60,7 @@ def layer_obs_256(samples=1024):
     t0 = time.perf_counter()
     H = 2 * X.T @ X / samples
     order, inc, traj = obc_rows(W, inverse_spd(H, 0.0), np.ones_like(W, dtype=bool), 256)
-    k = rp.pruning.layerwise.select_counts(inc, 256 * 128)
+    rp.pruning.layerwise.select_counts(inc, 256 * 128)
     t = time.perf_counter() - t0
     print(f"layer-wise OBS, 256x256 Linear to 50%: {t:.2f} s (full greedy sequence of every row "
           f"+ global mask selection)")

@@ -123,7 +123,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name):
     for layer in model:
         s = layer.output_shape(s)
         out_shapes.append(tuple(s))
-    width = max(int(np.prod(w)) for w in _d._layer_work_shapes(inp))
+    width = max(int(np.prod(w)) for w in _d.layer_work_shapes(inp))
     chunk = _d.CHUNK_FLOATS
     param_layers = _param_layers(model)
     t_start = time.perf_counter()
@@ -141,7 +141,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name):
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
             first = s0 == 0
-            f, caches, douts = _d._gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
+            f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
             if jacobian_seed:
                 seed = layer_l.param_jvp(inp.grouped[l], caches[l], _split_identity(layer_l))
             else:

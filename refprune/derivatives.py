@@ -42,7 +42,7 @@ def backward(inp, caches, d_out):
     return douts
 
 
-def _gradient_pass(inp, X=None, y=None):
+def gradient_pass(inp, X=None, y=None):
     """Forward, loss derivative and backward pass on the batch (or a slice of it)."""
     X = inp.X if X is None else X
     y = inp.y if y is None else y
@@ -61,7 +61,7 @@ def loss(model, params, X, y, loss):
 def grad(model, params, X, y, loss):
     """Gradient ``dL/dtheta`` of shape ``(n,)``, in flat parameter order."""
     inp = validate(model, params, X, y, loss)
-    _, caches, douts = _gradient_pass(inp)
+    _, caches, douts = gradient_pass(inp)
     parts = [
         layer.param_grad(caches[j], douts[j])[0]
         for j, layer in enumerate(model)
@@ -77,7 +77,7 @@ def per_sample_grads(model, params, X, y, loss):
     ``1/(N C)`` for squared-error "mean", ``1`` for "sum").
     """
     inp = validate(model, params, X, y, loss)
-    _, caches, douts = _gradient_pass(inp)
+    _, caches, douts = gradient_pass(inp)
     out = np.empty((inp.n_samples, model.n_params))
     offsets = model.param_offsets()
     for j, layer in enumerate(model):
@@ -180,8 +180,8 @@ def hvp(model, params, X, y, loss, v):
     inp = validate(model, params, X, y, loss)
     v = check_vector(v, model.n_params)
     V = np.atleast_2d(v)
-    f, caches, douts = _gradient_pass(inp)
-    width = max(int(np.prod(s)) for s in _layer_work_shapes(inp))
+    f, caches, douts = gradient_pass(inp)
+    width = max(int(np.prod(s)) for s in layer_work_shapes(inp))
     step = max(1, CHUNK_FLOATS // max(1, inp.n_samples * width))
     phi = loss_curvature_matvec(inp, "hessian")
     out = np.concatenate([curvature_products(inp, caches, douts, f, V[i : i + step], phi)
@@ -190,7 +190,7 @@ def hvp(model, params, X, y, loss, v):
     return out if v.ndim == 2 else out[0]
 
 
-def _layer_work_shapes(inp):
+def layer_work_shapes(inp):
     """Per-sample shapes of each layer's input, output and (for conv) im2col features,
     used to size chunks of tangent work."""
     shapes, s = [], inp.X.shape[1:]

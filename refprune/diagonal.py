@@ -45,7 +45,7 @@ def _activation_columns(d):
 
 
 def _chunk_size(inp, columns):
-    width = max(int(np.prod(w)) for w in _d._layer_work_shapes(inp))
+    width = max(int(np.prod(w)) for w in _d.layer_work_shapes(inp))
     return max(1, _d.CHUNK_FLOATS // max(1, columns * width))
 
 
@@ -86,7 +86,7 @@ def _factored_diagonal(inp, factor, residual):
     nc = _chunk_size(inp, probe + extra)
     for s0 in range(0, inp.n_samples, nc):
         s1 = min(inp.n_samples, s0 + nc)
-        f, caches, douts = _d._gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
+        f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
         pos, neg = factor.columns(f, slice(s0, s1)), None
         for j in range(len(model) - 1, stop - 1, -1):
             layer, p, cache = model[j], inp.grouped[j], caches[j]
@@ -155,7 +155,7 @@ def obd_diagonal(model, params, X, y, loss, levenberg_marquardt=False):
     offsets = model.param_offsets()
     out = np.zeros(model.n_params)
     stop = _d.first_param_layer(model)
-    f, caches, douts = _d._gradient_pass(inp)
+    f, caches, douts = _d.gradient_pass(inp)
     h = np.sum(hessian_sqrt(loss, f) ** 2, axis=1)[:, None]  # diag(Lambda_n), (N, 1, C)
     for j in range(len(model) - 1, stop - 1, -1):
         layer, p, cache = model[j], inp.grouped[j], caches[j]

@@ -17,7 +17,7 @@ form; EKFAC has no factors to damp separately).
 import numpy as np
 
 from .checks import validate
-from .kronecker import KFAC_APPROX, KroneckerCurvature, _kfac_blocks, _layer_statistics, with_bias_row
+from .kronecker import KFAC_APPROX, KroneckerCurvature, kfac_blocks, layer_statistics, with_bias_row
 from .output_factors import OutputFactor
 
 
@@ -88,7 +88,7 @@ def ekfac(model, params, X, y, loss, fisher="type-2", approx="expand", samples=1
         raise ValueError(f"ekfac: approx must be one of {KFAC_APPROX}, got {approx!r}")
     inp = validate(model, params, X, y, loss)
     factor = OutputFactor(inp, fisher, samples, seed)
-    kron_blocks = _kfac_blocks(inp, factor, approx)
+    kron_blocks = kfac_blocks(inp, factor, approx)
     by_layer = {b.layout.offset: b for b in kron_blocks}
     offsets = model.param_offsets()
     scales = {b.layout.offset: np.zeros((b.layout.c, b.layout.p)) for b in kron_blocks}
@@ -109,6 +109,6 @@ def ekfac(model, params, X, y, loss, fisher="type-2", approx="expand", samples=1
         P = np.tensordot(US, P, axes=(0, 1))  # (c, n K, p): left factor
         scales[offsets[j]] += np.einsum("inj,inj->ij", P, P)
 
-    _layer_statistics(inp, factor, visit)
+    layer_statistics(inp, factor, visit)
     blocks = [EKFACBlock(b, inp.scale * scales[b.layout.offset]) for b in kron_blocks]
     return EKFAC(blocks, model.n_params)

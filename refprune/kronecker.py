@@ -196,13 +196,13 @@ class KFAC(KroneckerCurvature):
         return [(b.S, b.A) for b in self.blocks]
 
 
-def _layer_statistics(inp, factor, visit):
+def layer_statistics(inp, factor, visit):
     """Back-propagate the output factor's columns chunk by chunk; call
     ``visit(j, layer, U, g)`` for every affine layer with its features ``U (n, r, T)``
     and output-gradient columns ``g (n, K, c, T)``."""
     model = inp.model
     probe = factor.columns(_d.forward(inp, inp.X[:1])[0], slice(0, 1)).shape[1]
-    width = max(int(np.prod(w)) for w in _d._layer_work_shapes(inp))
+    width = max(int(np.prod(w)) for w in _d.layer_work_shapes(inp))
     nc = max(1, _d.CHUNK_FLOATS // max(1, probe * width))
     for s0 in range(0, inp.n_samples, nc):
         s1 = min(inp.n_samples, s0 + nc)
@@ -246,10 +246,10 @@ def kfac(model, params, X, y, loss, fisher="type-2", approx="expand", samples=1,
         raise ValueError(f"kfac: approx must be one of {KFAC_APPROX}, got {approx!r}")
     inp = validate(model, params, X, y, loss)
     factor = OutputFactor(inp, fisher, samples, seed)
-    return KFAC(_kfac_blocks(inp, factor, approx), model.n_params)
+    return KFAC(kfac_blocks(inp, factor, approx), model.n_params)
 
 
-def _kfac_blocks(inp, factor, approx):
+def kfac_blocks(inp, factor, approx):
     model = inp.model
     offsets = model.param_offsets()
     stats = {}
@@ -269,7 +269,7 @@ def _kfac_blocks(inp, factor, approx):
         else:
             stats[j] = [S, A, U.shape[2]]
 
-    _layer_statistics(inp, factor, visit)
+    layer_statistics(inp, factor, visit)
     blocks = []
     for j in sorted(stats):
         S, A, T = stats[j]

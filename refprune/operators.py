@@ -150,7 +150,7 @@ class ExactCurvature(CurvatureOperator):
         self.kind, self.samples, self.seed = kind, samples, seed
         self.inp = validate(model, params, X, y, loss)
         self.n = model.n_params
-        f, caches, douts = _d._gradient_pass(self.inp)
+        f, caches, douts = _d.gradient_pass(self.inp)
         self._state = (f, caches, douts)
         self._phi = _d.loss_curvature_matvec(self.inp, {"hessian": "hessian", "ggn": "hessian", "fisher": "true",
                                                           "empirical_fisher": "empirical",

@@ -3,11 +3,11 @@ independent computation (``CONVENTIONS.md``)."""
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 
 import refprune as rp
 from refprune.nn.losses import Loss
-from refprune.testing import Objective, assert_close, check_hessian, kink_margin
+from refprune.testing import Objective, assert_close, check_hessian, directional_derivative
 from refprune.testing.strategies import problems
 
 from cases import CASES, IDS, make
@@ -81,8 +81,6 @@ def test_ggn_equals_jacobian_form(arch, lossname):
     for i in range(n):
         e = np.zeros(n)
         e[i] = 1.0
-        from refprune.testing import directional_derivative
-
         J[:, :, i] = directional_derivative(lambda t: model(rp.unflatten_params(model, t), X), theta, e, step=1e-6)
     if isinstance(loss, rp.CrossEntropyLoss):
         p = np.exp(f - f.max(1, keepdims=True))
@@ -152,8 +150,6 @@ def test_mc_fisher_converges_to_true_fisher(lossname):
     rng = np.random.default_rng(11)
     v = rng.standard_normal(F.shape[0])
     # Jv per sample, by directional differences of the outputs
-    from refprune.testing import directional_derivative
-
     theta = rp.flatten_params(params)
     Jv = directional_derivative(lambda t: model(rp.unflatten_params(model, t), X), theta, v)
     if isinstance(loss, rp.CrossEntropyLoss):

@@ -14,7 +14,7 @@ Exact cases (each asserted to float64 precision):
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refprune as rp

@@ -110,7 +110,7 @@ def test_kron_obs_equals_group_obs_with_dense_kronecker():
     block = KroneckerBlock(S, A, layout)
     F = np.kron(S, A)  # over row-major vec(M)
     for i in range(c):
-        st_ = _LayerState(block, None, np.ones(c, dtype=bool), 0.0)
+        st_ = _LayerState(block, np.ones(c, dtype=bool), 0.0)
         Mi = M.copy()
         s_kron = st_.saliencies(Mi, "kron_obs")[i]
         st_.remove(Mi, i, update=True)
@@ -119,7 +119,7 @@ def test_kron_obs_equals_group_obs_with_dense_kronecker():
         assert_close(s_kron, s_group, 1e-10, 1e-12, f"Kron-OBS vs group OBS saliency, unit {i}")
         assert_close(Mi.ravel(), g.w, 1e-10, 1e-12, f"Kron-OBS vs group OBS update, unit {i}")
         # Kron-OBD is the same row's OBD-style saliency under F (no update)
-        st2 = _LayerState(block, None, np.ones(c, dtype=bool), 0.0)
+        st2 = _LayerState(block, np.ones(c, dtype=bool), 0.0)
         wi = np.zeros(c * p)
         wi[i * p : (i + 1) * p] = M[i]
         assert_close(st2.saliencies(M, "kron_obd")[i], S[i, i] * M[i] @ A @ M[i] / 2, 1e-12, 0, "Kron-OBD")

@@ -19,10 +19,11 @@ original; otherwise the pruned function is stored densely, ``[W' | b'] = Q_S' W*
 import numpy as np
 
 from ..ekfac import ekfac
-from ..kronecker import kfac
+from ..kronecker import LayerLayout, kfac
 from ..nn import Conv2d, Linear, Sequential
 from ..params import flatten_params, unflatten_params
 from .masks import affine_layers
+from .records import PruneResult, PruneStep, evaluate
 
 
 def _bottleneck_layers(layer, QA, Wstar, QS):
@@ -45,8 +46,6 @@ def _bottleneck_layers(layer, QA, Wstar, QS):
 
 
 def eigendamage(model, params, X, y, loss, sparsity, o):
-    from .prune import PruneResult, PruneStep, evaluate
-
     eig = o.get("eigenvalues", "ekfac")
     cap = o["max_layer_fraction"]
     if not 0 < cap <= 1:
@@ -108,8 +107,6 @@ def eigendamage(model, params, X, y, loss, sparsity, o):
             kept_report.append((j, "bottleneck", n_bottleneck, layer.n_params))
         else:
             dense = (QSk @ Wk @ QAk.T)[None]
-            from ..kronecker import LayerLayout
-
             flat = LayerLayout(layer, 0).from_matrix(dense)[:, 0]
             layers.append(layer)
             new_params += unflatten_params(Sequential(layer), flat)

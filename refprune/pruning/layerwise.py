@@ -14,7 +14,6 @@ import heapq
 
 import numpy as np
 
-from ..checks import validate
 from ..params import unflatten_params
 from .masks import affine_layers
 from .obs import inverse_spd

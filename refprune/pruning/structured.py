@@ -21,10 +21,11 @@ import sys
 import numpy as np
 
 from ..diagonal import fisher_diagonal, ggn_diagonal
-from ..kronecker import kfac
+from ..kronecker import LayerLayout, kfac
 from ..params import flatten_params, unflatten_params
-from .masks import check_mask
+from .masks import affine_layers, check_mask
 from .obs import inverse_spd
+from .records import PruneResult, maybe_retrain, record_step
 from .surgery import remove_units, structurally_prunable
 
 
@@ -34,7 +35,7 @@ def _unit_rows(layout, theta):
 
 
 class _LayerState:
-    def __init__(self, block, theta, alive, damping, diag=None):
+    def __init__(self, block, alive, damping, diag=None):
         self.layout = block.layout
         r = np.sqrt(damping)
         self.A = block.A + r * np.eye(len(block.A))
@@ -74,8 +75,6 @@ class _LayerState:
 
 
 def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
-    from .prune import PruneResult, maybe_retrain, record_step
-
     layers = structurally_prunable(model)
     if not layers:
         raise ValueError(f"{method}: the model has no affine layer whose units can be removed (only the last one)")
@@ -106,7 +105,7 @@ def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
         for j in layers:
             b = blocks[offsets[j]]
             d = None if diag is None else _unit_rows(b.layout, diag)
-            states[j] = _LayerState(b, theta, alive[j], o["damping"], d)
+            states[j] = _LayerState(b, alive[j], o["damping"], d)
             mats[j] = _unit_rows(b.layout, theta)
         new_theta = theta.copy()
         removed_units, predicted = [], 0.0
@@ -155,8 +154,6 @@ def _carry_mask(model, mask, alive, in_shape, small):
     """The mask of the smaller model: the same surgery applied to the 0/1 mask selects
     exactly the kept weights; biases (possibly new ones that hold folded constants)
     are free."""
-    from .masks import affine_layers
-
     if mask.all():
         return np.ones(small.n_params, dtype=bool)
     _, mp = remove_units(model, unflatten_params(model, mask.astype(float)), alive, in_shape)
@@ -167,6 +164,4 @@ def _carry_mask(model, mask, alive, in_shape, small):
 
 
 def _layout_of(model, j):
-    from ..kronecker import LayerLayout
-
     return LayerLayout(model[j], model.param_offsets()[j])
