@@ -13,6 +13,8 @@ from refprune.pruning import OBS, SingularCurvatureError, inverse_spd, woodbury_
 from refprune.pruning.structured import _LayerState
 from refprune.testing import assert_close
 
+from cases import make
+
 
 def spd(rng, n, cond=10.0):
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -163,3 +165,33 @@ def test_woodbury_inverse_and_singular_errors():
     with pytest.raises(SingularCurvatureError, match=r"not positive definite: smallest eigenvalue -"):
         inverse_spd(np.diag([1.0, -1.0]))
     assert_close(inverse_spd(U.T @ U, 0.5), np.linalg.inv(U.T @ U + 0.5 * np.eye(9)), 1e-10, 1e-12, "damped inverse")
+
+
+def test_published_shortcuts_are_exact_only_for_diagonal_input_factors():
+    """EigenDamage-Pytorch's row-sum ``sum_k W_ik^2 (A 1)_k`` for ``w_i^T A w_i`` and its
+    C-OBS update (a sum of single-weight updates) agree with the exact formulas when
+    ``A`` is diagonal, and not otherwise; the exact update zeroes the removed row."""
+    from refprune.pruning.structured import unit_update
+
+    rng = np.random.default_rng(5)
+    c, p = 3, 4
+    S, M = spd(rng, c), rng.standard_normal((c, p))
+    for A, diagonal in ((np.diag(rng.uniform(0.5, 2, p)), True), (spd(rng, p), False)):
+        exact, short = unit_update(S, A, M, 1), unit_update(S, A, M, 1, shortcut=True)
+        assert np.allclose((M + exact)[1], 0.0, atol=1e-12)
+        assert np.allclose(exact, short, atol=1e-12) == diagonal
+        q_exact = np.einsum("ip,pq,iq->i", M, A, M)
+        q_short = (M**2) @ A.sum(axis=1)
+        assert np.allclose(q_exact, q_short) == diagonal
+
+
+def test_unit_saliencies_exact_and_shortcut():
+    model, params, X, y, loss = make("mlp-sigmoid-softplus", "ce-mean", n=10)
+    exact = rp.pruning.unit_saliencies(model, params, X, y, loss, method="kron_obs", damping=1e-3)
+    short = rp.pruning.unit_saliencies(model, params, X, y, loss, method="kron_obs", damping=1e-3, shortcut=True)
+    assert exact.keys() == short.keys() == {0, 2}
+    assert any(not np.allclose(exact[j], short[j]) for j in exact)
+    # the exact saliencies are the ones prune() uses: its first removal is the minimum
+    r = rp.prune(model, params, X, y, loss, method="kron_obs", sparsity=1 / 6 + 1e-9, damping=1e-3)
+    j, i = r.steps[0].removed_units[0]
+    assert exact[j][i] == min(s.min() for s in exact.values())
