@@ -67,7 +67,7 @@ def grad(model, params, X, y, loss):
         for j, layer in enumerate(model)
         if isinstance(layer, AffineLayer)
     ]
-    return inp.scale * np.concatenate(parts)
+    return inp.scale * np.concatenate(parts) if parts else np.zeros(0)
 
 
 def per_sample_grads(model, params, X, y, loss):

@@ -165,3 +165,51 @@ def test_user_arrays_not_modified_and_dtypes_converted(problem):
     np.testing.assert_array_equal(H32, rp.hessian(m, p, X32.astype(np.float64), y, l))
     Xi = np.round(X * 3).astype(np.int32)
     np.testing.assert_array_equal(rp.grad(m, p, Xi, y, l), rp.grad(m, p, Xi.astype(np.float64), y, l))
+
+
+def test_cross_entropy_is_stable_for_extreme_logits():
+    """Logits of +-1000 neither overflow nor lose the gradient: compare with the
+    closed form computed from shifted logits."""
+    loss = rp.CrossEntropyLoss("sum")
+    f = np.array([[1000.0, -1000.0, 999.0], [-1000.0, -1000.0, -1000.0]])
+    y = np.array([1, 2])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        val = loss.per_sample(f, y)
+        g = loss.grad(f, y)
+    e = np.exp(-1.0)
+    assert np.allclose(val, [2000.0 + np.log1p(e), np.log(3.0)], rtol=1e-15)
+    p0 = np.array([1 / (1 + e), 0.0, e / (1 + e)])
+    assert np.allclose(g[0], p0 - np.eye(3)[1], rtol=1e-15, atol=1e-300)
+    assert np.allclose(g[1], np.full(3, 1 / 3) - np.eye(3)[2], rtol=1e-15)
+
+
+def test_checkers_never_modify_their_inputs():
+    from refprune.testing import check_grad, check_hessian, check_hvp, directional_derivative
+
+    x = np.array([0.3, -1.2, 2.0])
+    v = np.array([1.0, 0.5, -0.25])
+    x.flags.writeable = False
+    v.flags.writeable = False
+    f = lambda t: float(np.sum(np.sin(t)) + t[0] * t[1])  # noqa: E731
+    g = lambda t: np.cos(t) + np.array([t[1], t[0], 0.0])  # noqa: E731
+    H = lambda t: np.diag(-np.sin(t)) + np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0.0]])  # noqa: E731
+    directional_derivative(f, x, v)
+    check_grad(f, g, x)
+    check_hvp(g, lambda t, u: H(t) @ u, x)
+    check_hessian(g, H(x), x)
+    assert np.array_equal(x, [0.3, -1.2, 2.0]) and np.array_equal(v, [1.0, 0.5, -0.25])
+    with pytest.raises(AssertionError, match="gradient along direction 0"):
+        check_grad(f, lambda t: g(t) + 1e-3, x)  # the checker bites
+
+
+def test_pruning_and_training_never_modify_user_arrays():
+    from refprune.pruning import METHODS
+
+    m, p, X, y, l = make("mlp-sigmoid-softplus", "ce-mean", n=8)
+    copies = [a.copy() for a in p] + [X.copy(), y.copy()]
+    for a in p + [X, y]:
+        a.flags.writeable = False
+    for method in METHODS:
+        rp.prune(m, p, X, y, l, method=method, sparsity=0.3, damping=1e-2)
+    rp.train(m, p, X, y, l, epochs=1, batch_size=4)
+    assert all(np.array_equal(a, b) for a, b in zip(p + [X, y], copies))

@@ -235,3 +235,47 @@ def test_bad_input():
         rp.prune(model, params, X, y + 5, loss)
     with pytest.raises(ValueError, match="train: lr must be a finite number >= 0"):
         rp.train(model, params, X, y, loss, lr=-1.0)
+
+
+def _collapse_bottlenecks(model, params):
+    """Replace every EigenDamage triple (affine, 1x1/Linear without bias, 1x1/Linear without
+    bias) by the single layer it computes: ``W = Q_S W* Q_A^T``, ``b = Q_S W* b_A``."""
+    layers, out, grouped, i = [], [], model.group_params(params), 0
+    L = list(model)
+    while i < len(L):
+        layer = L[i]
+        if (isinstance(layer, rp.nn.AffineLayer) and i + 2 < len(L) and isinstance(L[i + 1], type(layer))
+                and isinstance(L[i + 2], type(layer)) and not L[i + 1].bias and not L[i + 2].bias
+                and (isinstance(layer, rp.Linear) or L[i + 1].kernel_size == (1, 1))):
+            Wa = grouped[i][0].reshape(grouped[i][0].shape[0], -1)
+            Ws = grouped[i + 1][0].reshape(grouped[i + 1][0].shape[:2])
+            Wq = grouped[i + 2][0].reshape(grouped[i + 2][0].shape[:2])
+            W = (Wq @ Ws @ Wa).reshape((Wq.shape[0],) + grouped[i][0].shape[1:])
+            if isinstance(layer, rp.Linear):
+                new = rp.Linear(layer.in_features, Wq.shape[0], bias=layer.bias)
+            else:
+                new = rp.Conv2d(layer.in_channels, Wq.shape[0], layer.kernel_size, stride=layer.stride,
+                                padding=layer.padding, bias=layer.bias)
+            layers.append(new)
+            out += [W] + ([Wq @ Ws @ grouped[i][1]] if layer.bias else [])
+            i += 3
+        else:
+            layers.append(layer)
+            out += grouped[i]
+            i += 1
+    return rp.Sequential(*layers), out
+
+
+def test_eigendamage_conv_bottleneck_computes_the_low_rank_layer():
+    rng = np.random.default_rng(1)
+    model = rp.Sequential(rp.Conv2d(3, 16, 3, padding=1), rp.ReLU(), rp.Conv2d(16, 12, 3), rp.Tanh(),
+                          rp.Flatten(), rp.Linear(12 * 16, 4))
+    params = model.init(0)
+    X, y = rng.standard_normal((32, 3, 6, 6)), rng.integers(0, 4, 32)
+    loss = rp.CrossEntropyLoss()
+    r = rp.prune(model, params, X, y, loss, method="eigendamage", sparsity=0.85, max_layer_fraction=0.95)
+    assert any(kind == "bottleneck" for _, kind, _, _ in r.steps[0].layers)
+    assert any(isinstance(layer, rp.Conv2d) and layer.kernel_size == (1, 1) for layer in r.model)
+    collapsed, cp = _collapse_bottlenecks(r.model, r.params)
+    assert len(collapsed) == len(model)
+    assert_close(r.model(r.params, X), collapsed(cp, X), 1e-11, 1e-12, "bottleneck vs collapsed low-rank layers")
