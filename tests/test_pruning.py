@@ -227,6 +227,10 @@ def test_bad_input():
         rp.prune(model, params, X, y, loss, method="obs", curvature="kfac")
     with pytest.raises(ValueError, match="scope must be"):
         rp.prune(model, params, X, y, loss, scope="row")
+    with pytest.raises(ValueError, match=r"eigendamage is one-shot \(steps=1\)"):
+        rp.prune(model, params, X, y, loss, method="eigendamage", steps=2)
+    r = rp.prune(model, params, X, y, loss, method="eigendamage", sparsity=0.2, retrain=dict(epochs=2, batch_size=2))
+    assert len(r.steps[0].retrain_history) == 3
     with pytest.raises(ValueError, match="steps must be a positive int"):
         rp.prune(model, params, X, y, loss, steps=0)
     with pytest.raises(ValueError, match="mask must be a bool array"):

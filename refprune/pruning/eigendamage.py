@@ -23,7 +23,7 @@ from ..kronecker import LayerLayout, kfac
 from ..nn import Conv2d, Linear, Sequential
 from ..params import flatten_params, unflatten_params
 from .masks import affine_layers
-from .records import PruneResult, PruneStep, evaluate
+from .records import PruneResult, PruneStep, evaluate, maybe_retrain
 
 
 def _bottleneck_layers(layer, QA, Wstar, QS):
@@ -118,4 +118,7 @@ def eigendamage(model, params, X, y, loss, sparsity, o):
                             dtype=np.int64).reshape(-1, 3)
     step = PruneStep(1, removed_list, predicted, L1 - L0, L1 - L0, L1, taken / len(dirs) if dirs else 0.0)
     step.layers = kept_report
-    return PruneResult(new_model, new_params, np.ones(new_model.n_params, dtype=bool), [step], "eigendamage")
+    new_mask = np.ones(new_model.n_params, dtype=bool)
+    theta_new, step.retrain_history = maybe_retrain(new_model, flatten_params(new_params), X, y, loss, new_mask,
+                                                    o["retrain"], o["seed"])
+    return PruneResult(new_model, unflatten_params(new_model, theta_new), new_mask, [step], "eigendamage")

@@ -51,7 +51,8 @@ def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope=
         recomputed at the current weights every round, and ``retrain`` (a dict of
         :func:`refprune.train` options) fine-tunes with the mask after each round.
     scope : {"global", "layer"}
-        One ranking over all layers, or the same fraction in every layer.
+        One ranking over all layers, or the same fraction in every layer (``layer_obs``
+        always prunes every layer to the fraction: its objective is per layer).
     curvature : {"hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher"}
         The matrix of ``"obs"``.
     diagonal : {"exact", "ggn", "fisher", "empirical", "obd", "obd_lm"}
@@ -100,6 +101,9 @@ def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope=
         return _prune_unstructured(model, params, X, y, loss, method, sparsity, steps, mask, opts)
     if method in STRUCTURED:
         return prune_units(model, params, X, y, loss, method, sparsity, steps, mask, opts)
+    if steps != 1:
+        raise ValueError("eigendamage is one-shot (steps=1): it changes the architecture; prune the returned "
+                         "model again for another round")
     return eigendamage(model, params, X, y, loss, sparsity, opts)
 
 
