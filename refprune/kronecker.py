@@ -167,9 +167,7 @@ class KroneckerCurvature(CurvatureOperator):
         return type(self)(self.blocks, self.n, damping, form, inverse=True)
 
     def trace(self):
-        t = sum(b.trace(self.damping, self.form) for b in self.blocks)
-        return t if not self.inverted else sum(
-            float(np.sum(1.0 / b.eigenvalues(self.damping, self.form))) for b in self.blocks)
+        return float(np.sum(self.eigenvalues()))
 
     def logdet(self):
         ld = sum(b.logdet(self.damping, self.form) for b in self.blocks)

@@ -161,21 +161,21 @@ class ExactCurvature(CurvatureOperator):
         out = _d.curvature_products(self.inp, caches, douts, f, V.T, self._phi, second_order=self.kind == "hessian")
         return self.inp.scale * out.T
 
-    def to_dense(self):
+    def _materialise(self, dense):
+        """The dense matrix (``dense=True``) or its diagonal, each by its own routine."""
         if self.kind == "hessian":
-            return _c.hessian(*self.args)
+            return (_c.hessian if dense else _diag.hessian_diagonal)(*self.args)
         if self.kind in ("ggn", "fisher"):
-            return _c.ggn(*self.args)
+            return (_c.ggn if dense else _diag.ggn_diagonal)(*self.args)
         kind = "empirical" if self.kind == "empirical_fisher" else "mc"
-        return _c.fisher(*self.args, kind=kind, samples=self.samples, seed=self.seed)
+        fn = _c.fisher if dense else _diag.fisher_diagonal
+        return fn(*self.args, kind=kind, samples=self.samples, seed=self.seed)
+
+    def to_dense(self):
+        return self._materialise(dense=True)
 
     def diagonal(self):
-        if self.kind == "hessian":
-            return _diag.hessian_diagonal(*self.args)
-        if self.kind in ("ggn", "fisher"):
-            return _diag.ggn_diagonal(*self.args)
-        kind = "empirical" if self.kind == "empirical_fisher" else "mc"
-        return _diag.fisher_diagonal(*self.args, kind=kind, samples=self.samples, seed=self.seed)
+        return self._materialise(dense=False)
 
 
 def block_diagonal(model, params, X, y, loss, kind="hessian"):

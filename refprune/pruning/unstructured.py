@@ -9,9 +9,9 @@
   the Woodbury identity gives from an ``N x N`` solve:
   ``(lam I + U^T U)^-1 = (I - U^T (lam I_N + U U^T)^-1 U) / lam``.
 
-Each ``select_*`` function takes the current flat ``theta``, the ``mask`` of free
-coordinates and the boolean ``candidates`` that may be removed, and returns
-``(new_theta, removed_indices, predicted_increase)``.
+Magnitude and OBD rank by a score (``prune`` does that); this module provides the
+diagonals, the dense curvatures, their inverses (dense, or Woodbury) and the OBS driver
+:func:`select_obs`, which returns ``(new_theta, removed_indices, predicted_increase)``.
 """
 
 import numpy as np
@@ -22,19 +22,6 @@ from .obs import OBS, SingularCurvatureError, inverse_spd
 
 CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher")
 DIAGONALS = ("exact", "ggn", "fisher", "empirical", "obd", "obd_lm")
-
-
-def _lowest(scores, candidates, count):
-    idx = np.flatnonzero(candidates)
-    order = np.argsort(scores[idx], kind="stable")
-    return idx[order[:count]]
-
-
-def select_magnitude(theta, candidates, count):
-    removed = _lowest(np.abs(theta), candidates, count)
-    out = theta.copy()
-    out[removed] = 0.0
-    return out, removed, float("nan")
 
 
 def diagonal_of(kind, args, samples, seed):
@@ -49,14 +36,6 @@ def diagonal_of(kind, args, samples, seed):
     if kind in ("obd", "obd_lm"):
         return diagonal.obd_diagonal(*args, levenberg_marquardt=kind == "obd_lm")
     raise ValueError(f"diagonal must be one of {DIAGONALS}, got {kind!r}")
-
-
-def select_obd(theta, candidates, count, h):
-    s = theta**2 * h / 2.0
-    removed = _lowest(s, candidates, count)
-    out = theta.copy()
-    out[removed] = 0.0
-    return out, removed, float(np.sum(s[removed]))
 
 
 def dense_curvature(kind, args, samples, seed):
