@@ -283,3 +283,25 @@ def test_eigendamage_conv_bottleneck_computes_the_low_rank_layer():
     collapsed, cp = _collapse_bottlenecks(r.model, r.params)
     assert len(collapsed) == len(model)
     assert_close(r.model(r.params, X), collapsed(cp, X), 1e-11, 1e-12, "bottleneck vs collapsed low-rank layers")
+
+
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from refprune.testing.strategies import architectures, problems  # noqa: E402
+
+
+@settings(max_examples=25)
+@given(problems(architectures=architectures(), max_samples=6), st.sampled_from(STRUCTURED),
+       st.sampled_from([0.3, 0.6]))
+def test_structured_surgery_property(p, method, sparsity):
+    """Over drawn architectures: the smaller network equals the masked large one."""
+    try:
+        r = rp.prune(p.model, p.params, p.X, p.y, p.loss, method=method, sparsity=sparsity, damping=1e-3)
+    except ValueError as err:
+        # nets with a single affine layer, too few units, or a padded conv after a
+        # nonzero constant are refused with these messages
+        assume(not any(m in str(err) for m in ("no affine layer whose units", "every unit", "pads with zeros")))
+        raise
+    assert_close(r.model(r.params, p.X), r.masked_model(r.masked_params, p.X), 1e-11, 1e-11,
+                 "small vs masked large network")
