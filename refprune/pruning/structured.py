@@ -49,13 +49,16 @@ class _LayerState:
         self.Ainv_diag = np.diag(inverse_spd(self.A, 0.0, what=f"K-FAC factor A of {block.layout.layer!r}"))
         self.diag = diag
 
-    def saliencies(self, M, method):
+    def saliencies(self, M, method, shortcut=False):
+        """Saliency of every alive unit (``inf`` for removed ones).  ``shortcut``: the
+        published EigenDamage code's row sums ``sum_k W_ik^2 (A 1)_k`` in place of
+        ``w_i^T A w_i`` (Kron-OBD/OBS only)."""
         s = np.full(self.layout.c, np.inf)
         a = self.alive
-        if method == "kron_obd":
-            s[a] = np.diag(self.S)[a] * np.einsum("ip,pq,iq->i", M[a], self.A, M[a]) / 2
-        elif method == "kron_obs":
-            s[a] = np.einsum("ip,pq,iq->i", M[a], self.A, M[a]) / (2 * np.diag(self.Sinv)[a])
+        if method in ("kron_obd", "kron_obs"):
+            quad = (M[a] ** 2) @ self.A.sum(axis=1) if shortcut else np.einsum("ip,pq,iq->i", M[a], self.A, M[a])
+            scale = np.diag(self.S)[a] if method == "kron_obd" else 1.0 / np.diag(self.Sinv)[a]
+            s[a] = scale * quad / 2
         elif method == "c_obs":
             s[a] = np.sum(M[a] ** 2 / (2 * np.outer(np.diag(self.Sinv)[a], self.Ainv_diag)), axis=1)
         else:  # c_obd
@@ -72,6 +75,26 @@ class _LayerState:
         self.Sinv[i, :] = 0.0
         self.Sinv[:, i] = 0.0
         self.alive[i] = False
+
+
+def _layer_states(args, layers, alive, method, fisher, samples, seed, damping):
+    """K-FAC (and for C-OBD the exact Fisher diagonal) at ``args``' parameters, as a
+    :class:`_LayerState` and the matrix ``[W | b]`` of every layer in ``layers``."""
+    model, params = args[0], args[1]
+    K = kfac(*args, fisher=fisher, samples=samples, seed=seed)
+    blocks = {b.layout.offset: b for b in K.blocks}
+    diag = None
+    if method == "c_obd":
+        diag = ggn_diagonal(*args) if fisher == "type-2" else fisher_diagonal(*args, kind=fisher, samples=samples,
+                                                                              seed=seed)
+    theta = flatten_params(params)
+    offsets = model.param_offsets()
+    states, mats = {}, {}
+    for j in layers:
+        b = blocks[offsets[j]]
+        states[j] = _LayerState(b, alive[j], damping, None if diag is None else _unit_rows(b.layout, diag))
+        mats[j] = _unit_rows(b.layout, theta)
+    return states, mats
 
 
 def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
@@ -95,18 +118,7 @@ def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
         if count <= 0:
             continue
         args = (model, unflatten_params(model, theta), X, y, loss)
-        K = kfac(*args, fisher=o["fisher"], samples=o["samples"], seed=o["seed"])
-        blocks = {b.layout.offset: b for b in K.blocks}
-        diag = None
-        if method == "c_obd":
-            diag = ggn_diagonal(*args) if o["fisher"] == "type-2" else fisher_diagonal(
-                *args, kind=o["fisher"], samples=o["samples"], seed=o["seed"])
-        states, mats = {}, {}
-        for j in layers:
-            b = blocks[offsets[j]]
-            d = None if diag is None else _unit_rows(b.layout, diag)
-            states[j] = _LayerState(b, alive[j], o["damping"], d)
-            mats[j] = _unit_rows(b.layout, theta)
+        states, mats = _layer_states(args, layers, alive, method, o["fisher"], o["samples"], o["seed"], o["damping"])
         new_theta = theta.copy()
         removed_units, predicted = [], 0.0
         update = method in ("kron_obs", "c_obs")
@@ -130,9 +142,7 @@ def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
         new_mask = mask.copy()
         for j, i in removed_units:
             lay = states[j].layout
-            rows = np.zeros((lay.c, lay.p))
-            rows[i] = 1.0
-            idx = lay.offset + np.flatnonzero(lay.from_matrix(rows[None])[:, 0])
+            idx = lay.offset + np.flatnonzero(lay.perm // lay.p == i)  # flat positions of row i of [W | b]
             new_mask[idx] = False
             removed_idx.append(idx)
         removed = np.concatenate(removed_idx)
@@ -177,27 +187,10 @@ def unit_saliencies(model, params, X, y, loss, method="kron_obs", fisher="type-2
     """
     if method not in ("c_obd", "c_obs", "kron_obd", "kron_obs"):
         raise ValueError(f"unit_saliencies: method must be a structured criterion, got {method!r}")
-    args = (model, params, X, y, loss)
-    K = kfac(*args, fisher=fisher, samples=samples, seed=seed)
-    blocks = {b.layout.offset: b for b in K.blocks}
-    theta = flatten_params(params)
-    offsets = model.param_offsets()
-    diag = None
-    if method == "c_obd":
-        diag = ggn_diagonal(*args) if fisher == "type-2" else fisher_diagonal(*args, kind=fisher, samples=samples,
-                                                                              seed=seed)
-    out = {}
-    for j in structurally_prunable(model):
-        b = blocks[offsets[j]]
-        st = _LayerState(b, np.ones(b.layout.c, dtype=bool), damping,
-                         None if diag is None else _unit_rows(b.layout, diag))
-        M = _unit_rows(b.layout, theta)
-        s = st.saliencies(M, method)
-        if shortcut and method in ("kron_obd", "kron_obs"):
-            quad_exact = np.einsum("ip,pq,iq->i", M, st.A, M)
-            quad_short = (M**2) @ st.A.sum(axis=1)
-            s = s * quad_short / np.where(quad_exact == 0, 1.0, quad_exact)
-        out[j] = s
+    layers = structurally_prunable(model)
+    alive = {j: np.ones(model[j].out_units, dtype=bool) for j in layers}
+    states, mats = _layer_states((model, params, X, y, loss), layers, alive, method, fisher, samples, seed, damping)
+    out = {j: states[j].saliencies(mats[j], method, shortcut=shortcut) for j in layers}
     return out
 
 
