@@ -21,11 +21,11 @@ def main(repeat=3):
         rows = [
             ("hessian_diagonal", lambda: rp.hessian_diagonal(*args)),
             ("ggn_diagonal", lambda: rp.ggn_diagonal(*args)),
-            ("fisher_diagonal mc(1)", lambda: rp.fisher_diagonal(*args, kind="mc")),
+            ("fisher_diagonal mc(1)", lambda: rp.fisher_diagonal(*args, curvature="mc_fisher")),
             ("obd_diagonal", lambda: rp.obd_diagonal(*args)),
             ("kfac type-2 expand", lambda: rp.kfac(*args)),
             ("kfac type-2 reduce", lambda: rp.kfac(*args, approx="reduce")),
-            ("kfac mc(1)", lambda: rp.kfac(*args, fisher="mc")),
+            ("kfac mc(1)", lambda: rp.kfac(*args, curvature="mc_fisher")),
             ("ekfac type-2", lambda: rp.ekfac(*args)),
             ("exact hessian", lambda: rp.hessian(*args)),
         ]

@@ -23,7 +23,7 @@ def obs_vs_reinversion(removals=200):
     model = rp.Sequential(rp.Linear(32, 64), rp.Tanh(), rp.Linear(64, 10))
     params = model.init(0)
     X, y = rng.standard_normal((256, 32)), rng.integers(0, 10, 256)
-    blocks = rp.block_diagonal(model, params, X, y, rp.CrossEntropyLoss(), kind="ggn").blocks
+    blocks = rp.block_diagonal(model, params, X, y, rp.CrossEntropyLoss(), curvature="ggn").blocks
     H, w = blocks[0], rp.flatten_params(params)[: blocks[0].shape[0]]
     n = H.shape[0]
     damping = 1e-4

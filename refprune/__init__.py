@@ -2,7 +2,7 @@
 
 Hand-derived gradients, Hessian-vector products, exact Hessians, GGN and Fisher
 matrices for a small PyTorch-compatible network stack, in NumPy (float64).
-Conventions: ``CONVENTIONS.md`` of the project and ``docs/derivations.md``.
+Conventions: ``docs/conventions.md``; derivations: ``docs/derivations.md``.
 """
 
 # network stack
@@ -12,18 +12,19 @@ from .nn import (
 )
 # parameters
 from .params import flatten_params, unflatten_params
+# names of the curvature matrices
+from .vocabulary import CURVATURES
 # first and second derivatives
 from .derivatives import grad, hvp, loss, per_sample_grads
 # exact curvature matrices
 from .curvature import CurvatureTooLargeError, fisher, ggn, hessian, residual
 # diagonal approximations
-from .diagonal import fisher_diagonal, ggn_diagonal, hessian_diagonal, obd_diagonal
+from .diagonal import curvature_diagonal, fisher_diagonal, ggn_diagonal, hessian_diagonal, obd_diagonal
 # one interface for every curvature matrix
 from .operators import BlockDiagonal, CurvatureOperator, Dense, Diagonal, ExactCurvature, block_diagonal
 # Kronecker-factored approximations
 from .kronecker import KFAC, KroneckerBlock, kfac
 from .ekfac import EKFAC, ekfac
-from .output_factors import FISHER_TYPES
 # training and pruning
 from .training import train
 from .pruning import OBS, PruneResult, SingularCurvatureError, prunable_mask, prune, remove_units
@@ -36,16 +37,18 @@ __all__ = [
     "MaxPool2d", "Flatten", "CrossEntropyLoss", "MSELoss",
     # parameters
     "flatten_params", "unflatten_params",
+    # names of the curvature matrices
+    "CURVATURES",
     # first and second derivatives
     "loss", "grad", "per_sample_grads", "hvp",
     # exact curvature matrices
     "hessian", "ggn", "residual", "fisher", "CurvatureTooLargeError",
     # diagonal approximations
-    "hessian_diagonal", "ggn_diagonal", "fisher_diagonal", "obd_diagonal",
+    "hessian_diagonal", "ggn_diagonal", "fisher_diagonal", "curvature_diagonal", "obd_diagonal",
     # one interface for every curvature matrix
     "CurvatureOperator", "ExactCurvature", "BlockDiagonal", "Diagonal", "Dense", "block_diagonal",
     # Kronecker-factored approximations
-    "kfac", "KFAC", "KroneckerBlock", "ekfac", "EKFAC", "FISHER_TYPES",
+    "kfac", "KFAC", "KroneckerBlock", "ekfac", "EKFAC",
     # training and pruning
     "train", "prune", "PruneResult", "OBS", "SingularCurvatureError", "prunable_mask", "remove_units",
 ]

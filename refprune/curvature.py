@@ -20,7 +20,7 @@ matrix         loss curvature ``Phi_n``  second-order network terms (``phi''``, 
 Hessian        ``Lambda_n``              yes
 GGN            ``Lambda_n``              no
 residual       ``0``                     yes   (``H = GGN + residual``)
-true Fisher    ``E_y[g g^T]``            no
+Fisher         ``E_y[g g^T]``            no
 MC Fisher      ``mean_s g_s g_s^T``      no
 emp. Fisher    ``g_obs g_obs^T``         no
 =============  ========================  ==========================================
@@ -35,6 +35,7 @@ import numpy as np
 from . import derivatives as _d
 from .checks import validate
 from .nn import AffineLayer
+from .vocabulary import FISHERS, check_curvature, renamed_options
 
 
 class CurvatureTooLargeError(MemoryError):
@@ -191,11 +192,12 @@ def _full(inp, out, max_bytes, name):
     return _FullSink(res, inp.model.param_offsets(), _param_layers(inp.model))
 
 
-def layer_blocks(inp, second_order=True, kind="hessian"):
-    """Diagonal blocks ``[(layer index, (n_l, n_l) array)]`` of the Hessian
-    (``second_order=True``) or of ``R sum_n J^T Phi J`` for output curvature ``kind``."""
-    return _assemble(inp, _d.loss_curvature_matvec(inp, kind), second_order,
-                     _BlockSink(inp.model, _param_layers(inp.model)), False, "blocks")
+def layer_blocks(inp, curvature="hessian", samples=1, seed=0, targets=None):
+    """Diagonal blocks ``[(layer index, (n_l, n_l) array)]`` of one curvature matrix
+    (any name of :data:`refprune.vocabulary.CURVATURES`)."""
+    matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets)
+    return _assemble(inp, matvec, curvature == "hessian", _BlockSink(inp.model, _param_layers(inp.model)), False,
+                     "blocks")
 
 
 def _split_identity(layer):
@@ -260,7 +262,7 @@ def ggn(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
     ``(n, n)``.  Arguments as for :func:`hessian`."""
     inp = validate(model, params, X, y, loss)
     sink = _full(inp, out, max_bytes, "ggn")
-    return _assemble(inp, _d.loss_curvature_matvec(inp, "hessian"), False, sink, progress, "ggn")
+    return _assemble(inp, _d.loss_curvature_matvec(inp, "ggn"), False, sink, progress, "ggn")
 
 
 def residual(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
@@ -271,25 +273,27 @@ def residual(model, params, X, y, loss, out=None, max_bytes=None, progress=False
     return _assemble(inp, _d.loss_curvature_matvec(inp, "zero"), True, sink, progress, "residual")
 
 
-FISHER_KINDS = ("true", "mc", "empirical")
-
-
-def fisher(model, params, X, y, loss, kind="true", samples=1, seed=0, out=None, max_bytes=None,
-           progress=False):
-    """A Fisher information matrix ``R sum_n J_n^T Phi_n J_n`` (``CONVENTIONS.md``).
+@renamed_options(kind="curvature")
+def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, targets=None, out=None,
+           max_bytes=None, progress=False):
+    """A Fisher information matrix ``R sum_n J_n^T Phi_n J_n`` (``docs/conventions.md`` §3).
 
     Parameters
     ----------
-    kind : {"true", "mc", "empirical"}
-        ``"true"``: ``Phi_n = E_{y ~ p(.|f_n)}[g g^T]`` computed from the likelihood
-        (categorical for cross-entropy, Gaussian with variance 1/2 for squared error);
-        it equals the GGN.  ``"mc"``: the expectation replaced by the mean over
-        ``samples`` labels drawn with ``numpy.random.default_rng(seed)``.
-        ``"empirical"``: ``Phi_n = g g^T`` at the observed targets ``y``.
+    curvature : {"fisher", "mc_fisher", "empirical_fisher"}
+        ``"fisher"`` (the true Fisher): ``Phi_n = E_{y ~ p(.|f_n)}[g g^T]`` computed
+        from the likelihood (categorical for cross-entropy, Gaussian with variance 1/2
+        for squared error); it equals the GGN.  ``"mc_fisher"``: the expectation
+        replaced by the mean over ``samples`` targets drawn with
+        ``numpy.random.default_rng(seed)``, or over the caller's ``targets``
+        (``(S, N)`` labels or ``(S, N, C)`` values, e.g. another library's draws).
+        ``"empirical_fisher"``: ``Phi_n = g g^T`` at the observed targets ``y``.
     """
-    if kind not in FISHER_KINDS:
-        raise ValueError(f"fisher: kind must be one of {FISHER_KINDS}, got {kind!r}")
+    if curvature in ("hessian", "ggn"):
+        raise ValueError(f"fisher: curvature={curvature!r} is not a Fisher; call refprune.{curvature}() or "
+                         f"choose one of {FISHERS}")
+    check_curvature(curvature, FISHERS, "fisher")
     inp = validate(model, params, X, y, loss)
-    sink = _full(inp, out, max_bytes, f"fisher ({kind})")
-    matvec = _d.loss_curvature_matvec(inp, kind, samples, seed)
-    return _assemble(inp, matvec, False, sink, progress, f"fisher ({kind})")
+    sink = _full(inp, out, max_bytes, curvature)
+    matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets)
+    return _assemble(inp, matvec, False, sink, progress, curvature)

@@ -87,19 +87,22 @@ def per_sample_grads(model, params, X, y, loss):
     return out
 
 
-def loss_curvature_matvec(inp, kind, samples=1, seed=0, f_all=None):
-    """``(f, y, V, idx) -> Phi_n V`` for the output-space curvature of a matrix kind
-    (docs §4 table): ``"hessian"`` (``Lambda_n``), ``"true"`` (``E_y[g g^T]``),
-    ``"mc"`` (``samples`` labels drawn with ``seed``), ``"empirical"``, ``"zero"``."""
-    if kind == "hessian":
+def loss_curvature_matvec(inp, kind, samples=1, seed=0, f_all=None, targets=None):
+    """``(f, y, V, idx) -> Phi_n V`` for the output-space curvature of a matrix
+    (docs §4 table): ``"hessian"`` and ``"ggn"`` (``Lambda_n``), ``"fisher"``
+    (``E_y[g g^T]``), ``"mc_fisher"`` (``samples`` targets drawn with ``seed``, or the
+    caller's ``targets``), ``"empirical_fisher"``, ``"zero"`` (for the residual)."""
+    if kind in ("hessian", "ggn"):
         return lambda f, y, V, idx: inp.loss.hessian_matvec(f, y, V)
-    if kind == "true":
+    if kind == "fisher":
         return lambda f, y, V, idx: inp.loss.fisher_matvec(f, V)
     if kind == "zero":
         return lambda f, y, V, idx: np.zeros_like(V)
-    if kind == "mc":
-        targets = draw_targets(inp, forward(inp)[0] if f_all is None else f_all, samples, seed)
-    elif kind == "empirical":
+    if kind == "mc_fisher":
+        if targets is None and f_all is None:
+            f_all = forward(inp)[0]
+        targets = draw_targets(inp, f_all, samples, seed, targets)
+    elif kind == "empirical_fisher":
         targets = inp.y[None]
     else:
         raise ValueError(f"unknown output curvature {kind!r}")

@@ -28,6 +28,7 @@ from .checks import validate
 from .nn import AffineLayer
 from .nn.activations import Elementwise
 from .output_factors import OutputFactor, hessian_sqrt
+from .vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
 
 
 def _activation_columns(d):
@@ -129,18 +130,27 @@ def ggn_diagonal(model, params, X, y, loss):
     return _factored_diagonal(inp, _HessianFactor(inp), residual=False)
 
 
-def fisher_diagonal(model, params, X, y, loss, kind="mc", samples=1, seed=0):
-    """Diagonal of a Fisher, ``(n,)``.
-
-    ``kind="mc"``: of the Monte-Carlo Fisher with ``samples`` labels drawn with
-    ``seed`` (the same draws as ``fisher(kind="mc", samples=, seed=)``);
-    ``"empirical"``: of the empirical Fisher; ``"true"``: of the true Fisher (= the GGN).
-    """
-    if kind not in ("true", "mc", "empirical"):
-        raise ValueError(f"fisher_diagonal: kind must be 'true', 'mc' or 'empirical', got {kind!r}")
+@renamed_options(kind="curvature")
+def fisher_diagonal(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, targets=None):
+    """Diagonal of a Fisher, ``(n,)``, for ``curvature`` one of ``"fisher"`` (the true
+    Fisher, equal to the GGN's), ``"mc_fisher"`` (``samples`` targets drawn with
+    ``seed``, the same draws as ``fisher(curvature="mc_fisher", samples=, seed=)``, or
+    the caller's ``targets``) and ``"empirical_fisher"``."""
+    check_curvature(curvature, FISHERS, "fisher_diagonal")
     inp = validate(model, params, X, y, loss)
-    factor = _HessianFactor(inp) if kind == "true" else OutputFactor(inp, kind, samples, seed)
-    return _factored_diagonal(inp, factor, residual=False)
+    return _factored_diagonal(inp, OutputFactor(inp, curvature, samples, seed, targets, where="fisher_diagonal"),
+                              residual=False)
+
+
+def curvature_diagonal(model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None):
+    """The exact diagonal of any curvature matrix by name (``"hessian"``, ``"ggn"``,
+    ``"fisher"``, ``"mc_fisher"``, ``"empirical_fisher"``), ``(n,)``."""
+    check_curvature(curvature, CURVATURES, "curvature_diagonal")
+    if curvature == "hessian":
+        return hessian_diagonal(model, params, X, y, loss)
+    if curvature == "ggn":
+        return ggn_diagonal(model, params, X, y, loss)
+    return fisher_diagonal(model, params, X, y, loss, curvature, samples, seed, targets)
 
 
 def obd_diagonal(model, params, X, y, loss, levenberg_marquardt=False):

@@ -17,8 +17,9 @@ form; EKFAC has no factors to damp separately).
 import numpy as np
 
 from .checks import validate
-from .kronecker import KFAC_APPROX, KroneckerCurvature, kfac_blocks, layer_statistics, with_bias_row
+from .kronecker import KroneckerCurvature, check_kfac_options, kfac_blocks, layer_statistics, with_bias_row
 from .output_factors import OutputFactor
+from .vocabulary import renamed_options
 
 
 class EKFACBlock:
@@ -80,35 +81,47 @@ class EKFAC(KroneckerCurvature):
         return cls(blocks, kfac_op.n)
 
 
-def ekfac(model, params, X, y, loss, fisher="type-2", approx="expand", samples=1, seed=0):
-    """EKFAC of every affine layer: K-FAC's eigenbasis (``fisher``, ``approx`` as in
-    :func:`refprune.kfac`), eigenvalues re-estimated from per-sample gradients of the
-    same Fisher type (same MC draws for ``"mc"``)."""
-    if approx not in KFAC_APPROX:
-        raise ValueError(f"ekfac: approx must be one of {KFAC_APPROX}, got {approx!r}")
+@renamed_options(fisher="curvature")
+def ekfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1, seed=0, targets=None, bias="fold"):
+    """EKFAC of every affine layer: K-FAC's eigenbasis (``curvature``, ``approx``,
+    ``targets`` and ``bias`` as in :func:`refprune.kfac`), eigenvalues re-estimated from
+    per-sample gradients of the same curvature (the same Monte Carlo targets)."""
+    check_kfac_options(curvature, approx, bias, "ekfac")
     inp = validate(model, params, X, y, loss)
-    factor = OutputFactor(inp, fisher, samples, seed)
-    kron_blocks = kfac_blocks(inp, factor, approx)
-    by_layer = {b.layout.offset: b for b in kron_blocks}
+    factor = OutputFactor(inp, curvature, samples, seed, targets, where="ekfac")
+    kron_blocks = kfac_blocks(inp, factor, approx, bias)
     offsets = model.param_offsets()
-    scales = {b.layout.offset: np.zeros((b.layout.c, b.layout.p)) for b in kron_blocks}
+    by_offset = {}
+    for b in kron_blocks:
+        by_offset.setdefault(b.layout.layer_offset, []).append(b)
+    scales = {id(b): np.zeros((b.layout.c, b.layout.p)) for b in kron_blocks}
 
     def visit(j, layer, U, g):
-        b = by_layer[offsets[j]]
-        _, US, _, UA = b.eigh()
-        a = with_bias_row(layer, U)  # (n, p, T)
-        n, k, c, t = g.shape
-        if t == 1:
-            # rank-one per-sample gradients g a^T project to (US^T g)(UA^T a)^T
-            gs = (g[..., 0] @ US) ** 2  # (n, K, c)
-            aa = (a[..., 0] @ UA) ** 2  # (n, p)
-            scales[offsets[j]] += gs.sum(axis=1).T @ aa
-            return
-        G = np.matmul(g, a.transpose(0, 2, 1)[:, None])  # (n, K, c, p): per-sample gradients
-        P = (G.reshape(-1, G.shape[-1]) @ UA).reshape(n * k, c, -1)  # right factor, one product
-        P = np.tensordot(US, P, axes=(0, 1))  # (c, n K, p): left factor
-        scales[offsets[j]] += np.einsum("inj,inj->ij", P, P)
+        for b in by_offset[offsets[j]]:
+            _, US, _, UA = b.eigh()
+            part = b.layout.part
+            if part == "all":
+                a = with_bias_row(layer, U)  # (n, p, T)
+            elif part == "weight":
+                a = U
+            else:
+                a = np.ones((U.shape[0], 1, U.shape[2]))
+            scales[id(b)] += _projected_second_moments(g, a, US, UA)
 
     layer_statistics(inp, factor, visit)
-    blocks = [EKFACBlock(b, inp.scale * scales[b.layout.offset]) for b in kron_blocks]
+    blocks = [EKFACBlock(b, inp.scale * scales[id(b)]) for b in kron_blocks]
     return EKFAC(blocks, model.n_params)
+
+
+def _projected_second_moments(g, a, US, UA):
+    """``sum_{n,k} [U_S^T G_nk U_A]^2`` for per-sample gradients ``G_nk = sum_t g_nkt a_nt^T``."""
+    n, k, c, t = g.shape
+    if t == 1:
+        # rank-one per-sample gradients g a^T project to (US^T g)(UA^T a)^T
+        gs = (g[..., 0] @ US) ** 2  # (n, K, c)
+        aa = (a[..., 0] @ UA) ** 2  # (n, p)
+        return gs.sum(axis=1).T @ aa
+    G = np.matmul(g, a.transpose(0, 2, 1)[:, None])  # (n, K, c, p): per-sample gradients
+    P = (G.reshape(-1, G.shape[-1]) @ UA).reshape(n * k, c, -1)  # right factor, one product
+    P = np.tensordot(US, P, axes=(0, 1))  # (c, n K, p): left factor
+    return np.einsum("inj,inj->ij", P, P)

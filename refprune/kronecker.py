@@ -11,9 +11,15 @@ gradients.  For ``Q_n[:, k]`` the columns of the output curvature of the Fisher 
   ``S = R sum_{n,k} (sum_t g_nkt)(sum_t g_nkt)^T``  (Eschenhagen et al. 2023, §3).
 
 For ``T = 1`` (Linear) both are K-FAC.  Operations use ``(S kron A) vec(M) = vec(S M A)``
-for row-major ``vec`` and the eigendecompositions of the factors.  Damping is named:
-``"factored"`` is ``(S + sqrt(lam) I) kron (A + sqrt(lam) I)``, ``"exact"`` is
-``S kron A + lam I`` (Martens & Grosse 2015, §6.3).
+for row-major ``vec`` and the eigendecompositions of the factors.  Damping is named
+(``docs/conventions.md`` §5): ``"exact"`` is ``S kron A + lam I``, ``"factored"`` is
+``(S + sqrt(lam) I) kron (A + sqrt(lam) I)`` and ``"pi"`` is
+``(S + sqrt(lam)/pi I) kron (A + pi sqrt(lam) I)`` with
+``pi = sqrt((tr A / dim A) / (tr S / dim S))`` (Martens & Grosse 2015, §6.3).
+
+``bias="separate"`` keeps the bias out of ``A``, as ASDL does: the layer's block becomes
+the two blocks ``S kron A_W`` (weights; ``A_W`` is ``A`` without the constant row and
+column) and ``S kron [1]`` (bias), with no weight-bias coupling.
 """
 
 import numpy as np
@@ -24,9 +30,11 @@ from .nn import AffineLayer
 from .nn.base import merge_tangent_axis
 from .operators import CurvatureOperator
 from .output_factors import OutputFactor
+from .vocabulary import FISHER_LIKE, check_curvature, renamed_options
 
 KFAC_APPROX = ("expand", "reduce")
-DAMPING_FORMS = ("factored", "exact")
+DAMPING_FORMS = ("exact", "factored", "pi")
+BIAS_TREATMENTS = ("fold", "separate")
 
 
 def _check_damping(damping, form):
@@ -39,17 +47,27 @@ def _check_damping(damping, form):
 
 class LayerLayout:
     """Map between a layer's flat parameters ``[W.ravel(), b]`` and the matrix
-    ``M = [W_r | b]`` of shape ``(c, p)`` (``p = r + 1`` with a bias, else ``r``)."""
+    ``M = [W_r | b]`` of shape ``(c, p)`` (``p = r + 1`` with a bias, else ``r``).
 
-    def __init__(self, layer, offset):
-        self.layer, self.offset = layer, int(offset)
+    ``part="weight"`` or ``"bias"`` lays out only ``W_r`` (``p = r``) or only ``b``
+    (``p = 1``), for blocks that keep the bias apart.
+    """
+
+    def __init__(self, layer, offset, part="all"):
+        self.layer, self.offset, self.part = layer, int(offset), part
+        self.layer_offset = int(offset)  # where the layer's parameters start
         self.c = layer.out_units
         self.r = layer.n_weight // self.c
-        self.bias = layer.bias
-        self.p = self.r + (1 if self.bias else 0)
+        if part == "all":
+            self.bias = layer.bias
+            self.p = self.r + (1 if self.bias else 0)
+        else:
+            self.bias = False
+            self.p = self.r if part == "weight" else 1
+            self.offset += layer.n_weight if part == "bias" else 0
         self.size = self.c * self.p
         # flat index i -> row-major index in vec(M)
-        idx = (np.arange(self.c)[:, None] * self.p + np.arange(self.r)[None, :]).ravel()
+        idx = (np.arange(self.c)[:, None] * self.p + np.arange(self.r if part == "all" else self.p)[None, :]).ravel()
         if self.bias:
             idx = np.concatenate([idx, np.arange(self.c) * self.p + self.r])
         self.perm = idx
@@ -84,14 +102,43 @@ class KroneckerBlock:
             self._eig = (s, US, a, UA)
         return self._eig
 
+    def pi(self):
+        """Martens & Grosse (2015, §6.3)'s ``pi = sqrt((tr A / dim A) / (tr S / dim S))``,
+        which balances the damping between the factors by their average eigenvalues."""
+        ta, ts = np.trace(self.A) / len(self.A), np.trace(self.S) / len(self.S)
+        if not (ta > 0 and ts > 0):
+            raise np.linalg.LinAlgError(
+                f"pi-damping of layer {self.layout.layer!r} needs positive factor traces, got "
+                f"tr(S)/dim = {ts:.3e}, tr(A)/dim = {ta:.3e}; use damping form 'factored' or 'exact'"
+            )
+        return float(np.sqrt(ta / ts))
+
+    def factor_shifts(self, damping, form):
+        """``(shift of S, shift of A)`` of a factored damping form."""
+        r = np.sqrt(damping)
+        if form == "pi" and r:
+            pi = self.pi()
+            return r / pi, r * pi
+        return r, r
+
+    def damped_factors(self, damping=0.0, form="factored"):
+        """``(S + d_S I, A + d_A I)`` for the factored forms ``"factored"`` and ``"pi"``."""
+        lam = _check_damping(damping, form)
+        if form == "exact":
+            raise ValueError("damped_factors: damping form 'exact' (S kron A + lam I) is not a Kronecker product; "
+                             "use 'factored' or 'pi'")
+        dS, dA = self.factor_shifts(lam, form)
+        return self.S + dS * np.eye(len(self.S)), self.A + dA * np.eye(len(self.A))
+
     def eigenvalues(self, damping=0.0, form="exact"):
-        """Eigenvalues ``(c, p)`` of the (damped) block: ``s_i a_j (+ lam)`` or
-        ``(s_i + sqrt(lam))(a_j + sqrt(lam))``."""
+        """Eigenvalues ``(c, p)`` of the (damped) block: ``s_i a_j + lam`` (``"exact"``)
+        or ``(s_i + d_S)(a_j + d_A)`` (factored forms)."""
         lam = _check_damping(damping, form)
         s, _, a, _ = self.eigh()
-        if form == "factored":
-            return np.outer(s + np.sqrt(lam), a + np.sqrt(lam))
-        return np.outer(s, a) + lam
+        if form == "exact":
+            return np.outer(s, a) + lam
+        dS, dA = self.factor_shifts(lam, form)
+        return np.outer(s + dS, a + dA)
 
     def _apply_in_eigenbasis(self, M, scale):
         _, US, _, UA = self.eigh()
@@ -100,9 +147,8 @@ class KroneckerBlock:
     def matmat(self, V, damping=0.0, form="exact"):
         lam = _check_damping(damping, form)
         M = self.layout.to_matrix(V)
-        if form == "factored" and lam:
-            r = np.sqrt(lam)
-            S, A = self.S + r * np.eye(len(self.S)), self.A + r * np.eye(len(self.A))
+        if form != "exact" and lam:
+            S, A = self.damped_factors(lam, form)
             return self.layout.from_matrix(S @ M @ A)
         out = self.S @ M @ self.A
         if lam:
@@ -155,8 +201,9 @@ class KroneckerCurvature(CurvatureOperator):
         return out
 
     def damped(self, damping, form="exact"):
-        """The operator ``S kron A + lam I`` (``"exact"``) or
-        ``(S + sqrt(lam) I) kron (A + sqrt(lam) I)`` (``"factored"``), per block."""
+        """The operator ``S kron A + lam I`` (``"exact"``),
+        ``(S + sqrt(lam) I) kron (A + sqrt(lam) I)`` (``"factored"``) or
+        ``(S + sqrt(lam)/pi I) kron (A + pi sqrt(lam) I)`` (``"pi"``), per block."""
         _check_damping(damping, form)
         return type(self)(self.blocks, self.n, damping, form)
 
@@ -188,7 +235,8 @@ class KroneckerCurvature(CurvatureOperator):
 
 
 class KFAC(KroneckerCurvature):
-    """K-FAC / KFC: per-layer :class:`KroneckerBlock` s; ``factors()`` gives ``[(S, A)]``."""
+    """K-FAC / KFC: per-layer :class:`KroneckerBlock` s; ``factors()`` gives ``[(S, A)]``
+    per block (two per layer with a bias when ``bias="separate"``: weights, then bias)."""
 
     def factors(self):
         return [(b.S, b.A) for b in self.blocks]
@@ -221,33 +269,52 @@ def with_bias_row(layer, U):
     return np.concatenate([U, np.ones((U.shape[0], 1, U.shape[2]))], axis=1)
 
 
-def kfac(model, params, X, y, loss, fisher="type-2", approx="expand", samples=1, seed=0):
+@renamed_options(fisher="curvature")
+def kfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1, seed=0, targets=None,
+         bias="fold"):
     """K-FAC (Linear) and KFC (Conv2d) factors of every affine layer.
 
     Parameters
     ----------
-    fisher : {"type-2", "mc", "empirical"}
-        Which output-gradient columns build ``S``: a square root of the loss Hessian
-        (K-FAC of the GGN), ``samples`` sampled labels with ``seed`` (K-FAC of the MC
-        Fisher) or the observed labels (K-FAC of the empirical Fisher).
+    curvature : {"ggn", "fisher", "mc_fisher", "empirical_fisher"}
+        The matrix approximated, i.e. which output-gradient columns build ``S``: a
+        square root of the loss Hessian (``"ggn"``; ``"fisher"`` is the same matrix,
+        "type-2" in curvlinops), ``samples`` sampled targets drawn with ``seed`` or the
+        caller's ``targets`` (``"mc_fisher"``), or the observed targets
+        (``"empirical_fisher"``).
     approx : {"expand", "reduce"}
         The convolution variant (Eschenhagen et al. 2023); the same for Linear.
+    targets : array (S, N) or (S, N, C), optional
+        Monte Carlo targets to use instead of drawing them (``"mc_fisher"`` only).
+    bias : {"fold", "separate"}
+        Fold the bias into ``A`` as a constant input 1 (one block per layer) or keep
+        it apart (a weight block and a bias block ``S kron [1]``, as ASDL does).
 
     Returns
     -------
     KFAC
         A :class:`~refprune.operators.CurvatureOperator`; ``.factors()`` lists
-        ``(S, A)`` per affine layer (output factor first), ``.blocks`` the
+        ``(S, A)`` per block (output factor first), ``.blocks`` the
         :class:`KroneckerBlock` s with their damped/inverse/trace/logdet operations.
     """
-    if approx not in KFAC_APPROX:
-        raise ValueError(f"kfac: approx must be one of {KFAC_APPROX}, got {approx!r}")
+    check_kfac_options(curvature, approx, bias, "kfac")
     inp = validate(model, params, X, y, loss)
-    factor = OutputFactor(inp, fisher, samples, seed)
-    return KFAC(kfac_blocks(inp, factor, approx), model.n_params)
+    factor = OutputFactor(inp, curvature, samples, seed, targets, where="kfac")
+    return KFAC(kfac_blocks(inp, factor, approx, bias), model.n_params)
 
 
-def kfac_blocks(inp, factor, approx):
+def check_kfac_options(curvature, approx, bias, where):
+    if curvature == "hessian":
+        raise ValueError(f"{where}: curvature='hessian' has no Kronecker factorisation here (its residual term "
+                         f"is not a sum of outer products); choose one of {FISHER_LIKE}")
+    check_curvature(curvature, FISHER_LIKE, where)
+    if approx not in KFAC_APPROX:
+        raise ValueError(f"{where}: approx must be one of {KFAC_APPROX}, got {approx!r}")
+    if bias not in BIAS_TREATMENTS:
+        raise ValueError(f"{where}: bias must be one of {BIAS_TREATMENTS}, got {bias!r}")
+
+
+def kfac_blocks(inp, factor, approx, bias="fold"):
     model = inp.model
     offsets = model.param_offsets()
     stats = {}
@@ -273,5 +340,12 @@ def kfac_blocks(inp, factor, approx):
         S, A, T = stats[j]
         A /= inp.n_samples * (T if approx == "expand" else 1)
         S *= inp.scale
-        blocks.append(KroneckerBlock(S, A, LayerLayout(model[j], offsets[j])))
+        layer = model[j]
+        if bias == "separate" and layer.bias:
+            # A's constant corner is exactly 1 in both variants (mean of ones)
+            r = A.shape[0] - 1
+            blocks.append(KroneckerBlock(S, A[:r, :r].copy(), LayerLayout(layer, offsets[j], "weight")))
+            blocks.append(KroneckerBlock(S.copy(), np.ones((1, 1)), LayerLayout(layer, offsets[j], "bias")))
+        else:
+            blocks.append(KroneckerBlock(S, A, LayerLayout(layer, offsets[j])))
     return blocks

@@ -20,6 +20,7 @@ from . import curvature as _c
 from . import derivatives as _d
 from . import diagonal as _diag
 from .checks import validate
+from .vocabulary import CURVATURES, check_curvature, renamed_options
 
 
 class CurvatureOperator:
@@ -132,59 +133,51 @@ class BlockDiagonal(CurvatureOperator):
         return out
 
 
-EXACT_KINDS = ("hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher")
-
-
 class ExactCurvature(CurvatureOperator):
-    """The exact Hessian, GGN or a Fisher as an operator, applied without forming it.
+    """An exact curvature matrix as an operator, applied without forming it.
 
-    ``kind``: ``"hessian"`` (R-operator), ``"ggn"`` (= true Fisher, ``"fisher"``),
-    ``"empirical_fisher"``, or ``"mc_fisher"`` (``samples``, ``seed``), each a product
-    ``R sum_n J_n^T Phi_n J_n`` computed by a linearised R-operator pass (docs §5).
+    ``curvature``: any name of :data:`refprune.vocabulary.CURVATURES`, each a product
+    ``R sum_n J_n^T Phi_n J_n`` computed by a linearised R-operator pass (docs §5), the
+    Hessian's with the second-order terms kept.  ``samples``, ``seed`` and ``targets``
+    choose the Monte Carlo targets of ``"mc_fisher"``.
     """
 
-    def __init__(self, model, params, X, y, loss, kind="hessian", samples=1, seed=0):
-        if kind not in EXACT_KINDS:
-            raise ValueError(f"ExactCurvature: kind must be one of {EXACT_KINDS}, got {kind!r}")
+    @renamed_options(kind="curvature")
+    def __init__(self, model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None):
+        check_curvature(curvature, CURVATURES, "ExactCurvature")
         self.args = (model, params, X, y, loss)
-        self.kind, self.samples, self.seed = kind, samples, seed
+        self.curvature = curvature
+        self.mc = dict(samples=samples, seed=seed, targets=targets)
         self.inp = validate(model, params, X, y, loss)
         self.n = model.n_params
         f, caches, douts = _d.gradient_pass(self.inp)
         self._state = (f, caches, douts)
-        self._phi = _d.loss_curvature_matvec(self.inp, {"hessian": "hessian", "ggn": "hessian", "fisher": "true",
-                                                          "empirical_fisher": "empirical",
-                                                          "mc_fisher": "mc"}[kind], samples, seed, f)
+        self._phi = _d.loss_curvature_matvec(self.inp, curvature, samples, seed, f, targets)
 
     def _matmat(self, V):
         f, caches, douts = self._state
-        out = _d.curvature_products(self.inp, caches, douts, f, V.T, self._phi, second_order=self.kind == "hessian")
+        out = _d.curvature_products(self.inp, caches, douts, f, V.T, self._phi,
+                                    second_order=self.curvature == "hessian")
         return self.inp.scale * out.T
 
-    def _materialise(self, dense):
-        """The dense matrix (``dense=True``) or its diagonal, each by its own routine."""
-        if self.kind == "hessian":
-            return (_c.hessian if dense else _diag.hessian_diagonal)(*self.args)
-        if self.kind in ("ggn", "fisher"):
-            return (_c.ggn if dense else _diag.ggn_diagonal)(*self.args)
-        kind = "empirical" if self.kind == "empirical_fisher" else "mc"
-        fn = _c.fisher if dense else _diag.fisher_diagonal
-        return fn(*self.args, kind=kind, samples=self.samples, seed=self.seed)
-
     def to_dense(self):
-        return self._materialise(dense=True)
+        c = self.curvature
+        if c in ("hessian", "ggn"):
+            return getattr(_c, c)(*self.args)
+        return _c.fisher(*self.args, curvature=c, **self.mc)
 
     def diagonal(self):
-        return self._materialise(dense=False)
+        return _diag.curvature_diagonal(*self.args, curvature=self.curvature, **self.mc)
 
 
-def block_diagonal(model, params, X, y, loss, kind="hessian"):
-    """The per-layer block-diagonal restriction of the exact Hessian or GGN, as a
-    :class:`BlockDiagonal` (only the diagonal blocks are computed)."""
-    if kind not in ("hessian", "ggn"):
-        raise ValueError(f"block_diagonal: kind must be 'hessian' or 'ggn', got {kind!r}")
+@renamed_options(kind="curvature")
+def block_diagonal(model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None):
+    """The per-layer block-diagonal restriction of an exact curvature matrix (any name of
+    :data:`refprune.vocabulary.CURVATURES`), as a :class:`BlockDiagonal`; only the
+    diagonal blocks are computed."""
+    check_curvature(curvature, CURVATURES, "block_diagonal")
     inp = validate(model, params, X, y, loss)
-    blocks = _c.layer_blocks(inp, second_order=kind == "hessian")
+    blocks = _c.layer_blocks(inp, curvature, samples, seed, targets)
     offsets = model.param_offsets()
     # layers without parameters have empty ranges, so the layers' ranges are contiguous
     starts = [int(offsets[j]) for j, _ in blocks] + [model.n_params]

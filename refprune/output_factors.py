@@ -1,27 +1,31 @@
-"""Factorisations ``Phi_n = Q_n Q_n^T`` of the output-space curvature, by Fisher type.
+"""Factorisations ``Phi_n = Q_n Q_n^T`` of the output-space curvature, by curvature name.
 
 Every curvature matrix that refprune approximates is ``R sum_n J_n^T Phi_n J_n``
 (``docs/derivations.md`` §4).  Writing ``Phi_n`` as a sum of outer products of a few
 output-space columns ``Q_n[:, k]`` lets those columns be back-propagated like gradients
 (Martens & Grosse 2015, §5; Dangel et al. 2020, "BackPACK", §2.2):
 
-=============  ===========================================  =====================
-type           columns ``Q_n[:, k]``                        count per sample
-=============  ===========================================  =====================
-``type-2``     a square root of ``Lambda_n`` (GGN)          ``C``
-``mc``         ``g(y_s) / sqrt(S)``, ``y_s ~ p(.|f_n)``     ``S`` (``samples``)
-``empirical``  ``g(y_n)`` at the observed target             ``1``
-=============  ===========================================  =====================
+======================  ===========================================  ===================
+curvature               columns ``Q_n[:, k]``                        count per sample
+======================  ===========================================  ===================
+``ggn``, ``fisher``     a square root of ``Lambda_n = E_y[g g^T]``   ``C``
+``mc_fisher``           ``g(y_s) / sqrt(S)``, ``y_s ~ p(.|f_n)``     ``S`` (``samples``)
+``empirical_fisher``    ``g(y_n)`` at the observed target            ``1``
+======================  ===========================================  ===================
 
 Square roots: cross-entropy ``Lambda = diag(p) - p p^T = A A^T`` with columns
-``A[:, k] = sqrt(p_k) (e_k - p)``; squared error ``Lambda = 2 I``, ``A = sqrt(2) I``.
+``A[:, k] = sqrt(p_k) (e_k - p)``, which are also ``sqrt(p_k) g(k)`` up to sign, the
+columns of the true Fisher's expectation over labels; squared error
+``Lambda = E[g g^T] = 2 I``, ``A = sqrt(2) I``.
+
+Monte Carlo targets are drawn by :func:`draw_targets` or supplied by the caller
+(``targets=``), so that another library's own samples can be replayed.
 """
 
 import numpy as np
 
 from .nn import CrossEntropyLoss
-
-FISHER_TYPES = ("type-2", "mc", "empirical")
+from .vocabulary import FISHER_LIKE, check_curvature
 
 
 def hessian_sqrt(loss, f):
@@ -36,36 +40,52 @@ def hessian_sqrt(loss, f):
     return np.broadcast_to(np.sqrt(2.0) * np.eye(c), (n, c, c)).copy()
 
 
-def draw_targets(inp, f_all, samples, seed):
+def check_targets_stack(inp, targets):
+    """Caller-supplied Monte Carlo targets as ``(S, N)`` labels (cross-entropy) or
+    ``(S, N, C)`` values (squared error); a single draw may omit the leading axis."""
+    t = np.asarray(targets)
+    single = t.ndim == (1 if isinstance(inp.loss, CrossEntropyLoss) else 2)
+    if single:
+        t = t[None]
+    if t.ndim < 2 or t.shape[0] < 1:
+        raise ValueError(f"targets must be a stack of sampled targets (S, N, ...), got shape {np.shape(targets)}")
+    return np.stack([inp.loss.check_targets(ts, inp.n_samples, inp.n_outputs) for ts in t])
+
+
+def draw_targets(inp, f_all, samples, seed, targets=None):
     """``samples`` targets per data point from the model's likelihood, drawn from
     ``numpy.random.default_rng(seed)`` for the whole batch at once (so every function
-    using the same ``samples`` and ``seed`` sees the same draws)."""
+    using the same ``samples`` and ``seed`` sees the same draws); or the caller's
+    ``targets`` (``(S, N)`` labels, ``(S, N, C)`` values), checked, in place of draws."""
+    if targets is not None:
+        return check_targets_stack(inp, targets)
     if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     return inp.loss.sample(f_all, np.random.default_rng(seed), int(samples))
 
 
 class OutputFactor:
-    """The columns ``Q_n`` of one Fisher type for a batch, evaluated chunk by chunk.
+    """The columns ``Q_n`` of one curvature for a batch, evaluated chunk by chunk.
 
     ``columns(f, idx)`` returns ``(len(idx), K, C)`` for network outputs ``f`` of the
     samples ``idx`` (a slice of the batch).
     """
 
-    def __init__(self, inp, fisher, samples=1, seed=0, f_all=None):
-        if fisher not in FISHER_TYPES:
-            raise ValueError(f"fisher must be one of {FISHER_TYPES}, got {fisher!r}")
-        self.inp, self.fisher = inp, fisher
-        if fisher == "mc":
-            if f_all is None:
+    def __init__(self, inp, curvature, samples=1, seed=0, targets=None, f_all=None, where="curvature"):
+        self.inp = inp
+        self.curvature = check_curvature(curvature, FISHER_LIKE, where)
+        if curvature != "mc_fisher" and targets is not None:
+            raise ValueError(f"{where}: targets= is for curvature='mc_fisher', got curvature={curvature!r}")
+        if curvature == "mc_fisher":
+            if f_all is None and targets is None:
                 f_all = inp.model.forward_with_caches(inp.grouped, inp.X)[0]
-            self.targets = draw_targets(inp, f_all, samples, seed)
+            self.targets = draw_targets(inp, f_all, samples, seed, targets)
 
     def columns(self, f, idx):
         loss = self.inp.loss
-        if self.fisher == "type-2":
+        if self.curvature in ("ggn", "fisher"):
             return hessian_sqrt(loss, f)
-        if self.fisher == "empirical":
+        if self.curvature == "empirical_fisher":
             return loss.grad(f, self.inp.y[idx])[:, None, :]
         S = len(self.targets)
         return np.stack([loss.grad(f, t[idx]) for t in self.targets], axis=1) / np.sqrt(S)

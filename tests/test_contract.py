@@ -23,7 +23,7 @@ def test_public_contract_runs_verbatim():
     Hv = rp.hvp(model, params, X, y, loss, v)          # (n,)
     H = rp.hessian(model, params, X, y, loss)          # (n, n)
     G = rp.ggn(model, params, X, y, loss)              # (n, n)
-    F = rp.fisher(model, params, X, y, loss, kind="true")   # also "mc" (samples=, seed=), "empirical"
+    F = rp.fisher(model, params, X, y, loss, curvature="fisher")   # also "mc_fisher" (samples=, seed=), "empirical_fisher"
 
     n = theta.size
     assert n == 3 * 9 + 3 + 48 * 5 + 5
@@ -34,8 +34,8 @@ def test_public_contract_runs_verbatim():
     assert [p.shape for p in params] == [(3, 1, 3, 3), (3,), (5, 48), (5,)]
     np.testing.assert_allclose(G_n.sum(0), g, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(H @ v, Hv, rtol=1e-10, atol=1e-13)
-    Fmc = rp.fisher(model, params, X, y, loss, kind="mc", samples=2, seed=1)
-    Fe = rp.fisher(model, params, X, y, loss, kind="empirical")
+    Fmc = rp.fisher(model, params, X, y, loss, curvature="mc_fisher", samples=2, seed=1)
+    Fe = rp.fisher(model, params, X, y, loss, curvature="empirical_fisher")
     assert Fmc.shape == Fe.shape == (n, n)
 
 

@@ -98,7 +98,7 @@ def test_true_fisher_equals_ggn(p):
     """With the likelihoods of ``CONVENTIONS.md`` the true Fisher equals the GGN: the
     Fisher's ``E_y[g g^T]`` is summed over all labels (cross-entropy) or taken from the
     Gaussian's covariance (squared error), never from ``Lambda``."""
-    F = rp.fisher(p.model, p.params, p.X, p.y, p.loss, kind="true")
+    F = rp.fisher(p.model, p.params, p.X, p.y, p.loss, curvature="fisher")
     G = rp.ggn(p.model, p.params, p.X, p.y, p.loss)
     assert_close(F, G, 1e-10, tol(G), "true Fisher vs GGN")
 
@@ -108,7 +108,7 @@ def test_empirical_fisher_is_sum_of_per_sample_outer_products(p):
     """``E = R sum_n g_n g_n^T``; rows of ``per_sample_grads`` are ``R g_n``."""
     Gs = rp.per_sample_grads(p.model, p.params, p.X, p.y, p.loss)
     R = p.loss.scale(*p.model(p.params, p.X).shape)
-    E = rp.fisher(p.model, p.params, p.X, p.y, p.loss, kind="empirical")
+    E = rp.fisher(p.model, p.params, p.X, p.y, p.loss, curvature="empirical_fisher")
     assert_close(E, Gs.T @ Gs / R, 1e-10, tol(E), "empirical Fisher vs per-sample outer products")
 
 
@@ -143,7 +143,7 @@ def test_mc_fisher_converges_to_true_fisher(lossname):
     Chebyshev: ``P(|err| > 6 sd) <= 1/36``; the seed is fixed, so this is a deterministic
     test whose tolerance is justified by that bound, checked at S = 10, 100, 1000."""
     model, params, X, y, loss = make("mlp-tanh", lossname, n=5)
-    F = rp.fisher(model, params, X, y, loss, kind="true")
+    F = rp.fisher(model, params, X, y, loss, curvature="fisher")
     f = model(params, X)
     N, C = f.shape
     R = loss.scale(N, C)
@@ -167,7 +167,7 @@ def test_mc_fisher_converges_to_true_fisher(lossname):
     exact = v @ F @ v
     errors = []
     for S in (10, 100, 1000):
-        Fmc = rp.fisher(model, params, X, y, loss, kind="mc", samples=S, seed=S)
+        Fmc = rp.fisher(model, params, X, y, loss, curvature="mc_fisher", samples=S, seed=S)
         err = abs(v @ Fmc @ v - exact)
         assert err <= 6 * np.sqrt(var_z / S), f"S={S}: |v^T (F_MC - F) v| = {err:.3e} > 6 sd"
         errors.append(err)
@@ -176,9 +176,9 @@ def test_mc_fisher_converges_to_true_fisher(lossname):
 
 def test_mc_fisher_is_deterministic_and_seed_dependent():
     model, params, X, y, loss = make("mlp-tanh", "ce-mean")
-    a = rp.fisher(model, params, X, y, loss, kind="mc", samples=3, seed=5)
-    b = rp.fisher(model, params, X, y, loss, kind="mc", samples=3, seed=5)
-    c = rp.fisher(model, params, X, y, loss, kind="mc", samples=3, seed=6)
+    a = rp.fisher(model, params, X, y, loss, curvature="mc_fisher", samples=3, seed=5)
+    b = rp.fisher(model, params, X, y, loss, curvature="mc_fisher", samples=3, seed=5)
+    c = rp.fisher(model, params, X, y, loss, curvature="mc_fisher", samples=3, seed=6)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 

@@ -51,7 +51,7 @@ def test_against_curvlinops(arch, lossname):
     E = dense(curvlinops.EKFACLinearOperator(tm, lf, tp, data, fisher_type="type-2", **kw), n)
     assert_close(rp.ekfac(model, params, X, y, loss).to_dense(), E, 1e-10, 1e-12, "EKFAC type-2")
     K = dense(curvlinops.KFACLinearOperator(tm, lf, tp, data, fisher_type="empirical", **kw), n)
-    assert_close(rp.kfac(model, params, X, y, loss, fisher="empirical").to_dense(), K, 1e-10, 1e-12,
+    assert_close(rp.kfac(model, params, X, y, loss, curvature="empirical_fisher").to_dense(), K, 1e-10, 1e-12,
                  "K-FAC empirical")
 
 

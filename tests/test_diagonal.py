@@ -24,13 +24,13 @@ def test_exact_diagonals_equal_dense_diagonals(arch, lossname):
     G = rp.ggn(model, params, X, y, loss)
     assert_close(rp.hessian_diagonal(model, params, X, y, loss), np.diag(H), 1e-10, tol(H), "diag(H)")
     assert_close(rp.ggn_diagonal(model, params, X, y, loss), np.diag(G), 1e-10, tol(G), "diag(GGN)")
-    assert_close(rp.fisher_diagonal(model, params, X, y, loss, kind="true"), np.diag(G), 1e-10, tol(G),
+    assert_close(rp.fisher_diagonal(model, params, X, y, loss, curvature="fisher"), np.diag(G), 1e-10, tol(G),
                  "diag(true Fisher)")
-    E = rp.fisher(model, params, X, y, loss, kind="empirical")
-    assert_close(rp.fisher_diagonal(model, params, X, y, loss, kind="empirical"), np.diag(E), 1e-10, tol(E),
+    E = rp.fisher(model, params, X, y, loss, curvature="empirical_fisher")
+    assert_close(rp.fisher_diagonal(model, params, X, y, loss, curvature="empirical_fisher"), np.diag(E), 1e-10, tol(E),
                  "diag(empirical Fisher)")
-    M = rp.fisher(model, params, X, y, loss, kind="mc", samples=3, seed=7)
-    assert_close(rp.fisher_diagonal(model, params, X, y, loss, kind="mc", samples=3, seed=7), np.diag(M), 1e-10,
+    M = rp.fisher(model, params, X, y, loss, curvature="mc_fisher", samples=3, seed=7)
+    assert_close(rp.fisher_diagonal(model, params, X, y, loss, curvature="mc_fisher", samples=3, seed=7), np.diag(M), 1e-10,
                  tol(M), "diag(MC Fisher), same draws")
 
 

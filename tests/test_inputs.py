@@ -21,7 +21,7 @@ ALL = [
     ("hvp", lambda m, p, X, y, l: rp.hvp(m, p, X, y, l, np.ones(getattr(m, "n_params", 1)))),
     ("hessian", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l)),
     ("ggn", lambda m, p, X, y, l: rp.ggn(m, p, X, y, l)),
-    ("fisher", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, kind="mc", samples=2)),
+    ("fisher", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=2)),
 ]
 FNS = pytest.mark.parametrize("name,fn", ALL, ids=[a[0] for a in ALL])
 
@@ -124,10 +124,16 @@ def test_out_array_checked(problem):
 
 def test_bad_options(problem):
     m, p, X, y, l = problem
-    with pytest.raises(ValueError, match="kind must be one of"):
-        rp.fisher(m, p, X, y, l, kind="exact")
+    with pytest.raises(ValueError, match="fisher: curvature must be one of"):
+        rp.fisher(m, p, X, y, l, curvature="exact")
+    with pytest.raises(ValueError, match="curvature='hessian'"):
+        rp.fisher(m, p, X, y, l, curvature="hessian")
+    with pytest.raises(TypeError, match="option kind= was renamed curvature=; write curvature='mc_fisher'"):
+        rp.fisher(m, p, X, y, l, kind="mc")
+    with pytest.raises(ValueError, match="curvature='empirical' is an earlier spelling; write curvature='empirical_fisher'"):
+        rp.fisher_diagonal(m, p, X, y, l, curvature="empirical")
     with pytest.raises(ValueError, match="samples must be a positive int"):
-        rp.fisher(m, p, X, y, l, kind="mc", samples=0)
+        rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=0)
     with pytest.raises(ValueError, match="reduction must be one of"):
         rp.CrossEntropyLoss("none")
     with pytest.raises(ValueError, match="Linear: in_features must be a positive int"):
@@ -155,7 +161,7 @@ def test_user_arrays_not_modified_and_dtypes_converted(problem):
     y.flags.writeable = False
     for _, fn in ALL:
         fn(m, p, X32, y, l)
-    rp.fisher(m, p, X32, y, l, kind="empirical")
+    rp.fisher(m, p, X32, y, l, curvature="empirical_fisher")
     rp.residual(m, p, X32, y, l)
     assert all(np.array_equal(a, b) for a, b in zip(p, p_copy))
     assert np.array_equal(X32, X_copy) and np.array_equal(y, y_copy)

@@ -30,10 +30,10 @@ def tol(M):
 
 def exact_blocks(model, params, X, y, loss, fisher, samples=1, seed=0):
     """Per-layer diagonal blocks of the exact matrix that a Fisher type approximates."""
-    if fisher == "type-2":
+    if fisher == "ggn":
         M = rp.ggn(model, params, X, y, loss)
     else:
-        M = rp.fisher(model, params, X, y, loss, kind=fisher, samples=samples, seed=seed)
+        M = rp.fisher(model, params, X, y, loss, curvature=fisher, samples=samples, seed=seed)
     off = model.param_offsets()
     return [M[off[j] : off[j + 1], off[j] : off[j + 1]] for j, layer in enumerate(model)
             if isinstance(layer, rp.nn.AffineLayer)]
@@ -48,10 +48,10 @@ DENSE = ["mlp-tanh", "mlp-sigmoid-softplus", "mlp-relu"]
 
 @pytest.mark.parametrize("arch", DENSE)
 @pytest.mark.parametrize("lossname", ["ce-mean", "ce-sum", "mse-mean", "mse-sum"])
-@pytest.mark.parametrize("fisher", ["type-2", "empirical", "mc"])
+@pytest.mark.parametrize("fisher", ["ggn", "fisher", "empirical_fisher", "mc_fisher"])
 def test_kfac_is_exact_for_one_data_point(arch, lossname, fisher):
     model, params, X, y, loss = make(arch, lossname, n=1)
-    K = rp.kfac(model, params, X, y, loss, fisher=fisher, samples=4, seed=3)
+    K = rp.kfac(model, params, X, y, loss, curvature=fisher, samples=4, seed=3)
     for kb, eb in zip(kfac_blocks(K), exact_blocks(model, params, X, y, loss, fisher, samples=4, seed=3)):
         assert_close(kb, eb, 1e-11, tol(eb), f"K-FAC ({fisher}) vs exact block, N = 1")
 
@@ -65,7 +65,7 @@ def test_kfac_is_exact_for_deep_linear_networks_with_mse(reduction, n):
     X, y = rng.standard_normal((n, 3)), rng.standard_normal((n, 2))
     loss = rp.MSELoss(reduction)
     K = rp.kfac(model, params, X, y, loss)
-    for kb, eb in zip(kfac_blocks(K), exact_blocks(model, params, X, y, loss, "type-2")):
+    for kb, eb in zip(kfac_blocks(K), exact_blocks(model, params, X, y, loss, "ggn")):
         assert_close(kb, eb, 1e-11, tol(eb), "K-FAC vs GGN block, deep linear MSE")
 
 
@@ -73,14 +73,14 @@ def test_kfac_is_not_exact_for_a_nonlinear_network_with_many_samples():
     """The exact cases above are not vacuous: with a nonlinearity and N > 1 K-FAC differs."""
     model, params, X, y, loss = make("mlp-tanh", "mse-mean", n=6)
     kb = kfac_blocks(rp.kfac(model, params, X, y, loss))[0]
-    eb = exact_blocks(model, params, X, y, loss, "type-2")[0]
+    eb = exact_blocks(model, params, X, y, loss, "ggn")[0]
     assert np.abs(kb - eb).max() > 1e-3 * np.abs(eb).max()
 
 
 @pytest.mark.parametrize("arch", DENSE + ["conv-tanh-avgpool", "conv-conv-softplus"])
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
 def test_kfac_is_exact_for_repeated_identical_inputs(arch, approx):
-    """Repeated inputs give identical ``J_n`` and, for type-2, identical columns."""
+    """Repeated inputs give identical ``J_n`` and, for the GGN, identical columns."""
     model, params, X, y, loss = make(arch, "ce-mean", n=1)
     Xr, yr = np.repeat(X, 5, axis=0), np.repeat(y, 5)
     K1 = kfac_blocks(rp.kfac(model, params, X, y, loss, approx=approx))
@@ -88,7 +88,7 @@ def test_kfac_is_exact_for_repeated_identical_inputs(arch, approx):
     for a, b in zip(K1, K5):
         assert_close(b, a, 1e-11, tol(a), "K-FAC of repeated inputs vs one input")
     if arch in DENSE:
-        for kb, eb in zip(K5, exact_blocks(model, params, Xr, yr, loss, "type-2")):
+        for kb, eb in zip(K5, exact_blocks(model, params, Xr, yr, loss, "ggn")):
             assert_close(kb, eb, 1e-11, tol(eb), "K-FAC vs GGN block, repeated inputs")
 
 
@@ -108,7 +108,7 @@ def test_kfc_with_one_output_location(lossname):
         for a, b in zip(Ke, Kr):
             assert_close(a, b, 1e-12, tol(a), "expand vs reduce, T = 1")
         if n == 1:
-            for kb, eb in zip(Ke, exact_blocks(model, params, X, y, loss, "type-2")):
+            for kb, eb in zip(Ke, exact_blocks(model, params, X, y, loss, "ggn")):
                 assert_close(kb, eb, 1e-11, tol(eb), "KFC vs GGN block, T = 1, N = 1")
 
 
@@ -153,7 +153,7 @@ def test_mc_kfac_converges_to_type2():
     S2 = [S for S, _ in rp.kfac(model, params, X, y, loss).factors()]
     errs = []
     for samples in (40, 4000):
-        Smc = [S for S, _ in rp.kfac(model, params, X, y, loss, fisher="mc", samples=samples, seed=1).factors()]
+        Smc = [S for S, _ in rp.kfac(model, params, X, y, loss, curvature="mc_fisher", samples=samples, seed=1).factors()]
         errs.append(max(np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(Smc, S2)))
     assert errs[1] < 0.05 and errs[0] > 3 * errs[1], errs
 
@@ -167,12 +167,12 @@ def test_ekfac_before_reestimation_is_kfac(arch):
 
 
 @settings(max_examples=20)
-@given(problems(max_samples=5), st.sampled_from(["type-2", "mc", "empirical"]), st.sampled_from(["expand", "reduce"]))
+@given(problems(max_samples=5), st.sampled_from(["ggn", "fisher", "mc_fisher", "empirical_fisher"]), st.sampled_from(["expand", "reduce"]))
 def test_ekfac_is_never_farther_from_the_fisher_than_kfac(p, fisher, approx):
     """George et al. 2018, §3: EKFAC's re-estimated eigenvalues minimise the Frobenius
     distance to the Fisher block among matrices diagonal in K-FAC's eigenbasis."""
-    K = rp.kfac(p.model, p.params, p.X, p.y, p.loss, fisher=fisher, approx=approx, samples=3, seed=2)
-    E = rp.ekfac(p.model, p.params, p.X, p.y, p.loss, fisher=fisher, approx=approx, samples=3, seed=2)
+    K = rp.kfac(p.model, p.params, p.X, p.y, p.loss, curvature=fisher, approx=approx, samples=3, seed=2)
+    E = rp.ekfac(p.model, p.params, p.X, p.y, p.loss, curvature=fisher, approx=approx, samples=3, seed=2)
     F = exact_blocks(p.model, p.params, p.X, p.y, p.loss, fisher, samples=3, seed=2)
     for kb, eb, fb in zip(K.blocks, E.blocks, F):
         dk, de = np.linalg.norm(fb - kb.dense()), np.linalg.norm(fb - eb.dense())
@@ -187,7 +187,7 @@ def test_ekfac_equals_fisher_block_when_kfac_is_exact():
     """Where K-FAC is exact, so is EKFAC (its eigenvalues then match K-FAC's)."""
     model, params, X, y, loss = make("mlp-sigmoid-softplus", "ce-sum", n=1)
     E = rp.ekfac(model, params, X, y, loss)
-    for eb, fb in zip(E.blocks, exact_blocks(model, params, X, y, loss, "type-2")):
+    for eb, fb in zip(E.blocks, exact_blocks(model, params, X, y, loss, "ggn")):
         assert_close(eb.dense(), fb, 1e-10, tol(fb), "EKFAC, N = 1")
 
 
@@ -244,8 +244,12 @@ def test_ekfac_damping_and_options():
         E.damped(0.1, "factored")
     with pytest.raises(ValueError, match="approx must be one of"):
         rp.kfac(model, params, X, y, loss, approx="diagonal")
-    with pytest.raises(ValueError, match="fisher must be one of"):
+    with pytest.raises(TypeError, match="option fisher= was renamed curvature=; write curvature='fisher'"):
         rp.ekfac(model, params, X, y, loss, fisher="true")
+    with pytest.raises(ValueError, match="curvature='type-2' is an earlier spelling; write curvature='ggn'"):
+        rp.kfac(model, params, X, y, loss, curvature="type-2")
+    with pytest.raises(ValueError, match="curvature='hessian' has no Kronecker factorisation"):
+        rp.kfac(model, params, X, y, loss, curvature="hessian")
     with pytest.raises(ValueError, match="damping form must be one of"):
         rp.kfac(model, params, X, y, loss).damped(0.1, "tikhonov")
     with pytest.raises(ValueError, match="damping must be a finite number >= 0"):
@@ -254,6 +258,6 @@ def test_ekfac_damping_and_options():
 
 def test_kfac_is_deterministic():
     model, params, X, y, loss = make("conv-conv-softplus", "mse-mean", n=4)
-    a = rp.kfac(model, params, X, y, loss, fisher="mc", samples=2, seed=9).factors()
-    b = rp.kfac(model, params, X, y, loss, fisher="mc", samples=2, seed=9).factors()
+    a = rp.kfac(model, params, X, y, loss, curvature="mc_fisher", samples=2, seed=9).factors()
+    b = rp.kfac(model, params, X, y, loss, curvature="mc_fisher", samples=2, seed=9).factors()
     assert all(np.array_equal(x, z) for p, q in zip(a, b) for x, z in zip(p, q))

@@ -19,16 +19,19 @@ def operators(model, params, X, y, loss):
     """(name, operator, dense reference computed independently of the operator's matvec)."""
     args = (model, params, X, y, loss)
     H, G = rp.hessian(*args), rp.ggn(*args)
-    E = rp.fisher(*args, kind="empirical")
-    M = rp.fisher(*args, kind="mc", samples=2, seed=4)
+    E = rp.fisher(*args, curvature="empirical_fisher")
+    M = rp.fisher(*args, curvature="mc_fisher", samples=2, seed=4)
     off = model.param_offsets()
-    Hb = np.zeros_like(H)
+    on_blocks = np.zeros(H.shape, dtype=bool)
     for j, layer in enumerate(model):
         if isinstance(layer, rp.nn.AffineLayer):
-            s = slice(off[j], off[j + 1])
-            Hb[s, s] = H[s, s]
-    Gb = np.zeros_like(G)
-    Gb[Hb != 0] = G[Hb != 0]
+            on_blocks[off[j] : off[j + 1], off[j] : off[j + 1]] = True
+
+    def blocks_of(M):
+        out = np.zeros_like(M)
+        out[on_blocks] = M[on_blocks]
+        return out
+
     K = rp.kfac(*args)
     Kd = np.zeros_like(H)
     for b in K.blocks:
@@ -36,13 +39,16 @@ def operators(model, params, X, y, loss):
         Kd[s, s] = b.layout.to_flat_order(np.kron(b.S, b.A))
     d = rp.hessian_diagonal(*args)
     return [
-        ("hessian", rp.ExactCurvature(*args, kind="hessian"), H),
-        ("ggn", rp.ExactCurvature(*args, kind="ggn"), G),
-        ("fisher", rp.ExactCurvature(*args, kind="fisher"), G),
-        ("empirical_fisher", rp.ExactCurvature(*args, kind="empirical_fisher"), E),
-        ("mc_fisher", rp.ExactCurvature(*args, kind="mc_fisher", samples=2, seed=4), M),
-        ("block hessian", rp.block_diagonal(*args, kind="hessian"), Hb),
-        ("block ggn", rp.block_diagonal(*args, kind="ggn"), Gb),
+        ("hessian", rp.ExactCurvature(*args, curvature="hessian"), H),
+        ("ggn", rp.ExactCurvature(*args, curvature="ggn"), G),
+        ("fisher", rp.ExactCurvature(*args, curvature="fisher"), G),
+        ("empirical_fisher", rp.ExactCurvature(*args, curvature="empirical_fisher"), E),
+        ("mc_fisher", rp.ExactCurvature(*args, curvature="mc_fisher", samples=2, seed=4), M),
+        ("block hessian", rp.block_diagonal(*args, curvature="hessian"), blocks_of(H)),
+        ("block ggn", rp.block_diagonal(*args, curvature="ggn"), blocks_of(G)),
+        ("block fisher", rp.block_diagonal(*args, curvature="fisher"), blocks_of(G)),
+        ("block empirical_fisher", rp.block_diagonal(*args, curvature="empirical_fisher"), blocks_of(E)),
+        ("block mc_fisher", rp.block_diagonal(*args, curvature="mc_fisher", samples=2, seed=4), blocks_of(M)),
         ("diagonal", rp.Diagonal(d), np.diag(np.diag(H))),
         ("kfac", K, Kd),
         ("ekfac", rp.EKFAC.from_kfac(K), Kd),
@@ -102,9 +108,11 @@ def test_operator_input_checks():
     op = rp.ExactCurvature(model, params, X, y, loss)
     with pytest.raises(ValueError, match=r"v must have shape \(\d+,\) or \(\d+, k\)"):
         op.matvec(np.ones(op.n + 1))
-    with pytest.raises(ValueError, match="kind must be one of"):
-        rp.ExactCurvature(model, params, X, y, loss, kind="kfac")
-    with pytest.raises(ValueError, match="kind must be 'hessian' or 'ggn'"):
-        rp.block_diagonal(model, params, X, y, loss, kind="fisher")
+    with pytest.raises(ValueError, match="ExactCurvature: curvature must be one of"):
+        rp.ExactCurvature(model, params, X, y, loss, curvature="kfac")
+    with pytest.raises(TypeError, match="ExactCurvature: the option kind= was renamed curvature="):
+        rp.ExactCurvature(model, params, X, y, loss, kind="hessian")
+    with pytest.raises(ValueError, match="curvature='true' is an earlier spelling; write curvature='fisher'"):
+        rp.block_diagonal(model, params, X, y, loss, curvature="true")
     with pytest.raises(ValueError, match="need a square matrix"):
         rp.Dense(np.ones((2, 3)))

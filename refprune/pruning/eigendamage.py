@@ -51,8 +51,8 @@ def eigendamage(model, params, X, y, loss, sparsity, o):
     if not 0 < cap <= 1:
         raise ValueError(f"max_layer_fraction must be in (0, 1], got {cap!r}")
     args = (model, params, X, y, loss)
-    approx = ekfac(*args, fisher=o["fisher"], samples=o["samples"], seed=o["seed"]) if eig == "ekfac" else None
-    K = kfac(*args, fisher=o["fisher"], samples=o["samples"], seed=o["seed"])
+    approx = ekfac(*args, curvature=o["curvature"], **o["mc"]) if eig == "ekfac" else None
+    K = kfac(*args, curvature=o["curvature"], **o["mc"])
     theta = flatten_params(params)
     info = []
     for idx, (j, layer, start, _, stop) in enumerate(affine_layers(model)):

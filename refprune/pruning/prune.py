@@ -12,12 +12,14 @@ import numpy as np
 
 from ..checks import validate
 from ..params import flatten_params, unflatten_params
+from ..vocabulary import CURVATURES, FISHER_LIKE, check_curvature, renamed_options
 from . import unstructured as U
 from .eigendamage import eigendamage
 from .layerwise import layer_obs_round
 from .masks import affine_layers, check_mask, check_not_emptied, prunable_mask
 from .records import PruneResult, PruneStep, maybe_retrain, record_step  # noqa: F401 (re-exported)
 from .structured import prune_units
+from .unstructured import DIAGONALS
 
 UNSTRUCTURED = ("magnitude", "obd", "obs", "woodfisher", "layer_obs")
 STRUCTURED = ("c_obd", "c_obs", "kron_obd", "kron_obs")
@@ -31,18 +33,53 @@ def _check_fraction(sparsity):
     return float(sparsity)
 
 
-def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope="global", curvature="ggn",
-          diagonal="exact", damping=0.0, group_size=1, fisher="type-2", samples=1, seed=0, mask=None,
+#: the curvature each method uses when ``curvature=None``
+DEFAULT_CURVATURE = {"obs": "ggn", "obd": "hessian", "woodfisher": "empirical_fisher", "c_obd": "ggn", "c_obs": "ggn",
+                     "kron_obd": "ggn", "kron_obs": "ggn", "eigendamage": "ggn"}
+#: earlier ``diagonal=`` values that named a curvature, and what to write now
+_OLD_DIAGONALS = {"ggn": "ggn", "fisher": "mc_fisher", "empirical": "empirical_fisher"}
+
+
+def _resolve_curvature(method, curvature, diagonal):
+    """The curvature name a method uses, checked against what the method can use."""
+    if method == "obd" and diagonal in _OLD_DIAGONALS:
+        raise ValueError(
+            f"prune: diagonal={diagonal!r} is an earlier spelling; write curvature="
+            f"{_OLD_DIAGONALS[diagonal]!r}, diagonal='exact' (diagonal= now only chooses exact or OBD's "
+            f"approximation: {DIAGONALS})"
+        )
+    if method == "obd" and diagonal not in DIAGONALS:
+        raise ValueError(f"prune: diagonal must be one of {DIAGONALS}, got {diagonal!r}")
+    if method in ("magnitude", "layer_obs"):
+        if curvature is not None:
+            raise ValueError(f"prune: method {method!r} uses no curvature matrix; leave curvature=None")
+        return None
+    default = DEFAULT_CURVATURE[method]
+    if curvature is None:
+        return default
+    if method == "woodfisher":
+        check_curvature(curvature, ("empirical_fisher",), "prune (woodfisher)")
+    elif method == "obd" and diagonal != "exact":
+        check_curvature(curvature, ("hessian",), f"prune (obd, diagonal={diagonal!r})")
+    elif method in ("obs", "obd"):
+        check_curvature(curvature, CURVATURES, f"prune ({method})")
+    else:
+        check_curvature(curvature, FISHER_LIKE, f"prune ({method})")
+    return curvature
+
+
+@renamed_options(fisher="curvature")
+def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope="global", curvature=None,
+          diagonal="exact", damping=0.0, group_size=1, samples=1, seed=0, targets=None, mask=None,
           include_bias=False, retrain=None, max_layer_fraction=0.9, eigenvalues="ekfac", progress=False):
     """Prune ``model`` to ``sparsity`` with ``method`` and record every step.
 
     Parameters
     ----------
     method : str
-        ``"magnitude"``, ``"obd"`` (``diagonal=``), ``"obs"`` (``curvature=``),
-        ``"woodfisher"``, ``"layer_obs"`` (unstructured); ``"c_obd"``, ``"c_obs"``,
-        ``"kron_obd"``, ``"kron_obs"`` (whole output units; ``fisher=``);
-        ``"eigendamage"`` (eigen-directions; ``fisher=``, ``max_layer_fraction=``).
+        ``"magnitude"``, ``"obd"``, ``"obs"``, ``"woodfisher"``, ``"layer_obs"``
+        (unstructured); ``"c_obd"``, ``"c_obs"``, ``"kron_obd"``, ``"kron_obs"`` (whole
+        output units); ``"eigendamage"`` (eigen-directions; ``max_layer_fraction=``).
     sparsity : float in [0, 1)
         Fraction of prunable weights (unstructured), of prunable units (structured) or
         of eigen-directions (EigenDamage) to remove.
@@ -53,16 +90,24 @@ def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope=
     scope : {"global", "layer"}
         One ranking over all layers, or the same fraction in every layer (``layer_obs``
         always prunes every layer to the fraction: its objective is per layer).
-    curvature : {"hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher"}
-        The matrix of ``"obs"``.
-    diagonal : {"exact", "ggn", "fisher", "empirical", "obd", "obd_lm"}
-        The diagonal of ``"obd"``: exact Hessian, GGN, MC Fisher, empirical Fisher,
-        OBD's own approximation (with or without the ``phi''`` term).
+    curvature : str, optional
+        The matrix the criterion uses, by the names of ``docs/conventions.md`` §3:
+        any of ``"hessian"``, ``"ggn"``, ``"fisher"``, ``"mc_fisher"``,
+        ``"empirical_fisher"`` for ``"obs"`` and ``"obd"``; the last four (the ones
+        K-FAC approximates) for the structured methods and EigenDamage;
+        ``"empirical_fisher"`` for ``"woodfisher"``.  ``None``: the method's default
+        (:data:`DEFAULT_CURVATURE`: the GGN for OBS and the Kronecker methods, the
+        Hessian for OBD).
+    diagonal : {"exact", "obd", "obd_lm"}
+        OBD: the exact diagonal of ``curvature``, or OBD's own approximation of the
+        Hessian's (LeCun et al. 1990, eqs. 7-9; ``"obd_lm"`` without the ``phi''`` term).
     damping : float
         Added to the curvature before it is inverted (OBS, WoodFisher, layer-wise OBS;
         factored damping of the Kronecker factors for the structured methods).
     group_size : int
         OBS removes this many weights at a time by the group formula.
+    samples, seed, targets :
+        The Monte Carlo targets of ``curvature="mc_fisher"`` (drawn, or the caller's).
     max_layer_fraction, eigenvalues :
         EigenDamage: the largest fraction of a layer's directions (per factor) that may
         go, and whose eigenvalues rank them (``"ekfac"`` re-estimated or ``"kfac"``).
@@ -86,15 +131,14 @@ def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope=
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     if not np.isfinite(damping) or damping < 0:
         raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
-    if method == "obs" and curvature not in U.CURVATURES:
-        raise ValueError(f"curvature must be one of {U.CURVATURES}, got {curvature!r}")
     if eigenvalues not in ("ekfac", "kfac"):
         raise ValueError(f"eigenvalues must be 'ekfac' or 'kfac', got {eigenvalues!r}")
-    if method == "obd" and diagonal not in U.DIAGONALS:
-        raise ValueError(f"diagonal must be one of {U.DIAGONALS}, got {diagonal!r}")
+    curvature = _resolve_curvature(method, curvature, diagonal)
+    if targets is not None and curvature != "mc_fisher":
+        raise ValueError(f"prune: targets= is for curvature='mc_fisher', got curvature={curvature!r}")
     validate(model, params, X, y, loss)
     opts = dict(scope=scope, curvature=curvature, diagonal=diagonal, damping=float(damping),
-                group_size=int(group_size), fisher=fisher, samples=samples, seed=seed,
+                group_size=int(group_size), mc=dict(samples=samples, seed=seed, targets=targets), seed=seed,
                 include_bias=include_bias, retrain=retrain, max_layer_fraction=max_layer_fraction,
                 eigenvalues=eigenvalues, progress=progress)
     if method in UNSTRUCTURED:
@@ -138,7 +182,7 @@ def _prune_unstructured(model, params, X, y, loss, method, sparsity, steps, mask
                 continue
             if method == "magnitude" or method == "obd":
                 score = np.abs(theta) if method == "magnitude" else theta**2 * U.diagonal_of(
-                    o["diagonal"], args, o["samples"], o["seed"]) / 2.0
+                    o["curvature"], o["diagonal"], args, o["mc"]) / 2.0
                 removed = np.concatenate([idx[candidates[idx]][np.argsort(score[idx[candidates[idx]]],
                                                                             kind="stable")[:c]]
                                           for idx, c in groups if c > 0])
@@ -147,7 +191,7 @@ def _prune_unstructured(model, params, X, y, loss, method, sparsity, steps, mask
                 predicted = float("nan") if method == "magnitude" else float(np.sum(score[removed]))
             else:
                 kind = "woodfisher" if method == "woodfisher" else o["curvature"]
-                Hinv_of = U.obs_inverse_factory(kind, args, o["damping"], o["samples"], o["seed"])
+                Hinv_of = U.obs_inverse_factory(kind, args, o["damping"], o["mc"])
                 new, removed, predicted = U.select_obs(theta, mask, candidates, [c for _, c in groups],
                                                        Hinv_of, o["group_size"], [idx for idx, _ in groups])
         new_mask = mask.copy()

@@ -20,9 +20,10 @@ import sys
 
 import numpy as np
 
-from ..diagonal import fisher_diagonal, ggn_diagonal
+from ..diagonal import curvature_diagonal
 from ..kronecker import LayerLayout, kfac
 from ..params import flatten_params, unflatten_params
+from ..vocabulary import FISHER_LIKE, check_curvature, renamed_options
 from .masks import affine_layers, check_mask
 from .obs import inverse_spd
 from .records import PruneResult, maybe_retrain, record_step
@@ -77,16 +78,15 @@ class _LayerState:
         self.alive[i] = False
 
 
-def _layer_states(args, layers, alive, method, fisher, samples, seed, damping):
+def _layer_states(args, layers, alive, method, curvature, mc, damping):
     """K-FAC (and for C-OBD the exact Fisher diagonal) at ``args``' parameters, as a
     :class:`_LayerState` and the matrix ``[W | b]`` of every layer in ``layers``."""
     model, params = args[0], args[1]
-    K = kfac(*args, fisher=fisher, samples=samples, seed=seed)
+    K = kfac(*args, curvature=curvature, **mc)
     blocks = {b.layout.offset: b for b in K.blocks}
     diag = None
     if method == "c_obd":
-        diag = ggn_diagonal(*args) if fisher == "type-2" else fisher_diagonal(*args, kind=fisher, samples=samples,
-                                                                              seed=seed)
+        diag = curvature_diagonal(*args, curvature=curvature, **mc)
     theta = flatten_params(params)
     offsets = model.param_offsets()
     states, mats = {}, {}
@@ -118,7 +118,7 @@ def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
         if count <= 0:
             continue
         args = (model, unflatten_params(model, theta), X, y, loss)
-        states, mats = _layer_states(args, layers, alive, method, o["fisher"], o["samples"], o["seed"], o["damping"])
+        states, mats = _layer_states(args, layers, alive, method, o["curvature"], o["mc"], o["damping"])
         new_theta = theta.copy()
         removed_units, predicted = [], 0.0
         update = method in ("kron_obs", "c_obs")
@@ -177,8 +177,9 @@ def _layout_of(model, j):
     return LayerLayout(model[j], model.param_offsets()[j])
 
 
-def unit_saliencies(model, params, X, y, loss, method="kron_obs", fisher="type-2", damping=0.0, shortcut=False,
-                    samples=1, seed=0):
+@renamed_options(fisher="curvature")
+def unit_saliencies(model, params, X, y, loss, method="kron_obs", curvature="ggn", damping=0.0, shortcut=False,
+                    samples=1, seed=0, targets=None):
     """Per-unit saliencies ``{layer index: (c,)}`` of a structured criterion at ``params``.
 
     ``shortcut=True`` gives the approximation of the published EigenDamage code for
@@ -189,7 +190,9 @@ def unit_saliencies(model, params, X, y, loss, method="kron_obs", fisher="type-2
         raise ValueError(f"unit_saliencies: method must be a structured criterion, got {method!r}")
     layers = structurally_prunable(model)
     alive = {j: np.ones(model[j].out_units, dtype=bool) for j in layers}
-    states, mats = _layer_states((model, params, X, y, loss), layers, alive, method, fisher, samples, seed, damping)
+    check_curvature(curvature, FISHER_LIKE, "unit_saliencies")
+    mc = dict(samples=samples, seed=seed, targets=targets)
+    states, mats = _layer_states((model, params, X, y, loss), layers, alive, method, curvature, mc, damping)
     out = {j: states[j].saliencies(mats[j], method, shortcut=shortcut) for j in layers}
     return out
 

@@ -20,34 +20,21 @@ from .. import curvature, derivatives, diagonal
 from ..checks import validate
 from .obs import OBS, SingularCurvatureError, inverse_spd
 
-CURVATURES = ("hessian", "ggn", "fisher", "empirical_fisher", "mc_fisher")
-DIAGONALS = ("exact", "ggn", "fisher", "empirical", "obd", "obd_lm")
+DIAGONALS = ("exact", "obd", "obd_lm")
 
 
-def diagonal_of(kind, args, samples, seed):
+def diagonal_of(curvature, kind, args, mc):
+    """The diagonal OBD ranks by: the exact diagonal of ``curvature`` (``kind="exact"``)
+    or OBD's own approximation of the Hessian's (``"obd"``, ``"obd_lm"``)."""
     if kind == "exact":
-        return diagonal.hessian_diagonal(*args)
-    if kind == "ggn":
-        return diagonal.ggn_diagonal(*args)
-    if kind == "fisher":
-        return diagonal.fisher_diagonal(*args, kind="mc", samples=samples, seed=seed)
-    if kind == "empirical":
-        return diagonal.fisher_diagonal(*args, kind="empirical")
-    if kind in ("obd", "obd_lm"):
-        return diagonal.obd_diagonal(*args, levenberg_marquardt=kind == "obd_lm")
-    raise ValueError(f"diagonal must be one of {DIAGONALS}, got {kind!r}")
+        return diagonal.curvature_diagonal(*args, curvature=curvature, **mc)
+    return diagonal.obd_diagonal(*args, levenberg_marquardt=kind == "obd_lm")
 
 
-def dense_curvature(kind, args, samples, seed):
-    if kind == "hessian":
-        return curvature.hessian(*args)
-    if kind in ("ggn", "fisher"):
-        return curvature.ggn(*args)
-    if kind == "empirical_fisher":
-        return curvature.fisher(*args, kind="empirical")
-    if kind == "mc_fisher":
-        return curvature.fisher(*args, kind="mc", samples=samples, seed=seed)
-    raise ValueError(f"curvature must be one of {CURVATURES}, got {kind!r}")
+def dense_curvature(kind, args, mc):
+    if kind in ("hessian", "ggn"):
+        return getattr(curvature, kind)(*args)
+    return curvature.fisher(*args, curvature=kind, **mc)
 
 
 def woodbury_inverse(U, damping):
@@ -81,11 +68,11 @@ def select_obs(theta, mask, candidates, count, Hinv_of, group_size, groups):
     return out, removed, predicted
 
 
-def obs_inverse_factory(kind, args, damping, samples, seed):
+def obs_inverse_factory(kind, args, damping, mc):
     """``idx -> (H_idx,idx + damping I)^-1`` for a dense curvature or WoodFisher."""
     if kind == "woodfisher":
         inp_scale = validate(*args).scale
         rows = derivatives.per_sample_grads(*args) / np.sqrt(inp_scale)
         return lambda idx: woodbury_inverse(rows[:, idx], damping)
-    H = dense_curvature(kind, args, samples, seed)
+    H = dense_curvature(kind, args, mc)
     return lambda idx: inverse_spd(H[np.ix_(idx, idx)], damping, what=f"{kind} restricted to the free weights")
