@@ -261,3 +261,72 @@ def test_kfac_is_deterministic():
     a = rp.kfac(model, params, X, y, loss, curvature="mc_fisher", samples=2, seed=9).factors()
     b = rp.kfac(model, params, X, y, loss, curvature="mc_fisher", samples=2, seed=9).factors()
     assert all(np.array_equal(x, z) for p, q in zip(a, b) for x, z in zip(p, q))
+
+
+def test_pi_damping_is_martens_grosse_section_6_3():
+    """``(S + sqrt(lam)/pi I) kron (A + pi sqrt(lam) I)`` with ``pi`` from the factors'
+    mean eigenvalues (traces), formed here with numpy's kron."""
+    model, params, X, y, loss = make("conv-tanh-avgpool", "ce-mean", n=4)
+    K = rp.kfac(model, params, X, y, loss)
+    lam = 0.03
+    D = K.damped(lam, "pi").to_dense()
+    for b in K.blocks:
+        pi = np.sqrt((np.trace(b.A) / len(b.A)) / (np.trace(b.S) / len(b.S)))
+        ref = np.kron(b.S + np.sqrt(lam) / pi * np.eye(len(b.S)), b.A + pi * np.sqrt(lam) * np.eye(len(b.A)))
+        s = slice(b.layout.offset, b.layout.offset + b.layout.size)
+        assert_close(D[s, s], b.layout.to_flat_order(ref), 1e-12, 1e-14, "pi-damped block")
+        assert_close(np.sort(b.eigenvalues(lam, "pi").ravel()), np.linalg.eigvalsh(ref), 1e-10, 1e-12, "eigenvalues")
+    assert_close(K.inverse(lam, "pi").to_dense() @ D, np.eye(K.n), 1e-9, 1e-9, "pi inverse")
+    assert_close(K.damped(lam, "pi").logdet(), np.linalg.slogdet(D)[1], 1e-10, 1e-10, "pi logdet")
+    # pi = 1 when the factors' mean eigenvalues agree: then pi equals factored damping
+    b = K.blocks[0]
+    t = np.trace(b.A) / len(b.A) * len(b.S) / np.trace(b.S)
+    same = rp.KroneckerBlock(b.S * t, b.A, b.layout)
+    assert_close(same.dense(lam, "pi"), same.dense(lam, "factored"), 1e-12, 1e-14, "pi = 1")
+
+
+def test_pi_damping_refuses_a_zero_factor():
+    model, params, X, y, loss = make("mlp-tanh", "ce-mean", n=2)
+    b = rp.kfac(model, params, X, y, loss).blocks[0]
+    zero = rp.KroneckerBlock(np.zeros_like(b.S), b.A, b.layout)
+    with pytest.raises(np.linalg.LinAlgError, match="pi-damping .* needs positive factor traces"):
+        zero.dense(0.1, "pi")
+    with pytest.raises(ValueError, match="'exact' .* is not a Kronecker product"):
+        b.damped_factors(0.1, "exact")
+
+
+@pytest.mark.parametrize("arch", ["mlp-sigmoid-softplus", "conv-tanh-avgpool"])
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_bias_kept_out_of_a(arch, approx):
+    """``bias="separate"``: weight block ``S kron A_W`` with ``A_W`` the input second
+    moment without the constant, bias block ``S``, no coupling between them."""
+    model, params, X, y, loss = make(arch, "mse-mean", n=5)
+    folded = rp.kfac(model, params, X, y, loss, approx=approx)
+    sep = rp.kfac(model, params, X, y, loss, approx=approx, bias="separate")
+    D = sep.to_dense()
+    off = model.param_offsets()
+    layers = [j for j, layer in enumerate(model) if isinstance(layer, rp.nn.AffineLayer)]
+    blocks = iter(sep.blocks)
+    for j, fb in zip(layers, folded.blocks):
+        layer = model[j]
+        wb = next(blocks)
+        w = slice(off[j], off[j] + layer.n_weight)
+        assert wb.layout.offset == off[j] and wb.layout.size == layer.n_weight
+        assert_close(wb.dense(), np.kron(fb.S, fb.A[: wb.A.shape[0], : wb.A.shape[0]]), 1e-12, 1e-14, "weight block")
+        if layer.bias:
+            bb = next(blocks)
+            bsl = slice(off[j] + layer.n_weight, off[j + 1])
+            assert_close(D[bsl, bsl], fb.S, 1e-12, 1e-14, "bias block = S")
+            assert np.all(D[w, bsl] == 0) and np.all(D[bsl, w] == 0)
+            assert np.array_equal(bb.A, np.ones((1, 1)))
+    # first layer of the MLP: A_W is X^T X / N, from the data alone
+    if arch.startswith("mlp"):
+        assert_close(sep.blocks[0].A, X.T @ X / len(X), 1e-12, 1e-14, "A_W = X^T X / N")
+    # EKFAC with the same split: eigenvalues are diag(Q^T F Q) of the exact GGN's blocks
+    E = rp.ekfac(model, params, X, y, loss, approx=approx, bias="separate")
+    G = rp.ggn(model, params, X, y, loss)
+    for eb in E.blocks:
+        s = slice(eb.layout.offset, eb.layout.offset + eb.layout.size)
+        Q = eb.layout.to_flat_order(np.kron(eb.US, eb.UA))
+        assert_close(eb.scales.ravel()[eb.layout.perm], np.diag(Q.T @ G[s, s] @ Q), 1e-10, 1e-12,
+                     "EKFAC eigenvalues, bias apart")
