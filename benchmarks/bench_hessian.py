@@ -48,7 +48,7 @@ def best_of(fn, repeat):
 def torch_time(model, params, X, y, repeat):
     import torch
 
-    from refprune.crosscheck import torch_hessian
+    from refprune.bridges import torch_hessian
 
     torch.set_num_threads(2)
     return best_of(lambda: torch_hessian(model, params, X, y, rp.CrossEntropyLoss()), repeat)
@@ -58,7 +58,7 @@ def jax_time(model, params, X, y, repeat):
     """jax.jit(jax.hessian): compiled once (excluded), then timed."""
     import jax
 
-    from refprune.crosscheck import jax_loss_function
+    from refprune.bridges import jax_loss_function
 
     f = jax.jit(jax.hessian(jax_loss_function(model, X, y, rp.CrossEntropyLoss())))
     theta = rp.flatten_params(params)

@@ -25,6 +25,8 @@ from .operators import BlockDiagonal, CurvatureOperator, Dense, Diagonal, ExactC
 # Kronecker-factored approximations
 from .kronecker import KFAC, KroneckerBlock, kfac
 from .ekfac import EKFAC, ekfac
+# bridges to PyTorch and JAX (imported on first call)
+from .bridges import from_jax, from_torch, to_jax, to_torch
 # training and pruning
 from .training import train
 from .pruning import OBS, PruneResult, SingularCurvatureError, prunable_mask, prune, remove_units
@@ -49,6 +51,8 @@ __all__ = [
     "CurvatureOperator", "ExactCurvature", "BlockDiagonal", "Diagonal", "Dense", "block_diagonal",
     # Kronecker-factored approximations
     "kfac", "KFAC", "KroneckerBlock", "ekfac", "EKFAC",
+    # bridges to PyTorch and JAX
+    "from_torch", "to_torch", "to_jax", "from_jax",
     # training and pruning
     "train", "prune", "PruneResult", "OBS", "SingularCurvatureError", "prunable_mask", "remove_units",
 ]

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import refprune as rp  # noqa: E402
-from refprune.crosscheck import to_torch  # noqa: E402
+from refprune.bridges import to_torch  # noqa: E402
 from refprune.testing import assert_close  # noqa: E402
 
 from cases import make  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("jax")
 
 import refprune as rp  # noqa: E402
-from refprune.crosscheck import jax_hessian  # noqa: E402
+from refprune.bridges import jax_hessian  # noqa: E402
 from refprune.testing import assert_close  # noqa: E402
 
 from cases import CASES, IDS, make  # noqa: E402

@@ -1,5 +1,7 @@
 """``Linear(in_features, out_features)``: ``y = x W^T + b`` with PyTorch's layout."""
 
+import numpy as np
+
 from .affine import AffineLayer
 
 
@@ -13,10 +15,10 @@ class Linear(AffineLayer):
 
     def __init__(self, in_features, out_features, bias=True):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Linear: {name} must be a positive int, got {v!r}")
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
         self.out_units = out_features
         self.bias = bool(bias)
         self.weight_shape = (out_features, in_features)

@@ -1,0 +1,247 @@
+"""Bridges to PyTorch (needs the ``crosscheck`` extra, or any ``torch``).
+
+* :func:`from_torch`: a ``torch.nn.Sequential`` (or a state dict plus a refprune model)
+  as ``(model, params)``; every option refprune does not model is refused by name.
+* :func:`to_torch`: the ``torch.nn.Sequential`` equal to ``(model, params)``, float64.
+
+Both keep PyTorch's parameter layout (``docs/conventions.md`` §1), so
+``torch.nn.utils.parameters_to_vector`` of one equals ``refprune.flatten_params`` of the
+other, and the round trips are exact (float64 values are copied, never recomputed).
+"""
+
+import numpy as np
+
+from .. import nn
+from ..checks import check_params
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(
+            "this bridge needs PyTorch: pip install torch (on the team's machines: pip install torch==2.13.0), "
+            "or pip install 'refprune[crosscheck]'"
+        ) from err
+    return torch
+
+
+def to_torch_layer(layer):
+    """The ``torch.nn`` module for one refprune layer (float64, uninitialised values)."""
+    torch = _torch()
+    tnn = torch.nn
+    if isinstance(layer, nn.Linear):
+        return tnn.Linear(layer.in_features, layer.out_features, bias=layer.bias, dtype=torch.float64)
+    if isinstance(layer, nn.Conv2d):
+        return tnn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                          padding=layer.padding, bias=layer.bias, dtype=torch.float64)
+    simple = {nn.ReLU: tnn.ReLU, nn.Tanh: tnn.Tanh, nn.Sigmoid: tnn.Sigmoid, nn.Flatten: tnn.Flatten}
+    if type(layer) in simple:
+        return simple[type(layer)]()
+    if isinstance(layer, nn.Softplus):
+        # refprune's softplus has no linear cut-off; a huge threshold removes PyTorch's
+        return tnn.Softplus(threshold=1e6)
+    if isinstance(layer, nn.AvgPool2d):
+        return tnn.AvgPool2d(layer.kernel_size)
+    if isinstance(layer, nn.MaxPool2d):
+        return tnn.MaxPool2d(layer.kernel_size)
+    raise TypeError(f"no PyTorch equivalent known for {layer!r}")
+
+
+def to_torch(model, params):
+    """``(torch.nn.Sequential, list of torch parameters)`` equal to ``(model, params)``,
+    in float64; ``parameters_to_vector`` of the list equals ``flatten_params(params)``."""
+    torch = _torch()
+    params = check_params(model, params)
+    tmodel = torch.nn.Sequential(*[to_torch_layer(layer) for layer in model])
+    tparams = list(tmodel.parameters())
+    with torch.no_grad():
+        for t, p in zip(tparams, params):
+            t.copy_(torch.from_numpy(p))
+    return tmodel, tparams
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _refuse(i, module, option, why):
+    raise ValueError(f"from_torch: layer {i} ({module!r}): {option} is not modelled by refprune ({why})")
+
+
+def _conv(i, m):
+    if tuple(_pair(m.dilation)) != (1, 1):
+        _refuse(i, m, f"dilation={m.dilation}", "only dilation 1")
+    if m.groups != 1:
+        _refuse(i, m, f"groups={m.groups}", "only groups=1")
+    if m.padding_mode != "zeros":
+        _refuse(i, m, f"padding_mode={m.padding_mode!r}", "only zero padding")
+    padding = m.padding
+    if isinstance(padding, str):
+        if padding != "valid":
+            _refuse(i, m, f"padding={padding!r}", "give the padding as numbers")
+        padding = (0, 0)
+    if getattr(m, "output_padding", (0, 0)) not in ((0, 0), 0) or getattr(m, "transposed", False):
+        _refuse(i, m, "a transposed convolution", "only Conv2d")
+    return nn.Conv2d(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(_pair(m.stride)),
+                     padding=tuple(_pair(padding)), bias=m.bias is not None)
+
+
+def _pool(i, m, cls):
+    k = _pair(m.kernel_size)
+    if k[0] != k[1]:
+        _refuse(i, m, f"kernel_size={m.kernel_size}", "only square pooling windows")
+    stride = k if m.stride is None else _pair(m.stride)
+    if tuple(stride) != tuple(k):
+        _refuse(i, m, f"stride={m.stride}", "pooling stride must equal the kernel size")
+    if tuple(_pair(m.padding)) != (0, 0):
+        _refuse(i, m, f"padding={m.padding}", "no padding in pooling")
+    if m.ceil_mode:
+        _refuse(i, m, "ceil_mode=True", "windows are floored, as PyTorch's default")
+    if cls is nn.MaxPool2d:
+        if tuple(_pair(m.dilation)) != (1, 1):
+            _refuse(i, m, f"dilation={m.dilation}", "only dilation 1")
+        if m.return_indices:
+            _refuse(i, m, "return_indices=True", "a layer returns one array")
+    elif getattr(m, "divisor_override", None) is not None:
+        _refuse(i, m, f"divisor_override={m.divisor_override}", "the mean over the window")
+    return cls(int(k[0]))
+
+
+def _layer_of(i, m, torch):
+    tnn = torch.nn
+    t = type(m)
+    if t is tnn.Linear:
+        return nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+    if t is tnn.Conv2d:
+        return _conv(i, m)
+    if t in (tnn.ReLU, tnn.Tanh, tnn.Sigmoid):
+        return {tnn.ReLU: nn.ReLU, tnn.Tanh: nn.Tanh, tnn.Sigmoid: nn.Sigmoid}[t]()
+    if t is tnn.Softplus:
+        if m.beta != 1:
+            _refuse(i, m, f"beta={m.beta}", "only beta=1")
+        # PyTorch switches to the identity above `threshold` (a change below e^-threshold);
+        # refprune computes log(1 + e^z) everywhere (docs/conventions.md §1)
+        return nn.Softplus()
+    if t is tnn.AvgPool2d:
+        return _pool(i, m, nn.AvgPool2d)
+    if t is tnn.MaxPool2d:
+        return _pool(i, m, nn.MaxPool2d)
+    if t is tnn.Flatten:
+        if m.start_dim != 1 or m.end_dim != -1:
+            _refuse(i, m, f"start_dim={m.start_dim}, end_dim={m.end_dim}", "Flatten keeps the batch axis only")
+        return nn.Flatten()
+    if isinstance(m, tnn.modules.batchnorm._BatchNorm):
+        _refuse(i, m, "BatchNorm", "fold it into the preceding Linear/Conv2d before converting")
+    if isinstance(m, tnn.modules.dropout._DropoutNd):
+        _refuse(i, m, "Dropout", "it is the identity in evaluation mode: leave it out of the Sequential")
+    raise ValueError(
+        f"from_torch: layer {i} ({type(m).__name__}) is not a module refprune models; supported: Linear, Conv2d, "
+        "ReLU, Tanh, Sigmoid, Softplus, AvgPool2d, MaxPool2d, Flatten (custom modules are refused)"
+    )
+
+
+def _flat_modules(seq, torch):
+    out = []
+    for m in seq.children() if isinstance(seq, torch.nn.Sequential) else [seq]:
+        out.extend(_flat_modules(m, torch) if isinstance(m, torch.nn.Sequential) else [m])
+    return out
+
+
+def _array(t, name, torch):
+    a = t.detach().cpu()
+    if a.is_floating_point():
+        a = a.to(torch.float64)
+    arr = np.array(a.numpy(), dtype=np.float64)  # a copy: the caller's tensor is never shared
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"from_torch: parameter {name} contains NaN or inf")
+    return arr
+
+
+def from_torch(module, model=None):
+    """A PyTorch network as refprune's ``(model, params)``.
+
+    Parameters
+    ----------
+    module : torch.nn.Sequential or state dict
+        A ``Sequential`` (nested ones are flattened) of Linear, Conv2d, ReLU, Tanh,
+        Sigmoid, Softplus, AvgPool2d, MaxPool2d and Flatten; or a state dict (name to
+        tensor, in the network's order), together with ``model``.
+    model : refprune.Sequential, optional
+        With a state dict: the refprune model whose parameters it holds.
+
+    Returns
+    -------
+    (refprune.Sequential, list of float64 arrays)
+        Parameters in PyTorch's order and shapes; float32 values are widened exactly.
+
+    Raises
+    ------
+    ValueError
+        For an option refprune does not model (dilation, groups, padding modes,
+        pooling stride other than the kernel, BatchNorm, Dropout, custom modules),
+        naming the layer and the option.
+    """
+    torch = _torch()
+    if isinstance(module, torch.nn.Module):
+        if model is not None:
+            raise ValueError("from_torch: pass either a torch module or a state dict with model=, not both")
+        if not isinstance(module, torch.nn.Sequential):
+            raise ValueError(f"from_torch: expected a torch.nn.Sequential, got {type(module).__name__} "
+                             "(custom modules are refused: write the network as a Sequential)")
+        mods = _flat_modules(module, torch)
+        layers = [_layer_of(i, m, torch) for i, m in enumerate(mods)]
+        model = nn.Sequential(*layers)
+        params = []
+        for i, m in enumerate(mods):
+            for name in ("weight", "bias"):
+                t = getattr(m, name, None) if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) else None
+                if t is not None:
+                    params.append(_array(t, f"{i}.{name}", torch))
+        return model, check_params(model, params)
+    if isinstance(module, dict):
+        if not isinstance(model, nn.Sequential):
+            raise TypeError("from_torch: a state dict needs model=, the refprune Sequential it belongs to")
+        items = list(module.items())
+        shapes = model.param_shapes()
+        if len(items) != len(shapes):
+            raise ValueError(
+                f"from_torch: the state dict has {len(items)} entries ({[k for k, _ in items]}) but the model has "
+                f"{len(shapes)} parameter arrays (buffers such as BatchNorm statistics are not modelled)"
+            )
+        params = []
+        for (name, t), shape in zip(items, shapes):
+            a = _array(t, name, torch) if isinstance(t, torch.Tensor) else np.array(t, dtype=np.float64)
+            if a.shape != tuple(shape):
+                raise ValueError(f"from_torch: state dict entry {name!r} has shape {a.shape}, the model expects "
+                                 f"{tuple(shape)} at that position")
+            params.append(a)
+        return model, check_params(model, params)
+    raise TypeError(f"from_torch: expected a torch.nn.Sequential or a state dict, got {type(module).__name__}")
+
+
+def torch_loss(loss):
+    """The PyTorch loss function with the same semantics as a refprune loss."""
+    torch = _torch()
+    if isinstance(loss, nn.CrossEntropyLoss):
+        return lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction=loss.reduction)
+    return lambda out, y: torch.nn.functional.mse_loss(out, y, reduction=loss.reduction)
+
+
+def torch_hessian(model, params, X, y, loss):
+    """The Hessian by ``torch.func.hessian`` over the flat parameter vector, ``(n, n)``."""
+    torch = _torch()
+    tmodel, _ = to_torch(model, params)
+    names = [k for k, _ in tmodel.named_parameters()]
+    shapes = [tuple(p.shape) for p in params]
+    sizes = [int(np.prod(s)) for s in shapes]
+    Xt = torch.from_numpy(np.asarray(X, dtype=np.float64))
+    yt = torch.from_numpy(np.asarray(y))
+    lf = torch_loss(loss)
+
+    def f(theta):
+        ps = [t.reshape(s) for t, s in zip(torch.split(theta, sizes), shapes)]
+        return lf(torch.func.functional_call(tmodel, dict(zip(names, ps)), (Xt,)), yt)
+
+    theta = torch.from_numpy(np.concatenate([np.ravel(p) for p in params]).astype(np.float64))
+    return torch.func.hessian(f)(theta).numpy()

@@ -1,0 +1,127 @@
+"""Bridges: from_torch/to_torch and to_jax/from_jax round trips are exact, the converted
+networks compute the same function, and what refprune does not model is refused by
+name.  Skips when torch or jax is absent."""
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune.testing import assert_close
+
+from cases import ARCHS, CASES, IDS, make
+
+pytestmark = pytest.mark.crosscheck
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_torch_round_trips_are_exact(torch, arch):
+    model, params, X, y, loss = make(arch, "ce-mean")
+    tmodel, tparams = rp.to_torch(model, params)
+    model2, params2 = rp.from_torch(tmodel)
+    assert repr(model2) == repr(model)
+    assert all(np.array_equal(a, b) for a, b in zip(params, params2))
+    # the converted network is the same function
+    assert_close(model2(params2, X), tmodel(torch.from_numpy(X)).detach().numpy(), 1e-13, 1e-13, "output")
+    # the state dict path
+    _, params3 = rp.from_torch(tmodel.state_dict(), model=model)
+    assert all(np.array_equal(a, b) for a, b in zip(params, params3))
+    # and back again: torch -> refprune -> torch keeps every tensor
+    tmodel2, _ = rp.to_torch(model2, params2)
+    for (k, a), (k2, b) in zip(tmodel.state_dict().items(), tmodel2.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+
+
+def test_from_torch_of_a_model_built_in_torch(torch):
+    """A network written in torch (nested Sequential, float32, string padding 'valid',
+    pooling stride given explicitly) converts and computes the same outputs."""
+    torch.manual_seed(0)
+    tnet = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Conv2d(2, 3, (3, 2), stride=(1, 2), padding="valid"), torch.nn.ReLU()),
+        torch.nn.MaxPool2d(2, stride=2), torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 1, 4), torch.nn.Softplus(),
+        torch.nn.Linear(4, 2, bias=False), torch.nn.Sigmoid())
+    X = np.random.default_rng(0).standard_normal((5, 2, 6, 5)).astype(np.float32)
+    model, params = rp.from_torch(tnet)
+    assert [type(layer).__name__ for layer in model] == ["Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear",
+                                                         "Softplus", "Linear", "Sigmoid"]
+    assert all(p.dtype == np.float64 for p in params)
+    tvec = torch.nn.utils.parameters_to_vector(tnet.parameters()).detach().double().numpy()
+    assert np.array_equal(rp.flatten_params(params), tvec)
+    out = tnet.double()(torch.from_numpy(X.astype(np.float64))).detach().numpy()
+    assert_close(model(params, X.astype(np.float64)), out, 1e-13, 1e-13, "outputs")
+
+
+@pytest.mark.parametrize("make_module, words", [
+    (lambda t: t.nn.Conv2d(1, 2, 3, dilation=2), r"dilation=\(2, 2\) is not modelled"),
+    (lambda t: t.nn.Conv2d(2, 2, 3, groups=2), "groups=2 is not modelled"),
+    (lambda t: t.nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), "padding_mode='reflect'"),
+    (lambda t: t.nn.Conv2d(1, 2, 3, padding="same"), "padding='same'"),
+    (lambda t: t.nn.AvgPool2d(2, stride=1), "pooling stride must equal the kernel size"),
+    (lambda t: t.nn.MaxPool2d(2, padding=1), "padding=1"),
+    (lambda t: t.nn.MaxPool2d(2, ceil_mode=True), "ceil_mode=True"),
+    (lambda t: t.nn.AvgPool2d((2, 3)), "only square pooling windows"),
+    (lambda t: t.nn.BatchNorm2d(2), "BatchNorm is not modelled"),
+    (lambda t: t.nn.Dropout(0.1), "Dropout is not modelled"),
+    (lambda t: t.nn.Softplus(beta=2.0), "beta=2.0"),
+    (lambda t: t.nn.Flatten(0), "start_dim=0"),
+    (lambda t: t.nn.GELU(), "GELU\\) is not a module refprune models"),
+    (lambda t: t.nn.LSTM(2, 2), "LSTM\\) is not a module refprune models"),
+])
+def test_from_torch_refuses_what_refprune_does_not_model(torch, make_module, words):
+    with pytest.raises(ValueError, match=words):
+        rp.from_torch(torch.nn.Sequential(make_module(torch)))
+
+
+def test_from_torch_refuses_bad_containers_and_state_dicts(torch):
+    class Custom(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="expected a torch.nn.Sequential, got Custom"):
+        rp.from_torch(Custom())
+    model = rp.Sequential(rp.Linear(3, 2))
+    with pytest.raises(TypeError, match="a state dict needs model="):
+        rp.from_torch({"0.weight": torch.zeros(2, 3)})
+    with pytest.raises(ValueError, match="has 1 entries .* but the model has 2 parameter arrays"):
+        rp.from_torch({"0.weight": torch.zeros(2, 3)}, model=model)
+    with pytest.raises(ValueError, match="'0.weight' has shape \\(3, 2\\), the model expects \\(2, 3\\)"):
+        rp.from_torch({"0.weight": torch.zeros(3, 2), "0.bias": torch.zeros(2)}, model=model)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        rp.from_torch({"0.weight": torch.full((2, 3), float("nan")), "0.bias": torch.zeros(2)}, model=model)
+    with pytest.raises(TypeError, match="expected a torch.nn.Sequential or a state dict"):
+        rp.from_torch([1, 2])
+
+
+def test_from_torch_copies_never_shares(torch):
+    tnet = torch.nn.Sequential(torch.nn.Linear(2, 2).double())
+    _, params = rp.from_torch(tnet)
+    params[0][:] = 7.0
+    assert not torch.any(tnet[0].weight == 7.0)
+
+
+@pytest.mark.parametrize("arch,lossname", CASES, ids=IDS)
+def test_jax_round_trip_and_function(arch, lossname):
+    jax = pytest.importorskip("jax")
+    model, params, X, y, loss = make(arch, lossname)
+    apply, tree = rp.to_jax(model, params)
+    back = rp.from_jax(tree, model)
+    assert all(np.array_equal(a, b) for a, b in zip(params, back))
+    assert_close(np.asarray(jax.jit(apply)(tree, X)), model(params, X), 1e-13, 1e-13, "jax apply")
+    # the tree is keyed like PyTorch's state dict
+    names = [f"{i}.{k}" for i, layer in enumerate(model) if isinstance(layer, rp.nn.AffineLayer)
+             for k in (("weight", "bias") if layer.bias else ("weight",))]
+    assert list(tree) == names
+
+
+def test_from_jax_refuses_mismatched_trees():
+    model = rp.Sequential(rp.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"missing \['0.bias'\], unexpected \['1.bias'\]"):
+        rp.from_jax({"0.weight": np.zeros((2, 3)), "1.bias": np.zeros(2)}, model)
+    with pytest.raises(TypeError, match="expected a dict of arrays"):
+        rp.from_jax([np.zeros((2, 3))], model)
+    with pytest.raises(ValueError, match=r"params\[0\] must have shape \(2, 3\)"):
+        rp.from_jax({"0.weight": np.zeros((3, 2)), "0.bias": np.zeros(2)}, model)
