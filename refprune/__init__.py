@@ -25,6 +25,10 @@ from .operators import BlockDiagonal, CurvatureOperator, Dense, Diagonal, ExactC
 # Kronecker-factored approximations
 from .kronecker import KFAC, KroneckerBlock, kfac
 from .ekfac import EKFAC, ekfac
+# other libraries' K-FAC scalings
+from .library_conventions import LIBRARIES, express_kfac
+# other libraries' K-FAC scalings
+from .library_conventions import LIBRARIES, express_kfac
 # bridges to PyTorch and JAX (imported on first call)
 from .bridges import from_jax, from_torch, to_jax, to_torch
 # training and pruning
@@ -51,6 +55,8 @@ __all__ = [
     "CurvatureOperator", "ExactCurvature", "BlockDiagonal", "Diagonal", "Dense", "block_diagonal",
     # Kronecker-factored approximations
     "kfac", "KFAC", "KroneckerBlock", "ekfac", "EKFAC",
+    # other libraries' K-FAC scalings
+    "express_kfac", "LIBRARIES",
     # bridges to PyTorch and JAX
     "from_torch", "to_torch", "to_jax", "from_jax",
     # training and pruning

@@ -1,0 +1,124 @@
+"""refprune's K-FAC factors expressed in another library's scaling and layout.
+
+K-FAC approximates a layer block by a Kronecker product, and a Kronecker product is
+unchanged when one factor is multiplied by ``t`` and the other divided by ``t``; libraries
+also differ in the loss scaling ``R``, in the output curvature for squared error and in
+where the bias goes.  :func:`express_kfac` computes refprune's factors and converts them,
+so a factor of the other library can be compared entry by entry.  The relations
+(``docs/conventions.md`` §8, measured against each library in
+``tests/test_library_conventions.py``), with ``T`` the output locations of a
+convolution (1 for Linear), ``N`` the data points, ``C`` the outputs and refprune's
+``S``, ``A`` in the variant named:
+
+==============  ==========================================================================
+library         factors
+==============  ==========================================================================
+curvlinops      ``KFACLinearOperator``: identical (``kfac_approx`` expand/reduce;
+                ``separate_weight_and_bias=True`` is ``bias="separate"``)
+BackPACK        ``KFLR`` (and ``KFAC``'s layout): ``weight.kflr = [S_reduce, T A_expand]``
+                (weights only), ``bias.kflr = [S_reduce]``
+nngeometry      ``FIM(..., representation=PMatKFAC)``: ``(A, G)`` with the bias folded,
+                ``A = T sqrt(K) A_expand``, ``G = c S_expand / (T sqrt(K))``,
+                ``K = C - 1`` (cross-entropy, its Cholesky factor of the categorical
+                covariance) or ``C`` (``variant="regression"``)
+ASDL            ``fisher.kron``: ``A = A_expand`` (weights only), ``B = c S_expand``;
+                the bias block is ``B``
+==============  ==========================================================================
+
+``c`` converts the loss scaling: nngeometry and ASDL average over the ``N`` data points
+whatever the loss reduction (``R' = 1/N``) and, for squared error, use a unit-variance
+Gaussian (``Lambda' = I``, refprune ``2 I``) except for ASDL's empirical Fisher, whose
+gradients are PyTorch's ``2 (f - y)``: ``c = (R'/R) * (1/2 if that halving applies)``.
+"""
+
+import numpy as np
+
+from .checks import validate
+from .kronecker import kfac
+from .nn import AffineLayer, CrossEntropyLoss
+
+LIBRARIES = ("curvlinops", "backpack", "nngeometry", "asdl")
+
+
+def _locations(model, X):
+    """``T`` (output locations) of every affine layer, by layer index."""
+    out, s = {}, X.shape[1:]
+    for j, layer in enumerate(model):
+        nxt = layer.output_shape(s)
+        if isinstance(layer, AffineLayer):
+            out[j] = int(np.prod(nxt)) // layer.out_units
+        s = nxt
+    return out
+
+
+def loss_rescaling(library, loss, n, c, curvature):
+    """``c``: the factor by which ``library`` scales a curvature matrix relative to
+    refprune's for the same loss (docs/conventions.md §8)."""
+    if library in ("curvlinops", "backpack"):
+        return 1.0
+    ratio = (1.0 / n) / loss.scale(n, c)
+    mse = not isinstance(loss, CrossEntropyLoss)
+    halved = mse and not (library == "asdl" and curvature == "empirical_fisher")
+    return ratio * (0.5 if halved else 1.0)
+
+
+def express_kfac(model, params, X, y, loss, library, curvature="ggn", approx="expand", samples=1, seed=0,
+                 targets=None, bias=None):
+    """refprune's K-FAC factors in ``library``'s scaling and layout, one entry per affine
+    layer (see the module docstring for the relations).
+
+    Parameters
+    ----------
+    library : {"curvlinops", "backpack", "nngeometry", "asdl"}
+    curvature, samples, seed, targets :
+        As for :func:`refprune.kfac`.  nngeometry's ``FIM`` is the true Fisher only.
+    approx : {"expand", "reduce"}
+        curvlinops only (the others have one convention each, given above).
+    bias : {"fold", "separate"}, optional
+        curvlinops only (``separate_weight_and_bias``); default ``"separate"``, its own.
+
+    Returns
+    -------
+    list of dict
+        curvlinops: ``{"input_covariance": A, "gradient_covariance": S}`` (with
+        ``bias="separate"``, ``A`` covers the weights and the same ``S`` the bias);
+        backpack: ``{"weight": [S, A], "bias": [S] or None}``;
+        nngeometry: ``{"A": A, "G": G}``; asdl: ``{"A": A, "B": B}``.
+    """
+    if library not in LIBRARIES:
+        raise ValueError(f"express_kfac: library must be one of {LIBRARIES}, got {library!r}")
+    if library != "curvlinops" and (approx != "expand" or bias is not None):
+        raise ValueError(f"express_kfac: {library} has one convention; approx= and bias= apply to curvlinops only")
+    if library == "nngeometry" and curvature not in ("ggn", "fisher"):
+        raise ValueError(f"express_kfac: nngeometry's FIM is the true Fisher; curvature must be 'ggn' or 'fisher', "
+                         f"got {curvature!r}")
+    inp = validate(model, params, X, y, loss)
+    mc = dict(samples=samples, seed=seed, targets=targets)
+    layers = [j for j, layer in enumerate(model) if isinstance(layer, AffineLayer)]
+    T = _locations(model, inp.X)
+    c = loss_rescaling(library, loss, inp.n_samples, inp.n_outputs, curvature)
+    if library == "curvlinops":
+        K = kfac(model, params, X, y, loss, curvature=curvature, approx=approx, bias=bias or "separate", **mc)
+        by_layer = {}
+        for b in K.blocks:
+            by_layer.setdefault(b.layout.layer_offset, []).append(b)
+        offsets = model.param_offsets()
+        # the first block of a layer is the folded one or its weights' (every layer has weights)
+        return [{"input_covariance": by_layer[offsets[j]][0].A, "gradient_covariance": by_layer[offsets[j]][0].S}
+                for j in layers]
+    folded = kfac(model, params, X, y, loss, curvature=curvature, approx="expand", **mc).blocks
+    out = []
+    if library == "backpack":
+        reduced = kfac(model, params, X, y, loss, curvature=curvature, approx="reduce", **mc).blocks
+        for j, e, r in zip(layers, folded, reduced):
+            w = e.A[: e.layout.r, : e.layout.r] * T[j]
+            out.append({"weight": [r.S, w], "bias": [r.S] if model[j].bias else None})
+        return out
+    for j, e in zip(layers, folded):
+        if library == "nngeometry":
+            k = inp.n_outputs - 1 if isinstance(loss, CrossEntropyLoss) else inp.n_outputs
+            t = T[j] * np.sqrt(k)
+            out.append({"A": t * e.A, "G": c * e.S / t})
+        else:
+            out.append({"A": e.A[: e.layout.r, : e.layout.r].copy(), "B": c * e.S})
+    return out
