@@ -1,0 +1,15 @@
+"""Conformance: check another implementation of gradients, curvature, K-FAC or pruning
+against refprune over a zoo of small networks, in one assertion.
+
+>>> from refprune import conformance as cf
+>>> report = cf.check(cf.Adapter(grad=my_grad, hessian=my_hessian))   # doctest: +SKIP
+>>> assert report.ok, report                                          # doctest: +SKIP
+"""
+
+from .diagnosis import diagnose, relative_error
+from .harness import DEFAULT_RTOL, QUANTITIES, Adapter, Failure, QuantityResult, Report, assert_conforms, check
+from .zoo import ARCHITECTURES, LOSSES, Case, build_case, drawn_zoo, make_case, zoo
+
+__all__ = ["Adapter", "check", "assert_conforms", "Report", "QuantityResult", "Failure", "QUANTITIES",
+           "DEFAULT_RTOL", "Case", "zoo", "drawn_zoo", "make_case", "build_case", "ARCHITECTURES", "LOSSES",
+           "diagnose", "relative_error"]

@@ -1,0 +1,303 @@
+"""Check another implementation against refprune over the zoo.
+
+The caller wraps their code in an :class:`Adapter`: one callable per quantity they
+have, each taking a :class:`~refprune.conformance.zoo.Case` and returning a NumPy array
+(or something ``numpy.asarray`` understands: a CPU tensor, a JAX array).  :func:`check`
+runs every callable on every case, compares with refprune under the conventions of
+``docs/conventions.md`` and returns a :class:`Report`: per quantity the largest relative
+error, pass or fail at the stated tolerance and, for a failure, the smallest case that
+shows it, the conventions it was compared under and what the difference looks like.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import curvature as _c
+from .. import derivatives as _d
+from .. import diagonal as _diag
+from ..ekfac import ekfac
+from ..kronecker import kfac
+from ..params import flatten_params
+from .diagnosis import diagnose, relative_error
+from .zoo import zoo
+
+_PARAMS = "theta in PyTorch order (weight.ravel() then bias, layer by layer; docs/conventions.md §1)"
+_LOSS = "L = R sum_n l_n, PyTorch's reductions, R = 1/N (cross-entropy mean), 1/(N C) (squared-error mean), 1 (sum) " \
+        "(docs/conventions.md §2)"
+
+
+def _obs(case):
+    """``(G + lambda I)^-1`` of the case (the OBS quantities use it)."""
+    G = _c.ggn(*case.args())
+    return np.linalg.inv(G + case.obs_damping * np.eye(len(G)))
+
+
+def _obs_update(case):
+    Hinv = _obs(case)
+    q = case.obs_index
+    return -(case.theta[q] / Hinv[q, q]) * Hinv[:, q]
+
+
+#: ``name: (refprune's computation, conventions it is compared under)``
+QUANTITIES = {
+    "loss": (lambda c: _d.loss(*c.args()), _LOSS),
+    "grad": (lambda c: _d.grad(*c.args()), f"dL/dtheta, {_PARAMS}"),
+    "per_sample_grads": (lambda c: _d.per_sample_grads(*c.args()),
+                         "(N, n), row n is R dl_n/dtheta so that rows sum to grad (docs/conventions.md §2)"),
+    "hvp": (lambda c: _d.hvp(*c.args(), c.v), "H v for v = case.v"),
+    "hessian": (lambda c: _c.hessian(*c.args()), f"d^2 L/dtheta^2, (n, n), {_PARAMS}"),
+    "ggn": (lambda c: _c.ggn(*c.args()), "R sum_n J_n^T Lambda_n J_n, Lambda = 2I for squared error, "
+                                         "diag(p) - p p^T for cross-entropy (docs/conventions.md §3)"),
+    "residual": (lambda c: _c.residual(*c.args()), "H - GGN"),
+    "fisher": (lambda c: _c.fisher(*c.args(), curvature="fisher"),
+               "true Fisher with the likelihoods of docs/conventions.md §3 (Gaussian variance 1/2), = GGN"),
+    "mc_fisher": (lambda c: _c.fisher(*c.args(), curvature="mc_fisher", targets=c.targets),
+                  "R sum_n mean_s g_n(y_s) g_n(y_s)^T over the sampled targets case.targets"),
+    "empirical_fisher": (lambda c: _c.fisher(*c.args(), curvature="empirical_fisher"),
+                         "R sum_n g_n g_n^T at the observed targets (g_n = dl_n/dtheta, unscaled)"),
+    "hessian_diagonal": (lambda c: _diag.hessian_diagonal(*c.args()), "diag(H)"),
+    "ggn_diagonal": (lambda c: _diag.ggn_diagonal(*c.args()), "diag(GGN)"),
+    "empirical_fisher_diagonal": (lambda c: _diag.fisher_diagonal(*c.args(), curvature="empirical_fisher"),
+                                  "diag of the empirical Fisher"),
+    "mc_fisher_diagonal": (lambda c: _diag.fisher_diagonal(*c.args(), curvature="mc_fisher", targets=c.targets),
+                           "diag of the MC Fisher over case.targets"),
+    "kfac": (lambda c, o: kfac(*c.args(), **o).to_dense(),
+             "the K-FAC matrix (n, n), block diagonal, S kron A per layer over [W | b] (docs/conventions.md §4), "
+             "options {kfac_options}"),
+    "kfac_factors": (lambda c, o: [(b.S, b.A) for b in kfac(*c.args(), **o).blocks],
+                     "[(S, A)] per layer, S = R sum g g^T, A = (1/(N T)) sum a a^T with the bias folded as a "
+                     "constant 1 (docs/conventions.md §4), options {kfac_options}"),
+    "ekfac": (lambda c, o: ekfac(*c.args(), **o).to_dense(),
+              "EKFAC matrix (n, n): K-FAC's eigenbasis, eigenvalues re-estimated (docs/conventions.md §5), "
+              "options {kfac_options}"),
+    "obd_saliencies": (lambda c: flatten_params(c.params) ** 2 * _diag.hessian_diagonal(*c.args()) / 2,
+                       "theta_q^2 H_qq / 2 for every coordinate, exact Hessian diagonal (docs/conventions.md §7)"),
+    "obs_saliencies": (lambda c: c.theta**2 / (2 * np.diag(_obs(c))),
+                       "theta_q^2 / (2 [(G + lambda I)^-1]_qq) for every coordinate, lambda = case.obs_damping, G "
+                       "the GGN (docs/conventions.md §7)"),
+    "obs_update": (_obs_update, "the change of theta when case.obs_index is removed: "
+                                "-(theta_q / [H^-1]_qq) H^-1 e_q, H = GGN + case.obs_damping I"),
+}
+_KFAC_QUANTITIES = ("kfac", "kfac_factors", "ekfac")
+
+#: default relative tolerances; see docs/conventions.md §9 for how they were chosen
+DEFAULT_RTOL = 1e-9
+
+
+class Adapter:
+    """Another implementation, one callable per quantity (any subset of :data:`QUANTITIES`).
+
+    Each callable takes a :class:`~refprune.conformance.zoo.Case` and returns the
+    quantity for it.  ``kfac_options`` (``curvature``, ``approx``, ``bias``) says which
+    K-FAC variant the ``kfac``, ``kfac_factors`` and ``ekfac`` callables compute.
+
+    Example
+    -------
+    >>> Adapter(grad=lambda case: my_grad(case.torch()), hessian=my_hessian)  # doctest: +SKIP
+    """
+
+    def __init__(self, kfac_options=None, **quantities):
+        unknown = sorted(set(quantities) - set(QUANTITIES))
+        if unknown:
+            raise ValueError(f"Adapter: unknown quantities {unknown}; known: {sorted(QUANTITIES)}")
+        if not quantities:
+            raise ValueError(f"Adapter: give at least one quantity callable; known: {sorted(QUANTITIES)}")
+        for name, fn in quantities.items():
+            if not callable(fn):
+                raise TypeError(f"Adapter: {name} must be a callable taking a Case, got {type(fn).__name__}")
+        self.quantities = dict(quantities)
+        opts = dict(curvature="ggn", approx="expand", bias="fold")
+        opts.update(kfac_options or {})
+        self.kfac_options = opts
+
+
+@dataclass
+class Failure:
+    """The smallest case on which a quantity failed."""
+
+    case: object
+    error: float
+    conventions: str
+    diagnosis: list
+    exception: str = None
+
+    def explain(self):
+        lines = [f"case {self.case.describe()}"]
+        if self.exception:
+            lines.append(f"the adapter raised {self.exception}")
+        else:
+            lines.append(f"relative error {self.error:.3e}")
+            lines += [f"- {d}" for d in self.diagnosis]
+        lines.append(f"compared under: {self.conventions}")
+        return "\n".join(lines)
+
+
+@dataclass
+class QuantityResult:
+    name: str
+    tolerance: float
+    cases: int = 0
+    max_error: float = 0.0
+    worst_case: str = ""
+    failures: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self):
+        return not self.failures
+
+    @property
+    def smallest_failure(self):
+        return self.failures[0] if self.failures else None
+
+
+@dataclass
+class Report:
+    """Per-quantity results; ``ok`` if every quantity passed on every case."""
+
+    results: list
+
+    @property
+    def ok(self):
+        return all(r.passed for r in self.results)
+
+    def __getitem__(self, name):
+        for r in self.results:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def failed(self):
+        return [r.name for r in self.results if not r.passed]
+
+    def table(self):
+        """The results as a Markdown table."""
+        rows = ["| quantity | cases | largest relative error | tolerance | result | smallest failing case |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for r in self.results:
+            f = r.smallest_failure
+            rows.append(f"| {r.name} | {r.cases} | {r.max_error:.2e} ({r.worst_case}) | {r.tolerance:.0e} | "
+                        f"{'pass' if r.passed else 'FAIL'} | {f.case.name if f else ''} |")
+        return "\n".join(rows)
+
+    def summary(self):
+        parts = [self.table()]
+        for r in self.results:
+            if not r.passed:
+                parts.append(f"\n{r.name}: failed on {len(r.failures)} of {r.cases} cases; the smallest:\n"
+                             + r.smallest_failure.explain())
+        return "\n".join(parts)
+
+    __str__ = summary
+
+
+def _as_array(x):
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _compare(name, got, ref, case, tol):
+    if name == "kfac_factors":
+        got = list(got)
+        if len(got) != len(ref):
+            return float("inf"), [f"{len(got)} factor pairs, refprune has {len(ref)} (one per Linear/Conv2d layer)"]
+        errs, notes = [], []
+        for i, ((S, A), (rS, rA)) in enumerate(zip(got, ref)):
+            S, A = _as_array(S), _as_array(A)
+            eS, eA = relative_error(S, rS), relative_error(A, rA)
+            errs += [eS, eA]
+            if eS > tol or eA > tol:
+                notes.append(f"layer pair {i}: S error {eS:.2e}, A error {eA:.2e}")
+                rs = _ratio(S, rS)
+                ra = _ratio(A, rA)
+                if rs is not None and ra is not None and abs(rs * ra - 1) < 1e-8:
+                    notes.append(f"layer pair {i}: S off by {rs:.6g} and A by {ra:.6g}, the same Kronecker product "
+                                 "split differently (refprune.express_kfac converts between libraries)")
+                elif S.shape == rS.shape and A.shape != rA.shape:
+                    notes.append(f"layer pair {i}: A has shape {A.shape}, refprune's {rA.shape}: the bias row of A "
+                                 "(refprune folds it in) is missing or extra")
+        return max(errs), notes
+    got = _as_array(got)
+    ref = np.asarray(ref, dtype=float)
+    err = relative_error(got, ref)
+    return err, (diagnose(got, ref, case, tol) if err > tol else [])
+
+
+def _ratio(a, b):
+    if a.shape != b.shape:
+        return None
+    bb = float(np.vdot(b, b))
+    r = float(np.vdot(a, b)) / bb if bb else None
+    return r if r is not None and relative_error(a, r * b) < 1e-8 else None
+
+
+def check(adapter, cases=None, rtol=None, progress=False):
+    """Run ``adapter`` on every case and compare with refprune.
+
+    Parameters
+    ----------
+    adapter : Adapter
+    cases : list of Case, optional
+        Default :func:`~refprune.conformance.zoo.zoo` (every layer type, both losses,
+        both reductions), smallest first; :func:`~refprune.conformance.zoo.drawn_zoo`
+        adds random networks.
+    rtol : float or dict, optional
+        Relative tolerance on ``max |a - b| / max |b|``; a dict sets it per quantity.
+        Default :data:`DEFAULT_RTOL` (``1e-9``), for float64 implementations.
+    progress : bool
+        Print one line per quantity.
+
+    Returns
+    -------
+    Report
+    """
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"check: expected a refprune.conformance.Adapter, got {type(adapter).__name__}")
+    cases = zoo() if cases is None else sorted(cases, key=lambda c: (c.n_params, c.name))
+    if not cases:
+        raise ValueError("check: no cases to check")
+    tols = {}
+    for name in adapter.quantities:
+        t = rtol.get(name, DEFAULT_RTOL) if isinstance(rtol, dict) else (DEFAULT_RTOL if rtol is None else rtol)
+        if not (isinstance(t, (int, float)) and 0 <= t < 1):
+            raise ValueError(f"check: rtol for {name} must be a number in [0, 1), got {t!r}")
+        tols[name] = float(t)
+    results = []
+    for name, fn in adapter.quantities.items():
+        res = QuantityResult(name, tols[name])
+        reference, conventions = QUANTITIES[name]
+        if name in _KFAC_QUANTITIES:
+            conventions = conventions.format(kfac_options=adapter.kfac_options)
+        t0 = time.perf_counter()
+        for case in cases:
+            ref = reference(case, adapter.kfac_options) if name in _KFAC_QUANTITIES else reference(case)
+            res.cases += 1
+            try:
+                got = fn(case)
+            except Exception as err:  # the other implementation failing is a finding, not a crash
+                res.failures.append(Failure(case, float("inf"), conventions, [], f"{type(err).__name__}: {err}"))
+                res.max_error, res.worst_case = float("inf"), case.name
+                continue
+            err, notes = _compare(name, got, ref, case, tols[name])
+            if err > res.max_error or not res.worst_case:
+                res.max_error, res.worst_case = err, case.name
+            if err > tols[name]:
+                res.failures.append(Failure(case, err, conventions, notes))
+        res.seconds = time.perf_counter() - t0
+        if progress:
+            print(f"conformance: {name}: {'pass' if res.passed else 'FAIL'}, largest relative error "
+                  f"{res.max_error:.2e} over {res.cases} cases ({res.seconds:.1f} s)")
+        results.append(res)
+    return Report(results)
+
+
+def assert_conforms(adapter, cases=None, rtol=None):
+    """``check`` and raise ``AssertionError`` with the report if anything failed: one
+    line in a pytest test."""
+    report = check(adapter, cases, rtol)
+    if not report.ok:
+        raise AssertionError("conformance with refprune failed:\n" + report.summary())
+    return report
