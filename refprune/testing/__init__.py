@@ -1,15 +1,17 @@
 """Public testing kit: finite-difference checkers, a ``theta``-function view of a
-loss, kink margins and (in :mod:`refprune.testing.strategies`, needs hypothesis)
+loss, kink margins, the golden fixtures' loader and (in :mod:`refprune.testing.strategies`, needs hypothesis)
 strategies that draw architectures, parameters and data."""
 
 from .finite_differences import (
     assert_close, check_grad, check_hessian, check_hvp, check_jvp, check_vjp, default_step,
     directional_derivative,
 )
+from .fixtures import Fixture, compare_with_fixture, load_fixtures, model_from_spec
 from .kinks import kink_margin
 from .objective import Objective
 
 __all__ = [
     "directional_derivative", "default_step", "assert_close", "check_grad", "check_jvp",
-    "check_vjp", "check_hvp", "check_hessian", "Objective", "kink_margin",
+    "check_vjp", "check_hvp", "check_hessian", "Objective", "kink_margin", "load_fixtures",
+    "compare_with_fixture", "Fixture", "model_from_spec",
 ]

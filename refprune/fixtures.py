@@ -1,0 +1,204 @@
+"""Golden fixtures: every quantity refprune computes, on small nets, as files that any
+language can read.
+
+``python -m refprune fixtures DIR`` writes one ``.npz`` per case of the conformance zoo
+(:mod:`refprune.conformance.zoo`), readable with ``numpy.load(..., allow_pickle=False)``
+(each entry an ``.npy`` array in a plain zip), and ``manifest.json``: the conventions,
+refprune's version, the network of every case as a list of layer specifications (enough
+to rebuild it in another framework), and for every array its shape and the SHA-256 of
+its little-endian C-order bytes.  Writing is deterministic: zip entries carry a fixed
+date and are stored uncompressed, so the same inputs give byte-identical files.
+"""
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from . import __version__
+from . import curvature as _c
+from . import derivatives as _d
+from . import diagonal as _diag
+from .ekfac import ekfac
+from .kronecker import kfac
+from .nn import AffineLayer, CrossEntropyLoss
+from .pruning.obs import OBS
+from .pruning.structured import unit_saliencies
+from .pruning.surgery import structurally_prunable
+
+FORMAT_VERSION = 1
+#: K-FAC variants written for every case
+KFAC_CURVATURES = ("ggn", "mc_fisher", "empirical_fisher")
+KFAC_APPROX = ("expand", "reduce")
+KFAC_BIAS = ("fold", "separate")
+STRUCTURED = ("kron_obd", "kron_obs", "c_obd", "c_obs")
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+CONVENTIONS = {
+    "document": "docs/conventions.md of the refprune repository",
+    "parameters": "theta = concatenation over layers of weight.ravel() (C order, PyTorch shapes) then bias; "
+                  "every matrix is indexed in that order",
+    "loss": "L = R sum_n l_n; cross-entropy l_n = -log softmax(f_n)[y_n]; squared error l_n = sum_c (f_nc - y_nc)^2; "
+            "R = 1/N (cross-entropy mean), 1/(N C) (squared-error mean), 1 (sum)",
+    "per_sample_grads": "row n is R dl_n/dtheta (rows sum to grad)",
+    "ggn": "R sum_n J_n^T Lambda_n J_n, Lambda = diag(p) - p p^T (cross-entropy), 2 I (squared error)",
+    "fisher": "true Fisher with a categorical / Gaussian (variance 1/2) likelihood; equals the GGN",
+    "mc_fisher": "R sum_n mean_s g_n(y_s) g_n(y_s)^T over the sampled targets stored as 'mc_targets' (S, N[, C])",
+    "empirical_fisher": "R sum_n g_n(y_n) g_n(y_n)^T, g_n = dl_n/dtheta",
+    "kfac": "per affine layer S kron A over rows of [W | b] (bias folded as a constant input 1, or 'separate': "
+            "weight block S kron A_W and bias block S); expand: A = sum_{n,t} a a^T / (N T), S = R sum g g^T; "
+            "reduce: A = sum_n abar abar^T / N with abar = mean_t a, S = R sum_n (sum_t g)(sum_t g)^T; "
+            "for curvature ggn the g are columns of a square root of Lambda back-propagated",
+    "ekfac": "dense EKFAC matrix: K-FAC's eigenbasis with eigenvalues diag(Q^T F_l Q) from per-sample gradients",
+    "obd": "obd_saliencies = theta^2 diag(H) / 2 (exact Hessian diagonal); obd_diagonal is LeCun et al.'s "
+           "approximation, obd_lm_diagonal without the phi'' term",
+    "obs": "H = GGN + obs_damping I; obs_saliencies = theta^2 / (2 diag(H^-1)); obs_update removes obs_index: "
+           "-(theta_q / [H^-1]_qq) H^-1 e_q; obs_sequence removes the weights one at a time by smallest "
+           "saliency from one inverse by elimination: order, predicted increase and theta after each removal",
+    "structured": "unit_saliencies/<method>/layer<j>: per output unit of every affine layer but the last, "
+                  "K-FAC (curvature ggn), factored damping obs_damping (S + sqrt(lam) I, A + sqrt(lam) I)",
+}
+
+
+def layer_spec(layer):
+    """A JSON-ready description of one layer (PyTorch's names for the options)."""
+    name = type(layer).__name__
+    spec = {"type": name}
+    if name == "Linear":
+        spec.update(in_features=layer.in_features, out_features=layer.out_features, bias=layer.bias)
+    elif name == "Conv2d":
+        spec.update(in_channels=layer.in_channels, out_channels=layer.out_channels,
+                    kernel_size=list(layer.kernel_size), stride=list(layer.stride), padding=list(layer.padding),
+                    bias=layer.bias)
+    elif name in ("AvgPool2d", "MaxPool2d"):
+        spec.update(kernel_size=layer.kernel_size, stride=layer.kernel_size)
+    return spec
+
+
+def _obs_sequence(case, Hinv, count):
+    """Sequential OBS from one inverse: removal order, predicted increases, theta after."""
+    weights = np.zeros(case.n_params, dtype=bool)
+    off = case.model.param_offsets()
+    for j, layer in enumerate(case.model):
+        if isinstance(layer, AffineLayer):
+            weights[off[j] : off[j] + layer.n_weight] = True
+    solver = OBS(Hinv, case.theta, prunable=weights)
+    order, predicted, thetas = [], [], []
+    for _ in range(count):
+        q = int(np.argmin(solver.saliencies()))
+        predicted.append(solver.remove([q]))
+        order.append(q)
+        thetas.append(solver.w.copy())
+    return np.array(order, dtype=np.int64), np.array(predicted), np.array(thetas)
+
+
+def case_arrays(case):
+    """Every quantity for one case, ``{name: array}`` (names are the keys of the npz)."""
+    args = case.args()
+    a = {"X": case.X, "y": np.asarray(case.y), "theta": case.theta, "v": case.v, "mc_targets": case.targets}
+    for i, p in enumerate(case.params):
+        a[f"param{i}"] = p
+    mc = dict(targets=case.targets)
+    a["loss"] = np.array(_d.loss(*args))
+    a["grad"] = _d.grad(*args)
+    a["per_sample_grads"] = _d.per_sample_grads(*args)
+    a["hvp"] = _d.hvp(*args, case.v)
+    a["hessian"] = _c.hessian(*args)
+    a["ggn"] = _c.ggn(*args)
+    a["residual"] = _c.residual(*args)
+    a["fisher"] = _c.fisher(*args, curvature="fisher")
+    a["mc_fisher"] = _c.fisher(*args, curvature="mc_fisher", **mc)
+    a["empirical_fisher"] = _c.fisher(*args, curvature="empirical_fisher")
+    a["hessian_diagonal"] = _diag.hessian_diagonal(*args)
+    a["ggn_diagonal"] = _diag.ggn_diagonal(*args)
+    a["mc_fisher_diagonal"] = _diag.fisher_diagonal(*args, curvature="mc_fisher", **mc)
+    a["empirical_fisher_diagonal"] = _diag.fisher_diagonal(*args, curvature="empirical_fisher")
+    a["obd_diagonal"] = _diag.obd_diagonal(*args)
+    a["obd_lm_diagonal"] = _diag.obd_diagonal(*args, levenberg_marquardt=True)
+    for curv in KFAC_CURVATURES:
+        kw = mc if curv == "mc_fisher" else {}
+        for approx in KFAC_APPROX:
+            for bias in KFAC_BIAS:
+                for k, b in enumerate(kfac(*args, curvature=curv, approx=approx, bias=bias, **kw).blocks):
+                    a[f"kfac/{curv}/{approx}/{bias}/block{k}/S"] = b.S
+                    a[f"kfac/{curv}/{approx}/{bias}/block{k}/A"] = b.A
+            a[f"ekfac/{curv}/{approx}"] = ekfac(*args, curvature=curv, approx=approx, **kw).to_dense()
+    theta = case.theta
+    a["obd_saliencies"] = theta**2 * a["hessian_diagonal"] / 2
+    H = a["ggn"] + case.obs_damping * np.eye(case.n_params)
+    Hinv = np.linalg.inv(H)
+    Hinv = (Hinv + Hinv.T) / 2
+    a["obs_saliencies"] = theta**2 / (2 * np.diag(Hinv))
+    q = case.obs_index
+    a["obs_update"] = -(theta[q] / Hinv[q, q]) * Hinv[:, q]
+    count = max(1, sum(layer.n_weight for layer in case.model if isinstance(layer, AffineLayer)) // 2)
+    a["obs_sequence/order"], a["obs_sequence/predicted"], a["obs_sequence/theta"] = _obs_sequence(case, Hinv, count)
+    if structurally_prunable(case.model):
+        for method in STRUCTURED:
+            for j, s in unit_saliencies(*args, method=method, damping=case.obs_damping).items():
+                a[f"unit_saliencies/{method}/layer{j}"] = s
+    return {k: np.require(v, requirements="C") for k, v in a.items()}
+
+
+def checksum(arr):
+    """SHA-256 of the array's little-endian, C-order bytes."""
+    arr = np.require(arr, requirements="C")
+    return hashlib.sha256(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()).hexdigest()
+
+
+def _file_name(case):
+    return case.name.replace("/", "__") + ".npz"
+
+
+def write_npz(path, arrays):
+    """An ``.npz`` with fixed entry dates and no compression (byte-for-byte reproducible)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.require(arr, requirements="C"), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE), buf.getvalue())
+
+
+def fixture_cases():
+    """The committed set: every architecture of the zoo with two of the four losses, in
+    rotation so that each loss and reduction appears with dense and convolutional nets."""
+    from .conformance.zoo import ARCHITECTURES, LOSSES, make_case
+
+    losses = list(LOSSES)
+    cases = [make_case(arch, losses[(i + k) % 4]) for i, arch in enumerate(ARCHITECTURES) for k in (0, 2)]
+    return sorted(cases, key=lambda c: (c.n_params, c.name))
+
+
+def write_fixtures(directory, cases=None, progress=False):
+    """Write the fixtures of ``cases`` (default :func:`fixture_cases`) into
+    ``directory``; returns the manifest (also written as ``manifest.json``)."""
+    cases = fixture_cases() if cases is None else cases
+    os.makedirs(directory, exist_ok=True)
+    manifest = {"format_version": FORMAT_VERSION, "refprune_version": __version__, "conventions": CONVENTIONS,
+                "cases": []}
+    for case in cases:
+        arrays = case_arrays(case)
+        fname = _file_name(case)
+        write_npz(os.path.join(directory, fname), arrays)
+        n, c = len(case.X), case.model.output_shape(case.X.shape[1:])[0]
+        manifest["cases"].append({
+            "name": case.name,
+            "file": fname,
+            "network": [layer_spec(layer) for layer in case.model],
+            "input_shape": list(case.X.shape),
+            "loss": {"type": "cross_entropy" if isinstance(case.loss, CrossEntropyLoss) else "squared_error",
+                     "reduction": case.loss.reduction, "R": case.loss.scale(n, c)},
+            "obs_index": case.obs_index,
+            "obs_damping": case.obs_damping,
+            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": checksum(v)}
+                       for k, v in arrays.items()},
+        })
+        if progress:
+            print(f"fixtures: {fname} ({len(arrays)} arrays)")
+    with open(os.path.join(directory, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+    return manifest
