@@ -52,7 +52,7 @@ def gradient_pass(inp, X=None, y=None):
 
 
 def loss(model, params, X, y, loss):
-    """``L(theta) = R sum_n l_n`` as a Python float (``CONVENTIONS.md``)."""
+    """``L(theta) = R sum_n l_n`` as a Python float (``docs/conventions.md`` §2)."""
     inp = validate(model, params, X, y, loss)
     f, _ = forward(inp)
     return float(inp.scale * np.sum(inp.loss.per_sample(f, inp.y)))

@@ -1,7 +1,7 @@
 """K-FAC (Martens & Grosse 2015) and KFC for convolutions (Grosse & Martens 2016).
 
 Each affine layer's block of a curvature matrix is approximated as ``S kron A`` over the
-rows of ``[W | b]`` (``CONVENTIONS.md``; docs §8): ``A`` from the layer's input features
+rows of ``[W | b]`` (``docs/conventions.md`` §4; docs §8): ``A`` from the layer's input features
 with the bias folded in as a constant 1, ``S`` ("G" in the papers) from the output
 gradients.  For ``Q_n[:, k]`` the columns of the output curvature of the Fisher type
 (:mod:`refprune.output_factors`) back-propagated to the layer output, ``g_nkt``:

@@ -1,4 +1,4 @@
-"""The flat parameter vector ``theta`` (``CONVENTIONS.md``: PyTorch's
+"""The flat parameter vector ``theta`` (``docs/conventions.md`` §1: PyTorch's
 ``parameters_to_vector`` order: layer by layer, ``weight.ravel()`` then ``bias``)."""
 
 import numpy as np

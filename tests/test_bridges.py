@@ -125,3 +125,17 @@ def test_from_jax_refuses_mismatched_trees():
         rp.from_jax([np.zeros((2, 3))], model)
     with pytest.raises(ValueError, match=r"params\[0\] must have shape \(2, 3\)"):
         rp.from_jax({"0.weight": np.zeros((3, 2)), "0.bias": np.zeros(2)}, model)
+
+
+def test_bridges_say_how_to_install_a_missing_library(monkeypatch):
+    import sys
+
+    model = rp.Sequential(rp.Linear(2, 2))
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    monkeypatch.setitem(sys.modules, "jax", None)
+    with pytest.raises(ImportError, match="pip install torch .*never replaces the torch you have"):
+        rp.to_torch(model, model.init())
+    with pytest.raises(ImportError, match="pip install torch"):
+        rp.from_torch(object())
+    with pytest.raises(ImportError, match="pip install jax jaxlib"):
+        rp.to_jax(model, model.init())

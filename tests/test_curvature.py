@@ -1,5 +1,5 @@
 """Identities between the exact curvature matrices, each checked against an
-independent computation (``CONVENTIONS.md``)."""
+independent computation (``docs/conventions.md``)."""
 
 import numpy as np
 import pytest
@@ -95,7 +95,7 @@ def test_ggn_equals_jacobian_form(arch, lossname):
 
 @given(problems())
 def test_true_fisher_equals_ggn(p):
-    """With the likelihoods of ``CONVENTIONS.md`` the true Fisher equals the GGN: the
+    """With the likelihoods of ``docs/conventions.md`` §3 the true Fisher equals the GGN: the
     Fisher's ``E_y[g g^T]`` is summed over all labels (cross-entropy) or taken from the
     Gaussian's covariance (squared error), never from ``Lambda``."""
     F = rp.fisher(p.model, p.params, p.X, p.y, p.loss, curvature="fisher")

@@ -39,3 +39,37 @@ def test_ci_runs_the_readme_test_command():
     commands = [line.strip() for line in readme.splitlines() if line.startswith("    python3 -m venv") and "pytest" in line]
     assert len(commands) == 1, commands
     assert commands[0] in ci.splitlines()
+
+
+def _readme_block(after):
+    """The first ```python block after the line containing ``after``."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python", text.index(after)) + len("```python")
+    return text[start : text.index("```", start)]
+
+
+def test_readme_pytorch_example_runs_and_agrees_with_torch():
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    ns = {}
+    exec(compile(_readme_block("A PyTorch model's Hessian"), "README", "exec"), ns)
+    net, X, y = ns["net"], ns["X"], ns["y"]
+    names = [k for k, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+    sizes = [p.numel() for p in net.parameters()]
+
+    def f(theta):
+        ps = [t.reshape(s) for t, s in zip(torch.split(theta, sizes), shapes)]
+        out = torch.func.functional_call(net, dict(zip(names, ps)), (X,))
+        return torch.nn.functional.cross_entropy(out, y)
+
+    theta = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
+    Ht = torch.func.hessian(f)(theta).numpy()
+    assert np.abs(ns["H"] - Ht).max() <= 1e-12 * max(1.0, np.abs(Ht).max())
+    assert np.allclose(ns["d"], np.diag(Ht), rtol=0, atol=1e-12)
+
+
+def test_readme_conformance_example_is_one_assertion():
+    block = _readme_block("**The conformance harness**")
+    assert "cf.assert_conforms(cf.Adapter(hessian=my_hessian))" in block

@@ -19,8 +19,7 @@ def _jax():
     try:
         import jax
     except ImportError as err:
-        raise ImportError("this bridge needs JAX: pip install jax jaxlib (or pip install 'refprune[crosscheck]')") \
-            from err
+        raise ImportError("this bridge needs JAX: pip install jax jaxlib (or pip install 'refprune[jax]')") from err
     jax.config.update("jax_enable_x64", True)
     return jax
 

@@ -1,4 +1,4 @@
-"""Bridges to PyTorch (needs the ``crosscheck`` extra, or any ``torch``).
+"""Bridges to PyTorch (needs ``torch``, any recent version; refprune never installs it).
 
 * :func:`from_torch`: a ``torch.nn.Sequential`` (or a state dict plus a refprune model)
   as ``(model, params)``; every option refprune does not model is refused by name.
@@ -20,8 +20,8 @@ def _torch():
         import torch
     except ImportError as err:
         raise ImportError(
-            "this bridge needs PyTorch: pip install torch (on the team's machines: pip install torch==2.13.0), "
-            "or pip install 'refprune[crosscheck]'"
+            "this bridge needs PyTorch: pip install torch (refprune does not install it, so that it never "
+            "replaces the torch you have)"
         ) from err
     return torch
 

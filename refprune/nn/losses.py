@@ -1,4 +1,4 @@
-"""Losses with PyTorch's semantics (``docs/derivations.md`` §3, ``CONVENTIONS.md``).
+"""Losses with PyTorch's semantics (``docs/derivations.md`` §3, ``docs/conventions.md`` §2).
 
 ``L = R sum_n l_n`` with the per-sample loss ``l_n`` summed over outputs:
 

@@ -1,6 +1,6 @@
 """Masks over ``theta``: ``True`` = kept, ``False`` = pruned (exactly zero).
 
-By default only weights are prunable; biases are kept (``CONVENTIONS.md``).
+By default only weights are prunable; biases are kept (``docs/conventions.md`` §7).
 """
 
 import numpy as np

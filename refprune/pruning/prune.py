@@ -3,7 +3,7 @@
 Every step reports the loss change the criterion's quadratic model predicted and the
 loss change actually observed, with the criterion's update of the remaining weights and
 without it (the removed weights just zeroed), so that each criterion's quality is
-measured (``CONVENTIONS.md``, "Pruning").
+measured (``docs/conventions.md`` §7).
 """
 
 import sys

@@ -1,7 +1,7 @@
 """Structured criteria: remove whole output units (neurons, channels).
 
 For an affine layer with K-FAC block ``F = S kron A`` over the rows ``w_i`` of
-``[W | b]`` (``CONVENTIONS.md``; factored damping ``S + sqrt(lam) I``, ``A + sqrt(lam) I``):
+``[W | b]`` (``docs/conventions.md`` §4, §7; factored damping ``S + sqrt(lam) I``, ``A + sqrt(lam) I``):
 
 * Kron-OBD:  ``s_i = S_ii w_i^T A w_i / 2``  (the OBD saliency of the whole row under ``F``);
 * Kron-OBS:  ``s_i = w_i^T A w_i / (2 [S^-1]_ii)``, update ``dW = -S^-1 e_i w_i^T / [S^-1]_ii``:
