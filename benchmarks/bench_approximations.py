@@ -21,12 +21,12 @@ def main(repeat=3):
         rows = [
             ("hessian_diagonal", lambda: rp.hessian_diagonal(*args)),
             ("ggn_diagonal", lambda: rp.ggn_diagonal(*args)),
-            ("fisher_diagonal mc(1)", lambda: rp.fisher_diagonal(*args, curvature="mc_fisher")),
+            ("fisher_diagonal mc_fisher(1)", lambda: rp.fisher_diagonal(*args, curvature="mc_fisher")),
             ("obd_diagonal", lambda: rp.obd_diagonal(*args)),
-            ("kfac type-2 expand", lambda: rp.kfac(*args)),
-            ("kfac type-2 reduce", lambda: rp.kfac(*args, approx="reduce")),
-            ("kfac mc(1)", lambda: rp.kfac(*args, curvature="mc_fisher")),
-            ("ekfac type-2", lambda: rp.ekfac(*args)),
+            ("kfac ggn expand", lambda: rp.kfac(*args)),
+            ("kfac ggn reduce", lambda: rp.kfac(*args, approx="reduce")),
+            ("kfac mc_fisher(1)", lambda: rp.kfac(*args, curvature="mc_fisher")),
+            ("ekfac ggn", lambda: rp.ekfac(*args)),
             ("exact hessian", lambda: rp.hessian(*args)),
         ]
         print(f"({name}) n={model.n_params}  gradient {t_grad * 1e3:.2f} ms")
