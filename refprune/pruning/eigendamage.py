@@ -24,6 +24,7 @@ from ..nn import Conv2d, Linear, Sequential
 from ..params import flatten_params, unflatten_params
 from .masks import affine_layers
 from .records import PruneResult, PruneStep, evaluate, maybe_retrain
+from .targets import round_goal, warn_nothing_removed
 
 
 def _bottleneck_layers(layer, QA, Wstar, QS):
@@ -45,7 +46,7 @@ def _bottleneck_layers(layer, QA, Wstar, QS):
     return [l1, l2, l3], ps
 
 
-def eigendamage(model, params, X, y, loss, sparsity, o):
+def eigendamage(model, params, X, y, loss, target, o):
     eig = o.get("eigenvalues", "ekfac")
     cap = o["max_layer_fraction"]
     if not 0 < cap <= 1:
@@ -68,20 +69,24 @@ def eigendamage(model, params, X, y, loss, sparsity, o):
     for li, d in enumerate(info):
         dirs += [(float(v), li, "S", i) for i, v in enumerate(d["imp"].sum(axis=1))]
         dirs += [(float(v), li, "A", i) for i, v in enumerate(d["imp"].sum(axis=0))]
-    target = int(np.floor(sparsity * len(dirs)))
+    goal = round_goal(target, len(dirs), 1, 1)
+    if goal == 0:
+        warn_nothing_removed("eigendamage", target, len(dirs), 0)
     removed = {(li, side): [] for li in range(len(info)) for side in "SA"}
     taken = 0
+    order = []
     for v, li, side, i in sorted(dirs, key=lambda t: t[0]):
-        if taken == target:
+        if taken == goal:
             break
         n_side = info[li]["imp"].shape[0 if side == "S" else 1]
         limit = min(int(np.floor(cap * n_side)), n_side - 1)
         if len(removed[(li, side)]) >= limit:
             continue
         removed[(li, side)].append(i)
+        order.append((li, 0 if side == "S" else 1, i, v))
         taken += 1
-    if taken < target:
-        raise ValueError(f"eigendamage: sparsity {sparsity} exceeds what the per-layer cap "
+    if taken < goal:
+        raise ValueError(f"eigendamage: {target[0]} {target[1]} exceeds what the per-layer cap "
                          f"max_layer_fraction={cap} allows ({taken} of {len(dirs)} directions)")
     layers, new_params, predicted = [], [], 0.0
     grouped = model.group_params(params)
@@ -114,10 +119,11 @@ def eigendamage(model, params, X, y, loss, sparsity, o):
     new_model = Sequential(*layers)
     L0 = evaluate(model, theta, X, y, loss)
     L1 = evaluate(new_model, flatten_params(new_params), X, y, loss)
-    removed_list = np.array([(li, 0 if side == "S" else 1, i) for (li, side), v in removed.items() for i in v],
-                            dtype=np.int64).reshape(-1, 3)
+    # removal order: (layer number, 0 for an S direction or 1 for an A direction, index)
+    removed_list = np.array([t[:3] for t in order], dtype=np.int64).reshape(-1, 3)
     step = PruneStep(1, removed_list, predicted, L1 - L0, L1 - L0, L1, taken / len(dirs) if dirs else 0.0)
     step.layers = kept_report
+    step.saliencies = np.array([t[3] for t in order])
     new_mask = np.ones(new_model.n_params, dtype=bool)
     theta_new, step.retrain_history = maybe_retrain(new_model, flatten_params(new_params), X, y, loss, new_mask,
                                                     o["retrain"], o["seed"])

@@ -15,6 +15,17 @@ coordinates; its inverse is the Schur-complement update (elimination, no re-inve
     (H_RR)^-1 = [H^-1]_RR - [H^-1]_RQ ([H^-1]_QQ)^-1 [H^-1]_QR,
 
 an ``O(n^2 |Q|)`` step (Frantar & Alistarh 2022, "Optimal Brain Compression", eq. 5).
+
+**Full Taylor model.** Away from a minimum the model is ``dL = g^T d + 1/2 d^T H d``.
+Minimising it subject to ``d_q = -w_q`` (Lagrangian ``g + H d + mu e_q = 0``; the
+first-order extension of OBS, Singh & Alistarh 2020, "WoodFisher", "WoodTaylor"; derived
+in ``docs/derivations.md`` §10) gives, with ``u = H^-1 g``,
+
+    mu = (w_q - u_q) / [H^-1]_qq,   d = -u - mu H^-1 e_q,
+    s_q = (w_q - u_q)^2 / (2 [H^-1]_qq) - g^T u / 2.
+
+The step contains the Newton step ``-u`` on the free coordinates; after it the model's
+gradient there is zero, so later removals are classic OBS.  With ``g = 0`` this is OBS.
 """
 
 import numpy as np
@@ -64,11 +75,14 @@ class OBS:
     """Sequential OBS on ``w`` (``(n,)``) with inverse curvature ``Hinv`` (``(n, n)``).
 
     ``prunable`` marks the coordinates that may be removed (others are only updated).
-    Removed coordinates are eliminated from ``Hinv`` and stay exactly zero.  The arrays
+    Removed coordinates are eliminated from ``Hinv`` and stay exactly zero.  With a
+    gradient ``grad`` (and the matrix ``H`` itself, to follow the gradient as the weights
+    move) the full Taylor model is minimised instead (module docstring).  ``order`` and
+    ``increments`` record every removal and its predicted change, in order.  The arrays
     passed in are copied.
     """
 
-    def __init__(self, Hinv, w, prunable=None):
+    def __init__(self, Hinv, w, prunable=None, grad=None, H=None):
         self.Hinv = np.array(Hinv, dtype=np.float64)
         self.w = np.array(w, dtype=np.float64)
         n = self.w.size
@@ -76,12 +90,33 @@ class OBS:
             raise ValueError(f"OBS: Hinv must have shape ({n}, {n}), got {self.Hinv.shape}")
         self.active = np.ones(n, dtype=bool)
         self.prunable = np.ones(n, dtype=bool) if prunable is None else np.array(prunable, dtype=bool)
+        self.g = None
+        if grad is not None:
+            if H is None:
+                raise ValueError("OBS: the full Taylor model needs the matrix H as well as the gradient")
+            self.g = np.array(grad, dtype=np.float64)
+            self.H = np.asarray(H, dtype=np.float64)
+            if self.g.shape != (n,) or self.H.shape != (n, n):
+                raise ValueError(f"OBS: grad must be ({n},) and H ({n}, {n}), got {self.g.shape}, {self.H.shape}")
+        self.order, self.increments = [], []
+
+    def _u(self):
+        """``H_FF^-1 g_F`` on the free coordinates (zero elsewhere); ``None`` without a gradient."""
+        if self.g is None:
+            return None
+        return self.Hinv @ np.where(self.active, self.g, 0.0)
 
     def saliencies(self):
-        """``w_q^2 / (2 [H^-1]_qq)`` for every prunable active ``q`` (``inf`` elsewhere)."""
+        """Predicted change of removing each prunable active ``q`` alone (``inf``
+        elsewhere): ``w_q^2 / (2 [H^-1]_qq)``, or the full-Taylor value."""
         s = np.full(self.w.size, np.inf)
         c = self.active & self.prunable
-        s[c] = self.w[c] ** 2 / (2.0 * np.diag(self.Hinv)[c])
+        u = self._u()
+        if u is None:
+            s[c] = self.w[c] ** 2 / (2.0 * np.diag(self.Hinv)[c])
+        else:
+            s[c] = (self.w[c] - u[c]) ** 2 / (2.0 * np.diag(self.Hinv)[c]) - float(self.g[self.active] @
+                                                                                u[self.active]) / 2.0
         return s
 
     def group_saliency(self, Q):
@@ -97,10 +132,20 @@ class OBS:
             raise ValueError("OBS: coordinate already removed")
         HQQ = self.Hinv[np.ix_(Q, Q)]
         wQ = self.w[Q]
-        coef = np.linalg.solve(HQQ, wQ)
-        s = float(wQ @ coef / 2.0)
         cols = self.Hinv[:, Q].copy()
-        self.w -= cols @ coef
+        u = self._u()
+        if u is None:
+            coef = np.linalg.solve(HQQ, wQ)
+            s = float(wQ @ coef / 2.0)
+            step = -(cols @ coef)
+        else:
+            # full Taylor model: d = -u - H^-1 E_Q mu, mu = [H^-1]_QQ^-1 (w_Q - u_Q)
+            coef = np.linalg.solve(HQQ, wQ - u[Q])
+            gu = float(self.g[self.active] @ u[self.active])
+            s = float((wQ - u[Q]) @ coef / 2.0 - gu / 2.0)
+            step = -u - cols @ coef
+            self.g = self.g + self.H @ step
+        self.w += step
         self.w[Q] = 0.0  # exact zeros (the update makes them zero up to rounding)
         # elimination: Hinv <- Hinv - Hinv[:, Q] HQQ^-1 Hinv[Q, :]
         if len(Q) == 1 and self.Hinv.flags.c_contiguous:
@@ -113,18 +158,37 @@ class OBS:
         self.Hinv[Q, :] = 0.0
         self.Hinv[:, Q] = 0.0
         self.active[Q] = False
+        self.order.extend(int(q) for q in Q)
+        self.increments.extend([s / len(Q)] * len(Q))
         return s
 
-    def prune(self, count, group_size=1):
+    def prune(self, count, group_size=1, layer_of=None):
         """Remove ``count`` weights, ``group_size`` at a time, each time the ones with the
-        smallest single-weight saliency; returns the summed predicted increase."""
+        smallest single-weight saliency; returns the summed predicted increase.
+
+        ``layer_of`` (int per coordinate, ``-1`` for none): never take the last prunable
+        active weight of a layer; the next candidate is taken instead.
+        """
         total, left = 0.0, int(count)
         while left > 0:
             k = min(group_size, left)
             s = self.saliencies()
+            if layer_of is not None:
+                s = np.where(_last_of_layer(self.active & self.prunable, layer_of), np.inf, s)
             if not np.isfinite(s).any() or np.isfinite(s).sum() < k:
-                raise ValueError("OBS: fewer prunable weights left than requested")
+                raise ValueError("OBS: fewer prunable weights left than requested"
+                                 + (" (one weight is kept in every layer)" if layer_of is not None else ""))
             Q = np.argsort(s, kind="stable")[:k]
             total += self.remove(Q)
             left -= k
         return total
+
+
+def _last_of_layer(free, layer_of):
+    """``True`` where a coordinate is the only free one of its layer."""
+    ids = np.where(free & (layer_of >= 0), layer_of, -1)
+    counts = np.bincount(ids[ids >= 0], minlength=int(layer_of.max()) + 1 if layer_of.size else 0)
+    out = np.zeros(free.shape, dtype=bool)
+    sel = ids >= 0
+    out[sel] = counts[ids[sel]] == 1
+    return out

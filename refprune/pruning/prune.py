@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 
+from .. import derivatives as _d
 from ..checks import validate
 from ..params import flatten_params, unflatten_params
 from ..vocabulary import CURVATURES, FISHER_LIKE, check_curvature, renamed_options
@@ -17,20 +18,14 @@ from . import unstructured as U
 from .eigendamage import eigendamage
 from .layerwise import layer_obs_round
 from .masks import affine_layers, check_mask, check_not_emptied, prunable_mask
-from .records import PruneResult, PruneStep, maybe_retrain, record_step  # noqa: F401 (re-exported)
+from .records import PruneResult, PruneStep, PruningWarning, maybe_retrain, record_step  # noqa: F401 (re-exported)
 from .structured import prune_units
-from .unstructured import DIAGONALS
+from .targets import check_target, round_goal, warn_nothing_removed
+from .unstructured import DIAGONALS, INDEFINITE, TAYLOR
 
 UNSTRUCTURED = ("magnitude", "obd", "obs", "woodfisher", "layer_obs")
 STRUCTURED = ("c_obd", "c_obs", "kron_obd", "kron_obs")
 METHODS = UNSTRUCTURED + STRUCTURED + ("eigendamage",)
-
-
-def _check_fraction(sparsity):
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)) \
-            or not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    return float(sparsity)
 
 
 #: the curvature each method uses when ``curvature=None``
@@ -57,6 +52,11 @@ def _resolve_curvature(method, curvature, diagonal):
     default = DEFAULT_CURVATURE[method]
     if curvature is None:
         return default
+    if U.is_matrix_like(curvature):
+        if method not in ("obs", "obd") or (method == "obd" and diagonal != "exact"):
+            raise ValueError(f"prune: a precomputed curvature (matrix or operator) applies to obs and to obd with "
+                             f"diagonal='exact', not {method!r}")
+        return curvature
     if method == "woodfisher":
         check_curvature(curvature, ("empirical_fisher",), "prune (woodfisher)")
     elif method == "obd" and diagonal != "exact":
@@ -69,10 +69,12 @@ def _resolve_curvature(method, curvature, diagonal):
 
 
 @renamed_options(fisher="curvature")
-def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope="global", curvature=None,
+def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope="global", curvature=None,
           diagonal="exact", damping=0.0, group_size=1, samples=1, seed=0, targets=None, mask=None,
-          include_bias=False, retrain=None, max_layer_fraction=0.9, eigenvalues="ekfac", progress=False):
-    """Prune ``model`` to ``sparsity`` with ``method`` and record every step.
+          include_bias=False, retrain=None, max_layer_fraction=0.9, eigenvalues="ekfac", progress=False,
+          count=None, protected=None, skip_emptied=False, taylor="second_order", weight_decay=0.0,
+          indefinite="raise"):
+    """Prune ``model`` with ``method`` and record every step.
 
     Parameters
     ----------
@@ -80,21 +82,25 @@ def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope=
         ``"magnitude"``, ``"obd"``, ``"obs"``, ``"woodfisher"``, ``"layer_obs"``
         (unstructured); ``"c_obd"``, ``"c_obs"``, ``"kron_obd"``, ``"kron_obs"`` (whole
         output units); ``"eigendamage"`` (eigen-directions; ``max_layer_fraction=``).
-    sparsity : float in [0, 1)
+    sparsity : float in [0, 1), optional
         Fraction of prunable weights (unstructured), of prunable units (structured) or
-        of eigen-directions (EigenDamage) to remove.
+        of eigen-directions (EigenDamage) to remove: ``floor(sparsity * total)`` of them
+        (module docstring).  Default 0.5 unless ``count`` is given.
+    count : int, optional
+        Remove exactly this many weights (units, directions) instead.
     steps : int
-        Number of rounds; round ``k`` reaches ``sparsity * k / steps``, the curvature is
-        recomputed at the current weights every round, and ``retrain`` (a dict of
+        Number of rounds; the curvature is recomputed at the current weights every
+        round (unless given precomputed), and ``retrain`` (a dict of
         :func:`refprune.train` options) fine-tunes with the mask after each round.
     scope : {"global", "layer"}
         One ranking over all layers, or the same fraction in every layer (``layer_obs``
         always prunes every layer to the fraction: its objective is per layer).
-    curvature : str, optional
+    curvature : str, array (n, n) or CurvatureOperator, optional
         The matrix the criterion uses, by the names of ``docs/conventions.md`` §3:
         any of ``"hessian"``, ``"ggn"``, ``"fisher"``, ``"mc_fisher"``,
-        ``"empirical_fisher"`` for ``"obs"`` and ``"obd"``; the last four (the ones
-        K-FAC approximates) for the structured methods and EigenDamage;
+        ``"empirical_fisher"`` for ``"obs"`` and ``"obd"`` (which also take a
+        precomputed matrix or operator, reused in every round); the last four (the
+        ones K-FAC approximates) for the structured methods and EigenDamage;
         ``"empirical_fisher"`` for ``"woodfisher"``.  ``None``: the method's default
         (:data:`DEFAULT_CURVATURE`: the GGN for OBS and the Kronecker methods, the
         Hessian for OBD).
@@ -104,8 +110,24 @@ def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope=
     damping : float
         Added to the curvature before it is inverted (OBS, WoodFisher, layer-wise OBS;
         factored damping of the Kronecker factors for the structured methods).
+    indefinite : {"raise", "damp", "abs", "ggn"}
+        OBS when the damped matrix is not positive definite (an exact Hessian away from
+        a minimum): raise naming a damping that would do, add that damping, use the
+        absolute eigenvalues, or use the GGN (each with a warning).
+    taylor : {"second_order", "full"}
+        OBS: minimise ``1/2 d^T H d`` (at a minimum, the papers' model) or the full
+        ``g^T d + 1/2 d^T H d`` under the removal constraint (docs/derivations.md §10).
+        Every step records both predictions (``predicted``, ``predicted_full``).
+    weight_decay : float
+        Prune the objective ``L + weight_decay/2 |theta|^2``: its gradient, curvature
+        (``+ weight_decay I``) and recorded values (magnitude, OBD, OBS, WoodFisher).
     group_size : int
         OBS removes this many weights at a time by the group formula.
+    protected : bool array (n,), optional
+        Coordinates that are never removed (they stay free and are updated).
+    skip_emptied : bool
+        Instead of refusing a removal that would empty a layer, skip that weight and
+        take the next candidate (unstructured methods but ``layer_obs``).
     samples, seed, targets :
         The Monte Carlo targets of ``curvature="mc_fisher"`` (drawn, or the caller's).
     max_layer_fraction, eigenvalues :
@@ -119,89 +141,180 @@ def prune(model, params, X, y, loss, method="obs", sparsity=0.5, steps=1, scope=
     Returns
     -------
     PruneResult
+        Each step lists the removed coordinates in the order they were taken, with
+        their saliencies.
     """
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {METHODS}")
-    sparsity = _check_fraction(sparsity)
+    target = check_target(sparsity, count, steps)
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    if not isinstance(group_size, (int, np.integer)) or group_size < 1:
+    if target[0] == "count" and (scope == "layer" or method == "layer_obs"):
+        raise ValueError("prune: count= is one global number; with scope='layer' or layer_obs give sparsity=")
+    if not isinstance(group_size, (int, np.integer)) or isinstance(group_size, bool) or group_size < 1:
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-    if not np.isfinite(damping) or damping < 0:
-        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+    for name, v in (("damping", damping), ("weight_decay", weight_decay)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v) \
+                or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     if eigenvalues not in ("ekfac", "kfac"):
         raise ValueError(f"eigenvalues must be 'ekfac' or 'kfac', got {eigenvalues!r}")
+    if taylor not in TAYLOR:
+        raise ValueError(f"taylor must be one of {TAYLOR}, got {taylor!r}")
+    if taylor == "full" and method != "obs":
+        raise ValueError("prune: taylor='full' is OBS's; every method records predicted_full anyway")
+    if indefinite not in INDEFINITE:
+        raise ValueError(f"indefinite must be one of {INDEFINITE}, got {indefinite!r}")
+    for name, v in (("skip_emptied", skip_emptied), ("include_bias", include_bias), ("progress", progress)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {v!r}")
+    if weight_decay and method not in ("magnitude", "obd", "obs", "woodfisher"):
+        raise ValueError(f"prune: weight_decay= applies to magnitude, obd, obs and woodfisher, not {method!r}")
+    if (protected is not None or skip_emptied) and method not in ("magnitude", "obd", "obs", "woodfisher"):
+        raise ValueError(f"prune: protected= and skip_emptied= apply to magnitude, obd, obs and woodfisher")
     curvature = _resolve_curvature(method, curvature, diagonal)
-    if targets is not None and curvature != "mc_fisher":
+    if targets is not None and not (isinstance(curvature, str) and curvature == "mc_fisher"):
         raise ValueError(f"prune: targets= is for curvature='mc_fisher', got curvature={curvature!r}")
     validate(model, params, X, y, loss)
     opts = dict(scope=scope, curvature=curvature, diagonal=diagonal, damping=float(damping),
                 group_size=int(group_size), mc=dict(samples=samples, seed=seed, targets=targets), seed=seed,
                 include_bias=include_bias, retrain=retrain, max_layer_fraction=max_layer_fraction,
-                eigenvalues=eigenvalues, progress=progress)
+                eigenvalues=eigenvalues, progress=progress, target=target, skip_emptied=bool(skip_emptied),
+                protected=_check_protected(model, protected), taylor=taylor, weight_decay=float(weight_decay),
+                indefinite=indefinite)
     if method in UNSTRUCTURED:
-        return _prune_unstructured(model, params, X, y, loss, method, sparsity, steps, mask, opts)
+        return _prune_unstructured(model, params, X, y, loss, method, steps, mask, opts)
     if method in STRUCTURED:
-        return prune_units(model, params, X, y, loss, method, sparsity, steps, mask, opts)
+        return prune_units(model, params, X, y, loss, method, target, steps, mask, opts)
     if steps != 1:
         raise ValueError("eigendamage is one-shot (steps=1): it changes the architecture; prune the returned "
                          "model again for another round")
-    return eigendamage(model, params, X, y, loss, sparsity, opts)
+    return eigendamage(model, params, X, y, loss, target, opts)
 
 
-def _targets(model, candidates_all, mask, fraction, scope):
-    """Number of weights to remove now: ``[(indices of a group, count)]``."""
+def _check_protected(model, protected):
+    if protected is None:
+        return np.zeros(model.n_params, dtype=bool)
+    p = np.asarray(protected)
+    if p.shape != (model.n_params,) or p.dtype != bool:
+        raise ValueError(f"protected must be a bool array of shape ({model.n_params},), got {p.dtype} {p.shape}")
+    return p.copy()
+
+
+def layer_ids(model):
+    """The affine layer's number for every coordinate of ``theta``."""
+    ids = np.full(model.n_params, -1, dtype=np.int64)
+    for i, (_, _, start, _, stop) in enumerate(affine_layers(model)):
+        ids[start:stop] = i
+    return ids
+
+
+def _targets(model, prunable, mask, target, k, steps, scope, base):
+    """Number of coordinates to remove now: ``[(indices of a group, count)]``."""
     if scope == "global":
-        total = int(candidates_all.sum())
-        done = int((candidates_all & ~mask).sum())
-        return [(np.flatnonzero(mask), int(np.floor(fraction * total)) - done)]
+        total = int(prunable.sum())
+        done = int((prunable & ~mask).sum())
+        return [(np.flatnonzero(mask), round_goal(target, total, k, steps, base) - done)]
     out = []
     for _, _, start, _, stop in affine_layers(model):
-        c = candidates_all[start:stop]
+        c = prunable[start:stop]
         total, done = int(c.sum()), int((c & ~mask[start:stop]).sum())
-        out.append((start + np.flatnonzero(mask[start:stop]), int(np.floor(fraction * total)) - done))
+        out.append((start + np.flatnonzero(mask[start:stop]), round_goal(target, total, k, steps) - done))
     return out
 
 
-def _prune_unstructured(model, params, X, y, loss, method, sparsity, steps, mask, o):
-    mask = check_mask(model, mask)
-    prunable = prunable_mask(model, o["include_bias"])
+def _rank_select(score, groups, candidates, layer_of, mask):
+    """The ``count`` lowest scores of each group's candidates, in order; with
+    ``layer_of``, a candidate that would empty its layer is skipped."""
+    removed = []
+    free = mask & candidates
+    for idx, c in groups:
+        if c <= 0:
+            continue
+        cand = idx[candidates[idx]]
+        ranked = cand[np.argsort(score[cand], kind="stable")]
+        if layer_of is None:
+            removed.append(ranked[:c])
+            continue
+        left = np.bincount(layer_of[free & (layer_of >= 0)], minlength=int(layer_of.max()) + 1)
+        take = []
+        for q in ranked:
+            if len(take) == c:
+                break
+            if left[layer_of[q]] > 1:
+                take.append(q)
+                left[layer_of[q]] -= 1
+        if len(take) < c:
+            raise ValueError(f"prune: only {len(take)} of {c} weights can go while one stays in every layer")
+        removed.append(np.array(take, dtype=np.int64))
+    return np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
+
+
+def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
+    mask = mask0 = check_mask(model, mask)
+    prunable = prunable_mask(model, o["include_bias"]) & ~o["protected"]
+    layer_of = layer_ids(model) if o["skip_emptied"] else None
     theta = flatten_params(params) * mask
-    records = []
+    wd, target = o["weight_decay"], o["target"]
+    base = int((prunable & ~mask).sum())
+    records, planned = [], 0
     for k in range(1, steps + 1):
-        frac = sparsity * k / steps
+        frac = target[1] * k / steps if target[0] == "sparsity" else None
         args = (model, unflatten_params(model, theta), X, y, loss)
         candidates = prunable & mask
+        sal, full = None, float("nan")
         if method == "layer_obs":
             new, removed, predicted = layer_obs_round(model, theta, X, mask, prunable, frac, o["damping"])
-        else:
-            groups = _targets(model, prunable, mask, frac, o["scope"])
-            if sum(c for _, c in groups) <= 0:
+            planned += len(removed)
+            if not len(removed):
                 continue
-            if method == "magnitude" or method == "obd":
-                score = np.abs(theta) if method == "magnitude" else theta**2 * U.diagonal_of(
-                    o["curvature"], o["diagonal"], args, o["mc"]) / 2.0
-                removed = np.concatenate([idx[candidates[idx]][np.argsort(score[idx[candidates[idx]]],
-                                                                            kind="stable")[:c]]
-                                          for idx, c in groups if c > 0])
+        else:
+            groups = _targets(model, prunable, mask, target, k, steps, o["scope"], base)
+            n_now = sum(max(c, 0) for _, c in groups)
+            planned += n_now
+            if n_now <= 0:
+                continue
+            g = _d.grad(*args) + wd * theta
+            if method in ("magnitude", "obd"):
+                diag = None if method == "magnitude" else U.diagonal_of(o["curvature"], o["diagonal"], args, o["mc"],
+                                                                         wd)
+                score = np.abs(theta) if diag is None else theta**2 * diag / 2.0
+                removed = _rank_select(score, groups, candidates, layer_of, mask)
                 new = theta.copy()
                 new[removed] = 0.0
-                predicted = float("nan") if method == "magnitude" else float(np.sum(score[removed]))
+                sal = score[removed]
+                d = new - theta
+                predicted = float("nan") if diag is None else float(np.sum(sal))
+                full = float("nan") if diag is None else float(g @ d + 0.5 * np.sum(diag * d * d))
             else:
                 kind = "woodfisher" if method == "woodfisher" else o["curvature"]
-                Hinv_of = U.obs_inverse_factory(kind, args, o["damping"], o["mc"])
-                new, removed, predicted = U.select_obs(theta, mask, candidates, [c for _, c in groups],
-                                                       Hinv_of, o["group_size"], [idx for idx, _ in groups])
+                H = None if kind == "woodfisher" else U.curvature_matrix(kind, args, o["mc"], wd)
+                Hinv_of = U.obs_inverse_factory(kind, args, o["damping"], o["mc"], wd, o["indefinite"], H)
+                fullkw = dict(grad=g, H=H + o["damping"] * np.eye(len(H))) if o["taylor"] == "full" else {}
+                new, removed, sal, predicted = U.select_obs(theta, mask, candidates, [c for _, c in groups], Hinv_of,
+                                                            o["group_size"], [idx for idx, _ in groups],
+                                                            layer_of=layer_of, **fullkw)
+                d = new - theta
+                if o["taylor"] == "full":
+                    full, predicted = predicted, predicted - float(g @ d)
+                else:
+                    full = predicted + float(g @ d)
         new_mask = mask.copy()
         new_mask[removed] = False
-        check_not_emptied(model, new_mask, prunable)
-        rec = record_step(model, X, y, loss, k, theta, new, removed, predicted, new_mask, prunable)
+        check_not_emptied(model, new_mask, prunable_mask(model, o["include_bias"]) & ~o["protected"])
+        rec = record_step(model, X, y, loss, k, theta, new, removed, predicted, new_mask, prunable, sal, full, wd)
         mask, theta = new_mask, new * new_mask
-        theta, rec.retrain_history = maybe_retrain(model, theta, X, y, loss, mask, o["retrain"], o["seed"])
+        retrain = o["retrain"]
+        if retrain and wd:
+            retrain = dict(retrain)
+            retrain.setdefault("weight_decay", wd)
+        theta, rec.retrain_history = maybe_retrain(model, theta, X, y, loss, mask, retrain, o["seed"])
         records.append(rec)
         if o["progress"]:
             print(f"prune ({method}): step {k}/{steps}, sparsity {rec.sparsity:.3f}, loss {rec.loss:.5f}",
                   file=sys.stderr)
+    if planned == 0:
+        warn_nothing_removed(method, target, int(prunable.sum()), base)
     return PruneResult(model, unflatten_params(model, theta), mask, records, method)

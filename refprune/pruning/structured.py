@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from ..derivatives import grad as _grad
 from ..diagonal import curvature_diagonal
 from ..kronecker import LayerLayout, kfac
 from ..params import flatten_params, unflatten_params
@@ -27,6 +28,7 @@ from ..vocabulary import FISHER_LIKE, check_curvature, renamed_options
 from .masks import affine_layers, check_mask
 from .obs import inverse_spd
 from .records import PruneResult, maybe_retrain, record_step
+from .targets import round_goal, warn_nothing_removed
 from .surgery import remove_units, structurally_prunable
 
 
@@ -97,7 +99,7 @@ def _layer_states(args, layers, alive, method, curvature, mc, damping):
     return states, mats
 
 
-def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
+def prune_units(model, params, X, y, loss, method, target, steps, mask, o):
     layers = structurally_prunable(model)
     if not layers:
         raise ValueError(f"{method}: the model has no affine layer whose units can be removed (only the last one)")
@@ -113,25 +115,29 @@ def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
     unit_prunable = np.zeros(model.n_params, dtype=bool)
     for j in layers:
         unit_prunable[offsets[j] : offsets[j + 1]] = True
+    base = sum(int((~a).sum()) for a in alive.values())
+    planned = 0
     for k in range(1, steps + 1):
-        count = int(np.floor(sparsity * k / steps * total)) - sum(int((~a).sum()) for a in alive.values())
+        count = round_goal(target, total, k, steps, base) - sum(int((~a).sum()) for a in alive.values())
         if count <= 0:
             continue
+        planned += count
         args = (model, unflatten_params(model, theta), X, y, loss)
         states, mats = _layer_states(args, layers, alive, method, o["curvature"], o["mc"], o["damping"])
         new_theta = theta.copy()
-        removed_units, predicted = [], 0.0
+        removed_units, predicted, unit_sal = [], 0.0, []
         update = method in ("kron_obs", "c_obs")
         for _ in range(count):
             # a layer down to its last unit leaves the candidate set: never empty a layer
             cands = [(states[j].saliencies(mats[j], method), j) for j in layers if alive[j].sum() > 1]
             if not cands:
                 raise ValueError(
-                    f"{method}: sparsity {sparsity} would remove every unit of some layer; at most "
+                    f"{method}: {target[0]} {target[1]} would remove every unit of some layer; at most "
                     f"{total - len(layers)} of {total} units can go (one must stay in each layer)")
             s, j = min(cands, key=lambda t: np.min(t[0]))
             i = int(np.argmin(s))
             predicted += float(s[i])
+            unit_sal.append(float(s[i]))
             states[j].remove(mats[j], i, update)
             alive[j] = states[j].alive
             removed_units.append((j, i))
@@ -146,8 +152,10 @@ def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
             new_mask[idx] = False
             removed_idx.append(idx)
         removed = np.concatenate(removed_idx)
+        g = _grad(*args)
         rec = record_step(model, X, y, loss, k, theta, new_theta * new_mask, removed, predicted, new_mask,
-                          unit_prunable)
+                          unit_prunable, predicted_full=predicted + float(g @ (new_theta * new_mask - theta)))
+        rec.unit_saliencies = np.array(unit_sal)
         rec.sparsity = 1.0 - sum(int(a.sum()) for a in alive.values()) / total
         rec.removed_units = removed_units
         theta, mask = new_theta * new_mask, new_mask
@@ -155,6 +163,8 @@ def prune_units(model, params, X, y, loss, method, sparsity, steps, mask, o):
         records.append(rec)
         if o["progress"]:
             print(f"prune ({method}): step {k}/{steps}, {rec.sparsity:.3f} of units removed", file=sys.stderr)
+    if planned == 0:
+        warn_nothing_removed(method, target, total, base)
     small, small_params = remove_units(model, unflatten_params(model, theta), alive, np.shape(X)[1:])
     return PruneResult(small, small_params, _carry_mask(model, mask, alive, np.shape(X)[1:], small),
                        records, method, model, unflatten_params(model, theta))

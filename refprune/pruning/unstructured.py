@@ -14,27 +14,65 @@ diagonals, the dense curvatures, their inverses (dense, or Woodbury) and the OBS
 :func:`select_obs`, which returns ``(new_theta, removed_indices, predicted_increase)``.
 """
 
+import warnings
+
 import numpy as np
 
 from .. import curvature, derivatives, diagonal
 from ..checks import validate
+from ..operators import CurvatureOperator
 from .obs import OBS, SingularCurvatureError, inverse_spd
+from .records import PruningWarning
 
 DIAGONALS = ("exact", "obd", "obd_lm")
+INDEFINITE = ("raise", "damp", "abs", "ggn")
+TAYLOR = ("second_order", "full")
 
 
-def diagonal_of(curvature, kind, args, mc):
-    """The diagonal OBD ranks by: the exact diagonal of ``curvature`` (``kind="exact"``)
-    or OBD's own approximation of the Hessian's (``"obd"``, ``"obd_lm"``)."""
-    if kind == "exact":
-        return diagonal.curvature_diagonal(*args, curvature=curvature, **mc)
-    return diagonal.obd_diagonal(*args, levenberg_marquardt=kind == "obd_lm")
+def is_matrix_like(curvature):
+    """A precomputed curvature: an array or a :class:`~refprune.operators.CurvatureOperator`."""
+    return isinstance(curvature, (np.ndarray, CurvatureOperator))
+
+
+def precomputed_matrix(curvature, n):
+    """The dense ``(n, n)`` matrix of a precomputed curvature, checked."""
+    M = curvature.to_dense() if isinstance(curvature, CurvatureOperator) else np.asarray(curvature, dtype=np.float64)
+    if M.shape != (n, n):
+        raise ValueError(f"prune: a precomputed curvature must be ({n}, {n}) for this model, got {M.shape}")
+    if not np.all(np.isfinite(M)):
+        raise ValueError("prune: the precomputed curvature contains NaN or inf")
+    return M
+
+
+def diagonal_of(curvature, kind, args, mc, weight_decay=0.0):
+    """The diagonal OBD ranks by: the exact diagonal of ``curvature`` (``kind="exact"``),
+    of a precomputed matrix or operator, or OBD's own approximation of the Hessian's
+    (``"obd"``, ``"obd_lm"``); plus ``weight_decay``."""
+    n = args[0].n_params
+    if isinstance(curvature, CurvatureOperator):
+        d = np.asarray(curvature.diagonal(), dtype=np.float64)
+        if d.shape != (n,):
+            raise ValueError(f"prune: the precomputed curvature has {d.size} rows, the model {n} parameters")
+    elif isinstance(curvature, np.ndarray):
+        d = np.diag(precomputed_matrix(curvature, n)).copy()
+    elif kind == "exact":
+        d = diagonal.curvature_diagonal(*args, curvature=curvature, **mc)
+    else:
+        d = diagonal.obd_diagonal(*args, levenberg_marquardt=kind == "obd_lm")
+    return d + weight_decay
 
 
 def dense_curvature(kind, args, mc):
     if kind in ("hessian", "ggn"):
         return getattr(curvature, kind)(*args)
     return curvature.fisher(*args, curvature=kind, **mc)
+
+
+def curvature_matrix(spec, args, mc, weight_decay=0.0):
+    """The dense matrix OBS uses: by name or precomputed, plus ``weight_decay I``."""
+    n = args[0].n_params
+    H = precomputed_matrix(spec, n) if is_matrix_like(spec) else dense_curvature(spec, args, mc)
+    return H + weight_decay * np.eye(n) if weight_decay else H
 
 
 def woodbury_inverse(U, damping):
@@ -50,29 +88,79 @@ def woodbury_inverse(U, damping):
     return (inv + inv.T) / 2
 
 
-def select_obs(theta, mask, candidates, count, Hinv_of, group_size, groups):
+def suggested_damping(M):
+    """The smallest damping that makes ``M`` comfortably positive definite:
+    ``max(0, -lambda_min) + 1e-6 max |lambda|``."""
+    ev = np.linalg.eigvalsh(M)
+    return float(max(0.0, -ev[0]) + 1e-6 * max(np.abs(ev).max(), np.finfo(float).tiny))
+
+
+def robust_inverse(M, damping, indefinite, what, ggn_block=None):
+    """``(M + damping I)^-1``, or what ``indefinite`` says to do when it is not positive
+    definite: ``"raise"`` (with a suggested damping), ``"damp"`` (add the suggested
+    damping), ``"abs"`` (absolute eigenvalues, as in saddle-free Newton, Dauphin et al.
+    2014), ``"ggn"`` (use ``ggn_block()``, the GGN restricted likewise)."""
+    try:
+        return inverse_spd(M, damping, what=what)
+    except SingularCurvatureError as err:
+        if indefinite == "raise":
+            lam = suggested_damping(M + damping * np.eye(len(M)))
+            raise SingularCurvatureError(f"{err}; damping {damping + lam:.3e} would make it positive definite "
+                                         "(or pass indefinite='damp', 'abs' or 'ggn')") from None
+        if indefinite == "damp":
+            lam = suggested_damping(M + damping * np.eye(len(M)))
+            warnings.warn(f"the {what} is not positive definite; damping raised by {lam:.3e} "
+                          f"(indefinite='damp')", PruningWarning, stacklevel=4)
+            return inverse_spd(M, damping + lam, what=what)
+        if indefinite == "abs":
+            ev, V = np.linalg.eigh(M)
+            warnings.warn(f"the {what} is not positive definite; using its absolute eigenvalues "
+                          f"(indefinite='abs'; smallest eigenvalue {ev[0]:.3e})", PruningWarning, stacklevel=4)
+            return inverse_spd((V * np.abs(ev)) @ V.T, damping, what=f"|{what}|")
+        warnings.warn(f"the {what} is not positive definite; using the GGN instead (indefinite='ggn')",
+                      PruningWarning, stacklevel=4)
+        return inverse_spd(ggn_block(), damping, what=f"GGN in place of the {what}")
+
+
+def select_obs(theta, mask, candidates, count, Hinv_of, group_size, groups, grad=None, H=None, layer_of=None):
     """OBS within each group of coordinates (``groups``: list of index arrays covering the
     free coordinates; one group = global OBS, one per layer = layer-wise blocks), with
     ``count[i]`` removals in group ``i``.  ``Hinv_of(idx)`` returns the inverse curvature
-    restricted to ``idx``."""
+    restricted to ``idx``; with ``grad`` and ``H`` the full Taylor model is minimised;
+    ``layer_of`` keeps one weight in every layer.  Returns ``(theta, removed in order,
+    their saliencies, predicted)``."""
     out = theta.copy()
-    removed, predicted = [], 0.0
+    removed, sal, predicted = [], [], 0.0
     for idx, k in zip(groups, count):
         if k <= 0:
             continue
-        solver = OBS(Hinv_of(idx), out[idx], prunable=candidates[idx])
-        predicted += solver.prune(k, group_size)
+        full = {} if grad is None else dict(grad=grad[idx], H=H[np.ix_(idx, idx)])
+        solver = OBS(Hinv_of(idx), out[idx], prunable=candidates[idx], **full)
+        predicted += solver.prune(k, group_size, None if layer_of is None else layer_of[idx])
         out[idx] = solver.w
-        removed.append(idx[~solver.active])
+        removed.append(idx[np.array(solver.order, dtype=np.int64)])
+        sal.append(np.array(solver.increments))
     removed = np.concatenate(removed) if removed else np.zeros(0, dtype=int)
-    return out, removed, predicted
+    sal = np.concatenate(sal) if sal else np.zeros(0)
+    return out, removed, sal, predicted
 
 
-def obs_inverse_factory(kind, args, damping, mc):
-    """``idx -> (H_idx,idx + damping I)^-1`` for a dense curvature or WoodFisher."""
+def obs_inverse_factory(kind, args, damping, mc, weight_decay=0.0, indefinite="raise", H=None):
+    """``idx -> (H_idx,idx + damping I)^-1`` for a dense curvature (``H`` if given) or
+    WoodFisher (``kind="woodfisher"``, whose ``weight_decay`` joins the damping)."""
     if kind == "woodfisher":
         inp_scale = validate(*args).scale
         rows = derivatives.per_sample_grads(*args) / np.sqrt(inp_scale)
-        return lambda idx: woodbury_inverse(rows[:, idx], damping)
-    H = dense_curvature(kind, args, mc)
-    return lambda idx: inverse_spd(H[np.ix_(idx, idx)], damping, what=f"{kind} restricted to the free weights")
+        return lambda idx: woodbury_inverse(rows[:, idx], damping + weight_decay)
+    if H is None:
+        H = curvature_matrix(kind, args, mc, weight_decay)
+    name = "precomputed curvature" if is_matrix_like(kind) else str(kind)
+    cache = {}
+
+    def ggn_block(idx):
+        if "G" not in cache:
+            cache["G"] = curvature.ggn(*args) + weight_decay * np.eye(len(H))
+        return cache["G"][np.ix_(idx, idx)]
+
+    return lambda idx: robust_inverse(H[np.ix_(idx, idx)], damping, indefinite, f"{name} restricted to the free weights",
+                                      lambda: ggn_block(idx))
