@@ -33,7 +33,11 @@ from .library_conventions import LIBRARIES, express_kfac
 from .bridges import from_jax, from_torch, to_jax, to_torch
 # training and pruning
 from .training import train
-from .pruning import OBS, PruneResult, SingularCurvatureError, prunable_mask, prune, remove_units
+from .pruning import (
+    OBS, OBSTrace, PruneResult, PruningWarning, SingularCurvatureError, obs_trace, prunable_mask, prune, remove_units,
+    saliencies,
+)
+from .minimizer import minimize
 
 __version__ = "0.1.0"
 
@@ -60,5 +64,6 @@ __all__ = [
     # bridges to PyTorch and JAX
     "from_torch", "to_torch", "to_jax", "from_jax",
     # training and pruning
-    "train", "prune", "PruneResult", "OBS", "SingularCurvatureError", "prunable_mask", "remove_units",
+    "train", "minimize", "prune", "PruneResult", "PruningWarning", "obs_trace", "OBSTrace", "saliencies", "OBS",
+    "SingularCurvatureError", "prunable_mask", "remove_units",
 ]

@@ -4,10 +4,22 @@ For an affine layer with input features ``X`` (``r x N T``: every sample and loc
 layer-wise objective ``||(W - W') X||^2 / N`` is a quadratic in each row of ``W`` with the
 same Hessian ``H = 2 X X^T / N`` (OBC, eq. 1-2).  Rows are independent: each runs greedy
 OBS with ``H^-1`` eliminated after every removal (OBC Algorithm 1; one ``r x r`` inverse per
-row, all rows updated together as a ``(c, r, r)`` stack).  The per-step increases of all
-rows are then merged into one layer mask of the requested size by always taking the row
-whose next step costs least (OBC §4, "global mask selection").  Layers are processed in
+row, all rows updated together as a ``(c, r, r)`` stack).  Layers are processed in
 order, each on the inputs produced by the already pruned layers before it.
+
+How many weights each row gives up (``k_i``, with ``sum k_i`` the layer's target) is a
+choice over the rows' greedy traces, whose cumulative increases ``C_i(k)`` are additive
+across rows (rows are independent):
+
+* ``"exact"`` (default): minimise ``sum_i C_i(k_i)`` by a dynamic programme over rows and
+  counts (a (min, +) convolution of the ``C_i``), ``O(c r K)`` for a target ``K``;
+* ``"greedy"``: repeatedly take the row whose next step costs least;
+* ``"obc"``: the published OBC code's rule: pool every row's step increases, take the
+  ``K`` smallest, and give row ``i`` as many steps as it has among them.
+
+Both greedy rules are optimal when every row's increases grow with ``k``; when a row's
+later step is cheaper than an earlier one (often, since OBS updates the remaining
+weights) they are not, and the exact selection is never worse than either.
 """
 
 import heapq
@@ -17,6 +29,7 @@ import numpy as np
 from ..params import unflatten_params
 from .masks import affine_layers
 from .obs import inverse_spd
+from .targets import how_many
 
 
 def layer_hessian(U, n_samples):
@@ -86,16 +99,33 @@ def _eliminate(Hinv, C, t, diag, W, rows, q, update_w):
     diag[rows, q] = 1.0  # eliminated: never selected again (the weight is inactive)
 
 
-def select_counts(inc, total):
-    """Per-row step counts ``k_i`` with ``sum k_i = total``, taking steps in order of
-    least next increase (OBC §4)."""
+SELECTIONS = ("exact", "greedy", "obc")
+
+
+def select_counts(inc, total, selection="exact"):
+    """Per-row step counts ``k_i`` with ``sum k_i = total`` from the rows' step
+    increases ``inc (c, s)`` (``inf`` where a row has no step left); see the module
+    docstring for the three rules."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"layer-wise OBS: selection must be one of {SELECTIONS}, got {selection!r}")
+    c = inc.shape[0]
+    available = int(np.isfinite(inc).sum())
+    if total > available:
+        raise ValueError(f"layer-wise OBS: fewer prunable weights ({available}) than requested ({total})")
+    if selection == "greedy":
+        return _greedy_counts(inc, total)
+    if selection == "obc":
+        flat = np.argsort(inc.ravel(), kind="stable")[:total]
+        return np.bincount(flat // inc.shape[1], minlength=c).astype(np.int64)
+    return _exact_counts(inc, total)
+
+
+def _greedy_counts(inc, total):
     c = inc.shape[0]
     k = np.zeros(c, dtype=np.int64)
     heap = [(inc[i, 0], i) for i in range(c) if inc.shape[1] and np.isfinite(inc[i, 0])]
     heapq.heapify(heap)
     for _ in range(total):
-        if not heap:
-            raise ValueError("layer-wise OBS: fewer prunable weights than requested")
         _, i = heapq.heappop(heap)
         k[i] += 1
         if k[i] < inc.shape[1] and np.isfinite(inc[i, k[i]]):
@@ -103,7 +133,37 @@ def select_counts(inc, total):
     return k
 
 
-def layer_obs_round(model, theta, X, mask, prunable, fraction, damping):
+def _exact_counts(inc, total):
+    """``argmin sum_i C_i(k_i)`` subject to ``sum_i k_i = total``: ``best[i][t]`` is the
+    least cost of ``t`` removals among rows ``< i``, built one row at a time."""
+    c = inc.shape[0]
+    best = np.zeros(1)
+    choices = []
+    for i in range(c):
+        steps = int(np.isfinite(inc[i]).sum())
+        cum = np.concatenate([[0.0], np.cumsum(inc[i, :steps])])
+        width = min(total, best.size - 1 + steps) + 1
+        new = np.full(width, np.inf)
+        arg = np.zeros(width, dtype=np.int64)
+        for k in range(steps + 1):
+            hi = min(width, k + best.size)
+            if hi <= k:
+                break
+            cand = best[: hi - k] + cum[k]
+            better = cand < new[k:hi]
+            new[k:hi] = np.where(better, cand, new[k:hi])
+            arg[k:hi] = np.where(better, k, arg[k:hi])
+        best = new
+        choices.append(arg)
+    k = np.zeros(c, dtype=np.int64)
+    t = total
+    for i in range(c - 1, -1, -1):
+        k[i] = choices[i][t]
+        t -= k[i]
+    return k
+
+
+def layer_obs_round(model, theta, X, mask, prunable, fraction, damping, selection="exact"):
     """Prune every affine layer to ``fraction`` of its prunable weights; returns
     ``(theta, removed, predicted)``, ``predicted`` the summed layer-wise objective."""
     theta = theta.copy()
@@ -113,7 +173,7 @@ def layer_obs_round(model, theta, X, mask, prunable, fraction, damping):
         w_prunable = prunable[start:wstop]
         total = int(w_prunable.sum())
         act = (mask[start:wstop] & w_prunable).reshape(layer.out_units, -1)
-        k_total = int(np.floor(fraction * total)) - int((w_prunable & ~mask[start:wstop]).sum())
+        k_total = how_many(fraction, total) - int((w_prunable & ~mask[start:wstop]).sum())
         if k_total <= 0:
             continue
         params = unflatten_params(model, theta)
@@ -127,7 +187,7 @@ def layer_obs_round(model, theta, X, mask, prunable, fraction, damping):
         W = theta[start:wstop].reshape(layer.out_units, -1)
         steps = min(int(act.sum(axis=1).max()), k_total)
         order, inc, traj = obc_rows(W, Hinv, act, steps)
-        k = select_counts(inc, k_total)
+        k = select_counts(inc, k_total, selection)
         Wn = traj[np.arange(layer.out_units), k]
         theta[start:wstop] = Wn.ravel()
         rows_removed = [i * W.shape[1] + order[i, : k[i]] for i in range(layer.out_units)]

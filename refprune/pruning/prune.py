@@ -16,7 +16,7 @@ from ..params import flatten_params, unflatten_params
 from ..vocabulary import CURVATURES, FISHER_LIKE, check_curvature, renamed_options
 from . import unstructured as U
 from .eigendamage import eigendamage
-from .layerwise import layer_obs_round
+from .layerwise import SELECTIONS, layer_obs_round
 from .masks import affine_layers, check_mask, check_not_emptied, prunable_mask
 from .records import PruneResult, PruneStep, PruningWarning, maybe_retrain, record_step  # noqa: F401 (re-exported)
 from .structured import prune_units
@@ -73,7 +73,7 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
           diagonal="exact", damping=0.0, group_size=1, samples=1, seed=0, targets=None, mask=None,
           include_bias=False, retrain=None, max_layer_fraction=0.9, eigenvalues="ekfac", progress=False,
           count=None, protected=None, skip_emptied=False, taylor="second_order", weight_decay=0.0,
-          indefinite="raise"):
+          indefinite="raise", selection="exact"):
     """Prune ``model`` with ``method`` and record every step.
 
     Parameters
@@ -123,6 +123,9 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
         (``+ weight_decay I``) and recorded values (magnitude, OBD, OBS, WoodFisher).
     group_size : int
         OBS removes this many weights at a time by the group formula.
+    selection : {"exact", "greedy", "obc"}
+        ``layer_obs``: how many weights each row of a layer gives up
+        (:mod:`refprune.pruning.layerwise`).
     protected : bool array (n,), optional
         Coordinates that are never removed (they stay free and are updated).
     skip_emptied : bool
@@ -165,6 +168,8 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
         raise ValueError(f"taylor must be one of {TAYLOR}, got {taylor!r}")
     if taylor == "full" and method != "obs":
         raise ValueError("prune: taylor='full' is OBS's; every method records predicted_full anyway")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if indefinite not in INDEFINITE:
         raise ValueError(f"indefinite must be one of {INDEFINITE}, got {indefinite!r}")
     for name, v in (("skip_emptied", skip_emptied), ("include_bias", include_bias), ("progress", progress)):
@@ -183,7 +188,7 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
                 include_bias=include_bias, retrain=retrain, max_layer_fraction=max_layer_fraction,
                 eigenvalues=eigenvalues, progress=progress, target=target, skip_emptied=bool(skip_emptied),
                 protected=_check_protected(model, protected), taylor=taylor, weight_decay=float(weight_decay),
-                indefinite=indefinite)
+                indefinite=indefinite, selection=selection)
     if method in UNSTRUCTURED:
         return _prune_unstructured(model, params, X, y, loss, method, steps, mask, opts)
     if method in STRUCTURED:
@@ -266,7 +271,8 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
         candidates = prunable & mask
         sal, full = None, float("nan")
         if method == "layer_obs":
-            new, removed, predicted = layer_obs_round(model, theta, X, mask, prunable, frac, o["damping"])
+            new, removed, predicted = layer_obs_round(model, theta, X, mask, prunable, frac, o["damping"],
+                                                      o["selection"])
             planned += len(removed)
             if not len(removed):
                 continue
@@ -290,7 +296,7 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
                 full = float("nan") if diag is None else float(g @ d + 0.5 * np.sum(diag * d * d))
             else:
                 kind = "woodfisher" if method == "woodfisher" else o["curvature"]
-                H = None if kind == "woodfisher" else U.curvature_matrix(kind, args, o["mc"], wd)
+                H = None if method == "woodfisher" else U.curvature_matrix(kind, args, o["mc"], wd)
                 Hinv_of = U.obs_inverse_factory(kind, args, o["damping"], o["mc"], wd, o["indefinite"], H)
                 fullkw = dict(grad=g, H=H + o["damping"] * np.eye(len(H))) if o["taylor"] == "full" else {}
                 new, removed, sal, predicted = U.select_obs(theta, mask, candidates, [c for _, c in groups], Hinv_of,
