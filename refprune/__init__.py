@@ -16,17 +16,12 @@ from .params import flatten_params, unflatten_params
 from .vocabulary import CURVATURES
 # first and second derivatives
 from .derivatives import grad, hvp, loss, per_sample_grads
-# exact curvature matrices
-from .curvature import CurvatureTooLargeError, fisher, ggn, hessian, residual
-# diagonal approximations
-from .diagonal import curvature_diagonal, fisher_diagonal, ggn_diagonal, hessian_diagonal, obd_diagonal
-# one interface for every curvature matrix
-from .operators import BlockDiagonal, CurvatureOperator, Dense, Diagonal, ExactCurvature, block_diagonal
-# Kronecker-factored approximations
-from .kronecker import KFAC, KroneckerBlock, kfac
-from .ekfac import EKFAC, ekfac
-# other libraries' K-FAC scalings
-from .library_conventions import LIBRARIES, express_kfac
+# curvature: exact matrices, diagonals, one operator interface, Kronecker approximations
+from .curvature import (
+    EKFAC, KFAC, BlockDiagonal, CurvatureOperator, CurvatureTooLargeError, Dense, Diagonal, ExactCurvature,
+    KroneckerBlock, block_diagonal, curvature_diagonal, ekfac, fisher, fisher_diagonal, ggn, ggn_diagonal, hessian,
+    hessian_diagonal, kfac, obd_diagonal, residual,
+)
 # other libraries' K-FAC scalings
 from .library_conventions import LIBRARIES, express_kfac
 # bridges to PyTorch and JAX (imported on first call)

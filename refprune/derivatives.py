@@ -11,7 +11,6 @@ import numpy as np
 
 from .checks import check_vector, validate
 from .nn import AffineLayer
-from .output_factors import draw_targets
 
 #: number of float64 values a temporary array may hold before work is split in chunks
 CHUNK_FLOATS = 2**23
@@ -99,6 +98,9 @@ def loss_curvature_matvec(inp, kind, samples=1, seed=0, f_all=None, targets=None
     if kind == "zero":
         return lambda f, y, V, idx: np.zeros_like(V)
     if kind == "mc_fisher":
+        # imported here: the curvature package builds on this module
+        from .curvature.output_factors import draw_targets
+
         if targets is None and f_all is None:
             f_all = forward(inp)[0]
         targets = draw_targets(inp, f_all, samples, seed, targets)

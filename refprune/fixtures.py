@@ -19,11 +19,11 @@ import zipfile
 import numpy as np
 
 from . import __version__
-from . import curvature as _c
 from . import derivatives as _d
-from . import diagonal as _diag
-from .ekfac import ekfac
-from .kronecker import kfac
+from .curvature import diagonal as _diag
+from .curvature import exact as _c
+from .curvature.ekfac import ekfac
+from .curvature.kronecker import kfac
 from .nn import AffineLayer, CrossEntropyLoss
 from .pruning.obs import OBS
 from .pruning.structured import unit_saliencies

@@ -34,7 +34,7 @@ gradients are PyTorch's ``2 (f - y)``: ``c = (R'/R) * (1/2 if that halving appli
 import numpy as np
 
 from .checks import validate
-from .kronecker import kfac
+from .curvature.kronecker import kfac
 from .nn import AffineLayer, CrossEntropyLoss
 
 LIBRARIES = ("curvlinops", "backpack", "nngeometry", "asdl")

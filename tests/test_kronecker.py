@@ -126,7 +126,7 @@ def test_kfc_factors_by_definition():
     # g_nkt = J_{f <- z}^T sqrt(Lambda)_k, obtained with refprune's backward on the columns
     from refprune import derivatives as d
     from refprune.checks import validate
-    from refprune.output_factors import hessian_sqrt
+    from refprune.curvature.output_factors import hessian_sqrt
 
     inp = validate(model, params, X, y, loss)
     f, caches = d.forward(inp)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refprune as rp
-from refprune.kronecker import KroneckerBlock, LayerLayout
+from refprune.curvature.kronecker import KroneckerBlock, LayerLayout
 from refprune.pruning import OBS, SingularCurvatureError, inverse_spd, woodbury_inverse
 from refprune.pruning.structured import _LayerState
 from refprune.testing import assert_close

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import refprune as rp
-from refprune.output_factors import draw_targets
+from refprune.curvature.output_factors import draw_targets
 from refprune.checks import validate
 from refprune.testing import assert_close
 

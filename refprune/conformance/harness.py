@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import curvature as _c
 from .. import derivatives as _d
-from .. import diagonal as _diag
-from ..ekfac import ekfac
-from ..kronecker import kfac
+from ..curvature import diagonal as _diag
+from ..curvature import exact as _c
+from ..curvature.ekfac import ekfac
+from ..curvature.kronecker import kfac
 from ..params import flatten_params
 from .diagnosis import diagnose, relative_error
 from .zoo import zoo

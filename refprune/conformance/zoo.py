@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import nn
 from ..nn import AffineLayer, CrossEntropyLoss, MSELoss
-from ..output_factors import draw_targets
+from ..curvature.output_factors import draw_targets
 from ..checks import validate
 from ..params import flatten_params
 

@@ -18,8 +18,8 @@ original; otherwise the pruned function is stored densely, ``[W' | b'] = Q_S' W*
 
 import numpy as np
 
-from ..ekfac import ekfac
-from ..kronecker import LayerLayout, kfac
+from ..curvature.ekfac import ekfac
+from ..curvature.kronecker import LayerLayout, kfac
 from ..nn import Conv2d, Linear, Sequential
 from ..params import flatten_params, unflatten_params
 from .masks import affine_layers

@@ -21,8 +21,8 @@ import sys
 import numpy as np
 
 from ..derivatives import grad as _grad
-from ..diagonal import curvature_diagonal
-from ..kronecker import LayerLayout, kfac
+from ..curvature.diagonal import curvature_diagonal
+from ..curvature.kronecker import LayerLayout, kfac
 from ..params import flatten_params, unflatten_params
 from ..vocabulary import FISHER_LIKE, check_curvature, renamed_options
 from .masks import affine_layers, check_mask

@@ -18,9 +18,11 @@ import warnings
 
 import numpy as np
 
-from .. import curvature, derivatives, diagonal
+from .. import derivatives
 from ..checks import validate
-from ..operators import CurvatureOperator
+from ..curvature import diagonal
+from ..curvature import exact as curvature
+from ..curvature.operators import CurvatureOperator
 from .obs import OBS, SingularCurvatureError, inverse_spd
 from .records import PruningWarning
 
@@ -30,7 +32,7 @@ TAYLOR = ("second_order", "full")
 
 
 def is_matrix_like(curvature):
-    """A precomputed curvature: an array or a :class:`~refprune.operators.CurvatureOperator`."""
+    """A precomputed curvature: an array or a :class:`~refprune.curvature.operators.CurvatureOperator`."""
     return isinstance(curvature, (np.ndarray, CurvatureOperator))
 
 

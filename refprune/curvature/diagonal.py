@@ -5,7 +5,7 @@ respect to a layer output is back-propagated in factored form ``sum_k s_k q_k q_
 (signs ``s_k = +-1``), as in Hessian backpropagation (Dangel, Harmeling & Hennig 2020,
 "Modular block-diagonal curvature approximations", eq. 7, and BackPACK's DiagHessian):
 
-* at the output, the columns of ``Phi_n = Q_n Q_n^T`` (:mod:`refprune.output_factors`);
+* at the output, the columns of ``Phi_n = Q_n Q_n^T`` (:mod:`refprune.curvature.output_factors`);
 * through any layer, ``q <- J^T q`` (``vjp`` on the stack of columns);
 * at an activation, the residual ``diag(phi''(z) * delta_a)`` adds one column
   ``sqrt(|d_u|) e_u`` per unit, with the sign of ``d_u`` (Hessian only).
@@ -23,12 +23,12 @@ shared convolution weights).
 
 import numpy as np
 
-from . import derivatives as _d
-from .checks import validate
-from .nn import AffineLayer
-from .nn.activations import Elementwise
+from .. import derivatives as _d
+from ..checks import validate
+from ..nn import AffineLayer
+from ..nn.activations import Elementwise
+from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
 from .output_factors import OutputFactor, hessian_sqrt
-from .vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
 
 
 def _activation_columns(d):

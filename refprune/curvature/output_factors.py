@@ -24,8 +24,8 @@ Monte Carlo targets are drawn by :func:`draw_targets` or supplied by the caller
 
 import numpy as np
 
-from .nn import CrossEntropyLoss
-from .vocabulary import FISHER_LIKE, check_curvature
+from ..nn import CrossEntropyLoss
+from ..vocabulary import FISHER_LIKE, check_curvature
 
 
 def hessian_sqrt(loss, f):

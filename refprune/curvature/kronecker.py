@@ -4,7 +4,7 @@ Each affine layer's block of a curvature matrix is approximated as ``S kron A`` 
 rows of ``[W | b]`` (``docs/conventions.md`` §4; docs §8): ``A`` from the layer's input features
 with the bias folded in as a constant 1, ``S`` ("G" in the papers) from the output
 gradients.  For ``Q_n[:, k]`` the columns of the output curvature of the Fisher type
-(:mod:`refprune.output_factors`) back-propagated to the layer output, ``g_nkt``:
+(:mod:`refprune.curvature.output_factors`) back-propagated to the layer output, ``g_nkt``:
 
 * expand:  ``A = 1/(N T) sum_{n,t} a_nt a_nt^T``,  ``S = R sum_{n,k,t} g_nkt g_nkt^T``;
 * reduce:  ``A = 1/N sum_n abar_n abar_n^T``, ``abar_n = 1/T sum_t a_nt``,
@@ -24,13 +24,13 @@ column) and ``S kron [1]`` (bias), with no weight-bias coupling.
 
 import numpy as np
 
-from . import derivatives as _d
-from .checks import validate
-from .nn import AffineLayer
-from .nn.base import merge_tangent_axis
+from .. import derivatives as _d
+from ..checks import validate
+from ..nn import AffineLayer
+from ..nn.base import merge_tangent_axis
+from ..vocabulary import FISHER_LIKE, check_curvature, renamed_options
 from .operators import CurvatureOperator
 from .output_factors import OutputFactor
-from .vocabulary import FISHER_LIKE, check_curvature, renamed_options
 
 KFAC_APPROX = ("expand", "reduce")
 DAMPING_FORMS = ("exact", "factored", "pi")
@@ -293,7 +293,7 @@ def kfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1,
     Returns
     -------
     KFAC
-        A :class:`~refprune.operators.CurvatureOperator`; ``.factors()`` lists
+        A :class:`~refprune.curvature.operators.CurvatureOperator`; ``.factors()`` lists
         ``(S, A)`` per block (output factor first), ``.blocks`` the
         :class:`KroneckerBlock` s with their damped/inverse/trace/logdet operations.
     """

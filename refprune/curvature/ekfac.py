@@ -7,7 +7,7 @@ second moments of the per-sample gradients projected onto that basis:
     s*_ij = R sum_n sum_k [U_S^T G_nk U_A]_ij^2,   G_nk = sum_t g_nkt a_nt^T  (c x p),
 
 with the same output columns ``k`` as the Fisher being approximated
-(:mod:`refprune.output_factors`), so that ``R sum_{n,k} vec(G_nk) vec(G_nk)^T`` is that
+(:mod:`refprune.curvature.output_factors`), so that ``R sum_{n,k} vec(G_nk) vec(G_nk)^T`` is that
 Fisher's exact layer block ``F_l``.  Then ``s* = diag(Q^T F_l Q)`` for ``Q = U_S kron U_A``:
 the Frobenius-closest matrix to ``F_l`` among those diagonal in this basis, K-FAC being one
 of them, so ``||F_l - EKFAC||_F <= ||F_l - KFAC||_F``.  Damping: ``s* + lam`` (the only
@@ -16,10 +16,10 @@ form; EKFAC has no factors to damp separately).
 
 import numpy as np
 
-from .checks import validate
+from ..checks import validate
+from ..vocabulary import renamed_options
 from .kronecker import KroneckerCurvature, check_kfac_options, kfac_blocks, layer_statistics, with_bias_row
 from .output_factors import OutputFactor
-from .vocabulary import renamed_options
 
 
 class EKFACBlock:

@@ -32,10 +32,10 @@ import time
 
 import numpy as np
 
-from . import derivatives as _d
-from .checks import validate
-from .nn import AffineLayer
-from .vocabulary import FISHERS, check_curvature, renamed_options
+from .. import derivatives as _d
+from ..checks import validate
+from ..nn import AffineLayer
+from ..vocabulary import FISHERS, check_curvature, renamed_options
 
 
 class CurvatureTooLargeError(MemoryError):

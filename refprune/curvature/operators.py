@@ -10,17 +10,17 @@ and friends work on all of them.  Implementations:
 * :class:`BlockDiagonal`: per-layer dense blocks (the block-diagonal restriction of an
   exact matrix, or any list of blocks);
 * :class:`Diagonal`;
-* K-FAC and EKFAC (:mod:`refprune.kronecker`, :mod:`refprune.ekfac`).
+* K-FAC and EKFAC (:mod:`refprune.curvature.kronecker`, :mod:`refprune.curvature.ekfac`).
 """
 
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from . import curvature as _c
-from . import derivatives as _d
+from .. import derivatives as _d
+from ..checks import validate
+from ..vocabulary import CURVATURES, check_curvature, renamed_options
 from . import diagonal as _diag
-from .checks import validate
-from .vocabulary import CURVATURES, check_curvature, renamed_options
+from . import exact as _c
 
 
 class CurvatureOperator:
