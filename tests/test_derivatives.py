@@ -123,3 +123,47 @@ def test_hessian_of_named_cases_against_central_differences(arch, lossname):
     obj = Objective(model, X, y, loss)
     H = rp.hessian(model, params, X, y, loss)
     check_hessian(obj.grad, H, rp.flatten_params(params), rtol=1e-5, atol=1e-7, step=STEP)
+
+
+def test_checkers_report_error_and_step_and_survive_a_saturated_point():
+    """f = sum log cosh(a x) with a = 40 near 0.04: fifth derivatives ~ a^5 make the
+    default step's truncation error larger than rtol = 1e-9; the step ladder keeps a
+    correct gradient passing, and a gradient wrong by 1e-6 still fails."""
+    from refprune.testing import CheckResult, default_step
+
+    a = 40.0
+    x = np.linspace(-0.05, 0.05, 7)
+
+    def f(t):
+        return float(np.sum(np.log(np.cosh(a * t))))
+
+    def g(t):
+        return a * np.tanh(a * t)
+
+    v = np.random.default_rng(0).standard_normal(x.shape)
+    fixed = directional_derivative(f, x, v, step=default_step(x, v))
+    assert abs(fixed - g(x) @ v) > 1e-9 * abs(g(x) @ v)  # the fixed default step is not good enough here
+    res = check_grad(f, g, x, rtol=1e-9, atol=0.0)
+    assert isinstance(res, CheckResult) and res.checked == 3 and res.error < 1 and np.isfinite(res.step)
+    with pytest.raises(AssertionError, match="relative error .* step .* finite-difference error"):
+        check_grad(f, lambda t: g(t) * (1 + 1e-6), x, rtol=1e-9, atol=0.0)
+
+
+def test_checkers_refuse_checking_nothing():
+    f, g = (lambda t: float(np.sum(t**2))), (lambda t: 2 * t)
+    with pytest.raises(ValueError, match="checks nothing"):
+        check_grad(f, g, np.ones(3), directions=0)
+    with pytest.raises(ValueError, match="no columns to check"):
+        check_hessian(g, 2 * np.eye(3), np.ones(3), columns=[])
+    assert check_hessian(g, 2 * np.eye(3), np.ones(3)).checked == 3
+
+
+def test_kink_margin_explains_and_ignores_harmless_relu_ties():
+    model = rp.Sequential(rp.Conv2d(1, 1, 1, bias=False), rp.ReLU(), rp.MaxPool2d(2), rp.Flatten())
+    X = np.array([[[[-1.0, -2.0], [-3.0, -0.5]]], [[[1.0, -2.0], [0.25, -1.0]]]])
+    params = [np.ones((1, 1, 1, 1))]
+    m, why = kink_margin(model, params, X, explain=True)
+    # first window: all negative -> zeros after ReLU, a harmless tie; second: gap 1 - 0.25
+    assert m == pytest.approx(0.25) and "ReLU" in why and "harmless" in why
+    plain = rp.Sequential(rp.Tanh())
+    assert kink_margin(plain, [], X, explain=True) == (np.inf, "no ReLU or max pooling: no kinks")

@@ -3,7 +3,7 @@ loss, kink margins, the golden fixtures' loader and (in :mod:`refprune.testing.s
 strategies that draw architectures, parameters and data."""
 
 from .finite_differences import (
-    assert_close, check_grad, check_hessian, check_hvp, check_jvp, check_vjp, default_step,
+    CheckResult, assert_close, check_grad, check_hessian, check_hvp, check_jvp, check_vjp, default_step,
     directional_derivative,
 )
 from .fixtures import Fixture, compare_with_fixture, load_fixtures, model_from_spec
@@ -11,7 +11,7 @@ from .kinks import kink_margin
 from .objective import Objective
 
 __all__ = [
-    "directional_derivative", "default_step", "assert_close", "check_grad", "check_jvp",
+    "CheckResult", "directional_derivative", "default_step", "assert_close", "check_grad", "check_jvp",
     "check_vjp", "check_hvp", "check_hessian", "Objective", "kink_margin", "load_fixtures",
     "compare_with_fixture", "Fixture", "model_from_spec",
 ]

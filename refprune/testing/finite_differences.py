@@ -15,7 +15,23 @@ whose truncation error is ``h^4 f^(5) / 30`` and whose rounding error is about
 directions of unit scale), with a total relative error near ``eps^(4/5) ~ 3e-13``
 (Fornberg 1988; Press et al., *Numerical Recipes*, §5.7).  ``order=2`` uses the
 two-point stencil with ``h ~ eps^(1/3)``, as ``scipy.optimize.approx_derivative``.
+
+That balance assumes unit-scale higher derivatives.  At a trained, saturated point they
+can be large, and the truncation error of the default step exceeds a tight tolerance for
+a correct gradient.  The checkers therefore (unless given ``step=``) evaluate the stencil
+on a ladder of steps ``h0 * 2^k``, ``k = 2, 1, ..., -2``, estimate each estimate's error
+from its difference with the next smaller step (Richardson: for an error ``c h^p``,
+``|D(h) - D(h/2)| ~ (2^p - 1) |error of D(h/2)|``), and keep the estimate with the
+smallest error bound.  That bound is part of the tolerance: a difference within it is
+the finite difference's own uncertainty, not the derivative's error.
+
+Every checker returns a :class:`CheckResult` (the largest error found, relative to the
+tolerance's scale, the step used and the finite difference's estimated error) and raises
+``AssertionError`` with the same numbers when the check fails.  A check that would check
+nothing (``directions=0``, no columns) is refused.
 """
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,11 +50,23 @@ def default_step(x, v, order=4):
     return base * max(1.0, float(np.max(np.abs(x)))) / vnorm
 
 
-def directional_derivative(fun, x, v, step=None, order=4):
+def _stencil(fun, x, v, h, order):
+    _, offsets, weights = _STENCILS[order]
+    total = None
+    for o, w in zip(offsets, weights):
+        val = np.asarray(fun(x + (o * h) * v), dtype=np.float64) * w
+        total = val if total is None else total + val
+    return total / h
+
+
+def directional_derivative(fun, x, v, step=None, order=4, return_error=False):
     """Central-difference estimate of ``d/dt fun(x + t v)`` at ``t = 0``.
 
     ``fun`` maps an array shaped like ``x`` to a scalar or an array; ``x`` and ``v``
-    are not modified.
+    are not modified.  With ``return_error=True`` returns ``(estimate, step, error
+    bound)``, the step chosen on a ladder around :func:`default_step` by Richardson's
+    error estimate (module docstring) unless ``step`` is given (then the bound is
+    ``nan``).
     """
     if order not in _STENCILS:
         raise ValueError(f"order must be 2 or 4, got {order!r}")
@@ -46,13 +74,60 @@ def directional_derivative(fun, x, v, step=None, order=4):
     v = np.asarray(v, dtype=np.float64)
     if v.shape != x.shape:
         raise ValueError(f"direction must have the shape of x {x.shape}, got {v.shape}")
-    h = default_step(x, v, order) if step is None else float(step)
-    _, offsets, weights = _STENCILS[order]
-    total = None
-    for o, w in zip(offsets, weights):
-        val = np.asarray(fun(x + (o * h) * v), dtype=np.float64) * w
-        total = val if total is None else total + val
-    return total / h
+    if step is not None:
+        if not np.isfinite(step) or step <= 0:
+            raise ValueError(f"step must be a positive finite number, got {step!r}")
+        d = _stencil(fun, x, v, float(step), order)
+        return (d, float(step), float("nan")) if return_error else d
+    if not return_error:
+        return _stencil(fun, x, v, default_step(x, v, order), order)
+    h0 = default_step(x, v, order)
+    hs = [h0 * 2.0**k for k in (2, 1, 0, -1, -2)]
+    ests = [_stencil(fun, x, v, h, order) for h in hs]
+    best = None
+    for i in range(1, len(hs)):
+        # error of the finer estimate, from its difference with the coarser one
+        bound = float(np.max(np.abs(ests[i - 1] - ests[i]))) / (2.0**order - 1)
+        if best is None or bound < best[2]:
+            best = (ests[i], hs[i], bound)
+    return best
+
+
+@dataclass
+class CheckResult:
+    """What a check measured: ``error`` is the largest ``|exact - fd|`` divided by the
+    scale the tolerance uses, ``step`` the step of the worst case, ``fd_error`` the
+    finite difference's own estimated error there (same scale), ``checked`` how many
+    directions or columns were compared."""
+
+    what: str
+    error: float
+    step: float
+    fd_error: float
+    checked: int
+
+    def __str__(self):
+        return (f"{self.what}: largest relative error {self.error:.3e} over {self.checked} checks "
+                f"(step {self.step:.3e}, finite-difference error ~{self.fd_error:.1e})")
+
+
+def _compare(exact, fd, fd_err, rtol, atol, what):
+    """The per-check error relative to ``atol + rtol |fd|`` and whether it passes, the
+    finite difference's own error bound widening the tolerance."""
+    exact, fd = np.asarray(exact, dtype=float), np.asarray(fd, dtype=float)
+    if exact.shape != fd.shape:
+        raise AssertionError(f"{what}: shape {exact.shape} != finite difference {fd.shape}")
+    slack = 0.0 if not np.isfinite(fd_err) else 10.0 * fd_err
+    bound = atol + rtol * np.abs(fd) + slack
+    err = np.abs(exact - fd)
+    scale = atol + rtol * np.abs(fd)
+    return float(np.max(err / scale)), bool(np.all(err <= bound)), float(np.max(err)), float(np.max(bound))
+
+
+def _check_count(name, k):
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{name} must be a positive int (a check of 0 checks nothing), got {k!r}")
+    return int(k)
 
 
 def assert_close(actual, expected, rtol, atol, what):
@@ -78,53 +153,82 @@ def _directions(shape, count, seed):
 
 def check_grad(fun, grad, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=None, order=4):
     """Check ``grad(x) . v`` against the central difference of scalar ``fun`` along
-    ``directions`` random ``v``; raises ``AssertionError`` on mismatch."""
+    ``directions`` random ``v``; returns a :class:`CheckResult`, raises
+    ``AssertionError`` on mismatch."""
+    directions = _check_count("directions", directions)
     g = np.asarray(grad(np.array(x, dtype=float)))
     scale = max(1.0, float(np.abs(fun(np.array(x, dtype=float)))))
-    for k, v in enumerate(_directions(np.shape(x), directions, seed)):
-        fd = directional_derivative(fun, x, v, step, order)
-        assert_close(np.sum(g * v), fd, rtol, atol * scale, f"gradient along direction {k}")
+    return _run_checks("gradient", [(lambda v: np.sum(g * v), v) for v in _directions(np.shape(x), directions, seed)],
+                       fun, x, rtol, atol * scale, step, order)
+
+
+def _run_checks(what, pairs, fun, x, rtol, atol, step, order):
+    worst = CheckResult(what, 0.0, float("nan"), float("nan"), 0)
+    for k, (exact_of, v) in enumerate(pairs):
+        fd, h, fd_err = directional_derivative(fun, x, v, step, order, return_error=True)
+        exact = exact_of(v)
+        rel, ok, diff, bound = _compare(exact, fd, fd_err, rtol, atol, f"{what} along direction {k}")
+        if rel >= worst.error or worst.checked == 0:
+            worst = CheckResult(what, rel, h, float(fd_err / max(atol, 1e-300)) if np.isfinite(fd_err) else fd_err,
+                                worst.checked)
+        worst.checked = k + 1
+        if not ok:
+            raise AssertionError(f"{what} along direction {k}: |exact - finite difference| {diff:.3e} exceeds "
+                                 f"{bound:.3e} (relative error {rel:.3e}; step {h:.3e}, finite-difference error "
+                                 f"~{fd_err:.1e})")
+    return worst
 
 
 def check_jvp(fun, jvp, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=None, order=4):
     """Check ``jvp(x, v)`` (the Jacobian of ``fun`` times ``v``) against central
-    differences of ``fun`` along random ``v``."""
-    for k, v in enumerate(_directions(np.shape(x), directions, seed)):
-        fd = directional_derivative(fun, x, v, step, order)
-        exact = np.asarray(jvp(np.array(x, dtype=float), v))
-        scale = max(1.0, float(np.max(np.abs(fd))))
-        assert_close(exact, fd, rtol, atol * scale, f"Jacobian-vector product along direction {k}")
+    differences of ``fun`` along random ``v``; returns a :class:`CheckResult`."""
+    directions = _check_count("directions", directions)
+    vs = _directions(np.shape(x), directions, seed)
+    scale = max(1.0, max(float(np.max(np.abs(np.asarray(jvp(np.array(x, dtype=float), v))))) for v in vs))
+    return _run_checks("Jacobian-vector product", [(lambda v: np.asarray(jvp(np.array(x, dtype=float), v)), v)
+                                                   for v in vs], fun, x, rtol, atol * scale, step, order)
 
 
 def check_vjp(jvp, vjp, x, out_shape, directions=3, seed=0, rtol=1e-12, atol=1e-12):
     """Adjoint identity ``<u, J v> == <J^T u, v>`` for random ``u``, ``v`` (no step size
-    involved: an exact algebraic check of a hand-written transpose)."""
+    involved: an exact algebraic check of a hand-written transpose); returns a
+    :class:`CheckResult` (``step`` is ``nan``)."""
+    directions = _check_count("directions", directions)
     rng = np.random.default_rng(seed)
+    worst = 0.0
     for k in range(directions):
         v, u = rng.standard_normal(np.shape(x)), rng.standard_normal(out_shape)
         lhs = float(np.sum(u * jvp(np.array(x, dtype=float), v)))
         rhs = float(np.sum(vjp(np.array(x, dtype=float), u) * v))
+        scale = atol * max(1.0, abs(rhs)) + rtol * abs(rhs)
+        worst = max(worst, abs(lhs - rhs) / scale)
         assert_close(lhs, rhs, rtol, atol * max(1.0, abs(rhs)), f"adjoint identity, pair {k}")
+    return CheckResult("adjoint identity", worst, float("nan"), 0.0, directions)
 
 
 def check_hvp(grad, hvp, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=None, order=4):
     """Check ``hvp(x, v)`` against central differences of ``grad`` along ``v``."""
-    check_jvp(grad, hvp, x, directions, seed, rtol, atol, step, order)
+    res = check_jvp(grad, hvp, x, directions, seed, rtol, atol, step, order)
+    res.what = "Hessian-vector product"
+    return res
 
 
 def check_hessian(grad, H, x, columns=None, rtol=1e-6, atol=1e-9, step=None, order=4):
     """Check columns of a dense Hessian ``H`` against central differences of ``grad``
     along unit vectors (``columns``: indices to check, default all: ``O(n)`` gradient
-    evaluations)."""
+    evaluations); returns a :class:`CheckResult`."""
     x = np.asarray(x, dtype=float)
     H = np.asarray(H)
     n = x.size
     if H.shape != (n, n):
         raise AssertionError(f"Hessian must have shape ({n}, {n}), got {H.shape}")
-    cols = range(n) if columns is None else columns
+    cols = list(range(n)) if columns is None else [int(c) for c in columns]
+    if not cols:
+        raise ValueError("check_hessian: no columns to check (a check of nothing)")
     scale = max(1.0, float(np.max(np.abs(H))))
+    pairs = []
     for i in cols:
         e = np.zeros(n)
         e[i] = 1.0
-        fd = directional_derivative(grad, x, e, step, order)
-        assert_close(H[:, i], fd, rtol, atol * scale, f"Hessian column {i}")
+        pairs.append(((lambda i: lambda v: H[:, i])(i), e))
+    return _run_checks("Hessian column", pairs, grad, x, rtol, atol * scale, step, order)
