@@ -12,13 +12,13 @@ criterion's update of the remaining weights).  With ``--plot FILE`` (needs matpl
 the three spectra are drawn.
 """
 
-import argparse
 import sys
 import time
 
 import numpy as np
 
 import refprune as rp
+from refprune.cli import OneLineParser, nonnegative_int, positive_float, positive_int
 
 
 def spirals(n_per_class=60, classes=3, noise=0.35, seed=0):
@@ -60,11 +60,11 @@ def summarise(name, eig, out=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m refprune.demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hidden", type=int, default=16, help="width of the two hidden tanh layers")
-    ap.add_argument("--steps", type=int, default=500, help="full-batch training steps")
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = OneLineParser(prog="refprune demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hidden", type=positive_int, default=16, help="width of the two hidden tanh layers")
+    ap.add_argument("--steps", type=positive_int, default=500, help="full-batch training steps")
+    ap.add_argument("--lr", type=positive_float, default=0.05)
+    ap.add_argument("--seed", type=nonnegative_int, default=0)
     ap.add_argument("--plot", metavar="FILE", help="save the spectra as a PNG (needs matplotlib)")
     args = ap.parse_args(argv)
 

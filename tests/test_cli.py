@@ -1,0 +1,77 @@
+"""The command line: every misuse is one line and exit status 2; the hessian subcommand
+writes the same matrix as the library, estimates before it starts and refuses what will
+not fit; the fixtures and check subcommands run."""
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune.cli import main, parse_model
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("demo", "--steps", "-5"), "--steps: expected a positive integer, got '-5'"),
+    (("demo", "--lr", "nan"), "--lr: expected a positive finite number"),
+    (("hessian",), "one of the arguments --model --model-json is required"),
+    (("hessian", "--model", "Linear(3,4) Gelu"), "unknown layer 'Gelu'"),
+    (("hessian", "--model", "Linear(3,4) Tanh Linear(5,2)", "--input-shape", "3"), "expects per-sample input"),
+    (("hessian", "--model", "Linear(3,"), "cannot read the model"),
+    (("hessian", "--model", "Linear(3,2)"), "give --data FILE.npz or --input-shape"),
+    (("hessian", "--model", "Linear(3,2)", "--input-shape", "3", "--curvature", "kfac"), "invalid choice: 'kfac'"),
+    (("hessian", "--model", "Linear(3,2)", "--data", "/nonexistent.npz"), "No such file"),
+    (("frobnicate",), "invalid choice: 'frobnicate'"),
+])
+def test_misuse_is_one_line(capsys, argv, words):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and words in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_hessian_subcommand_writes_the_library_matrix(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((7, 1, 4, 4)), rng.integers(0, 3, 7)
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    spec = "Conv2d(1, 2, 3, padding=1) Tanh AvgPool2d(2) Flatten Linear(8, 3)"
+    model = parse_model(spec)
+    params = model.init(seed=4)
+    np.savez(tmp_path / "params.npz", **{f"param{i}": p for i, p in enumerate(params)})
+    for curvature in ("hessian", "ggn", "empirical_fisher"):
+        out = tmp_path / f"{curvature}.npy"
+        code, _, err = run(capsys, "hessian", "--model", spec, "--data", str(tmp_path / "data.npz"), "--params",
+                           str(tmp_path / "params.npz"), "--curvature", curvature, "--out", str(out))
+        assert code == 0 and "GiB, about" in err and "rows of layer" in err
+        ref = rp.hessian(model, params, X, y, rp.CrossEntropyLoss()) if curvature == "hessian" else \
+            rp.ggn(model, params, X, y, rp.CrossEntropyLoss()) if curvature == "ggn" else \
+            rp.fisher(model, params, X, y, rp.CrossEntropyLoss(), curvature="empirical_fisher")
+        assert np.array_equal(np.load(out), ref)
+    code, _, err = run(capsys, "hessian", "--model", spec, "--input-shape", "1", "4", "4", "--dry-run")
+    assert code == 0 and "n = 47 parameters, N = 32 samples" in err
+
+
+def test_hessian_subcommand_refuses_what_will_not_fit(capsys, monkeypatch):
+    import refprune.curvature.exact as exact
+
+    monkeypatch.setattr(exact, "available_memory", lambda: 1000)
+    code, _, err = run(capsys, "hessian", "--model", "Linear(30, 20)", "--input-shape", "30", "--loss", "mse")
+    assert code == 2 and "more than the memory available; give --out FILE.npy" in err
+
+
+def test_fixtures_and_check_subcommands(capsys, tmp_path):
+    code, out, _ = run(capsys, "fixtures", str(tmp_path), "--quiet")
+    assert code == 0 and "wrote 14 cases" in out
+    assert rp.testing.load_fixtures(str(tmp_path))
+    from refprune.selfcheck import run as selfcheck
+    from refprune.conformance import make_case
+
+    assert selfcheck(verbose=False, cases=[make_case("mlp-tanh", "ce-mean"), make_case("mlp-relu", "mse-sum")])
