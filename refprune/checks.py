@@ -15,7 +15,11 @@ Inputs = namedtuple("Inputs", "model grouped X y loss n_samples n_outputs scale"
 
 
 def check_array(a, name, dtype_kinds="fiub"):
-    """``a`` as a finite float64 array; raises if it is not numeric or not finite."""
+    """``a`` as a finite float64 array; raises if it is not numeric or not finite.
+    Tensors (anything with ``detach``, e.g. torch) are converted deliberately through
+    ``detach().cpu().numpy()``."""
+    if hasattr(a, "detach") and hasattr(a, "cpu"):
+        a = a.detach().cpu().numpy()
     arr = np.asarray(a)
     if arr.dtype.kind not in dtype_kinds:
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
@@ -24,6 +28,24 @@ def check_array(a, name, dtype_kinds="fiub"):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} contains {bad} NaN or inf value(s)")
     return arr
+
+
+def check_flag(value, name):
+    """``value`` if it is ``True`` or ``False`` (a string like ``"no"`` is not)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_number(value, name, minimum=0.0, allow_none=False):
+    """A finite real number ``>= minimum`` as a float."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not np.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
 
 
 def check_params(model, params):

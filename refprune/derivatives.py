@@ -17,8 +17,16 @@ CHUNK_FLOATS = 2**23
 
 
 def forward(inp, X=None):
-    """Network output and caches for ``inp.X`` (or a slice ``X`` of it)."""
-    return inp.model.forward_with_caches(inp.grouped, inp.X if X is None else X)
+    """Network output and caches for ``inp.X`` (or a slice ``X`` of it); raises
+    ``FloatingPointError`` if the output overflowed (every later quantity would be NaN)."""
+    f, caches = inp.model.forward_with_caches(inp.grouped, inp.X if X is None else X)
+    if not np.all(np.isfinite(f)):
+        bad = int(f.size - np.count_nonzero(np.isfinite(f)))
+        raise FloatingPointError(
+            f"the network's output is not finite ({bad} of {f.size} entries overflowed to inf or NaN): inputs or "
+            f"parameters too large for float64 (largest |X| {np.abs(inp.X).max():.3g})"
+        )
+    return f, caches
 
 
 def first_param_layer(model):
@@ -54,7 +62,10 @@ def loss(model, params, X, y, loss):
     """``L(theta) = R sum_n l_n`` as a Python float (``docs/conventions.md`` §2)."""
     inp = validate(model, params, X, y, loss)
     f, _ = forward(inp)
-    return float(inp.scale * np.sum(inp.loss.per_sample(f, inp.y)))
+    value = float(inp.scale * np.sum(inp.loss.per_sample(f, inp.y)))
+    if not np.isfinite(value):
+        raise FloatingPointError(f"the loss is not finite ({value}): outputs or targets too large for float64")
+    return value
 
 
 def grad(model, params, X, y, loss):
@@ -91,6 +102,8 @@ def loss_curvature_matvec(inp, kind, samples=1, seed=0, f_all=None, targets=None
     (docs §4 table): ``"hessian"`` and ``"ggn"`` (``Lambda_n``), ``"fisher"``
     (``E_y[g g^T]``), ``"mc_fisher"`` (``samples`` targets drawn with ``seed``, or the
     caller's ``targets``), ``"empirical_fisher"``, ``"zero"`` (for the residual)."""
+    if targets is not None and kind != "mc_fisher":
+        raise ValueError(f"targets= is for curvature='mc_fisher', got curvature={kind!r}")
     if kind in ("hessian", "ggn"):
         return lambda f, y, V, idx: inp.loss.hessian_matvec(f, y, V)
     if kind == "fisher":
@@ -185,6 +198,8 @@ def hvp(model, params, X, y, loss, v):
     inp = validate(model, params, X, y, loss)
     v = check_vector(v, model.n_params)
     V = np.atleast_2d(v)
+    if V.shape[0] == 0:
+        return np.zeros((0, model.n_params))
     f, caches, douts = gradient_pass(inp)
     width = max(int(np.prod(s)) for s in layer_work_shapes(inp))
     step = max(1, CHUNK_FLOATS // max(1, inp.n_samples * width))

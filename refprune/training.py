@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from .checks import validate
+from .checks import check_number, validate
 from .derivatives import grad, loss as loss_value
 from .params import flatten_params, unflatten_params
 
@@ -33,8 +33,7 @@ def train(model, params, X, y, loss, epochs=10, batch_size=32, lr=0.1, momentum=
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (0 if name == "epochs" else 1):
             raise ValueError(f"train: {name} must be a {'non-negative' if name == 'epochs' else 'positive'} int, got {v!r}")
     for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"train: {name} must be a finite number >= 0, got {v!r}")
+        check_number(v, f"train: {name}")
     theta = flatten_params([p for group in inp.grouped for p in group])
     m = np.ones(theta.size) if mask is None else np.asarray(mask, dtype=bool).astype(np.float64)
     if m.shape != theta.shape:
@@ -47,12 +46,18 @@ def train(model, params, X, y, loss, epochs=10, batch_size=32, lr=0.1, momentum=
         order = rng.permutation(len(X))
         for i in range(0, len(X), batch_size):
             idx = order[i : i + batch_size]
-            g = grad(model, unflatten_params(model, theta), X[idx], y[idx], loss)
+            try:
+                g = grad(model, unflatten_params(model, theta), X[idx], y[idx], loss)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"train: diverged in epoch {epoch + 1} ({err}); lower lr") from None
             g = (g + weight_decay * theta) * m
             buf = momentum * buf + g
             theta = theta - lr * buf
         p = unflatten_params(model, theta)
-        history.append(loss_value(model, p, X, y, loss))
+        try:
+            history.append(loss_value(model, p, X, y, loss))
+        except FloatingPointError as err:
+            raise FloatingPointError(f"train: diverged in epoch {epoch + 1} ({err}); lower lr") from None
         if not np.isfinite(history[-1]):
             raise FloatingPointError(f"train: loss became {history[-1]} in epoch {epoch + 1}; lower lr")
         if progress:

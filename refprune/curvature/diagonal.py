@@ -24,7 +24,7 @@ shared convolution weights).
 import numpy as np
 
 from .. import derivatives as _d
-from ..checks import validate
+from ..checks import check_flag, validate
 from ..nn import AffineLayer
 from ..nn.activations import Elementwise
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
@@ -161,6 +161,7 @@ def obd_diagonal(model, params, X, y, loss, levenberg_marquardt=False):
     ``levenberg_marquardt=True`` the ``phi''`` term of eq. 9 is dropped as well.  It
     equals the exact diagonal for a single affine layer, not in general.
     """
+    check_flag(levenberg_marquardt, "levenberg_marquardt")
     inp = validate(model, params, X, y, loss)
     offsets = model.param_offsets()
     out = np.zeros(model.n_params)

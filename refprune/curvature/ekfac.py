@@ -16,7 +16,7 @@ form; EKFAC has no factors to damp separately).
 
 import numpy as np
 
-from ..checks import validate
+from ..checks import check_number, validate
 from ..vocabulary import renamed_options
 from .kronecker import KroneckerCurvature, check_kfac_options, kfac_blocks, layer_statistics, with_bias_row
 from .output_factors import OutputFactor
@@ -33,9 +33,7 @@ class EKFACBlock:
     def eigenvalues(self, damping=0.0, form="exact"):
         if form != "exact":
             raise ValueError(f"EKFAC supports only damping form 'exact' (s* + lam), got {form!r}")
-        if not np.isfinite(damping) or damping < 0:
-            raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
-        return self.scales + damping
+        return self.scales + check_number(damping, "damping")
 
     def _apply(self, V, scale):
         M = self.layout.to_matrix(V)

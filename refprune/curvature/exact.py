@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from .. import derivatives as _d
-from ..checks import validate
+from ..checks import check_flag, check_number, validate
 from ..nn import AffineLayer
 from ..vocabulary import FISHERS, check_curvature, renamed_options
 
@@ -58,6 +58,7 @@ def available_memory():
 
 
 def _output_array(n, out, name, max_bytes):
+    check_number(max_bytes, "max_bytes", allow_none=True)
     if out is not None:
         if not isinstance(out, np.ndarray) or out.shape != (n, n) or out.dtype != np.float64:
             got = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}"
@@ -118,6 +119,7 @@ class _BlockSink:
 
 
 def _assemble(inp, loss_matvec, second_order, sink, progress, name):
+    check_flag(progress, "progress")
     model, n_samples = inp.model, inp.n_samples
     L = len(model)
     out_shapes, s = [], inp.X.shape[1:]

@@ -25,7 +25,7 @@ column) and ``S kron [1]`` (bias), with no weight-bias coupling.
 import numpy as np
 
 from .. import derivatives as _d
-from ..checks import validate
+from ..checks import check_number, validate
 from ..nn import AffineLayer
 from ..nn.base import merge_tangent_axis
 from ..vocabulary import FISHER_LIKE, check_curvature, renamed_options
@@ -40,9 +40,7 @@ BIAS_TREATMENTS = ("fold", "separate")
 def _check_damping(damping, form):
     if form not in DAMPING_FORMS:
         raise ValueError(f"damping form must be one of {DAMPING_FORMS}, got {form!r}")
-    if not np.isfinite(damping) or damping < 0:
-        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
-    return float(damping)
+    return check_number(damping, "damping")
 
 
 class LayerLayout:

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from .. import derivatives as _d
-from ..checks import validate
+from ..checks import check_array, validate
 from ..vocabulary import CURVATURES, check_curvature, renamed_options
 from . import diagonal as _diag
 from . import exact as _c
@@ -33,8 +33,8 @@ class CurvatureOperator:
         return (self.n, self.n)
 
     def _check(self, v, name="v"):
-        v = np.asarray(v, dtype=np.float64)
-        if v.shape[0] != self.n or v.ndim not in (1, 2):
+        v = check_array(v, f"{type(self).__name__}: {name}")
+        if v.ndim not in (1, 2) or v.shape[0] != self.n:
             raise ValueError(f"{type(self).__name__}: {name} must have shape ({self.n},) or ({self.n}, k), got {v.shape}")
         return v
 
@@ -45,7 +45,12 @@ class CurvatureOperator:
         return self._matmat(v[:, None])[:, 0]
 
     def matmat(self, V):
-        return self._matmat(self._check(V, "V").reshape(self.n, -1))
+        V = self._check(V, "V")
+        if V.ndim == 1:
+            V = V[:, None]
+        if V.shape[1] == 0:
+            return np.zeros((self.n, 0))
+        return self._matmat(V)
 
     def __matmul__(self, v):
         return self.matvec(v)
@@ -67,7 +72,7 @@ class Dense(CurvatureOperator):
     """A dense symmetric matrix as a curvature operator."""
 
     def __init__(self, M):
-        M = np.asarray(M, dtype=np.float64)
+        M = check_array(M, "Dense: M")
         if M.ndim != 2 or M.shape[0] != M.shape[1]:
             raise ValueError(f"Dense: need a square matrix, got shape {M.shape}")
         self.M, self.n = M, M.shape[0]
@@ -83,7 +88,7 @@ class Diagonal(CurvatureOperator):
     """``diag(d)``."""
 
     def __init__(self, d):
-        self.d = np.asarray(d, dtype=np.float64)
+        self.d = check_array(d, "Diagonal: d")
         if self.d.ndim != 1:
             raise ValueError(f"Diagonal: need a vector, got shape {self.d.shape}")
         self.n = self.d.size

@@ -76,6 +76,8 @@ class Conv2d(AffineLayer):
                 f"Conv2d: need kernel_size >= 1, stride >= 1, padding >= 0; got "
                 f"{self.kernel_size}, {self.stride}, {self.padding}"
             )
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"Conv2d: bias must be True or False, got {bias!r}")
         self.bias = bool(bias)
         self.weight_shape = (self.out_channels, self.in_channels) + self.kernel_size
 

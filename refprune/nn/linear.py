@@ -20,6 +20,8 @@ class Linear(AffineLayer):
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.out_units = out_features
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"Linear: bias must be True or False, got {bias!r}")
         self.bias = bool(bias)
         self.weight_shape = (out_features, in_features)
 

@@ -177,6 +177,8 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
             raise TypeError(f"{name} must be True or False, got {v!r}")
     if weight_decay and method not in ("magnitude", "obd", "obs", "woodfisher"):
         raise ValueError(f"prune: weight_decay= applies to magnitude, obd, obs and woodfisher, not {method!r}")
+    if retrain is not None and not isinstance(retrain, dict):
+        raise TypeError(f"prune: retrain must be a dict of refprune.train options or None, got {retrain!r}")
     if (protected is not None or skip_emptied) and method not in ("magnitude", "obd", "obs", "woodfisher"):
         raise ValueError(f"prune: protected= and skip_emptied= apply to magnitude, obd, obs and woodfisher")
     curvature = _resolve_curvature(method, curvature, diagonal)
@@ -279,6 +281,10 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
         else:
             groups = _targets(model, prunable, mask, target, k, steps, o["scope"], base)
             n_now = sum(max(c, 0) for _, c in groups)
+            free = int((prunable & mask).sum())
+            if n_now > free:
+                raise ValueError(f"prune ({method}): {n_now} removals requested but only {free} prunable weights "
+                                 "are left (fewer prunable weights than requested)")
             planned += n_now
             if n_now <= 0:
                 continue

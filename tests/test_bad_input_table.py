@@ -1,0 +1,279 @@
+"""The bad-input table: one row per case, each a call with one bad or unusual input, the
+exception it must raise and words its message must contain (``None``: the call must
+succeed, for inputs that are converted deliberately).  Every call gets fresh copies of
+the problem, and a test checks afterwards that the caller's arrays are unchanged."""
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune import conformance as cf
+from refprune.testing import check_grad, check_hessian, check_hvp, check_jvp, check_vjp, directional_derivative
+
+from cases import make
+
+
+def problem():
+    return make("conv-tanh-avgpool", "ce-mean", n=4)
+
+
+def mse_problem():
+    return make("mlp-tanh", "mse-mean", n=4)
+
+
+N_PARAMS = make("conv-tanh-avgpool", "ce-mean")[0].n_params
+
+
+def nan_at(a, idx=0):
+    a = np.array(a, dtype=float)
+    a.flat[idx] = np.nan
+    return a
+
+
+def with_X(f, X):
+    return lambda m, p, _X, y, l: f(m, p, X, y, l)
+
+
+def read_only(a):
+    a = np.array(a)
+    a.setflags(write=False)
+    return a
+
+
+# (id, call(m, p, X, y, l), exception type or None, words)
+CASES = [
+    # ---- model and parameters
+    ("model not a Sequential", lambda m, p, X, y, l: rp.loss(m[0], p, X, y, l), TypeError, "model must be a refprune Sequential"),
+    ("params an ndarray", lambda m, p, X, y, l: rp.grad(m, rp.flatten_params(p), X, y, l), TypeError, "params must be a list of arrays"),
+    ("params too few", lambda m, p, X, y, l: rp.grad(m, p[:-1], X, y, l), ValueError, "parameter arrays, got"),
+    ("params wrong shape", lambda m, p, X, y, l: rp.grad(m, [p[0].T] + p[1:], X, y, l), ValueError, "params[0] must have shape"),
+    ("params strings", lambda m, p, X, y, l: rp.grad(m, [np.array(["a"])] + p[1:], X, y, l), TypeError, "params[0] must be a numeric array"),
+    ("params NaN", lambda m, p, X, y, l: rp.hessian(m, [nan_at(p[0])] + p[1:], X, y, l), ValueError, "params[0] contains 1 NaN"),
+    ("params inf", lambda m, p, X, y, l: rp.ggn(m, p[:1] + [np.full_like(p[1], np.inf)] + p[2:], X, y, l), ValueError, "params[1] contains"),
+    ("params complex", lambda m, p, X, y, l: rp.loss(m, [p[0] + 1j] + p[1:], X, y, l), TypeError, "numeric array"),
+    ("params object dtype", lambda m, p, X, y, l: rp.loss(m, [p[0].astype(object)] + p[1:], X, y, l), TypeError, "numeric array"),
+    ("params float32 converted", lambda m, p, X, y, l: rp.loss(m, [a.astype(np.float32) for a in p], X, y, l), None, ""),
+    ("params read-only", lambda m, p, X, y, l: rp.grad(m, [read_only(a) for a in p], X, y, l), None, ""),
+    ("params a tuple", lambda m, p, X, y, l: rp.grad(m, tuple(p), X, y, l), None, ""),
+    # ---- inputs
+    ("X 1-d", lambda m, p, X, y, l: rp.loss(m, p, X[0, 0, 0], y, l), ValueError, "X must have shape (N, ...)"),
+    ("X empty batch", lambda m, p, X, y, l: rp.loss(m, p, X[:0], y[:0], l), ValueError, "N >= 1"),
+    ("X wrong channels", lambda m, p, X, y, l: rp.grad(m, p, np.concatenate([X, X], 1), y, l), ValueError, "expects per-sample input"),
+    ("X too small for the pooling", lambda m, p, X, y, l: rp.grad(m, p, X[:, :, :1, :1], y, l), ValueError, "AvgPool2d(2) expects per-sample input"),
+    ("X too small for the kernel", lambda m, p, X, y, l: rp.grad(rp.Sequential(rp.Conv2d(1, 1, 5), rp.Flatten()), [np.ones((1, 1, 5, 5)), np.zeros(1)], X, y, rp.MSELoss()), ValueError, "smaller than the kernel"),
+    ("X NaN", lambda m, p, X, y, l: rp.grad(m, p, nan_at(X), y, l), ValueError, "X contains 1 NaN"),
+    ("X inf", lambda m, p, X, y, l: rp.hvp(m, p, np.where(X > 1, np.inf, X), y, l, np.ones(N_PARAMS)), ValueError, "X contains"),
+    ("X strings", lambda m, p, X, y, l: rp.loss(m, p, X.astype(str), y, l), TypeError, "X must be a numeric array"),
+    ("X int converted", lambda m, p, X, y, l: rp.loss(m, p, (X * 3).astype(int), y, l), None, ""),
+    ("X bool converted", lambda m, p, X, y, l: rp.loss(m, p, X > 0, y, l), None, ""),
+    ("X a nested list", lambda m, p, X, y, l: rp.loss(m, p, X.tolist(), y, l), None, ""),
+    ("X read-only", lambda m, p, X, y, l: rp.hessian(m, p, read_only(X), y, l), None, ""),
+    ("params overflow the forward pass", lambda m, p, X, y, l: rp.loss(m, [1e308 * a for a in p], X, y, l), FloatingPointError, "not finite"),
+    ("huge but finite params accepted", lambda m, p, X, y, l: rp.loss(m, [1e300 * a for a in p], X, y, l), None, ""),
+    ("loss overflows", lambda m, p, X, y, l: rp.loss(*_mse_with_targets(1e200)), FloatingPointError, "the loss is not finite"),
+    ("Hessian with a huge but finite residual", lambda m, p, X, y, l: rp.hessian(*_mse_with_targets(1e200)), None, ""),
+    # ---- targets
+    ("labels out of range", lambda m, p, X, y, l: rp.loss(m, p, X, y + 3, l), ValueError, "labels must lie in [0, 3)"),
+    ("labels negative", lambda m, p, X, y, l: rp.loss(m, p, X, -1 - y, l), ValueError, "labels must lie in"),
+    ("labels float non-integer", lambda m, p, X, y, l: rp.loss(m, p, X, y + 0.5, l), ValueError, "labels must be integers"),
+    ("labels float integer converted", lambda m, p, X, y, l: rp.loss(m, p, X, y.astype(float), l), None, ""),
+    ("labels NaN", lambda m, p, X, y, l: rp.loss(m, p, X, nan_at(y), l), ValueError, "labels must be integers"),
+    ("labels wrong length", lambda m, p, X, y, l: rp.loss(m, p, X, y[:-1], l), ValueError, "labels must have shape (4,)"),
+    ("labels 2-d", lambda m, p, X, y, l: rp.loss(m, p, X, y[:, None], l), ValueError, "labels must have shape"),
+    ("labels strings", lambda m, p, X, y, l: rp.loss(m, p, X, y.astype(str), l), ValueError, "labels must be integers"),
+    ("labels bool", lambda m, p, X, y, l: rp.loss(m, p, X, y > 0, l), ValueError, "labels must be integers"),
+    ("loss not a refprune loss", lambda m, p, X, y, l: rp.loss(m, p, X, y, "ce"), TypeError, "loss must be a refprune loss"),
+    ("loss reduction", lambda m, p, X, y, l: rp.CrossEntropyLoss("none"), ValueError, "reduction must be one of"),
+    ("mse reduction", lambda m, p, X, y, l: rp.MSELoss("batchmean"), ValueError, "reduction must be one of"),
+    # ---- HVP directions
+    ("hvp v wrong length", lambda m, p, X, y, l: rp.hvp(m, p, X, y, l, np.ones(3)), ValueError, "v must have shape"),
+    ("hvp v NaN", lambda m, p, X, y, l: rp.hvp(m, p, X, y, l, nan_at(np.ones(N_PARAMS))), ValueError, "v contains 1 NaN"),
+    ("hvp v 3-d", lambda m, p, X, y, l: rp.hvp(m, p, X, y, l, np.ones((1, 1, N_PARAMS))), ValueError, "v must have shape"),
+    ("hvp v strings", lambda m, p, X, y, l: rp.hvp(m, p, X, y, l, np.array(["x"] * N_PARAMS)), TypeError, "v must be a numeric array"),
+    ("hvp empty stack", lambda m, p, X, y, l: _shape(rp.hvp(m, p, X, y, l, np.zeros((0, N_PARAMS))), (0, N_PARAMS)), None, ""),
+    ("hvp int direction converted", lambda m, p, X, y, l: rp.hvp(m, p, X, y, l, np.ones(N_PARAMS, dtype=int)), None, ""),
+    ("hvp read-only direction", lambda m, p, X, y, l: rp.hvp(m, p, X, y, l, read_only(np.ones(N_PARAMS))), None, ""),
+    # ---- exact curvature options
+    ("fisher curvature unknown", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="true-ish"), ValueError, "curvature must be one of"),
+    ("fisher curvature not a string", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature=3), ValueError, "curvature must be one of"),
+    ("fisher old kind", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, kind="mc"), TypeError, "was renamed curvature="),
+    ("fisher samples 0", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=0), ValueError, "samples must be a positive int"),
+    ("fisher samples float", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=2.0), ValueError, "samples must be a positive int"),
+    ("fisher samples bool", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=True), ValueError, "samples must be a positive int"),
+    ("fisher targets out of range", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", targets=y[None] + 3), ValueError, "labels must lie in"),
+    ("fisher targets for the wrong curvature", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, targets=y[None]), ValueError, "targets= is for curvature='mc_fisher'"),
+    ("hessian out wrong shape", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, out=np.empty((3, 3))), ValueError, "out must be a float64 array of shape"),
+    ("hessian out wrong dtype", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, out=np.empty((N_PARAMS, N_PARAMS), np.float32)), ValueError, "out must be a float64 array"),
+    ("hessian out a list", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, out=[[0.0]]), ValueError, "out must be a float64 array"),
+    ("hessian out read-only", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, out=read_only(np.empty((N_PARAMS, N_PARAMS)))), ValueError, "out is read-only"),
+    ("ggn out wrong shape", lambda m, p, X, y, l: rp.ggn(m, p, X, y, l, out=np.empty((2, 2))), ValueError, "out must be a float64 array"),
+    ("residual out wrong shape", lambda m, p, X, y, l: rp.residual(m, p, X, y, l, out=np.empty((2, 2))), ValueError, "out must be a float64 array"),
+    ("fisher out wrong shape", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, out=np.empty((2, 2))), ValueError, "out must be a float64 array"),
+    ("hessian max_bytes", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, max_bytes=100), rp.CurvatureTooLargeError, "needs"),
+    ("ggn max_bytes", lambda m, p, X, y, l: rp.ggn(m, p, X, y, l, max_bytes=100), rp.CurvatureTooLargeError, "needs"),
+    ("fisher max_bytes", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, max_bytes=100), rp.CurvatureTooLargeError, "needs"),
+    ("hessian progress not bool", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, progress="yes"), TypeError, "progress must be True or False"),
+    ("hessian max_bytes negative", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, max_bytes=-1), ValueError, "max_bytes must be"),
+    ("block_diagonal curvature", lambda m, p, X, y, l: rp.block_diagonal(m, p, X, y, l, curvature="kfac"), ValueError, "curvature must be one of"),
+    ("curvature_diagonal old name", lambda m, p, X, y, l: rp.curvature_diagonal(m, p, X, y, l, curvature="empirical"), ValueError, "write curvature='empirical_fisher'"),
+    ("fisher_diagonal hessian", lambda m, p, X, y, l: rp.fisher_diagonal(m, p, X, y, l, curvature="hessian"), ValueError, "curvature must be one of"),
+    ("obd_diagonal lm not bool", lambda m, p, X, y, l: rp.obd_diagonal(m, p, X, y, l, levenberg_marquardt="no"), TypeError, "levenberg_marquardt must be True or False"),
+    # ---- operators
+    ("ExactCurvature matvec NaN", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l).matvec(nan_at(np.ones(N_PARAMS))), ValueError, "v contains 1 NaN"),
+    ("ExactCurvature matvec wrong length", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l).matvec(np.ones(3)), ValueError, "v must have shape"),
+    ("ExactCurvature matmat 3-d", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l).matmat(np.ones((N_PARAMS, 1, 1))), ValueError, "V must have shape"),
+    ("ExactCurvature matvec strings", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l).matvec(np.array(["a"] * N_PARAMS)), TypeError, "numeric array"),
+    ("ExactCurvature curvature", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l, curvature="fim"), ValueError, "curvature must be one of"),
+    ("ExactCurvature matvec int converted", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l).matvec(np.ones(N_PARAMS, dtype=int)), None, ""),
+    ("ExactCurvature matmat empty", lambda m, p, X, y, l: _shape(rp.ExactCurvature(m, p, X, y, l).matmat(np.zeros((N_PARAMS, 0))), (N_PARAMS, 0)), None, ""),
+    ("KFAC matvec NaN", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).matvec(nan_at(np.ones(N_PARAMS))), ValueError, "v contains 1 NaN"),
+    ("KFAC matvec inf", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).matvec(np.full(N_PARAMS, np.inf)), ValueError, "NaN or inf"),
+    ("KFAC matvec wrong length", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).matvec(np.ones(5)), ValueError, "v must have shape"),
+    ("EKFAC matvec NaN", lambda m, p, X, y, l: rp.ekfac(m, p, X, y, l).matvec(nan_at(np.ones(N_PARAMS))), ValueError, "NaN"),
+    ("Dense not square", lambda m, p, X, y, l: rp.Dense(np.ones((2, 3))), ValueError, "need a square matrix"),
+    ("Dense NaN", lambda m, p, X, y, l: rp.Dense(nan_at(np.eye(2))), ValueError, "NaN or inf"),
+    ("Diagonal 2-d", lambda m, p, X, y, l: rp.Diagonal(np.eye(2)), ValueError, "need a vector"),
+    ("Diagonal NaN", lambda m, p, X, y, l: rp.Diagonal(nan_at(np.ones(3))), ValueError, "NaN or inf"),
+    ("Diagonal matvec NaN", lambda m, p, X, y, l: rp.Diagonal(np.ones(3)).matvec(nan_at(np.ones(3))), ValueError, "NaN"),
+    ("BlockDiagonal wrong block", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0, 3], 3), ValueError, "block for [0, 3) must be"),
+    # ---- Kronecker options
+    ("kfac approx", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, approx="expnad"), ValueError, "approx must be one of"),
+    ("kfac bias", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, bias="no"), ValueError, "bias must be one of"),
+    ("kfac hessian", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="hessian"), ValueError, "no Kronecker factorisation"),
+    ("kfac old fisher=", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, fisher="type-2"), TypeError, "renamed curvature="),
+    ("kfac type-2", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="type-2"), ValueError, "write curvature='ggn'"),
+    ("kfac damping negative", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).damped(-1.0), ValueError, "damping must be a finite number >= 0"),
+    ("kfac damping NaN", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).damped(np.nan), ValueError, "damping must be a finite number"),
+    ("kfac damping string", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).damped("big"), TypeError, "damping must be a number"),
+    ("kfac damping form", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).damped(0.1, "tikhonov"), ValueError, "damping form must be one of"),
+    ("kfac inverse singular", lambda m, p, X, y, l: rp.kfac(m, p, X[:1], y[:1], l).inverse(0.0).matvec(np.ones(N_PARAMS)), np.linalg.LinAlgError, "singular or indefinite"),
+    ("kfac logdet singular", lambda m, p, X, y, l: rp.kfac(m, p, X[:1], y[:1], l).logdet(), np.linalg.LinAlgError, "log-determinant"),
+    ("ekfac factored", lambda m, p, X, y, l: rp.ekfac(m, p, X, y, l).damped(0.1, "factored"), ValueError, "only damping form 'exact'"),
+    ("ekfac approx", lambda m, p, X, y, l: rp.ekfac(m, p, X, y, l, approx="both"), ValueError, "approx must be one of"),
+    ("ekfac samples", lambda m, p, X, y, l: rp.ekfac(m, p, X, y, l, curvature="mc_fisher", samples=-1), ValueError, "samples must be a positive int"),
+    ("express_kfac library", lambda m, p, X, y, l: rp.express_kfac(m, p, X, y, l, "kfac-jax"), ValueError, "library must be one of"),
+    # ---- pruning options
+    ("prune method", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="random"), ValueError, "unknown pruning method"),
+    ("prune sparsity 1", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, sparsity=1.0), ValueError, "sparsity must be a number in [0, 1)"),
+    ("prune sparsity negative", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, sparsity=-0.1), ValueError, "sparsity must be a number"),
+    ("prune sparsity string", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, sparsity="half"), ValueError, "sparsity must be a number"),
+    ("prune sparsity bool", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, sparsity=True), ValueError, "sparsity must be a number"),
+    ("prune sparsity NaN", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, sparsity=np.nan), ValueError, "sparsity must be a number"),
+    ("prune count and sparsity", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, count=3, sparsity=0.5), ValueError, "not both"),
+    ("prune count negative", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, count=-1), ValueError, "count must be a non-negative int"),
+    ("prune count float", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, count=2.0), ValueError, "count must be a non-negative int"),
+    ("prune count bool", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, count=True), ValueError, "count must be a non-negative int"),
+    ("prune count too many", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", count=10**6), ValueError, "fewer prunable"),
+    ("prune steps 0", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, steps=0), ValueError, "steps must be a positive int"),
+    ("prune steps bool", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, steps=True), ValueError, "steps must be a positive int"),
+    ("prune scope", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, scope="local"), ValueError, "scope must be 'global' or 'layer'"),
+    ("prune group_size 0", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, group_size=0), ValueError, "group_size must be a positive int"),
+    ("prune group_size True", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, group_size=True), ValueError, "group_size must be a positive int"),
+    ("prune damping negative", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, damping=-1.0), ValueError, "damping must be a finite number >= 0"),
+    ("prune damping string", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, damping="1e-3"), ValueError, "damping must be a finite number"),
+    ("prune weight_decay NaN", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, weight_decay=np.nan), ValueError, "weight_decay must be"),
+    ("prune include_bias string", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, include_bias="no"), TypeError, "include_bias must be True or False"),
+    ("prune skip_emptied int", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, skip_emptied=1), TypeError, "skip_emptied must be True or False"),
+    ("prune progress string", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, progress="loud"), TypeError, "progress must be True or False"),
+    ("prune taylor", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, taylor="first"), ValueError, "taylor must be one of"),
+    ("prune taylor full for obd", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obd", taylor="full"), ValueError, "taylor='full' is OBS's"),
+    ("prune indefinite", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, indefinite="ignore"), ValueError, "indefinite must be one of"),
+    ("prune selection", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="layer_obs", selection="best"), ValueError, "selection must be one of"),
+    ("prune eigenvalues", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="eigendamage", eigenvalues="exact"), ValueError, "eigenvalues must be 'ekfac' or 'kfac'"),
+    ("prune diagonal old name", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obd", diagonal="fisher"), ValueError, "write curvature='mc_fisher'"),
+    ("prune diagonal unknown", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obd", diagonal="kfac"), ValueError, "diagonal must be one of"),
+    ("prune curvature for magnitude", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", curvature="ggn"), ValueError, "uses no curvature"),
+    ("prune curvature unknown", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, curvature="kfac"), ValueError, "curvature must be one of"),
+    ("prune curvature matrix wrong shape", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, curvature=np.eye(2)), ValueError, "precomputed curvature must be"),
+    ("prune curvature matrix NaN", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, curvature=nan_at(np.eye(N_PARAMS))), ValueError, "contains NaN"),
+    ("prune old fisher=", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, fisher="mc"), TypeError, "renamed curvature="),
+    ("prune mask wrong shape", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, mask=np.ones(3, bool)), ValueError, "mask must be a bool array of shape"),
+    ("prune mask not bool", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, mask=np.ones(N_PARAMS)), ValueError, "mask must be a bool array"),
+    ("prune protected wrong shape", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, protected=np.ones(3, bool)), ValueError, "protected must be a bool array"),
+    ("prune protected for kron_obs", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="kron_obs", protected=np.zeros(N_PARAMS, bool)), ValueError, "protected= and skip_emptied= apply to"),
+    ("prune weight_decay for kron_obs", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="kron_obs", weight_decay=0.1), ValueError, "weight_decay= applies to"),
+    ("prune singular curvature", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obs", curvature="ggn"), rp.SingularCurvatureError, "would make it positive definite"),
+    ("prune woodfisher no damping", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="woodfisher"), rp.SingularCurvatureError, "WoodFisher needs damping > 0"),
+    ("prune empties a layer", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", sparsity=0.99), ValueError, "would remove every weight of layer"),
+    ("prune eigendamage steps", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="eigendamage", steps=2), ValueError, "eigendamage is one-shot"),
+    ("prune retrain not a dict", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", retrain=5), TypeError, "retrain must be a dict"),
+    ("saliencies method", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, method="layer_obs"), ValueError, "method must be one of"),
+    ("obs_trace count", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, count=10**6, damping=0.1), ValueError, "count must be an int in"),
+    ("obs_trace metrics", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, damping=0.1, metrics=[len]), TypeError, "metrics must be a dict"),
+    ("obs_trace taylor", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, taylor="third"), ValueError, "taylor must be one of"),
+    ("minimize method", lambda m, p, X, y, l: rp.minimize(m, p, X, y, l, method="BFGS"), ValueError, "trust-region"),
+    ("minimize mask", lambda m, p, X, y, l: rp.minimize(m, p, X, y, l, mask=np.ones(2, bool)), ValueError, "mask must be a bool array"),
+    # ---- training
+    ("train epochs negative", lambda m, p, X, y, l: rp.train(m, p, X, y, l, epochs=-1), ValueError, "epochs must be a non-negative int"),
+    ("train batch_size 0", lambda m, p, X, y, l: rp.train(m, p, X, y, l, batch_size=0), ValueError, "batch_size must be a positive int"),
+    ("train lr NaN", lambda m, p, X, y, l: rp.train(m, p, X, y, l, lr=np.nan), ValueError, "lr must be a finite number"),
+    ("train lr string", lambda m, p, X, y, l: rp.train(m, p, X, y, l, lr="0.1"), TypeError, "lr must be a number"),
+    ("train momentum negative", lambda m, p, X, y, l: rp.train(m, p, X, y, l, momentum=-0.5), ValueError, "momentum must be"),
+    ("train mask wrong shape", lambda m, p, X, y, l: rp.train(m, p, X, y, l, mask=np.ones(3, bool)), ValueError, "mask must have shape"),
+    ("train diverges", lambda m, p, X, y, l: rp.train(m, p, X, y, l, lr=1e308, epochs=2), FloatingPointError, "lower lr"),
+    # ---- layers
+    ("Linear in 0", lambda m, p, X, y, l: rp.Linear(0, 2), ValueError, "in_features must be a positive int"),
+    ("Linear float", lambda m, p, X, y, l: rp.Linear(3.0, 2), ValueError, "in_features must be a positive int"),
+    ("Linear bool", lambda m, p, X, y, l: rp.Linear(True, 2), ValueError, "in_features must be a positive int"),
+    ("Linear numpy int accepted", lambda m, p, X, y, l: rp.Linear(np.int64(3), np.int32(2)), None, ""),
+    ("Linear bias string", lambda m, p, X, y, l: rp.Linear(3, 2, bias="yes"), TypeError, "bias must be True or False"),
+    ("Conv2d kernel 0", lambda m, p, X, y, l: rp.Conv2d(1, 2, 0), ValueError, "kernel_size"),
+    ("Conv2d stride 0", lambda m, p, X, y, l: rp.Conv2d(1, 2, 3, stride=0), ValueError, "stride"),
+    ("Conv2d padding negative", lambda m, p, X, y, l: rp.Conv2d(1, 2, 3, padding=-1), ValueError, "padding"),
+    ("Conv2d channels float", lambda m, p, X, y, l: rp.Conv2d(1.5, 2, 3), ValueError, "in_channels must be a positive int"),
+    ("Conv2d bias string", lambda m, p, X, y, l: rp.Conv2d(1, 2, 3, bias="no"), TypeError, "bias must be True or False"),
+    ("MaxPool2d kernel 0", lambda m, p, X, y, l: rp.MaxPool2d(0), ValueError, "kernel_size must be a positive int"),
+    ("AvgPool2d kernel tuple", lambda m, p, X, y, l: rp.AvgPool2d((2, 2)), ValueError, "kernel_size must be a positive int"),
+    ("Sequential of non-layers", lambda m, p, X, y, l: rp.Sequential("Linear"), TypeError, "layer"),
+    ("init seed string", lambda m, p, X, y, l: m.init(seed="a"), (TypeError, ValueError), "seed"),
+    ("unflatten wrong length", lambda m, p, X, y, l: rp.unflatten_params(m, np.ones(3)), ValueError, "theta must have shape"),
+    ("model output not a vector", lambda m, p, X, y, l: rp.loss(rp.Sequential(rp.Conv2d(1, 2, 3)), rp.Sequential(rp.Conv2d(1, 2, 3)).init(), X, y, l), ValueError, "per-sample output must be a vector"),
+    # ---- testing kit
+    ("check_grad directions 0", lambda m, p, X, y, l: check_grad(np.sum, np.ones_like, np.ones(3), directions=0), ValueError, "checks nothing"),
+    ("check_hvp directions 0", lambda m, p, X, y, l: check_hvp(np.ones_like, lambda t, v: v, np.ones(3), directions=0), ValueError, "checks nothing"),
+    ("check_jvp directions bool", lambda m, p, X, y, l: check_jvp(np.sin, lambda t, v: v, np.ones(3), directions=True), ValueError, "positive int"),
+    ("check_vjp directions 0", lambda m, p, X, y, l: check_vjp(lambda t, v: v, lambda t, u: u, np.ones(3), (3,), directions=0), ValueError, "checks nothing"),
+    ("check_hessian no columns", lambda m, p, X, y, l: check_hessian(np.ones_like, np.eye(3), np.ones(3), columns=[]), ValueError, "no columns"),
+    ("directional_derivative order", lambda m, p, X, y, l: directional_derivative(np.sum, np.ones(3), np.ones(3), order=3), ValueError, "order must be 2 or 4"),
+    ("directional_derivative step", lambda m, p, X, y, l: directional_derivative(np.sum, np.ones(3), np.ones(3), step=-1.0), ValueError, "step must be a positive"),
+    ("directional_derivative direction shape", lambda m, p, X, y, l: directional_derivative(np.sum, np.ones(3), np.ones(2)), ValueError, "direction must have the shape"),
+    ("kink_margin wrong params", lambda m, p, X, y, l: rp.testing.kink_margin(m, p[:1], X), ValueError, "parameter arrays"),
+    # ---- conformance and bridges (torch-free parts)
+    ("conformance unknown quantity", lambda m, p, X, y, l: cf.Adapter(hessain=len), ValueError, "unknown quantities"),
+    ("conformance no quantity", lambda m, p, X, y, l: cf.Adapter(), ValueError, "at least one quantity"),
+    ("conformance rtol", lambda m, p, X, y, l: cf.check(cf.Adapter(grad=len), rtol=2.0), ValueError, "rtol for grad"),
+    ("make_case architecture", lambda m, p, X, y, l: cf.make_case("resnet", "ce-mean"), ValueError, "unknown architecture"),
+    ("make_case loss", lambda m, p, X, y, l: cf.make_case("linear", "huber"), ValueError, "unknown loss"),
+    ("from_jax not a dict", lambda m, p, X, y, l: rp.from_jax([1], m), TypeError, "expected a dict of arrays"),
+    ("load_fixtures missing", lambda m, p, X, y, l: rp.testing.load_fixtures("/nonexistent"), FileNotFoundError, "no manifest.json"),
+]
+
+
+def _mse_with_targets(value):
+    m, p, X, y, l = mse_problem()
+    return m, p, X, np.full_like(y, value), l
+
+
+def _shape(a, shape):
+    assert np.shape(a) == shape, (np.shape(a), shape)
+    return a
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 150, len(CASES)
+    assert len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("name, call, exc, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(name, call, exc, words):
+    m, p, X, y, l = problem()
+    copies = [a.copy() for a in p] + [X.copy(), np.array(y).copy()]
+    if exc is None:
+        call(m, p, X, y, l)
+    else:
+        with pytest.raises(exc) as err:
+            call(m, p, X, y, l)
+        assert words in str(err.value), f"message {str(err.value)!r} lacks {words!r}"
+        assert "Traceback" not in str(err.value)
+    for a, b in zip(copies, list(p) + [X, y]):  # the caller's arrays are never modified
+        assert np.array_equal(a, b, equal_nan=True)
