@@ -36,6 +36,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def positive_int(text):
+    """``argparse`` type: an integer ``>= 1``."""
     try:
         v = int(text)
     except ValueError:
@@ -46,6 +47,7 @@ def positive_int(text):
 
 
 def nonnegative_int(text):
+    """``argparse`` type: an integer ``>= 0``."""
     try:
         v = int(text)
     except ValueError:
@@ -56,6 +58,7 @@ def nonnegative_int(text):
 
 
 def positive_float(text):
+    """``argparse`` type: a finite number ``> 0``."""
     try:
         v = float(text)
     except ValueError:
@@ -143,6 +146,7 @@ def _model_and_data(args):
 
 
 def cmd_hessian(args):
+    """``refprune hessian``: estimate, check the fit, compute with progress."""
     import refprune as rp
 
     from .curvature.exact import available_memory
@@ -191,6 +195,7 @@ def _compute(rp, curvature, model, params, X, y, loss, out, progress, args):
 
 
 def cmd_fixtures(args):
+    """``refprune fixtures DIR``."""
     from .fixtures import write_fixtures
 
     manifest = write_fixtures(args.directory, progress=not args.quiet)
@@ -199,6 +204,7 @@ def cmd_fixtures(args):
 
 
 def cmd_check(args):
+    """``refprune check``: the fast test profile, or the built-in self-check."""
     here = os.path.dirname(os.path.abspath(__file__))
     tests = os.path.join(os.path.dirname(here), "tests")
     if os.path.isdir(tests) and not args.builtin:
@@ -214,6 +220,7 @@ def cmd_check(args):
 
 
 def build_parser():
+    """The argument parser with every subcommand."""
     ap = OneLineParser(prog="refprune", description="Ground-truth second-order quantities for pruning.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     sub.add_parser("demo", help="train, inspect and prune a small net on built-in spirals (--help for options)",
@@ -245,6 +252,7 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run the command line on ``argv``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     if argv and argv[0] == "demo":

@@ -33,6 +33,7 @@ def spirals(n_per_class=60, classes=3, noise=0.35, seed=0):
 
 
 def train(model, params, X, y, loss, steps, lr, momentum, log_every, out=None):
+    """Full-batch gradient descent with momentum, logging loss and accuracy."""
     out = sys.stdout if out is None else out
     theta = rp.flatten_params(params)
     vel = np.zeros_like(theta)
@@ -48,6 +49,7 @@ def train(model, params, X, y, loss, steps, lr, momentum, log_every, out=None):
 
 
 def summarise(name, eig, out=None):
+    """One line on a spectrum: trace, extremes, negative and zero eigenvalues."""
     out = sys.stdout if out is None else out
     # eigenvalues within rounding of zero (relative to the largest) count as zero
     tiny = 1e-10 * max(1.0, np.abs(eig).max())
@@ -60,6 +62,7 @@ def summarise(name, eig, out=None):
 
 
 def main(argv=None):
+    """Run the demo (``--help`` for the options); returns 0."""
     ap = OneLineParser(prog="refprune demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--hidden", type=positive_int, default=16, help="width of the two hidden tanh layers")
     ap.add_argument("--steps", type=positive_int, default=500, help="full-batch training steps")

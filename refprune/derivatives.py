@@ -30,6 +30,8 @@ def forward(inp, X=None):
 
 
 def first_param_layer(model):
+    """Index of the first Linear/Conv2d layer (``len(model)`` if none): backward
+    passes stop there, since the input needs no derivative."""
     return next((j for j, layer in enumerate(model) if isinstance(layer, AffineLayer)), len(model))
 
 

@@ -124,6 +124,8 @@ class Failure:
     exception: str = None
 
     def explain(self):
+        """The failure in words: the case, the error or exception, the diagnosis and
+        the conventions of the comparison."""
         lines = [f"case {self.case.describe()}"]
         if self.exception:
             lines.append(f"the adapter raised {self.exception}")
@@ -146,10 +148,12 @@ class QuantityResult:
 
     @property
     def passed(self):
+        """``True`` if no case failed."""
         return not self.failures
 
     @property
     def smallest_failure(self):
+        """The failure on the smallest case (cases run smallest first), or ``None``."""
         return self.failures[0] if self.failures else None
 
 
@@ -161,6 +165,7 @@ class Report:
 
     @property
     def ok(self):
+        """``True`` if every quantity passed on every case."""
         return all(r.passed for r in self.results)
 
     def __getitem__(self, name):
@@ -170,6 +175,7 @@ class Report:
         raise KeyError(name)
 
     def failed(self):
+        """Names of the quantities that failed."""
         return [r.name for r in self.results if not r.passed]
 
     def table(self):
@@ -183,6 +189,7 @@ class Report:
         return "\n".join(rows)
 
     def summary(self):
+        """The table followed by an explanation of every failed quantity."""
         parts = [self.table()]
         for r in self.results:
             if not r.passed:

@@ -73,10 +73,12 @@ class Case:
 
     @property
     def theta(self):
+        """The flat parameter vector (docs/conventions.md §1)."""
         return flatten_params(self.params)
 
     @property
     def n_params(self):
+        """Number of parameters ``n``."""
         return self.model.n_params
 
     def args(self):

@@ -31,6 +31,8 @@ class EKFACBlock:
         self.scales = scales  # (c, p)
 
     def eigenvalues(self, damping=0.0, form="exact"):
+        """Eigenvalues ``(c, p)`` in K-FAC's eigenbasis: the re-estimated ``s*`` plus
+        ``damping`` (only the form ``"exact"`` exists for EKFAC)."""
         if form != "exact":
             raise ValueError(f"EKFAC supports only damping form 'exact' (s* + lam), got {form!r}")
         return self.scales + check_number(damping, "damping")
@@ -40,9 +42,12 @@ class EKFACBlock:
         return self.layout.from_matrix(self.US @ ((self.US.T @ M @ self.UA) * scale) @ self.UA.T)
 
     def matmat(self, V, damping=0.0, form="exact"):
+        """``(Q diag(s* + lam) Q^T) V`` for ``V (n_l, k)`` in flat parameter order."""
         return self._apply(V, self.eigenvalues(damping, form))
 
     def inverse_matmat(self, V, damping=0.0, form="exact"):
+        """``(Q diag(s* + lam) Q^T)^-1 V``; raises ``LinAlgError`` if an eigenvalue is
+        not positive."""
         ev = self.eigenvalues(damping, form)
         if np.min(ev) <= 1e3 * np.finfo(float).eps * max(1.0, ev.max()):
             raise np.linalg.LinAlgError(
@@ -52,15 +57,19 @@ class EKFACBlock:
         return self._apply(V, 1.0 / ev)
 
     def trace(self, damping=0.0, form="exact"):
+        """Sum of the (damped) eigenvalues."""
         return float(np.sum(self.eigenvalues(damping, form)))
 
     def logdet(self, damping=0.0, form="exact"):
+        """Sum of the logarithms of the (damped) eigenvalues; raises if one is not
+        positive."""
         ev = self.eigenvalues(damping, form)
         if np.min(ev) <= 0:
             raise np.linalg.LinAlgError(f"log-determinant of a block with eigenvalue {np.min(ev):.3e} <= 0")
         return float(np.sum(np.log(ev)))
 
     def dense(self, damping=0.0, form="exact"):
+        """The (damped) block as an ``(n_l, n_l)`` array in flat parameter order."""
         return self.matmat(np.eye(self.layout.size), damping, form)
 
 

@@ -143,6 +143,8 @@ class KroneckerBlock:
         return US @ ((US.T @ M @ UA) * scale) @ UA.T
 
     def matmat(self, V, damping=0.0, form="exact"):
+        """``(S kron A) V`` (damped as ``form`` says) for ``V (n_l, k)`` in flat
+        parameter order, through ``(S kron A) vec(M) = vec(S M A)``."""
         lam = _check_damping(damping, form)
         M = self.layout.to_matrix(V)
         if form != "exact" and lam:
@@ -154,6 +156,8 @@ class KroneckerBlock:
         return self.layout.from_matrix(out)
 
     def inverse_matmat(self, V, damping=0.0, form="exact"):
+        """The inverse of the damped block applied to ``V``, in the factors'
+        eigenbases; raises ``LinAlgError`` if the block is singular or indefinite."""
         ev = self.eigenvalues(damping, form)
         tiny = 1e3 * np.finfo(float).eps * max(1.0, np.abs(ev).max())
         if np.min(ev) <= tiny:
@@ -168,9 +172,12 @@ class KroneckerBlock:
         return self.matmat(np.eye(self.layout.size), damping, form)
 
     def trace(self, damping=0.0, form="exact"):
+        """Trace of the damped block: the sum of its eigenvalues."""
         return float(np.sum(self.eigenvalues(damping, form)))
 
     def logdet(self, damping=0.0, form="exact"):
+        """Log-determinant of the damped block; raises if an eigenvalue is not
+        positive."""
         ev = self.eigenvalues(damping, form)
         if np.min(ev) <= 0:
             raise np.linalg.LinAlgError(
@@ -212,9 +219,11 @@ class KroneckerCurvature(CurvatureOperator):
         return type(self)(self.blocks, self.n, damping, form, inverse=True)
 
     def trace(self):
+        """Trace: the sum over blocks (of the inverse's eigenvalues for an inverse)."""
         return float(np.sum(self.eigenvalues()))
 
     def logdet(self):
+        """Log-determinant: the sum over blocks (negated for an inverse)."""
         ld = sum(b.logdet(self.damping, self.form) for b in self.blocks)
         return -ld if self.inverted else ld
 
@@ -237,6 +246,7 @@ class KFAC(KroneckerCurvature):
     per block (two per layer with a bias when ``bias="separate"``: weights, then bias)."""
 
     def factors(self):
+        """``[(S, A)]`` per block, output factor first (docs/conventions.md §4)."""
         return [(b.S, b.A) for b in self.blocks]
 
 
@@ -302,6 +312,8 @@ def kfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1,
 
 
 def check_kfac_options(curvature, approx, bias, where):
+    """Refuse a curvature, variant or bias treatment K-FAC does not have, naming
+    the valid ones."""
     if curvature == "hessian":
         raise ValueError(f"{where}: curvature='hessian' has no Kronecker factorisation here (its residual term "
                          f"is not a sum of outer products); choose one of {FISHER_LIKE}")
@@ -313,6 +325,8 @@ def check_kfac_options(curvature, approx, bias, where):
 
 
 def kfac_blocks(inp, factor, approx, bias="fold"):
+    """The :class:`KroneckerBlock` of every affine layer (two per layer with a bias
+    when ``bias="separate"``) from the output factor's columns (docs §8)."""
     model = inp.model
     offsets = model.param_offsets()
     stats = {}

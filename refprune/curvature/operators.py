@@ -30,6 +30,7 @@ class CurvatureOperator:
 
     @property
     def shape(self):
+        """``(n, n)``."""
         return (self.n, self.n)
 
     def _check(self, v, name="v"):
@@ -39,12 +40,14 @@ class CurvatureOperator:
         return v
 
     def matvec(self, v):
+        """The product with ``v (n,)`` (or ``(n, k)``); ``v`` is checked (shape, finite)."""
         v = self._check(v)
         if v.ndim == 2:
             return self._matmat(v)
         return self._matmat(v[:, None])[:, 0]
 
     def matmat(self, V):
+        """The product with ``V (n, k)``; ``k = 0`` gives an empty ``(n, 0)`` result."""
         V = self._check(V, "V")
         if V.ndim == 1:
             V = V[:, None]
@@ -60,6 +63,7 @@ class CurvatureOperator:
         return self._matmat(np.eye(self.n))
 
     def diagonal(self):
+        """The diagonal ``(n,)`` (from the dense matrix unless a subclass knows better)."""
         return np.diag(self.to_dense()).copy()
 
     def to_linear_operator(self):
@@ -117,6 +121,7 @@ class BlockDiagonal(CurvatureOperator):
                 raise ValueError(f"BlockDiagonal: block for [{a}, {e}) must be {(e - a, e - a)}, got {b.shape}")
 
     def ranges(self):
+        """``[(start, stop)]`` of ``theta`` covered by each block."""
         return list(zip(self.offsets[:-1], self.offsets[1:]))
 
     def _matmat(self, V):

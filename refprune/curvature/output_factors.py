@@ -82,6 +82,8 @@ class OutputFactor:
             self.targets = draw_targets(inp, f_all, samples, seed, targets)
 
     def columns(self, f, idx):
+        """Columns ``Q_n (len(idx), K, C)`` of ``Phi_n = Q_n Q_n^T`` for outputs ``f`` of
+        the samples ``idx`` (a slice of the batch)."""
         loss = self.inp.loss
         if self.curvature in ("ggn", "fisher"):
             return hessian_sqrt(loss, f)

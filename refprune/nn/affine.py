@@ -30,9 +30,13 @@ class AffineLayer(Layer):
 
     # -- subclass hooks ---------------------------------------------------------
     def features(self, x):
+        """The features ``U (N, r, T)`` of ``z = W_r U + b``: the input itself (Linear,
+        ``T = 1``) or its im2col patches (Conv2d, ``T`` output locations; docs §2)."""
         raise NotImplementedError
 
     def features_adjoint(self, dU, in_shape):
+        """The adjoint of :meth:`features`: ``dU (N, K, r, T)`` back to input shape
+        (the identity for Linear, col2im for Conv2d)."""
         raise NotImplementedError
 
     def to_output(self, z, in_shape):
@@ -67,6 +71,7 @@ class AffineLayer(Layer):
 
     @property
     def n_weight(self):
+        """Number of entries of ``weight`` (the prunable part of the layer)."""
         return int(np.prod(self.weight_shape))
 
     # -- forward and its derivatives with respect to the input ------------------

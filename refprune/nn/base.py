@@ -47,12 +47,18 @@ class Layer:
         raise NotImplementedError
 
     def forward(self, params, x):
+        """Output ``(N, *out)`` for input ``x (N, *in)``, and the cache the derivative
+        methods need: ``(y, cache)``."""
         raise NotImplementedError
 
     def jvp(self, params, cache, dx):
+        """Forward tangents: ``J dx`` for a stack ``dx (N, K, *in)`` of ``K`` input
+        directions per sample, ``(N, K, *out)`` (docs/derivations.md §1)."""
         raise NotImplementedError
 
     def vjp(self, params, cache, dy):
+        """Backward cotangents: ``J^T dy`` for a stack ``dy (N, K, *out)``,
+        ``(N, K, *in)`` (docs/derivations.md §1)."""
         raise NotImplementedError
 
     def vjp_squared(self, params, cache, h):
@@ -72,6 +78,7 @@ class Layer:
 
     @property
     def n_params(self):
+        """Number of parameters of this layer (entries of all its arrays)."""
         return int(sum(np.prod(s, dtype=np.int64) for s in self.param_shapes()))
 
     def __repr__(self):

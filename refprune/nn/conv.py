@@ -21,6 +21,8 @@ def _pair(v, name):
 
 
 def conv_output_size(size, kernel, stride, padding):
+    """Output length ``(n + 2 padding - kernel) // stride + 1`` of one spatial axis
+    (PyTorch's, dilation 1)."""
     return (size + 2 * padding - kernel) // stride + 1
 
 

@@ -16,6 +16,9 @@ _REDUCTIONS = ("mean", "sum")
 
 
 class Loss:
+    """A loss ``L = R sum_n l_n`` with PyTorch's reduction (``"mean"`` or ``"sum"``);
+    subclasses give ``l_n``, its derivatives, its likelihood's Fisher and samples."""
+
     def __init__(self, reduction="mean"):
         if reduction not in _REDUCTIONS:
             raise ValueError(f"{type(self).__name__}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -24,8 +27,39 @@ class Loss:
     def __repr__(self):
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
+    def check_targets(self, y, n, c):
+        """The targets ``y`` for ``n`` samples and ``c`` outputs, checked and converted
+        (labels ``(n,)`` as int64, regression targets ``(n, c)`` as float64)."""
+        raise NotImplementedError
+
+    def scale(self, n, c):
+        """``R``: ``L = R sum_n l_n`` (docs/conventions.md §2)."""
+        raise NotImplementedError
+
+    def per_sample(self, f, y):
+        """``l_n`` for outputs ``f (N, C)``, ``(N,)``."""
+        raise NotImplementedError
+
+    def grad(self, f, y):
+        """``dl_n/df_n``, ``(N, C)``."""
+        raise NotImplementedError
+
+    def hessian_matvec(self, f, y, V):
+        """``Lambda_n V_n`` for a stack ``V (N, K, C)``."""
+        raise NotImplementedError
+
+    def fisher_matvec(self, f, V):
+        """``E_{y ~ p(.|f_n)}[g g^T] V_n`` for a stack ``V (N, K, C)``."""
+        raise NotImplementedError
+
+    def sample(self, f, rng, samples):
+        """``samples`` targets per data point from the likelihood at outputs ``f``."""
+        raise NotImplementedError
+
 
 def log_softmax(f):
+    """``log softmax(f)`` along the last axis, with the maximum subtracted first so
+    that no exponential overflows."""
     m = f.max(axis=-1, keepdims=True)
     s = f - m
     return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))

@@ -41,6 +41,7 @@ class Sequential:
 
     @property
     def n_params(self):
+        """Number of parameters ``n`` (the length of ``theta``)."""
         return int(sum(layer.n_params for layer in self.layers))
 
     def init(self, seed=0):

@@ -47,6 +47,9 @@ def _bottleneck_layers(layer, QA, Wstar, QS):
 
 
 def eigendamage(model, params, X, y, loss, target, o):
+    """EigenDamage (Wang et al. 2019) as :func:`refprune.prune` runs it: rank the
+    eigen-directions of every layer's Kronecker factors globally and replace each layer
+    by its bottleneck when that is smaller (docs/derivations.md §9)."""
     eig = o.get("eigenvalues", "ekfac")
     cap = o["max_layer_fraction"]
     if not 0 < cap <= 1:

@@ -120,6 +120,7 @@ class OBS:
         return s
 
     def group_saliency(self, Q):
+        """``s_Q = w_Q^T ([H^-1]_QQ)^-1 w_Q / 2`` for a set ``Q`` at the current state."""
         Q = np.asarray(Q)
         w = self.w[Q]
         return float(w @ np.linalg.solve(self.Hinv[np.ix_(Q, Q)], w) / 2.0)

@@ -54,6 +54,8 @@ class PruneResult:
     masked_params: list = None
 
     def summary(self):
+        """The steps as a table: removed, predicted (without and with the gradient
+        term), actual with and without the update, loss, sparsity."""
         lines = [f"{self.method}: {len(self.steps)} step(s)",
                  f"{'step':>4} {'removed':>8} {'predicted':>12} {'with g':>12} {'actual':>12} {'no update':>12} "
                  f"{'loss':>10} {'sparsity':>8}"]
@@ -75,6 +77,9 @@ def evaluate(model, theta, X, y, loss, weight_decay=0.0):
 
 def record_step(model, X, y, loss, k, theta_before, theta_after, removed, predicted, mask, prunable,
                 saliencies=None, predicted_full=float("nan"), weight_decay=0.0):
+    """A :class:`PruneStep` with the objective re-evaluated before and after the
+    step, and with the removed weights only zeroed; warns when the prediction is
+    far off."""
     L0 = evaluate(model, theta_before, X, y, loss, weight_decay)
     zeroed = theta_before.copy()
     zeroed[removed] = 0.0
@@ -102,6 +107,8 @@ def _warn_if_untrustworthy(step):
 
 
 def maybe_retrain(model, theta, X, y, loss, mask, retrain, seed):
+    """Fine-tune with the mask when ``retrain`` (a dict of :func:`refprune.train`
+    options) is given; returns ``(theta, loss history)``."""
     if not retrain:
         return theta, []
     opts = dict(retrain)

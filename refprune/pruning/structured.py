@@ -100,6 +100,8 @@ def _layer_states(args, layers, alive, method, curvature, mc, damping):
 
 
 def prune_units(model, params, X, y, loss, method, target, steps, mask, o):
+    """The structured criteria as :func:`refprune.prune` runs them: remove whole
+    units one at a time by the lowest saliency over all layers, then the surgery."""
     layers = structurally_prunable(model)
     if not layers:
         raise ValueError(f"{method}: the model has no affine layer whose units can be removed (only the last one)")

@@ -47,6 +47,8 @@ def round_goal(target, total, step, steps, base=0):
 
 
 def warn_nothing_removed(method, target, total, done):
+    """Warn (:class:`PruningWarning`) that a request removed nothing, stating the
+    rounding that led there."""
     kind, v = target
     what = f"count={v}" if kind == "count" else f"sparsity={v!r} of {total} prunable floors to {how_many(v, total)}"
     warnings.warn(f"prune ({method}): {what}, and {done} are already removed: nothing was removed",

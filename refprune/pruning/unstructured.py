@@ -65,6 +65,7 @@ def diagonal_of(curvature, kind, args, mc, weight_decay=0.0):
 
 
 def dense_curvature(kind, args, mc):
+    """The dense matrix named ``kind`` (``docs/conventions.md`` §3)."""
     if kind in ("hessian", "ggn"):
         return getattr(curvature, kind)(*args)
     return curvature.fisher(*args, curvature=kind, **mc)

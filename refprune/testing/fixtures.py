@@ -57,28 +57,34 @@ class Fixture:
 
     @property
     def model(self):
+        """The network rebuilt from the manifest's layer specifications."""
         return model_from_spec(self.entry["network"])
 
     @property
     def params(self):
+        """The stored parameter arrays, in order."""
         a = self.arrays
         return [a[f"param{i}"] for i in range(len(self.model.param_shapes()))]
 
     @property
     def X(self):
+        """The stored inputs."""
         return self["X"]
 
     @property
     def y(self):
+        """The stored targets."""
         return self["y"]
 
     @property
     def loss(self):
+        """The loss with the stored reduction."""
         spec = self.entry["loss"]
         cls = nn.CrossEntropyLoss if spec["type"] == "cross_entropy" else nn.MSELoss
         return cls(spec["reduction"])
 
     def args(self):
+        """``(model, params, X, y, loss)``."""
         return self.model, self.params, self.X, self.y, self.loss
 
     def case(self):

@@ -19,13 +19,17 @@ class Objective:
         self.model, self.X, self.y, self.loss_fn = model, X, y, loss_fn
 
     def params(self, theta):
+        """``theta`` as the model's parameter list."""
         return unflatten_params(self.model, theta)
 
     def loss(self, theta):
+        """``L(theta)``."""
         return loss(self.model, self.params(theta), self.X, self.y, self.loss_fn)
 
     def grad(self, theta):
+        """``dL/dtheta`` at ``theta``."""
         return grad(self.model, self.params(theta), self.X, self.y, self.loss_fn)
 
     def hvp(self, theta, v):
+        """``H(theta) v``."""
         return hvp(self.model, self.params(theta), self.X, self.y, self.loss_fn, v)
