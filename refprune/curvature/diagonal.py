@@ -14,7 +14,8 @@ At an affine layer the diagonal of its block is then
 ``R sum_n sum_k s_k (per-sample gradient of column k)^2``, since
 ``H_ll = R sum_n J_{z_l,theta_l}^T M_n J_{z_l,theta_l}``.
 
-OBD's approximation (LeCun, Denker & Solla 1990, eqs. 7-9) back-propagates only the
+OBD's saliency is derived in ``docs/pruning_explained.md`` §2.  OBD's approximation
+(LeCun, Denker & Solla 1990, eqs. 7-9) back-propagates only the
 diagonal of ``M_n``, dropping every cross term: ``h_z = phi'(z)^2 h_a + phi''(z) delta_a``
 (eq. 9, the second term dropped in the Levenberg-Marquardt variant),
 ``h_x = sum_k W_kx^2 h_z`` and ``h_w = sum h_z x^2`` (eqs. 7-8; sums over locations for

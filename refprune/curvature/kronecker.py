@@ -10,7 +10,8 @@ gradients.  For ``Q_n[:, k]`` the columns of the output curvature of the Fisher 
 * reduce:  ``A = 1/N sum_n abar_n abar_n^T``, ``abar_n = 1/T sum_t a_nt``,
   ``S = R sum_{n,k} (sum_t g_nkt)(sum_t g_nkt)^T``  (Eschenhagen et al. 2023, §3).
 
-For ``T = 1`` (Linear) both are K-FAC.  Operations use ``(S kron A) vec(M) = vec(S M A)``
+For ``T = 1`` (Linear) both are K-FAC; its independence assumption and where it is
+exact: ``docs/pruning_explained.md`` §5.  Operations use ``(S kron A) vec(M) = vec(S M A)``
 for row-major ``vec`` and the eigendecompositions of the factors.  Damping is named
 (``docs/conventions.md`` §5): ``"exact"`` is ``S kron A + lam I``, ``"factored"`` is
 ``(S + sqrt(lam) I) kron (A + sqrt(lam) I)`` and ``"pi"`` is

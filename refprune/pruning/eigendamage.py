@@ -1,4 +1,4 @@
-"""EigenDamage (Wang et al. 2019, "EigenDamage: Structured pruning in the
+"""(Derived in ``docs/pruning_explained.md`` §5.) EigenDamage (Wang et al. 2019, "EigenDamage: Structured pruning in the
 Kronecker-factored eigenbasis", §4).
 
 Reparametrise each affine layer in the eigenbases of its K-FAC factors

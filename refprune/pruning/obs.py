@@ -15,6 +15,7 @@ coordinates; its inverse is the Schur-complement update (elimination, no re-inve
     (H_RR)^-1 = [H^-1]_RR - [H^-1]_RQ ([H^-1]_QQ)^-1 [H^-1]_QR,
 
 an ``O(n^2 |Q|)`` step (Frantar & Alistarh 2022, "Optimal Brain Compression", eq. 5).
+Derived step by step, with a worked example, in ``docs/pruning_explained.md`` §3-§4.
 
 **Full Taylor model.** Away from a minimum the model is ``dL = g^T d + 1/2 d^T H d``.
 Minimising it subject to ``d_q = -w_q`` (Lagrangian ``g + H d + mu e_q = 0``; the

@@ -11,7 +11,7 @@ For an affine layer with K-FAC block ``F = S kron A`` over the rows ``w_i`` of
 * C-OBS: ``s_i = sum_j w_ij^2 / (2 [F^-1]_(ij),(ij))`` with ``[F^-1]_(ij),(ij) =
   [S^-1]_ii [A^-1]_jj`` (K-FAC); the removed row gets the exact group update above.
 
-Units are removed one at a time, lowest saliency over all prunable layers first; after a
+Derivations: ``docs/pruning_explained.md`` §5.  Units are removed one at a time, lowest saliency over all prunable layers first; after a
 Kron-OBS/C-OBS removal ``S^-1`` of that layer is updated by eliminating the unit.  At the
 end :func:`~refprune.pruning.surgery.remove_units` returns the smaller network.
 """
