@@ -69,6 +69,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=positive_float, default=0.05)
     ap.add_argument("--seed", type=nonnegative_int, default=0)
     ap.add_argument("--plot", metavar="FILE", help="save the spectra as a PNG (needs matplotlib)")
+    ap.add_argument("--heatmaps", metavar="FILE", help="save the Hessian, GGN, K-FAC, EKFAC and diagonal side by "
+                                                       "side as a PNG (needs matplotlib)")
     args = ap.parse_args(argv)
 
     X, y = spirals(seed=args.seed)
@@ -112,25 +114,22 @@ def main(argv=None):
               f"{st.actual_without_update:10.4f} {acc:8.3f} {r.model.n_params:6d}")
     print("  (layer-wise OBS predicts its layer-wise objective, not the loss; magnitude has no loss model)")
 
-    if args.plot:
-        try:
-            import matplotlib
+    if args.plot or args.heatmaps:
+        from . import plot
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            sys.exit("--plot needs matplotlib: pip install 'refprune[validation]'")
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name, e in eigs.items():
-            ax.plot(np.arange(len(e)), np.sort(e)[::-1], label=name)
-        ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set_xlabel("index (descending)")
-        ax.set_ylabel("eigenvalue")
-        ax.set_title("Spectra at the trained point (symlog scale)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"spectra plotted to {args.plot}")
+        try:
+            plot.pyplot()
+        except ImportError as err:
+            sys.exit(str(err))
+        if args.plot:
+            plot.spectra(eigs, path=args.plot, linthresh=1e-4)
+            print(f"spectra plotted to {args.plot}")
+        if args.heatmaps:
+            args_ = (model, params, X, y, loss)
+            plot.heatmaps({"Hessian": rp.hessian(*args_), "GGN": rp.ggn(*args_),
+                           "K-FAC": rp.kfac(*args_).to_dense(), "EKFAC": rp.ekfac(*args_).to_dense(),
+                           "diagonal": np.diag(rp.hessian_diagonal(*args_))}, path=args.heatmaps)
+            print(f"heatmaps of the Hessian and its approximations drawn to {args.heatmaps}")
 
 
 if __name__ == "__main__":

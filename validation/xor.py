@@ -115,21 +115,13 @@ def summarise(rows, failed, seeds):
 
 
 def figure(rows, name="xor.png"):
-    from report import pyplot, save
+    from report import RESULTS
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for m, mk in (("OBD", "s"), ("OBS", "o")):
-        p = np.array([r[2][m]["predicted"] for r in rows])
-        a = np.array([r[2][m]["actual"] for r in rows])
-        ax.loglog(np.maximum(p, 1e-12), np.maximum(a, 1e-12), mk, alpha=0.6, label=m)
-    lim = ax.get_xlim()
-    ax.plot(lim, lim, "k--", lw=1, label="predicted = actual")
-    ax.set_xlabel("predicted increase of the objective")
-    ax.set_ylabel("actual increase")
-    ax.set_title("XOR: first removal at each minimum")
-    ax.legend()
-    return save(fig, name)
+    from refprune import plot
+
+    data = {m: ([r[2][m]["predicted"] for r in rows], [r[2][m]["actual"] for r in rows]) for m in ("OBD", "OBS")}
+    plot.predicted_vs_actual(data, path=f"{RESULTS}/{name}", title="XOR: first removal at each minimum")
+    return name
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""(Derived in ``docs/pruning_explained.md`` §5.) EigenDamage (Wang et al. 2019, "EigenDamage: Structured pruning in the
+"""EigenDamage (Wang et al. 2019, "EigenDamage: Structured pruning in the
 Kronecker-factored eigenbasis", §4).
 
 Reparametrise each affine layer in the eigenbases of its K-FAC factors
@@ -14,6 +14,8 @@ The kept directions give the bottleneck ``x -> Q_A'^T [x; 1] -> W*' -> Q_S'`` as
 layers (for a convolution: the ``kh x kw`` convolution ``Q_A'``, then two 1x1
 convolutions).  A layer keeps its bottleneck only when it has fewer parameters than the
 original; otherwise the pruned function is stored densely, ``[W' | b'] = Q_S' W*' Q_A'^T``.
+
+Derived in ``docs/pruning_explained.md`` §5.
 """
 
 import numpy as np
