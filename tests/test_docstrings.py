@@ -24,7 +24,7 @@ def _public_objects():
             yield f"{mn}.{name}", inspect.getdoc(obj)
             if inspect.isclass(obj):
                 for attr, raw in vars(obj).items():
-                    if attr.startswith("_"):
+                    if attr.startswith("_") or "mutmut" in attr:  # a mutation tool's trampolines
                         continue
                     if isinstance(raw, property):
                         doc = next((inspect.getdoc(vars(b)[attr].fget) for b in obj.__mro__

@@ -188,9 +188,8 @@ class OBS:
 
 def _last_of_layer(free, layer_of):
     """``True`` where a coordinate is the only free one of its layer."""
-    ids = np.where(free & (layer_of >= 0), layer_of, -1)
-    counts = np.bincount(ids[ids >= 0], minlength=int(layer_of.max()) + 1 if layer_of.size else 0)
+    live = free & (layer_of >= 0)
+    counts = np.bincount(layer_of[live])
     out = np.zeros(free.shape, dtype=bool)
-    sel = ids >= 0
-    out[sel] = counts[ids[sel]] == 1
+    out[live] = counts[layer_of[live]] == 1
     return out

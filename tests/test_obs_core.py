@@ -1,0 +1,119 @@
+"""The OBS core (``refprune/pruning/obs.py``) at its edges: every check and message,
+conversions, the default one-at-a-time order against a group removal, recorded
+increments, and the Cholesky inverse's thresholds.  Written from the survivors of a
+mutation run (docs/testing.md)."""
+
+import numpy as np
+import pytest
+
+from refprune.pruning.obs import OBS, SingularCurvatureError, inverse_spd
+
+
+def test_inverse_spd_messages_and_checks():
+    with pytest.raises(ValueError, match=r"^matrix must be square, got shape \(2, 3\)$"):
+        inverse_spd(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"^damping must be a finite number >= 0, got -0.5$"):
+        inverse_spd(np.eye(2), damping=-0.5)
+    with pytest.raises(ValueError, match=r"^the matrix contains NaN or inf$"):
+        inverse_spd(np.array([[1.0, np.nan], [np.nan, 1.0]]))
+    with pytest.raises(SingularCurvatureError) as err:
+        inverse_spd(-np.eye(2))
+    assert str(err.value) == ("the matrix (damping 0.0) is not positive definite: smallest eigenvalue -1.000e+00; "
+                              "use damping > 0 (or a positive semi-definite curvature such as the GGN)")
+    with pytest.raises(SingularCurvatureError) as err:
+        inverse_spd(np.diag([1.0, 1e-17]), what="test matrix")
+    assert str(err.value) == ("the test matrix (damping 0.0) is numerically singular: condition ~ 1.0e+17; "
+                              "use damping > 0")
+    assert inverse_spd(np.zeros((0, 0))).shape == (0, 0)
+
+
+def test_inverse_spd_threshold_is_relative_to_the_scale():
+    """A tiny but perfectly conditioned matrix is invertible: the singularity test
+    compares the Cholesky diagonal with its own largest entry."""
+    assert np.allclose(inverse_spd(1e-20 * np.eye(3)), 1e20 * np.eye(3), rtol=1e-12)
+    assert np.allclose(inverse_spd(np.eye(3), damping=1.0), 0.5 * np.eye(3))
+
+
+def test_obs_converts_integer_input_to_float():
+    obs = OBS(np.array([[2, 1], [1, 2]]), np.array([1, 3]))
+    obs.remove([0])
+    assert obs.w.dtype == np.float64 and obs.w[1] == pytest.approx(2.5)
+    assert obs.Hinv[1, 1] == pytest.approx(2 - 1 / 2)
+
+
+def test_obs_checks_and_messages():
+    with pytest.raises(ValueError, match=r"^OBS: Hinv must have shape \(2, 2\), got \(3, 3\)$"):
+        OBS(np.eye(3), np.ones(2))
+    with pytest.raises(ValueError, match="^OBS: the full Taylor model needs the matrix H as well as the gradient$"):
+        OBS(np.eye(2), np.ones(2), grad=np.ones(2))
+    with pytest.raises(ValueError, match=r"^OBS: grad must be \(2,\) and H \(2, 2\), got \(3,\), \(2, 2\)$"):
+        OBS(np.eye(2), np.ones(2), grad=np.ones(3), H=np.eye(2))
+    obs = OBS(np.eye(2), np.ones(2))
+    obs.remove([0])
+    with pytest.raises(ValueError, match="^OBS: coordinate already removed$"):
+        obs.remove([0])
+    with pytest.raises(ValueError, match="^OBS: fewer prunable weights left than requested$"):
+        OBS(np.eye(2), np.ones(2)).prune(3)
+    with pytest.raises(ValueError, match=r"^OBS: fewer prunable weights left than requested \(one weight is kept in "
+                                         r"every layer\)$"):
+        OBS(np.eye(2), np.ones(2)).prune(2, layer_of=np.array([0, 0]))
+
+
+def test_prunable_given_as_integers_is_a_mask():
+    s = OBS(np.eye(3), np.ones(3), prunable=[1, 0, 1]).saliencies()
+    assert np.isinf(s[1]) and np.isfinite(s[[0, 2]]).all()
+
+
+def test_default_removes_one_at_a_time_which_differs_from_a_group():
+    """Removing weight 0 drives weight 1 up (strong coupling), so one-at-a-time OBS
+    takes 2 next, while a group of two takes the two smallest at the start."""
+    Hinv = np.array([[1.0, 0.9, 0.0], [0.9, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    w = np.array([1.0, -1.1, 1.2])
+    seq = OBS(Hinv, w)
+    seq.prune(2)
+    grp = OBS(Hinv, w)
+    grp.prune(2, group_size=2)
+    assert seq.order == [0, 2] and sorted(grp.order) == [0, 1]
+
+
+def test_increments_add_up_for_groups_and_group_saliency():
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((6, 6))
+    Hinv = np.linalg.inv(B @ B.T + np.eye(6))
+    w = rng.standard_normal(6)
+    obs = OBS(Hinv, w)
+    Q = [1, 4]
+    expected = obs.group_saliency(Q)
+    assert obs.remove(Q) == pytest.approx(expected, rel=1e-12)
+    assert sum(obs.increments) == pytest.approx(expected, rel=1e-12)
+    total = OBS(Hinv, w).prune(4, group_size=2)
+    again = OBS(Hinv, w)
+    again.prune(4, group_size=2)
+    assert sum(again.increments) == pytest.approx(total, rel=1e-12)
+    # the group formula, by hand: w_Q^T ([H^-1]_QQ)^-1 w_Q / 2
+    assert expected == pytest.approx(w[Q] @ np.linalg.solve(Hinv[np.ix_(Q, Q)], w[Q]) / 2, rel=1e-12)
+
+
+def test_ties_are_broken_by_index():
+    """Equal saliencies (64 identical weights, identity curvature): the lowest indices go
+    first, whatever the array length."""
+    obs = OBS(np.eye(64), np.ones(64))
+    obs.prune(5)
+    assert obs.order == [0, 1, 2, 3, 4]
+
+
+def test_a_group_larger_than_what_is_left_is_refused():
+    with pytest.raises(ValueError, match="^OBS: fewer prunable weights left than requested$"):
+        OBS(np.eye(3), np.ones(3)).prune(4, group_size=2)
+
+
+def test_last_of_layer_against_a_loop():
+    from refprune.pruning.obs import _last_of_layer
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        layer_of = rng.integers(-1, 3, 12)
+        free = rng.random(12) < 0.6
+        expect = np.array([free[i] and layer_of[i] >= 0 and
+                           sum(free[j] and layer_of[j] == layer_of[i] for j in range(12)) == 1 for i in range(12)])
+        assert np.array_equal(_last_of_layer(free, layer_of), expect)
