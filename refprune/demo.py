@@ -8,7 +8,8 @@ computed and their spectra summarised: the Hessian's negative eigenvalues all co
 the residual term, since the GGN is positive semi-definite.  Then the trained net is
 pruned one-shot by several criteria, each reporting the loss increase its quadratic
 model predicted next to the increase actually observed (with and without the
-criterion's update of the remaining weights).  With ``--plot FILE`` (needs matplotlib)
+criterion's update of the remaining weights).  ``--net conv`` does the same for a small
+conv net on generated 8x8 images of bars.  With ``--plot FILE`` (needs matplotlib)
 the three spectra are drawn.
 """
 
@@ -29,6 +30,24 @@ def spirals(n_per_class=60, classes=3, noise=0.35, seed=0):
     X = np.stack([t * np.cos(angle), t * np.sin(angle)], axis=-1).reshape(-1, 2)
     X += noise * t.reshape(-1, 1) * rng.standard_normal(X.shape)
     y = np.repeat(np.arange(classes), n_per_class)
+    return X, y
+
+
+def bars(n_per_class=40, size=8, noise=0.3, seed=0):
+    """Images ``(N, 1, size, size)`` of a horizontal, a vertical or a diagonal bar at a
+    random position, with Gaussian noise; labels ``(N,)`` 0, 1, 2 (for the conv net)."""
+    rng = np.random.default_rng(seed)
+    X = noise * rng.standard_normal((3 * n_per_class, 1, size, size))
+    y = np.repeat(np.arange(3), n_per_class)
+    pos = rng.integers(1, size - 1, 3 * n_per_class)
+    idx = np.arange(size)
+    for i, (label, p) in enumerate(zip(y, pos)):
+        if label == 0:
+            X[i, 0, p, :] += 1.0
+        elif label == 1:
+            X[i, 0, :, p] += 1.0
+        else:
+            X[i, 0, idx, (idx + p) % size] += 1.0
     return X, y
 
 
@@ -64,7 +83,9 @@ def summarise(name, eig, out=None):
 def main(argv=None):
     """Run the demo (``--help`` for the options); returns 0."""
     ap = OneLineParser(prog="refprune demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--hidden", type=positive_int, default=16, help="width of the two hidden tanh layers")
+    ap.add_argument("--net", choices=("mlp", "conv"), default="mlp",
+                    help="mlp: two tanh layers on 2-d spirals; conv: a conv net on 8x8 images of bars")
+    ap.add_argument("--hidden", type=positive_int, default=16, help="width of the hidden layers (channels for conv)")
     ap.add_argument("--steps", type=positive_int, default=500, help="full-batch training steps")
     ap.add_argument("--lr", type=positive_float, default=0.05)
     ap.add_argument("--seed", type=nonnegative_int, default=0)
@@ -73,11 +94,18 @@ def main(argv=None):
                                                        "side as a PNG (needs matplotlib)")
     args = ap.parse_args(argv)
 
-    X, y = spirals(seed=args.seed)
-    model = rp.Sequential(rp.Linear(2, args.hidden), rp.Tanh(), rp.Linear(args.hidden, args.hidden), rp.Tanh(),
-                          rp.Linear(args.hidden, 3))
+    if args.net == "conv":
+        X, y = bars(seed=args.seed)
+        c = min(args.hidden, 8)
+        model = rp.Sequential(rp.Conv2d(1, c, 3), rp.Tanh(), rp.AvgPool2d(2), rp.Flatten(), rp.Linear(c * 9, 3))
+        what = f"{len(X)} images of bars (8x8), 3 classes"
+    else:
+        X, y = spirals(seed=args.seed)
+        model = rp.Sequential(rp.Linear(2, args.hidden), rp.Tanh(), rp.Linear(args.hidden, args.hidden), rp.Tanh(),
+                              rp.Linear(args.hidden, 3))
+        what = f"{len(X)} spiral points, 3 classes"
     loss = rp.CrossEntropyLoss()
-    print(f"refprune demo: {len(X)} spiral points, 3 classes\n{model}\nparameters: {model.n_params}")
+    print(f"refprune demo: {what}\n{model}\nparameters: {model.n_params}")
     print(f"training ({args.steps} full-batch steps, momentum 0.9):")
     params = train(model, model.init(args.seed), X, y, loss, args.steps, args.lr, 0.9, max(1, args.steps // 5))
 

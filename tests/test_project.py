@@ -24,6 +24,33 @@ def test_demo_runs_and_reports_the_spectra():
     assert err < 1e-12
 
 
+def test_conv_demo_runs():
+    from refprune import demo
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        demo.main(["--net", "conv", "--steps", "10", "--hidden", "2"])
+    out = buf.getvalue()
+    assert "images of bars" in out and "Conv2d(1, 2" in out
+    err = float(re.search(r"\|H - \(GGN \+ residual\)\|_max = (\S+);", out).group(1))
+    assert err < 1e-12
+
+
+def test_bars_are_what_they_say():
+    from refprune.demo import bars
+
+    X, y = bars(n_per_class=5, noise=0.0, seed=1)
+    assert X.shape == (15, 1, 8, 8) and np.bincount(y).tolist() == [5, 5, 5]
+    for img, label in zip(X[:, 0], y):
+        assert img.sum() == 8.0
+        if label == 0:
+            assert (img.sum(axis=1) == 8).sum() == 1  # one full row
+        elif label == 1:
+            assert (img.sum(axis=0) == 8).sum() == 1  # one full column
+        else:
+            assert np.all(img.sum(axis=0) == 1) and np.all(img.sum(axis=1) == 1)
+
+
 def test_spirals_are_reproducible_and_balanced():
     from refprune.demo import spirals
 
