@@ -15,6 +15,7 @@ the three spectra are drawn.
 
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -135,7 +136,12 @@ def main(argv=None):
         ("EigenDamage 40% dirs", dict(method="eigendamage", sparsity=0.4)),
     ]
     for name, kw in runs:
-        r = rp.prune(model, params, X, y, loss, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rp.PruningWarning)
+            r = rp.prune(model, params, X, y, loss, **kw)
+        if not r.steps:
+            print(f"  {name:22s} nothing to remove at this size")
+            continue
         st = r.steps[-1]
         acc = np.mean(r.model(r.params, X).argmax(1) == y)
         print(f"  {name:22s} {len(st.removed):8d} {st.predicted:10.4f} {st.actual:10.4f} "
