@@ -16,8 +16,8 @@ def _public_objects():
         mod = importlib.import_module(mn)
         yield mn, mod.__doc__
         for name, obj in vars(mod).items():
-            if name.startswith("_") or getattr(obj, "__module__", None) != mn or id(obj) in seen:
-                continue
+            if name.startswith("_") or "mutmut" in name or getattr(obj, "__module__", None) != mn or id(obj) in seen:
+                continue  # private, a mutation tool's trampoline, imported, or seen
             if not (inspect.isfunction(obj) or inspect.isclass(obj)):
                 continue
             seen.add(id(obj))
