@@ -9,12 +9,13 @@ result is a minimum to the precision asked for, certified by the returned gradie
 and smallest Hessian eigenvalue.
 """
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.optimize
 
-from .checks import validate
+from .checks import check_flag, validate
 from .curvature import hessian
 from .derivatives import grad, loss as loss_value
 from .params import flatten_params, unflatten_params
@@ -43,13 +44,14 @@ class MinimizeResult:
 
 
 def minimize(model, params, X, y, loss, weight_decay=0.0, mask=None, method="trust-exact", gtol=1e-10,
-             maxiter=1000):
+             maxiter=1000, progress=False):
     """Minimise ``L(theta) + weight_decay/2 |theta|^2`` over the free coordinates of
     ``mask`` (others keep their value, pruned weights zero) with exact second
     derivatives; returns a :class:`MinimizeResult`.
 
     Cross-entropy on separable data has no finite minimum; ``weight_decay > 0`` gives it
     one (``result.success`` and ``result.at_minimum`` say whether it was reached).
+    ``progress=True`` reports every iteration's objective on stderr.
     """
     inp = validate(model, params, X, y, loss)
     if method not in TRUST_REGION:
@@ -81,8 +83,15 @@ def minimize(model, params, X, y, loss, weight_decay=0.0, mask=None, method="tru
         H = hessian(model, unflatten_params(model, full(z)), X, y, loss)[np.ix_(idx, idx)]
         return H + weight_decay * np.eye(idx.size)
 
+    check_flag(progress, "progress")
+    it = [0]
+
+    def report(z, *_):
+        it[0] += 1
+        print(f"minimize: iteration {it[0]}, objective {fun(z):.10g}", file=sys.stderr)
+
     res = scipy.optimize.minimize(fun, theta0[idx], jac=jac, hess=hess, method=method,
-                                  options=dict(gtol=gtol, maxiter=maxiter))
+                                  options=dict(gtol=gtol, maxiter=maxiter), callback=report if progress else None)
     z = res.x
     g = jac(z)
     ev = np.linalg.eigvalsh(hess(z))[0] if idx.size else 0.0

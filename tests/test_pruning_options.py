@@ -416,3 +416,15 @@ def test_exact_selection_on_drawn_layers_against_enumeration():
             assert cost(k) <= other + 1e-12
             better += other > cost(k) + 1e-12
     assert better > 0
+
+
+def test_long_sweeps_and_minimisations_report_progress(capsys):
+    args = mlp()
+    rp.obs_trace(*args, damping=1e-2, count=20, progress=True)
+    err = capsys.readouterr().err
+    assert err.count("obs_trace:") == 10 and "20/20 removed" in err
+    model, params, X, Y, loss = least_squares()
+    rp.minimize(model, params, X, Y, loss, weight_decay=0.1, progress=True)
+    assert "minimize: iteration 1, objective" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        rp.obs_trace(*args, damping=1e-2, count=2, progress="yes")

@@ -8,12 +8,14 @@ at the cost of one inversion.  :func:`saliencies` gives the ranking quantity of 
 criterion at the current weights.
 """
 
+import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import derivatives as _d
-from ..checks import validate
+from ..checks import check_flag, validate
 from ..params import flatten_params, unflatten_params
 from . import unstructured as U
 from .masks import check_mask, prunable_mask
@@ -46,7 +48,8 @@ class OBSTrace:
 
 def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.0, taylor="second_order",
               weight_decay=0.0, protected=None, mask=None, include_bias=False, skip_emptied=False,
-              indefinite="raise", evaluate_loss=True, metrics=None, samples=1, seed=0, targets=None):
+              indefinite="raise", evaluate_loss=True, metrics=None, samples=1, seed=0, targets=None,
+              progress=False):
     """Sequential OBS from one inverse, every step recorded (see :class:`OBSTrace`).
 
     Parameters
@@ -63,6 +66,8 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
         Record the actual objective after every step (one forward pass each).
     metrics : dict of name -> callable(model, params) -> float, optional
         Anything else to record after every step (test accuracy, say).
+    progress : bool
+        Report on stderr every tenth of the sweep.
     """
     inp = validate(model, params, X, y, loss)
     curvature = _resolve_curvature("obs", curvature, "exact")
@@ -98,10 +103,16 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
     thetas = np.empty((count + 1, model.n_params))
     thetas[0] = theta0
     sub_layers = None if layer_of is None else layer_of[idx]
+    check_flag(progress, "progress")
+    every = max(1, count // 10)
+    t0 = time.perf_counter()
     for i in range(count):
         solver.prune(1, 1, sub_layers)
         thetas[i + 1] = 0.0
         thetas[i + 1, idx] = solver.w
+        if progress and ((i + 1) % every == 0 or i + 1 == count):
+            print(f"obs_trace: {i + 1}/{count} removed, predicted change {sum(solver.increments):.4g} "
+                  f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
     order = idx[np.array(solver.order, dtype=np.int64)]
     inc = np.array(solver.increments)
     trace = OBSTrace(model, order, inc, np.cumsum(inc), thetas)
