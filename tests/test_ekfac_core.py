@@ -1,0 +1,56 @@
+"""EKFAC blocks at their edges (``refprune/curvature/ekfac.py``): defaults, the one
+damping form it has, trace and log-determinant, and the singularity checks relative to
+the block's scale, against the matrix formed with numpy.  Written from the survivors of
+a mutation run (docs/testing.md)."""
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune.curvature.ekfac import EKFACBlock
+from refprune.curvature.kronecker import KroneckerBlock, LayerLayout
+
+
+def eblock(scales, seed=0):
+    """An EKFAC block with random orthogonal eigenbases and the given eigenvalues."""
+    c, p = np.shape(scales)
+    rng = np.random.default_rng(seed)
+    S = (lambda B: B @ B.T + np.eye(c))(rng.standard_normal((c, c)))
+    A = (lambda B: B @ B.T + np.eye(p))(rng.standard_normal((p, p)))
+    layout = LayerLayout(rp.Linear(p, c, bias=False), 0)
+    return EKFACBlock(KroneckerBlock(S, A, layout), np.asarray(scales, dtype=float))
+
+
+def dense_of(b, lam=0.0):
+    Q = np.kron(b.US, b.UA)
+    return Q @ np.diag(b.scales.ravel() + lam) @ Q.T
+
+
+def test_defaults_trace_logdet_and_inverse():
+    b = eblock(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    M = dense_of(b)
+    V = np.random.default_rng(1).standard_normal((4, 2))
+    assert np.allclose(b.matmat(V), M @ V)
+    assert np.allclose(b.inverse_matmat(V), np.linalg.solve(M, V))
+    assert b.trace() == pytest.approx(10.0) and b.trace(0.5) == pytest.approx(12.0)
+    assert b.logdet() == pytest.approx(np.log(24.0)) and b.logdet(1.0) == pytest.approx(np.log(120.0))
+    assert np.allclose(b.dense(0.5), dense_of(b, 0.5))
+
+
+@pytest.mark.parametrize("call", [lambda b: b.matmat(np.ones((4, 1)), 0.1, "factored"),
+                                  lambda b: b.inverse_matmat(np.ones((4, 1)), 0.1, "factored"),
+                                  lambda b: b.logdet(0.1, "factored"), lambda b: b.trace(0.1, "pi"),
+                                  lambda b: b.dense(0.1, "factored")])
+def test_only_the_exact_damping_form_exists(call):
+    with pytest.raises(ValueError, match="EKFAC supports only damping form 'exact'"):
+        call(eblock(np.ones((2, 2))))
+
+
+def test_singular_blocks_are_refused_relative_to_their_scale():
+    with pytest.raises(np.linalg.LinAlgError, match=r"^log-determinant of a block with eigenvalue 0.000e\+00 <= 0$"):
+        eblock(np.array([[1.0], [0.0]])).logdet()
+    with pytest.raises(np.linalg.LinAlgError, match=r"is singular with damping 0.0: smallest eigenvalue 1.000e-09; "
+                                                    r"use a larger damping$"):
+        eblock(np.array([[1e6], [1e-9]])).inverse_matmat(np.ones((2, 1)))
+    small = eblock(np.array([[3e-13], [3e-13]]))
+    assert np.allclose(small.inverse_matmat(np.ones((2, 1))), np.ones((2, 1)) / 3e-13)
