@@ -22,9 +22,7 @@ import xor  # noqa: E402
 
 
 def test_xor_minimum_and_first_removals():
-    seed = next(s for s in range(20) if xor.solves(*(lambda m, r: (m, r.params))(*xor.trained(s)))
-                and xor.trained(s)[1].at_minimum)
-    model, res = xor.trained(seed)
+    model, res = next((m, r) for m, r in map(xor.trained, range(20)) if r.at_minimum and xor.solves(m, r.params))
     assert res.grad_norm < 1e-8 and res.min_eigenvalue > 0
     out = xor.first_removals(model, res.params)
     theta = rp.flatten_params(res.params)

@@ -17,22 +17,11 @@ import warnings
 import numpy as np
 
 import refprune as rp
+from datasets import digits
 
 LOSS = rp.CrossEntropyLoss()
 METHODS = ("eigendamage", "c_obd", "c_obs", "kron_obd", "kron_obs")
 FINE_TUNE = dict(epochs=5, batch_size=50, lr=0.02, momentum=0.9)
-
-
-def digits(n_train=1000):
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        sys.exit("this study needs scikit-learn: pip install 'refprune[validation]'")
-    d = load_digits()
-    X = (d.data / 16.0).reshape(-1, 1, 8, 8)
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(X))
-    return X[idx[:n_train]], d.target[idx[:n_train]], X[idx[n_train:]], d.target[idx[n_train:]]
 
 
 def network():
@@ -84,7 +73,7 @@ def main(argv=None):
     ap.parse_args(argv)
     from report import pyplot, save, table, write
 
-    X, y, Xte, yte = digits()
+    X, y, Xte, yte = digits(images=True)
     # EigenDamage keeps a layer's low-rank bottleneck only when it is smaller than the layer,
     # so it removes parameters only at high fractions of directions
     fractions = {m: [0.2, 0.4, 0.6, 0.8] for m in METHODS}

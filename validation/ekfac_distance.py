@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 import refprune as rp
+from datasets import digits
 
 CURVATURES = ("ggn", "mc_fisher", "empirical_fisher")
 
@@ -36,18 +37,6 @@ def distances(model, params, X, y, loss, approx="expand", samples=4, seed=0):
     return rows
 
 
-def digits():
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        sys.exit("this study needs scikit-learn: pip install 'refprune[validation]'")
-    d = load_digits()
-    X = (d.data / 16.0).reshape(-1, 1, 8, 8)
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(X))[:400]
-    return X[idx], d.target[idx]
-
-
 def nets():
     mlp = rp.Sequential(rp.Flatten(), rp.Linear(64, 16), rp.Tanh(), rp.Linear(16, 10))
     conv = rp.Sequential(rp.Conv2d(1, 4, 3, padding=1), rp.ReLU(), rp.MaxPool2d(2), rp.Conv2d(4, 6, 3),
@@ -60,7 +49,7 @@ def main(argv=None):
     ap.parse_args(argv)
     from report import table, write
 
-    X, y = digits()
+    X, y = digits(n_train=400, images=True)[:2]
     loss = rp.CrossEntropyLoss()
     lines = ["# EKFAC against K-FAC: Frobenius distance to the Fisher (George et al. 2018)", "",
              f"{len(X)} digits; networks trained 30 epochs by SGD; Monte Carlo Fisher with 4 samples per point; "

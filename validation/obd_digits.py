@@ -16,21 +16,10 @@ import sys
 import numpy as np
 
 import refprune as rp
+from datasets import digits
 
 WEIGHT_DECAY = 1e-3
 LOSS = rp.CrossEntropyLoss()
-
-
-def digits(n_train=1000):
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        sys.exit("this study needs scikit-learn: pip install 'refprune[validation]'")
-    d = load_digits()
-    X = d.data / 16.0
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(X))
-    return X[idx[:n_train]], d.target[idx[:n_train]], X[idx[n_train:]], d.target[idx[n_train:]]
 
 
 def objective(model, theta, X, y, loss=LOSS):

@@ -24,7 +24,7 @@ def relative_error(a, b):
     return diff / scale if scale > 0 else diff
 
 
-def _constant_factor(a, b):
+def constant_factor(a, b):
     """``r`` with ``a = r b`` up to rounding, or ``None``."""
     bb = float(np.vdot(b, b))
     if bb == 0:
@@ -97,7 +97,7 @@ def diagnose(a, b, case, tol):
     if not np.all(np.isfinite(a)):
         return [f"{int(np.size(a) - np.isfinite(a).sum())} NaN or inf entries"]
     notes = []
-    r = _constant_factor(a, b)
+    r = constant_factor(a, b)
     if r is not None and a.size == 1:
         named = _name_factor(r, case)
         return [named if ":" in named else f"value {float(a.ravel()[0])!r}, refprune's {float(b.ravel()[0])!r}"]
@@ -125,7 +125,7 @@ def diagnose(a, b, case, tol):
                         notes.append(f"{label}: transposed layout (refprune and PyTorch store weight as "
                                      f"(out, in) row-major)")
                         continue
-                f = _constant_factor(a[s0:s1], b[s0:s1])
+                f = constant_factor(a[s0:s1], b[s0:s1])
                 if f is not None:
                     notes.append(f"{label}: " + _name_factor(f, case))
     if not notes:

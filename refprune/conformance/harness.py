@@ -20,7 +20,7 @@ from ..curvature import exact as _c
 from ..curvature.ekfac import ekfac
 from ..curvature.kronecker import kfac
 from ..params import flatten_params
-from .diagnosis import diagnose, relative_error
+from .diagnosis import constant_factor, diagnose, relative_error
 from .zoo import zoo
 
 _PARAMS = "theta in PyTorch order (weight.ravel() then bias, layer by layer; docs/conventions.md §1)"
@@ -218,8 +218,8 @@ def _compare(name, got, ref, case, tol):
             errs += [eS, eA]
             if eS > tol or eA > tol:
                 notes.append(f"layer pair {i}: S error {eS:.2e}, A error {eA:.2e}")
-                rs = _ratio(S, rS)
-                ra = _ratio(A, rA)
+                rs = constant_factor(S, rS) if S.shape == rS.shape else None
+                ra = constant_factor(A, rA) if A.shape == rA.shape else None
                 if rs is not None and ra is not None and abs(rs * ra - 1) < 1e-8:
                     notes.append(f"layer pair {i}: S off by {rs:.6g} and A by {ra:.6g}, the same Kronecker product "
                                  "split differently (refprune.express_kfac converts between libraries)")
@@ -231,14 +231,6 @@ def _compare(name, got, ref, case, tol):
     ref = np.asarray(ref, dtype=float)
     err = relative_error(got, ref)
     return err, (diagnose(got, ref, case, tol) if err > tol else [])
-
-
-def _ratio(a, b):
-    if a.shape != b.shape:
-        return None
-    bb = float(np.vdot(b, b))
-    r = float(np.vdot(a, b)) / bb if bb else None
-    return r if r is not None and relative_error(a, r * b) < 1e-8 else None
 
 
 def check(adapter, cases=None, rtol=None, progress=False):

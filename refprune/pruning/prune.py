@@ -260,7 +260,7 @@ def _rank_select(score, groups, candidates, layer_of, mask):
 
 
 def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
-    mask = mask0 = check_mask(model, mask)
+    mask = check_mask(model, mask)
     prunable = prunable_mask(model, o["include_bias"]) & ~o["protected"]
     layer_of = layer_ids(model) if o["skip_emptied"] else None
     theta = flatten_params(params) * mask
@@ -315,7 +315,7 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
                     full = predicted + float(g @ d)
         new_mask = mask.copy()
         new_mask[removed] = False
-        check_not_emptied(model, new_mask, prunable_mask(model, o["include_bias"]) & ~o["protected"])
+        check_not_emptied(model, new_mask, prunable)
         rec = record_step(model, X, y, loss, k, theta, new, removed, predicted, new_mask, prunable, sal, full, wd)
         mask, theta = new_mask, new * new_mask
         retrain = o["retrain"]
