@@ -72,8 +72,13 @@ def loss(model, params, X, y, loss):
 
 def grad(model, params, X, y, loss):
     """Gradient ``dL/dtheta`` of shape ``(n,)``, in flat parameter order."""
-    inp = validate(model, params, X, y, loss)
+    return validated_grad(validate(model, params, X, y, loss))
+
+
+def validated_grad(inp):
+    """:func:`grad` of an already validated batch ``inp``."""
     _, caches, douts = gradient_pass(inp)
+    model = inp.model
     parts = [
         layer.param_grad(caches[j], douts[j])[0]
         for j, layer in enumerate(model)

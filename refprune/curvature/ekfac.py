@@ -97,14 +97,27 @@ def ekfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1
     inp = validate(model, params, X, y, loss)
     factor = OutputFactor(inp, curvature, samples, seed, targets, where="ekfac")
     kron_blocks = kfac_blocks(inp, factor, approx, bias)
-    offsets = model.param_offsets()
-    by_offset = {}
-    for b in kron_blocks:
-        by_offset.setdefault(b.layout.layer_offset, []).append(b)
-    scales = {id(b): np.zeros((b.layout.c, b.layout.p)) for b in kron_blocks}
+    moments = EigenbasisMoments(kron_blocks, model)
+    layer_statistics(inp, factor, moments.visit)
+    return EKFAC(moments.blocks(inp), model.n_params)
 
-    def visit(j, layer, U, g):
-        for b in by_offset[offsets[j]]:
+
+class EigenbasisMoments:
+    """The sums ``sum_{n,k} [U_S^T G_nk U_A]^2`` of every block in the eigenbasis of
+    the given :class:`KroneckerBlock` s, accumulated as a :func:`layer_statistics`
+    visitor (eq. 10 of George et al. 2018 before the factor ``R``)."""
+
+    def __init__(self, kron_blocks, model):
+        self.kron_blocks = list(kron_blocks)
+        self.offsets = model.param_offsets()
+        self.by_offset = {}
+        for b in self.kron_blocks:
+            self.by_offset.setdefault(b.layout.layer_offset, []).append(b)
+        self.sums = {id(b): np.zeros((b.layout.c, b.layout.p)) for b in self.kron_blocks}
+
+    def visit(self, j, layer, U, g):
+        """Add one chunk's per-sample gradients, projected onto each block's basis."""
+        for b in self.by_offset.get(int(self.offsets[j]), ()):
             _, US, _, UA = b.eigh()
             part = b.layout.part
             if part == "all":
@@ -113,11 +126,15 @@ def ekfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1
                 a = U
             else:
                 a = np.ones((U.shape[0], 1, U.shape[2]))
-            scales[id(b)] += _projected_second_moments(g, a, US, UA)
+            self.sums[id(b)] += _projected_second_moments(g, a, US, UA)
 
-    layer_statistics(inp, factor, visit)
-    blocks = [EKFACBlock(b, inp.scale * scales[id(b)]) for b in kron_blocks]
-    return EKFAC(blocks, model.n_params)
+    def scales(self, inp):
+        """The re-estimated eigenvalues ``s* = R sums`` of every block, in block order."""
+        return [inp.scale * self.sums[id(b)] for b in self.kron_blocks]
+
+    def blocks(self, inp):
+        """:class:`EKFACBlock` s with the re-estimated eigenvalues."""
+        return [EKFACBlock(b, s) for b, s in zip(self.kron_blocks, self.scales(inp))]
 
 
 def _projected_second_moments(g, a, US, UA):

@@ -35,7 +35,7 @@ import numpy as np
 from .. import derivatives as _d
 from ..checks import check_flag, check_number, validate
 from ..nn import AffineLayer
-from ..vocabulary import FISHERS, check_curvature, renamed_options
+from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
 
 
 class CurvatureTooLargeError(MemoryError):
@@ -299,3 +299,15 @@ def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, tar
     sink = _full(inp, out, max_bytes, curvature)
     matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets)
     return _assemble(inp, matvec, False, sink, progress, curvature)
+
+
+def exact_matrix(model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None, **kwargs):
+    """The exact matrix of any name in :data:`refprune.vocabulary.CURVATURES`:
+    :func:`hessian`, :func:`ggn` or :func:`fisher` (``samples``, ``seed`` and
+    ``targets`` for ``"mc_fisher"``); ``kwargs`` (``out``, ``max_bytes``, ``progress``)
+    are passed on."""
+    check_curvature(curvature, CURVATURES, "exact_matrix")
+    if curvature in ("hessian", "ggn"):
+        return (hessian if curvature == "hessian" else ggn)(model, params, X, y, loss, **kwargs)
+    return fisher(model, params, X, y, loss, curvature=curvature, samples=samples, seed=seed, targets=targets,
+                  **kwargs)

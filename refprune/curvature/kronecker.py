@@ -328,37 +328,49 @@ def check_kfac_options(curvature, approx, bias, where):
 def kfac_blocks(inp, factor, approx, bias="fold"):
     """The :class:`KroneckerBlock` of every affine layer (two per layer with a bias
     when ``bias="separate"``) from the output factor's columns (docs §8)."""
-    model = inp.model
-    offsets = model.param_offsets()
-    stats = {}
+    stats = FactorStatistics(approx)
+    layer_statistics(inp, factor, stats.visit)
+    return stats.blocks(inp, bias)
 
-    def visit(j, layer, U, g):
+
+class FactorStatistics:
+    """The sums behind ``A`` and ``S`` of every affine layer, accumulated chunk by
+    chunk as a :func:`layer_statistics` visitor; ``blocks`` normalises them (docs §8)."""
+
+    def __init__(self, approx):
+        self.approx, self.sums = approx, {}
+
+    def visit(self, j, layer, U, g):
+        """Add one chunk's features ``U (n, r, T)`` and output gradients ``g (n, K, c, T)``."""
         a = with_bias_row(layer, U)
-        if approx == "expand":
+        if self.approx == "expand":
             am = a.transpose(0, 2, 1).reshape(-1, a.shape[1])
             gm = g.transpose(0, 1, 3, 2).reshape(-1, g.shape[2])
         else:
             am = a.mean(axis=2)
             gm = g.sum(axis=3).reshape(-1, g.shape[2])
         A, S = am.T @ am, gm.T @ gm
-        if j in stats:
-            stats[j][0] += S
-            stats[j][1] += A
+        if j in self.sums:
+            self.sums[j][0] += S
+            self.sums[j][1] += A
         else:
-            stats[j] = [S, A, U.shape[2]]
+            self.sums[j] = [S, A, U.shape[2]]
 
-    layer_statistics(inp, factor, visit)
-    blocks = []
-    for j in sorted(stats):
-        S, A, T = stats[j]
-        A /= inp.n_samples * (T if approx == "expand" else 1)
-        S *= inp.scale
-        layer = model[j]
-        if bias == "separate" and layer.bias:
-            # A's constant corner is exactly 1 in both variants (mean of ones)
-            r = A.shape[0] - 1
-            blocks.append(KroneckerBlock(S, A[:r, :r].copy(), LayerLayout(layer, offsets[j], "weight")))
-            blocks.append(KroneckerBlock(S.copy(), np.ones((1, 1)), LayerLayout(layer, offsets[j], "bias")))
-        else:
-            blocks.append(KroneckerBlock(S, A, LayerLayout(layer, offsets[j])))
-    return blocks
+    def blocks(self, inp, bias="fold"):
+        """The normalised factors as :class:`KroneckerBlock` s, in layer order."""
+        model = inp.model
+        offsets = model.param_offsets()
+        blocks = []
+        for j in sorted(self.sums):
+            S, A, T = self.sums[j]
+            A = A / (inp.n_samples * (T if self.approx == "expand" else 1))
+            S = S * inp.scale
+            layer = model[j]
+            if bias == "separate" and layer.bias:
+                # A's constant corner is exactly 1 in both variants (mean of ones)
+                r = A.shape[0] - 1
+                blocks.append(KroneckerBlock(S, A[:r, :r].copy(), LayerLayout(layer, offsets[j], "weight")))
+                blocks.append(KroneckerBlock(S.copy(), np.ones((1, 1)), LayerLayout(layer, offsets[j], "bias")))
+            else:
+                blocks.append(KroneckerBlock(S, A, LayerLayout(layer, offsets[j])))
+        return blocks

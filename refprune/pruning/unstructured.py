@@ -64,17 +64,10 @@ def diagonal_of(curvature, kind, args, mc, weight_decay=0.0):
     return d + weight_decay
 
 
-def dense_curvature(kind, args, mc):
-    """The dense matrix named ``kind`` (``docs/conventions.md`` §3)."""
-    if kind in ("hessian", "ggn"):
-        return getattr(curvature, kind)(*args)
-    return curvature.fisher(*args, curvature=kind, **mc)
-
-
 def curvature_matrix(spec, args, mc, weight_decay=0.0):
     """The dense matrix OBS uses: by name or precomputed, plus ``weight_decay I``."""
     n = args[0].n_params
-    H = precomputed_matrix(spec, n) if is_matrix_like(spec) else dense_curvature(spec, args, mc)
+    H = precomputed_matrix(spec, n) if is_matrix_like(spec) else curvature.exact_matrix(*args, curvature=spec, **mc)
     return H + weight_decay * np.eye(n) if weight_decay else H
 
 
