@@ -27,6 +27,7 @@ from .library_conventions import LIBRARIES, express_kfac
 # bridges to PyTorch and JAX (imported on first call)
 from .bridges import from_jax, from_torch, to_jax, to_torch
 # training and pruning
+from . import optim
 from .training import train
 from .pruning import (
     OBS, OBSTrace, PruneResult, PruningWarning, SingularCurvatureError, obs_trace, prunable_mask, prune, remove_units,
@@ -59,6 +60,6 @@ __all__ = [
     # bridges to PyTorch and JAX
     "from_torch", "to_torch", "to_jax", "from_jax",
     # training and pruning
-    "train", "minimize", "prune", "PruneResult", "PruningWarning", "obs_trace", "OBSTrace", "saliencies", "OBS",
+    "optim", "train", "minimize", "prune", "PruneResult", "PruningWarning", "obs_trace", "OBSTrace", "saliencies", "OBS",
     "SingularCurvatureError", "prunable_mask", "remove_units",
 ]

@@ -1,6 +1,8 @@
-"""A small trainer: mini-batch SGD with momentum and weight decay, respecting masks.
+"""A small trainer: mini-batch steps of any :mod:`refprune.optim` optimizer, respecting
+masks.
 
-Update (PyTorch's ``torch.optim.SGD`` with ``dampening = 0``, ``nesterov = False``)::
+The default optimizer is SGD with momentum (PyTorch's ``torch.optim.SGD`` with
+``dampening = 0``, ``nesterov = False``)::
 
     g = (grad + weight_decay * theta) * mask
     buf = momentum * buf + g
@@ -12,54 +14,74 @@ pruned weights that are zero stay exactly zero.  The batch order is drawn from
 """
 
 import sys
+import time
 
 import numpy as np
 
 from .checks import check_number, validate
-from .derivatives import grad, loss as loss_value
+from .derivatives import loss as loss_value
+from .optim import SGD, Optimizer
+from .optim.base import check_mask
 from .params import flatten_params, unflatten_params
 
 
-def train(model, params, X, y, loss, epochs=10, batch_size=32, lr=0.1, momentum=0.9, weight_decay=0.0,
-          mask=None, seed=0, progress=False):
+def train(model, params, X, y, loss, epochs=10, batch_size=32, lr=None, momentum=None, weight_decay=None,
+          mask=None, seed=0, progress=False, optimizer=None, callback=None):
     """Train and return ``(params, history)``; ``history`` lists the full-batch loss after
     every epoch (and before the first, at index 0).
 
-    ``mask`` (bool ``(n,)``) marks trainable coordinates; the others keep their value
-    (pruned weights: zero).
+    Parameters
+    ----------
+    optimizer : refprune.optim.Optimizer, optional
+        The update rule (reset before training starts); default
+        ``SGD(lr=0.1, momentum=0.9, weight_decay=0)``, whose three settings ``lr``,
+        ``momentum`` and ``weight_decay`` may be given here instead.
+    mask : bool ``(n,)``, optional
+        Trainable coordinates; the others keep their value (pruned weights: zero).
+    callback : callable, optional
+        ``callback(epoch, params, loss)`` after every epoch (``epoch`` from 1).
     """
     inp = validate(model, params, X, y, loss)
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (0 if name == "epochs" else 1):
             raise ValueError(f"train: {name} must be a {'non-negative' if name == 'epochs' else 'positive'} int, got {v!r}")
-    for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        check_number(v, f"train: {name}")
+    sgd = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer is None:
+        defaults = dict(lr=0.1, momentum=0.9, weight_decay=0.0)
+        for name, v in sgd.items():
+            check_number(defaults[name] if v is None else v, f"train: {name}")
+        optimizer = SGD(**{k: defaults[k] if v is None else v for k, v in sgd.items()})
+    elif not isinstance(optimizer, Optimizer):
+        raise TypeError(f"train: optimizer must be a refprune.optim optimizer (SGD, NaturalGradient, KFAC, EKFAC), "
+                        f"got {type(optimizer).__name__}")
+    elif any(v is not None for v in sgd.values()):
+        given = ", ".join(k for k, v in sgd.items() if v is not None)
+        raise TypeError(f"train: {given} belong to the optimizer when one is given; set them on {optimizer.name}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"train: callback must be callable, got {type(callback).__name__}")
     theta = flatten_params([p for group in inp.grouped for p in group])
-    m = np.ones(theta.size) if mask is None else np.asarray(mask, dtype=bool).astype(np.float64)
-    if m.shape != theta.shape:
-        raise ValueError(f"train: mask must have shape {theta.shape}, got {m.shape}")
+    free = check_mask(mask, theta.size, "train")
     X, y = inp.X, inp.y
     rng = np.random.default_rng(seed)
-    buf = np.zeros_like(theta)
+    optimizer.reset()
     history = [loss_value(model, params, X, y, loss)]
     for epoch in range(epochs):
         order = rng.permutation(len(X))
-        for i in range(0, len(X), batch_size):
-            idx = order[i : i + batch_size]
-            try:
-                g = grad(model, unflatten_params(model, theta), X[idx], y[idx], loss)
-            except FloatingPointError as err:
-                raise FloatingPointError(f"train: diverged in epoch {epoch + 1} ({err}); lower lr") from None
-            g = (g + weight_decay * theta) * m
-            buf = momentum * buf + g
-            theta = theta - lr * buf
-        p = unflatten_params(model, theta)
+        start = time.perf_counter()
         try:
+            for i in range(0, len(X), batch_size):
+                idx = order[i : i + batch_size]
+                batch = validate(model, unflatten_params(model, theta), X[idx], y[idx], loss)
+                theta = optimizer.step_flat(batch, theta, free)
+            p = unflatten_params(model, theta)
             history.append(loss_value(model, p, X, y, loss))
         except FloatingPointError as err:
             raise FloatingPointError(f"train: diverged in epoch {epoch + 1} ({err}); lower lr") from None
         if not np.isfinite(history[-1]):
             raise FloatingPointError(f"train: loss became {history[-1]} in epoch {epoch + 1}; lower lr")
         if progress:
-            print(f"train: epoch {epoch + 1}/{epochs}  loss {history[-1]:.6f}", file=sys.stderr)
+            print(f"train: epoch {epoch + 1}/{epochs}  loss {history[-1]:.6f}  "
+                  f"({time.perf_counter() - start:.2f} s)", file=sys.stderr)
+        if callback is not None:
+            callback(epoch + 1, p, history[-1])
     return unflatten_params(model, theta), history

@@ -1,0 +1,218 @@
+"""The update every refprune optimizer shares, and SGD (``docs/optimizers.md`` §1).
+
+One step on a mini-batch, with ``g`` its gradient and ``P`` the optimizer's
+preconditioner acting on the free (unpruned) coordinates::
+
+    d   = P g                                  (SGD: P = I)
+    d   = nu d,  nu = min(1, sqrt(c / (lr^2 d.g)))    (KL clipping, if kl_clip = c)
+    d   = (d + weight_decay theta) * mask
+    buf = momentum buf + d
+    theta = theta - lr buf
+
+With ``P = I`` and no clipping this is PyTorch's ``torch.optim.SGD`` (``dampening = 0``,
+``nesterov = False``).  KL clipping is Ba, Grosse & Martens (2017, "Distributed
+second-order optimization using Kronecker-factored approximations", §5): ``lr^2 d.g =
+lr^2 g^T P g`` estimates twice the KL divergence the step makes under the
+preconditioner's Fisher, and the step is scaled down so that it does not exceed ``c``.
+Weight decay is added after preconditioning, as in the K-FAC implementations of the
+EigenDamage experiments (it is not part of the loss whose curvature ``P`` inverts).
+
+``buf`` starts at zero and the update is masked, so pruned coordinates keep their
+value exactly.
+"""
+
+import numpy as np
+import scipy.linalg
+
+from ..checks import check_number, validate
+from ..derivatives import validated_grad
+from ..params import flatten_params, unflatten_params
+
+
+class Optimizer:
+    """Base class: ``step(model, params, X, y, loss, mask=None)`` returns the new
+    parameters after one update on the batch ``(X, y)``; subclasses define
+    :meth:`precondition`.  State (momentum buffer, curvature statistics, step count
+    ``t``) persists between steps; :meth:`reset` clears it."""
+
+    name = "optimizer"
+
+    def __init__(self, lr=0.1, momentum=0.0, weight_decay=0.0, kl_clip=None):
+        self.lr = check_number(lr, f"{self.name}: lr")
+        self.momentum = check_number(momentum, f"{self.name}: momentum")
+        if self.momentum >= 1:
+            raise ValueError(f"{self.name}: momentum must be < 1, got {momentum!r}")
+        self.weight_decay = check_number(weight_decay, f"{self.name}: weight_decay")
+        self.kl_clip = check_number(kl_clip, f"{self.name}: kl_clip", allow_none=True)
+        if self.kl_clip is not None and not self.kl_clip > 0:
+            raise ValueError(f"{self.name}: kl_clip must be > 0 (or None for no clipping), got {kl_clip!r}")
+        self.reset()
+
+    def reset(self):
+        """Forget the momentum buffer and any curvature statistics; ``t = 0``."""
+        self.t = 0
+        self.buf = None
+        self.last_nu = 1.0
+
+    def precondition(self, inp, theta, g, free):
+        """``P g`` on the free coordinates (zero elsewhere); ``inp`` is the validated
+        batch, ``free`` a bool ``(n,)`` or ``None`` for all free."""
+        raise NotImplementedError
+
+    def step(self, model, params, X, y, loss, mask=None):
+        """One update on the batch ``(X, y)``; returns the new parameter list.
+
+        ``mask`` (bool ``(n,)``, flat parameter order) marks the free coordinates; the
+        others keep their value.  The arguments are not modified.
+        """
+        inp = validate(model, params, X, y, loss)
+        theta = flatten_params([p for group in inp.grouped for p in group])
+        free = check_mask(mask, theta.size, self.name)
+        return unflatten_params(model, self.step_flat(inp, theta, free))
+
+    def step_flat(self, inp, theta, free):
+        """:meth:`step` on a validated batch and a flat ``theta``; returns the new ``theta``."""
+        if self.buf is None or self.buf.shape != theta.shape:
+            self.buf = np.zeros_like(theta)
+        self.t += 1
+        g = validated_grad(inp)
+        if free is not None:
+            g = g * free
+        d = self.precondition(inp, theta, g, free)
+        if self.kl_clip is not None:
+            d = d * self._kl_factor(d, g)
+        d = d + self.weight_decay * theta
+        if free is not None:
+            d = d * free
+        self.buf = self.momentum * self.buf + d
+        return theta - self.lr * self.buf
+
+    def _kl_factor(self, d, g):
+        # Ba et al. (2017), §5: nu = min(1, sqrt(c / (lr^2 d.g)))
+        vg = self.lr ** 2 * float(d @ g)
+        self.last_nu = 1.0 if vg <= self.kl_clip else float(np.sqrt(self.kl_clip / vg))
+        return self.last_nu
+
+
+class SGD(Optimizer):
+    """Mini-batch SGD with heavy-ball momentum (``P = I``)."""
+
+    name = "SGD"
+
+    def __init__(self, lr=0.1, momentum=0.9, weight_decay=0.0, kl_clip=None):
+        super().__init__(lr, momentum, weight_decay, kl_clip)
+
+    def precondition(self, inp, theta, g, free):
+        """The gradient itself."""
+        return g
+
+
+def check_mask(mask, n, where):
+    """A bool ``(n,)`` mask of free coordinates, or ``None`` when all are free."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.dtype != bool:
+        raise TypeError(f"{where}: mask must be a bool array (True = free), got dtype {m.dtype}")
+    if m.shape != (n,):
+        raise ValueError(f"{where}: mask must have shape ({n},), got {m.shape}")
+    return None if m.all() else m.copy()
+
+
+class MovingAverage:
+    """``x_k = eps_k x_{k-1} + (1 - eps_k) X_k`` with ``eps_k = min(decay, 1 - 1/k)``
+    (Martens & Grosse 2015, §5), so the first estimate is the first batch's and
+    ``decay = 0`` keeps only the latest batch."""
+
+    def __init__(self, decay, where):
+        self.decay = check_number(decay, f"{where}: ema_decay")
+        if self.decay >= 1:
+            raise ValueError(f"{where}: ema_decay must be < 1, got {decay!r}")
+        self.reset()
+
+    def reset(self):
+        """Start again: the next update becomes the estimate."""
+        self.k, self.value = 0, None
+
+    def update(self, batch):
+        """Fold in the list of arrays ``batch``; returns the averages."""
+        self.k += 1
+        eps = min(self.decay, 1.0 - 1.0 / self.k)
+        if self.value is None or eps == 0:
+            self.value = [np.array(b, dtype=np.float64) for b in batch]
+        else:
+            self.value = [eps * v + (1 - eps) * b for v, b in zip(self.value, batch)]
+        return self.value
+
+
+def check_interval(value, name):
+    """A positive int (number of steps)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int (steps), got {value!r}")
+    return int(value)
+
+
+#: free coordinates above which a masked block is solved by conjugate gradients
+#: instead of a Cholesky factorisation of its dense restriction
+DENSE_LIMIT = 4096
+
+
+def restricted_solve(matvec, dense, g, free, what):
+    """Solve ``M_ff d_f = g_f`` for the symmetric positive definite ``M`` restricted
+    to the free coordinates ``f``; ``d`` is zero elsewhere.
+
+    ``dense()`` gives ``M`` (used up to :data:`DENSE_LIMIT` free coordinates, Cholesky);
+    above it ``matvec(v)`` (``v (m,)``) drives conjugate gradients to a relative
+    residual of ``1e-12``.
+    """
+    d = np.zeros_like(g)
+    f = np.flatnonzero(free)
+    if f.size == 0:
+        return d
+    if f.size <= DENSE_LIMIT:
+        M = dense()[np.ix_(f, f)]
+        try:
+            d[f] = scipy.linalg.cho_solve(scipy.linalg.cho_factor(M), g[f])
+        except np.linalg.LinAlgError:
+            ev = np.linalg.eigvalsh(M)[0]
+            raise np.linalg.LinAlgError(
+                f"{what} restricted to the free coordinates is not positive definite (smallest eigenvalue "
+                f"{ev:.3e}); use a larger damping") from None
+        return d
+
+    def restricted(v):
+        full = np.zeros_like(g)
+        full[f] = v
+        return matvec(full)[f]
+
+    d[f] = conjugate_gradients(restricted, g[f], what)
+    return d
+
+
+def conjugate_gradients(matvec, b, what, rtol=1e-12):
+    """``x`` with ``|matvec(x) - b| <= rtol |b|`` for a symmetric positive definite
+    operator (Hestenes & Stiefel 1952); raises ``LinAlgError`` on a non-positive
+    curvature direction or after ``10 len(b)`` iterations."""
+    x = np.zeros_like(b)
+    r = b.copy()
+    p = r.copy()
+    rr = float(r @ r)
+    stop = (rtol * np.sqrt(rr)) ** 2
+    for _ in range(10 * len(b)):
+        if rr <= stop:
+            return x
+        Ap = matvec(p)
+        pAp = float(p @ Ap)
+        if not pAp > 0:
+            raise np.linalg.LinAlgError(f"{what} restricted to the free coordinates is not positive definite "
+                                        f"(p^T M p = {pAp:.3e}); use a larger damping")
+        alpha = rr / pAp
+        x += alpha * p
+        r -= alpha * Ap
+        rr_new = float(r @ r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    if rr <= stop:
+        return x
+    raise np.linalg.LinAlgError(f"{what}: conjugate gradients did not converge in {10 * len(b)} iterations "
+                                f"(relative residual {np.sqrt(rr / float(b @ b)):.1e}); use a larger damping")
