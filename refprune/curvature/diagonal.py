@@ -29,6 +29,7 @@ from ..checks import check_flag, validate
 from ..nn import AffineLayer
 from ..nn.activations import Elementwise
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
+from . import parallel as _par
 from .output_factors import OutputFactor, hessian_sqrt
 
 
@@ -119,39 +120,85 @@ class _HessianFactor:
         return hessian_sqrt(self.inp.loss, f)
 
 
-def hessian_diagonal(model, params, X, y, loss):
-    """Exact ``diag(H)``, ``(n,)``, by second-order backpropagation (docs §7)."""
-    inp = validate(model, params, X, y, loss)
-    return _factored_diagonal(inp, _HessianFactor(inp), residual=True)
+def hessian_diagonal(model, params, X, y, loss, executor=None, shards=1):
+    """Exact ``diag(H)``, ``(n,)``, by second-order backpropagation (docs §7).
+
+    ``executor`` and ``shards`` (as for :func:`refprune.hessian`, docs §11): the samples
+    split into ``shards`` contiguous shards, each diagonal computed as a task (on the
+    executor, or here) and the results summed in shard order, equal to the one-process
+    diagonal to rounding."""
+    return _diagonal(model, params, X, y, loss, "hessian", {}, executor, shards)
 
 
-def ggn_diagonal(model, params, X, y, loss):
-    """Exact ``diag(GGN)``, ``(n,)``: ``C`` back-propagated columns per sample."""
-    inp = validate(model, params, X, y, loss)
-    return _factored_diagonal(inp, _HessianFactor(inp), residual=False)
+def ggn_diagonal(model, params, X, y, loss, executor=None, shards=1):
+    """Exact ``diag(GGN)``, ``(n,)``: ``C`` back-propagated columns per sample.
+    ``executor``, ``shards`` as for :func:`hessian_diagonal`."""
+    return _diagonal(model, params, X, y, loss, "ggn", {}, executor, shards)
 
 
 @renamed_options(kind="curvature")
-def fisher_diagonal(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, targets=None):
+def fisher_diagonal(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, targets=None, executor=None,
+                    shards=1):
     """Diagonal of a Fisher, ``(n,)``, for ``curvature`` one of ``"fisher"`` (the true
     Fisher, equal to the GGN's), ``"mc_fisher"`` (``samples`` targets drawn with
     ``seed``, the same draws as ``fisher(curvature="mc_fisher", samples=, seed=)``, or
-    the caller's ``targets``) and ``"empirical_fisher"``."""
+    the caller's ``targets``) and ``"empirical_fisher"``.  ``executor``, ``shards`` as
+    for :func:`hessian_diagonal` (Monte Carlo targets drawn once for the whole batch)."""
     check_curvature(curvature, FISHERS, "fisher_diagonal")
-    inp = validate(model, params, X, y, loss)
-    return _factored_diagonal(inp, OutputFactor(inp, curvature, samples, seed, targets, where="fisher_diagonal"),
-                              residual=False)
+    return _diagonal(model, params, X, y, loss, curvature, dict(samples=samples, seed=seed, targets=targets),
+                     executor, shards)
 
 
-def curvature_diagonal(model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None):
+def curvature_diagonal(model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None,
+                       executor=None, shards=1):
     """The exact diagonal of any curvature matrix by name (``"hessian"``, ``"ggn"``,
-    ``"fisher"``, ``"mc_fisher"``, ``"empirical_fisher"``), ``(n,)``."""
+    ``"fisher"``, ``"mc_fisher"``, ``"empirical_fisher"``), ``(n,)``; ``executor``,
+    ``shards`` as for :func:`hessian_diagonal`."""
     check_curvature(curvature, CURVATURES, "curvature_diagonal")
     if curvature == "hessian":
-        return hessian_diagonal(model, params, X, y, loss)
+        return hessian_diagonal(model, params, X, y, loss, executor, shards)
     if curvature == "ggn":
-        return ggn_diagonal(model, params, X, y, loss)
-    return fisher_diagonal(model, params, X, y, loss, curvature, samples, seed, targets)
+        return ggn_diagonal(model, params, X, y, loss, executor, shards)
+    return fisher_diagonal(model, params, X, y, loss, curvature, samples, seed, targets, executor, shards)
+
+
+def _factor(inp, curvature, mc, where):
+    if curvature in ("hessian", "ggn"):
+        return _HessianFactor(inp)
+    return OutputFactor(inp, curvature, where=where, **mc)
+
+
+def diagonal_task(model, params, X, y, loss, scale, curvature, targets):
+    """One task of the sample decomposition, a plain function any worker can run: the
+    diagonal over the samples ``(X, y)`` with the whole batch's loss scale ``scale``
+    (and the shard's slice of the Monte Carlo targets)."""
+    inp = validate(model, params, X, y, loss)._replace(scale=scale)
+    mc = {"targets": targets} if curvature == "mc_fisher" else {}
+    return _factored_diagonal(inp, _factor(inp, curvature, mc, "diagonal"), residual=curvature == "hessian")
+
+
+def _diagonal(model, params, X, y, loss, curvature, mc, executor, shards):
+    where = f"{curvature}_diagonal" if curvature in ("hessian", "ggn") else "fisher_diagonal"
+    inp = validate(model, params, X, y, loss)
+    factor = _factor(inp, curvature, mc, where)  # checks the options; draws the Monte Carlo targets once
+    if executor is None and shards == 1:
+        return _factored_diagonal(inp, factor, residual=curvature == "hessian")
+    ex = _par.resolve_executor(executor, where)
+    targets = getattr(factor, "targets", None)
+    flat = [p for group in inp.grouped for p in group]
+    parts = [(diagonal_task, (model, flat, inp.X[s0:s1], inp.y[s0:s1], inp.loss, inp.scale, curvature,
+                              None if targets is None else targets[:, s0:s1]))
+             for s0, s1 in _par.shard_ranges(inp.n_samples, shards, where)]
+    result = []
+
+    def consume(key, partials):
+        total = partials[0]
+        for p in partials[1:]:
+            total = total + p
+        result.append(total)
+
+    _par.run(ex, [("all samples", parts)], consume, False, where)
+    return result[0]
 
 
 def obd_diagonal(model, params, X, y, loss, levenberg_marquardt=False):

@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from .. import derivatives as _d
+from . import parallel as _par
 from ..checks import check_flag, check_number, validate
 from ..nn import AffineLayer
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
@@ -118,7 +119,9 @@ class _BlockSink:
         return sorted(self.blocks.items())
 
 
-def _assemble(inp, loss_matvec, second_order, sink, progress, name):
+def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None):
+    """Run the assembly into ``sink``; ``rows_of=(l, units)`` restricts it to the rows of
+    layer ``l`` (those of output units ``units=(u0, u1)``, or all for ``None``)."""
     check_flag(progress, "progress")
     model, n_samples = inp.model, inp.n_samples
     L = len(model)
@@ -132,23 +135,36 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name):
     t_start = time.perf_counter()
 
     for count, l in enumerate(param_layers):
+        if rows_of is not None and l != rows_of[0]:
+            continue
         layer_l, out_l = model[l], out_shapes[l]
         n_l = layer_l.n_params
+        units = None if rows_of is None else rows_of[1]
         # Seed choice (docs §4): the identity on z_l (K = |z_l| directions per sample,
         # contracted with U_l at the end) or the parameter Jacobian dz_l/dtheta_l
-        # (K = n_l directions, giving the rows directly); the smaller K wins.
+        # (K = n_l directions, giving the rows directly); the smaller K wins.  Rows of
+        # some output units only: the identity directions of those units, or the
+        # Jacobian directions of their parameters.
         K_id = int(np.prod(out_l))
         jacobian_seed = n_l < K_id
-        K = n_l if jacobian_seed else K_id
+        if units is None:
+            eye_rows = slice(None)
+        elif jacobian_seed:
+            eye_rows = layer_l.unit_rows(units)
+        else:
+            per_unit = K_id // layer_l.out_units
+            eye_rows = slice(units[0] * per_unit, units[1] * per_unit)
+        K = len(np.arange(n_l if jacobian_seed else K_id)[eye_rows])
         nc = max(1, chunk // (K * width))
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
             first = s0 == 0
             f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
             if jacobian_seed:
-                seed = layer_l.param_jvp(inp.grouped[l], caches[l], _split_identity(layer_l))
+                seed = layer_l.param_jvp(inp.grouped[l], caches[l], [e[eye_rows] for e in _split_identity(layer_l)])
             else:
-                seed = np.broadcast_to(np.eye(K).reshape((1, K) + out_l), (s1 - s0, K) + out_l)
+                eye = np.eye(K_id)[eye_rows].reshape((1, K) + out_l)
+                seed = np.broadcast_to(eye, (s1 - s0, K) + out_l)
             xdots = [None] * L
             t = seed
             for j in range(l + 1, L):
@@ -167,7 +183,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name):
                         _accumulate(target(0, layer.n_params), block, inp.scale, first)
                     else:
                         _rows_from_identity_seed(target, layer_l, caches[l], layer, caches[j], D, dU, douts[j],
-                                                 inp.scale, first, chunk)
+                                                 inp.scale, first, chunk, units)
                 if j == l:
                     break
                 Dn = layer.vjp(inp.grouped[j], caches[j], D)
@@ -221,7 +237,7 @@ def _accumulate(target, block, scale, first):
         target += scale * block
 
 
-def _rows_from_identity_seed(target, layer_l, cache_l, layer_m, cache_m, D, dU, d0, scale, first, chunk):
+def _rows_from_identity_seed(target, layer_l, cache_l, layer_m, cache_m, D, dU, d0, scale, first, chunk, units=None):
     """Rows of layer ``l`` against the columns of layer ``m`` when the tangents were seeded
     with the identity on ``z_l``: form the tangent of ``m``'s per-sample gradient for a
     few output units at a time and contract it with ``U_l`` (``param_contract``)."""
@@ -232,14 +248,18 @@ def _rows_from_identity_seed(target, layer_l, cache_l, layer_m, cache_m, D, dU, 
     for u0 in range(0, layer_m.out_units, per_chunk):
         u1 = min(layer_m.out_units, u0 + per_chunk)
         T = layer_m.per_sample_param_grad(cache_m, D, dU, d0, units=(u0, u1))
-        C = layer_l.param_contract(cache_l, T.reshape((n,) + layer_l.out_shape_of(cache_l) + (T.shape[-1],)))
+        out_l = layer_l.out_shape_of(cache_l)
+        if units is not None:
+            out_l = (units[1] - units[0],) + tuple(out_l[1:])
+        C = layer_l.param_contract(cache_l, T.reshape((n,) + tuple(out_l) + (T.shape[-1],)), units)
         c0 = 0
         for a, b in layer_m.unit_columns((u0, u1)):
             _accumulate(target(a, b), C[:, c0 : c0 + b - a], scale, first)
             c0 += b - a
 
 
-def hessian(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
+def hessian(model, params, X, y, loss, out=None, max_bytes=None, progress=False, executor=None, block_rows=None,
+            shards=1):
     """The exact Hessian ``d^2 L / dtheta^2``, ``(n, n)`` in flat parameter order.
 
     Parameters
@@ -252,32 +272,45 @@ def hessian(model, params, X, y, loss, out=None, max_bytes=None, progress=False)
         Refuse (``CurvatureTooLargeError``) to allocate a result larger than this;
         default: the memory currently available.
     progress : bool
-        Report each layer's rows on stderr.
+        Report each layer's rows (or each block) on stderr.
+    executor : None, concurrent.futures.Executor or dask.distributed.Client
+        Run the blocks as independent tasks there (``docs/derivations.md`` §11); with
+        ``block_rows``, ``shards`` or a Zarr ``out`` and no executor they run here.
+    block_rows : int, optional
+        Split each layer's rows into blocks of the rows of whole output units, at most
+        about this many rows each (default: one block per layer).
+    shards : int
+        Split the samples into this many contiguous shards, assembled separately and
+        summed in order.
+    out : also a Zarr array (or any store with ``attrs``); written block by block, and
+        it records the blocks done, so a call with the same ``out`` after an
+        interruption computes only the missing ones (as does a ``numpy.memmap``).
+
+    One block per layer over all samples gives the same bits as one process; finer
+    blocks or several shards agree to rounding (the same sums grouped differently).
     """
-    inp = validate(model, params, X, y, loss)
-    sink = _full(inp, out, max_bytes, "hessian")
-    return _assemble(inp, _d.loss_curvature_matvec(inp, "hessian"), True, sink, progress, "hessian")
+    return _matrix(model, params, X, y, loss, "hessian", None, out, max_bytes, progress, executor, block_rows,
+                   shards)
 
 
-def ggn(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
+def ggn(model, params, X, y, loss, out=None, max_bytes=None, progress=False, executor=None, block_rows=None, shards=1):
     """The generalized Gauss-Newton ``G = R sum_n J_n^T Lambda_n J_n`` (Schraudolph 2002),
     ``(n, n)``.  Arguments as for :func:`hessian`."""
-    inp = validate(model, params, X, y, loss)
-    sink = _full(inp, out, max_bytes, "ggn")
-    return _assemble(inp, _d.loss_curvature_matvec(inp, "ggn"), False, sink, progress, "ggn")
+    return _matrix(model, params, X, y, loss, "ggn", None, out, max_bytes, progress, executor, block_rows, shards)
 
 
-def residual(model, params, X, y, loss, out=None, max_bytes=None, progress=False):
+def residual(model, params, X, y, loss, out=None, max_bytes=None, progress=False, executor=None, block_rows=None,
+             shards=1):
     """``H - GGN = R sum_n sum_c (dl_n/df_nc) d^2 f_nc / dtheta^2``, built from the
-    network's second derivatives alone (no loss curvature), ``(n, n)``."""
-    inp = validate(model, params, X, y, loss)
-    sink = _full(inp, out, max_bytes, "residual")
-    return _assemble(inp, _d.loss_curvature_matvec(inp, "zero"), True, sink, progress, "residual")
+    network's second derivatives alone (no loss curvature), ``(n, n)``.  Arguments as
+    for :func:`hessian`."""
+    return _matrix(model, params, X, y, loss, "residual", None, out, max_bytes, progress, executor, block_rows,
+                   shards)
 
 
 @renamed_options(kind="curvature")
 def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, targets=None, out=None,
-           max_bytes=None, progress=False):
+           max_bytes=None, progress=False, executor=None, block_rows=None, shards=1):
     """A Fisher information matrix ``R sum_n J_n^T Phi_n J_n`` (``docs/conventions.md`` §3).
 
     Parameters
@@ -290,15 +323,128 @@ def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, tar
         ``numpy.random.default_rng(seed)``, or over the caller's ``targets``
         (``(S, N)`` labels or ``(S, N, C)`` values, e.g. another library's draws).
         ``"empirical_fisher"``: ``Phi_n = g g^T`` at the observed targets ``y``.
+    out, max_bytes, progress, executor, block_rows, shards
+        As for :func:`hessian`; Monte Carlo targets are drawn once for the whole batch,
+        so every shard and block sees the same draws.
     """
     if curvature in ("hessian", "ggn"):
         raise ValueError(f"fisher: curvature={curvature!r} is not a Fisher; call refprune.{curvature}() or "
                          f"choose one of {FISHERS}")
     check_curvature(curvature, FISHERS, "fisher")
+    mc = dict(samples=samples, seed=seed, targets=targets)
+    return _matrix(model, params, X, y, loss, curvature, mc, out, max_bytes, progress, executor, block_rows, shards)
+
+
+#: matrix name -> (output curvature of ``loss_curvature_matvec``, second-order network terms)
+_KINDS = {"hessian": ("hessian", True), "ggn": ("ggn", False), "residual": ("zero", True),
+          "fisher": ("fisher", False), "mc_fisher": ("mc_fisher", False), "empirical_fisher": ("empirical_fisher", False)}
+
+
+def _matrix(model, params, X, y, loss, name, mc, out, max_bytes, progress, executor, block_rows, shards):
     inp = validate(model, params, X, y, loss)
-    sink = _full(inp, out, max_bytes, curvature)
-    matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets)
-    return _assemble(inp, matvec, False, sink, progress, curvature)
+    kind, second_order = _KINDS[name]
+    mc = mc or {}
+    if executor is None and block_rows is None and shards == 1 and not _par.is_array_store(out):
+        matvec = _d.loss_curvature_matvec(inp, kind, **mc)
+        return _assemble(inp, matvec, second_order, _full(inp, out, max_bytes, name), progress, name)
+    return _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, shards)
+
+
+class _RowsSink:
+    """The rows of one layer (or of some of its output units) against the columns of
+    that layer and every later one: ``(rows, n - offset of the layer)``."""
+
+    def __init__(self, model, l, units):
+        self.offsets = model.param_offsets()
+        rows = model[l].n_params if units is None else len(model[l].unit_rows(units))
+        self.rows = np.empty((rows, model.n_params - self.offsets[l]))
+        self.start = self.offsets[l]
+
+    def wants(self, l, m):
+        return True
+
+    def target(self, l, m, a, b):
+        c = self.offsets[m] - self.start
+        return self.rows[:, c + a : c + b]
+
+    def finish(self):
+        return self.rows
+
+
+def rows_task(model, params, X, y, loss, scale, name, targets, layer, units):
+    """One task of the block decomposition, a plain function that any worker can run:
+    the rows of ``layer`` (of output units ``units``, or all) of matrix ``name`` against
+    the columns from that layer on, over the samples ``(X, y)`` with the whole batch's
+    loss scale ``scale`` and, for ``"mc_fisher"``, the shard's slice of the targets."""
+    inp = validate(model, params, X, y, loss)._replace(scale=scale)
+    kind, second_order = _KINDS[name]
+    matvec = _d.loss_curvature_matvec(inp, kind, targets=targets)
+    return _assemble(inp, matvec, second_order, _RowsSink(model, layer, units), False, name, rows_of=(layer, units))
+
+
+def row_blocks(model, block_rows=None):
+    """The blocks of rows: ``[(layer index, units or None, [(start, stop) flat rows])]``."""
+    if block_rows is not None and (not isinstance(block_rows, (int, np.integer)) or isinstance(block_rows, bool)
+                                   or block_rows < 1):
+        raise ValueError(f"block_rows must be a positive int, got {block_rows!r}")
+    offsets = model.param_offsets()
+    out = []
+    for l in _param_layers(model):
+        layer, o = model[l], int(offsets[l])
+        if block_rows is None:
+            out.append((l, None, [(o, o + layer.n_params)]))
+            continue
+        per_unit = layer.n_params // layer.out_units
+        step = max(1, int(block_rows) // per_unit)
+        for u0 in range(0, layer.out_units, step):
+            units = (u0, min(layer.out_units, u0 + step))
+            out.append((l, units, [(o + a, o + b) for a, b in layer.unit_columns(units)]))
+    return out
+
+
+def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, shards):
+    """The matrix from independent tasks: blocks of rows times shards of samples."""
+    model, n = inp.model, inp.model.n_params
+    ex = _par.resolve_executor(executor, name)
+    ranges = _par.shard_ranges(inp.n_samples, shards, name)
+    blocks = row_blocks(model, block_rows)
+    targets = None
+    if name == "mc_fisher":
+        from .output_factors import draw_targets
+
+        targets = draw_targets(inp, _d.forward(inp)[0], mc.get("samples", 1), mc.get("seed", 0), mc.get("targets"))
+    elif mc.get("targets") is not None:
+        raise ValueError(f"targets= is for curvature='mc_fisher', got curvature={name!r}")
+    out = _par.check_store(out, n, name) if _par.is_array_store(out) else _output_array(n, out, name, max_bytes)
+    params = [p for group in inp.grouped for p in group]
+    record = _par.BlockRecord(out, _par.fingerprint(name, model, *params, inp.X, inp.y, targets, block_rows,
+                                                    shards))
+    offsets = model.param_offsets()
+    jobs, layout = [], {}
+    for l, units, rows in blocks:
+        key = f"layer {l}" + ("" if units is None else f" units {units[0]}-{units[1]}")
+        layout[key] = (int(offsets[l]), int(offsets[l + 1]), rows)
+        if record.is_done(key, lambda rows=rows, o=int(offsets[l]): np.concatenate([out[a:b, o:] for a, b in rows])):
+            continue
+        parts = [(rows_task, (model, params, inp.X[s0:s1], inp.y[s0:s1], inp.loss, inp.scale, name,
+                              None if targets is None else targets[:, s0:s1], l, units)) for s0, s1 in ranges]
+        jobs.append((key, parts))
+
+    def consume(key, partials):
+        block = partials[0]
+        for p in partials[1:]:
+            block = block + p
+        o, end, rows = layout[key]
+        i = 0
+        for a, b in rows:
+            out[a:b, o:] = block[i : i + b - a]
+            if end < n:
+                out[end:, a:b] = block[i : i + b - a, end - o :].T
+            i += b - a
+        record.mark(key, block)
+
+    _par.run(ex, jobs, consume, progress, name)
+    return out
 
 
 def exact_matrix(model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None, **kwargs):

@@ -129,28 +129,32 @@ class AffineLayer(Layer):
         n = dx.shape[0]
         return split_tangent_axis(self.features(merge_tangent_axis(dx)), n)
 
-    def param_contract(self, cache, T):
+    def param_contract(self, cache, T, units=None):
         """Batch parameter gradient with trailing axes: ``sum_{n,t} U[n,r,t] T[n,c,t,q]``.
 
         ``T`` has shape ``(N, *out, q)``; returns ``(n_params, q)`` in flat order.  With
         ``q`` cotangent directions this is the summed gradient for each; with ``T`` the
         derivative of another layer's gradient with respect to this layer's output it is
-        a block of the Hessian (``docs/derivations.md`` §4).
+        a block of the Hessian (``docs/derivations.md`` §4).  ``units=(u0, u1)``: ``T``
+        covers only those output units, and the rows returned are theirs
+        (:meth:`unit_rows`): their weights, then their biases.
         """
         U = cache[0]
         n, r, t = U.shape
         q = T.shape[-1]
-        Tz = T.reshape(n, self.out_units, t, q)
-        out = np.empty((self.n_params, q))
-        w = out[: self.n_weight].reshape(self.out_units, r, q)
+        units_n = self.out_units if units is None else units[1] - units[0]
+        Tz = T.reshape(n, units_n, t, q)
+        n_w = units_n * r
+        out = np.empty((n_w + (units_n if self.bias else 0), q))
+        w = out[:n_w].reshape(units_n, r, q)
         if t == 1:
             np.matmul(U[:, :, 0].T, Tz[:, :, 0, :].transpose(1, 0, 2), out=w)
         else:
             Ur = U.transpose(1, 0, 2).reshape(r, n * t)
-            Tc = Tz.transpose(1, 0, 2, 3).reshape(self.out_units, n * t, q)
+            Tc = Tz.transpose(1, 0, 2, 3).reshape(units_n, n * t, q)
             np.matmul(Ur, Tc, out=w)
         if self.bias:
-            Tz.sum(axis=(0, 2), out=out[self.n_weight:])
+            Tz.sum(axis=(0, 2), out=out[n_w:])
         return out
 
     def param_grad(self, cache, dy):
@@ -207,6 +211,12 @@ class AffineLayer(Layer):
         if self.bias:
             dz.sum(axis=-1, out=out[:, :, nu * r:])
         return out
+
+    def unit_rows(self, units):
+        """Flat indices (within the layer) of the parameters of output units ``(u0, u1)``:
+        their weights, then their biases."""
+        ranges = self.unit_columns(units)
+        return np.concatenate([np.arange(a, b) for a, b in ranges])
 
     def unit_columns(self, units):
         """Flat parameter ranges covered by output units ``(u0, u1)``:

@@ -1,0 +1,171 @@
+"""Running exact curvature computations as independent tasks (``docs/derivations.md`` §11).
+
+The exact matrices split two ways without any new mathematics:
+
+* **over samples**: ``H = R sum_n H_n`` is a sum over samples, so contiguous shards of
+  the batch are assembled independently, each with the whole batch's ``R``, and the
+  partial results are summed in shard order;
+* **over blocks of rows**: the rows of one layer's parameters (or of a range of its
+  output units) against every later column are assembled by the same pass as in one
+  process, restricted to that layer (:func:`refprune.curvature.exact` ``_assemble``).
+
+This module holds what the decompositions share: the executor (``None`` runs the tasks
+in this process, any ``concurrent.futures.Executor`` such as a process pool, or a
+``dask.distributed.Client``), the loop that hands each finished result to the caller
+in a fixed order per block, and the record that a store keeps of the blocks already
+written, so that a restarted computation does only the missing ones.
+"""
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+class WorkerLostError(RuntimeError):
+    """A worker process died; the blocks finished before it are recorded in the store."""
+
+
+def resolve_executor(executor, where):
+    """``None`` (run here), a ``concurrent.futures.Executor``, or a dask
+    ``distributed.Client`` (through its ``concurrent.futures`` interface)."""
+    if executor is None or isinstance(executor, cf.Executor):
+        return executor
+    if type(executor).__module__.startswith("distributed") and hasattr(executor, "get_executor"):
+        return executor.get_executor()
+    raise TypeError(f"{where}: executor must be None, a concurrent.futures.Executor or a dask.distributed.Client, "
+                    f"got {type(executor).__name__}")
+
+
+def shard_ranges(n_samples, shards, where):
+    """``shards`` contiguous ``(s0, s1)`` ranges covering ``range(n_samples)``, sizes
+    differing by at most one."""
+    if not isinstance(shards, (int, np.integer)) or isinstance(shards, bool) or shards < 1:
+        raise ValueError(f"{where}: shards must be a positive int, got {shards!r}")
+    if shards > n_samples:
+        raise ValueError(f"{where}: shards={shards} is more than the {n_samples} samples")
+    edges = np.linspace(0, n_samples, int(shards) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def is_array_store(out):
+    """A chunked array store (a Zarr array, or anything with ``shape``, ``dtype``,
+    ``attrs`` and item assignment) rather than a NumPy array."""
+    return all(hasattr(out, a) for a in ("shape", "dtype", "attrs", "__setitem__"))
+
+
+def check_store(out, n, where):
+    """Refuse a store of the wrong shape or dtype, naming both."""
+    shape, dtype = tuple(getattr(out, "shape", ())), np.dtype(getattr(out, "dtype", None) or "O")
+    if shape != (n, n) or dtype != np.float64:
+        raise ValueError(f"{where}: out must be a float64 store of shape ({n}, {n}), got shape {shape} and dtype "
+                         f"{dtype}")
+    return out
+
+
+def fingerprint(*parts):
+    """SHA-256 over the arrays and values that define a computation."""
+    h = hashlib.sha256()
+    for p in parts:
+        a = np.ascontiguousarray(p) if isinstance(p, np.ndarray) else np.frombuffer(repr(p).encode(), np.uint8)
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class BlockRecord:
+    """Which blocks of a computation a store holds, with a hash of each block's bytes.
+
+    Kept in the store's ``attrs["refprune"]`` (Zarr) or beside a ``numpy.memmap`` in
+    ``<file>.refprune.json``; a plain array keeps none.  A block counts as done only if
+    the store still holds the bytes recorded for it (a store overwritten since is
+    recomputed), and only for the same computation (``fingerprint``).
+    """
+
+    def __init__(self, out, fp):
+        self.out, self.fp = out, fp
+        self.path = (out.filename + ".refprune.json") if isinstance(out, np.memmap) and out.filename else None
+        self.persistent = self.path is not None or is_array_store(out)
+        saved = self._load() if self.persistent else None
+        self.done = saved["done"] if saved and saved.get("fingerprint") == fp else {}
+
+    def _load(self):
+        if self.path is not None:
+            if not os.path.exists(self.path):
+                return None
+            with open(self.path) as fh:
+                return json.load(fh)
+        return dict(self.out.attrs).get("refprune")
+
+    def _save(self):
+        if not self.persistent:
+            return
+        rec = {"fingerprint": self.fp, "done": self.done}
+        if self.path is not None:
+            self.out.flush()
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as fh:
+                json.dump(rec, fh)
+            os.replace(tmp, self.path)
+        else:
+            self.out.attrs["refprune"] = rec
+
+    def is_done(self, key, read):
+        """True if block ``key`` was recorded and ``read()`` still gives its bytes."""
+        digest = self.done.get(key)
+        return digest is not None and _digest(read()) == digest
+
+    def mark(self, key, block):
+        """Record block ``key`` as written with contents ``block``."""
+        self.done[key] = _digest(block)
+        self._save()
+
+
+def _digest(a):
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()
+
+
+def run(executor, jobs, consume, progress, name):
+    """Run ``jobs`` (``[(key, [(fn, args), ...]), ...]``: the parts of each block) and
+    call ``consume(key, [results in part order])`` once every part of a block is back.
+    A block's parts are summed or used in their listed order whatever order they finish in,
+    so the result does not depend on scheduling."""
+    start, total = time.perf_counter(), len(jobs)
+    done = 0
+
+    def report(key):
+        if progress:
+            el = time.perf_counter() - start
+            eta = el / done * (total - done)
+            print(f"{name}: block {done}/{total} ({key}) done [{el:.1f} s, about {eta:.0f} s left]", file=sys.stderr)
+
+    if executor is None:
+        for key, parts in jobs:
+            consume(key, [fn(*args) for fn, args in parts])
+            done += 1
+            report(key)
+        return
+    pending, results = {}, {}
+    for key, parts in jobs:
+        results[key] = [None] * len(parts)
+        for i, (fn, args) in enumerate(parts):
+            pending[executor.submit(fn, *args)] = (key, i)
+    try:
+        for fut in cf.as_completed(list(pending)):
+            key, i = pending.pop(fut)
+            results[key][i] = fut.result()
+            if all(r is not None for r in results[key]):
+                consume(key, results.pop(key))
+                done += 1
+                report(key)
+    except cf.process.BrokenProcessPool:
+        for fut in pending:
+            fut.cancel()
+        raise WorkerLostError(
+            f"{name}: a worker process died after {done} of {total} blocks; the finished blocks are recorded in "
+            "the store (Zarr array or memmap): call again with the same out= and a new executor to compute only "
+            "the missing ones") from None

@@ -1,0 +1,247 @@
+"""Exact curvature as independent tasks (docs/derivations.md §11) against the one-process
+result: the same bits for one block per layer over all samples (the same arithmetic in
+the same order), agreement to rounding for finer blocks and for sample shards (the same
+sums, grouped differently); restarts compute only the missing blocks."""
+
+import concurrent.futures as cf
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune.curvature import exact, parallel
+
+from cases import make
+
+# Regrouping a sum of at most 20 per-sample terms changes each entry by a few units in
+# the last place of the largest term; with cancellation between terms of up to 100x
+# that stays below 1e-12 of max|H| (measured: below 5e-16).
+RTOL = 1e-12
+
+MATRICES = {
+    "hessian": lambda *a, **k: rp.hessian(*a, **k),
+    "ggn": lambda *a, **k: rp.ggn(*a, **k),
+    "residual": lambda *a, **k: rp.residual(*a, **k),
+    "fisher": lambda *a, **k: rp.fisher(*a, curvature="fisher", **k),
+    "mc_fisher": lambda *a, **k: rp.fisher(*a, curvature="mc_fisher", samples=3, seed=7, **k),
+    "empirical_fisher": lambda *a, **k: rp.fisher(*a, curvature="empirical_fisher", **k),
+}
+ARCHS = ["mlp-sigmoid-softplus", "conv-tanh-avgpool", "conv-conv-softplus", "conv-relu-maxpool-stride"]
+
+
+def rel(a, b):
+    return np.abs(np.asarray(a) - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("loss", ["ce-mean", "mse-sum"])
+@pytest.mark.parametrize("name", list(MATRICES))
+def test_every_decomposition_against_one_process(arch, loss, name):
+    m, p, X, y, l = make(arch, loss, n=9)
+    fn = MATRICES[name]
+    H = fn(m, p, X, y, l)
+    assert np.array_equal(fn(m, p, X, y, l, out=parallel_out(H)), H)  # one block per layer, all samples
+    assert rel(fn(m, p, X, y, l, block_rows=3), H) <= RTOL
+    assert rel(fn(m, p, X, y, l, shards=4), H) <= RTOL
+    assert rel(fn(m, p, X, y, l, block_rows=2, shards=3), H) <= RTOL
+
+
+class ArrayStore(np.ndarray):
+    """A NumPy array that looks like a chunked store (has ``attrs``), so that the task
+    path runs in this process without Zarr."""
+
+
+def parallel_out(H):
+    out = np.full_like(H, np.nan).view(ArrayStore)
+    out.attrs = {}
+    return out
+
+
+def test_process_pool_gives_the_same_bits():
+    m, p, X, y, l = make("conv-tanh-avgpool", "ce-mean", n=12)
+    with cf.ProcessPoolExecutor(2) as ex:
+        for name in ("hessian", "ggn", "mc_fisher"):
+            H = MATRICES[name](m, p, X, y, l)
+            assert np.array_equal(MATRICES[name](m, p, X, y, l, executor=ex), H)
+            assert rel(MATRICES[name](m, p, X, y, l, executor=ex, block_rows=4, shards=2), H) <= RTOL
+        d = rp.hessian_diagonal(m, p, X, y, l)
+        assert rel(rp.hessian_diagonal(m, p, X, y, l, executor=ex, shards=3), d) <= RTOL
+
+
+@pytest.mark.parametrize("curvature", rp.CURVATURES)
+def test_diagonals_over_shards(curvature):
+    m, p, X, y, l = make("conv-conv-softplus", "ce-mean", n=8)
+    kw = dict(samples=2, seed=5) if curvature == "mc_fisher" else {}
+    d = rp.curvature_diagonal(m, p, X, y, l, curvature=curvature, **kw)
+    assert rel(rp.curvature_diagonal(m, p, X, y, l, curvature=curvature, shards=3, **kw), d) <= RTOL
+    # and the diagonal of the sharded matrix
+    if curvature == "mc_fisher":
+        H = rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=2, seed=5, shards=2)
+    else:
+        H = MATRICES[curvature](m, p, X, y, l, shards=2)
+    assert rel(np.diag(H), d) <= RTOL
+
+
+def counting_run(monkeypatch):
+    """Record how many blocks each call submits."""
+    submitted = []
+    real = parallel.run
+
+    def run(executor, jobs, consume, progress, name):
+        submitted.append(len(jobs))
+        return real(executor, jobs, consume, progress, name)
+
+    monkeypatch.setattr(parallel, "run", run)
+    return submitted
+
+
+def memmap(tmp_path, n, name="h.npy"):
+    return np.lib.format.open_memmap(str(tmp_path / name), mode="w+", dtype=np.float64, shape=(n, n))
+
+
+def test_interrupted_run_restarts_with_only_the_missing_blocks(tmp_path, monkeypatch):
+    m, p, X, y, l = make("mlp-sigmoid-softplus", "ce-mean", n=10)
+    H = rp.hessian(m, p, X, y, l)
+    out = memmap(tmp_path, m.n_params)
+    submitted = counting_run(monkeypatch)
+    real_mark, marks = parallel.BlockRecord.mark, []
+
+    def mark_then_stop(self, key, block):
+        real_mark(self, key, block)
+        marks.append(key)
+        if len(marks) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(parallel.BlockRecord, "mark", mark_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        rp.hessian(m, p, X, y, l, out=out, block_rows=4)
+    monkeypatch.setattr(parallel.BlockRecord, "mark", real_mark)
+    out2 = np.load(str(tmp_path / "h.npy"), mmap_mode="r+")
+    rp.hessian(m, p, X, y, l, out=out2, block_rows=4)
+    total = len(exact.row_blocks(m, 4))
+    assert submitted == [total, total - 2]
+    assert rel(out2, H) <= RTOL
+    # everything recorded: a third call computes nothing
+    rp.hessian(m, p, X, y, l, out=out2, block_rows=4)
+    assert submitted[-1] == 0
+
+
+def test_a_store_overwritten_or_of_another_problem_is_recomputed(tmp_path, monkeypatch):
+    m, p, X, y, l = make("mlp-tanh", "ce-mean", n=6)
+    submitted = counting_run(monkeypatch)
+    out = memmap(tmp_path, m.n_params)
+    rp.hessian(m, p, X, y, l, out=out, block_rows=3)
+    out[:] = 0.0  # the bytes recorded are gone
+    rp.hessian(m, p, X, y, l, out=out, block_rows=3)
+    assert submitted[0] == submitted[1] > 0
+    q = [2 * a for a in p]  # another problem in the same store
+    rp.hessian(m, q, X, y, l, out=out, block_rows=3)
+    assert submitted[2] == submitted[0]
+    assert rel(out, rp.hessian(m, q, X, y, l)) <= RTOL
+
+
+def test_worker_lost_in_a_process_pool_then_restart(tmp_path, monkeypatch):
+    # 25 blocks of a few milliseconds each, so that blocks are still pending when the
+    # only worker is killed after the first one arrives
+    rng = np.random.default_rng(0)
+    m = rp.Sequential(rp.Linear(10, 20), rp.Tanh(), rp.Linear(20, 5))
+    p, X, y, l = m.init(0), rng.standard_normal((2000, 10)), rng.standard_normal((2000, 5)), rp.MSELoss()
+    H = rp.ggn(m, p, X, y, l)
+    out = memmap(tmp_path, m.n_params)
+    submitted = counting_run(monkeypatch)
+    real_mark = parallel.BlockRecord.mark
+    pool = cf.ProcessPoolExecutor(1)
+
+    def mark_then_kill(self, key, block):
+        real_mark(self, key, block)
+        if len(self.done) == 1:
+            for pid in list(pool._processes):
+                os.kill(pid, signal.SIGKILL)
+
+    monkeypatch.setattr(parallel.BlockRecord, "mark", mark_then_kill)
+    with pytest.raises(parallel.WorkerLostError, match="call again with the same out="):
+        rp.ggn(m, p, X, y, l, out=out, executor=pool, block_rows=10)
+    pool.shutdown()
+    monkeypatch.setattr(parallel.BlockRecord, "mark", real_mark)
+    with cf.ProcessPoolExecutor(2) as ex:
+        rp.ggn(m, p, X, y, l, out=out, executor=ex, block_rows=10)
+    assert 0 < submitted[1] < submitted[0]
+    assert rel(out, H) <= RTOL
+
+
+def test_wrong_stores_and_options_are_refused(tmp_path):
+    m, p, X, y, l = make("mlp-tanh", "ce-mean", n=6)
+    n = m.n_params
+    bad = np.zeros((n, n + 1)).view(ArrayStore)
+    bad.attrs = {}
+    with pytest.raises(ValueError, match=rf"out must be a float64 store of shape \({n}, {n}\), got shape \({n}, {n + 1}\)"):
+        rp.hessian(m, p, X, y, l, out=bad)
+    bad32 = np.zeros((n, n), np.float32).view(ArrayStore)
+    bad32.attrs = {}
+    with pytest.raises(ValueError, match="dtype float32"):
+        rp.hessian(m, p, X, y, l, out=bad32)
+    with pytest.raises(ValueError, match="out must be a float64 array of shape"):
+        rp.hessian(m, p, X, y, l, out=memmap(tmp_path, n - 1), shards=2)
+    with pytest.raises(TypeError, match="executor must be None, a concurrent.futures.Executor"):
+        rp.hessian(m, p, X, y, l, executor="processes")
+    with pytest.raises(ValueError, match="shards must be a positive int"):
+        rp.ggn(m, p, X, y, l, shards=0)
+    with pytest.raises(ValueError, match="shards=7 is more than the 6 samples"):
+        rp.ggn_diagonal(m, p, X, y, l, shards=7)
+    with pytest.raises(ValueError, match="block_rows must be a positive int"):
+        rp.fisher(m, p, X, y, l, block_rows=0)
+
+
+def test_zarr_store_written_block_by_block(tmp_path, monkeypatch):
+    zarr = pytest.importorskip("zarr")
+    m, p, X, y, l = make("conv-relu-maxpool-stride", "ce-mean", n=8)
+    n = m.n_params
+    H = rp.hessian(m, p, X, y, l)
+    z = zarr.open_array(store=str(tmp_path / "h.zarr"), mode="w", shape=(n, n), chunks=(8, 8), dtype="float64")
+    assert np.array_equal(rp.hessian(m, p, X, y, l, out=z)[:], H)
+    assert "refprune" in z.attrs
+    # a restart on the same store computes nothing more
+    submitted = counting_run(monkeypatch)
+    rp.hessian(m, p, X, y, l, out=zarr.open_array(store=str(tmp_path / "h.zarr"), mode="r+"))
+    assert submitted == [0]
+    wrong = zarr.open_array(store=str(tmp_path / "w.zarr"), mode="w", shape=(n, n - 1), dtype="float64")
+    with pytest.raises(ValueError, match="out must be a float64 store of shape"):
+        rp.hessian(m, p, X, y, l, out=wrong)
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.mark.parametrize("name", ["hessian", "ggn", "mc_fisher"])
+def test_dask_local_cluster(dask_client, name):
+    m, p, X, y, l = make("conv-conv-softplus", "ce-mean", n=10)
+    H = MATRICES[name](m, p, X, y, l)
+    assert np.array_equal(MATRICES[name](m, p, X, y, l, executor=dask_client), H)
+    assert rel(MATRICES[name](m, p, X, y, l, executor=dask_client, block_rows=3, shards=2), H) <= RTOL
+
+
+def test_dask_worker_killed_mid_run(dask_client, monkeypatch):
+    m, p, X, y, l = make("conv-tanh-avgpool", "ce-mean", n=12)
+    H = rp.hessian(m, p, X, y, l)
+    real_mark = parallel.BlockRecord.mark
+    killed = []
+
+    def mark_then_kill(self, key, block):
+        real_mark(self, key, block)
+        if not killed:
+            pid = next(iter(dask_client.run(os.getpid).values()))
+            os.kill(pid, signal.SIGKILL)  # the nanny restarts it; its tasks are rescheduled
+            killed.append(pid)
+
+    monkeypatch.setattr(parallel.BlockRecord, "mark", mark_then_kill)
+    out = rp.hessian(m, p, X, y, l, executor=dask_client, block_rows=2, shards=2)
+    assert killed and rel(out, H) <= RTOL
