@@ -215,6 +215,13 @@ CASES = [
     ("train optimizer a string", lambda m, p, X, y, l: rp.train(m, p, X, y, l, optimizer="kfac"), TypeError, "optimizer must be a refprune.optim optimizer"),
     ("train lr with an optimizer", lambda m, p, X, y, l: rp.train(m, p, X, y, l, lr=0.1, optimizer=rp.optim.SGD()), TypeError, "lr belong to the optimizer"),
     ("train callback not callable", lambda m, p, X, y, l: rp.train(m, p, X, y, l, callback=3), TypeError, "callback must be callable"),
+    # ---- tasks and executors
+    ("executor a string", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, executor="dask"), TypeError, "executor must be None, a concurrent.futures.Executor or a dask.distributed.Client"),
+    ("shards bool", lambda m, p, X, y, l: rp.ggn(m, p, X, y, l, shards=True), ValueError, "shards must be a positive int"),
+    ("shards more than samples", lambda m, p, X, y, l: rp.hessian_diagonal(m, p, X, y, l, shards=99), ValueError, "shards=99 is more than the 4 samples"),
+    ("block_rows float", lambda m, p, X, y, l: rp.residual(m, p, X, y, l, block_rows=2.5), ValueError, "block_rows must be a positive int"),
+    ("tasks out wrong shape", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, out=np.empty((3, 3)), shards=2), ValueError, "out must be a float64 array of shape"),
+    ("tasks targets without mc", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="fisher", targets=y[None], shards=2), ValueError, "targets= is for curvature='mc_fisher'"),
     # ---- optimizers
     ("optim lr negative", lambda m, p, X, y, l: rp.optim.SGD(lr=-1), ValueError, "SGD: lr must be a finite number >= 0"),
     ("optim momentum 1", lambda m, p, X, y, l: rp.optim.KFAC(momentum=1.0), ValueError, "momentum must be < 1"),

@@ -181,7 +181,7 @@ def _diagonal(model, params, X, y, loss, curvature, mc, executor, shards):
     where = f"{curvature}_diagonal" if curvature in ("hessian", "ggn") else "fisher_diagonal"
     inp = validate(model, params, X, y, loss)
     factor = _factor(inp, curvature, mc, where)  # checks the options; draws the Monte Carlo targets once
-    if executor is None and shards == 1:
+    if not _par.wants_tasks(executor, shards, where):
         return _factored_diagonal(inp, factor, residual=curvature == "hessian")
     ex = _par.resolve_executor(executor, where)
     targets = getattr(factor, "targets", None)

@@ -344,7 +344,7 @@ def _matrix(model, params, X, y, loss, name, mc, out, max_bytes, progress, execu
     inp = validate(model, params, X, y, loss)
     kind, second_order = _KINDS[name]
     mc = mc or {}
-    if executor is None and block_rows is None and shards == 1 and not _par.is_array_store(out):
+    if not _par.wants_tasks(executor, shards, name, block_rows, out):
         matvec = _d.loss_curvature_matvec(inp, kind, **mc)
         return _assemble(inp, matvec, second_order, _full(inp, out, max_bytes, name), progress, name)
     return _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, shards)

@@ -41,6 +41,16 @@ def resolve_executor(executor, where):
                     f"got {type(executor).__name__}")
 
 
+def wants_tasks(executor, shards, where, block_rows=None, out=None):
+    """Check ``shards`` and ``block_rows``; True if the computation should run as tasks."""
+    for name, v in (("shards", shards), ("block_rows", block_rows)):
+        if v is None and name == "block_rows":
+            continue
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{where}: {name} must be a positive int, got {v!r}")
+    return executor is not None or shards != 1 or block_rows is not None or is_array_store(out)
+
+
 def shard_ranges(n_samples, shards, where):
     """``shards`` contiguous ``(s0, s1)`` ranges covering ``range(n_samples)``, sizes
     differing by at most one."""
