@@ -102,3 +102,20 @@ def test_eigendamage_study_counts_flops_by_hand():
     for r in rows:
         assert r["params"] <= base["params"] and r["flops"] <= base["flops"]
         assert 0.0 <= r["pruned"] <= 1.0 and 0.0 <= r["tuned"] <= 1.0
+
+
+def test_natural_gradient_study_loop_is_trains_loop():
+    import natural_gradient_digits as ngd
+
+    rng = np.random.default_rng(0)
+    model = rp.Sequential(rp.Linear(5, 4), rp.Tanh(), rp.Linear(4, 3))
+    X, y = rng.standard_normal((10, 5)), rng.integers(0, 3, 10)
+    loss = rp.CrossEntropyLoss()
+    opt = rp.optim.EKFAC(lr=0.1, damping=0.1, momentum=0.9, refresh_interval=2, seed=4)
+    losses, clock, steps = ngd.run(model, loss, X, y, opt, epochs=3, batch_size=4, seed=4)
+    _, history = rp.train(model, model.init(4), X, y, loss, epochs=3, batch_size=4, seed=4, optimizer=opt)
+    assert np.array_equal(losses, history)
+    assert len(steps) == 9 and np.all(np.diff(clock) > 0)
+    assert ngd.epochs_to_reach(np.array([3.0, 2.0, 1.0, 0.5]), 1.0) == 2
+    assert ngd.epochs_to_reach(np.array([3.0, 2.0]), 1.0) is None
+    assert all(len(s) == 6 for s in ngd.optimizers().values())  # the same search budget for each
