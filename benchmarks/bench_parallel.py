@@ -38,7 +38,16 @@ def problem(width, n_samples, seed=0):
 
 
 def peak_rss_mib():
-    """This process's peak resident set size in MiB (Linux reports KiB)."""
+    """This process's peak resident set size in MiB: ``VmHWM`` of its own address space
+    (``getrusage``'s ``ru_maxrss`` survives ``exec`` and would report the parent's peak
+    for a freshly spawned worker)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
