@@ -210,11 +210,14 @@ def _figure(scaling, t1, by_n, by_N, lines):
     ax[0].axvline(os.cpu_count(), color="0.6", lw=0.8)
     ax[0].set(xlabel="workers (processes)", ylabel="speed-up over one process", title="fixed problem")
     ax[0].legend()
-    for a, data, label in ((ax[1], by_n, "n (parameters)"), (ax[2], by_N, "N (samples)")):
+    for a, data, label, split in ((ax[1], by_n, "n (parameters)", "row blocks"),
+                                  (ax[2], by_N, "N (samples)", "2 sample shards")):
         x = [d[0] for d in data]
         a.loglog(x, [d[1] for d in data], "o-", label="one process")
-        a.loglog(x, [d[2] for d in data], "s-", label="2 workers")
+        a.loglog(x, [d[2] for d in data], "s-", label=f"2 workers, {split}")
         a.set(xlabel=label, ylabel="seconds")
+        a.set_xticks(x, [f"{v:,}" for v in x], minor=False)
+        a.minorticks_off()
         a.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, "parallel_scaling.png"), dpi=100, metadata={"Software": None})
