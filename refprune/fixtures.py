@@ -44,15 +44,15 @@ CONVENTIONS = {
     "loss": "L = R sum_n l_n; cross-entropy l_n = -log softmax(f_n)[y_n]; squared error l_n = sum_c (f_nc - y_nc)^2; "
             "R = 1/N (cross-entropy mean), 1/(N C) (squared-error mean), 1 (sum)",
     "per_sample_grads": "row n is R dl_n/dtheta (rows sum to grad)",
-    "ggn": "R sum_n J_n^T Lambda_n J_n, Lambda = diag(p) - p p^T (cross-entropy), 2 I (squared error)",
+    "ggn": "R sum_n J_n^T Lambda_n J_n, Lambda = diag(yhat) - yhat yhat^T, yhat = softmax(f) (cross-entropy), 2 I (squared error)",
     "fisher": "true Fisher with a categorical / Gaussian (variance 1/2) likelihood; equals the GGN",
-    "mc_fisher": "R sum_n mean_s g_n(y_s) g_n(y_s)^T over the sampled targets stored as 'mc_targets' (S, N[, C])",
+    "mc_fisher": "R sum_n mean_s g_n(y_s) g_n(y_s)^T over the sampled targets stored as 'mc_targets' (n_mc, N[, C])",
     "empirical_fisher": "R sum_n g_n(y_n) g_n(y_n)^T, g_n = dl_n/dtheta",
     "kfac": "per affine layer S kron A over rows of [W | b] (bias folded as a constant input 1, or 'separate': "
             "weight block S kron A_W and bias block S); expand: A = sum_{n,t} a a^T / (N T), S = R sum g g^T; "
             "reduce: A = sum_n abar abar^T / N with abar = mean_t a, S = R sum_n (sum_t g)(sum_t g)^T; "
             "for curvature ggn the g are columns of a square root of Lambda back-propagated",
-    "ekfac": "dense EKFAC matrix: K-FAC's eigenbasis with eigenvalues diag(Q^T F_l Q) from per-sample gradients",
+    "ekfac": "dense EKFAC matrix: K-FAC's eigenbasis U_SA with eigenvalues diag(U_SA^T F_l U_SA) from per-sample gradients",
     "obd": "obd_saliencies = theta^2 diag(H) / 2 (exact Hessian diagonal); obd_diagonal is LeCun et al.'s "
            "approximation, obd_lm_diagonal without the phi'' term",
     "obs": "H = GGN + obs_damping I; obs_saliencies = theta^2 / (2 diag(H^-1)); obs_update removes obs_index: "

@@ -49,7 +49,7 @@ QUANTITIES = {
     "hvp": (lambda c: _d.hvp(*c.args(), c.v), "H v for v = case.v"),
     "hessian": (lambda c: _c.hessian(*c.args()), f"d^2 L/dtheta^2, (n, n), {_PARAMS}"),
     "ggn": (lambda c: _c.ggn(*c.args()), "R sum_n J_n^T Lambda_n J_n, Lambda = 2I for squared error, "
-                                         "diag(p) - p p^T for cross-entropy (docs/conventions.md §3)"),
+                                         "diag(yhat) - yhat yhat^T for cross-entropy (docs/conventions.md §3)"),
     "residual": (lambda c: _c.residual(*c.args()), "H - GGN"),
     "fisher": (lambda c: _c.fisher(*c.args(), curvature="fisher"),
                "true Fisher with the likelihoods of docs/conventions.md §3 (Gaussian variance 1/2), = GGN"),

@@ -53,7 +53,7 @@ class Case:
         The refprune network (PyTorch layout), parameters, data and loss.
     v : ndarray (n,)
         The direction of the Hessian-vector product.
-    targets : ndarray (S, N) or (S, N, C)
+    targets : ndarray (n_mc, N) or (n_mc, N, C)
         Sampled targets for the Monte Carlo Fisher (replay them in your code).
     obs_index : int
         The weight that the OBS step removes; ``obs_damping`` is added to the GGN

@@ -5,7 +5,7 @@ EKFAC and the operator interface they share.
 module                 content
 =====================  ===========================================================
 ``exact``              Hessian, GGN, residual, Fishers by block assembly (docs §4)
-``output_factors``     ``Phi_n = Q_n Q_n^T`` by curvature name; Monte Carlo targets
+``output_factors``     ``Phi_n = Gamma_n Gamma_n^T`` by curvature name; Monte Carlo targets
 ``diagonal``           exact diagonals and OBD's approximation (docs §7)
 ``kronecker``          K-FAC and KFC, damping forms (docs §8)
 ``ekfac``              EKFAC (docs §8)

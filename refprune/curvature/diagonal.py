@@ -1,22 +1,22 @@
 """Diagonals of curvature matrices, without forming the ``n x n`` matrix.
 
 Exact diagonals (``docs/derivations.md`` §7).  The per-sample Hessian of ``l_n`` with
-respect to a layer output is back-propagated in factored form ``sum_k s_k q_k q_k^T``
-(signs ``s_k = +-1``), as in Hessian backpropagation (Dangel, Harmeling & Hennig 2020,
+respect to a layer output is back-propagated in factored form ``sum_k sign_k gamma_k gamma_k^T``
+(signs ``sign_k = +-1``), as in Hessian backpropagation (Dangel, Harmeling & Hennig 2020,
 "Modular block-diagonal curvature approximations", eq. 7, and BackPACK's DiagHessian):
 
-* at the output, the columns of ``Phi_n = Q_n Q_n^T`` (:mod:`refprune.curvature.output_factors`);
-* through any layer, ``q <- J^T q`` (``vjp`` on the stack of columns);
+* at the output, the columns of ``Phi_n = Gamma_n Gamma_n^T`` (:mod:`refprune.curvature.output_factors`);
+* through any layer, ``gamma <- J^T gamma`` (``vjp`` on the stack of columns);
 * at an activation, the residual ``diag(phi''(z) * delta_a)`` adds one column
   ``sqrt(|d_u|) e_u`` per unit, with the sign of ``d_u`` (Hessian only).
 
 At an affine layer the diagonal of its block is then
-``R sum_n sum_k s_k (per-sample gradient of column k)^2``, since
-``H_ll = R sum_n J_{z_l,theta_l}^T M_n J_{z_l,theta_l}``.
+``R sum_n sum_k sign_k (per-sample gradient of column k)^2``, since
+``H_ll = R sum_n J_{z_l,theta_l}^T Psi_n J_{z_l,theta_l}``.
 
 OBD's saliency is derived in ``docs/pruning_explained.md`` §2.  OBD's approximation
 (LeCun, Denker & Solla 1990, eqs. 7-9) back-propagates only the
-diagonal of ``M_n``, dropping every cross term: ``h_z = phi'(z)^2 h_a + phi''(z) delta_a``
+diagonal of ``Psi_n``, dropping every cross term: ``h_z = phi'(z)^2 h_a + phi''(z) delta_a``
 (eq. 9, the second term dropped in the Levenberg-Marquardt variant),
 ``h_x = sum_k W_kx^2 h_z`` and ``h_w = sum h_z x^2`` (eqs. 7-8; sums over locations for
 shared convolution weights).
@@ -55,7 +55,7 @@ def _chunk_size(inp, columns):
 def _squared_grads(layer, cache, Q, n_cols_budget):
     """``sum_{n,k} (per-sample gradient of column k)^2`` over a layer's parameters,
     a few output units at a time.  With one location (``T = 1``) the per-sample
-    gradient ``q_k x^T`` is rank one and the sum is ``sum_n (sum_k q_nk^2) x_n^2``."""
+    gradient ``gamma_k x^T`` is rank one and the sum is ``sum_n (sum_k gamma_nk^2) x_n^2``."""
     n, k = Q.shape[:2]
     if cache[0].shape[2] == 1:
         qq = np.einsum("nk...,nk...->n...", Q, Q)[:, None]

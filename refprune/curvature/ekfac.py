@@ -1,16 +1,16 @@
 """EKFAC: eigenvalue-corrected K-FAC (George et al. 2018, "Fast approximate natural
 gradient descent in a Kronecker-factored eigenbasis", §3, eq. 10).
 
-Keep K-FAC's eigenbasis ``U_S kron U_A`` and replace its eigenvalues ``s_i a_j`` by the
+Keep K-FAC's eigenbasis ``U_SA = U_S kron U_A`` and replace its eigenvalues ``sigma_i alpha_j`` by the
 second moments of the per-sample gradients projected onto that basis:
 
-    s*_ij = R sum_n sum_k [U_S^T G_nk U_A]_ij^2,   G_nk = sum_t g_nkt a_nt^T  (c x p),
+    kappa_ij = R sum_n sum_k [U_S^T G_nk U_A]_ij^2,   G_nk = sum_t g_nkt a_nt^T  (c x p),
 
 with the same output columns ``k`` as the Fisher being approximated
 (:mod:`refprune.curvature.output_factors`), so that ``R sum_{n,k} vec(G_nk) vec(G_nk)^T`` is that
-Fisher's exact layer block ``F_l``.  Then ``s* = diag(Q^T F_l Q)`` for ``Q = U_S kron U_A``:
+Fisher's exact layer block ``F_l``.  Then ``kappa = diag(U_SA^T F_l U_SA)``:
 the Frobenius-closest matrix to ``F_l`` among those diagonal in this basis, K-FAC being one
-of them, so ``||F_l - EKFAC||_F <= ||F_l - KFAC||_F``.  Damping: ``s* + lam`` (the only
+of them, so ``||F_l - EKFAC||_F <= ||F_l - KFAC||_F``.  Damping: ``kappa + lam`` (the only
 form; EKFAC has no factors to damp separately).
 """
 
@@ -23,7 +23,7 @@ from .output_factors import OutputFactor
 
 
 class EKFACBlock:
-    """``Q diag(s*) Q^T`` with ``Q = U_S kron U_A`` from a :class:`KroneckerBlock`."""
+    """``U_SA diag(kappa) U_SA^T`` with ``U_SA = U_S kron U_A`` from a :class:`KroneckerBlock`."""
 
     def __init__(self, kron_block, scales):
         self.kron, self.layout = kron_block, kron_block.layout
@@ -31,10 +31,10 @@ class EKFACBlock:
         self.scales = scales  # (c, p)
 
     def eigenvalues(self, damping=0.0, form="exact"):
-        """Eigenvalues ``(c, p)`` in K-FAC's eigenbasis: the re-estimated ``s*`` plus
+        """Eigenvalues ``(c, p)`` in K-FAC's eigenbasis: the re-estimated ``kappa`` plus
         ``damping`` (only the form ``"exact"`` exists for EKFAC)."""
         if form != "exact":
-            raise ValueError(f"EKFAC supports only damping form 'exact' (s* + lam), got {form!r}")
+            raise ValueError(f"EKFAC supports only damping form 'exact' (kappa + lam), got {form!r}")
         return self.scales + check_number(damping, "damping")
 
     def _apply(self, V, scale):
@@ -42,11 +42,11 @@ class EKFACBlock:
         return self.layout.from_matrix(self.US @ ((self.US.T @ M @ self.UA) * scale) @ self.UA.T)
 
     def matmat(self, V, damping=0.0, form="exact"):
-        """``(Q diag(s* + lam) Q^T) V`` for ``V (n_l, k)`` in flat parameter order."""
+        """``(U_SA diag(kappa + lam) U_SA^T) V`` for ``V (n_l, k)`` in flat parameter order."""
         return self._apply(V, self.eigenvalues(damping, form))
 
     def inverse_matmat(self, V, damping=0.0, form="exact"):
-        """``(Q diag(s* + lam) Q^T)^-1 V``; raises ``LinAlgError`` if an eigenvalue is
+        """``(U_SA diag(kappa + lam) U_SA^T)^-1 V``; raises ``LinAlgError`` if an eigenvalue is
         not positive."""
         ev = self.eigenvalues(damping, form)
         if np.min(ev) <= 1e3 * np.finfo(float).eps * max(1.0, ev.max()):
@@ -78,12 +78,12 @@ class EKFAC(KroneckerCurvature):
 
     def __init__(self, blocks, n, damping=0.0, form="exact", inverse=False):
         if form != "exact":
-            raise ValueError(f"EKFAC supports only damping form 'exact' (s* + lam), got {form!r}")
+            raise ValueError(f"EKFAC supports only damping form 'exact' (kappa + lam), got {form!r}")
         super().__init__(blocks, n, damping, form, inverse)
 
     @classmethod
     def from_kfac(cls, kfac_op):
-        """EKFAC before re-estimation: K-FAC's own eigenvalues ``s_i a_j``."""
+        """EKFAC before re-estimation: K-FAC's own eigenvalues ``sigma_i alpha_j``."""
         blocks = [EKFACBlock(b, b.eigenvalues()) for b in kfac_op.blocks]
         return cls(blocks, kfac_op.n)
 
@@ -129,7 +129,7 @@ class EigenbasisMoments:
             self.sums[id(b)] += _projected_second_moments(g, a, US, UA)
 
     def scales(self, inp):
-        """The re-estimated eigenvalues ``s* = R sums`` of every block, in block order."""
+        """The re-estimated eigenvalues ``kappa = R sums`` of every block, in block order."""
         return [inp.scale * self.sums[id(b)] for b in self.kron_blocks]
 
     def blocks(self, inp):

@@ -321,7 +321,7 @@ def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, tar
         for squared error); it equals the GGN.  ``"mc_fisher"``: the expectation
         replaced by the mean over ``samples`` targets drawn with
         ``numpy.random.default_rng(seed)``, or over the caller's ``targets``
-        (``(S, N)`` labels or ``(S, N, C)`` values, e.g. another library's draws).
+        (``(n_mc, N)`` labels or ``(n_mc, N, C)`` values, e.g. another library's draws).
         ``"empirical_fisher"``: ``Phi_n = g g^T`` at the observed targets ``y``.
     out, max_bytes, progress, executor, block_rows, shards
         As for :func:`hessian`; Monte Carlo targets are drawn once for the whole batch,

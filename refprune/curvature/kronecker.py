@@ -3,7 +3,7 @@
 Each affine layer's block of a curvature matrix is approximated as ``S kron A`` over the
 rows of ``[W | b]`` (``docs/conventions.md`` §4; docs §8): ``A`` from the layer's input features
 with the bias folded in as a constant 1, ``S`` ("G" in the papers) from the output
-gradients.  For ``Q_n[:, k]`` the columns of the output curvature of the Fisher type
+gradients.  For ``Gamma_n[:, k]`` the columns of the output curvature of the Fisher type
 (:mod:`refprune.curvature.output_factors`) back-propagated to the layer output, ``g_nkt``:
 
 * expand:  ``A = 1/(N T) sum_{n,t} a_nt a_nt^T``,  ``S = R sum_{n,k,t} g_nkt g_nkt^T``;
@@ -130,8 +130,8 @@ class KroneckerBlock:
         return self.S + dS * np.eye(len(self.S)), self.A + dA * np.eye(len(self.A))
 
     def eigenvalues(self, damping=0.0, form="exact"):
-        """Eigenvalues ``(c, p)`` of the (damped) block: ``s_i a_j + lam`` (``"exact"``)
-        or ``(s_i + d_S)(a_j + d_A)`` (factored forms)."""
+        """Eigenvalues ``(c, p)`` of the (damped) block: ``sigma_i alpha_j + lam``
+        (``"exact"``) or ``(sigma_i + d_S)(alpha_j + d_A)`` (factored forms)."""
         lam = _check_damping(damping, form)
         s, _, a, _ = self.eigh()
         if form == "exact":
@@ -293,7 +293,7 @@ def kfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1,
         (``"empirical_fisher"``).
     approx : {"expand", "reduce"}
         The convolution variant (Eschenhagen et al. 2023); the same for Linear.
-    targets : array (S, N) or (S, N, C), optional
+    targets : array (n_mc, N) or (n_mc, N, C), optional
         Monte Carlo targets to use instead of drawing them (``"mc_fisher"`` only).
     bias : {"fold", "separate"}
         Fold the bias into ``A`` as a constant input 1 (one block per layer) or keep

@@ -1,22 +1,22 @@
-"""Factorisations ``Phi_n = Q_n Q_n^T`` of the output-space curvature, by curvature name.
+"""Factorisations ``Phi_n = Gamma_n Gamma_n^T`` of the output-space curvature, by curvature name.
 
 Every curvature matrix that refprune approximates is ``R sum_n J_n^T Phi_n J_n``
 (``docs/derivations.md`` §4).  Writing ``Phi_n`` as a sum of outer products of a few
-output-space columns ``Q_n[:, k]`` lets those columns be back-propagated like gradients
+output-space columns ``Gamma_n[:, k]`` lets those columns be back-propagated like gradients
 (Martens & Grosse 2015, §5; Dangel et al. 2020, "BackPACK", §2.2):
 
 ======================  ===========================================  ===================
-curvature               columns ``Q_n[:, k]``                        count per sample
+curvature               columns ``Gamma_n[:, k]``                    count per sample
 ======================  ===========================================  ===================
 ``ggn``, ``fisher``     a square root of ``Lambda_n = E_y[g g^T]``   ``C``
-``mc_fisher``           ``g(y_s) / sqrt(S)``, ``y_s ~ p(.|f_n)``     ``S`` (``samples``)
+``mc_fisher``           ``g(y_s) / sqrt(n_mc)``, ``y_s ~ p(.|f_n)``  ``n_mc`` (``samples``)
 ``empirical_fisher``    ``g(y_n)`` at the observed target            ``1``
 ======================  ===========================================  ===================
 
-Square roots: cross-entropy ``Lambda = diag(p) - p p^T = A A^T`` with columns
-``A[:, k] = sqrt(p_k) (e_k - p)``, which are also ``sqrt(p_k) g(k)`` up to sign, the
-columns of the true Fisher's expectation over labels; squared error
-``Lambda = E[g g^T] = 2 I``, ``A = sqrt(2) I``.
+Square roots: cross-entropy ``Lambda = diag(yhat) - yhat yhat^T = Gamma Gamma^T`` with
+columns ``Gamma[:, k] = sqrt(yhat_k) (e_k - yhat)``, ``yhat = softmax(f)``, which are
+also ``sqrt(yhat_k) g(k)`` up to sign, the columns of the true Fisher's expectation over
+labels; squared error ``Lambda = E[g g^T] = 2 I``, ``Gamma = sqrt(2) I``.
 
 Monte Carlo targets are drawn by :func:`draw_targets` or supplied by the caller
 (``targets=``), so that another library's own samples can be replayed.
@@ -30,7 +30,7 @@ from ..vocabulary import FISHER_LIKE, check_curvature
 
 def hessian_sqrt(loss, f):
     """Columns of a square root of ``Lambda_n``: ``(N, C, C)`` with ``[n, k, :]`` the
-    ``k``-th column, so that ``Lambda_n = sum_k Q[n, k] Q[n, k]^T``."""
+    ``k``-th column, so that ``Lambda_n = sum_k Gamma[n, k] Gamma[n, k]^T``."""
     n, c = f.shape
     if isinstance(loss, CrossEntropyLoss):
         z = f - f.max(axis=1, keepdims=True)
@@ -41,14 +41,14 @@ def hessian_sqrt(loss, f):
 
 
 def check_targets_stack(inp, targets):
-    """Caller-supplied Monte Carlo targets as ``(S, N)`` labels (cross-entropy) or
-    ``(S, N, C)`` values (squared error); a single draw may omit the leading axis."""
+    """Caller-supplied Monte Carlo targets as ``(n_mc, N)`` labels (cross-entropy) or
+    ``(n_mc, N, C)`` values (squared error); a single draw may omit the leading axis."""
     t = np.asarray(targets)
     single = t.ndim == (1 if isinstance(inp.loss, CrossEntropyLoss) else 2)
     if single:
         t = t[None]
     if t.ndim < 2 or t.shape[0] < 1:
-        raise ValueError(f"targets must be a stack of sampled targets (S, N, ...), got shape {np.shape(targets)}")
+        raise ValueError(f"targets must be a stack of sampled targets (n_mc, N, ...), got shape {np.shape(targets)}")
     return np.stack([inp.loss.check_targets(ts, inp.n_samples, inp.n_outputs) for ts in t])
 
 
@@ -56,7 +56,7 @@ def draw_targets(inp, f_all, samples, seed, targets=None):
     """``samples`` targets per data point from the model's likelihood, drawn from
     ``numpy.random.default_rng(seed)`` for the whole batch at once (so every function
     using the same ``samples`` and ``seed`` sees the same draws); or the caller's
-    ``targets`` (``(S, N)`` labels, ``(S, N, C)`` values), checked, in place of draws."""
+    ``targets`` (``(n_mc, N)`` labels, ``(n_mc, N, C)`` values), checked, in place of draws."""
     if targets is not None:
         return check_targets_stack(inp, targets)
     if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
@@ -65,7 +65,7 @@ def draw_targets(inp, f_all, samples, seed, targets=None):
 
 
 class OutputFactor:
-    """The columns ``Q_n`` of one curvature for a batch, evaluated chunk by chunk.
+    """The columns ``Gamma_n`` of one curvature for a batch, evaluated chunk by chunk.
 
     ``columns(f, idx)`` returns ``(len(idx), K, C)`` for network outputs ``f`` of the
     samples ``idx`` (a slice of the batch).
@@ -82,7 +82,7 @@ class OutputFactor:
             self.targets = draw_targets(inp, f_all, samples, seed, targets)
 
     def columns(self, f, idx):
-        """Columns ``Q_n (len(idx), K, C)`` of ``Phi_n = Q_n Q_n^T`` for outputs ``f`` of
+        """Columns ``Gamma_n (len(idx), K, C)`` of ``Phi_n = Gamma_n Gamma_n^T`` for outputs ``f`` of
         the samples ``idx`` (a slice of the batch)."""
         loss = self.inp.loss
         if self.curvature in ("ggn", "fisher"):

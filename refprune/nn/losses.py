@@ -68,8 +68,8 @@ def log_softmax(f):
 class CrossEntropyLoss(Loss):
     """Softmax cross-entropy on integer labels ``y`` of shape ``(N,)`` in ``[0, C)``.
 
-    Likelihood: categorical with ``p = softmax(f)``.  Then
-    ``grad = p - e_y`` and ``Lambda = diag(p) - p p^T``.
+    Likelihood: categorical with ``yhat = softmax(f)``.  Then
+    ``grad = yhat - e_y`` and ``Lambda = diag(yhat) - yhat yhat^T``.
     """
 
     def check_targets(self, y, n, c):

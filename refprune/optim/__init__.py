@@ -7,7 +7,7 @@ class                  preconditioner ``P`` in ``d = P g``
 ``SGD``                ``I`` (heavy-ball momentum)
 ``NaturalGradient``    ``(F + lam I)^-1`` with the exact curvature ``F`` of the batch
 ``KFAC``               K-FAC's damped ``(S kron A)^-1`` per layer
-``EKFAC``              ``Q diag(s* + lam)^-1 Q^T`` in K-FAC's eigenbasis per layer
+``EKFAC``              ``U_SA diag(kappa + lam)^-1 U_SA^T`` in K-FAC's eigenbasis
 =====================  ===========================================================
 
 Every optimizer has ``step(model, params, X, y, loss, mask=None)`` and ``reset()``,

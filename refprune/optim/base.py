@@ -33,7 +33,7 @@ class Optimizer:
     """Base class: ``step(model, params, X, y, loss, mask=None)`` returns the new
     parameters after one update on the batch ``(X, y)``; subclasses define
     :meth:`precondition`.  State (momentum buffer, curvature statistics, step count
-    ``t``) persists between steps; :meth:`reset` clears it."""
+    ``steps``) persists between steps; :meth:`reset` clears it."""
 
     name = "optimizer"
 
@@ -49,8 +49,8 @@ class Optimizer:
         self.reset()
 
     def reset(self):
-        """Forget the momentum buffer and any curvature statistics; ``t = 0``."""
-        self.t = 0
+        """Forget the momentum buffer and any curvature statistics; ``steps = 0``."""
+        self.steps = 0
         self.buf = None
         self.last_nu = 1.0
 
@@ -74,7 +74,7 @@ class Optimizer:
         """:meth:`step` on a validated batch and a flat ``theta``; returns the new ``theta``."""
         if self.buf is None or self.buf.shape != theta.shape:
             self.buf = np.zeros_like(theta)
-        self.t += 1
+        self.steps += 1
         g = validated_grad(inp)
         if free is not None:
             g = g * free
@@ -120,7 +120,7 @@ def check_mask(mask, n, where):
 
 
 class MovingAverage:
-    """``x_k = eps_k x_{k-1} + (1 - eps_k) X_k`` with ``eps_k = min(decay, 1 - 1/k)``
+    """``x_u = eps_u x_{u-1} + (1 - eps_u) X_u`` with ``eps_u = min(decay, 1 - 1/u)`` after ``u`` updates
     (Martens & Grosse 2015, §5), so the first estimate is the first batch's and
     ``decay = 0`` keeps only the latest batch."""
 
@@ -132,12 +132,12 @@ class MovingAverage:
 
     def reset(self):
         """Start again: the next update becomes the estimate."""
-        self.k, self.value = 0, None
+        self.updates, self.value = 0, None
 
     def update(self, batch):
         """Fold in the list of arrays ``batch``; returns the averages."""
-        self.k += 1
-        eps = min(self.decay, 1.0 - 1.0 / self.k)
+        self.updates += 1
+        eps = min(self.decay, 1.0 - 1.0 / self.updates)
         if self.value is None or eps == 0:
             self.value = [np.array(b, dtype=np.float64) for b in batch]
         else:

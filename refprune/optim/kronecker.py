@@ -9,15 +9,15 @@ amortises the inverses the same way), and the step uses
 
 per block, with the damping forms ``"exact"``, ``"factored"`` or ``"pi"`` (their §6.3).
 
-EKFAC (George et al. 2018, Algorithm 1): the eigenbasis ``U_S kron U_A`` of the averaged
+EKFAC (George et al. 2018, Algorithm 1): the eigenbasis ``U_SA = U_S kron U_A`` of the averaged
 K-FAC factors is recomputed every ``refresh_interval`` steps; every ``scale_interval``
-steps the eigenvalues ``s*`` are re-estimated from the batch's per-sample gradients
+steps the eigenvalues ``kappa`` are re-estimated from the batch's per-sample gradients
 projected onto that basis (their eq. 10) and averaged; the step is
-``Q diag(s* + lam)^-1 Q^T g``.  A refresh restarts the average of ``s*`` (the old values
+``U_SA diag(kappa + lam)^-1 U_SA^T g``.  A refresh restarts the average of ``kappa`` (the old values
 belong to another basis) and re-estimates them in the new basis.
 
-Monte Carlo targets (``curvature="mc_fisher"``) at step ``t`` are drawn from
-``numpy.random.default_rng([seed, t])``.  With a mask, each block's system is solved on
+Monte Carlo targets (``curvature="mc_fisher"``) of the ``steps``-th step are drawn from
+``numpy.random.default_rng([seed, steps])``.  With a mask, each block's system is solved on
 its free coordinates (:func:`~refprune.optim.base.restricted_solve`).
 """
 
@@ -79,10 +79,10 @@ class KFAC(Optimizer):
         self.blocks = None
 
     def _due(self, interval):
-        return (self.t - 1) % interval == 0
+        return (self.steps - 1) % interval == 0
 
     def _output_factor(self, inp):
-        return OutputFactor(inp, self.curvature, self.samples, [self.seed, self.t], where=self.name)
+        return OutputFactor(inp, self.curvature, self.samples, [self.seed, self.steps], where=self.name)
 
     def _fold_factors(self, inp, batch_blocks):
         """Average the batch's factors into the running ones; returns the layouts."""
@@ -116,7 +116,7 @@ class KFAC(Optimizer):
 class EKFAC(KFAC):
     """EKFAC natural gradient: K-FAC's eigenbasis, refreshed every ``refresh_interval``
     steps, with eigenvalues re-estimated every ``scale_interval`` steps and averaged
-    with ``scale_decay`` (0: each re-estimate alone).  Damping ``s* + lam`` (the only
+    with ``scale_decay`` (0: each re-estimate alone).  Damping ``kappa + lam`` (the only
     form).  Other parameters as in :class:`KFAC`."""
 
     name = "EKFAC"

@@ -28,7 +28,7 @@ class NaturalGradient(Optimizer):
     ----------
     curvature : str
         ``"fisher"`` (default), ``"ggn"``, ``"mc_fisher"`` (``samples`` targets per
-        point, drawn from ``numpy.random.default_rng([seed, t])`` at step ``t``),
+        point, drawn from ``numpy.random.default_rng([seed, steps])`` at the ``steps``-th step),
         ``"empirical_fisher"`` or ``"hessian"``.
     damping : float
         ``lam`` in ``(F + lam I)^-1 g``.
@@ -63,7 +63,7 @@ class NaturalGradient(Optimizer):
     def matrix(self, inp):
         """The batch's curvature matrix (dense, ``(n, n)``)."""
         args = (inp.model, [p for group in inp.grouped for p in group], inp.X, inp.y, inp.loss)
-        mc = dict(samples=self.samples, seed=[self.seed, self.t])
+        mc = dict(samples=self.samples, seed=[self.seed, self.steps])
         if self.structure == "layer":
             return block_diagonal(*args, curvature=self.curvature, **mc).to_dense()
         return exact_matrix(*args, curvature=self.curvature, max_bytes=self.max_bytes, **mc)

@@ -2,18 +2,18 @@
 Kronecker-factored eigenbasis", §4).
 
 Reparametrise each affine layer in the eigenbases of its K-FAC factors
-``S = Q_S diag(s) Q_S^T``, ``A = Q_A diag(a) Q_A^T``:  ``W* = Q_S^T [W | b] Q_A``.  In that
-basis the K-FAC (or EKFAC) Fisher is diagonal with entries ``s*_ij`` (``s_i a_j``, or the
+``S = U_S diag(sigma) U_S^T``, ``A = U_A diag(alpha) U_A^T``:  ``W* = U_S^T [W | b] U_A``.  In that
+basis the K-FAC (or EKFAC) Fisher is diagonal with entries ``kappa_ij`` (``sigma_i alpha_j``, or the
 EKFAC re-estimates), so OBS equals OBD there and the importance of ``W*_ij`` is
-``W*_ij^2 s*_ij / 2`` (their eq. 9).  Whole eigen-directions are removed, columns ``j``
-of ``Q_A`` and rows ``i`` of ``Q_S^T``, ranked by their summed importance with one global
+``W*_ij^2 kappa_ij / 2`` (their eq. 9).  Whole eigen-directions are removed, columns ``j``
+of ``U_A`` and rows ``i`` of ``U_S^T``, ranked by their summed importance with one global
 threshold and a per-layer cap on the fraction removed; the predicted loss increase is
 the importance summed over the removed entries (each once).
 
-The kept directions give the bottleneck ``x -> Q_A'^T [x; 1] -> W*' -> Q_S'`` as three
-layers (for a convolution: the ``kh x kw`` convolution ``Q_A'``, then two 1x1
+The kept directions give the bottleneck ``x -> U_A'^T [x; 1] -> W*' -> U_S'`` as three
+layers (for a convolution: the ``kh x kw`` convolution ``U_A'``, then two 1x1
 convolutions).  A layer keeps its bottleneck only when it has fewer parameters than the
-original; otherwise the pruned function is stored densely, ``[W' | b'] = Q_S' W*' Q_A'^T``.
+original; otherwise the pruned function is stored densely, ``[W' | b'] = U_S' W*' U_A'^T``.
 
 Derived in ``docs/pruning_explained.md`` §5.
 """
@@ -29,22 +29,22 @@ from .records import PruneResult, PruneStep, evaluate, maybe_retrain
 from .targets import round_goal, warn_nothing_removed
 
 
-def _bottleneck_layers(layer, QA, Wstar, QS):
-    """Three layers computing ``Q_S W* Q_A^T [x; 1]`` and their parameters."""
-    kA, kS = QA.shape[1], QS.shape[1]
+def _bottleneck_layers(layer, UA, Wstar, US):
+    """Three layers computing ``U_S W* U_A^T [x; 1]`` and their parameters."""
+    kA, kS = UA.shape[1], US.shape[1]
     r = layer.n_weight // layer.out_units
-    first_w = QA[:r].T
-    first_b = QA[r] if layer.bias else None
+    first_w = UA[:r].T
+    first_b = UA[r] if layer.bias else None
     if isinstance(layer, Linear):
         l1 = Linear(layer.in_features, kA, bias=layer.bias)
         l2, l3 = Linear(kA, kS, bias=False), Linear(kS, layer.out_features, bias=False)
-        ps = [first_w] + ([first_b] if layer.bias else []) + [Wstar, QS]
+        ps = [first_w] + ([first_b] if layer.bias else []) + [Wstar, US]
     else:
         l1 = Conv2d(layer.in_channels, kA, layer.kernel_size, stride=layer.stride, padding=layer.padding,
                     bias=layer.bias)
         l2, l3 = Conv2d(kA, kS, 1, bias=False), Conv2d(kS, layer.out_channels, 1, bias=False)
         ps = [first_w.reshape((kA,) + layer.weight_shape[1:])] + ([first_b] if layer.bias else []) + [
-            Wstar[:, :, None, None], QS[:, :, None, None]]
+            Wstar[:, :, None, None], US[:, :, None, None]]
     return [l1, l2, l3], ps
 
 
@@ -63,12 +63,12 @@ def eigendamage(model, params, X, y, loss, target, o):
     info = []
     for idx, (j, layer, start, _, stop) in enumerate(affine_layers(model)):
         block = K.blocks[idx]
-        s, QS, a, QA = block.eigh()
+        s, US, a, UA = block.eigh()
         M = block.layout.to_matrix(theta[start:stop][:, None])[0]
-        Wstar = QS.T @ M @ QA
+        Wstar = US.T @ M @ UA
         sstar = approx.blocks[idx].scales if approx is not None else np.outer(s, a)
         imp = Wstar**2 * sstar / 2
-        info.append(dict(j=j, layer=layer, QS=QS, QA=QA, Wstar=Wstar, imp=imp))
+        info.append(dict(j=j, layer=layer, US=US, UA=UA, Wstar=Wstar, imp=imp))
     # one global ranking of every direction (S side: rows, A side: columns)
     dirs = []
     for li, d in enumerate(info):
@@ -103,20 +103,20 @@ def eigendamage(model, params, X, y, loss, target, o):
             new_params += grouped[j]
             continue
         li, d = info_by_j[j]
-        keepS = np.setdiff1d(np.arange(d["QS"].shape[1]), removed[(li, "S")])
-        keepA = np.setdiff1d(np.arange(d["QA"].shape[1]), removed[(li, "A")])
+        keepS = np.setdiff1d(np.arange(d["US"].shape[1]), removed[(li, "S")])
+        keepA = np.setdiff1d(np.arange(d["UA"].shape[1]), removed[(li, "A")])
         gone = np.ones_like(d["imp"], dtype=bool)
         gone[np.ix_(keepS, keepA)] = False
         predicted += float(d["imp"][gone].sum())
-        QSk, QAk, Wk = d["QS"][:, keepS], d["QA"][:, keepA], d["Wstar"][np.ix_(keepS, keepA)]
-        b_layers, b_params = _bottleneck_layers(layer, QAk, Wk, QSk)
+        USk, UAk, Wk = d["US"][:, keepS], d["UA"][:, keepA], d["Wstar"][np.ix_(keepS, keepA)]
+        b_layers, b_params = _bottleneck_layers(layer, UAk, Wk, USk)
         n_bottleneck = sum(p.size for p in b_params)
         if n_bottleneck < layer.n_params:
             layers += b_layers
             new_params += b_params
             kept_report.append((j, "bottleneck", n_bottleneck, layer.n_params))
         else:
-            dense = (QSk @ Wk @ QAk.T)[None]
+            dense = (USk @ Wk @ UAk.T)[None]
             flat = LayerLayout(layer, 0).from_matrix(dense)[:, 0]
             layers.append(layer)
             new_params += unflatten_params(Sequential(layer), flat)
