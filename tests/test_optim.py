@@ -306,3 +306,21 @@ def test_conjugate_gradients_against_a_direct_solve():
     close(base.conjugate_gradients(lambda v: M @ v, b, "M"), np.linalg.solve(M, b), rtol=1e-9)
     with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
         base.conjugate_gradients(lambda v: -v, b, "minus I")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("curvature", ["mc_fisher", "fisher", "empirical_fisher"])
+def test_gradient_from_the_statistics_pass_is_the_gradient(arch, curvature):
+    from refprune.checks import validate
+    from refprune.curvature.kronecker import FactorStatistics, layer_statistics
+    from refprune.curvature.output_factors import OutputFactor
+
+    m, p, X, y, l = make(arch, "ce-mean", n=7)
+    inp = validate(m, p, X, y, l)
+    stats = FactorStatistics("expand")
+    g = layer_statistics(inp, OutputFactor(inp, curvature, 2, 0), stats.visit, gradient=True)
+    close(g, rp.grad(m, p, X, y, l), rtol=1e-13)
+    # and the statistics are those of a pass without the gradient column
+    for b, (S, A) in zip(stats.blocks(inp), rp.kfac(m, p, X, y, l, curvature=curvature, samples=2).factors()):
+        close(b.S, S, rtol=1e-13)
+        close(b.A, A, rtol=1e-13)

@@ -251,24 +251,38 @@ class KFAC(KroneckerCurvature):
         return [(b.S, b.A) for b in self.blocks]
 
 
-def layer_statistics(inp, factor, visit):
+def layer_statistics(inp, factor, visit, gradient=False):
     """Back-propagate the output factor's columns chunk by chunk; call
     ``visit(j, layer, U, g)`` for every affine layer with its features ``U (n, r, T)``
-    and output-gradient columns ``g (n, K, c, T)``."""
+    and output-gradient columns ``g (n, K, c, T)``.
+
+    ``gradient=True`` back-propagates the loss gradient as one more column in the same
+    passes and returns the batch gradient ``(n,)`` (what an optimizer step needs besides
+    the statistics, without a second forward and backward pass)."""
     model = inp.model
-    probe = factor.columns(_d.forward(inp, inp.X[:1])[0], slice(0, 1)).shape[1]
+    probe = factor.columns(_d.forward(inp, inp.X[:1])[0], slice(0, 1)).shape[1] + (1 if gradient else 0)
     width = max(int(np.prod(w)) for w in _d.layer_work_shapes(inp))
     nc = max(1, _d.CHUNK_FLOATS // max(1, probe * width))
+    offsets = model.param_offsets()
+    grad = np.zeros(model.n_params) if gradient else None
     for s0 in range(0, inp.n_samples, nc):
         s1 = min(inp.n_samples, s0 + nc)
         f, caches = _d.forward(inp, inp.X[s0:s1])
-        stacks = _d.backward(inp, caches, factor.columns(f, slice(s0, s1)))
+        columns = factor.columns(f, slice(s0, s1))
+        if gradient:
+            columns = np.concatenate([columns, inp.loss.grad(f, inp.y[s0:s1])[:, None]], axis=1)
+        stacks = _d.backward(inp, caches, columns)
         for j, layer in enumerate(model):
             if isinstance(layer, AffineLayer):
+                stack = stacks[j]
+                if gradient:
+                    grad[offsets[j] : offsets[j + 1]] += layer.param_grad(caches[j], stack[:, -1:])[0]
+                    stack = stack[:, :-1]
                 U = caches[j][0]
-                n, k = stacks[j].shape[:2]
-                g = layer.from_output(merge_tangent_axis(stacks[j])).reshape(n, k, layer.out_units, U.shape[2])
+                n, k = stack.shape[:2]
+                g = layer.from_output(merge_tangent_axis(stack)).reshape(n, k, layer.out_units, U.shape[2])
                 visit(j, layer, U, g)
+    return None if grad is None else inp.scale * grad
 
 
 def with_bias_row(layer, U):

@@ -54,6 +54,11 @@ class Optimizer:
         self.buf = None
         self.last_nu = 1.0
 
+    def gradient(self, inp):
+        """The batch gradient (optimizers that gather curvature statistics override
+        this to compute both in the same passes)."""
+        return validated_grad(inp)
+
     def precondition(self, inp, theta, g, free):
         """``P g`` on the free coordinates (zero elsewhere); ``inp`` is the validated
         batch, ``free`` a bool ``(n,)`` or ``None`` for all free."""
@@ -75,7 +80,7 @@ class Optimizer:
         if self.buf is None or self.buf.shape != theta.shape:
             self.buf = np.zeros_like(theta)
         self.steps += 1
-        g = validated_grad(inp)
+        g = self.gradient(inp)
         if free is not None:
             g = g * free
         d = self.precondition(inp, theta, g, free)

@@ -89,17 +89,23 @@ class KFAC(Optimizer):
         avg = self.factors.update([m for b in batch_blocks for m in (b.S, b.A)])
         return [(avg[2 * i], avg[2 * i + 1], b.layout) for i, b in enumerate(batch_blocks)]
 
+    def gradient(self, inp):
+        """The batch gradient, computed in the passes that update the curvature."""
+        return self.update_curvature(inp)
+
     def update_curvature(self, inp):
-        """Fold in the batch's statistics; refresh the preconditioner when due."""
+        """Fold in the batch's statistics; refresh the preconditioner when due.
+        Returns the batch gradient, back-propagated with the statistics."""
         stats = FactorStatistics(self.approx)
-        layer_statistics(inp, self._output_factor(inp), stats.visit)
+        g = layer_statistics(inp, self._output_factor(inp), stats.visit, gradient=True)
         averaged = self._fold_factors(inp, stats.blocks(inp, self.bias))
         if self.blocks is None or self._due(self.refresh_interval):
             self.blocks = [KroneckerBlock(S.copy(), A.copy(), layout) for S, A, layout in averaged]
+        return g
 
     def precondition(self, inp, theta, g, free):
-        """The damped Kronecker blocks' inverse applied to ``g`` block by block."""
-        self.update_curvature(inp)
+        """The damped Kronecker blocks' inverse applied to ``g`` block by block
+        (``gradient`` has already brought the blocks up to date)."""
         lam, form = self.damping, self.damping_form
         d = np.zeros_like(g)
         for b in self.blocks:
@@ -145,7 +151,7 @@ class EKFAC(KFAC):
         stats = FactorStatistics(self.approx)
         moments = None if refresh or not rescale else EigenbasisMoments(self.basis, inp.model)
         visit = stats.visit if moments is None else (lambda *a: (stats.visit(*a), moments.visit(*a)))
-        layer_statistics(inp, factor, visit)
+        g = layer_statistics(inp, factor, visit, gradient=True)
         averaged = self._fold_factors(inp, stats.blocks(inp, self.bias))
         if refresh:
             # the new basis comes from this batch's averaged factors: a second pass projects onto it
@@ -156,3 +162,4 @@ class EKFAC(KFAC):
         if rescale:
             scales = self.scales.update(moments.scales(inp))
             self.blocks = [EKFACBlock(b, s) for b, s in zip(self.basis, scales)]
+        return g
