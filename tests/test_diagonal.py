@@ -109,3 +109,17 @@ def test_obd_recursion_against_explicit_formula():
     h_W2 = np.einsum("nc,nr->cr", 2 * np.ones_like(f), a1**2)
     ref = np.concatenate([h_W1.ravel(), h_z1.sum(0), h_W2.ravel(), 2 * np.full(f.shape[1], len(X))])
     assert_close(rp.obd_diagonal(model, params, X, y, loss), ref, 1e-12, 1e-13, "OBD by hand")
+
+
+def test_curvature_diagonal_defaults_and_names():
+    # the defaults are those of the dense functions: the Hessian, and one Monte Carlo
+    # draw from seed 0 (fisher()'s defaults), so the two agree without arguments
+    model, params, X, y, loss = make("conv-tanh-avgpool", "ce-mean", n=5)
+    args = (model, params, X, y, loss)
+    assert_close(rp.curvature_diagonal(*args), np.diag(rp.hessian(*args)), 1e-10, 1e-14, "default")
+    F = rp.fisher(*args, curvature="mc_fisher")
+    assert_close(rp.curvature_diagonal(*args, curvature="mc_fisher"), np.diag(F), 1e-10, tol(F), "mc default")
+    assert_close(rp.fisher_diagonal(*args, curvature="mc_fisher"), np.diag(F), 1e-10, tol(F), "mc default")
+    for fn, name in ((rp.curvature_diagonal, "curvature_diagonal"), (rp.fisher_diagonal, "fisher_diagonal")):
+        with pytest.raises(ValueError, match=rf"^{name}: curvature must be one of"):
+            fn(*args, curvature="bogus")
