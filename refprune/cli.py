@@ -5,6 +5,8 @@
   JSON file, on data from an ``.npz`` or drawn at random, written to an ``.npy`` file
   (a memory map: the matrix never has to fit in memory), with an estimate of memory and
   time before it starts, a refusal when it will not fit, and progress while it runs;
+  ``--workers``, ``--block-rows`` and ``--shards`` run it as tasks in a process pool, and
+  ``--resume`` continues an interrupted run, computing only the missing blocks;
 * ``fixtures``: write the golden fixtures (:mod:`refprune.fixtures`);
 * ``check``: run the fast test profile when the tests are next to the package, else a
   built-in self-check (derivatives against finite differences, identities between the
@@ -143,6 +145,16 @@ def cmd_hessian(args):
     rp.loss(model, params, X, y, loss)  # validates everything before any cost
     n, N = model.n_params, len(X)
     need = n * n * 8
+    if args.resume:
+        if not args.out or not os.path.exists(args.out):
+            raise UsageError("--resume continues an earlier run: give the --out FILE.npy it was writing")
+        dest = np.load(args.out, mmap_mode="r+")
+        if dest.shape != (n, n) or dest.dtype != np.float64:
+            raise UsageError(f"{args.out} holds a {dest.dtype} array of shape {dest.shape}, not ({n}, {n}) float64")
+        print(f"{args.curvature}: resuming {args.out} (blocks recorded as done are kept)", file=sys.stderr)
+        _compute(rp, args.curvature, model, params, X, y, loss, dest, True, args).flush()
+        print(f"wrote {args.out}", file=sys.stderr)
+        return 0
     if args.out:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(args.out)) or ".").free
         if need > free:
@@ -176,10 +188,25 @@ def cmd_hessian(args):
 
 
 def _compute(rp, curvature, model, params, X, y, loss, out, progress, args):
+    tasks = {}
+    if progress and (args.workers or args.block_rows or args.shards > 1 or args.resume):
+        # as tasks (docs/derivations.md §11); a process pool when --workers is given
+        tasks = dict(block_rows=args.block_rows, shards=args.shards)
+    if not tasks:
+        return _call(rp, curvature, model, params, X, y, loss, out, progress, args)
+    if not args.workers:
+        return _call(rp, curvature, model, params, X, y, loss, out, progress, args, **tasks)
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(args.workers) as ex:
+        return _call(rp, curvature, model, params, X, y, loss, out, progress, args, executor=ex, **tasks)
+
+
+def _call(rp, curvature, model, params, X, y, loss, out, progress, args, **tasks):
     if curvature in ("hessian", "ggn", "residual"):
-        return getattr(rp, curvature)(model, params, X, y, loss, out=out, progress=progress)
+        return getattr(rp, curvature)(model, params, X, y, loss, out=out, progress=progress, **tasks)
     return rp.fisher(model, params, X, y, loss, curvature=curvature, samples=args.mc_samples, seed=args.seed,
-                     out=out, progress=progress)
+                     out=out, progress=progress, **tasks)
 
 
 def cmd_fixtures(args):
@@ -231,6 +258,12 @@ def build_parser():
     h.add_argument("--out", metavar="FILE.npy", help="write the matrix here (a memory map) instead of printing its "
                                                      "spectrum")
     h.add_argument("--dry-run", action="store_true", help="print the estimate and stop")
+    h.add_argument("--workers", type=nonnegative_int, default=0,
+                   help="compute blocks of rows in this many worker processes (docs/derivations.md §11)")
+    h.add_argument("--block-rows", type=positive_int, help="rows per block when run as tasks (default: a layer)")
+    h.add_argument("--shards", type=positive_int, default=1, help="split the samples into this many shards")
+    h.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --out file, "
+                                                         "computing only the blocks not recorded as done")
     f = sub.add_parser("fixtures", help="write the golden fixtures (.npz + manifest.json) into DIR")
     f.add_argument("directory")
     f.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -75,3 +75,38 @@ def test_fixtures_and_check_subcommands(capsys, tmp_path):
     from refprune.conformance import make_case
 
     assert selfcheck(verbose=False, cases=[make_case("mlp-tanh", "ce-mean"), make_case("mlp-relu", "mse-sum")])
+
+
+def test_hessian_subcommand_as_tasks_and_resumed(capsys, tmp_path, monkeypatch):
+    from refprune.curvature import parallel
+
+    spec = "Linear(5, 6) Tanh Linear(6, 3)"
+    common = ("hessian", "--model", spec, "--input-shape", "5", "--samples", "12", "--seed", "3")
+    model = parse_model(spec)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((12, 5))
+    y = rng.integers(0, 3, 12)
+    ref = rp.hessian(model, model.init(seed=3), X, y, rp.CrossEntropyLoss())
+    out = tmp_path / "H.npy"
+    code, _, err = run(capsys, *common, "--out", str(out), "--workers", "2")
+    assert code == 0 and "block 2/2" in err
+    assert np.array_equal(np.load(out), ref)  # whole layers over all samples: the same bits
+    # interrupted after one block, then resumed: only the other blocks are computed
+    real_mark, submitted = parallel.BlockRecord.mark, []
+
+    def mark_then_stop(self, key, block):
+        real_mark(self, key, block)
+        raise KeyboardInterrupt
+
+    real_run = parallel.run
+    monkeypatch.setattr(parallel, "run", lambda ex, jobs, *a: (submitted.append(len(jobs)), real_run(ex, jobs, *a)))
+    monkeypatch.setattr(parallel.BlockRecord, "mark", mark_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(capsys, *common, "--out", str(out), "--block-rows", "7", "--shards", "2")
+    monkeypatch.setattr(parallel.BlockRecord, "mark", real_mark)
+    code, _, err = run(capsys, *common, "--out", str(out), "--block-rows", "7", "--shards", "2", "--resume")
+    assert code == 0 and "resuming" in err
+    assert submitted[1] == submitted[0] - 1
+    assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()
+    code, _, err = run(capsys, *common, "--resume")
+    assert code == 2 and "give the --out FILE.npy" in err
