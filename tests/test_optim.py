@@ -324,3 +324,15 @@ def test_gradient_from_the_statistics_pass_is_the_gradient(arch, curvature):
     for b, (S, A) in zip(stats.blocks(inp), rp.kfac(m, p, X, y, l, curvature=curvature, samples=2).factors()):
         close(b.S, S, rtol=1e-13)
         close(b.A, A, rtol=1e-13)
+
+
+def test_natural_gradient_averages_its_matrix():
+    m, p, X, y, l = make("mlp-tanh", "mse-mean", n=8)
+    lr, lam = 0.5, 0.1
+    opt = optim.NaturalGradient(lr=lr, curvature="ggn", damping=lam, ema_decay=0.9)
+    p1 = opt.step(m, p, X[:4], y[:4], l)
+    p2 = rp.flatten_params(opt.step(m, p1, X[4:], y[4:], l))
+    # eps_2 = min(0.9, 1 - 1/2): an equal mix of the two batches' matrices
+    F = 0.5 * rp.ggn(m, p, X[:4], y[:4], l) + 0.5 * rp.ggn(m, p1, X[4:], y[4:], l)
+    g = rp.grad(m, p1, X[4:], y[4:], l)
+    close(p2, rp.flatten_params(p1) - lr * np.linalg.solve(F + lam * np.eye(len(F)), g))
