@@ -183,7 +183,8 @@ def cluster_note(t1, n0, N0, block_rows, N=10_000, workers=64):
             "it; so the driver's network carries the result twice and the store must absorb it at the rate in the "
             "table. With S sample shards each block is computed S times and S partial blocks travel, S times the "
             "data, which pays only when N is much larger than the rows of a block. Each task also receives the "
-            "parameters and its shard of the data (or all of it): small next to a block for these sizes. Past "
+            "parameters and its shard of the data (on dask sent once per shard by scatter, on a process pool "
+            "with every task): small next to a block for these sizes. Past "
             "these rates the driver, not the workers, limits the speed; a design in which workers write their "
             "blocks straight into a shared Zarr store with row-aligned chunks would remove that limit.", ""]
     return out

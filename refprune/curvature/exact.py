@@ -420,14 +420,16 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
     record = _par.BlockRecord(out, _par.fingerprint(name, model, *params, inp.X, inp.y, targets, block_rows,
                                                     shards))
     offsets = model.param_offsets()
+    share = _par.sharer(executor)  # each shard's data goes to a cluster once, not with every block
+    data = [(share(inp.X[s0:s1]), share(inp.y[s0:s1]), share(None if targets is None else targets[:, s0:s1]))
+            for s0, s1 in ranges]
     jobs, layout = [], {}
     for l, units, rows in blocks:
         key = f"layer {l}" + ("" if units is None else f" units {units[0]}-{units[1]}")
         layout[key] = (int(offsets[l]), int(offsets[l + 1]), rows)
         if record.is_done(key, lambda rows=rows, o=int(offsets[l]): np.concatenate([out[a:b, o:] for a, b in rows])):
             continue
-        parts = [(rows_task, (model, params, inp.X[s0:s1], inp.y[s0:s1], inp.loss, inp.scale, name,
-                              None if targets is None else targets[:, s0:s1], l, units)) for s0, s1 in ranges]
+        parts = [(rows_task, (model, params, Xs, ys, inp.loss, inp.scale, name, ts, l, units)) for Xs, ys, ts in data]
         jobs.append((key, parts))
 
     def consume(key, partials):

@@ -51,6 +51,15 @@ def wants_tasks(executor, shards, where, block_rows=None, out=None):
     return executor is not None or shards != 1 or block_rows is not None or is_array_store(out)
 
 
+def sharer(executor):
+    """``share(array)``: on a dask ``Client``, the array is sent to the cluster once and
+    tasks receive a reference to it (``Client.scatter``); otherwise it is the array itself,
+    passed with each task."""
+    if type(executor).__module__.startswith("distributed") and hasattr(executor, "scatter"):
+        return lambda a: None if a is None else executor.scatter(a)
+    return lambda a: a
+
+
 def shard_ranges(n_samples, shards, where):
     """``shards`` contiguous ``(s0, s1)`` ranges covering ``range(n_samples)``, sizes
     differing by at most one."""
