@@ -173,8 +173,9 @@ def diagonal_task(model, params, X, y, loss, scale, curvature, targets):
     diagonal over the samples ``(X, y)`` with the whole batch's loss scale ``scale``
     (and the shard's slice of the Monte Carlo targets)."""
     inp = validate(model, params, X, y, loss)._replace(scale=scale)
-    mc = {"targets": targets} if curvature == "mc_fisher" else {}
-    return _factored_diagonal(inp, _factor(inp, curvature, mc, "diagonal"), residual=curvature == "hessian")
+    # targets is None except for "mc_fisher" (the driver checked the options)
+    return _factored_diagonal(inp, _factor(inp, curvature, {"targets": targets}, "diagonal"),
+                              residual=curvature == "hessian")
 
 
 def _diagonal(model, params, X, y, loss, curvature, mc, executor, shards):
