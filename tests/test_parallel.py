@@ -245,3 +245,28 @@ def test_dask_worker_killed_mid_run(dask_client, monkeypatch):
     monkeypatch.setattr(parallel.BlockRecord, "mark", mark_then_kill)
     out = rp.hessian(m, p, X, y, l, executor=dask_client, block_rows=2, shards=2)
     assert killed and rel(out, H) <= RTOL
+
+
+class CountingExecutor(cf.Executor):
+    """Runs each task here at once and counts them: shows which executor and how many
+    shards a call really used."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def submit(self, fn, *args, **kwargs):
+        self.calls += 1
+        fut = cf.Future()
+        fut.set_result(fn(*args, **kwargs))
+        return fut
+
+
+@pytest.mark.parametrize("curvature", rp.CURVATURES)
+def test_executor_and_shards_reach_the_tasks(curvature):
+    m, p, X, y, l = make("mlp-tanh", "ce-mean", n=6)
+    ex = CountingExecutor()
+    d = rp.curvature_diagonal(m, p, X, y, l, curvature=curvature, executor=ex, shards=3)
+    assert ex.calls == 3 and d.shape == (m.n_params,)
+    ex = CountingExecutor()
+    MATRICES[curvature](m, p, X, y, l, executor=ex, shards=2, block_rows=6)
+    assert ex.calls == 2 * len(exact.row_blocks(m, 6))
