@@ -176,13 +176,14 @@ def cluster_note(t1, n0, N0, block_rows, N=10_000, workers=64):
         per_block = block_rows * n * 8  # at most: the block's rows against every later column
         t = N * n ** 2 / rate / workers
         rows.append((f"{n:,}", f"{total / 1e9:,.0f} GB", f"{blocks:,}", f"up to {per_block / 1e9:.1f} GB",
-                     f"{t / 3600:,.1f} h", f"{total / t / 1e6:,.0f} MB/s", f"{2 * total / t / 1e6:,.0f} MB/s"))
+                     f"{t / 60:,.1f} min", f"{total / t / 1e6:,.0f} MB/s", f"{2 * total / t / 1e6:,.0f} MB/s"))
     out += _table(["n", "result (float64)", "blocks", "data per block", f"compute time, {workers} workers",
                    "store write rate needed", "through the driver (in and out)"], rows)
     out += ["", "Every block returns to the driver, which writes it and its mirror image into the store and records "
             "it; so the driver's network carries the result twice and the store must absorb it at the rate in the "
-            "table. With S sample shards each block is computed S times and S partial blocks travel, S times the "
-            "data, which pays only when N is much larger than the rows of a block. Each task also receives the "
+            "table (it does not depend on n: the result and the work both grow as n^2). With S sample shards a "
+            "block is assembled in S parts over 1/S of the samples each: the same work, but S partial blocks "
+            "travel, S times the data, which pays only when N is large (here from N = 1,024 on). Each task also receives the "
             "parameters and its shard of the data (on dask sent once per shard by scatter, on a process pool "
             "with every task): small next to a block for these sizes. Past "
             "these rates the driver, not the workers, limits the speed; a design in which workers write their "
