@@ -53,7 +53,6 @@ def backward(inp, caches, d_out):
 
 def gradient_pass(inp, X=None, y=None):
     """Forward, loss derivative and backward pass on the batch (or a slice of it)."""
-    X = inp.X if X is None else X
     y = inp.y if y is None else y
     f, caches = forward(inp, X)
     douts = backward(inp, caches, inp.loss.grad(f, y)[:, None])
@@ -205,8 +204,9 @@ def hvp(model, params, X, y, loss, v):
     inp = validate(model, params, X, y, loss)
     v = check_vector(v, model.n_params)
     V = np.atleast_2d(v)
-    if V.shape[0] == 0:
-        return np.zeros((0, model.n_params))
+    if V.shape[0] == 0 or model.n_params == 0:
+        # no directions, or a network without parameters: H is empty
+        return np.zeros(V.shape) if v.ndim == 2 else np.zeros(model.n_params)
     f, caches, douts = gradient_pass(inp)
     width = max(int(np.prod(s)) for s in layer_work_shapes(inp))
     step = max(1, CHUNK_FLOATS // max(1, inp.n_samples * width))

@@ -167,3 +167,33 @@ def test_kink_margin_explains_and_ignores_harmless_relu_ties():
     assert m == pytest.approx(0.25) and "ReLU" in why and "harmless" in why
     plain = rp.Sequential(rp.Tanh())
     assert kink_margin(plain, [], X, explain=True) == (np.inf, "no ReLU or max pooling: no kinks")
+
+
+def test_overflowing_output_is_named_with_its_count_and_the_largest_input():
+    # tanh-free, so nothing saturates: the output itself overflows (not only the loss)
+    m = rp.Sequential(rp.Linear(2, 2))
+    params = [np.array([[1e300, 0.0], [0.0, 1.0]]), np.zeros(2)]
+    X, y = np.array([[1e10, 0.0], [1.0, 2.0], [3e9, 1.0]]), np.zeros((3, 2))
+    with np.errstate(over="ignore"), pytest.raises(FloatingPointError) as err:
+        rp.grad(m, params, X, y, rp.MSELoss())
+    # rows 0 and 2 overflow in their first output: 2 of the 6 entries
+    assert "output is not finite (2 of 6 entries overflowed" in str(err.value)
+    assert "largest |X| 1e+10)" in str(err.value)
+
+
+def test_a_model_without_parameters_has_an_empty_gradient():
+    m = rp.Sequential(rp.Tanh())
+    X = np.linspace(-1, 1, 6).reshape(3, 2)
+    g = rp.grad(m, [], X, np.zeros((3, 2)), rp.MSELoss())
+    assert g.shape == (0,) and g.dtype == np.float64
+    assert rp.hvp(m, [], X, np.zeros((3, 2)), rp.MSELoss(), np.zeros(0)).shape == (0,)
+
+
+def test_unknown_output_curvature_is_named():
+    from refprune import derivatives
+    from refprune.checks import validate
+
+    m = rp.Sequential(rp.Linear(2, 2))
+    inp = validate(m, m.init(0), np.ones((3, 2)), np.zeros((3, 2)), rp.MSELoss())
+    with pytest.raises(ValueError, match="unknown output curvature 'bogus'"):
+        derivatives.loss_curvature_matvec(inp, "bogus")
