@@ -210,7 +210,7 @@ def _full(inp, out, max_bytes, name):
     return _FullSink(res, inp.model.param_offsets(), _param_layers(inp.model))
 
 
-def layer_blocks(inp, curvature="hessian", samples=1, seed=0, targets=None):
+def layer_blocks(inp, curvature, samples, seed, targets):
     """Diagonal blocks ``[(layer index, (n_l, n_l) array)]`` of one curvature matrix
     (any name of :data:`refprune.vocabulary.CURVATURES`)."""
     matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets)
@@ -383,10 +383,8 @@ def rows_task(model, params, X, y, loss, scale, name, targets, layer, units):
 
 
 def row_blocks(model, block_rows=None):
-    """The blocks of rows: ``[(layer index, units or None, [(start, stop) flat rows])]``."""
-    if block_rows is not None and (not isinstance(block_rows, (int, np.integer)) or isinstance(block_rows, bool)
-                                   or block_rows < 1):
-        raise ValueError(f"block_rows must be a positive int, got {block_rows!r}")
+    """The blocks of rows: ``[(layer index, units or None, [(start, stop) flat rows])]``
+    (``block_rows``, checked by the caller: a positive int or ``None`` for whole layers)."""
     offsets = model.param_offsets()
     out = []
     for l in _param_layers(model):
@@ -412,7 +410,7 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
     if name == "mc_fisher":
         from .output_factors import draw_targets
 
-        targets = draw_targets(inp, _d.forward(inp)[0], mc.get("samples", 1), mc.get("seed", 0), mc.get("targets"))
+        targets = draw_targets(inp, _d.forward(inp)[0], mc["samples"], mc["seed"], mc["targets"])
     elif mc.get("targets") is not None:
         raise ValueError(f"targets= is for curvature='mc_fisher', got curvature={name!r}")
     out = _par.check_store(out, n, name) if _par.is_array_store(out) else _output_array(n, out, name, max_bytes)

@@ -1,0 +1,168 @@
+"""Edges of the exact assembly and its task driver, from a mutation run: messages that
+name the function and what was passed, the memory limit on every path, silence unless
+progress is asked for, every part of a problem's fingerprint, caller-supplied Monte Carlo
+targets through tasks, the block plan counted by hand, and the mirror image of rows past
+the 256-row tiles."""
+
+import concurrent.futures as cf
+import os
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune.curvature import exact, parallel
+
+from cases import make
+
+
+def problem(n=6):
+    return make("mlp-tanh", "ce-mean", n=n)
+
+
+@pytest.mark.parametrize("fn", [rp.hessian, rp.ggn, rp.residual])
+def test_out_of_the_wrong_kind_is_described(fn):
+    m, p, X, y, l = problem()
+    n = m.n_params
+    name = fn.__name__
+    with pytest.raises(ValueError, match=rf"^{name}: out must be a float64 array of shape \({n}, {n}\), got ndarray "
+                                         rf"\(3, 3\) float32$"):
+        fn(m, p, X, y, l, out=np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match=rf"^{name}: out must be .*, got list  $"):
+        fn(m, p, X, y, l, out=[1.0, 2.0])
+    # the same on the task path
+    with pytest.raises(ValueError, match=rf"^{name}: out must be a float64 array"):
+        fn(m, p, X, y, l, out=np.zeros((3, 3)), shards=2)
+
+
+@pytest.mark.parametrize("tasks", [{}, {"shards": 2}, {"block_rows": 4}])
+@pytest.mark.parametrize("name", ["hessian", "ggn", "residual", "fisher"])
+def test_memory_limit_and_silence_on_every_path(capsys, name, tasks):
+    m, p, X, y, l = problem()
+    fn = getattr(rp, name)
+    with pytest.raises(rp.CurvatureTooLargeError, match=rf"^{name}: the {m.n_params} x {m.n_params} float64"):
+        fn(m, p, X, y, l, max_bytes=8, **tasks)
+    fn(m, p, X, y, l, **tasks)
+    assert capsys.readouterr().err == ""  # no progress unless asked
+    fn(m, p, X, y, l, progress=True, **tasks)
+    err = capsys.readouterr().err
+    assert ("block" in err) == bool(tasks) and ("rows of layer" in err) == (not tasks)
+
+
+def test_option_errors_name_the_function():
+    m, p, X, y, l = problem()
+    with pytest.raises(ValueError, match="^ggn: shards=9 is more than the 6 samples"):
+        rp.ggn(m, p, X, y, l, shards=9)
+    with pytest.raises(TypeError, match="^residual: executor must be"):
+        rp.residual(m, p, X, y, l, executor=object())
+
+    class Store(np.ndarray):
+        pass
+
+    bad = np.zeros((2, 2)).view(Store)
+    bad.attrs = {}
+    with pytest.raises(ValueError, match="^hessian: out must be a float64 store"):
+        rp.hessian(m, p, X, y, l, out=bad)
+
+
+def test_exact_matrix_defaults_names_and_options():
+    m, p, X, y, l = problem()
+    args = (m, p, X, y, l)
+    assert np.array_equal(exact.exact_matrix(*args), rp.hessian(*args))
+    assert np.array_equal(exact.exact_matrix(*args, curvature="mc_fisher"), rp.fisher(*args, curvature="mc_fisher"))
+    with pytest.raises(ValueError, match="^exact_matrix: curvature must be one of"):
+        exact.exact_matrix(*args, curvature="bogus")
+    for curvature in ("hessian", "ggn", "empirical_fisher"):
+        with pytest.raises(rp.CurvatureTooLargeError):
+            exact.exact_matrix(*args, curvature=curvature, max_bytes=8)
+
+
+def test_caller_targets_through_tasks():
+    m, p, X, y, l = problem()
+    t = np.random.default_rng(1).integers(0, 3, (2, len(X)))
+    F = rp.fisher(m, p, X, y, l, curvature="mc_fisher", targets=t)
+    assert np.abs(rp.fisher(m, p, X, y, l, curvature="mc_fisher", targets=t, shards=3) - F).max() <= 1e-12 * \
+        np.abs(F).max()
+    assert not np.allclose(F, rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=2))
+
+
+def test_block_plan_counted_by_hand():
+    m = make("mlp-tanh", "ce-mean")[0]  # Linear(3, 4): 4 rows per unit; Linear(4, 3): 5 per unit
+    # block_rows 10 -> 2 units a block: units (0,2),(2,4) and (0,2),(2,3)
+    assert [(l, u) for l, u, _ in exact.row_blocks(m, 10)] == [(0, (0, 2)), (0, (2, 4)), (2, (0, 2)), (2, (2, 3))]
+    # block_rows 1 -> one unit a block: 4 + 3 blocks; rows of unit 1 of the second layer
+    blocks = exact.row_blocks(m, 1)
+    assert len(blocks) == 7
+    assert blocks[5][2] == [(16 + 4, 16 + 8), (16 + 12 + 1, 16 + 12 + 2)]
+
+
+FINGERPRINT_CHANGES = {
+    "matrix": lambda kw: dict(kw, fn=rp.ggn),
+    "params": lambda kw: dict(kw, p=[2 * a for a in kw["p"]]),
+    "X": lambda kw: dict(kw, X=kw["X"] + 0.5),
+    "y": lambda kw: dict(kw, y=(kw["y"] + 1) % 3),
+    "model": lambda kw: dict(kw, m=rp.Sequential(rp.Linear(3, 4), rp.Sigmoid(), rp.Linear(4, 3))),
+    "block_rows": lambda kw: dict(kw, block_rows=8),
+    "shards": lambda kw: dict(kw, shards=3),
+}
+
+
+@pytest.mark.parametrize("change", list(FINGERPRINT_CHANGES))
+def test_every_part_of_the_problem_is_in_the_fingerprint(tmp_path, monkeypatch, change):
+    m, p, X, y, l = problem()
+    submitted = []
+    real = parallel.run
+    monkeypatch.setattr(parallel, "run", lambda ex, jobs, *a: (submitted.append(len(jobs)), real(ex, jobs, *a)))
+    out = np.lib.format.open_memmap(str(tmp_path / "h.npy"), mode="w+", dtype=np.float64, shape=(m.n_params,) * 2)
+    base = dict(fn=rp.hessian, m=m, p=p, X=X, y=y, block_rows=4, shards=2)
+
+    def call(kw):
+        return kw["fn"](kw["m"], kw["p"], kw["X"], kw["y"], l, out=out, block_rows=kw["block_rows"],
+                        shards=kw["shards"])
+
+    call(base)
+    call(base)
+    assert submitted[1] == 0  # the same problem: nothing to do
+    other = FINGERPRINT_CHANGES[change](base)
+    call(other)
+    assert submitted[2] == len(exact.row_blocks(other["m"], other["block_rows"]))
+    one = other["fn"](other["m"], other["p"], other["X"], other["y"], l)
+    assert np.abs(out - one).max() <= 1e-12 * np.abs(one).max()
+
+
+def test_mc_targets_are_in_the_fingerprint(tmp_path, monkeypatch):
+    m, p, X, y, l = problem()
+    out = np.lib.format.open_memmap(str(tmp_path / "f.npy"), mode="w+", dtype=np.float64, shape=(m.n_params,) * 2)
+    rp.fisher(m, p, X, y, l, curvature="mc_fisher", seed=1, out=out, shards=2)
+    rp.fisher(m, p, X, y, l, curvature="mc_fisher", seed=2, out=out, shards=2)
+    F = rp.fisher(m, p, X, y, l, curvature="mc_fisher", seed=2)
+    assert np.abs(out - F).max() <= 1e-12 * np.abs(F).max()
+
+
+def test_mirror_image_past_the_row_tiles():
+    # a second layer of 620 parameters: its block against the first is mirrored in
+    # tiles of 256 rows, three of them
+    rng = np.random.default_rng(0)
+    m = rp.Sequential(rp.Linear(2, 30), rp.Tanh(), rp.Linear(30, 20))
+    p = m.init(0)
+    X, y = rng.standard_normal((4, 2)), rng.integers(0, 20, 4)
+    H = rp.ggn(m, p, X, y, rp.CrossEntropyLoss())
+    assert np.array_equal(H[90:, :90], H[:90, 90:].T)
+    rows = exact.rows_task(m, p, X, y, rp.CrossEntropyLoss(), 1 / 4, "ggn", None, 0, None)
+    assert np.abs(H[:90] - rows).max() <= 1e-12 * np.abs(H).max()
+
+
+def test_available_memory_reads_meminfo_then_sysconf(monkeypatch):
+    with open("/proc/meminfo") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
+    # the value moves a little between two reads: within 64 MiB
+    assert abs(exact.available_memory() - kib * 1024) < 64 * 2**20
+
+    def no_file(*a, **k):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr("builtins.open", no_file)
+    expected = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert abs(exact.available_memory() - expected) < 64 * 2**20
+    monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert exact.available_memory() == 2**63
