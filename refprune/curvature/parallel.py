@@ -52,11 +52,12 @@ def wants_tasks(executor, shards, where, block_rows=None, out=None):
 
 
 def sharer(executor):
-    """``share(array)``: on a dask ``Client``, the array is sent to the cluster once and
-    tasks receive a reference to it (``Client.scatter``); otherwise it is the array itself,
+    """``share(array)``: on a dask ``Client``, the array is sent to every worker once and
+    tasks receive a reference to it (``Client.scatter(..., broadcast=True)``: a copy on
+    each worker, so that losing one loses no data); otherwise it is the array itself,
     passed with each task."""
     if type(executor).__module__.startswith("distributed") and hasattr(executor, "scatter"):
-        return lambda a: None if a is None else executor.scatter(a)
+        return lambda a: None if a is None else executor.scatter(a, broadcast=True)
     return lambda a: a
 
 
