@@ -153,16 +153,56 @@ def test_mirror_image_past_the_row_tiles():
 
 
 def test_available_memory_reads_meminfo_then_sysconf(monkeypatch):
-    with open("/proc/meminfo") as fh:
-        kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
-    # the value moves a little between two reads: within 64 MiB
-    assert abs(exact.available_memory() - kib * 1024) < 64 * 2**20
+    import io
+
+    real_open = open
+    fake = "MemTotal:       4000 kB\nMemAvailable:   1000 kB\n"
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(fake) if path == "/proc/meminfo"
+                        else real_open(path, *a, **k))
+    assert exact.available_memory() == 1000 * 1024
 
     def no_file(*a, **k):
         raise OSError("no /proc")
 
     monkeypatch.setattr("builtins.open", no_file)
-    expected = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    assert abs(exact.available_memory() - expected) < 64 * 2**20
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_AVPHYS_PAGES": 3, "SC_PAGE_SIZE": 4096}[name])
+    assert exact.available_memory() == 3 * 4096
     monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
     assert exact.available_memory() == 2**63
+
+
+def test_the_memory_limit_keeps_room_for_the_temporaries(monkeypatch):
+    # the limit is the memory available less 4 chunks of CHUNK_FLOATS float64 temporaries
+    from refprune import derivatives
+
+    m, p, X, y, l = problem()
+    need = m.n_params ** 2 * 8
+    room = 8 * 4 * derivatives.CHUNK_FLOATS
+    monkeypatch.setattr(exact, "available_memory", lambda: need + room)
+    assert rp.hessian(m, p, X, y, l).shape == (m.n_params,) * 2  # exactly enough
+    monkeypatch.setattr(exact, "available_memory", lambda: need + room - 1)
+    with pytest.raises(rp.CurvatureTooLargeError, match=rf"needs 0.00 GiB but only {(need - 1) / 2**30:.2f} GiB"):
+        rp.hessian(m, p, X, y, l)
+    # a 16,385-parameter layer: its Hessian needs 2.0002 GiB, refused before any work
+    big = rp.Sequential(rp.Linear(16384, 1))
+    args = (big, [np.zeros((1, 16384)), np.zeros(1)], np.zeros((1, 16384)), np.zeros((1, 1)), rp.MSELoss())
+    monkeypatch.setattr(exact, "available_memory", lambda: 2**31 + room)
+    with pytest.raises(rp.CurvatureTooLargeError, match=r"needs 2.00 GiB but only 2.00 GiB may be used"):
+        rp.hessian(*args)
+    with pytest.raises(rp.CurvatureTooLargeError, match=r"needs 2.00 GiB but only 1.50 GiB may be used"):
+        rp.hessian(*args, max_bytes=3 * 2**29)  # max_bytes wins over the memory available
+    monkeypatch.setattr(exact, "available_memory", lambda: room - 2**30)
+    with pytest.raises(rp.CurvatureTooLargeError, match="but only 0.00 GiB may be used"):
+        rp.hessian(m, p, X, y, l)
+
+
+def test_progress_lines_name_the_matrix(capsys):
+    m, p, X, y, l = problem()
+    rp.ggn(m, p, X, y, l, progress=True)
+    rp.ggn(m, p, X, y, l, progress=True, shards=2)
+    err = capsys.readouterr().err.splitlines()
+    assert err and all(line.startswith("ggn: ") for line in err)
+    rp.block_diagonal(m, p, X, y, l)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="^ggn: shards must be a positive int"):
+        rp.ggn(m, p, X, y, l, shards=0)
