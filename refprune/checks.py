@@ -37,6 +37,15 @@ def check_flag(value, name):
     return bool(value)
 
 
+def check_count(value, name, minimum=1, note=""):
+    """``value`` as an int if it is an integer ``>= minimum`` (1 or 0; ``True`` is not a
+    count)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} int{note}, got {value!r}")
+    return int(value)
+
+
 def check_number(value, name, minimum=0.0, allow_none=False):
     """A finite real number ``>= minimum`` as a float."""
     if value is None and allow_none:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .checks import check_number, validate
+from .checks import check_count, check_number, validate
 from .derivatives import loss as loss_value
 from .optim import SGD, Optimizer
 from .optim.base import check_mask
@@ -42,9 +42,8 @@ def train(model, params, X, y, loss, epochs=10, batch_size=32, lr=None, momentum
         ``callback(epoch, params, loss)`` after every epoch (``epoch`` from 1).
     """
     inp = validate(model, params, X, y, loss)
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (0 if name == "epochs" else 1):
-            raise ValueError(f"train: {name} must be a {'non-negative' if name == 'epochs' else 'positive'} int, got {v!r}")
+    check_count(epochs, "train: epochs", minimum=0)
+    check_count(batch_size, "train: batch_size")
     sgd = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
     if optimizer is None:
         defaults = dict(lr=0.1, momentum=0.9, weight_decay=0.0)

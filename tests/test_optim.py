@@ -6,6 +6,7 @@ clipping, determinism."""
 
 import numpy as np
 import pytest
+import scipy.linalg
 
 import refprune as rp
 from refprune import optim
@@ -40,12 +41,7 @@ def dense_kfac(model, factors, damping, form):
             r = np.sqrt(damping)
             K = np.kron(S + r / pi * np.eye(len(S)), A + r * pi * np.eye(len(A)))
         blocks.append(K[np.ix_(perm, perm)])
-    n = sum(len(b) for b in blocks)
-    out, o = np.zeros((n, n)), 0
-    for b in blocks:
-        out[o:o + len(b), o:o + len(b)] = b
-        o += len(b)
-    return out
+    return scipy.linalg.block_diag(*blocks)
 
 
 def one_step(opt, m, p, X, y, l, mask=None):

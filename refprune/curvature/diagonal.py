@@ -190,16 +190,9 @@ def _diagonal(model, params, X, y, loss, curvature, mc, executor, shards):
     parts = [(diagonal_task, (model, flat, inp.X[s0:s1], inp.y[s0:s1], inp.loss, inp.scale, curvature,
                               None if targets is None else targets[:, s0:s1]))
              for s0, s1 in _par.shard_ranges(inp.n_samples, shards, where)]
-    result = []
-
-    def consume(key, partials):
-        total = partials[0]
-        for p in partials[1:]:
-            total = total + p
-        result.append(total)
-
-    _par.run(ex, [("all samples", parts)], consume, False, where)
-    return result[0]
+    result = {}
+    _par.run(ex, [("all samples", parts)], result.__setitem__, False, where)
+    return result["all samples"]
 
 
 def obd_diagonal(model, params, X, y, loss, levenberg_marquardt=False):

@@ -18,11 +18,11 @@ import numpy as np
 
 from ..checks import check_number, validate
 from ..vocabulary import renamed_options
-from .kronecker import KroneckerCurvature, check_kfac_options, kfac_blocks, layer_statistics, with_bias_row
+from .kronecker import EigenBlock, KroneckerCurvature, check_kfac_options, kfac_blocks, layer_statistics, with_bias_row
 from .output_factors import OutputFactor
 
 
-class EKFACBlock:
+class EKFACBlock(EigenBlock):
     """``U_SA diag(kappa) U_SA^T`` with ``U_SA = U_S kron U_A`` from a :class:`KroneckerBlock`."""
 
     def __init__(self, kron_block, scales):
@@ -55,22 +55,6 @@ class EKFACBlock:
                 f"smallest eigenvalue {np.min(ev):.3e}; use a larger damping"
             )
         return self._apply(V, 1.0 / ev)
-
-    def trace(self, damping=0.0, form="exact"):
-        """Sum of the (damped) eigenvalues."""
-        return float(np.sum(self.eigenvalues(damping, form)))
-
-    def logdet(self, damping=0.0, form="exact"):
-        """Sum of the logarithms of the (damped) eigenvalues; raises if one is not
-        positive."""
-        ev = self.eigenvalues(damping, form)
-        if np.min(ev) <= 0:
-            raise np.linalg.LinAlgError(f"log-determinant of a block with eigenvalue {np.min(ev):.3e} <= 0")
-        return float(np.sum(np.log(ev)))
-
-    def dense(self, damping=0.0, form="exact"):
-        """The (damped) block as an ``(n_l, n_l)`` array in flat parameter order."""
-        return self.matmat(np.eye(self.layout.size), damping, form)
 
 
 class EKFAC(KroneckerCurvature):

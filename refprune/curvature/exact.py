@@ -430,10 +430,7 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
         parts = [(rows_task, (model, params, Xs, ys, inp.loss, inp.scale, name, ts, l, units)) for Xs, ys, ts in data]
         jobs.append((key, parts))
 
-    def consume(key, partials):
-        block = partials[0]
-        for p in partials[1:]:
-            block = block + p
+    def consume(key, block):
         o, end, rows = layout[key]
         i = 0
         for a, b in rows:

@@ -86,8 +86,36 @@ class LayerLayout:
         return K[np.ix_(self.perm, self.perm)]
 
 
-class KroneckerBlock:
+class EigenBlock:
+    """What a layer's block derives from its ``eigenvalues(damping, form)`` and
+    ``matmat(V, damping, form)``: the dense matrix, the trace and the log-determinant
+    (shared by K-FAC's and EKFAC's blocks)."""
+
+    #: appended to the log-determinant's refusal
+    logdet_hint = ""
+
+    def dense(self, damping=0.0, form="exact"):
+        """The (damped) block in flat parameter order, ``(n_l, n_l)``."""
+        return self.matmat(np.eye(self.layout.size), damping, form)
+
+    def trace(self, damping=0.0, form="exact"):
+        """Trace of the damped block: the sum of its eigenvalues."""
+        return float(np.sum(self.eigenvalues(damping, form)))
+
+    def logdet(self, damping=0.0, form="exact"):
+        """Log-determinant of the damped block: the sum of the logarithms of its
+        eigenvalues; raises if one is not positive."""
+        ev = self.eigenvalues(damping, form)
+        if np.min(ev) <= 0:
+            raise np.linalg.LinAlgError(
+                f"log-determinant of a block with eigenvalue {np.min(ev):.3e} <= 0{self.logdet_hint}")
+        return float(np.sum(np.log(ev)))
+
+
+class KroneckerBlock(EigenBlock):
     """``S kron A`` for one layer, with its damped forms, inverse, trace and logdet."""
+
+    logdet_hint = "; use damping > 0"
 
     def __init__(self, S, A, layout):
         self.S, self.A, self.layout = S, A, layout
@@ -167,24 +195,6 @@ class KroneckerBlock:
                 f"{damping} ({form}): smallest eigenvalue {np.min(ev):.3e}; use a larger damping"
             )
         return self.layout.from_matrix(self._apply_in_eigenbasis(self.layout.to_matrix(V), 1.0 / ev))
-
-    def dense(self, damping=0.0, form="exact"):
-        """The (damped) block in flat parameter order, ``(n_l, n_l)``."""
-        return self.matmat(np.eye(self.layout.size), damping, form)
-
-    def trace(self, damping=0.0, form="exact"):
-        """Trace of the damped block: the sum of its eigenvalues."""
-        return float(np.sum(self.eigenvalues(damping, form)))
-
-    def logdet(self, damping=0.0, form="exact"):
-        """Log-determinant of the damped block; raises if an eigenvalue is not
-        positive."""
-        ev = self.eigenvalues(damping, form)
-        if np.min(ev) <= 0:
-            raise np.linalg.LinAlgError(
-                f"log-determinant of a block with eigenvalue {np.min(ev):.3e} <= 0; use damping > 0"
-            )
-        return float(np.sum(np.log(ev)))
 
 
 class KroneckerCurvature(CurvatureOperator):

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from ..checks import check_count
+
 
 class WorkerLostError(RuntimeError):
     """A worker process died; the blocks finished before it are recorded in the store."""
@@ -43,11 +45,9 @@ def resolve_executor(executor, where):
 
 def wants_tasks(executor, shards, where, block_rows=None, out=None):
     """Check ``shards`` and ``block_rows``; True if the computation should run as tasks."""
-    for name, v in (("shards", shards), ("block_rows", block_rows)):
-        if v is None and name == "block_rows":
-            continue
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{where}: {name} must be a positive int, got {v!r}")
+    check_count(shards, f"{where}: shards")
+    if block_rows is not None:
+        check_count(block_rows, f"{where}: block_rows")
     return executor is not None or shards != 1 or block_rows is not None or is_array_store(out)
 
 
@@ -62,10 +62,8 @@ def sharer(executor):
 
 
 def shard_ranges(n_samples, shards, where):
-    """``shards`` contiguous ``(s0, s1)`` ranges covering ``range(n_samples)``, sizes
-    differing by at most one."""
-    if not isinstance(shards, (int, np.integer)) or isinstance(shards, bool) or shards < 1:
-        raise ValueError(f"{where}: shards must be a positive int, got {shards!r}")
+    """``shards`` (checked by :func:`wants_tasks`) contiguous ``(s0, s1)`` ranges covering
+    ``range(n_samples)``, sizes differing by at most one."""
     if shards > n_samples:
         raise ValueError(f"{where}: shards={shards} is more than the {n_samples} samples")
     edges = np.linspace(0, n_samples, int(shards) + 1).round().astype(int)
@@ -149,10 +147,17 @@ def _digest(a):
     return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()
 
 
+def _sum_in_order(parts):
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
 def run(executor, jobs, consume, progress, name):
-    """Run ``jobs`` (``[(key, [(fn, args), ...]), ...]``: the parts of each block) and
-    call ``consume(key, [results in part order])`` once every part of a block is back.
-    A block's parts are summed or used in their listed order whatever order they finish in,
+    """Run ``jobs`` (``[(key, [(fn, args), ...]), ...]``: the parts of each block, one per
+    shard) and call ``consume(key, block)`` once every part of a block is back, with
+    ``block`` the sum of the parts in their listed order whatever order they finished in,
     so the result does not depend on scheduling."""
     start, total = time.perf_counter(), len(jobs)
     done = 0
@@ -165,7 +170,7 @@ def run(executor, jobs, consume, progress, name):
 
     if executor is None:
         for key, parts in jobs:
-            consume(key, [fn(*args) for fn, args in parts])
+            consume(key, _sum_in_order([fn(*args) for fn, args in parts]))
             done += 1
             report(key)
         return
@@ -179,7 +184,7 @@ def run(executor, jobs, consume, progress, name):
             key, i = pending.pop(fut)
             results[key][i] = fut.result()
             if all(r is not None for r in results[key]):
-                consume(key, results.pop(key))
+                consume(key, _sum_in_order(results.pop(key)))
                 done += 1
                 report(key)
     except cf.process.BrokenProcessPool:

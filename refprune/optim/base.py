@@ -24,7 +24,7 @@ value exactly.
 import numpy as np
 import scipy.linalg
 
-from ..checks import check_number, validate
+from ..checks import check_count, check_number, validate
 from ..derivatives import validated_grad
 from ..params import flatten_params, unflatten_params
 
@@ -152,9 +152,7 @@ class MovingAverage:
 
 def check_interval(value, name):
     """A positive int (number of steps)."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int (steps), got {value!r}")
-    return int(value)
+    return check_count(value, name, note=" (steps)")
 
 
 #: free coordinates above which a masked block is solved by conjugate gradients
