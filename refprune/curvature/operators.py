@@ -79,7 +79,7 @@ class Dense(CurvatureOperator):
         M = check_array(M, "Dense: M")
         if M.ndim != 2 or M.shape[0] != M.shape[1]:
             raise ValueError(f"Dense: need a square matrix, got shape {M.shape}")
-        self.M, self.n = M, M.shape[0]
+        self.M, self.n = M, len(M)
 
     def _matmat(self, V):
         return self.M @ V
@@ -113,7 +113,7 @@ class BlockDiagonal(CurvatureOperator):
     ``theta``) get zero rows and columns."""
 
     def __init__(self, blocks, offsets, n):
-        self.blocks = [np.asarray(b, dtype=np.float64) for b in blocks]
+        self.blocks = [check_array(b, f"BlockDiagonal: block {i}") for i, b in enumerate(blocks)]
         self.offsets = list(offsets)
         self.n = int(n)
         for b, (a, e) in zip(self.blocks, self.ranges()):

@@ -95,8 +95,7 @@ def _eliminate(Hinv, C, t, diag, W, rows, q, update_w):
         W[rows] -= (W[rows, q] / dq)[:, None] * col
         W[rows, q] = 0.0
     C[rows, t] = col / np.sqrt(dq)[:, None]
-    diag[rows] -= col**2 / dq[:, None]
-    diag[rows, q] = 1.0  # eliminated: never selected again (the weight is inactive)
+    diag[rows] -= col**2 / dq[:, None]  # 0 at q, which is inactive from now on
 
 
 SELECTIONS = ("exact", "greedy", "obc")
@@ -188,10 +187,13 @@ def layer_obs_round(model, theta, X, mask, prunable, fraction, damping, selectio
         steps = min(int(act.sum(axis=1).max()), k_total)
         order, inc, traj = obc_rows(W, Hinv, act, steps)
         k = select_counts(inc, k_total, selection)
-        Wn = traj[np.arange(layer.out_units), k]
-        theta[start:wstop] = Wn.ravel()
-        rows_removed = [i * W.shape[1] + order[i, : k[i]] for i in range(layer.out_units)]
-        removed.append(start + np.concatenate(rows_removed))
+        new = traj[np.arange(layer.out_units), k].ravel()
+        rows_removed = np.concatenate([i * W.shape[1] + order[i, : k[i]] for i in range(layer.out_units)])
+        # a later step moves an eliminated weight by rounding only (its column entry is
+        # 0 in exact arithmetic): keep every removed weight exactly zero
+        new[rows_removed] = 0.0
+        theta[start:wstop] = new * mask[start:wstop]
+        removed.append(start + rows_removed)
         predicted += float(sum(inc[i, : k[i]].sum() for i in range(layer.out_units)))
     removed = np.concatenate(removed) if removed else np.zeros(0, dtype=int)
     return theta, removed, predicted

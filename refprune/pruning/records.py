@@ -1,5 +1,7 @@
 """What a pruning run reports: one :class:`PruneStep` per round and a :class:`PruneResult`."""
 
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -69,6 +71,18 @@ class PruningWarning(UserWarning):
     """A pruning request that removed nothing, or a prediction not to be trusted."""
 
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def warn(message):
+    """Issue a :class:`PruningWarning` attributed to the first caller outside refprune,
+    so that the warning names the user's line however deep inside it was raised."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, PruningWarning, stacklevel=level)
+
+
 def evaluate(model, theta, X, y, loss, weight_decay=0.0):
     """The objective ``L(theta) + weight_decay/2 |theta|^2``."""
     value = loss_value(model, unflatten_params(model, theta), X, y, loss)
@@ -100,10 +114,10 @@ def _warn_if_untrustworthy(step):
         return
     scale = 1e-12 * max(1.0, abs(step.loss))
     if abs(step.actual) > scale and abs(step.actual) > 1e3 * max(abs(pred), scale):
-        warnings.warn(
+        warn(
             f"pruning step {step.step}: actual change {step.actual:.3e} is {abs(step.actual) / max(abs(pred), scale):.1e} "
             f"times the predicted {pred:.3e}; the quadratic model does not describe a step this large "
-            "(prune in more steps, or retrain between them)", PruningWarning, stacklevel=3)
+            "(prune in more steps, or retrain between them)")
 
 
 def maybe_retrain(model, theta, X, y, loss, mask, retrain, seed):

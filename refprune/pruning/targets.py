@@ -7,11 +7,10 @@ that integer (so ``31/58`` of 58 is 31); ``count=k`` removes exactly ``k``.  Wit
 ``floor(k * i / steps)`` removals.  A request that removes nothing warns.
 """
 
-import warnings
 
 import numpy as np
 
-from .records import PruningWarning
+from .records import warn
 
 
 def _check_fraction(sparsity):
@@ -51,5 +50,4 @@ def warn_nothing_removed(method, target, total, done):
     rounding that led there."""
     kind, v = target
     what = f"count={v}" if kind == "count" else f"sparsity={v!r} of {total} prunable floors to {how_many(v, total)}"
-    warnings.warn(f"prune ({method}): {what}, and {done} are already removed: nothing was removed",
-                  PruningWarning, stacklevel=3)
+    warn(f"prune ({method}): {what}, and {done} are already removed: nothing was removed")

@@ -14,7 +14,6 @@ diagonals, the dense curvatures, their inverses (dense, or Woodbury) and the OBS
 :func:`select_obs`, which returns ``(new_theta, removed_indices, predicted_increase)``.
 """
 
-import warnings
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from ..curvature import diagonal
 from ..curvature import exact as curvature
 from ..curvature.operators import CurvatureOperator
 from .obs import OBS, SingularCurvatureError, inverse_spd
-from .records import PruningWarning
+from .records import warn
 
 DIAGONALS = ("exact", "obd", "obd_lm")
 INDEFINITE = ("raise", "damp", "abs", "ggn")
@@ -105,16 +104,14 @@ def robust_inverse(M, damping, indefinite, what, ggn_block=None):
                                          "(or pass indefinite='damp', 'abs' or 'ggn')") from None
         if indefinite == "damp":
             lam = suggested_damping(M + damping * np.eye(len(M)))
-            warnings.warn(f"the {what} is not positive definite; damping raised by {lam:.3e} "
-                          f"(indefinite='damp')", PruningWarning, stacklevel=4)
+            warn(f"the {what} is not positive definite; damping raised by {lam:.3e} (indefinite='damp')")
             return inverse_spd(M, damping + lam, what=what)
         if indefinite == "abs":
             ev, V = np.linalg.eigh(M)
-            warnings.warn(f"the {what} is not positive definite; using its absolute eigenvalues "
-                          f"(indefinite='abs'; smallest eigenvalue {ev[0]:.3e})", PruningWarning, stacklevel=4)
+            warn(f"the {what} is not positive definite; using its absolute eigenvalues "
+                 f"(indefinite='abs'; smallest eigenvalue {ev[0]:.3e})")
             return inverse_spd((V * np.abs(ev)) @ V.T, damping, what=f"|{what}|")
-        warnings.warn(f"the {what} is not positive definite; using the GGN instead (indefinite='ggn')",
-                      PruningWarning, stacklevel=4)
+        warn(f"the {what} is not positive definite; using the GGN instead (indefinite='ggn')")
         return inverse_spd(ggn_block(), damping, what=f"GGN in place of the {what}")
 
 
