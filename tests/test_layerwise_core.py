@@ -103,6 +103,7 @@ def test_select_counts_rules_and_messages():
         select_counts(inc, 4)
     for selection in ("exact", "greedy", "obc"):
         assert select_counts(np.zeros((3, 0)), 0, selection).tolist() == [0, 0, 0]
-    # ties: the obc rule takes the earliest rows (a stable sort)
-    ties = np.ones((40, 1))
-    assert select_counts(ties, 20, "obc").tolist() == [1] * 20 + [0] * 20
+    # ties (three levels over 200 rows): the obc rule takes the earliest rows of a level
+    ties = np.random.default_rng(0).integers(0, 3, (200, 1)).astype(float)
+    first = sorted(range(200), key=lambda i: (ties[i, 0], i))[:90]
+    assert select_counts(ties, 90, "obc").tolist() == [int(i in first) for i in range(200)]

@@ -158,7 +158,7 @@ def test_select_obs_over_groups_with_the_full_model():
     g, theta = rng.standard_normal(n), rng.standard_normal(n)
     mask = np.ones(n, dtype=bool)
     groups = [np.arange(0, 5), np.arange(5, 8)]
-    out, removed, sal, predicted = U.select_obs(theta, mask, mask, [2, 0], lambda idx: np.linalg.inv(H[np.ix_(idx, idx)]),
+    out, removed, sal, predicted = U.select_obs(theta, mask, [2, 0], lambda idx: np.linalg.inv(H[np.ix_(idx, idx)]),
                                                 1, groups, grad=g, H=H)
     assert removed.dtype == np.int64 and len(removed) == 2 and set(removed) <= set(range(5))
     assert_close(out[5:], theta[5:], 0, 0, "untouched group")
@@ -173,7 +173,7 @@ def test_select_obs_over_groups_with_the_full_model():
     assert_close(out - theta, d, 1e-10, 1e-12, "full-model step")
     assert predicted == pytest.approx(g @ d + d @ H @ d / 2, rel=1e-9)
     assert predicted == pytest.approx(sal.sum(), rel=1e-12)
-    none = U.select_obs(theta, mask, mask, [0, 0], None, 1, groups)
+    none = U.select_obs(theta, mask, [0, 0], None, 1, groups)
     assert none[1].shape == (0,) and none[1].dtype.kind == "i" and none[2].shape == (0,) and none[3] == 0.0
-    both = U.select_obs(theta, mask, mask, [1, 1], lambda idx: np.linalg.inv(H[np.ix_(idx, idx)]), 1, groups)
+    both = U.select_obs(theta, mask, [1, 1], lambda idx: np.linalg.inv(H[np.ix_(idx, idx)]), 1, groups)
     assert both[3] == pytest.approx(both[2].sum(), rel=1e-12) and len(both[1]) == 2

@@ -212,7 +212,7 @@ def _check_protected(model, protected):
 
 def layer_ids(model):
     """The affine layer's number for every coordinate of ``theta``."""
-    ids = np.full(model.n_params, -1, dtype=np.int64)
+    ids = np.zeros(model.n_params, dtype=np.int64)  # every coordinate belongs to an affine layer
     for i, (_, _, start, _, stop) in enumerate(affine_layers(model)):
         ids[start:stop] = i
     return ids
@@ -232,11 +232,10 @@ def _targets(model, prunable, mask, target, k, steps, scope, base):
     return out
 
 
-def _rank_select(score, groups, candidates, layer_of, mask):
+def _rank_select(score, groups, candidates, layer_of):
     """The ``count`` lowest scores of each group's candidates, in order; with
     ``layer_of``, a candidate that would empty its layer is skipped."""
     removed = []
-    free = mask & candidates
     for idx, c in groups:
         if c <= 0:
             continue
@@ -245,7 +244,7 @@ def _rank_select(score, groups, candidates, layer_of, mask):
         if layer_of is None:
             removed.append(ranked[:c])
             continue
-        left = np.bincount(layer_of[free & (layer_of >= 0)], minlength=int(layer_of.max()) + 1)
+        left = np.bincount(layer_of[candidates])  # a candidate's own layer is always counted
         take = []
         for q in ranked:
             if len(take) == c:
@@ -255,8 +254,8 @@ def _rank_select(score, groups, candidates, layer_of, mask):
                 left[layer_of[q]] -= 1
         if len(take) < c:
             raise ValueError(f"prune: only {len(take)} of {c} weights can go while one stays in every layer")
-        removed.append(np.array(take, dtype=np.int64))
-    return np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
+        removed.append(np.array(take))
+    return np.concatenate(removed)  # called only when some group has a removal
 
 
 def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
@@ -293,7 +292,7 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
                 diag = None if method == "magnitude" else U.diagonal_of(o["curvature"], o["diagonal"], args, o["mc"],
                                                                          wd)
                 score = np.abs(theta) if diag is None else theta**2 * diag / 2.0
-                removed = _rank_select(score, groups, candidates, layer_of, mask)
+                removed = _rank_select(score, groups, candidates, layer_of)
                 new = theta.copy()
                 new[removed] = 0.0
                 sal = score[removed]
@@ -305,7 +304,7 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
                 H = None if method == "woodfisher" else U.curvature_matrix(kind, args, o["mc"], wd)
                 Hinv_of = U.obs_inverse_factory(kind, args, o["damping"], o["mc"], wd, o["indefinite"], H)
                 fullkw = dict(grad=g, H=H + o["damping"] * np.eye(len(H))) if o["taylor"] == "full" else {}
-                new, removed, sal, predicted = U.select_obs(theta, mask, candidates, [c for _, c in groups], Hinv_of,
+                new, removed, sal, predicted = U.select_obs(theta, candidates, [c for _, c in groups], Hinv_of,
                                                             o["group_size"], [idx for idx, _ in groups],
                                                             layer_of=layer_of, **fullkw)
                 d = new - theta

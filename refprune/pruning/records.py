@@ -86,7 +86,7 @@ def warn(message):
 def evaluate(model, theta, X, y, loss, weight_decay=0.0):
     """The objective ``L(theta) + weight_decay/2 |theta|^2``."""
     value = loss_value(model, unflatten_params(model, theta), X, y, loss)
-    return value + 0.5 * weight_decay * float(theta @ theta) if weight_decay else value
+    return value + 0.5 * weight_decay * float(theta @ theta)
 
 
 def record_step(model, X, y, loss, k, theta_before, theta_after, removed, predicted, mask, prunable,
@@ -112,8 +112,9 @@ def _warn_if_untrustworthy(step):
     pred = step.predicted_full if np.isfinite(step.predicted_full) else step.predicted
     if not np.isfinite(pred) or not np.isfinite(step.actual):
         return
+    # below 1e-12 of the loss a change is rounding, whatever the prediction
     scale = 1e-12 * max(1.0, abs(step.loss))
-    if abs(step.actual) > scale and abs(step.actual) > 1e3 * max(abs(pred), scale):
+    if abs(step.actual) > 1e3 * max(abs(pred), scale):
         warn(
             f"pruning step {step.step}: actual change {step.actual:.3e} is {abs(step.actual) / max(abs(pred), scale):.1e} "
             f"times the predicted {pred:.3e}; the quadratic model does not describe a step this large "

@@ -77,7 +77,7 @@ def remove_units(model, params, keep, in_shape):
                         f"{float(c_removed.flat[0]):g} into {layer_m!r}, which pads with zeros; use an "
                         "activation with phi(0) = 0 (ReLU, Tanh) before a padded convolution")
                 shift = np.einsum("oikl,i->o", Wm[:, ~k], c_removed[:, 0])
-                bias = _add_bias(layer_m, bias, shift, m)
+                bias = shift if bias is None else bias + shift
             grouped[m][0] = Wm[:, k]
             layers[m] = _resized(layer_m, in_units=int(k.sum()))
         else:
@@ -85,7 +85,7 @@ def remove_units(model, params, keep, in_shape):
             cols = np.repeat(k, per_unit)
             shift = Wm[:, ~cols] @ const.ravel()[~cols]
             if np.any(shift != 0):
-                bias = _add_bias(layer_m, bias, shift, m)
+                bias = shift if bias is None else bias + shift
             grouped[m][0] = Wm[:, cols]
             layers[m] = _resized(layer_m, in_units=int(cols.sum()))
         if bias is not None:
@@ -98,10 +98,6 @@ def remove_units(model, params, keep, in_shape):
     new_params = [p for group in grouped for p in group]
     new_model.output_shape(in_shape)  # shapes must still chain
     return new_model, new_params
-
-
-def _add_bias(layer, bias, shift, m):
-    return shift.copy() if bias is None else bias + shift
 
 
 def _with_bias(layer):

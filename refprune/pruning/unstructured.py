@@ -115,7 +115,7 @@ def robust_inverse(M, damping, indefinite, what, ggn_block=None):
         return inverse_spd(ggn_block(), damping, what=f"GGN in place of the {what}")
 
 
-def select_obs(theta, mask, candidates, count, Hinv_of, group_size, groups, grad=None, H=None, layer_of=None):
+def select_obs(theta, candidates, count, Hinv_of, group_size, groups, grad=None, H=None, layer_of=None):
     """OBS within each group of coordinates (``groups``: list of index arrays covering the
     free coordinates; one group = global OBS, one per layer = layer-wise blocks), with
     ``count[i]`` removals in group ``i``.  ``Hinv_of(idx)`` returns the inverse curvature
