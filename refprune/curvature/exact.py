@@ -415,8 +415,8 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
         raise ValueError(f"targets= is for curvature='mc_fisher', got curvature={name!r}")
     out = _par.check_store(out, n, name) if _par.is_array_store(out) else _output_array(n, out, name, max_bytes)
     params = [p for group in inp.grouped for p in group]
-    record = _par.BlockRecord(out, _par.fingerprint(name, model, *params, inp.X, inp.y, targets, block_rows,
-                                                    shards))
+    record = _par.BlockRecord(out, _par.fingerprint(name, model, inp.loss, *params, inp.X, inp.y, targets,
+                                                    block_rows, shards))
     offsets = model.param_offsets()
     share = _par.sharer(executor)  # each shard's data goes to a cluster once, not with every block
     data = [(share(inp.X[s0:s1]), share(inp.y[s0:s1]), share(None if targets is None else targets[:, s0:s1]))

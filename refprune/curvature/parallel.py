@@ -17,6 +17,7 @@ written, so that a restarted computation does only the missing ones.
 """
 
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import hashlib
 import json
 import os
@@ -66,7 +67,7 @@ def shard_ranges(n_samples, shards, where):
     ``range(n_samples)``, sizes differing by at most one."""
     if shards > n_samples:
         raise ValueError(f"{where}: shards={shards} is more than the {n_samples} samples")
-    edges = np.linspace(0, n_samples, int(shards) + 1).round().astype(int)
+    edges = np.linspace(0, n_samples, int(shards) + 1).round()
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
@@ -144,7 +145,7 @@ class BlockRecord:
 
 
 def _digest(a):
-    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
 def _sum_in_order(parts):
@@ -187,7 +188,7 @@ def run(executor, jobs, consume, progress, name):
                 consume(key, _sum_in_order(results.pop(key)))
                 done += 1
                 report(key)
-    except cf.process.BrokenProcessPool:
+    except BrokenProcessPool:
         for fut in pending:
             fut.cancel()
         raise WorkerLostError(

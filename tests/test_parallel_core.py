@@ -1,0 +1,152 @@
+"""The task driver's own parts (``refprune.curvature.parallel``) without worker
+processes: a stand-in for a dask ``Client`` (module ``distributed``), progress lines, a
+lost worker's message, shard ranges, what a restart's fingerprint covers and the
+store checks."""
+
+import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
+import re
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune.curvature import exact, parallel
+
+from cases import make
+
+
+class FakeClient:
+    """Looks like ``distributed.Client`` to the driver: ``get_executor`` and ``scatter``."""
+
+    def __init__(self):
+        self.scattered = []
+        self.pool = cf.ThreadPoolExecutor(2)
+
+    def get_executor(self):
+        return self.pool
+
+    def scatter(self, a, broadcast=False):
+        self.scattered.append((a.shape, broadcast))
+        return a
+
+
+FakeClient.__module__ = "distributed.client"
+
+
+class NotAClient:
+    def get_executor(self):
+        raise AssertionError("never called")
+
+
+def test_a_dask_like_client_runs_the_tasks_and_shares_each_shard_once():
+    m, p, X, y, l = make("mlp-tanh", "ce-mean", n=6)
+    client = FakeClient()
+    H = rp.hessian(m, p, X, y, l, executor=client, shards=2, block_rows=3)
+    assert np.abs(H - rp.hessian(m, p, X, y, l)).max() <= 1e-12 * np.abs(H).max()
+    # X and y of each of the 2 shards, to every worker; no targets outside mc_fisher
+    assert client.scattered == [((3,) + X.shape[1:], True), ((3,), True)] * 2
+    client.pool.shutdown()
+    assert parallel.sharer(client)(None) is None
+    assert parallel.sharer(None)(X) is X
+
+
+def test_executors_that_are_not_are_refused_by_name():
+    m, p, X, y, l = make("mlp-tanh", "ce-mean", n=4)
+    for bad, name in ((NotAClient(), "NotAClient"), (object(), "object")):
+        with pytest.raises(TypeError, match=rf"^hessian: executor must be None, a concurrent.futures.Executor or a "
+                                            rf"dask.distributed.Client, got {name}$"):
+            rp.hessian(m, p, X, y, l, executor=bad)
+    odd = type("Client", (), {})()
+    type(odd).__module__ = "distributed.client"  # no get_executor: not usable
+    with pytest.raises(TypeError, match="got Client$"):
+        rp.hessian(m, p, X, y, l, executor=odd)
+
+
+def test_an_error_inside_a_task_reaches_the_caller():
+    """A task's own exception propagates (the driver only turns a lost process into
+    :class:`WorkerLostError`), also when no process pool was ever imported."""
+    m, p, X, y, l = make("mlp-tanh", "ce-mean", n=6)
+    with pytest.raises(ZeroDivisionError):
+        with cf.ThreadPoolExecutor(1) as ex:
+            parallel.run(ex, [("k", [(divmod, (1, 0))])], lambda key, block: None, False, "f")
+
+
+class SerialExecutor(cf.Executor):
+    """Runs each task at submission; ``broken`` makes every result a lost worker."""
+
+    def __init__(self, broken=False):
+        self.broken = broken
+
+    def submit(self, fn, *args, **kwargs):
+        fut = cf.Future()
+        if self.broken:
+            fut.set_exception(BrokenProcessPool("gone"))
+        else:
+            fut.set_result(fn(*args, **kwargs))
+        return fut
+
+
+def test_progress_lines_count_the_blocks(capsys):
+    m, p, X, y, l = make("mlp-tanh", "ce-mean", n=6)
+    total = len(exact.row_blocks(m, 4))
+    for executor in (None, SerialExecutor()):
+        rp.ggn(m, p, X, y, l, executor=executor, block_rows=4, progress=True)
+        lines = [s for s in capsys.readouterr().err.splitlines() if ": block " in s]
+        assert len(lines) == total
+        for i, line in enumerate(lines, start=1):
+            g = re.fullmatch(rf"ggn: block {i}/{total} \(.+\) done \[(\d+\.\d) s, about (\d+) s left\]", line)
+            assert g and float(g.group(1)) < 600, line
+        assert lines[-1].endswith("about 0 s left]")
+
+
+def test_a_lost_worker_says_how_to_resume(tmp_path):
+    m, p, X, y, l = make("mlp-tanh", "ce-mean", n=6)
+    total = len(exact.row_blocks(m, 4))
+    with pytest.raises(parallel.WorkerLostError, match=re.escape(
+            f"ggn: a worker process died after 0 of {total} blocks; the finished blocks are recorded in the store "
+            "(Zarr array or memmap): call again with the same out= and a new executor to compute only the missing "
+            "ones")):
+        rp.ggn(m, p, X, y, l, executor=SerialExecutor(broken=True), block_rows=4)
+
+
+def test_shard_ranges():
+    assert parallel.shard_ranges(5, 5, "f") == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert parallel.shard_ranges(7, 3, "f") == [(0, 2), (2, 5), (5, 7)]
+    assert all(isinstance(a, int) and isinstance(b, int) for a, b in parallel.shard_ranges(7, 3, "f"))
+    with pytest.raises(ValueError, match=r"^f: shards=6 is more than the 5 samples$"):
+        parallel.shard_ranges(5, 6, "f")
+
+
+def test_fingerprint_covers_values_shapes_dtypes_and_whole_arrays():
+    fp = parallel.fingerprint
+    assert fp(np.zeros((2, 3))) != fp(np.zeros((3, 2)))
+    assert fp(np.zeros(4)) != fp(np.zeros(8, dtype=np.float32))
+    big = np.zeros(5000)
+    changed = big.copy()
+    changed[2500] = 1.0  # beyond what repr shows
+    assert fp(big) != fp(changed)
+    assert fp("hessian", rp.MSELoss(), 3) == fp("hessian", rp.MSELoss(), 3)
+    assert fp(rp.MSELoss()) != fp(rp.MSELoss("sum"))
+
+
+def test_a_store_from_another_loss_is_recomputed(tmp_path, monkeypatch):
+    m, p, X, y, _ = make("mlp-tanh", "mse-mean", n=6)
+    out = np.lib.format.open_memmap(str(tmp_path / "h.npy"), mode="w+", dtype=np.float64, shape=(m.n_params,) * 2)
+    rp.hessian(m, p, X, y, rp.MSELoss(), out=out, block_rows=4)
+    submitted = []
+    real = parallel.run
+    monkeypatch.setattr(parallel, "run", lambda ex, jobs, *a: submitted.append(len(jobs)) or real(ex, jobs, *a))
+    rp.hessian(m, p, X, y, rp.MSELoss(), out=out, block_rows=4)  # a new but equal loss: nothing to do
+    H = rp.hessian(m, p, X, y, rp.MSELoss("sum"), out=out, block_rows=4)
+    assert submitted == [0, len(exact.row_blocks(m, 4))]
+    assert np.abs(H - rp.hessian(m, p, X, y, rp.MSELoss("sum"))).max() <= 1e-12 * np.abs(H).max()
+    assert (tmp_path / "h.npy.refprune.json").exists()
+
+
+def test_store_checks_name_what_was_given():
+    with pytest.raises(ValueError, match=r"^hessian: out must be a float64 store of shape \(3, 3\), got shape \(\) "
+                                         r"and dtype object$"):
+        parallel.check_store(object(), 3, "hessian")
+    with pytest.raises(ValueError, match=r"got shape \(3, 3\) and dtype float32$"):
+        parallel.check_store(np.zeros((3, 3), dtype=np.float32), 3, "hessian")
