@@ -35,6 +35,23 @@ def test_defaults_trace_logdet_and_inverse():
     assert b.trace() == pytest.approx(10.0) and b.trace(0.5) == pytest.approx(12.0)
     assert b.logdet() == pytest.approx(np.log(24.0)) and b.logdet(1.0) == pytest.approx(np.log(120.0))
     assert np.allclose(b.dense(0.5), dense_of(b, 0.5))
+    assert np.array_equal(b.eigenvalues(), b.scales) and np.array_equal(b.eigenvalues(0.5), b.scales + 0.5)
+    with pytest.raises(ValueError, match="^damping must be a finite number"):
+        b.eigenvalues(np.nan)
+
+
+def test_eigenbasis_moments_accumulate_over_chunks(monkeypatch):
+    """Under a budget of one float the statistics pass visits one sample at a time."""
+    from refprune import derivatives
+
+    rng = np.random.default_rng(0)
+    model = rp.Sequential(rp.Conv2d(2, 3, 2), rp.Tanh(), rp.Flatten(), rp.Linear(12, 3))
+    params, X, y = model.init(0), rng.standard_normal((5, 2, 3, 3)), rng.integers(0, 3, 5)
+    whole = rp.ekfac(model, params, X, y, rp.CrossEntropyLoss(), curvature="fisher")
+    monkeypatch.setattr(derivatives, "CHUNK_FLOATS", 1)
+    chunked = rp.ekfac(model, params, X, y, rp.CrossEntropyLoss(), curvature="fisher")
+    for a, c in zip(whole.blocks, chunked.blocks):
+        assert np.allclose(c.scales, a.scales, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("call", [lambda b: b.matmat(np.ones((4, 1)), 0.1, "factored"),

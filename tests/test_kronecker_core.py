@@ -28,6 +28,7 @@ def test_defaults_are_the_undamped_block():
     K = np.kron(S, A)
     V = np.random.default_rng(2).standard_normal((6, 2))
     assert np.allclose(b.inverse_matmat(V), np.linalg.solve(K, V))
+    assert np.allclose(b.matmat(V), K @ V)
     assert b.trace() == pytest.approx(np.trace(S) * np.trace(A))
     assert b.logdet() == pytest.approx(np.linalg.slogdet(K)[1])
     dS, dA = b.damped_factors()
