@@ -11,13 +11,17 @@ import numpy as np
 from .affine import AffineLayer
 
 
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _pair(v, name):
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        v = (int(v), int(v))
-    v = tuple(v)
-    if len(v) != 2 or not all(isinstance(i, (int, np.integer)) for i in v):
+    """``v`` as ``(int, int)``: one int is the same on both axes (PyTorch's convention)."""
+    if _is_int(v):
+        return (int(v), int(v))
+    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(i) for i in v)):
         raise ValueError(f"Conv2d: {name} must be an int or a pair of ints, got {v!r}")
-    return v
+    return (int(v[0]), int(v[1]))
 
 
 def conv_output_size(size, kernel, stride, padding):
