@@ -197,3 +197,22 @@ def test_unknown_output_curvature_is_named():
     inp = validate(m, m.init(0), np.ones((3, 2)), np.zeros((3, 2)), rp.MSELoss())
     with pytest.raises(ValueError, match="unknown output curvature 'bogus'"):
         derivatives.loss_curvature_matvec(inp, "bogus")
+
+
+def test_hvp_directions_go_one_at_a_time_under_a_one_float_budget(monkeypatch):
+    from refprune import derivatives
+
+    m, p, X, y, l = make("mlp-tanh", "ce-mean")
+    V = np.random.default_rng(0).standard_normal((3, m.n_params))
+    whole = rp.hvp(m, p, X, y, l, V)
+    sizes, real = [], derivatives.curvature_products
+
+    def products(inp, caches, douts, f, Vc, phi, second_order=True):
+        sizes.append(len(Vc))
+        return real(inp, caches, douts, f, Vc, phi, second_order)
+
+    monkeypatch.setattr(derivatives, "CHUNK_FLOATS", 1)
+    monkeypatch.setattr(derivatives, "curvature_products", products)
+    chunked = rp.hvp(m, p, X, y, l, V)
+    assert sizes == [1, 1, 1]
+    assert np.abs(chunked - whole).max() <= 1e-13 * np.abs(whole).max()
