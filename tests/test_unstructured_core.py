@@ -3,6 +3,7 @@ each option's matrix against one built here, what ``indefinite`` does to a
 non-positive-definite curvature (and the warning, which names the caller's line), and
 the messages of what is refused."""
 
+import sys
 import warnings
 
 import numpy as np
@@ -105,6 +106,8 @@ def test_suggested_damping_is_tiny_but_positive_for_zero():
 
 
 def test_pruning_warnings_name_the_caller_s_line():
+    if "mutmut" in sys.modules:
+        pytest.skip("under mutation testing the tool's own wrapper frames sit between refprune and this file")
     args = mlp()
     for call in (lambda: rp.prune(*args, method="obs", curvature="hessian", indefinite="damp", count=2, damping=1e-3),
                  lambda: rp.prune(*args, method="obs", curvature="hessian", indefinite="abs", count=2, damping=1e-3),
