@@ -44,5 +44,14 @@ def make(arch, loss, n=3, seed=0):
     return model, params, X, y, lf
 
 
+def small_mlp(n=12, seed=0):
+    """A 3-4-3 tanh classifier with cross-entropy (31 parameters, 24 prunable weights),
+    small enough for the dense references of the pruning tests."""
+    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 3))
+    rng = np.random.default_rng(seed)
+    X, y = rng.standard_normal((n, 3)), rng.integers(0, 3, n)
+    return model, [2 * p for p in model.init(seed=seed)], X, y, rp.CrossEntropyLoss()
+
+
 CASES = [(a, l) for a in ARCHS for l in LOSSES]
 IDS = [f"{a}/{l}" for a, l in CASES]

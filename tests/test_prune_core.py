@@ -14,12 +14,7 @@ import refprune as rp
 from refprune.pruning.masks import affine_layers, prunable_mask
 from refprune.testing import assert_close
 
-
-def mlp(seed=0):
-    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 3))
-    rng = np.random.default_rng(seed)
-    X, y = rng.standard_normal((12, 3)), rng.integers(0, 3, 12)
-    return model, [2 * p for p in model.init(seed=seed)], X, y, rp.CrossEntropyLoss()
+from cases import small_mlp
 
 
 def pre_mask(model):
@@ -53,7 +48,7 @@ def reference(args, mask, sparsity, steps, score, wd=0.0):
 
 @pytest.mark.parametrize("method", ["magnitude", "obd"])
 def test_rounds_follow_the_schedule_from_a_pruned_start(method):
-    args = mlp()
+    args = small_mlp()
     model = args[0]
     mask0 = pre_mask(model)
     wd = 0.05
@@ -88,7 +83,7 @@ def test_rounds_follow_the_schedule_from_a_pruned_start(method):
 
 
 def test_a_round_with_nothing_to_remove_is_skipped_not_the_end():
-    args = mlp()
+    args = small_mlp()
     r = rp.prune(*args, method="magnitude", sparsity=0.1, steps=3)  # floors: 0, 1, 2 of 24
     assert [s.step for s in r.steps] == [2, 3]
     assert [len(s.removed) for s in r.steps] == [1, 1]
@@ -99,7 +94,7 @@ def test_a_round_with_nothing_to_remove_is_skipped_not_the_end():
 
 
 def test_layer_obs_schedule_and_selection():
-    args = mlp(10)
+    args = small_mlp(seed=10)
     model = args[0]
     results = {}
     for selection in ("exact", "greedy", "obc"):
@@ -117,7 +112,7 @@ def test_layer_obs_schedule_and_selection():
 
 
 def test_layer_scope_gives_each_layer_its_share():
-    args = mlp()
+    args = small_mlp()
     model = args[0]
     mask0 = np.ones(model.n_params, dtype=bool)
     mask0[[0, 1, 2, 3, 4, 5]] = False  # the first layer's 12 weights are already at 50%
@@ -143,7 +138,7 @@ def test_ties_go_in_index_order():
 
 
 def test_retraining_after_a_round_uses_the_weight_decay_and_the_seed():
-    args = mlp()
+    args = small_mlp()
     opts = dict(epochs=2, batch_size=5, lr=0.05)
     plain = rp.prune(*args, method="obd", count=6, weight_decay=0.1)
     r = rp.prune(*args, method="obd", count=6, weight_decay=0.1, retrain=opts, seed=3)
@@ -157,7 +152,7 @@ def test_retraining_after_a_round_uses_the_weight_decay_and_the_seed():
 
 
 def test_progress_lines(capsys):
-    args = mlp()
+    args = small_mlp()
     r = rp.prune(*args, method="magnitude", sparsity=0.5, steps=2, progress=True)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2
@@ -168,7 +163,7 @@ def test_progress_lines(capsys):
 
 
 def test_messages():
-    args = mlp()
+    args = small_mlp()
     model = args[0]
     prot = np.zeros(model.n_params, dtype=bool)
     prot[:20] = True

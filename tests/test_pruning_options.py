@@ -14,7 +14,7 @@ import refprune as rp
 from refprune.pruning.layerwise import select_counts
 from refprune.testing import assert_close
 
-from cases import make
+from cases import make, small_mlp
 
 
 def least_squares(n=30, d=4, c=2, seed=0, at_minimum=False):
@@ -32,19 +32,12 @@ def least_squares(n=30, d=4, c=2, seed=0, at_minimum=False):
     return model, params, X, Y, rp.MSELoss("sum")
 
 
-def mlp(n=12, seed=0):
-    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 3))
-    rng = np.random.default_rng(seed)
-    X, y = rng.standard_normal((n, 3)), rng.integers(0, 3, n)
-    return model, [2 * p for p in model.init(seed=seed)], X, y, rp.CrossEntropyLoss()
-
-
 # ------------------------------------------------------------------ how many
 
 
 @pytest.mark.parametrize("method", ["magnitude", "obd", "obs", "woodfisher"])
 def test_count_removes_exactly_that_many(method):
-    args = mlp()
+    args = small_mlp()
     kw = dict(damping=1e-3) if method in ("obs", "woodfisher") else {}
     for k in (1, 7, 11):
         r = rp.prune(*args, method=method, count=k, **kw)
@@ -78,7 +71,7 @@ def test_sparsity_rounding_is_stated_and_exact_fractions_are_not_lost():
 
 
 def test_a_request_that_removes_nothing_warns():
-    args = mlp()
+    args = small_mlp()
     with pytest.warns(rp.PruningWarning, match="floors to 0, .* nothing was removed"):
         r = rp.prune(*args, method="magnitude", sparsity=0.01)
     assert r.steps == []
@@ -90,7 +83,7 @@ def test_a_request_that_removes_nothing_warns():
 
 
 def test_count_option_errors():
-    args = mlp()
+    args = small_mlp()
     with pytest.raises(ValueError, match="sparsity= or count=, not both"):
         rp.prune(*args, sparsity=0.5, count=3)
     with pytest.raises(ValueError, match="count must be a non-negative int"):
@@ -103,7 +96,7 @@ def test_count_option_errors():
 
 
 def test_removal_order_and_saliencies_follow_the_criterion():
-    args = mlp()
+    args = small_mlp()
     theta = rp.flatten_params(args[1])
     r = rp.prune(*args, method="magnitude", count=9)
     removed = r.steps[0].removed
@@ -124,7 +117,7 @@ def test_removal_order_and_saliencies_follow_the_criterion():
 def test_trace_equals_repeated_one_shot_calls():
     """Every prefix of one sweep is what prune(count=j) gives from scratch (both from one
     inverse of the same matrix)."""
-    args = mlp()
+    args = small_mlp()
     G = rp.ggn(*args)
     trace = rp.obs_trace(*args, curvature=G, damping=1e-3, count=12)
     assert trace.theta.shape == (13, args[0].n_params)
@@ -148,7 +141,7 @@ def test_trace_records_metrics_and_the_actual_loss_on_a_quadratic():
 
 
 def test_precomputed_curvature_as_matrix_or_operator():
-    args = mlp()
+    args = small_mlp()
     a = rp.prune(*args, method="obs", curvature="ggn", count=6, damping=1e-2)
     b = rp.prune(*args, method="obs", curvature=rp.ggn(*args), count=6, damping=1e-2)
     c = rp.prune(*args, method="obs", curvature=rp.ExactCurvature(*args, curvature="ggn"), count=6, damping=1e-2)
@@ -165,7 +158,7 @@ def test_precomputed_curvature_as_matrix_or_operator():
 
 
 def test_protected_weights_are_never_removed_but_are_updated():
-    args = mlp()
+    args = small_mlp()
     prot = np.zeros(args[0].n_params, dtype=bool)
     prot[[0, 3, 5, 20]] = True
     r = rp.prune(*args, method="obs", sparsity=0.5, protected=prot, damping=1e-3)
@@ -175,7 +168,7 @@ def test_protected_weights_are_never_removed_but_are_updated():
 
 
 def test_skip_emptied_takes_the_next_candidate():
-    args = mlp()
+    args = small_mlp()
     with pytest.raises(ValueError, match="would remove every weight of layer"):
         rp.prune(*args, method="magnitude", count=23)
     for method in ("magnitude", "obs"):
@@ -201,7 +194,7 @@ def kkt_step(g, H, w, Q):
 
 
 def test_full_taylor_obs_against_a_kkt_solve():
-    args = mlp(seed=1)  # not at a minimum: the gradient is far from zero
+    args = small_mlp(seed=1)  # not at a minimum: the gradient is far from zero
     theta = rp.flatten_params(args[1])
     g = rp.grad(*args)
     H = rp.ggn(*args) + 1e-2 * np.eye(len(theta))
@@ -264,7 +257,7 @@ def test_weight_decay_is_part_of_every_recorded_quantity():
 
 
 def test_indefinite_hessian_options():
-    args = mlp(seed=2)
+    args = small_mlp(seed=2)
     H = rp.hessian(*args)
     assert np.linalg.eigvalsh(H)[0] < 0
     with pytest.raises(rp.SingularCurvatureError, match="damping (\\S+) would make it positive definite") as err:
@@ -315,7 +308,7 @@ def test_minimize_reaches_the_ridge_solution():
 
 
 def test_minimize_respects_a_mask_and_refuses_bad_options():
-    args = mlp()
+    args = small_mlp()
     mask = rp.prunable_mask(args[0]) & (np.arange(args[0].n_params) % 3 == 0)
     res = rp.minimize(*args, weight_decay=1e-2, mask=~mask)
     assert np.array_equal(rp.flatten_params(res.params)[mask], rp.flatten_params(args[1])[mask])
@@ -419,7 +412,7 @@ def test_exact_selection_on_drawn_layers_against_enumeration():
 
 
 def test_long_sweeps_and_minimisations_report_progress(capsys):
-    args = mlp()
+    args = small_mlp()
     rp.obs_trace(*args, damping=1e-2, count=20, progress=True)
     err = capsys.readouterr().err
     assert err.count("obs_trace:") == 10 and "20/20 removed" in err

@@ -11,12 +11,7 @@ import pytest
 import refprune as rp
 from refprune.testing import assert_close
 
-
-def mlp(n=12, seed=0):
-    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 3))
-    rng = np.random.default_rng(seed)
-    X, y = rng.standard_normal((n, 3)), rng.integers(0, 3, n)
-    return model, [2 * p for p in model.init(seed=seed)], X, y, rp.CrossEntropyLoss()
+from cases import small_mlp
 
 
 def some_mask(model, off=(1, 6, 19)):
@@ -61,7 +56,7 @@ def resolve(model, X, opts):
 
 @pytest.mark.parametrize("name", OPTIONS)
 def test_a_sweep_equals_one_shot_calls_with_the_same_options(name):
-    args = mlp()
+    args = small_mlp()
     opts = resolve(args[0], args[2], OPTIONS[name])
     trace = rp.obs_trace(*args, count=10, **opts)
     assert trace.order.dtype == np.int64 and trace.order.shape == (10,)
@@ -79,7 +74,7 @@ def test_a_sweep_equals_one_shot_calls_with_the_same_options(name):
 
 
 def test_default_count_and_an_empty_sweep():
-    args = mlp()
+    args = small_mlp()
     n_w = sum(layer.n_weight for layer in args[0] if isinstance(layer, rp.nn.AffineLayer))  # 24
     assert len(rp.obs_trace(*args, damping=1e-2).order) == n_w
     assert len(rp.obs_trace(*args, damping=1e-2, skip_emptied=True).order) == n_w - 2
@@ -91,7 +86,7 @@ def test_default_count_and_an_empty_sweep():
 
 
 def test_metrics_receive_the_model_and_each_step_s_parameters():
-    args = mlp()
+    args = small_mlp()
     seen = []
     trace = rp.obs_trace(*args, damping=1e-2, count=3, evaluate_loss=False,
                          metrics={"size": lambda m, p: seen.append(m) or m.n_params + rp.flatten_params(p)[0]})
@@ -102,7 +97,7 @@ def test_metrics_receive_the_model_and_each_step_s_parameters():
 
 @pytest.mark.parametrize("count, lines", [(12, 12), (20, 10), (25, 13)])
 def test_progress_lines(capsys, count, lines):
-    args = mlp(n=30)
+    args = small_mlp(n=30)
     big = rp.Sequential(rp.Linear(3, 8), rp.Tanh(), rp.Linear(8, 3))
     params = big.init(1)
     rp.obs_trace(big, params, *args[2:], damping=1e-2, count=count, evaluate_loss=False)
@@ -118,7 +113,7 @@ def test_progress_lines(capsys, count, lines):
 
 
 def test_obs_trace_refusals():
-    args = mlp()
+    args = small_mlp()
     with pytest.raises(ValueError, match=r"obs_trace: indefinite must be one of \('raise', 'damp', 'abs', 'ggn'\), "
                                          r"got 'clip'"):
         rp.obs_trace(*args, indefinite="clip")
@@ -149,7 +144,7 @@ def free_inverse(M, idx):
 @pytest.mark.parametrize("curvature, extra", [("hessian", dict(indefinite="abs")), ("ggn", {}),
                                               ("mc_fisher", dict(samples=2, seed=3))])
 def test_obs_saliencies_are_the_formula_on_the_free_coordinates(curvature, extra):
-    args = mlp()
+    args = small_mlp()
     model = args[0]
     mask = some_mask(model)
     theta = rp.flatten_params(args[1]) * mask
@@ -173,7 +168,7 @@ def test_obs_saliencies_are_the_formula_on_the_free_coordinates(curvature, extra
 
 
 def test_full_taylor_saliency_is_the_constrained_minimum():
-    args = mlp()
+    args = small_mlp()
     model = args[0]
     theta = rp.flatten_params(args[1])
     wd, lam = 0.02, 0.5
@@ -195,7 +190,7 @@ def test_full_taylor_saliency_is_the_constrained_minimum():
 
 
 def test_woodfisher_saliencies_use_the_empirical_fisher():
-    args = mlp()
+    args = small_mlp()
     model = args[0]
     theta = rp.flatten_params(args[1])
     wd, lam = 0.01, 0.05
@@ -207,7 +202,7 @@ def test_woodfisher_saliencies_use_the_empirical_fisher():
 
 
 def test_magnitude_and_obd_saliencies():
-    args = mlp()
+    args = small_mlp()
     model = args[0]
     mask = some_mask(model)
     theta = rp.flatten_params(args[1]) * mask
@@ -223,7 +218,7 @@ def test_magnitude_and_obd_saliencies():
 
 
 def test_structured_saliencies_pass_every_option_on():
-    args = mlp()
+    args = small_mlp()
     for method in ("c_obd", "c_obs", "kron_obd", "kron_obs"):
         opts = dict(curvature="mc_fisher", damping=0.03, samples=2, seed=5)
         a = rp.saliencies(*args, method=method, **opts)

@@ -13,16 +13,11 @@ import refprune as rp
 from refprune.pruning import unstructured as U
 from refprune.testing import assert_close
 
-
-def mlp(n=12, seed=0):
-    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 3))
-    rng = np.random.default_rng(seed)
-    X, y = rng.standard_normal((n, 3)), rng.integers(0, 3, n)
-    return model, [2 * p for p in model.init(seed=seed)], X, y, rp.CrossEntropyLoss()
+from cases import small_mlp
 
 
 def test_curvature_matrix_adds_weight_decay_and_passes_the_monte_carlo_options():
-    args = mlp()
+    args = small_mlp()
     n = args[0].n_params
     mc = dict(samples=3, seed=2, targets=None)
     F = rp.fisher(*args, curvature="mc_fisher", samples=3, seed=2)
@@ -36,7 +31,7 @@ def test_curvature_matrix_adds_weight_decay_and_passes_the_monte_carlo_options()
 
 
 def test_diagonal_of_each_kind():
-    args = mlp()
+    args = small_mlp()
     n = args[0].n_params
     mc = dict(samples=1, seed=0, targets=None)
     H = rp.hessian(*args)
@@ -108,7 +103,7 @@ def test_suggested_damping_is_tiny_but_positive_for_zero():
 def test_pruning_warnings_name_the_caller_s_line():
     if "mutmut" in sys.modules:
         pytest.skip("under mutation testing the tool's own wrapper frames sit between refprune and this file")
-    args = mlp()
+    args = small_mlp()
     for call in (lambda: rp.prune(*args, method="obs", curvature="hessian", indefinite="damp", count=2, damping=1e-3),
                  lambda: rp.prune(*args, method="obs", curvature="hessian", indefinite="abs", count=2, damping=1e-3),
                  lambda: rp.prune(*args, method="obs", curvature="hessian", indefinite="ggn", count=2,
@@ -124,7 +119,7 @@ def test_pruning_warnings_name_the_caller_s_line():
 
 
 def test_the_ggn_fallback_uses_the_ggn_plus_weight_decay_on_the_free_coordinates():
-    args = mlp()
+    args = small_mlp()
     model = args[0]
     wd = 0.02
     idx = np.arange(5, 20)
