@@ -68,3 +68,33 @@ def test_singular_blocks_are_refused_relative_to_their_scale():
     # ... but a small, well-conditioned block is invertible
     small = block(3e-13 * np.eye(2), np.eye(1))
     assert np.allclose(small.inverse_matmat(np.ones((2, 1))), np.ones((2, 1)) / 3e-13)
+
+
+def test_statistics_accumulate_over_one_sample_chunks(monkeypatch):
+    """Under a one-float budget every sample is its own chunk: K-FAC's factors and the
+    gradient the optimizers take from the same pass must not change."""
+    from refprune import derivatives
+    from refprune.checks import validate
+    from refprune.curvature.kronecker import FactorStatistics, layer_statistics
+    from refprune.curvature.output_factors import OutputFactor
+
+    rng = np.random.default_rng(0)
+    model = rp.Sequential(rp.Conv2d(2, 3, 2), rp.Tanh(), rp.Flatten(), rp.Linear(12, 3))
+    params, X, y = model.init(0), rng.standard_normal((5, 2, 3, 3)), rng.integers(0, 3, 5)
+    loss = rp.CrossEntropyLoss()
+
+    def run():
+        inp = validate(model, params, X, y, loss)
+        stats = FactorStatistics("expand")
+        g = layer_statistics(inp, OutputFactor(inp, "fisher"), stats.visit, gradient=True)
+        return g, stats.blocks(inp, "fold")
+
+    g0, b0 = run()
+    monkeypatch.setattr(derivatives, "CHUNK_FLOATS", 1)
+    g1, b1 = run()
+    assert np.allclose(g1, g0, rtol=1e-12, atol=1e-15)
+    assert np.allclose(g0, rp.grad(model, params, X, y, loss), rtol=1e-12, atol=1e-15)
+    for a, c in zip(b0, b1):
+        assert np.allclose(c.S, a.S, rtol=1e-12, atol=1e-15) and np.allclose(c.A, a.A, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match=r"^kfac: curvature must be one of"):
+        rp.kfac(model, params, X, y, loss, curvature="fisher_true")

@@ -106,3 +106,34 @@ def test_obd_diagonal_through_a_three_by_three_average_pool_in_closed_form():
     cell = np.kron(per_output.reshape(2, 2), np.ones((3, 3))) / 81  # (6, 6)
     assert d[0] == pytest.approx(np.sum(X[:, 0] ** 2 * cell), rel=1e-12)
     assert d[1] == pytest.approx(3 * np.sum(cell), rel=1e-12)
+
+
+def test_layer_option_messages_and_defaults():
+    with pytest.raises(ValueError, match=r"^Sequential needs at least one layer$"):
+        rp.Sequential()
+    model = rp.Sequential(rp.Linear(2, 3))
+    assert all(np.array_equal(a, b) for a, b in zip(model.init(), model.init(0)))
+    with pytest.raises(ValueError, match=r"^Linear: out_features must be a positive int"):
+        rp.Linear(2, 0)
+    with pytest.raises(ValueError, match=r"^Conv2d: out_channels must be a positive int"):
+        rp.Conv2d(1, 0, 3)
+    with pytest.raises(ValueError, match=r"^Conv2d: in_channels must be a positive int"):
+        rp.Conv2d(1.5, 1, 3)
+    with pytest.raises(ValueError, match=r"^Conv2d: kernel_size must be an int or a pair of ints, got \(3, 3.0\)$"):
+        rp.Conv2d(1, 1, (3, 3.0))
+    with pytest.raises(ValueError, match=r"^Conv2d: padding must be an int or a pair of ints, got 'same'$"):
+        rp.Conv2d(1, 1, 3, padding="same")
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 0), (2, 1), ((3, 2), (1, 0))])
+def test_im2col_against_a_loop(stride, padding):
+    from refprune.nn.conv import im2col
+
+    x = np.random.default_rng(0).standard_normal((2, 2, 7, 6))
+    k, s, p = (3, 2), (stride, stride) if isinstance(stride, int) else stride, \
+        (padding, padding) if isinstance(padding, int) else padding
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    ho, wo = (xp.shape[2] - k[0]) // s[0] + 1, (xp.shape[3] - k[1]) // s[1] + 1
+    cols = np.array([[xp[b, :, i * s[0] : i * s[0] + k[0], j * s[1] : j * s[1] + k[1]].ravel()
+                      for i in range(ho) for j in range(wo)] for b in range(2)]).transpose(0, 2, 1)
+    assert np.array_equal(im2col(x, k, s, p), cols)

@@ -349,7 +349,7 @@ def check_kfac_options(curvature, approx, bias, where):
         raise ValueError(f"{where}: bias must be one of {BIAS_TREATMENTS}, got {bias!r}")
 
 
-def kfac_blocks(inp, factor, approx, bias="fold"):
+def kfac_blocks(inp, factor, approx, bias):
     """The :class:`KroneckerBlock` of every affine layer (two per layer with a bias
     when ``bias="separate"``) from the output factor's columns (docs §8)."""
     stats = FactorStatistics(approx)
@@ -380,7 +380,7 @@ class FactorStatistics:
         else:
             self.sums[j] = [S, A, U.shape[2]]
 
-    def blocks(self, inp, bias="fold"):
+    def blocks(self, inp, bias):
         """The normalised factors as :class:`KroneckerBlock` s, in layer order."""
         model = inp.model
         offsets = model.param_offsets()

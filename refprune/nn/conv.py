@@ -38,8 +38,8 @@ def im2col(x, kernel, stride, padding):
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     b, c, h, w = x.shape
     ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
-    win = win[:, :, : (ho - 1) * sh + 1 : sh, : (wo - 1) * sw + 1 : sw]  # (B, C, Ho, Wo, kh, kw)
+    # the h - kh + 1 window positions taken every sh-th are exactly ho of them
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # (B, C, Ho, Wo, kh, kw)
     return win.transpose(0, 1, 4, 5, 2, 3).reshape(b, c * kh * kw, ho * wo)
 
 
