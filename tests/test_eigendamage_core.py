@@ -196,3 +196,19 @@ def test_retraining_uses_the_seed_given_to_prune():
     assert r.steps[0].retrain_history == hist
     for a, b in zip(r.params, p):
         assert np.array_equal(a, b)
+
+
+def test_a_strided_convolution_without_bias_as_a_bottleneck():
+    rng = np.random.default_rng(6)
+    model = rp.Sequential(rp.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), rp.Tanh(), rp.AvgPool2d(3),
+                          rp.Flatten(), rp.Linear(16, 4))
+    params = model.init(2)
+    X, y = rng.standard_normal((20, 3, 6, 6)), rng.integers(0, 4, 20)
+    loss = rp.CrossEntropyLoss()
+    taken, predicted, dense, _ = reference(model, params, X, y, loss, 0.85, 0.95, "ekfac", "fisher")
+    r = rp.prune(model, params, X, y, loss, method="eigendamage", sparsity=0.85, max_layer_fraction=0.95)
+    assert r.steps[0].layers[0][1] == "bottleneck"
+    first = r.model[0]
+    assert (first.kernel_size, first.stride, first.padding, first.bias) == ((3, 3), (2, 2), (1, 1), False)
+    assert_close(r.model(r.params, X), model(_dense_params(model, params, dense), X), 1e-11, 1e-12, "bottleneck")
+    assert r.steps[0].predicted == pytest.approx(predicted, rel=1e-12)

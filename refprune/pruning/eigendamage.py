@@ -21,7 +21,7 @@ Derived in ``docs/pruning_explained.md`` §5.
 import numpy as np
 
 from ..curvature.ekfac import ekfac
-from ..curvature.kronecker import LayerLayout, kfac
+from ..curvature.kronecker import kfac
 from ..nn import Conv2d, Linear, Sequential
 from ..params import flatten_params, unflatten_params
 from .masks import affine_layers
@@ -52,7 +52,7 @@ def eigendamage(model, params, X, y, loss, target, o):
     """EigenDamage (Wang et al. 2019) as :func:`refprune.prune` runs it: rank the
     eigen-directions of every layer's Kronecker factors globally and replace each layer
     by its bottleneck when that is smaller (docs/derivations.md §9)."""
-    eig = o.get("eigenvalues", "ekfac")
+    eig = o["eigenvalues"]
     cap = o["max_layer_fraction"]
     if not 0 < cap <= 1:
         raise ValueError(f"max_layer_fraction must be in (0, 1], got {cap!r}")
@@ -68,7 +68,7 @@ def eigendamage(model, params, X, y, loss, target, o):
         Wstar = US.T @ M @ UA
         sstar = approx.blocks[idx].scales if approx is not None else np.outer(s, a)
         imp = Wstar**2 * sstar / 2
-        info.append(dict(j=j, layer=layer, US=US, UA=UA, Wstar=Wstar, imp=imp))
+        info.append(dict(j=j, layout=block.layout, US=US, UA=UA, Wstar=Wstar, imp=imp))
     # one global ranking of every direction (S side: rows, A side: columns)
     dirs = []
     for li, d in enumerate(info):
@@ -77,10 +77,10 @@ def eigendamage(model, params, X, y, loss, target, o):
     goal = round_goal(target, len(dirs), 1, 1)
     if goal == 0:
         warn_nothing_removed("eigendamage", target, len(dirs), 0)
-    removed = {(li, side): [] for li in range(len(info)) for side in "SA"}
+    removed = {(li, side): [] for li in range(len(info)) for side in ("S", "A")}
     taken = 0
     order = []
-    for v, li, side, i in sorted(dirs, key=lambda t: t[0]):
+    for v, li, side, i in sorted(dirs):  # by importance; ties by layer, side, index
         if taken == goal:
             break
         n_side = info[li]["imp"].shape[0 if side == "S" else 1]
@@ -105,9 +105,10 @@ def eigendamage(model, params, X, y, loss, target, o):
         li, d = info_by_j[j]
         keepS = np.setdiff1d(np.arange(d["US"].shape[1]), removed[(li, "S")])
         keepA = np.setdiff1d(np.arange(d["UA"].shape[1]), removed[(li, "A")])
-        gone = np.ones_like(d["imp"], dtype=bool)
-        gone[np.ix_(keepS, keepA)] = False
-        predicted += float(d["imp"][gone].sum())
+        # each removed entry once: in a removed row or a removed column
+        rows = np.isin(np.arange(d["imp"].shape[0]), removed[(li, "S")])
+        cols = np.isin(np.arange(d["imp"].shape[1]), removed[(li, "A")])
+        predicted += float(d["imp"][rows[:, None] | cols[None, :]].sum())
         USk, UAk, Wk = d["US"][:, keepS], d["UA"][:, keepA], d["Wstar"][np.ix_(keepS, keepA)]
         b_layers, b_params = _bottleneck_layers(layer, UAk, Wk, USk)
         n_bottleneck = sum(p.size for p in b_params)
@@ -117,7 +118,7 @@ def eigendamage(model, params, X, y, loss, target, o):
             kept_report.append((j, "bottleneck", n_bottleneck, layer.n_params))
         else:
             dense = (USk @ Wk @ UAk.T)[None]
-            flat = LayerLayout(layer, 0).from_matrix(dense)[:, 0]
+            flat = d["layout"].from_matrix(dense)[:, 0]
             layers.append(layer)
             new_params += unflatten_params(Sequential(layer), flat)
             kept_report.append((j, "dense", layer.n_params, layer.n_params))
@@ -126,7 +127,7 @@ def eigendamage(model, params, X, y, loss, target, o):
     L1 = evaluate(new_model, flatten_params(new_params), X, y, loss)
     # removal order: (layer number, 0 for an S direction or 1 for an A direction, index)
     removed_list = np.array([t[:3] for t in order], dtype=np.int64).reshape(-1, 3)
-    step = PruneStep(1, removed_list, predicted, L1 - L0, L1 - L0, L1, taken / len(dirs) if dirs else 0.0)
+    step = PruneStep(1, removed_list, predicted, L1 - L0, L1 - L0, L1, taken / len(dirs))
     step.layers = kept_report
     step.saliencies = np.array([t[3] for t in order])
     new_mask = np.ones(new_model.n_params, dtype=bool)
