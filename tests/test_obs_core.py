@@ -44,10 +44,16 @@ def test_obs_converts_integer_input_to_float():
 def test_obs_checks_and_messages():
     with pytest.raises(ValueError, match=r"^OBS: Hinv must have shape \(2, 2\), got \(3, 3\)$"):
         OBS(np.eye(3), np.ones(2))
-    with pytest.raises(ValueError, match="^OBS: the full Taylor model needs the matrix H as well as the gradient$"):
-        OBS(np.eye(2), np.ones(2), grad=np.ones(2))
-    with pytest.raises(ValueError, match=r"^OBS: grad must be \(2,\) and H \(2, 2\), got \(3,\), \(2, 2\)$"):
+    grad_only = OBS(np.eye(2), np.ones(2), grad=np.ones(2))  # saliencies need only the gradient
+    assert np.all(np.isfinite(grad_only.saliencies()))
+    with pytest.raises(ValueError, match="^OBS: a removal under the full Taylor model needs the matrix H as well as "
+                                         "the gradient$"):
+        grad_only.remove([0])
+    assert grad_only.active.all() and np.array_equal(grad_only.w, np.ones(2))
+    with pytest.raises(ValueError, match=r"^OBS: grad must be \(2,\), got \(3,\)$"):
         OBS(np.eye(2), np.ones(2), grad=np.ones(3), H=np.eye(2))
+    with pytest.raises(ValueError, match=r"^OBS: H must be \(2, 2\), got \(3, 3\)$"):
+        OBS(np.eye(2), np.ones(2), grad=np.ones(2), H=np.eye(3))
     obs = OBS(np.eye(2), np.ones(2))
     obs.remove([0])
     with pytest.raises(ValueError, match="^OBS: coordinate already removed$"):

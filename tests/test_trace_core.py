@@ -95,7 +95,7 @@ def test_metrics_receive_the_model_and_each_step_s_parameters():
     assert trace.loss is None or len(trace.loss) == 0
 
 
-@pytest.mark.parametrize("count, lines", [(12, 12), (20, 10), (25, 13)])
+@pytest.mark.parametrize("count, lines", [(12, 12), (20, 10), (25, 13), (30, 10)])
 def test_progress_lines(capsys, count, lines):
     args = small_mlp(n=30)
     big = rp.Sequential(rp.Linear(3, 8), rp.Tanh(), rp.Linear(8, 3))
@@ -110,6 +110,19 @@ def test_progress_lines(capsys, count, lines):
     for i, line in zip(done, err):
         m = re.fullmatch(rf"obs_trace: {i}/{count} removed, predicted change \S+ \[(\d+\.\d) s\]", line)
         assert m and 0 <= float(m.group(1)) < 600, line
+
+
+def test_defaults_are_prune_s_and_skip_emptied_keeps_a_weight_per_layer():
+    args = small_mlp()
+    trace = rp.obs_trace(*args, curvature="mc_fisher", damping=1e-2, count=5)
+    r = rp.prune(*args, method="obs", curvature="mc_fisher", damping=1e-2, count=5)
+    assert np.array_equal(trace.order, r.steps[0].removed)
+    trace = rp.obs_trace(*args, damping=1e-2, skip_emptied=True)  # every weight but one per layer
+    last = trace.theta[-1]
+    for _, layer, start, wstop, _ in rp.pruning.masks.affine_layers(args[0]):
+        assert np.count_nonzero(last[start:wstop]) == 1
+    r = rp.prune(*args, method="obs", damping=1e-2, count=len(trace.order), skip_emptied=True)
+    assert np.array_equal(trace.order, r.steps[0].removed)
 
 
 def test_obs_trace_refusals():
@@ -226,6 +239,21 @@ def test_structured_saliencies_pass_every_option_on():
         c = rp.pruning.unit_saliencies(*args, method=method, curvature="mc_fisher", damping=0.03, samples=2, seed=6)
         assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
         assert any(not np.array_equal(a[k], c[k]) for k in a)
+    with pytest.raises(ValueError, match=r"^saliencies: taylor must be one of \('second_order', 'full'\), got 'ful'$"):
+        rp.saliencies(*args, taylor="ful")
+    with pytest.raises(ValueError, match=r"^saliencies: indefinite must be one of"):
+        rp.saliencies(*args, indefinite="clip")
+    # the defaults: OBS with the method's default curvature and one Monte Carlo draw of seed 0
+    default = rp.saliencies(*args, damping=0.1)
+    explicit = rp.saliencies(*args, method="obs", curvature="ggn", taylor="second_order", indefinite="raise",
+                             damping=0.1, samples=1, seed=0)
+    same_saliencies(default, explicit, 0, 0, "defaults")
+    t = np.random.default_rng(3).integers(0, 3, (2, len(args[2])))
+    F = rp.fisher(*args, curvature="mc_fisher", targets=t) + 0.1 * np.eye(args[0].n_params)
+    s = rp.saliencies(*args, curvature="mc_fisher", targets=t, damping=0.1)
+    theta = rp.flatten_params(args[1])
+    prunable = rp.pruning.masks.prunable_mask(args[0], False)
+    same_saliencies(s, np.where(prunable, theta**2 / (2 * np.diag(np.linalg.inv(F))), np.inf), 1e-9, 1e-14, "targets")
     for method in ("layer_obs", "eigendamage", "random"):
         with pytest.raises(ValueError, match=rf"saliencies: method must be one of magnitude, .* got '{method}'"):
             rp.saliencies(*args, method=method)

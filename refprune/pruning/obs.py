@@ -77,8 +77,9 @@ class OBS:
 
     ``prunable`` marks the coordinates that may be removed (others are only updated).
     Removed coordinates are eliminated from ``Hinv`` and stay exactly zero.  With a
-    gradient ``grad`` (and the matrix ``H`` itself, to follow the gradient as the weights
-    move) the full Taylor model is minimised instead (module docstring).  ``order`` and
+    gradient ``grad`` the full Taylor model is minimised instead (module docstring); its
+    saliencies need only ``grad``, a removal also the matrix ``H`` itself, to follow the
+    gradient as the weights move.  ``order`` and
     ``increments`` record every removal and its predicted change, in order.  The arrays
     passed in are copied.
     """
@@ -91,14 +92,15 @@ class OBS:
             raise ValueError(f"OBS: Hinv must have shape ({n}, {n}), got {self.Hinv.shape}")
         self.active = np.ones(n, dtype=bool)
         self.prunable = np.ones(n, dtype=bool) if prunable is None else np.array(prunable, dtype=bool)
-        self.g = None
+        self.g = self.H = None
         if grad is not None:
-            if H is None:
-                raise ValueError("OBS: the full Taylor model needs the matrix H as well as the gradient")
             self.g = np.array(grad, dtype=np.float64)
+            if self.g.shape != (n,):
+                raise ValueError(f"OBS: grad must be ({n},), got {self.g.shape}")
+        if H is not None:
             self.H = np.asarray(H, dtype=np.float64)
-            if self.g.shape != (n,) or self.H.shape != (n, n):
-                raise ValueError(f"OBS: grad must be ({n},) and H ({n}, {n}), got {self.g.shape}, {self.H.shape}")
+            if self.H.shape != (n, n):
+                raise ValueError(f"OBS: H must be ({n}, {n}), got {self.H.shape}")
         self.order, self.increments = [], []
 
     def _u(self):
@@ -132,6 +134,8 @@ class OBS:
         Q = np.atleast_1d(np.asarray(Q))
         if not np.all(self.active[Q]):
             raise ValueError("OBS: coordinate already removed")
+        if self.g is not None and self.H is None:
+            raise ValueError("OBS: a removal under the full Taylor model needs the matrix H as well as the gradient")
         HQQ = self.Hinv[np.ix_(Q, Q)]
         wQ = self.w[Q]
         cols = self.Hinv[:, Q].copy()

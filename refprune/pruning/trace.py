@@ -107,7 +107,7 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
     every = max(1, count // 10)
     t0 = time.perf_counter()
     for i in range(count):
-        solver.prune(1, 1, sub_layers)
+        solver.prune(1, layer_of=sub_layers)
         thetas[i + 1] = 0.0
         thetas[i + 1, idx] = solver.w
         if progress and ((i + 1) % every == 0 or i + 1 == count):
@@ -138,6 +138,10 @@ def saliencies(model, params, X, y, loss, method="obs", curvature=None, diagonal
         raise ValueError(f"saliencies: method must be one of magnitude, obd, obs, woodfisher, c_obd, c_obs, "
                          f"kron_obd, kron_obs; got {method!r}")
     curvature = _resolve_curvature(method, curvature, diagonal)
+    if taylor not in U.TAYLOR:
+        raise ValueError(f"saliencies: taylor must be one of {U.TAYLOR}, got {taylor!r}")
+    if indefinite not in U.INDEFINITE:
+        raise ValueError(f"saliencies: indefinite must be one of {U.INDEFINITE}, got {indefinite!r}")
     mc = dict(samples=samples, seed=seed, targets=targets)
     if method in ("c_obd", "c_obs", "kron_obd", "kron_obs"):
         return unit_saliencies(model, params, X, y, loss, method=method, curvature=curvature, damping=damping, **mc)
@@ -157,13 +161,12 @@ def saliencies(model, params, X, y, loss, method="obs", curvature=None, diagonal
     kind = "woodfisher" if method == "woodfisher" else curvature
     H = None if method == "woodfisher" else U.curvature_matrix(kind, args, mc, weight_decay)
     idx = np.flatnonzero(mask)
-    full = {}
+    grad = None  # the full Taylor model's saliencies need the gradient and the inverse only
     if taylor == "full":
         if H is None:
             raise ValueError("saliencies: taylor='full' needs a dense curvature (method 'obs')")
-        g = _d.grad(*args) + weight_decay * theta
-        full = dict(grad=g[idx], H=H[np.ix_(idx, idx)] + damping * np.eye(idx.size))
+        grad = (_d.grad(*args) + weight_decay * theta)[idx]
     solver = OBS(U.obs_inverse_factory(kind, args, damping, mc, weight_decay, indefinite, H)(idx), theta[idx],
-                 prunable=cand[idx], **full)
+                 prunable=cand[idx], grad=grad)
     out[idx] = solver.saliencies()
     return out
