@@ -93,6 +93,18 @@ def test_a_round_with_nothing_to_remove_is_skipped_not_the_end():
     assert len(r.steps) >= 1
 
 
+@pytest.mark.parametrize("method", ["magnitude", "layer_obs"])
+def test_empty_rounds_neither_end_the_run_nor_warn(method):
+    """Sparsity 0.1 in 10 rounds of 12 weights per layer (24 in all): the first rounds
+    and the last remove nothing, the others do."""
+    args = small_mlp()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = rp.prune(*args, method=method, sparsity=0.1, steps=10, damping=1e-3)
+    assert r.steps and r.steps[-1].step < 10
+    assert sum(len(s.removed) for s in r.steps) == 2
+
+
 def test_layer_obs_schedule_and_selection():
     args = small_mlp(seed=10)
     model = args[0]
@@ -116,6 +128,10 @@ def test_layer_scope_gives_each_layer_its_share():
     model = args[0]
     mask0 = np.ones(model.n_params, dtype=bool)
     mask0[[0, 1, 2, 3, 4, 5]] = False  # the first layer's 12 weights are already at 50%
+    for method in ("magnitude", "obd"):
+        r = rp.prune(*args, method=method, sparsity=0.5, scope="layer", damping=1e-2)
+        for _, layer, start, wstop, _ in affine_layers(model):
+            assert (~r.mask[start:wstop]).sum() == (wstop - start) // 2, method
     for method in ("magnitude", "obd", "obs"):
         r = rp.prune(*args, method=method, sparsity=0.5, scope="layer", mask=mask0, damping=1e-2)
         for _, layer, start, wstop, _ in affine_layers(model):
@@ -189,5 +205,7 @@ def test_messages():
     for opts, msg in cases:
         with pytest.raises(ValueError, match=msg):
             rp.prune(*args, count=2, **opts)
+    assert len(rp.prune(*args, method="woodfisher", curvature="empirical_fisher", damping=0.1, count=2).mask) == 31
+    assert len(rp.prune(*args, method="obd", diagonal="obd", curvature="hessian", count=2).steps) == 1
     r = rp.prune(*args, method="obd", curvature=np.eye(31), count=2)
     assert len(r.steps[0].removed) == 2

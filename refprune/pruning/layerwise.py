@@ -195,5 +195,4 @@ def layer_obs_round(model, theta, X, mask, prunable, fraction, damping, selectio
         theta[start:wstop] = new * mask[start:wstop]
         removed.append(start + rows_removed)
         predicted += float(sum(inc[i, : k[i]].sum() for i in range(layer.out_units)))
-    removed = np.concatenate(removed) if removed else np.zeros(0, dtype=int)
-    return theta, removed, predicted
+    return theta, np.concatenate([np.zeros(0, dtype=np.int64)] + removed), predicted
