@@ -99,3 +99,22 @@ def test_refusals():
         rp.remove_units(model, params, {0: [False, False]}, (3,))
     with pytest.raises(ValueError, match=r"^layer 2 is the last affine layer: its units are the outputs$"):
         rp.remove_units(model, params, {2: [True, False]}, (3,))
+
+
+def test_two_affine_layers_in_a_row():
+    """Units of a layer followed directly by another affine layer (no activation between):
+    the removed units carry 0 into it."""
+    X = np.random.default_rng(5).standard_normal((4, 3))
+    model = rp.Sequential(rp.Linear(3, 4), rp.Linear(4, 3), rp.Tanh(), rp.Linear(3, 2))
+    small, _ = check(model, X, {0: [2], 1: [0]})
+    assert [small[0].out_features, small[1].in_features, small[1].out_features, small[3].in_features] == [3, 3, 2, 2]
+
+
+def test_emptying_a_layer_names_it_and_the_way_out():
+    X = np.random.default_rng(5).standard_normal((4, 3))
+    model = rp.Sequential(rp.Linear(3, 1), rp.Tanh(), rp.Linear(1, 30))
+    params = model.init(0)
+    params = [params[0] * 1e-6] + params[1:]
+    with pytest.raises(ValueError, match=r"^pruning would remove every weight of layer 0 \(Linear\(3, 1, bias=True\)\); "
+                                         r"lower the sparsity or prune layer by layer \(scope='layer'\)$"):
+        rp.prune(model, params, X, np.zeros((4, 30)), rp.MSELoss(), method="magnitude", sparsity=0.95)
