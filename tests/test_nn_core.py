@@ -137,3 +137,10 @@ def test_im2col_against_a_loop(stride, padding):
     cols = np.array([[xp[b, :, i * s[0] : i * s[0] + k[0], j * s[1] : j * s[1] + k[1]].ravel()
                       for i in range(ho) for j in range(wo)] for b in range(2)]).transpose(0, 2, 1)
     assert np.array_equal(im2col(x, k, s, p), cols)
+
+
+def test_loss_messages():
+    with pytest.raises(ValueError, match=r"^CrossEntropyLoss: labels must be integers, got non-integer values$"):
+        rp.CrossEntropyLoss().check_targets(np.array([0.5, 1.0]), 2, 3)
+    with pytest.raises(ValueError, match=r"^MSELoss: reduction must be one of \('mean', 'sum'\), got 'avg'$"):
+        rp.MSELoss("avg")
