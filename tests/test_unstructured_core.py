@@ -24,7 +24,8 @@ def test_curvature_matrix_adds_weight_decay_and_passes_the_monte_carlo_options()
     assert_close(U.curvature_matrix("mc_fisher", args, mc), F, 0, 0, "no decay")
     assert_close(U.curvature_matrix("mc_fisher", args, mc, 0.25), F + 0.25 * np.eye(n), 0, 0, "decay")
     M = np.arange(n * n, dtype=float).reshape(n, n)
-    assert U.curvature_matrix(M, args, mc) is not M or np.array_equal(U.curvature_matrix(M, args, mc), M)
+    assert np.array_equal(U.curvature_matrix(M, args, mc), M)
+    assert np.array_equal(U.curvature_matrix(M, args, mc, 0.5), M + 0.5 * np.eye(n))
     with pytest.raises(ValueError, match=r"^prune: the precomputed curvature contains NaN or inf$"):
         U.precomputed_matrix(np.full((n, n), np.nan), n)
     assert U.precomputed_matrix(np.eye(n, dtype=np.float32), n).dtype == np.float64

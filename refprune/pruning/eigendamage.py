@@ -103,11 +103,10 @@ def eigendamage(model, params, X, y, loss, target, o):
             new_params += grouped[j]
             continue
         li, d = info_by_j[j]
-        keepS = np.setdiff1d(np.arange(d["US"].shape[1]), removed[(li, "S")])
-        keepA = np.setdiff1d(np.arange(d["UA"].shape[1]), removed[(li, "A")])
-        # each removed entry once: in a removed row or a removed column
         rows = np.isin(np.arange(d["imp"].shape[0]), removed[(li, "S")])
         cols = np.isin(np.arange(d["imp"].shape[1]), removed[(li, "A")])
+        keepS, keepA = np.flatnonzero(~rows), np.flatnonzero(~cols)
+        # each removed entry once: in a removed row or a removed column
         predicted += float(d["imp"][rows[:, None] | cols[None, :]].sum())
         USk, UAk, Wk = d["US"][:, keepS], d["UA"][:, keepA], d["Wstar"][np.ix_(keepS, keepA)]
         b_layers, b_params = _bottleneck_layers(layer, UAk, Wk, USk)
