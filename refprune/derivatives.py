@@ -208,8 +208,7 @@ def hvp(model, params, X, y, loss, v):
         # no directions, or a network without parameters: H is empty
         return np.zeros(V.shape) if v.ndim == 2 else np.zeros(model.n_params)
     f, caches, douts = gradient_pass(inp)
-    width = max(int(np.prod(s)) for s in layer_work_shapes(inp))
-    step = max(1, CHUNK_FLOATS // max(1, inp.n_samples * width))
+    step = chunk_length(inp.n_samples, work_width(inp))
     phi = loss_curvature_matvec(inp, "hessian")
     out = np.concatenate([curvature_products(inp, caches, douts, f, V[i : i + step], phi)
                           for i in range(0, len(V), step)])
@@ -217,16 +216,21 @@ def hvp(model, params, X, y, loss, v):
     return out if v.ndim == 2 else out[0]
 
 
-def layer_work_shapes(inp):
-    """Per-sample shapes of each layer's input, output and (for conv) im2col features,
-    used to size chunks of tangent work."""
-    shapes, s = [], inp.X.shape[1:]
+def work_width(inp):
+    """Floats one tangent column needs per sample in the widest place of the network: a
+    layer's input, its output, or (affine layers) its features ``(r, T)`` (im2col for a
+    convolution).  Chunks of tangent work are sized by it, see :func:`chunk_length`."""
+    sizes, s = [], inp.X.shape[1:]
     for layer in inp.model:
-        shapes.append(s)
         out = layer.output_shape(s)
+        sizes += [int(np.prod(s)), int(np.prod(out))]
         if isinstance(layer, AffineLayer):
-            r = layer.n_weight // layer.out_units
-            shapes.append((r, int(np.prod(out)) // layer.out_units))
+            sizes.append(layer.n_weight // layer.out_units * (int(np.prod(out)) // layer.out_units))
         s = out
-        shapes.append(s)
-    return shapes
+    return max(sizes)
+
+
+def chunk_length(columns, width):
+    """How many items of ``columns`` tangent columns of ``width`` floats each fit in
+    ``CHUNK_FLOATS`` (at least one, so that work always advances)."""
+    return max(1, CHUNK_FLOATS // max(1, columns * width))

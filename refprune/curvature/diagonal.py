@@ -47,11 +47,6 @@ def _activation_columns(d):
     return out
 
 
-def _chunk_size(inp, columns):
-    width = max(int(np.prod(w)) for w in _d.layer_work_shapes(inp))
-    return max(1, _d.CHUNK_FLOATS // max(1, columns * width))
-
-
 def _squared_grads(layer, cache, Q, n_cols_budget):
     """``sum_{n,k} (per-sample gradient of column k)^2`` over a layer's parameters,
     a few output units at a time.  With one location (``T = 1``) the per-sample
@@ -66,11 +61,7 @@ def _squared_grads(layer, cache, Q, n_cols_budget):
     for u0 in range(0, layer.out_units, per):
         u1 = min(layer.out_units, u0 + per)
         g = layer.per_sample_param_grad(cache, Q, units=(u0, u1))
-        sq = np.einsum("nkq,nkq->q", g, g)
-        c0 = 0
-        for a, b in layer.unit_columns((u0, u1)):
-            out[a:b] = sq[c0 : c0 + b - a]
-            c0 += b - a
+        out[layer.unit_rows((u0, u1))] = np.einsum("nkq,nkq->q", g, g)
     return out
 
 
@@ -85,8 +76,7 @@ def _factored_diagonal(inp, factor, residual):
         if residual and isinstance(layer, Elementwise):
             extra += 2 * int(np.prod(s))
         s = layer.output_shape(s)
-    probe = factor.columns(_d.forward(inp, inp.X[:1])[0], slice(0, 1)).shape[1]
-    nc = _chunk_size(inp, probe + extra)
+    nc = _d.chunk_length(factor.per_sample + extra, _d.work_width(inp))
     for s0 in range(0, inp.n_samples, nc):
         s1 = min(inp.n_samples, s0 + nc)
         f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
@@ -108,16 +98,6 @@ def _factored_diagonal(inp, factor, residual):
                 neg = cn if neg is None else np.concatenate([neg, cn], axis=1)
     out *= inp.scale
     return out
-
-
-class _HessianFactor:
-    """Output columns of ``Lambda_n`` (the loss Hessian), as an ``OutputFactor``."""
-
-    def __init__(self, inp):
-        self.inp = inp
-
-    def columns(self, f, idx):
-        return hessian_sqrt(self.inp.loss, f)
 
 
 def hessian_diagonal(model, params, X, y, loss, executor=None, shards=1):
@@ -163,9 +143,9 @@ def curvature_diagonal(model, params, X, y, loss, curvature="hessian", samples=1
 
 
 def _factor(inp, curvature, mc, where):
-    if curvature in ("hessian", "ggn"):
-        return _HessianFactor(inp)
-    return OutputFactor(inp, curvature, where=where, **mc)
+    # The Hessian starts from the GGN's output curvature Lambda_n; what the GGN drops,
+    # the activations' second derivatives, enters as the residual columns (docs §7).
+    return OutputFactor(inp, "ggn" if curvature == "hessian" else curvature, where=where, **mc)
 
 
 def diagonal_task(model, params, X, y, loss, scale, curvature, targets):

@@ -129,8 +129,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
     for layer in model:
         s = layer.output_shape(s)
         out_shapes.append(tuple(s))
-    width = max(int(np.prod(w)) for w in _d.layer_work_shapes(inp))
-    chunk = _d.CHUNK_FLOATS
+    width = _d.work_width(inp)
     param_layers = _param_layers(model)
     t_start = time.perf_counter()
 
@@ -155,7 +154,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
             per_unit = K_id // layer_l.out_units
             eye_rows = slice(units[0] * per_unit, units[1] * per_unit)
         K = len(np.arange(n_l if jacobian_seed else K_id)[eye_rows])
-        nc = max(1, chunk // (K * width))
+        nc = _d.chunk_length(K, width)
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
             first = s0 == 0
@@ -183,7 +182,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
                         _accumulate(target(0, layer.n_params), block, inp.scale, first)
                     else:
                         _rows_from_identity_seed(target, layer_l, caches[l], layer, caches[j], D, dU, douts[j],
-                                                 inp.scale, first, chunk, units)
+                                                 inp.scale, first, units)
                 if j == l:
                     break
                 Dn = layer.vjp(inp.grouped[j], caches[j], D)
@@ -237,13 +236,14 @@ def _accumulate(target, block, scale, first):
         target += scale * block
 
 
-def _rows_from_identity_seed(target, layer_l, cache_l, layer_m, cache_m, D, dU, d0, scale, first, chunk, units=None):
+def _rows_from_identity_seed(target, layer_l, cache_l, layer_m, cache_m, D, dU, d0, scale, first, units=None):
     """Rows of layer ``l`` against the columns of layer ``m`` when the tangents were seeded
     with the identity on ``z_l``: form the tangent of ``m``'s per-sample gradient for a
     few output units at a time and contract it with ``U_l`` (``param_contract``)."""
     n, K = D.shape[:2]
     n_l = layer_l.n_params
     q_unit = layer_m.n_params // layer_m.out_units
+    chunk = _d.CHUNK_FLOATS
     per_chunk = max(1, min(chunk // (n * K), chunk // n_l) // q_unit)
     for u0 in range(0, layer_m.out_units, per_chunk):
         u1 = min(layer_m.out_units, u0 + per_chunk)

@@ -270,9 +270,7 @@ def layer_statistics(inp, factor, visit, gradient=False):
     passes and returns the batch gradient ``(n,)`` (what an optimizer step needs besides
     the statistics, without a second forward and backward pass)."""
     model = inp.model
-    probe = factor.columns(_d.forward(inp, inp.X[:1])[0], slice(0, 1)).shape[1] + (1 if gradient else 0)
-    width = max(int(np.prod(w)) for w in _d.layer_work_shapes(inp))
-    nc = max(1, _d.CHUNK_FLOATS // max(1, probe * width))
+    nc = _d.chunk_length(factor.per_sample + (1 if gradient else 0), _d.work_width(inp))
     offsets = model.param_offsets()
     grad = np.zeros(model.n_params) if gradient else None
     for s0 in range(0, inp.n_samples, nc):

@@ -68,7 +68,8 @@ class OutputFactor:
     """The columns ``Gamma_n`` of one curvature for a batch, evaluated chunk by chunk.
 
     ``columns(f, idx)`` returns ``(len(idx), K, C)`` for network outputs ``f`` of the
-    samples ``idx`` (a slice of the batch).
+    samples ``idx`` (a slice of the batch); ``per_sample`` is ``K``, the count in the
+    module's table, known before any column is computed so that chunks can be sized.
     """
 
     def __init__(self, inp, curvature, samples=1, seed=0, targets=None, f_all=None, where="curvature"):
@@ -80,6 +81,9 @@ class OutputFactor:
             if f_all is None and targets is None:
                 f_all = inp.model.forward_with_caches(inp.grouped, inp.X)[0]
             self.targets = draw_targets(inp, f_all, samples, seed, targets)
+            self.per_sample = len(self.targets)
+        else:
+            self.per_sample = 1 if curvature == "empirical_fisher" else inp.n_outputs
 
     def columns(self, f, idx):
         """Columns ``Gamma_n (len(idx), K, C)`` of ``Phi_n = Gamma_n Gamma_n^T`` for outputs ``f`` of
