@@ -107,3 +107,56 @@ def test_select_counts_rules_and_messages():
     ties = np.random.default_rng(0).integers(0, 3, (200, 1)).astype(float)
     first = sorted(range(200), key=lambda i: (ties[i, 0], i))[:90]
     assert select_counts(ties, 90, "obc").tolist() == [int(i in first) for i in range(200)]
+
+
+def greedy_row(w, H, free, steps):
+    """One row's greedy OBS with the weights outside ``free`` held at zero: the inverse
+    of ``H`` restricted to the free weights, taken afresh at every step."""
+    w, free, order, inc, traj = w.copy(), list(free), [], [], [w.copy()]
+    for _ in range(steps):
+        Hinv = np.linalg.inv(H[np.ix_(free, free)])
+        s = w[free] ** 2 / (2 * np.diag(Hinv))
+        i = int(np.argmin(s))
+        w[free] -= w[free[i]] / Hinv[i, i] * Hinv[:, i]
+        w[free[i]] = 0.0
+        order.append(free.pop(i))
+        inc.append(s[i])
+        traj.append(w.copy())
+    return order, inc, traj
+
+
+def test_obc_rows_against_greedy_obs_on_each_row_with_weights_pruned_before():
+    from refprune.pruning.layerwise import obc_rows
+
+    rng = np.random.default_rng(4)
+    B = rng.standard_normal((4, 9))
+    H = B @ B.T / 9 + 0.1 * np.eye(4)
+    W = rng.standard_normal((4, 4))
+    active = np.ones((4, 4), dtype=bool)
+    # two rows with one weight pruned before (zero), as many as the steps' columns
+    active[2, 1] = active[3, 3] = False
+    W[~active] = 0.0
+    order, inc, traj = obc_rows(W, np.linalg.inv(H), active, 1)
+    for i in range(4):
+        o, s, t = greedy_row(W[i], H, np.flatnonzero(active[i]), 1)
+        assert list(order[i]) == o
+        assert_close(inc[i], np.array(s), 1e-12, 0, f"row {i} increase")
+        assert_close(traj[i], np.array(t), 1e-12, 1e-14, f"row {i} trajectory")
+    # a row with two weights pruned before runs out of free weights after two of three steps
+    active[3, 0] = False
+    W[3, 0] = 0.0
+    order, inc, traj = obc_rows(W, np.linalg.inv(H), active, 3)
+    for i in range(4):
+        o, s, t = greedy_row(W[i], H, np.flatnonzero(active[i]), min(3, int(active[i].sum())))
+        assert list(order[i, : len(o)]) == o
+        assert_close(inc[i, : len(s)], np.array(s), 1e-10, 0, f"row {i} increases")
+        assert np.all(np.isinf(inc[i, len(s) :])), "a step a row cannot take costs inf"
+        assert_close(traj[i, : len(t)], np.array(t), 1e-10, 1e-12, f"row {i} trajectory")
+        assert np.all(traj[i, len(t) - 1 :] == traj[i, len(t) - 1]), "a row without free weights stays as it is"
+
+
+@pytest.mark.parametrize("selection", ["exact", "greedy", "obc"])
+def test_ties_go_to_the_earlier_rows(selection):
+    inc = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, np.inf]])
+    assert list(select_counts(inc, 2, selection)) == [2, 0, 0]
+    assert list(select_counts(inc, 3, selection)) == [2, 1, 0]

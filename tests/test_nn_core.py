@@ -144,3 +144,65 @@ def test_loss_messages():
         rp.CrossEntropyLoss().check_targets(np.array([0.5, 1.0]), 2, 3)
     with pytest.raises(ValueError, match=r"^MSELoss: reduction must be one of \('mean', 'sum'\), got 'avg'$"):
         rp.MSELoss("avg")
+
+
+def test_log_softmax_runs_along_the_last_axis():
+    from scipy.special import log_softmax as scipy_log_softmax
+
+    from refprune.nn.losses import log_softmax
+
+    f = np.random.default_rng(0).standard_normal((2, 3, 4)) * 30
+    assert_close(log_softmax(f), scipy_log_softmax(f, axis=-1), 1e-13, 1e-12, "log_softmax of a 3-d array")
+
+
+def test_cross_entropy_samples_reach_every_class_in_proportion():
+    loss, rng = rp.CrossEntropyLoss(), np.random.default_rng(0)
+    # all mass on the last class, and on the first: every draw lands there
+    assert np.all(loss.sample(np.array([[-60.0, -60.0, 60.0], [60.0, -60.0, -60.0]]), rng, 50) == [[2, 0]] * 50)
+    p = np.array([0.2, 0.3, 0.5])
+    draws = loss.sample(np.log(p)[None], rng, 20000)
+    assert draws.shape == (20000, 1) and draws.dtype.kind == "i"
+    freq = np.bincount(draws[:, 0], minlength=3) / 20000
+    assert np.all(np.abs(freq - p) < 4 * np.sqrt(p * (1 - p) / 20000)), freq
+
+
+def test_target_dtypes_accepted_and_refused():
+    assert rp.CrossEntropyLoss().check_targets(np.array([0, 2], dtype=np.uint8), 2, 3).dtype == np.int64
+    with pytest.raises(ValueError, match=r"^CrossEntropyLoss: labels must be integers, got dtype bool$"):
+        rp.CrossEntropyLoss().check_targets(np.array([True, False]), 2, 3)
+    for dtype in (np.float32, np.int8, np.uint16, bool):
+        y = rp.MSELoss().check_targets(np.ones((2, 2), dtype=dtype), 2, 2)
+        assert y.dtype == np.float64 and np.all(y == 1.0)
+    with pytest.raises(ValueError, match=r"^MSELoss: targets must be numeric, got dtype complex128$"):
+        rp.MSELoss().check_targets(np.ones((2, 2), dtype=complex), 2, 2)
+
+
+def test_relu_derivative_is_zero_at_the_kink():
+    z = np.array([[-1.0, 0.0, 2.0]])
+    y, cache = rp.ReLU().forward([], z)
+    assert np.all(y == [[0.0, 0.0, 2.0]])
+    # PyTorch's convention relu'(0) = 0: the cotangent at z = 0 is dropped
+    assert np.all(rp.ReLU().vjp([], cache, np.ones((1, 1, 3))) == [[[0.0, 0.0, 1.0]]])
+
+
+def test_default_squared_vjp_passes_the_parameters_on():
+    from refprune.nn.base import Layer
+
+    class Gate(Layer):
+        """``y = m * x`` with a 0/1 gate ``m`` as its parameter: a Jacobian of 0/1 entries."""
+
+        def vjp(self, params, cache, dy):
+            return dy * params[0]
+
+    m, h = np.array([1.0, 0.0, 1.0]), np.arange(6.0).reshape(1, 2, 3)
+    assert np.all(Gate().vjp_squared([m], None, h) == h * m**2)
+
+
+def test_flatten_keeps_the_sample_and_direction_axes():
+    x = np.arange(24.0).reshape(2, 3, 2, 2)
+    y, cache = rp.Flatten().forward([], x)
+    assert y.shape == (2, 12) and np.all(y[1] == np.arange(12.0, 24.0)) and cache == (3, 2, 2)
+    dx = np.arange(48.0).reshape(2, 2, 3, 2, 2)
+    dy = rp.Flatten().jvp([], cache, dx)
+    assert dy.shape == (2, 2, 12) and np.all(dy[1, 1] == np.arange(36.0, 48.0))
+    assert np.all(rp.Flatten().vjp([], cache, dy) == dx)

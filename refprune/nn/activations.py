@@ -46,7 +46,7 @@ class ReLU(Elementwise):
     away from the kink."""
 
     def derivatives(self, z):
-        return np.maximum(z, 0.0), (z > 0).astype(np.float64), None
+        return np.maximum(z, 0.0), np.heaviside(z, 0.0), None  # relu'(0) = 0, as in PyTorch
 
 
 class Tanh(Elementwise):

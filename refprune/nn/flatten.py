@@ -10,10 +10,10 @@ class Flatten(Layer):
         return (int(np.prod(in_shape)),)
 
     def forward(self, params, x):
-        return x.reshape(x.shape[0], -1), x.shape[1:]
+        return x.reshape(x.shape[:1] + self.output_shape(x.shape[1:])), x.shape[1:]
 
     def jvp(self, params, cache, dx):
-        return dx.reshape(dx.shape[0], dx.shape[1], -1)
+        return dx.reshape(dx.shape[:2] + self.output_shape(cache))
 
     def vjp(self, params, cache, dy):
         return dy.reshape(dy.shape[:2] + tuple(cache))

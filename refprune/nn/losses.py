@@ -79,7 +79,7 @@ class CrossEntropyLoss(Loss):
         if y.dtype.kind == "f":
             if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
                 raise ValueError("CrossEntropyLoss: labels must be integers, got non-integer values")
-        elif y.dtype.kind not in "iu":
+        elif y.dtype.kind not in ("i", "u"):
             raise ValueError(f"CrossEntropyLoss: labels must be integers, got dtype {y.dtype}")
         if n and (y.min() < 0 or y.max() >= c):
             raise ValueError(f"CrossEntropyLoss: labels must lie in [0, {c}), got range [{y.min()}, {y.max()}]")
@@ -89,7 +89,7 @@ class CrossEntropyLoss(Loss):
         return 1.0 / n if self.reduction == "mean" else 1.0
 
     def per_sample(self, f, y):
-        return -np.take_along_axis(log_softmax(f), y[:, None], axis=1)[:, 0]
+        return -log_softmax(f)[np.arange(len(y)), y]
 
     def grad(self, f, y):
         g = np.exp(log_softmax(f))
@@ -114,7 +114,9 @@ class CrossEntropyLoss(Loss):
         """``samples`` labels per sample from ``softmax(f)``: ``(samples, N)`` ints."""
         cdf = np.cumsum(np.exp(log_softmax(f)), axis=1)
         u = rng.random((samples, f.shape[0], 1))
-        return np.minimum((u > cdf[None]).sum(axis=-1), f.shape[1] - 1)
+        # the label is the number of the first C-1 thresholds below u: the last class takes
+        # the rest even when rounding leaves cdf[-1] a little below 1
+        return (u > cdf[None, :, :-1]).sum(axis=-1)
 
 
 class MSELoss(Loss):
@@ -131,9 +133,9 @@ class MSELoss(Loss):
         y = np.asarray(y)
         if y.shape != (n, c):
             raise ValueError(f"MSELoss: targets must have shape ({n}, {c}), got {y.shape}")
-        if y.dtype.kind not in "fiub":
+        if y.dtype.kind not in ("f", "i", "u", "b"):
             raise ValueError(f"MSELoss: targets must be numeric, got dtype {y.dtype}")
-        y = y.astype(np.float64)
+        y = np.asarray(y, dtype=np.float64)
         if not np.all(np.isfinite(y)):
             raise ValueError("MSELoss: targets contain NaN or inf")
         return y

@@ -34,7 +34,8 @@ from .targets import how_many
 
 def layer_hessian(U, n_samples):
     """``2 X X^T / N`` from features ``U (N, r, T)``."""
-    Xm = U.transpose(1, 0, 2).reshape(U.shape[1], -1)
+    n, r, T = U.shape
+    Xm = U.transpose(1, 0, 2).reshape(r, n * T)
     return 2.0 * (Xm @ Xm.T) / n_samples
 
 
@@ -54,48 +55,47 @@ def obc_rows(W, Hinv, active, max_steps):
     W = W.copy()
     rows = np.arange(c)
     pre = ~active
-    n_pre = int(pre.sum(axis=1).max()) if pre.any() else 0
+    n_pre = int(pre.sum(axis=1).max())
     C = np.zeros((c, n_pre + max_steps, r))
     diag = np.broadcast_to(np.diag(Hinv), (c, r)).copy()
-    # eliminate the weights pruned before (they stay zero; no saliency is charged)
+    # eliminate the weights pruned before (they are zero and stay zero; no saliency is charged)
     for t in range(n_pre):
-        has = pre.sum(axis=1) > t
-        q = np.array([np.flatnonzero(p)[t] if h else 0 for p, h in zip(pre, has)])
-        _eliminate(Hinv, C, t, diag, W, rows[has], q[has], update_w=False)
+        has = rows[pre.sum(axis=1) > t]
+        _eliminate(Hinv, C, t, diag, has, np.array([np.flatnonzero(pre[i])[t] for i in has], dtype=np.int64))
     order = np.zeros((c, max_steps), dtype=np.int64)
     inc = np.full((c, max_steps), np.inf)
-    traj = np.empty((c, max_steps + 1, r))
-    traj[:, 0] = W
+    traj = [W.copy()]
     act = active.copy()
     for t in range(max_steps):
-        live = act.any(axis=1)
-        s = np.where(act, W**2 / (2.0 * np.where(act, diag, 1.0)), np.inf)
+        live = rows[act.any(axis=1)]
+        s = np.full((c, r), np.inf)
+        s[act] = W[act] ** 2 / (2.0 * diag[act])  # OBS saliency (Hassibi & Stork 1993, eq. 5)
         q = s.argmin(axis=1)
         order[:, t] = q
         inc[live, t] = s[live, q[live]]
-        _eliminate(Hinv, C, n_pre + t, diag, W, rows[live], q[live], update_w=True)
-        act[rows[live], q[live]] = False
-        traj[:, t + 1] = W
-    return order, inc, traj
+        col, dq = _eliminate(Hinv, C, n_pre + t, diag, live, q[live])
+        # the OBS update of each row (eq. 5), which leaves the removed weight at zero
+        W[live] -= (W[live, q[live]] / dq)[:, None] * col
+        W[live, q[live]] = 0.0
+        act[live, q[live]] = False
+        traj.append(W.copy())
+    return order, inc, np.stack(traj, axis=1)
 
 
-def _eliminate(Hinv, C, t, diag, W, rows, q, update_w):
-    """Remove coordinate ``q[i]`` of row ``rows[i]``: the OBS update of the row (Hassibi &
-    Stork 1993, eq. 5) and the elimination of ``q`` from that row's inverse, stored as
-    the ``t``-th column of ``C``."""
-    if rows.size == 0:
-        return
+def _eliminate(Hinv, C, t, diag, rows, q):
+    """Eliminate coordinate ``q[i]`` from the inverse of row ``rows[i]``, stored as the
+    ``t``-th column of ``C``; returns that row's column ``H_t^-1 e_q`` and its entry
+    ``[H_t^-1]_qq``, which the OBS update of the row needs."""
+    m = rows.size
     # column q of the current inverse: H^-1 e_q - C^T (C e_q); a slice, not a copy, when
     # every row takes part
-    Ct = C[:, :t] if rows.size == C.shape[0] else C[rows, :t]
-    cq = np.take_along_axis(Ct, q[:, None, None], axis=2)  # (m, t, 1)
-    col = Hinv[:, q].T - np.matmul(cq.transpose(0, 2, 1), Ct)[:, 0]
-    dq = col[np.arange(rows.size), q]
-    if update_w:
-        W[rows] -= (W[rows, q] / dq)[:, None] * col
-        W[rows, q] = 0.0
+    Ct = C[:, :t] if m == C.shape[0] else C[rows, :t]
+    cq = Ct[np.arange(m), :, q]  # (m, t)
+    col = Hinv[:, q].T - np.matmul(cq[:, None, :], Ct)[:, 0]
+    dq = col[np.arange(m), q]
     C[rows, t] = col / np.sqrt(dq)[:, None]
     diag[rows] -= col**2 / dq[:, None]  # 0 at q, which is inactive from now on
+    return col, dq
 
 
 SELECTIONS = ("exact", "greedy", "obc")
@@ -104,7 +104,7 @@ SELECTIONS = ("exact", "greedy", "obc")
 def select_counts(inc, total, selection="exact"):
     """Per-row step counts ``k_i`` with ``sum k_i = total`` from the rows' step
     increases ``inc (c, s)`` (``inf`` where a row has no step left); see the module
-    docstring for the three rules."""
+    docstring for the three rules.  All three give ties to the earlier rows."""
     if selection not in SELECTIONS:
         raise ValueError(f"layer-wise OBS: selection must be one of {SELECTIONS}, got {selection!r}")
     c = inc.shape[0]
@@ -144,10 +144,8 @@ def _exact_counts(inc, total):
         width = min(total, best.size - 1 + steps) + 1
         new = np.full(width, np.inf)
         arg = np.zeros(width, dtype=np.int64)
-        for k in range(steps + 1):
+        for k in range(min(steps, width - 1) + 1):
             hi = min(width, k + best.size)
-            if hi <= k:
-                break
             cand = best[: hi - k] + cum[k]
             better = cand < new[k:hi]
             new[k:hi] = np.where(better, cand, new[k:hi])
@@ -167,11 +165,12 @@ def layer_obs_round(model, theta, X, mask, prunable, fraction, damping, selectio
     ``(theta, removed, predicted)``, ``predicted`` the summed layer-wise objective."""
     theta = theta.copy()
     removed, predicted = [], 0.0
-    inp_X = np.asarray(X, dtype=np.float64)
+    inp_X = np.asarray(X, dtype=np.float64)  # validated by the caller; lists become arrays
     for j, layer, start, wstop, stop in affine_layers(model):
         w_prunable = prunable[start:wstop]
         total = int(w_prunable.sum())
-        act = (mask[start:wstop] & w_prunable).reshape(layer.out_units, -1)
+        r = (wstop - start) // layer.out_units  # weights per row
+        act = (mask[start:wstop] & w_prunable).reshape(layer.out_units, r)
         k_total = how_many(fraction, total) - int((w_prunable & ~mask[start:wstop]).sum())
         if k_total <= 0:
             continue
@@ -183,7 +182,7 @@ def layer_obs_round(model, theta, X, mask, prunable, fraction, damping, selectio
         U = layer.features(x)
         H = layer_hessian(U, len(inp_X))
         Hinv = inverse_spd(H, damping, what=f"layer-wise Hessian 2XX^T/N of layer {j}")
-        W = theta[start:wstop].reshape(layer.out_units, -1)
+        W = theta[start:wstop].reshape(layer.out_units, r)
         steps = min(int(act.sum(axis=1).max()), k_total)
         order, inc, traj = obc_rows(W, Hinv, act, steps)
         k = select_counts(inc, k_total, selection)
