@@ -146,3 +146,66 @@ def test_retraining_progress_and_nothing_to_do(capsys):
     assert r.steps == [] and r.mask.all() and r.mask.dtype == bool
     with pytest.raises(ValueError, match=r"^kron_obs: count 8 would remove every unit of some layer; at most 7 of 9"):
         rp.prune(*args, method="kron_obs", count=8, damping=0.1)
+
+
+@pytest.mark.parametrize("method", ["kron_obs", "c_obd"])
+def test_a_count_spread_over_rounds_counts_the_units_removed_before(method):
+    args = mlp()
+    model = args[0]
+    mask = np.ones(model.n_params, dtype=bool)
+    off0 = model.param_offsets()[0]
+    mask[[off0 + 4, off0 + 5, off0 + 6, off0 + 7, off0 + 20 + 1]] = False  # unit 1 of layer 0, bias too
+    # count=2 over 3 rounds: floor(2k/3) = 0, 1, 2 on top of the unit removed before
+    r = rp.prune(*args, method=method, count=2, steps=3, damping=0.05, mask=mask)
+    rounds, theta, alive = reference(args, method, [1, 1], 0.05, "ggn", mask)
+    assert [s.step for s in r.steps] == [2, 3]
+    assert [s.removed_units for s in r.steps] == [taken for taken, _, _ in rounds]
+    assert_close(rp.flatten_params(r.masked_params), theta, 1e-9, 1e-13, f"{method}: weights")
+    assert r.steps[-1].sparsity == pytest.approx(3 / 9)
+
+
+def test_the_shortcut_uses_row_sums_of_a():
+    args = mlp()
+    model = args[0]
+    K = rp.kfac(*args, curvature="ggn")
+    theta = rp.flatten_params(args[1])
+    for method in ("kron_obs", "kron_obd"):
+        s = unit_saliencies(*args, method=method, curvature="ggn", damping=0.0, shortcut=True)
+        for b, j in enumerate([0, 2]):
+            S, A, M = K.blocks[b].S, K.blocks[b].A, rows(model, theta, j)
+            scale = np.diag(S) if method == "kron_obd" else 1 / np.diag(np.linalg.inv(S))
+            assert_close(s[j], scale * (M**2 @ A.sum(axis=1)) / 2, 1e-10, 1e-14, f"{method} shortcut, layer {j}")
+
+
+def test_removing_a_unit_keeps_the_inverse_of_s_over_the_units_alive():
+    from refprune.pruning.structured import _LayerState, _unit_rows
+
+    args = mlp()
+    block = rp.kfac(*args, curvature="ggn").blocks[0]
+    state = _LayerState(block, np.ones(5, dtype=bool), 0.01)
+    M = _unit_rows(block.layout, rp.flatten_params(args[1]))
+    S = block.S + 0.1 * np.eye(5)
+    for i in (3, 0):
+        state.remove(M, i, update=True)
+        a = state.alive
+        expect = np.zeros((5, 5))
+        expect[np.ix_(a, a)] = np.linalg.inv(S[np.ix_(a, a)])
+        assert_close(state.Sinv, expect, 1e-10, 1e-13, f"S^-1 after removing unit {i}")
+        assert np.all(state.Sinv[~a] == 0.0) and np.all(state.Sinv[:, ~a] == 0.0) and np.all(M[~a] == 0.0)
+    assert list(state.alive) == [False, True, True, False, True]
+
+
+def test_a_singular_factor_is_named():
+    args = list(mlp())
+    model = args[0]
+    params = [p.copy() for p in args[1]]
+    with pytest.raises(rp.SingularCurvatureError, match=r"K-FAC factor A of Linear\(4, 5, bias=True\)"):
+        X = args[2].copy()
+        X[:, 1] = 2 * X[:, 0]  # input features linearly dependent: A singular
+        rp.prune(model, params, X, *args[3:], method="kron_obs", count=1)
+    # a unit whose output never moves the loss: its row and column of S are zero
+    relu = rp.Sequential(rp.Linear(4, 5), rp.ReLU(), rp.Linear(5, 4, bias=False), rp.Sigmoid(), rp.Linear(4, 3))
+    params[0][0] = 0.0
+    params[1][0] = -1.0
+    with pytest.raises(rp.SingularCurvatureError, match=r"K-FAC factor S of Linear\(4, 5, bias=True\)"):
+        rp.prune(relu, params, *args[2:], method="kron_obs", count=1)

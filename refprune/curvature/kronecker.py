@@ -75,7 +75,7 @@ class LayerLayout:
         """``(n_l, k) -> (k, c, p)``."""
         out = np.empty((V.shape[1], self.size))
         out[:, self.perm] = V.T
-        return out.reshape(-1, self.c, self.p)
+        return out.reshape(V.shape[1], self.c, self.p)
 
     def from_matrix(self, M):
         """``(k, c, p) -> (n_l, k)``."""
@@ -365,13 +365,12 @@ class FactorStatistics:
     def visit(self, j, layer, U, g):
         """Add one chunk's features ``U (n, r, T)`` and output gradients ``g (n, K, c, T)``."""
         a = with_bias_row(layer, U)
-        if self.approx == "expand":
-            am = a.transpose(0, 2, 1).reshape(-1, a.shape[1])
-            gm = g.transpose(0, 1, 3, 2).reshape(-1, g.shape[2])
-        else:
-            am = a.mean(axis=2)
-            gm = g.sum(axis=3).reshape(-1, g.shape[2])
-        A, S = am.T @ am, gm.T @ gm
+        if self.approx == "expand":  # every location a sample of its own
+            A = np.tensordot(a, a, axes=([0, 2], [0, 2]))
+            S = np.tensordot(g, g, axes=([0, 1, 3], [0, 1, 3]))
+        else:  # features averaged and gradients summed over locations
+            am, gs = a.mean(axis=2), g.sum(axis=3)
+            A, S = am.T @ am, np.tensordot(gs, gs, axes=([0, 1], [0, 1]))
         if j in self.sums:
             self.sums[j][0] += S
             self.sums[j][1] += A
@@ -390,7 +389,7 @@ class FactorStatistics:
             layer = model[j]
             if bias == "separate" and layer.bias:
                 # A's constant corner is exactly 1 in both variants (mean of ones)
-                r = A.shape[0] - 1
+                r = len(A) - 1
                 blocks.append(KroneckerBlock(S, A[:r, :r].copy(), LayerLayout(layer, offsets[j], "weight")))
                 blocks.append(KroneckerBlock(S.copy(), np.ones((1, 1)), LayerLayout(layer, offsets[j], "bias")))
             else:

@@ -17,7 +17,7 @@ from ..vocabulary import CURVATURES, FISHER_LIKE, check_curvature, renamed_optio
 from . import unstructured as U
 from .eigendamage import eigendamage
 from .layerwise import SELECTIONS, layer_obs_round
-from .masks import affine_layers, check_mask, check_not_emptied, prunable_mask
+from .masks import affine_layers, check_mask, check_not_emptied, prunable_mask, sparsity_of
 from .records import PruneResult, PruneStep, PruningWarning, maybe_retrain, record_step  # noqa: F401 (re-exported)
 from .structured import prune_units
 from .targets import check_target, round_goal, warn_nothing_removed
@@ -265,7 +265,7 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
     theta = flatten_params(params) * mask
     wd, target = o["weight_decay"], o["target"]
     base = int((prunable & ~mask).sum())
-    records, planned = [], 0
+    records = []
     for k in range(1, steps + 1):
         frac = target[1] * k / steps if target[0] == "sparsity" else None
         args = (model, unflatten_params(model, theta), X, y, loss)
@@ -274,7 +274,6 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
         if method == "layer_obs":
             new, removed, predicted = layer_obs_round(model, theta, X, mask, prunable, frac, o["damping"],
                                                       o["selection"])
-            planned += len(removed)
             if not len(removed):
                 continue
         else:
@@ -284,7 +283,6 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
             if n_now > free:
                 raise ValueError(f"prune ({method}): {n_now} removals requested but only {free} prunable weights "
                                  "are left (fewer prunable weights than requested)")
-            planned += n_now
             if n_now <= 0:
                 continue
             g = _d.grad(*args) + wd * theta
@@ -315,7 +313,8 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
         new_mask = mask.copy()
         new_mask[removed] = False
         check_not_emptied(model, new_mask, prunable)
-        rec = record_step(model, X, y, loss, k, theta, new, removed, predicted, new_mask, prunable, sal, full, wd)
+        rec = record_step(model, X, y, loss, k, theta, new, removed, predicted, sparsity_of(new_mask, prunable), sal,
+                          full, wd)
         mask, theta = new_mask, new * new_mask
         retrain = o["retrain"]
         if retrain and wd:
@@ -326,6 +325,6 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
         if o["progress"]:
             print(f"prune ({method}): step {k}/{steps}, sparsity {rec.sparsity:.3f}, loss {rec.loss:.5f}",
                   file=sys.stderr)
-    if planned == 0:
+    if not records:
         warn_nothing_removed(method, target, int(prunable.sum()), base)
     return PruneResult(model, unflatten_params(model, theta), mask, records, method)

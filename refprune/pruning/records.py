@@ -10,7 +10,6 @@ import numpy as np
 from ..derivatives import loss as loss_value
 from ..params import flatten_params, unflatten_params
 from ..training import train
-from .masks import sparsity_of
 
 
 @dataclass
@@ -89,17 +88,17 @@ def evaluate(model, theta, X, y, loss, weight_decay=0.0):
     return value + 0.5 * weight_decay * float(theta @ theta)
 
 
-def record_step(model, X, y, loss, k, theta_before, theta_after, removed, predicted, mask, prunable,
+def record_step(model, X, y, loss, k, theta_before, theta_after, removed, predicted, sparsity,
                 saliencies=None, predicted_full=float("nan"), weight_decay=0.0):
     """A :class:`PruneStep` with the objective re-evaluated before and after the
     step, and with the removed weights only zeroed; warns when the prediction is
-    far off."""
+    far off.  ``sparsity`` is the caller's: of weights or of units."""
     L0 = evaluate(model, theta_before, X, y, loss, weight_decay)
     zeroed = theta_before.copy()
     zeroed[removed] = 0.0
     L1 = evaluate(model, theta_after, X, y, loss, weight_decay)
     step = PruneStep(k, np.asarray(removed), float(predicted), L1 - L0,
-                     evaluate(model, zeroed, X, y, loss, weight_decay) - L0, L1, sparsity_of(mask, prunable),
+                     evaluate(model, zeroed, X, y, loss, weight_decay) - L0, L1, float(sparsity),
                      saliencies=None if saliencies is None else np.asarray(saliencies, dtype=float),
                      predicted_full=float(predicted_full))
     _warn_if_untrustworthy(step)

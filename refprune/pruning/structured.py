@@ -47,9 +47,9 @@ class _LayerState:
         self.alive = alive.copy()
         # S restricted to the units still alive (dead rows are constrained to zero)
         self.Sinv = np.zeros_like(S)
-        self.Sinv[np.ix_(idx, idx)] = inverse_spd(S[np.ix_(idx, idx)], 0.0, what=f"K-FAC factor S of {block.layout.layer!r}")
+        self.Sinv[np.ix_(idx, idx)] = inverse_spd(S[np.ix_(idx, idx)], what=f"K-FAC factor S of {block.layout.layer!r}")
         self.S = S
-        self.Ainv_diag = np.diag(inverse_spd(self.A, 0.0, what=f"K-FAC factor A of {block.layout.layer!r}"))
+        self.Ainv_diag = np.diag(inverse_spd(self.A, what=f"K-FAC factor A of {block.layout.layer!r}"))
         self.diag = diag
 
     def saliencies(self, M, method, shortcut=False):
@@ -107,23 +107,15 @@ def prune_units(model, params, X, y, loss, method, target, steps, mask, o):
         raise ValueError(f"{method}: the model has no affine layer whose units can be removed (only the last one)")
     mask = check_mask(model, mask)
     theta = flatten_params(params) * mask
-    offsets = model.param_offsets()
     total = sum(model[j].out_units for j in layers)
-    alive = {j: np.ones(model[j].out_units, dtype=bool) for j in layers}
-    for j in layers:  # units whose whole row is already masked count as removed
-        rows = _unit_rows(_layout_of(model, j), mask.astype(float))
-        alive[j] &= rows.any(axis=1)
+    # units whose whole row of [W | b] is already masked count as removed
+    alive = {j: _unit_rows(_layout_of(model, j), mask).any(axis=1) for j in layers}
     records = []
-    unit_prunable = np.zeros(model.n_params, dtype=bool)
-    for j in layers:
-        unit_prunable[offsets[j] : offsets[j + 1]] = True
     base = sum(int((~a).sum()) for a in alive.values())
-    planned = 0
     for k in range(1, steps + 1):
         count = round_goal(target, total, k, steps, base) - sum(int((~a).sum()) for a in alive.values())
         if count <= 0:
             continue
-        planned += count
         args = (model, unflatten_params(model, theta), X, y, loss)
         states, mats = _layer_states(args, layers, alive, method, o["curvature"], o["mc"], o["damping"])
         new_theta = theta.copy()
@@ -155,17 +147,17 @@ def prune_units(model, params, X, y, loss, method, target, steps, mask, o):
             removed_idx.append(idx)
         removed = np.concatenate(removed_idx)
         g = _grad(*args)
-        rec = record_step(model, X, y, loss, k, theta, new_theta * new_mask, removed, predicted, new_mask,
-                          unit_prunable, predicted_full=predicted + float(g @ (new_theta * new_mask - theta)))
+        rec = record_step(model, X, y, loss, k, theta, new_theta * new_mask, removed, predicted,
+                          1.0 - sum(int(a.sum()) for a in alive.values()) / total,
+                          predicted_full=predicted + float(g @ (new_theta * new_mask - theta)))
         rec.unit_saliencies = np.array(unit_sal)
-        rec.sparsity = 1.0 - sum(int(a.sum()) for a in alive.values()) / total
         rec.removed_units = removed_units
         theta, mask = new_theta * new_mask, new_mask
         theta, rec.retrain_history = maybe_retrain(model, theta, X, y, loss, mask, o["retrain"], o["seed"])
         records.append(rec)
         if o["progress"]:
             print(f"prune ({method}): step {k}/{steps}, {rec.sparsity:.3f} of units removed", file=sys.stderr)
-    if planned == 0:
+    if not records:
         warn_nothing_removed(method, target, total, base)
     small, small_params = remove_units(model, unflatten_params(model, theta), alive, np.shape(X)[1:])
     return PruneResult(small, small_params, _carry_mask(model, mask, alive, np.shape(X)[1:], small),
