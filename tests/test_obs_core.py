@@ -123,3 +123,33 @@ def test_last_of_layer_against_a_loop():
         expect = np.array([free[i] and layer_of[i] >= 0 and
                            sum(free[j] and layer_of[j] == layer_of[i] for j in range(12)) == 1 for i in range(12)])
         assert np.array_equal(_last_of_layer(free, layer_of), expect)
+
+
+def test_full_taylor_removals_one_by_one_reach_the_joint_constrained_minimum():
+    # minimise m(d) = g.d + d^T H d / 2 subject to (w + d)_Q = 0: with u = H^-1 g,
+    # d = -u - H^-1 E (E^T H^-1 E)^-1 (w_Q - u_Q) (Lagrange); removals one at a time
+    # re-centre the model at each step and so reach the same point
+    rng = np.random.default_rng(6)
+    B = rng.standard_normal((5, 8))
+    H = B @ B.T / 8 + 0.2 * np.eye(5)
+    w, g = rng.standard_normal(5), rng.standard_normal(5)
+    Hinv = np.linalg.inv(H)
+    obs = OBS(Hinv, w, grad=g, H=H)
+    total = obs.remove([3]) + obs.remove([1]) + obs.remove([4])
+    Q = [3, 1, 4]
+    u = Hinv @ g
+    d = -u - Hinv[:, Q] @ np.linalg.solve(Hinv[np.ix_(Q, Q)], w[Q] - u[Q])
+    np.testing.assert_allclose(obs.w, w + d, rtol=1e-10, atol=1e-12)
+    assert np.all(obs.w[Q] == 0.0)
+    assert total == pytest.approx(g @ d + d @ H @ d / 2, rel=1e-10)
+    np.testing.assert_allclose(obs.g, g + H @ d, rtol=1e-10, atol=1e-12)
+
+
+def test_obs_refuses_nan_in_the_gradient_or_matrix():
+    with pytest.raises(ValueError, match=r"^OBS: grad contains 1 NaN or inf value\(s\)$"):
+        OBS(np.eye(2), np.ones(2), grad=np.array([np.nan, 0.0]), H=np.eye(2))
+    with pytest.raises(ValueError, match=r"^OBS: H contains 2 NaN or inf value\(s\)$"):
+        OBS(np.eye(2), np.ones(2), grad=np.ones(2), H=np.array([[1.0, np.inf], [np.inf, 1.0]]))
+    grad = np.array([1, 2])
+    obs = OBS(np.eye(2), np.ones(2), grad=grad, H=np.eye(2, dtype=int))
+    assert obs.g.dtype == obs.H.dtype == np.float64

@@ -32,6 +32,8 @@ gradient there is zero, so later removals are classic OBS.  With ``g = 0`` this 
 import numpy as np
 import scipy.linalg
 
+from ..checks import check_array
+
 
 class SingularCurvatureError(np.linalg.LinAlgError):
     """The matrix to invert is singular or not positive definite."""
@@ -52,7 +54,7 @@ def inverse_spd(H, damping=0.0, what="matrix"):
     if not np.all(np.isfinite(M)):
         raise ValueError(f"the {what} contains NaN or inf")
     # Cholesky (potrf) and the inverse from it (potri): about n^3 flops in all
-    L, info = scipy.linalg.lapack.dpotrf(M, lower=1, clean=1)
+    L, info = scipy.linalg.lapack.dpotrf(M, lower=1)
     if info != 0:
         ev = np.linalg.eigvalsh(M)[0]
         raise SingularCurvatureError(
@@ -65,9 +67,8 @@ def inverse_spd(H, damping=0.0, what="matrix"):
             f"the {what} (damping {damping}) is numerically singular: condition ~ {(d.max() / d.min()) ** 2:.1e}; "
             "use damping > 0"
         )
-    inv, info = scipy.linalg.lapack.dpotri(L, lower=1)
-    if info != 0:  # pragma: no cover - potrf succeeded, so potri cannot fail
-        raise SingularCurvatureError(f"inverting the {what} failed (LAPACK potri info {info})")
+    # potri fails only on a zero diagonal of L, which the threshold above has excluded
+    inv = scipy.linalg.lapack.dpotri(L, lower=1)[0]
     lower = np.tril(inv)
     return lower + np.tril(inv, -1).T
 
@@ -94,20 +95,21 @@ class OBS:
         self.prunable = np.ones(n, dtype=bool) if prunable is None else np.array(prunable, dtype=bool)
         self.g = self.H = None
         if grad is not None:
-            self.g = np.array(grad, dtype=np.float64)
+            self.g = check_array(grad, "OBS: grad")
             if self.g.shape != (n,):
                 raise ValueError(f"OBS: grad must be ({n},), got {self.g.shape}")
         if H is not None:
-            self.H = np.asarray(H, dtype=np.float64)
+            self.H = check_array(H, "OBS: H")
             if self.H.shape != (n, n):
                 raise ValueError(f"OBS: H must be ({n}, {n}), got {self.H.shape}")
         self.order, self.increments = [], []
 
     def _u(self):
-        """``H_FF^-1 g_F`` on the free coordinates (zero elsewhere); ``None`` without a gradient."""
+        """``H_FF^-1 g_F`` on the free coordinates (zero elsewhere); ``None`` without a gradient.
+        Removed coordinates have zero rows and columns in ``Hinv``, so their gradient drops out."""
         if self.g is None:
             return None
-        return self.Hinv @ np.where(self.active, self.g, 0.0)
+        return self.Hinv @ self.g
 
     def saliencies(self):
         """Predicted change of removing each prunable active ``q`` alone (``inf``
