@@ -257,3 +257,23 @@ def test_structured_saliencies_pass_every_option_on():
     for method in ("layer_obs", "eigendamage", "random"):
         with pytest.raises(ValueError, match=rf"saliencies: method must be one of magnitude, .* got '{method}'"):
             rp.saliencies(*args, method=method)
+
+
+def test_skip_emptied_holds_back_the_last_weight_of_a_layer_the_sweep_would_empty():
+    model, params, X, y, loss = small_mlp()
+    params = [params[0], params[1], 1e-3 * params[2], params[3]]  # the last layer's weights go first
+    free = rp.obs_trace(model, params, X, y, loss, damping=1e-2, count=12)
+    off = model.param_offsets()[2]
+    assert np.all(np.isin(np.arange(off, off + 12), free.order)), "unconstrained, the last layer is emptied"
+    trace = rp.obs_trace(model, params, X, y, loss, damping=1e-2, count=12, skip_emptied=True)
+    assert np.count_nonzero(trace.theta[-1][off : off + 12]) == 1
+    assert np.array_equal(trace.order[:11], free.order[:11])
+
+
+def test_monte_carlo_saliencies_default_to_one_draw_from_seed_zero():
+    args = small_mlp()
+    theta = rp.flatten_params(args[1])
+    cand = rp.pruning.masks.prunable_mask(args[0], False)
+    d = np.diag(rp.fisher(*args, curvature="mc_fisher", samples=1, seed=0))
+    s = rp.saliencies(*args, method="obd", curvature="mc_fisher")
+    same_saliencies(s, np.where(cand, theta**2 * d / 2, np.inf), 1e-12, 1e-15, "OBD, Monte Carlo Fisher")

@@ -21,10 +21,10 @@ def test_curvature_matrix_adds_weight_decay_and_passes_the_monte_carlo_options()
     n = args[0].n_params
     mc = dict(samples=3, seed=2, targets=None)
     F = rp.fisher(*args, curvature="mc_fisher", samples=3, seed=2)
-    assert_close(U.curvature_matrix("mc_fisher", args, mc), F, 0, 0, "no decay")
+    assert_close(U.curvature_matrix("mc_fisher", args, mc, 0.0), F, 0, 0, "no decay")
     assert_close(U.curvature_matrix("mc_fisher", args, mc, 0.25), F + 0.25 * np.eye(n), 0, 0, "decay")
     M = np.arange(n * n, dtype=float).reshape(n, n)
-    assert np.array_equal(U.curvature_matrix(M, args, mc), M)
+    assert np.array_equal(U.curvature_matrix(M, args, mc, 0.0), M)
     assert np.array_equal(U.curvature_matrix(M, args, mc, 0.5), M + 0.5 * np.eye(n))
     with pytest.raises(ValueError, match=r"^prune: the precomputed curvature contains NaN or inf$"):
         U.precomputed_matrix(np.full((n, n), np.nan), n)
@@ -36,14 +36,14 @@ def test_diagonal_of_each_kind():
     n = args[0].n_params
     mc = dict(samples=1, seed=0, targets=None)
     H = rp.hessian(*args)
-    assert_close(U.diagonal_of(H, "exact", args, mc), np.diag(H), 0, 0, "precomputed matrix")
+    assert_close(U.diagonal_of(H, "exact", args, mc, 0.0), np.diag(H), 0, 0, "precomputed matrix")
     op = rp.ExactCurvature(*args, curvature="hessian")
     d = U.diagonal_of(op, "exact", args, mc, 0.5)
     assert d.dtype == np.float64
     assert_close(d, np.diag(H) + 0.5, 1e-12, 1e-14, "operator + decay")
     for kind, lm in (("obd", False), ("obd_lm", True)):
         expected = rp.obd_diagonal(*args, levenberg_marquardt=lm)
-        assert_close(U.diagonal_of("hessian", kind, args, mc), expected, 0, 0, kind)
+        assert_close(U.diagonal_of("hessian", kind, args, mc, 0.0), expected, 0, 0, kind)
     assert not np.allclose(rp.obd_diagonal(*args), rp.obd_diagonal(*args, levenberg_marquardt=True))
 
     class Short(rp.curvature.operators.CurvatureOperator):
@@ -54,7 +54,7 @@ def test_diagonal_of_each_kind():
 
     with pytest.raises(ValueError, match=rf"^prune: the precomputed curvature has {n - 1} rows, the model {n} "
                                          r"parameters$"):
-        U.diagonal_of(Short(), "exact", args, mc)
+        U.diagonal_of(Short(), "exact", args, mc, 0.0)
 
 
 def indefinite_matrix():
@@ -124,15 +124,17 @@ def test_the_ggn_fallback_uses_the_ggn_plus_weight_decay_on_the_free_coordinates
     model = args[0]
     wd = 0.02
     idx = np.arange(5, 20)
-    inv = U.obs_inverse_factory("hessian", args, 1e-3, dict(samples=1, seed=0, targets=None), wd, "ggn")
+    H = U.curvature_matrix("hessian", args, dict(samples=1, seed=0, targets=None), wd)
+    assert_close(H, rp.hessian(*args) + wd * np.eye(model.n_params), 1e-13, 1e-14, "Hessian plus weight decay")
+    inv = U.obs_inverse_factory("hessian", args, 1e-3, wd, "ggn", H)
     with pytest.warns(rp.PruningWarning, match="hessian restricted to the free weights is not positive definite"):
         got = inv(idx)
     G = rp.ggn(*args) + (wd + 1e-3) * np.eye(model.n_params)
     assert_close(got, np.linalg.inv(G[np.ix_(idx, idx)]), 1e-9, 1e-12, "GGN fallback")
-    named = U.obs_inverse_factory(rp.hessian(*args), args, 0.0, {}, 0.0, "raise")
+    named = U.obs_inverse_factory(rp.hessian(*args), args, 0.0, 0.0, "raise", rp.hessian(*args))
     with pytest.raises(rp.SingularCurvatureError, match=r"^the precomputed curvature restricted to the free weights"):
         named(idx)
-    wf = U.obs_inverse_factory("woodfisher", args, 0.03, {}, 0.02)
+    wf = U.obs_inverse_factory("woodfisher", args, 0.03, 0.02, "raise", None)
     F = rp.fisher(*args, curvature="empirical_fisher") + 0.05 * np.eye(model.n_params)
     assert_close(wf(idx), np.linalg.inv(F[np.ix_(idx, idx)]), 1e-9, 1e-12, "WoodFisher damping + decay")
 

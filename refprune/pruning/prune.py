@@ -300,7 +300,7 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
             else:
                 kind = "woodfisher" if method == "woodfisher" else o["curvature"]
                 H = None if method == "woodfisher" else U.curvature_matrix(kind, args, o["mc"], wd)
-                Hinv_of = U.obs_inverse_factory(kind, args, o["damping"], o["mc"], wd, o["indefinite"], H)
+                Hinv_of = U.obs_inverse_factory(kind, args, o["damping"], wd, o["indefinite"], H)
                 fullkw = dict(grad=g, H=H + o["damping"] * np.eye(len(H))) if o["taylor"] == "full" else {}
                 new, removed, sal, predicted = U.select_obs(theta, candidates, [c for _, c in groups], Hinv_of,
                                                             o["group_size"], [idx for idx, _ in groups],

@@ -70,7 +70,7 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
         Report on stderr every tenth of the sweep.
     """
     inp = validate(model, params, X, y, loss)
-    curvature = _resolve_curvature("obs", curvature, "exact")
+    curvature = _resolve_curvature("obs", curvature, None)  # diagonal= is OBD's alone
     if taylor not in U.TAYLOR:
         raise ValueError(f"obs_trace: taylor must be one of {U.TAYLOR}, got {taylor!r}")
     if indefinite not in U.INDEFINITE:
@@ -94,7 +94,7 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
     mc = dict(samples=samples, seed=seed, targets=targets)
     H = U.curvature_matrix(curvature, args, mc, weight_decay)
     idx = np.flatnonzero(mask)
-    Hinv = U.obs_inverse_factory(curvature, args, damping, mc, weight_decay, indefinite, H)(idx)
+    Hinv = U.obs_inverse_factory(curvature, args, damping, weight_decay, indefinite, H)(idx)
     full = {}
     if taylor == "full":
         g = _d.grad(*args) + weight_decay * theta0
@@ -113,7 +113,7 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
         if progress and ((i + 1) % every == 0 or i + 1 == count):
             print(f"obs_trace: {i + 1}/{count} removed, predicted change {sum(solver.increments):.4g} "
                   f"[{time.perf_counter() - t0:.1f} s]", file=sys.stderr)
-    order = idx[np.array(solver.order, dtype=np.int64)]
+    order = idx[solver.order]
     inc = np.array(solver.increments)
     trace = OBSTrace(model, order, inc, np.cumsum(inc), thetas)
     if evaluate_loss:
@@ -166,7 +166,7 @@ def saliencies(model, params, X, y, loss, method="obs", curvature=None, diagonal
         if H is None:
             raise ValueError("saliencies: taylor='full' needs a dense curvature (method 'obs')")
         grad = (_d.grad(*args) + weight_decay * theta)[idx]
-    solver = OBS(U.obs_inverse_factory(kind, args, damping, mc, weight_decay, indefinite, H)(idx), theta[idx],
+    solver = OBS(U.obs_inverse_factory(kind, args, damping, weight_decay, indefinite, H)(idx), theta[idx],
                  prunable=cand[idx], grad=grad)
     out[idx] = solver.saliencies()
     return out

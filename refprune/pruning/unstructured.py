@@ -15,10 +15,12 @@ diagonals, the dense curvatures, their inverses (dense, or Woodbury) and the OBS
 """
 
 
+import sys
+
 import numpy as np
 
 from .. import derivatives
-from ..checks import validate
+from ..checks import check_array, validate
 from ..curvature import diagonal
 from ..curvature import exact as curvature
 from ..curvature.operators import CurvatureOperator
@@ -45,13 +47,13 @@ def precomputed_matrix(curvature, n):
     return M
 
 
-def diagonal_of(curvature, kind, args, mc, weight_decay=0.0):
+def diagonal_of(curvature, kind, args, mc, weight_decay):
     """The diagonal OBD ranks by: the exact diagonal of ``curvature`` (``kind="exact"``),
     of a precomputed matrix or operator, or OBD's own approximation of the Hessian's
     (``"obd"``, ``"obd_lm"``); plus ``weight_decay``."""
     n = args[0].n_params
     if isinstance(curvature, CurvatureOperator):
-        d = np.asarray(curvature.diagonal(), dtype=np.float64)
+        d = check_array(curvature.diagonal(), "the precomputed curvature's diagonal")
         if d.shape != (n,):
             raise ValueError(f"prune: the precomputed curvature has {d.size} rows, the model {n} parameters")
     elif isinstance(curvature, np.ndarray):
@@ -63,11 +65,11 @@ def diagonal_of(curvature, kind, args, mc, weight_decay=0.0):
     return d + weight_decay
 
 
-def curvature_matrix(spec, args, mc, weight_decay=0.0):
+def curvature_matrix(spec, args, mc, weight_decay):
     """The dense matrix OBS uses: by name or precomputed, plus ``weight_decay I``."""
     n = args[0].n_params
     H = precomputed_matrix(spec, n) if is_matrix_like(spec) else curvature.exact_matrix(*args, curvature=spec, **mc)
-    return H + weight_decay * np.eye(n) if weight_decay else H
+    return H + weight_decay * np.eye(n)
 
 
 def woodbury_inverse(U, damping):
@@ -87,7 +89,7 @@ def suggested_damping(M):
     """A damping that makes ``M`` comfortably positive definite:
     ``max(0, -lambda_min) + 1e-4 max |lambda|`` (condition number at most about 1e4)."""
     ev = np.linalg.eigvalsh(M)
-    return float(max(0.0, -ev[0]) + 1e-4 * max(np.abs(ev).max(), np.finfo(float).tiny))
+    return float(max(0.0, -ev[0]) + 1e-4 * max(np.abs(ev).max(), sys.float_info.min))
 
 
 def robust_inverse(M, damping, indefinite, what, ggn_block=None):
@@ -131,29 +133,28 @@ def select_obs(theta, candidates, count, Hinv_of, group_size, groups, grad=None,
         solver = OBS(Hinv_of(idx), out[idx], prunable=candidates[idx], **full)
         predicted += solver.prune(k, group_size, None if layer_of is None else layer_of[idx])
         out[idx] = solver.w
-        removed.append(idx[np.array(solver.order, dtype=np.int64)])
+        removed.append(idx[solver.order])
         sal.append(np.array(solver.increments))
     removed = np.concatenate(removed) if removed else np.zeros(0, dtype=int)
     sal = np.concatenate(sal) if sal else np.zeros(0)
     return out, removed, sal, predicted
 
 
-def obs_inverse_factory(kind, args, damping, mc, weight_decay=0.0, indefinite="raise", H=None):
-    """``idx -> (H_idx,idx + damping I)^-1`` for a dense curvature (``H`` if given) or
-    WoodFisher (``kind="woodfisher"``, whose ``weight_decay`` joins the damping)."""
+def obs_inverse_factory(kind, args, damping, weight_decay, indefinite, H):
+    """``idx -> (H_idx,idx + damping I)^-1`` for the dense curvature ``H`` (from
+    :func:`curvature_matrix`, with ``weight_decay`` in it) or WoodFisher
+    (``kind="woodfisher"``, ``H`` unused, whose ``weight_decay`` joins the damping)."""
     if isinstance(kind, str) and kind == "woodfisher":
         inp_scale = validate(*args).scale
         rows = derivatives.per_sample_grads(*args) / np.sqrt(inp_scale)
         return lambda idx: woodbury_inverse(rows[:, idx], damping + weight_decay)
-    if H is None:
-        H = curvature_matrix(kind, args, mc, weight_decay)
     name = "precomputed curvature" if is_matrix_like(kind) else str(kind)
-    cache = {}
+    ggn = []  # computed once, on the first block that needs it
 
     def ggn_block(idx):
-        if "G" not in cache:
-            cache["G"] = curvature.ggn(*args) + weight_decay * np.eye(len(H))
-        return cache["G"][np.ix_(idx, idx)]
+        if not ggn:
+            ggn.append(curvature.ggn(*args) + weight_decay * np.eye(len(H)))
+        return ggn[0][np.ix_(idx, idx)]
 
     return lambda idx: robust_inverse(H[np.ix_(idx, idx)], damping, indefinite, f"{name} restricted to the free weights",
                                       lambda: ggn_block(idx))
