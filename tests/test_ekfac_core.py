@@ -71,3 +71,15 @@ def test_singular_blocks_are_refused_relative_to_their_scale():
         eblock(np.array([[1e6], [1e-9]])).inverse_matmat(np.ones((2, 1)))
     small = eblock(np.array([[3e-13], [3e-13]]))
     assert np.allclose(small.inverse_matmat(np.ones((2, 1))), np.ones((2, 1)) / 3e-13)
+
+
+def test_the_singularity_threshold_is_a_thousand_epsilons_of_the_largest_eigenvalue():
+    eps = np.finfo(np.float64).eps
+    V = np.ones((2, 1))
+    with pytest.raises(np.linalg.LinAlgError, match="is singular with damping"):
+        eblock([[1.0], [1e3 * eps]]).inverse_matmat(V)  # at the threshold: refused
+    b = eblock([[1.0], [1000.5 * eps]])  # just above it
+    Q = np.kron(b.US, b.UA)
+    assert np.allclose(b.inverse_matmat(V), Q @ np.diag([1.0, 1 / (1000.5 * eps)]) @ Q.T @ V, rtol=1e-10)
+    with pytest.raises(np.linalg.LinAlgError):
+        eblock([[0.5], [1e3 * eps]]).inverse_matmat(V)

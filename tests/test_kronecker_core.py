@@ -98,3 +98,15 @@ def test_statistics_accumulate_over_one_sample_chunks(monkeypatch):
         assert np.allclose(c.S, a.S, rtol=1e-12, atol=1e-15) and np.allclose(c.A, a.A, rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match=r"^kfac: curvature must be one of"):
         rp.kfac(model, params, X, y, loss, curvature="fisher_true")
+
+
+def test_the_singularity_threshold_is_a_thousand_epsilons_of_the_largest_eigenvalue():
+    eps = np.finfo(np.float64).eps
+    V = np.ones((2, 1))
+    with pytest.raises(np.linalg.LinAlgError, match="is singular or indefinite"):
+        block(np.diag([1.0, 1e3 * eps]), np.eye(1)).inverse_matmat(V)  # at the threshold: refused
+    out = block(np.diag([1.0, 1000.5 * eps]), np.eye(1)).inverse_matmat(V)  # just above it
+    assert out[1, 0] == pytest.approx(1 / (1000.5 * eps), rel=1e-12)
+    # below a largest eigenvalue of 1 the threshold stays at 1e3 eps
+    with pytest.raises(np.linalg.LinAlgError):
+        block(np.diag([0.5, 1e3 * eps]), np.eye(1)).inverse_matmat(V)

@@ -209,3 +209,17 @@ def test_messages():
     assert len(rp.prune(*args, method="obd", diagonal="obd", curvature="hessian", count=2).steps) == 1
     r = rp.prune(*args, method="obd", curvature=np.eye(31), count=2)
     assert len(r.steps[0].removed) == 2
+
+
+def test_sparsity_of_counts_only_prunable_coordinates():
+    mask = np.array([True, False, False, True, False])
+    assert rp.pruning.sparsity_of(mask, np.array([True, True, False, True, False])) == 1 / 3
+    assert rp.pruning.sparsity_of(mask, np.zeros(5, dtype=bool)) == 0.0  # nothing prunable, nothing pruned
+
+
+def test_a_structured_step_charges_units_not_weights():
+    from cases import small_mlp
+
+    r = rp.prune(*small_mlp(), method="kron_obs", count=1, damping=0.1)
+    assert r.steps[0].saliencies is None and len(r.steps[0].unit_saliencies) == 1
+    assert r.steps[0].sparsity == 1 / 4

@@ -14,6 +14,8 @@ of them, so ``||F_l - EKFAC||_F <= ||F_l - KFAC||_F``.  Damping: ``kappa + lam``
 form; EKFAC has no factors to damp separately).
 """
 
+import sys
+
 import numpy as np
 
 from ..checks import check_number, validate
@@ -49,7 +51,7 @@ class EKFACBlock(EigenBlock):
         """``(U_SA diag(kappa + lam) U_SA^T)^-1 V``; raises ``LinAlgError`` if an eigenvalue is
         not positive."""
         ev = self.eigenvalues(damping, form)
-        if np.min(ev) <= 1e3 * np.finfo(float).eps * max(1.0, ev.max()):
+        if np.min(ev) <= 1e3 * sys.float_info.epsilon * max(1.0, ev.max()):
             raise np.linalg.LinAlgError(
                 f"EKFAC block of layer {self.layout.layer!r} is singular with damping {damping}: "
                 f"smallest eigenvalue {np.min(ev):.3e}; use a larger damping"
@@ -101,7 +103,7 @@ class EigenbasisMoments:
 
     def visit(self, j, layer, U, g):
         """Add one chunk's per-sample gradients, projected onto each block's basis."""
-        for b in self.by_offset.get(int(self.offsets[j]), ()):
+        for b in self.by_offset[int(self.offsets[j])]:  # every affine layer has its blocks
             _, US, _, UA = b.eigh()
             part = b.layout.part
             if part == "all":
@@ -129,7 +131,8 @@ def _projected_second_moments(g, a, US, UA):
         gs = (g[..., 0] @ US) ** 2  # (n, K, c)
         aa = (a[..., 0] @ UA) ** 2  # (n, p)
         return gs.sum(axis=1).T @ aa
+    p = a.shape[1]
     G = np.matmul(g, a.transpose(0, 2, 1)[:, None])  # (n, K, c, p): per-sample gradients
-    P = (G.reshape(-1, G.shape[-1]) @ UA).reshape(n * k, c, -1)  # right factor, one product
+    P = (G.reshape(n * k * c, p) @ UA).reshape(n * k, c, p)  # right factor, one product
     P = np.tensordot(US, P, axes=(0, 1))  # (c, n K, p): left factor
-    return np.einsum("inj,inj->ij", P, P)
+    return (P**2).sum(axis=1)

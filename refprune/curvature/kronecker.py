@@ -23,6 +23,8 @@ the two blocks ``S kron A_W`` (weights; ``A_W`` is ``A`` without the constant ro
 column) and ``S kron [1]`` (bias), with no weight-bias coupling.
 """
 
+import sys
+
 import numpy as np
 
 from .. import derivatives as _d
@@ -188,7 +190,7 @@ class KroneckerBlock(EigenBlock):
         """The inverse of the damped block applied to ``V``, in the factors'
         eigenbases; raises ``LinAlgError`` if the block is singular or indefinite."""
         ev = self.eigenvalues(damping, form)
-        tiny = 1e3 * np.finfo(float).eps * max(1.0, np.abs(ev).max())
+        tiny = 1e3 * sys.float_info.epsilon * max(1.0, np.abs(ev).max())
         if np.min(ev) <= tiny:
             raise np.linalg.LinAlgError(
                 f"K-FAC block of layer {self.layout.layer!r} is singular or indefinite with damping "

@@ -70,7 +70,8 @@ class PruningWarning(UserWarning):
     """A pruning request that removed nothing, or a prediction not to be trusted."""
 
 
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: where the library's own frames come from (a tuple, as ``str.startswith`` takes it)
+_PACKAGE = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
 
 
 def warn(message):
@@ -99,7 +100,7 @@ def record_step(model, X, y, loss, k, theta_before, theta_after, removed, predic
     L1 = evaluate(model, theta_after, X, y, loss, weight_decay)
     step = PruneStep(k, np.asarray(removed), float(predicted), L1 - L0,
                      evaluate(model, zeroed, X, y, loss, weight_decay) - L0, L1, float(sparsity),
-                     saliencies=None if saliencies is None else np.asarray(saliencies, dtype=float),
+                     saliencies=saliencies,
                      predicted_full=float(predicted_full))
     _warn_if_untrustworthy(step)
     return step

@@ -54,7 +54,7 @@ def remove_units(model, params, keep, in_shape):
         if m is None:
             raise ValueError(f"layer {j} is the last affine layer: its units are the outputs")
         # the constant that a removed unit contributes at m's input
-        x = np.zeros((1,) + shapes[j + 1])
+        x = np.zeros(shapes[j + 1])[None]
         for i in range(j + 1, m):
             x, _ = layers[i].forward(grouped[i], x)
         const = x[0]
@@ -69,20 +69,20 @@ def remove_units(model, params, keep, in_shape):
         Wm = grouped[m][0]
         bias = grouped[m][1] if layer_m.bias else None
         if isinstance(layer_m, Conv2d):
-            c_removed = const.reshape(units, -1)[~k]  # (removed, spatial): uniform constants
+            c_removed = const.reshape(units, const.size // units)[~k]  # (removed, spatial): uniform constants
             if np.any(c_removed != 0):
                 if any(layer_m.padding):
                     raise ValueError(
                         f"cannot remove units of layer {j} exactly: they carry the constant "
                         f"{float(c_removed.flat[0]):g} into {layer_m!r}, which pads with zeros; use an "
                         "activation with phi(0) = 0 (ReLU, Tanh) before a padded convolution")
-                shift = np.einsum("oikl,i->o", Wm[:, ~k], c_removed[:, 0])
+                shift = Wm[:, ~k].sum(axis=(2, 3)) @ c_removed[:, 0]
                 bias = shift if bias is None else bias + shift
             grouped[m][0] = Wm[:, k]
             layers[m] = _resized(layer_m, in_units=int(k.sum()))
         else:
-            per_unit = const.size // units  # Flatten after a conv: blocks of H*W columns
-            cols = np.repeat(k, per_unit)
+            # one column per unit, or after Flatten a block of H*W columns per channel
+            cols = np.broadcast_to(k[:, None], (units, const.size // units)).ravel()
             shift = Wm[:, ~cols] @ const.ravel()[~cols]
             if np.any(shift != 0):
                 bias = shift if bias is None else bias + shift
