@@ -44,10 +44,11 @@ def backward(inp, caches, d_out):
     stop = first_param_layer(model)
     douts = [None] * len(model)
     d = d_out
-    for j in range(len(model) - 1, stop - 1, -1):
+    for j in range(len(model) - 1, stop, -1):
         douts[j] = d
-        if j > stop:
-            d = model[j].vjp(inp.grouped[j], caches[j], d)
+        d = model[j].vjp(inp.grouped[j], caches[j], d)
+    if stop < len(model):  # else no parameters: no cotangent is needed
+        douts[stop] = d
     return douts
 
 
@@ -103,11 +104,12 @@ def per_sample_grads(model, params, X, y, loss):
     return out
 
 
-def loss_curvature_matvec(inp, kind, samples=1, seed=0, f_all=None, targets=None):
+def loss_curvature_matvec(inp, kind, samples=None, seed=None, f_all=None, targets=None):
     """``(f, y, V, idx) -> Phi_n V`` for the output-space curvature of a matrix
     (docs §4 table): ``"hessian"`` and ``"ggn"`` (``Lambda_n``), ``"fisher"``
     (``E_y[g g^T]``), ``"mc_fisher"`` (``samples`` targets drawn with ``seed``, or the
-    caller's ``targets``), ``"empirical_fisher"``, ``"zero"`` (for the residual)."""
+    caller's ``targets``; the only kind that reads these), ``"empirical_fisher"``,
+    ``"zero"`` (for the residual)."""
     if targets is not None and kind != "mc_fisher":
         raise ValueError(f"targets= is for curvature='mc_fisher', got curvature={kind!r}")
     if kind in ("hessian", "ggn"):
@@ -151,15 +153,7 @@ def curvature_products(inp, caches, douts, f, V, phi, second_order=True):
     model = inp.model
     offsets = model.param_offsets()
     k = V.shape[0]
-    dparams = []
-    for j, layer in enumerate(model):
-        chunk = V[:, offsets[j] : offsets[j + 1]]
-        shapes, parts, i = layer.param_shapes(), [], 0
-        for s in shapes:
-            size = int(np.prod(s))
-            parts.append(chunk[:, i : i + size].reshape((k,) + tuple(s)))
-            i += size
-        dparams.append(parts)
+    dparams = [layer.split_flat(V[:, offsets[j] : offsets[j + 1]]) for j, layer in enumerate(model)]
 
     xdots = [None] * len(model)  # tangent of each layer's input (None: zero)
     t = None

@@ -206,3 +206,14 @@ def test_flatten_keeps_the_sample_and_direction_axes():
     dy = rp.Flatten().jvp([], cache, dx)
     assert dy.shape == (2, 2, 12) and np.all(dy[1, 1] == np.arange(36.0, 48.0))
     assert np.all(rp.Flatten().vjp([], cache, dy) == dx)
+
+
+@pytest.mark.parametrize("layer", [rp.Linear(3, 2), rp.Linear(3, 2, bias=False), rp.Conv2d(2, 3, (2, 1)), rp.Tanh()])
+def test_split_flat_cuts_rows_into_the_parameter_arrays_in_order(layer):
+    n = layer.n_params
+    V = np.arange(4.0 * n).reshape(4, n)
+    parts = layer.split_flat(V)
+    assert [p.shape[1:] for p in parts] == [tuple(s) for s in layer.param_shapes()]
+    for k in range(4):  # each row is a flat parameter vector, arrays one after the other
+        flat = np.concatenate([p[k].ravel() for p in parts]) if parts else np.zeros(0)
+        assert np.array_equal(flat, V[k])

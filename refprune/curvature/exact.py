@@ -160,7 +160,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
             first = s0 == 0
             f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
             if jacobian_seed:
-                seed = layer_l.param_jvp(inp.grouped[l], caches[l], [e[eye_rows] for e in _split_identity(layer_l)])
+                seed = layer_l.param_jvp(inp.grouped[l], caches[l], layer_l.split_flat(np.eye(n_l)[eye_rows]))
             else:
                 eye = np.eye(K_id)[eye_rows].reshape((1, K) + out_l)
                 seed = np.broadcast_to(eye, (s1 - s0, K) + out_l)
@@ -215,18 +215,6 @@ def layer_blocks(inp, curvature, samples, seed, targets):
     matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets)
     return _assemble(inp, matvec, curvature == "hessian", _BlockSink(inp.model, _param_layers(inp.model)), False,
                      "blocks")
-
-
-def _split_identity(layer):
-    """The identity over a layer's flat parameters as per-array tangents with a leading
-    axis: ``[dW (n_l, *weight_shape), db (n_l, c_out)]``."""
-    eye = np.eye(layer.n_params)
-    parts, i = [], 0
-    for shape in layer.param_shapes():
-        size = int(np.prod(shape))
-        parts.append(eye[:, i : i + size].reshape((layer.n_params,) + tuple(shape)))
-        i += size
-    return parts
 
 
 def _accumulate(target, block, scale, first):

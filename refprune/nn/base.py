@@ -35,6 +35,13 @@ class Layer:
         """Shapes of this layer's parameter arrays, in PyTorch's order."""
         return []
 
+    def split_flat(self, V):
+        """Rows ``V (K, n_l)`` over this layer's flat parameters (PyTorch's order) as its
+        parameter arrays, each ``(K, *shape)``: ``K`` tangents per array."""
+        shapes = self.param_shapes()
+        ends = np.cumsum([int(np.prod(s)) for s in shapes], dtype=np.int64)
+        return [part.reshape((len(V),) + tuple(s)) for part, s in zip(np.split(V, ends[:-1], axis=1), shapes)]
+
     def init(self, rng):
         """Draw initial parameters from ``rng`` (a ``numpy.random.Generator``)."""
         return []
