@@ -13,7 +13,7 @@ from refprune import derivatives
 from refprune.nn import AffineLayer
 from refprune.testing import assert_close
 
-from cases import make
+from cases import make, small_mlp
 
 KINDS = [("hessian", {}), ("ggn", {}), ("fisher", {}), ("mc_fisher", dict(samples=2, seed=1)),
          ("empirical_fisher", {})]
@@ -71,3 +71,12 @@ def test_diagonal_tasks_are_silent_and_equal(capsys):
             d = rp.curvature_diagonal(m, p, X, y, l, curvature=k, executor=ex, shards=3, **mc)
             assert_close(d, rp.curvature_diagonal(m, p, X, y, l, curvature=k, **mc), 1e-12, 1e-14, k)
     assert capsys.readouterr().err == ""
+
+
+def test_the_fisher_diagonal_names_itself_in_its_messages():
+    m, p, X, y, l = small_mlp()
+    with pytest.raises(ValueError, match=r"^fisher_diagonal: targets= is for curvature='mc_fisher', "
+                                         r"got curvature='empirical_fisher'$"):
+        rp.fisher_diagonal(m, p, X, y, l, curvature="empirical_fisher", targets=np.zeros((1, len(y)), dtype=int))
+    with pytest.raises(ValueError, match=r"^ggn_diagonal: "):
+        rp.ggn_diagonal(m, p, X, y, l, shards=0)

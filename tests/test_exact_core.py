@@ -206,3 +206,27 @@ def test_progress_lines_name_the_matrix(capsys):
     assert capsys.readouterr().err == ""
     with pytest.raises(ValueError, match="^ggn: shards must be a positive int"):
         rp.ggn(m, p, X, y, l, shards=0)
+
+
+def test_progress_counts_layers_and_times_from_the_start(capsys, monkeypatch):
+    import types
+
+    m, p, X, y, l = problem()
+    ticks = iter([100.0, 101.5, 104.0])
+    monkeypatch.setattr(exact, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    rp.hessian(m, p, X, y, l, progress=True)
+    assert capsys.readouterr().err.splitlines() == [
+        "hessian: rows of layer 0 (Linear(3, 4, bias=True)) done [1/2, 1.5 s]",
+        "hessian: rows of layer 2 (Linear(4, 3, bias=True)) done [2/2, 4.0 s]",
+    ]
+
+
+def test_task_progress_names_each_block_of_rows(capsys):
+    m, p, X, y, l = problem()
+    rp.hessian(m, p, X, y, l, progress=True, block_rows=8)  # 2 units of 4 rows, then 1 of 5
+    keys = [line.split("(")[1].split(")")[0] for line in capsys.readouterr().err.splitlines()]
+    assert keys == ["layer 0 units 0-2", "layer 0 units 2-4", "layer 2 units 0-1", "layer 2 units 1-2",
+                    "layer 2 units 2-3"]
+    rp.hessian(m, p, X, y, l, progress=True, shards=2)
+    keys = [line.split("(")[1].split(")")[0] for line in capsys.readouterr().err.splitlines()]
+    assert keys == ["layer 0", "layer 2"]
