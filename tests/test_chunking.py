@@ -144,3 +144,14 @@ def test_hvp_directions_are_chunked_by_samples_times_width(monkeypatch):
     assert seen == [2, 2, 1]
     monkeypatch.undo()
     np.testing.assert_allclose(out, V @ rp.hessian(model, params, X, y, loss), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("curvature, mc", [("mc_fisher", dict(samples=3, seed=1)), ("empirical_fisher", {})])
+def test_sampled_targets_follow_their_samples_into_every_chunk(monkeypatch, passes, curvature, mc):
+    model, params, X, y, loss = conv_case()
+    whole = rp.fisher(model, params, X, y, loss, curvature=curvature, **mc)
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", 27 * WIDTH * 2)  # two samples a pass in the first layer
+    passes.clear()
+    chunked = rp.fisher(model, params, X, y, loss, curvature=curvature, **mc)
+    assert passes[:4] == expected(N, 2)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-15)

@@ -166,7 +166,7 @@ def test_nothing_to_remove_warns_and_keeps_the_function():
     model, params, X, y, loss = mlp_problem()
     with pytest.warns(rp.PruningWarning, match=r"prune \(eigendamage\): sparsity=0.01 of 46 .* and 0 are already"):
         r = rp.prune(model, params, X, y, loss, method="eigendamage", sparsity=0.01)
-    assert r.steps[0].removed.shape == (0, 3)
+    assert r.steps[0].removed.shape == (0, 3) and r.steps[0].removed.dtype == np.int64
     assert r.steps[0].predicted == 0.0 and r.steps[0].sparsity == 0.0
     assert_close(r.model(r.params, X), model(params, X), 1e-12, 1e-12, "nothing removed")
     with warnings.catch_warnings():
@@ -212,3 +212,10 @@ def test_a_strided_convolution_without_bias_as_a_bottleneck():
     assert (first.kernel_size, first.stride, first.padding, first.bias) == ((3, 3), (2, 2), (1, 1), False)
     assert_close(r.model(r.params, X), model(_dense_params(model, params, dense), X), 1e-11, 1e-12, "bottleneck")
     assert r.steps[0].predicted == pytest.approx(predicted, rel=1e-12)
+
+
+def test_the_smaller_network_s_parameters_have_its_layers_shapes():
+    model, params, X, y, loss = conv_problem()
+    r = rp.prune(model, params, X, y, loss, method="eigendamage", sparsity=0.8, max_layer_fraction=0.95)
+    assert r.steps[0].layers[0][:2] == (0, "bottleneck") and "bottleneck" in {kind for _, kind, _, _ in r.steps[0].layers}
+    assert [p.shape for p in r.params] == [tuple(s) for layer in r.model for s in layer.param_shapes()]

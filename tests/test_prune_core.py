@@ -223,3 +223,16 @@ def test_a_structured_step_charges_units_not_weights():
     r = rp.prune(*small_mlp(), method="kron_obs", count=1, damping=0.1)
     assert r.steps[0].saliencies is None and len(r.steps[0].unit_saliencies) == 1
     assert r.steps[0].sparsity == 1 / 4
+
+
+def test_messages_for_targets_that_cannot_be_met():
+    from cases import small_mlp
+
+    args = small_mlp()
+    with pytest.raises(ValueError, match=r"^prune: give sparsity= or count=, not both$"):
+        rp.prune(*args, count=3, sparsity=0.5)
+    # every prunable weight, as many as there are: the layer that would be emptied is named
+    with pytest.raises(ValueError, match=r"^pruning would remove every weight of layer 0 "):
+        rp.prune(*args, method="magnitude", count=24)
+    with pytest.raises(ValueError, match=r"^prune \(magnitude\): 25 removals requested but only 24 prunable "):
+        rp.prune(*args, method="magnitude", count=25)

@@ -277,3 +277,9 @@ def test_monte_carlo_saliencies_default_to_one_draw_from_seed_zero():
     d = np.diag(rp.fisher(*args, curvature="mc_fisher", samples=1, seed=0))
     s = rp.saliencies(*args, method="obd", curvature="mc_fisher")
     same_saliencies(s, np.where(cand, theta**2 * d / 2, np.inf), 1e-12, 1e-15, "OBD, Monte Carlo Fisher")
+
+
+def test_an_indefinite_curvature_is_named_in_the_refusal():
+    with pytest.raises(rp.SingularCurvatureError, match=r"^the hessian restricted to the free weights .* is not "
+                                                        r"positive definite"):
+        rp.obs_trace(*small_mlp(), curvature="hessian", count=2)

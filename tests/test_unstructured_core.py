@@ -57,6 +57,15 @@ def test_diagonal_of_each_kind():
                                          r"parameters$"):
         U.diagonal_of(Short(), "exact", args, mc, 0.0)
 
+    class Broken(rp.curvature.operators.CurvatureOperator):
+        shape = property(lambda self: (n, n))
+
+        def diagonal(self):
+            return np.full(n, np.nan)
+
+    with pytest.raises(ValueError, match=rf"^the precomputed curvature's diagonal contains {n} NaN or inf value"):
+        U.diagonal_of(Broken(), "exact", args, mc, 0.0)
+
 
 def indefinite_matrix():
     rng = np.random.default_rng(0)

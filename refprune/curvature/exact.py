@@ -235,11 +235,10 @@ def _rows_from_identity_seed(target, layer_l, cache_l, layer_m, cache_m, D, dU, 
     per_chunk = max(1, min(chunk // (n * K), chunk // n_l) // q_unit)
     for u0 in range(0, layer_m.out_units, per_chunk):
         u1 = min(layer_m.out_units, u0 + per_chunk)
+        # T (n, K, q): K runs over z_l's entries (of the units asked for) in C order, as
+        # param_contract reads them
         T = layer_m.per_sample_param_grad(cache_m, D, dU, d0, units=(u0, u1))
-        out_l = layer_l.out_shape_of(cache_l)
-        if units is not None:
-            out_l = (units[1] - units[0],) + tuple(out_l[1:])
-        C = layer_l.param_contract(cache_l, T.reshape((n,) + tuple(out_l) + (T.shape[-1],)), units)
+        C = layer_l.param_contract(cache_l, T, units)
         c0 = 0
         for a, b in layer_m.unit_columns((u0, u1)):
             _accumulate(target(a, b), C[:, c0 : c0 + b - a], scale, first)

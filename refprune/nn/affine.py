@@ -62,10 +62,6 @@ class AffineLayer(Layer):
         bound = 1.0 / np.sqrt(fan_in)
         return [rng.uniform(-bound, bound, size=s) for s in self.param_shapes()]
 
-    def out_shape_of(self, cache):
-        """Per-sample output shape of the forward pass that produced ``cache``."""
-        return tuple(self.output_shape(cache[1]))
-
     def _w(self, params):
         return params[0].reshape(self.out_units, -1)
 
@@ -132,7 +128,8 @@ class AffineLayer(Layer):
     def param_contract(self, cache, T, units=None):
         """Batch parameter gradient with trailing axes: ``sum_{n,t} U[n,r,t] T[n,c,t,q]``.
 
-        ``T`` has shape ``(N, *out, q)``; returns ``(n_params, q)`` in flat order.  With
+        ``T`` has shape ``(N, *out, q)``, or ``(N, prod(out), q)`` with ``out`` flattened in C
+        order; returns ``(n_params, q)`` in flat order.  With
         ``q`` cotangent directions this is the summed gradient for each; with ``T`` the
         derivative of another layer's gradient with respect to this layer's output it is
         a block of the Hessian (``docs/derivations.md`` §4).  ``units=(u0, u1)``: ``T``

@@ -1,0 +1,151 @@
+"""The mutation run's numbers and its surviving mutants, from mutmut's ``mutants/`` folder.
+
+After ``python -m mutmut run`` (docs/testing.md, "Mutation testing"):
+
+    python validation/mutation_report.py            # per-module table, then every survivor
+    python validation/mutation_report.py --write    # also rewrite docs/mutation-survivors.md
+
+Every survivor is listed with its change and the group of equivalent mutants it belongs
+to (``GROUPS``; the reasons are in docs/testing.md).  A survivor that no rule or entry of
+``KNOWN`` places is printed as a gap and the exit status is 1: either a test is missing or
+the survivor needs reading and a place in a group.
+"""
+
+import argparse
+import ast
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = ROOT / "mutants"
+OUT = ROOT / "docs" / "mutation-survivors.md"
+
+GROUPS = {
+    "work": "how work is split, not what is computed",
+    "numpy": "a NumPy spelling of the same thing",
+    "threshold": "a threshold at its boundary",
+    "unread": "an input nobody reads",
+    "cache": "a value recomputed where it was reused",
+    "bookkeeping": "bookkeeping that cannot differ",
+    "label": "text that is never shown",
+    "tool": "observable outside the mutation tool only",
+}
+
+# (group, pattern in the mutated line): the first match decides
+RULES = [
+    ("numpy", [r"reshape\([^)]*-2\b", r"einsum\(\"[A-Z]", r"finfo\(None\)", r"dtype=None", r"astype\(None\)",
+               r"\"STABLE\"", r"\]\s*=\s*None$", r"heaviside\(z, None\)"]),
+    ("work", [r"max\(2, ", r"\bper_chunk\b", r"\bper\b", r"range\(0, [^,]+, \)", r"\b256\b", r"chunk"]),
+    ("threshold", [r"1001\.0", r"<= tiny", r"< tiny", r"np\.min\(ev\) <", r"\bd\.min\(\) <"]),
+]
+
+# survivors the rules do not place, by "module:function#number"
+KNOWN = {}
+
+
+def _functions(src):
+    """Source of every function and method by name (mutmut's copies have unique names)."""
+    lines, out = src.splitlines(), {}
+
+    def visit(node):
+        for n in ast.iter_child_nodes(node):
+            if isinstance(n, ast.FunctionDef):
+                out[n.name] = "\n".join(lines[n.lineno - 1 : n.end_lineno])
+            elif isinstance(n, ast.ClassDef):
+                visit(n)
+
+    visit(ast.parse(src))
+    return out
+
+
+def _change(funcs, name):
+    """The original and the mutated lines of one mutant."""
+    orig = name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
+    o, m = funcs.get(orig), funcs.get(name)
+    if o is None or m is None:
+        return "", ""
+    o, m = o.replace(orig, "F"), m.replace(name, "F")
+    diff = [line for line in difflib.unified_diff(o.splitlines(), m.splitlines(), lineterm="", n=0)
+            if line[:1] in "+-" and line[:3] not in ("---", "+++")]
+    return (" ".join(d[1:].strip() for d in diff if d[0] == "-"), " ".join(d[1:].strip() for d in diff if d[0] == "+"))
+
+
+def _pretty(module, name):
+    """``module:function#n`` from mutmut's ``x_function__mutmut_n`` (``xǁClassǁmethod`` for methods)."""
+    func, number = name.rsplit("__mutmut_", 1)
+    func = func[2:].replace("ǁ", ".") if func.startswith("xǁ") else func[2:]
+    return f"{module}:{func}#{number}"
+
+
+def collect():
+    """``(table rows, survivors)`` from ``mutants/``."""
+    if not MUTANTS.is_dir():
+        sys.exit("mutation_report: no mutants/ folder; run `python -m mutmut run` first (docs/testing.md)")
+    rows, survivors = [], []
+    for meta in sorted(MUTANTS.glob("refprune/**/*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        if not codes:
+            continue
+        path = meta.relative_to(MUTANTS).as_posix()[: -len(".meta")]
+        module = path[len("refprune/"):]
+        dotted = path[:-3].replace("/", ".")
+        funcs = _functions((MUTANTS / path).read_text())
+        survived = sorted((k for k, v in codes.items() if v == 0),
+                          key=lambda k: (k.rsplit("_", 1)[0], int(k.rsplit("_", 1)[1])))
+        pending = sum(v is None for v in codes.values())
+        rows.append((module, len(codes), len(codes) - len(survived) - pending, len(survived), pending))
+        for key in survived:
+            name = key[len(dotted) + 1:]
+            before, after = _change(funcs, name)
+            label = _pretty(module, name)
+            group = KNOWN.get(label)
+            if group is None:
+                group = next((g for g, pats in RULES if any(re.search(p, after) for p in pats)), None)
+            survivors.append((label, group, before, after))
+    return rows, survivors
+
+
+def table(rows):
+    lines = ["| module | mutants | killed | survived | killed % |", "| --- | ---: | ---: | ---: | ---: |"]
+    total = [0, 0, 0]
+    for module, n, killed, survived, pending in rows:
+        total = [total[0] + n, total[1] + killed, total[2] + survived]
+        note = f" ({pending} not run)" if pending else ""
+        lines.append(f"| `{module}` | {n} | {killed} | {survived} | {100 * killed / n:.1f}{note} |")
+    lines.append(f"| all | {total[0]} | {total[1]} | {total[2]} | {100 * total[1] / total[0]:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help=f"rewrite {OUT.relative_to(ROOT)}")
+    args = parser.parse_args(argv)
+    rows, survivors = collect()
+    text = ["# Surviving mutants", "",
+            "Generated by `python validation/mutation_report.py --write` from the last mutation run;",
+            "the groups' reasons are in `docs/testing.md` (\"Why the remaining survivors are",
+            "equivalent\").", "", table(rows), "",
+            "| mutant | group | original | mutated |", "| --- | --- | --- | --- |"]
+
+    def cell(s):
+        return "`" + s.replace("|", "\\|").replace("`", "'")[:140] + "`" if s else ""
+
+    for label, group, before, after in survivors:
+        text.append(f"| `{label}` | {group or '**gap**'} | {cell(before)} | {cell(after)} |")
+    out = "\n".join(text) + "\n"
+    print(out)
+    gaps = [s for s in survivors if s[1] is None]
+    if args.write:
+        OUT.write_text(out)
+    if gaps:
+        print(f"mutation_report: {len(gaps)} survivor(s) belong to no group: a test is missing, or read them "
+              "and place them", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
