@@ -10,6 +10,7 @@ import numpy as np
 
 from .nn import Sequential
 from .nn.losses import Loss
+from .scalars import is_int, is_number
 
 Inputs = namedtuple("Inputs", "model grouped X y loss n_samples n_outputs scale")
 
@@ -40,7 +41,7 @@ def check_flag(value, name):
 def check_count(value, name, minimum=1, note=""):
     """``value`` as an int if it is an integer ``>= minimum`` (1 or 0; ``True`` is not a
     count)."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+    if not is_int(value) or value < minimum:
         kind = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{name} must be a {kind} int{note}, got {value!r}")
     return int(value)
@@ -50,7 +51,7 @@ def check_number(value, name, minimum=0.0, allow_none=False):
     """A finite real number ``>= minimum`` as a float."""
     if value is None and allow_none:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_number(value):
         raise TypeError(f"{name} must be a number, got {value!r}")
     if not np.isfinite(value) or value < minimum:
         raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")

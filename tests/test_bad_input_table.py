@@ -200,6 +200,7 @@ CASES = [
     ("OBS grad NaN", lambda m, p, X, y, l: rp.OBS(np.eye(2), np.ones(2), grad=np.array([np.nan, 0.0]), H=np.eye(2)), ValueError, "OBS: grad contains 1 NaN"),
     ("OBS H inf", lambda m, p, X, y, l: rp.OBS(np.eye(2), np.ones(2), grad=np.ones(2), H=np.full((2, 2), np.inf)), ValueError, "OBS: H contains 4 NaN"),
     ("OBS grad strings", lambda m, p, X, y, l: rp.OBS(np.eye(2), np.ones(2), grad=np.array(["a", "b"])), TypeError, "OBS: grad must be a numeric array"),
+    ("prune obd operator NaN diagonal", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obd", curvature=_NanDiagonal()), ValueError, "the precomputed curvature's diagonal contains"),
     ("saliencies method", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, method="layer_obs"), ValueError, "method must be one of"),
     ("obs_trace count", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, count=10**6, damping=0.1), ValueError, "count must be an int in"),
     ("obs_trace metrics", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, damping=0.1, metrics=[len]), TypeError, "metrics must be a dict"),
@@ -280,6 +281,15 @@ CASES = [
     ("from_jax not a dict", lambda m, p, X, y, l: rp.from_jax([1], m), TypeError, "expected a dict of arrays"),
     ("load_fixtures missing", lambda m, p, X, y, l: rp.testing.load_fixtures("/nonexistent"), FileNotFoundError, "no manifest.json"),
 ]
+
+
+class _NanDiagonal(rp.curvature.operators.CurvatureOperator):
+    """A curvature operator whose diagonal holds a NaN."""
+
+    shape = (N_PARAMS, N_PARAMS)
+
+    def diagonal(self):
+        return nan_at(np.ones(N_PARAMS))
 
 
 def _mse_with_targets(value):

@@ -4,7 +4,6 @@ progress is asked for, every part of a problem's fingerprint, caller-supplied Mo
 targets through tasks, the block plan counted by hand, and the mirror image of rows past
 the 256-row tiles."""
 
-import concurrent.futures as cf
 import os
 
 import numpy as np

@@ -92,7 +92,6 @@ def test_keep_given_as_integers_and_several_layers():
 
 
 def test_refusals():
-    X = np.random.default_rng(4).standard_normal((4, 3))
     model = rp.Sequential(rp.Linear(3, 2), rp.Tanh(), rp.Linear(2, 2))
     params = model.init(0)
     with pytest.raises(ValueError, match=r"^cannot remove every unit of layer 0 \(Linear\(3, 2, bias=True\)\)$"):

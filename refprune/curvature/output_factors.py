@@ -25,6 +25,7 @@ Monte Carlo targets are drawn by :func:`draw_targets` or supplied by the caller
 import numpy as np
 
 from ..nn import CrossEntropyLoss
+from ..scalars import is_int
 from ..vocabulary import FISHER_LIKE, check_curvature
 
 
@@ -59,7 +60,7 @@ def draw_targets(inp, f_all, samples, seed, targets=None):
     ``targets`` (``(n_mc, N)`` labels, ``(n_mc, N, C)`` values), checked, in place of draws."""
     if targets is not None:
         return check_targets_stack(inp, targets)
-    if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
+    if not is_int(samples) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     return inp.loss.sample(f_all, np.random.default_rng(seed), int(samples))
 

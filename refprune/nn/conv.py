@@ -8,18 +8,15 @@ the convolution is one matrix product with ``weight.reshape(c_out, -1)``
 
 import numpy as np
 
+from ..scalars import is_int
 from .affine import AffineLayer
-
-
-def _is_int(v):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _pair(v, name):
     """``v`` as ``(int, int)``: one int is the same on both axes (PyTorch's convention)."""
-    if _is_int(v):
+    if is_int(v):
         return (int(v), int(v))
-    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(i) for i in v)):
+    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(is_int(i) for i in v)):
         raise ValueError(f"Conv2d: {name} must be an int or a pair of ints, got {v!r}")
     return (int(v[0]), int(v[1]))
 
@@ -69,7 +66,7 @@ class Conv2d(AffineLayer):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"Conv2d: {name} must be a positive int, got {v!r}")
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)

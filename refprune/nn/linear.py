@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ..scalars import is_int
 from .affine import AffineLayer
 
 
@@ -15,7 +16,7 @@ class Linear(AffineLayer):
 
     def __init__(self, in_features, out_features, bias=True):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"Linear: {name} must be a positive int, got {v!r}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)

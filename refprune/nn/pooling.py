@@ -3,11 +3,12 @@ no padding; rows and columns that do not fill a window are dropped, as in PyTorc
 
 import numpy as np
 
+from ..scalars import is_int
 from .base import Layer
 
 
 def _check_kernel(k, name):
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"{name}: kernel_size must be a positive int, got {k!r}")
     return int(k)
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ..scalars import is_int
 from .base import Layer
 
 
@@ -46,7 +47,7 @@ class Sequential:
 
     def init(self, seed=0):
         """PyTorch-default initial parameters drawn from ``numpy.random.default_rng(seed)``."""
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise ValueError(f"init: seed must be a non-negative int, got {seed!r}")
         rng = np.random.default_rng(seed)
         return [p for layer in self.layers for p in layer.init(rng)]

@@ -13,6 +13,7 @@ import numpy as np
 from .. import derivatives as _d
 from ..checks import validate
 from ..params import flatten_params, unflatten_params
+from ..scalars import is_int, is_number
 from ..vocabulary import CURVATURES, FISHER_LIKE, check_curvature, renamed_options
 from . import unstructured as U
 from .eigendamage import eigendamage
@@ -150,16 +151,16 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {METHODS}")
     target = check_target(sparsity, count, steps)
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     if target[0] == "count" and (scope == "layer" or method == "layer_obs"):
         raise ValueError("prune: count= is one global number; with scope='layer' or layer_obs give sparsity=")
-    if not isinstance(group_size, (int, np.integer)) or isinstance(group_size, bool) or group_size < 1:
+    if not is_int(group_size) or group_size < 1:
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     for name, v in (("damping", damping), ("weight_decay", weight_decay)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v) \
+        if not is_number(v) or not np.isfinite(v) \
                 or v < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     if eigenvalues not in ("ekfac", "kfac"):
@@ -180,7 +181,7 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
     if retrain is not None and not isinstance(retrain, dict):
         raise TypeError(f"prune: retrain must be a dict of refprune.train options or None, got {retrain!r}")
     if (protected is not None or skip_emptied) and method not in ("magnitude", "obd", "obs", "woodfisher"):
-        raise ValueError(f"prune: protected= and skip_emptied= apply to magnitude, obd, obs and woodfisher")
+        raise ValueError("prune: protected= and skip_emptied= apply to magnitude, obd, obs and woodfisher")
     curvature = _resolve_curvature(method, curvature, diagonal)
     if targets is not None and not (isinstance(curvature, str) and curvature == "mc_fisher"):
         raise ValueError(f"prune: targets= is for curvature='mc_fisher', got curvature={curvature!r}")

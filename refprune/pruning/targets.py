@@ -10,11 +10,12 @@ that integer (so ``31/58`` of 58 is 31); ``count=k`` removes exactly ``k``.  Wit
 
 import numpy as np
 
+from ..scalars import is_int, is_number
 from .records import warn
 
 
 def _check_fraction(sparsity):
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)) \
+    if not is_number(sparsity) \
             or not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
     return float(sparsity)
@@ -31,7 +32,7 @@ def check_target(sparsity, count, steps):
         raise ValueError("prune: give sparsity= or count=, not both")
     if count is None:
         return ("sparsity", _check_fraction(0.5 if sparsity is None else sparsity))
-    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 0:
+    if not is_int(count) or count < 0:
         raise ValueError(f"prune: count must be a non-negative int, got {count!r}")
     return ("count", int(count))
 

@@ -17,6 +17,7 @@ import numpy as np
 from .. import derivatives as _d
 from ..checks import check_flag, validate
 from ..params import flatten_params, unflatten_params
+from ..scalars import is_int
 from . import unstructured as U
 from .masks import check_mask, prunable_mask
 from .obs import OBS
@@ -86,7 +87,7 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
     n_cand = int(candidates.sum())
     if count is None:
         count = n_cand - (len(np.unique(layer_of[candidates])) if skip_emptied else 0)
-    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or not 0 <= count <= n_cand:
+    if not is_int(count) or not 0 <= count <= n_cand:
         raise ValueError(f"obs_trace: count must be an int in [0, {n_cand}] (the prunable free weights), got "
                          f"{count!r}")
     theta0 = flatten_params([p for group in inp.grouped for p in group]) * mask

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..scalars import is_int
+
 EPS = np.finfo(np.float64).eps
 _STENCILS = {
     2: (EPS ** (1 / 3), (-1.0, 1.0), (-0.5, 0.5)),
@@ -125,7 +127,7 @@ def _compare(exact, fd, fd_err, rtol, atol, what):
 
 
 def _check_count(name, k):
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"{name} must be a positive int (a check of 0 checks nothing), got {k!r}")
     return int(k)
 
