@@ -111,7 +111,7 @@ def test_suggested_damping_is_tiny_but_positive_for_zero():
     assert U.suggested_damping(np.diag([1.0, 4.0])) == pytest.approx(4e-4, rel=1e-12)
 
 
-def test_pruning_warnings_name_the_caller_s_line(monkeypatch):
+def test_pruning_warnings_point_at_the_caller_s_line(monkeypatch):
     if "mutmut" in sys.modules:
         # mutation testing wraps every function in the tool's own frames: they count as the library's
         from refprune.pruning import records

@@ -39,8 +39,9 @@ class Layer:
         """Rows ``V (K, n_l)`` over this layer's flat parameters (PyTorch's order) as its
         parameter arrays, each ``(K, *shape)``: ``K`` tangents per array."""
         shapes = self.param_shapes()
-        ends = np.cumsum([int(np.prod(s)) for s in shapes], dtype=np.int64)
-        return [part.reshape((len(V),) + tuple(s)) for part, s in zip(np.split(V, ends[:-1], axis=1), shapes)]
+        ends = np.cumsum([int(np.prod(s)) for s in shapes])
+        # the split after the last array leaves an empty part, which zip drops
+        return [part.reshape((len(V),) + tuple(s)) for part, s in zip(np.split(V, ends, axis=1), shapes)]
 
     def init(self, rng):
         """Draw initial parameters from ``rng`` (a ``numpy.random.Generator``)."""

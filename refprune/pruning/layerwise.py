@@ -161,11 +161,11 @@ def _exact_counts(inc, total):
 
 
 def layer_obs_round(model, theta, X, mask, prunable, fraction, damping, selection="exact"):
-    """Prune every affine layer to ``fraction`` of its prunable weights; returns
+    """Prune every affine layer to ``fraction`` of its prunable weights (``X`` the
+    validated float64 inputs); returns
     ``(theta, removed, predicted)``, ``predicted`` the summed layer-wise objective."""
     theta = theta.copy()
     removed, predicted = [], 0.0
-    inp_X = np.asarray(X, dtype=np.float64)  # validated by the caller; lists become arrays
     for j, layer, start, wstop, stop in affine_layers(model):
         w_prunable = prunable[start:wstop]
         total = int(w_prunable.sum())
@@ -176,11 +176,11 @@ def layer_obs_round(model, theta, X, mask, prunable, fraction, damping, selectio
             continue
         params = unflatten_params(model, theta)
         grouped = model.group_params(params)
-        x = inp_X
+        x = X
         for layer_i, p in zip(model.layers[:j], grouped[:j]):
             x, _ = layer_i.forward(p, x)
         U = layer.features(x)
-        H = layer_hessian(U, len(inp_X))
+        H = layer_hessian(U, len(X))
         Hinv = inverse_spd(H, damping, what=f"layer-wise Hessian 2XX^T/N of layer {j}")
         W = theta[start:wstop].reshape(layer.out_units, r)
         steps = min(int(act.sum(axis=1).max()), k_total)

@@ -185,7 +185,8 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
     curvature = _resolve_curvature(method, curvature, diagonal)
     if targets is not None and not (isinstance(curvature, str) and curvature == "mc_fisher"):
         raise ValueError(f"prune: targets= is for curvature='mc_fisher', got curvature={curvature!r}")
-    validate(model, params, X, y, loss)
+    inp = validate(model, params, X, y, loss)
+    X, y = inp.X, inp.y  # float64 inputs and checked targets from here on
     opts = dict(scope=scope, curvature=curvature, diagonal=diagonal, damping=float(damping),
                 group_size=int(group_size), mc=dict(samples=samples, seed=seed, targets=targets), seed=seed,
                 include_bias=include_bias, retrain=retrain, max_layer_fraction=max_layer_fraction,
