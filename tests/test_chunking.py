@@ -155,3 +155,17 @@ def test_sampled_targets_follow_their_samples_into_every_chunk(monkeypatch, pass
     chunked = rp.fisher(model, params, X, y, loss, curvature=curvature, **mc)
     assert passes[:4] == expected(N, 2)
     np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("curvature, mc", [("mc_fisher", dict(samples=2, seed=4)), ("empirical_fisher", {})])
+def test_kfac_s_sampled_columns_follow_their_samples_into_every_chunk(monkeypatch, passes, curvature, mc):
+    model, params, X, y, loss = conv_case()
+    whole = rp.kfac(model, params, X, y, loss, curvature=curvature, **mc)
+    k = mc.get("samples", 1)
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", k * WIDTH * 2)
+    passes.clear()
+    chunked = rp.kfac(model, params, X, y, loss, curvature=curvature, **mc)
+    assert passes == expected(N, 2)
+    for (S1, A1), (S2, A2) in zip(chunked.factors(), whole.factors()):
+        np.testing.assert_allclose(S1, S2, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(A1, A2, rtol=1e-12, atol=1e-15)

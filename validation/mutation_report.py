@@ -34,16 +34,70 @@ GROUPS = {
     "tool": "observable outside the mutation tool only",
 }
 
-# (group, pattern in the mutated line): the first match decides
+# (group, patterns in the mutated line): the first match decides
 RULES = [
     ("numpy", [r"reshape\([^)]*-2\b", r"einsum\(\"[A-Z]", r"finfo\(None\)", r"dtype=None", r"astype\(None\)",
-               r"\"STABLE\"", r"\]\s*=\s*None$", r"heaviside\(z, None\)"]),
-    ("work", [r"max\(2, ", r"\bper_chunk\b", r"\bper\b", r"range\(0, [^,]+, \)", r"\b256\b", r"chunk"]),
+               r"\"STABLE\"", r"\]\s*=\s*None$", r"float\(\"NAN\"\)", r"take_along_axis\([^()]*\], \)"]),
+    ("work", [r"max\(2, ", r"\bper_chunk\b", r"\bper\b", r"range\(0, [^,]+, \)", r"\b256\b"]),
     ("threshold", [r"1001\.0", r"<= tiny", r"< tiny", r"np\.min\(ev\) <", r"\bd\.min\(\) <"]),
+    ("unread", [r"\b(forward|vjp|vjp_squared|param_jvp|vjp_curvature|param_vjp_tangent)\(None, ",
+                r"\b(hessian_matvec|loss_matvec|phi)\(f, None, "]),
+    ("bookkeeping", [r"range\(.*, (stop|l) - 2, -1\)", r"\b(i|c0) = b - a\b"]),
+    ("cache", [r"f_all is None or targets is None", r"targets is None or f_all is None"]),
 ]
 
-# survivors the rules do not place, by "module:function#number"
-KNOWN = {}
+# survivors the rules do not place, by "module:function#number", with a word on why
+KNOWN = {
+    # a threshold or a speed path at its boundary
+    "nn/activations.py:_sigmoid#4": "threshold",  # z = 0: both branches give exactly 1/2
+    "nn/activations.py:_sigmoid#5": "threshold",  # 0 <= z < 1 through exp(z) / (1 + exp(z)): the same to an ulp
+    "nn/losses.py:CrossEntropyLoss.sample#14": "threshold",  # u == cdf exactly: probability zero
+    "curvature/exact.py:_in_tasks#127": "bookkeeping",  # end == n: the mirrored copy is empty
+    "curvature/exact.py:_assemble#36": "work",  # always the identity seed: the same block, another route
+    "curvature/exact.py:_assemble#37": "work",  # the identity seed at a tie of the two sizes
+    "pruning/layerwise.py:_eliminate#3": "work",  # a copy instead of a view of C
+    "pruning/layerwise.py:layer_obs_round#33": "work",  # a round of zero removals changes nothing
+    "pruning/layerwise.py:layer_obs_round#78": "work",  # more greedy steps than any row can take
+    "pruning/layerwise.py:obc_rows#9": "work",  # elimination rounds with no row in them
+    "pruning/layerwise.py:_exact_counts#22": "bookkeeping",  # a table wider than reachable counts (inf)
+    "pruning/layerwise.py:_exact_counts#24": "bookkeeping",
+    "pruning/obs.py:OBS.remove#64": "work",  # the rank-one BLAS update taken for pairs
+    "pruning/obs.py:inverse_spd#10": "bookkeeping",  # a non-square matrix is refused either way
+    "pruning/prune.py:_prune_unstructured#38": "bookkeeping",  # a round 0 that removes nothing
+    "pruning/prune.py:_prune_unstructured#45": "unread",  # a fraction computed for a count target
+    "pruning/prune.py:_rank_select#2": "work",  # a group with no removals ranked for nothing
+    "pruning/structured.py:prune_units#33": "bookkeeping",  # a round 0 that removes nothing
+    "pruning/surgery.py:remove_units#87": "bookkeeping",  # a removed unit's constant is uniform in space
+    "pruning/surgery.py:_with_bias#6": "numpy",  # bias=True is Linear's default
+    "pruning/surgery.py:_with_bias#19": "numpy",  # bias=True is Conv2d's default
+    "pruning/surgery.py:_with_bias#18": "unread",  # padded convolutions refuse folded constants before
+    "nn/pooling.py:MaxPool2d.vjp#22": "bookkeeping",  # the winner's slot written twice with the same value
+    "curvature/kronecker.py:LayerLayout.__init__#20": "numpy",  # None and False are both false
+    "curvature/parallel.py:fingerprint#13": "unread",  # every array is float64 or int64 after validation
+    "curvature/parallel.py:sharer#1": "work",  # scatter on a client that has it: the same data, shared
+    "curvature/parallel.py:BlockRecord._save#10": "label",  # the temporary file's name
+    "curvature/parallel.py:BlockRecord._save#11": "label",
+    "curvature/exact.py:_output_array#63": "label",  # below one byte either way: 0.00 GiB
+    "curvature/exact.py:rows_task#26": "label",  # a task's own name, shown on no path
+    "curvature/exact.py:layer_blocks#17": "label",
+    "curvature/exact.py:layer_blocks#33": "label",
+    "curvature/exact.py:layer_blocks#34": "label",
+    "curvature/diagonal.py:diagonal_task#22": "label",  # options checked by the driver before
+    "curvature/diagonal.py:diagonal_task#29": "label",
+    "curvature/diagonal.py:diagonal_task#30": "label",
+    "curvature/diagonal.py:_diagonal#75": "numpy",  # progress None and False are both false
+    "curvature/diagonal.py:_diagonal#76": "label",  # the driver's name, shown only by progress
+    "curvature/diagonal.py:ggn_diagonal#1": "work",  # two shards: the same sum in two parts
+    "pruning/unstructured.py:robust_inverse#30": "label",  # the damped matrix cannot fail again
+    "pruning/unstructured.py:robust_inverse#33": "label",
+    "pruning/eigendamage.py:eigendamage#345": "work",
+}
+
+
+def _dtype_dropped(before, after):
+    """The mutant only leaves out a ``dtype=`` keyword (NumPy then infers the same type)."""
+    squeeze = lambda t: re.sub(r"[\s,]", "", t)  # noqa: E731
+    return "dtype=" in before and squeeze(re.sub(r"dtype=[\w.]+", "", before)) == squeeze(after)
 
 
 def _functions(src):
@@ -102,6 +156,8 @@ def collect():
             before, after = _change(funcs, name)
             label = _pretty(module, name)
             group = KNOWN.get(label)
+            if group is None and _dtype_dropped(before, after):
+                group = "numpy"
             if group is None:
                 group = next((g for g, pats in RULES if any(re.search(p, after) for p in pats)), None)
             survivors.append((label, group, before, after))
