@@ -111,7 +111,7 @@ def test_suggested_damping_is_tiny_but_positive_for_zero():
     assert U.suggested_damping(np.diag([1.0, 4.0])) == pytest.approx(4e-4, rel=1e-12)
 
 
-def test_pruning_warnings_point_at_the_caller_s_line(monkeypatch):
+def test_pruning_warnings_point_at_the_caller_s_own_line(monkeypatch):
     if "mutmut" in sys.modules:
         # mutation testing wraps every function in the tool's own frames: they count as the library's
         from refprune.pruning import records
@@ -130,7 +130,9 @@ def test_pruning_warnings_point_at_the_caller_s_line(monkeypatch):
             warnings.simplefilter("always")
             call()
         pruning = [w for w in caught if issubclass(w.category, rp.PruningWarning)]
-        assert pruning and all(w.filename == __file__ for w in pruning), [(w.filename, w.lineno) for w in pruning]
+        where = (__file__, call.__code__.co_firstlineno)  # the line that called refprune
+        got = [(w.filename, w.lineno) for w in pruning]
+        assert got and all(g == where for g in got), got
 
 
 def test_the_ggn_fallback_uses_the_ggn_plus_weight_decay_on_the_free_coordinates():
