@@ -56,8 +56,8 @@ KNOWN = {
     "curvature/exact.py:_assemble#36": "work",  # always the identity seed: the same block, another route
     "curvature/exact.py:_assemble#37": "work",  # the identity seed at a tie of the two sizes
     "pruning/layerwise.py:_eliminate#3": "work",  # a copy instead of a view of C
-    "pruning/layerwise.py:layer_obs_round#33": "work",  # a round of zero removals changes nothing
-    "pruning/layerwise.py:layer_obs_round#78": "work",  # more greedy steps than any row can take
+    "pruning/layerwise.py:layer_obs_round#28": "work",  # a round of zero removals changes nothing
+    "pruning/layerwise.py:layer_obs_round#73": "work",  # more greedy steps than any row can take
     "pruning/layerwise.py:obc_rows#9": "work",  # elimination rounds with no row in them
     "pruning/layerwise.py:_exact_counts#22": "bookkeeping",  # a table wider than reachable counts (inf)
     "pruning/layerwise.py:_exact_counts#24": "bookkeeping",

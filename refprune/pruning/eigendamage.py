@@ -30,7 +30,8 @@ from .targets import round_goal, warn_nothing_removed
 
 
 def _bottleneck_layers(layer, UA, Wstar, US):
-    """Three layers computing ``U_S W* U_A^T [x; 1]`` and their parameters."""
+    """Three layers computing ``U_S W* U_A^T [x; 1]`` and their parameters, as matrices
+    in the flat order of the layers' parameters."""
     kA, kS = UA.shape[1], US.shape[1]
     r = layer.n_weight // layer.out_units
     first_w = UA[:r].T
@@ -38,13 +39,13 @@ def _bottleneck_layers(layer, UA, Wstar, US):
     if isinstance(layer, Linear):
         l1 = Linear(layer.in_features, kA, bias=layer.bias)
         l2, l3 = Linear(kA, kS, bias=False), Linear(kS, layer.out_features, bias=False)
-        ps = [first_w] + ([first_b] if layer.bias else []) + [Wstar, US]
     else:
         l1 = Conv2d(layer.in_channels, kA, layer.kernel_size, stride=layer.stride, padding=layer.padding,
                     bias=layer.bias)
         l2, l3 = Conv2d(kA, kS, 1, bias=False), Conv2d(kS, layer.out_channels, 1, bias=False)
-        ps = [first_w.reshape((kA,) + layer.weight_shape[1:])] + ([first_b] if layer.bias else []) + [
-            Wstar[:, :, None, None], US[:, :, None, None]]
+    # as matrices: a convolution's weight (out, in, kh, kw) holds the same numbers in the
+    # same order as (out, in kh kw), and the caller reads them back in the layers' shapes
+    ps = [first_w] + ([first_b] if layer.bias else []) + [Wstar, US]
     return [l1, l2, l3], ps
 
 
