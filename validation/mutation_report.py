@@ -90,7 +90,7 @@ KNOWN = {
     "curvature/diagonal.py:ggn_diagonal#1": "work",  # two shards: the same sum in two parts
     "pruning/unstructured.py:robust_inverse#30": "label",  # the damped matrix cannot fail again
     "pruning/unstructured.py:robust_inverse#33": "label",
-    "pruning/eigendamage.py:eigendamage#345": "work",
+    "pruning/eigendamage.py:eigendamage#345": "bookkeeping",  # an all-ones mask, or none, for retraining
 }
 
 
