@@ -217,3 +217,17 @@ def test_split_flat_cuts_rows_into_the_parameter_arrays_in_order(layer):
     for k in range(4):  # each row is a flat parameter vector, arrays one after the other
         flat = np.concatenate([p[k].ravel() for p in parts]) if parts else np.zeros(0)
         assert np.array_equal(flat, V[k])
+
+
+def test_sigmoid_and_softplus_at_extreme_inputs_without_overflow():
+    import warnings
+
+    z = np.array([-1000.0, -30.0, 0.0, 30.0, 1000.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s, d1, d2 = rp.Sigmoid().derivatives(z)
+        sp, e1, _ = rp.Softplus().derivatives(z)
+    assert s[0] == 0.0 and s[2] == 0.5 and s[4] == 1.0
+    assert s[1] == pytest.approx(np.exp(-30.0) / (1 + np.exp(-30.0)), rel=1e-15)
+    assert s[3] == pytest.approx(1 / (1 + np.exp(-30.0)), rel=1e-15)
+    assert np.all(e1 == s) and sp[4] == 1000.0 and sp[0] == 0.0

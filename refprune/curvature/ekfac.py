@@ -135,4 +135,4 @@ def _projected_second_moments(g, a, US, UA):
     G = np.matmul(g, a.transpose(0, 2, 1)[:, None])  # (n, K, c, p): per-sample gradients
     P = (G.reshape(n * k * c, p) @ UA).reshape(n * k, c, p)  # right factor, one product
     P = np.tensordot(US, P, axes=(0, 1))  # (c, n K, p): left factor
-    return (P**2).sum(axis=1)
+    return np.einsum("inj,inj->ij", P, P)  # squares summed without a temporary

@@ -367,12 +367,15 @@ class FactorStatistics:
     def visit(self, j, layer, U, g):
         """Add one chunk's features ``U (n, r, T)`` and output gradients ``g (n, K, c, T)``."""
         a = with_bias_row(layer, U)
+        (n, p, T), (K, c) = a.shape, g.shape[1:3]
         if self.approx == "expand":  # every location a sample of its own
-            A = np.tensordot(a, a, axes=([0, 2], [0, 2]))
-            S = np.tensordot(g, g, axes=([0, 1, 3], [0, 1, 3]))
+            am = a.transpose(0, 2, 1).reshape(n * T, p)
+            gm = g.transpose(0, 1, 3, 2).reshape(n * K * T, c)
         else:  # features averaged and gradients summed over locations
-            am, gs = a.mean(axis=2), g.sum(axis=3)
-            A, S = am.T @ am, np.tensordot(gs, gs, axes=([0, 1], [0, 1]))
+            am = a.mean(axis=2)
+            gm = g.sum(axis=3).reshape(n * K, c)
+        # written as M^T M, which NumPy computes as a symmetric rank-k update (half the work)
+        A, S = am.T @ am, gm.T @ gm
         if j in self.sums:
             self.sums[j][0] += S
             self.sums[j][1] += A

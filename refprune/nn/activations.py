@@ -8,6 +8,7 @@ For an elementwise map the per-sample Jacobian is ``diag(phi'(z))``, so
 """
 
 import numpy as np
+from scipy.special import expit
 
 from .base import Layer
 
@@ -46,7 +47,7 @@ class ReLU(Elementwise):
     away from the kink."""
 
     def derivatives(self, z):
-        return np.maximum(z, 0.0), np.heaviside(z, 0.0), None  # relu'(0) = 0, as in PyTorch
+        return np.maximum(z, 0.0), (z > 0).astype(np.float64), None  # relu'(0) = 0, as in PyTorch
 
 
 class Tanh(Elementwise):
@@ -58,21 +59,11 @@ class Tanh(Elementwise):
         return a, d1, -2.0 * a * d1
 
 
-def _sigmoid(z):
-    # split by sign so that exp never overflows
-    out = np.empty_like(z)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    out[~pos] = ez / (1.0 + ez)
-    return out
-
-
 class Sigmoid(Elementwise):
     """``s = 1 / (1 + e^-z)``; ``phi' = s (1 - s)``, ``phi'' = s (1 - s)(1 - 2 s)``."""
 
     def derivatives(self, z):
-        s = _sigmoid(z)
+        s = expit(z)  # the logistic function, without overflow for any z
         d1 = s * (1.0 - s)
         return s, d1, d1 * (1.0 - 2.0 * s)
 
@@ -83,5 +74,5 @@ class Softplus(Elementwise):
     ``phi' = sigmoid(z)``, ``phi'' = s (1 - s)``."""
 
     def derivatives(self, z):
-        s = _sigmoid(z)
+        s = expit(z)  # the logistic function, without overflow for any z
         return np.logaddexp(0.0, z), s, s * (1.0 - s)

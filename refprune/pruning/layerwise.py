@@ -68,8 +68,9 @@ def obc_rows(W, Hinv, active, max_steps):
     act = active.copy()
     for t in range(max_steps):
         live = rows[act.any(axis=1)]
-        s = np.full((c, r), np.inf)
-        s[act] = W[act] ** 2 / (2.0 * diag[act])  # OBS saliency (Hassibi & Stork 1993, eq. 5)
+        with np.errstate(divide="ignore", invalid="ignore"):  # removed weights: 0 / 0
+            s = W**2 / (2.0 * diag)  # OBS saliency (Hassibi & Stork 1993, eq. 5)
+        s[~act] = np.inf
         q = s.argmin(axis=1)
         order[:, t] = q
         inc[live, t] = s[live, q[live]]
