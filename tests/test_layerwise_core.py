@@ -160,3 +160,20 @@ def test_ties_go_to_the_earlier_rows(selection):
     inc = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, np.inf]])
     assert list(select_counts(inc, 2, selection)) == [2, 0, 0]
     assert list(select_counts(inc, 3, selection)) == [2, 1, 0]
+
+
+def test_removed_weights_raise_no_floating_point_warnings():
+    import warnings
+
+    from refprune.pruning.layerwise import obc_rows
+
+    rng = np.random.default_rng(8)
+    B = rng.standard_normal((5, 10))
+    Hinv = np.linalg.inv(B @ B.T / 10)
+    W = rng.standard_normal((3, 5))
+    active = np.ones((3, 5), dtype=bool)
+    active[0, 2] = False
+    W[0, 2] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        obc_rows(W, Hinv, active, 4)  # removed weights have zero value and zero diagonal

@@ -68,7 +68,7 @@ def obc_rows(W, Hinv, active, max_steps):
     act = active.copy()
     for t in range(max_steps):
         live = rows[act.any(axis=1)]
-        with np.errstate(divide="ignore", invalid="ignore"):  # removed weights: 0 / 0
+        with np.errstate(invalid="ignore"):  # removed weights: 0 / 0
             s = W**2 / (2.0 * diag)  # OBS saliency (Hassibi & Stork 1993, eq. 5)
         s[~act] = np.inf
         q = s.argmin(axis=1)
