@@ -153,3 +153,12 @@ def test_obs_refuses_nan_in_the_gradient_or_matrix():
     grad = np.array([1, 2])
     obs = OBS(np.eye(2), np.ones(2), grad=grad, H=np.eye(2, dtype=int))
     assert obs.g.dtype == obs.H.dtype == np.float64
+
+
+def test_inverse_spd_refuses_a_cholesky_diagonal_at_the_threshold():
+    # threshold sqrt(n eps) * max diag(L): with n = 4 it is 2^-25 exactly, a power of two
+    # that the Cholesky factor of diag(1, 1, 1, 2^-50) reproduces without rounding
+    with pytest.raises(SingularCurvatureError, match="numerically singular"):
+        inverse_spd(np.diag([1.0, 1.0, 1.0, 2.0**-50]))
+    just_above = (2.0**-25 * (1 + 2**-20)) ** 2
+    assert inverse_spd(np.diag([1.0, 1.0, 1.0, just_above]))[3, 3] == pytest.approx(1 / just_above, rel=1e-12)
