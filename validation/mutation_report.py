@@ -49,8 +49,6 @@ RULES = [
 # survivors the rules do not place, by "module:function#number", with a word on why
 KNOWN = {
     # a threshold or a speed path at its boundary
-    "nn/activations.py:_sigmoid#4": "threshold",  # z = 0: both branches give exactly 1/2
-    "nn/activations.py:_sigmoid#5": "threshold",  # 0 <= z < 1 through exp(z) / (1 + exp(z)): the same to an ulp
     "nn/losses.py:CrossEntropyLoss.sample#14": "threshold",  # u == cdf exactly: probability zero
     "curvature/exact.py:_in_tasks#127": "bookkeeping",  # end == n: the mirrored copy is empty
     "curvature/exact.py:_assemble#36": "work",  # always the identity seed: the same block, another route

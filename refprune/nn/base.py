@@ -15,6 +15,7 @@ Method summary (``x`` input, ``y`` output, ``J = dy/dx`` per sample):
 ``vjp_curvature``      the second-order part of the R-operator of ``vjp``:
                        ``d/de [J(x + e dx)^T dy0]`` (zero for layers linear in ``x``)
 ``vjp_squared``        ``(J o J)^T dy`` (squared entries), for OBD's diagonal
+``split_flat``         flat parameter tangents ``(K, n_l)`` as the layer's arrays
 =====================  =====================================================
 """
 
