@@ -199,9 +199,9 @@ def test_a_singular_factor_is_named():
     args = list(mlp())
     model = args[0]
     params = [p.copy() for p in args[1]]
+    X = args[2].copy()
+    X[:, 1] = 2 * X[:, 0]  # input features linearly dependent: A singular
     with pytest.raises(rp.SingularCurvatureError, match=r"K-FAC factor A of Linear\(4, 5, bias=True\)"):
-        X = args[2].copy()
-        X[:, 1] = 2 * X[:, 0]  # input features linearly dependent: A singular
         rp.prune(model, params, X, *args[3:], method="kron_obs", count=1)
     # a unit whose output never moves the loss: its row and column of S are zero
     relu = rp.Sequential(rp.Linear(4, 5), rp.ReLU(), rp.Linear(5, 4, bias=False), rp.Sigmoid(), rp.Linear(4, 3))

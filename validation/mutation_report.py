@@ -34,12 +34,12 @@ GROUPS = {
     "tool": "observable outside the mutation tool only",
 }
 
-# (group, patterns in the mutated line): the first match decides
+# (group, patterns in the mutated line): the first match decides.  Thresholds get no rule:
+# those that tests pin must never be waved through as equivalent.
 RULES = [
-    ("numpy", [r"reshape\([^)]*-2\b", r"einsum\(\"[A-Z]", r"finfo\(None\)", r"dtype=None", r"astype\(None\)",
+    ("numpy", [r"reshape\([^)]*-2\b", r"einsum\(\"[A-Z]", r"dtype=None", r"astype\(None\)",
                r"\"STABLE\"", r"\]\s*=\s*None$", r"float\(\"NAN\"\)", r"take_along_axis\([^()]*\], \)"]),
-    ("work", [r"max\(2, ", r"\bper_chunk\b", r"\bper\b", r"range\(0, [^,]+, \)", r"\b256\b"]),
-    ("threshold", [r"1001\.0", r"<= tiny", r"< tiny", r"np\.min\(ev\) <", r"\bd\.min\(\) <"]),
+    ("work", [r"max\(2, ", r"range\(0, [^,]+, \)"]),
     ("unread", [r"\b(forward|vjp|vjp_squared|param_jvp|vjp_curvature|param_vjp_tangent)\(None, ",
                 r"\b(hessian_matvec|loss_matvec|phi)\(f, None, "]),
     ("bookkeeping", [r"range\(.*, (stop|l) - 2, -1\)", r"\b(i|c0) = b - a\b"]),
@@ -85,7 +85,6 @@ KNOWN = {
     "curvature/diagonal.py:diagonal_task#30": "label",
     "curvature/diagonal.py:_diagonal#75": "numpy",  # progress None and False are both false
     "curvature/diagonal.py:_diagonal#76": "label",  # the driver's name, shown only by progress
-    "curvature/diagonal.py:ggn_diagonal#1": "work",  # two shards: the same sum in two parts
     "pruning/unstructured.py:robust_inverse#30": "label",  # the damped matrix cannot fail again
     "pruning/unstructured.py:robust_inverse#33": "label",
     "pruning/eigendamage.py:eigendamage#345": "bookkeeping",  # an all-ones mask, or none, for retraining

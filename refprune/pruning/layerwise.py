@@ -188,11 +188,12 @@ def layer_obs_round(model, theta, X, mask, prunable, fraction, damping, selectio
         order, inc, traj = obc_rows(W, Hinv, act, steps)
         k = select_counts(inc, k_total, selection)
         new = traj[np.arange(layer.out_units), k].ravel()
-        rows_removed = np.concatenate([i * W.shape[1] + order[i, : k[i]] for i in range(layer.out_units)])
+        taken = np.arange(steps)[None, :] < k[:, None]  # each row's first k_i steps, row by row
+        rows_removed = (np.arange(layer.out_units)[:, None] * r + order)[taken]
         # a later step moves an eliminated weight by rounding only (its column entry is
         # 0 in exact arithmetic): keep every removed weight exactly zero
         new[rows_removed] = 0.0
         theta[start:wstop] = new * mask[start:wstop]
         removed.append(start + rows_removed)
-        predicted += float(sum(inc[i, : k[i]].sum() for i in range(layer.out_units)))
+        predicted += float(inc[taken].sum())
     return theta, np.concatenate([np.zeros(0, dtype=np.int64)] + removed), predicted

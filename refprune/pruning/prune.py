@@ -22,7 +22,7 @@ from .masks import affine_layers, check_mask, check_not_emptied, prunable_mask, 
 from .records import PruneResult, PruneStep, PruningWarning, maybe_retrain, record_step  # noqa: F401 (re-exported)
 from .structured import prune_units
 from .targets import check_target, round_goal, warn_nothing_removed
-from .unstructured import DIAGONALS, INDEFINITE, TAYLOR
+from .unstructured import DIAGONALS
 
 UNSTRUCTURED = ("magnitude", "obd", "obs", "woodfisher", "layer_obs")
 STRUCTURED = ("c_obd", "c_obs", "kron_obd", "kron_obs")
@@ -160,19 +160,15 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
     if not is_int(group_size) or group_size < 1:
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     for name, v in (("damping", damping), ("weight_decay", weight_decay)):
-        if not is_number(v) or not np.isfinite(v) \
-                or v < 0:
+        if not is_number(v) or not np.isfinite(v) or v < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     if eigenvalues not in ("ekfac", "kfac"):
         raise ValueError(f"eigenvalues must be 'ekfac' or 'kfac', got {eigenvalues!r}")
-    if taylor not in TAYLOR:
-        raise ValueError(f"taylor must be one of {TAYLOR}, got {taylor!r}")
+    U.check_obs_options(taylor, indefinite, "prune")
     if taylor == "full" and method != "obs":
         raise ValueError("prune: taylor='full' is OBS's; every method records predicted_full anyway")
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    if indefinite not in INDEFINITE:
-        raise ValueError(f"indefinite must be one of {INDEFINITE}, got {indefinite!r}")
     for name, v in (("skip_emptied", skip_emptied), ("include_bias", include_bias), ("progress", progress)):
         if not isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must be True or False, got {v!r}")

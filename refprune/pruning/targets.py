@@ -7,7 +7,6 @@ that integer (so ``31/58`` of 58 is 31); ``count=k`` removes exactly ``k``.  Wit
 ``floor(k * i / steps)`` removals.  A request that removes nothing warns.
 """
 
-
 import numpy as np
 
 from ..scalars import is_int, is_number
@@ -15,8 +14,7 @@ from .records import warn
 
 
 def _check_fraction(sparsity):
-    if not is_number(sparsity) \
-            or not 0 <= sparsity < 1:
+    if not is_number(sparsity) or not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
     return float(sparsity)
 

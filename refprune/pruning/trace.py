@@ -72,10 +72,7 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
     """
     inp = validate(model, params, X, y, loss)
     curvature = _resolve_curvature("obs", curvature, None)  # diagonal= is OBD's alone
-    if taylor not in U.TAYLOR:
-        raise ValueError(f"obs_trace: taylor must be one of {U.TAYLOR}, got {taylor!r}")
-    if indefinite not in U.INDEFINITE:
-        raise ValueError(f"obs_trace: indefinite must be one of {U.INDEFINITE}, got {indefinite!r}")
+    U.check_obs_options(taylor, indefinite, "obs_trace")
     for name, v in (("damping", damping), ("weight_decay", weight_decay)):
         if isinstance(v, bool) or not np.isfinite(v) or v < 0:
             raise ValueError(f"obs_trace: {name} must be a finite number >= 0, got {v!r}")
@@ -139,10 +136,7 @@ def saliencies(model, params, X, y, loss, method="obs", curvature=None, diagonal
         raise ValueError(f"saliencies: method must be one of magnitude, obd, obs, woodfisher, c_obd, c_obs, "
                          f"kron_obd, kron_obs; got {method!r}")
     curvature = _resolve_curvature(method, curvature, diagonal)
-    if taylor not in U.TAYLOR:
-        raise ValueError(f"saliencies: taylor must be one of {U.TAYLOR}, got {taylor!r}")
-    if indefinite not in U.INDEFINITE:
-        raise ValueError(f"saliencies: indefinite must be one of {U.INDEFINITE}, got {indefinite!r}")
+    U.check_obs_options(taylor, indefinite, "saliencies")
     mc = dict(samples=samples, seed=seed, targets=targets)
     if method in ("c_obd", "c_obs", "kron_obd", "kron_obs"):
         return unit_saliencies(model, params, X, y, loss, method=method, curvature=curvature, damping=damping, **mc)

@@ -14,7 +14,6 @@ diagonals, the dense curvatures, their inverses (dense, or Woodbury) and the OBS
 :func:`select_obs`, which returns ``(new_theta, removed_indices, predicted_increase)``.
 """
 
-
 import sys
 
 import numpy as np
@@ -30,6 +29,13 @@ from .records import warn
 DIAGONALS = ("exact", "obd", "obd_lm")
 INDEFINITE = ("raise", "damp", "abs", "ggn")
 TAYLOR = ("second_order", "full")
+
+
+def check_obs_options(taylor, indefinite, where):
+    """Refuse a ``taylor`` or ``indefinite`` that is not one of its choices, naming ``where``."""
+    for name, value, allowed in (("taylor", taylor, TAYLOR), ("indefinite", indefinite, INDEFINITE)):
+        if value not in allowed:
+            raise ValueError(f"{where}: {name} must be one of {allowed}, got {value!r}")
 
 
 def is_matrix_like(curvature):
