@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import refprune as rp
-from refprune.curvature.operators import BlockDiagonal, Dense, Diagonal
+from refprune.curvature.operators import BlockDiagonal, CurvatureOperator, Dense, Diagonal
 
 
 class Counting(Diagonal):
@@ -65,3 +65,16 @@ def test_the_exact_operator_names_itself():
     op = rp.ExactCurvature(model, model.init(0), rng.standard_normal((3, 2)), rng.standard_normal((3, 2)), rp.MSELoss())
     with pytest.raises(ValueError, match=r"^ExactCurvature: v must have shape \(6,\) or \(6, k\), got \(5,\)$"):
         op.matvec(np.ones(5))
+
+
+def test_a_subclass_with_only_a_product_gets_its_dense_matrix_and_diagonal():
+    M = np.array([[2.0, -1.0, 0.0], [-1.0, 3.0, 0.5], [0.0, 0.5, 4.0]])
+
+    class Product(CurvatureOperator):
+        n = 3
+
+        def _matmat(self, V):
+            return M @ V
+
+    assert np.array_equal(Product().to_dense(), M)
+    assert np.array_equal(Product().diagonal(), np.diag(M))

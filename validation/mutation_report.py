@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "mutants"
 OUT = ROOT / "docs" / "mutation-survivors.md"
 
+# mutmut's exit codes of a detected mutant: a failing test (1, 3) or a timeout (an endless loop)
+KILLED = {1, 3, 24, -24, 36, 152, 255}
+
 GROUPS = {
     "work": "how work is split, not what is computed",
     "numpy": "a NumPy spelling of the same thing",
@@ -146,8 +149,10 @@ def collect():
         funcs = _functions((MUTANTS / path).read_text())
         survived = sorted((k for k, v in codes.items() if v == 0),
                           key=lambda k: (k.rsplit("_", 1)[0], int(k.rsplit("_", 1)[1])))
-        pending = sum(v is None for v in codes.values())
-        rows.append((module, len(codes), len(codes) - len(survived) - pending, len(survived), pending))
+        killed = sum(v in KILLED for v in codes.values())
+        # not run yet, or run without a test reaching it (mutmut's "no tests", "skipped", ...)
+        pending = len(codes) - killed - len(survived)
+        rows.append((module, len(codes), killed, len(survived), pending))
         for key in survived:
             name = key[len(dotted) + 1:]
             before, after = _change(funcs, name)
@@ -166,7 +171,7 @@ def table(rows):
     total = [0, 0, 0]
     for module, n, killed, survived, pending in rows:
         total = [total[0] + n, total[1] + killed, total[2] + survived]
-        note = f" ({pending} not run)" if pending else ""
+        note = f" ({pending} neither killed nor survived)" if pending else ""
         lines.append(f"| `{module}` | {n} | {killed} | {survived} | {100 * killed / n:.1f}{note} |")
     lines.append(f"| all | {total[0]} | {total[1]} | {total[2]} | {100 * total[1] / total[0]:.1f} |")
     return "\n".join(lines)
