@@ -283,6 +283,28 @@ CASES = [
 ]
 
 
+# ==== Rows added for the surfaces since the first table (stores, the CLI, bridges,
+# fixtures, the harness, options, optimizers, sizes). Each block is one surface.
+
+# ---- stores, interrupts and the command line
+STORE_CLI_CASES = [
+]
+
+# ---- from_torch, fixtures and the conformance harness
+BRIDGE_FIXTURE_HARNESS_CASES = [
+]
+
+# ---- options of prune, obs_trace, saliencies, minimize, train and the optimizers; divergence
+OPTION_CASES = [
+]
+
+# ---- sizes refused up front, numbers given as text or None, ragged input, checkers
+SIZE_NUMBER_CASES = [
+]
+
+CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES
+
+
 class _NanDiagonal(rp.curvature.operators.CurvatureOperator):
     """A curvature operator whose diagonal holds a NaN."""
 
