@@ -20,8 +20,9 @@ from ..curvature import exact as _c
 from ..curvature.ekfac import ekfac
 from ..curvature.kronecker import kfac
 from ..params import flatten_params
-from .diagnosis import constant_factor, diagnose, relative_error
-from .zoo import zoo
+from ..scalars import is_number
+from .diagnosis import constant_factor, diagnose, real_array, relative_error
+from .zoo import Case, zoo
 
 _PARAMS = "theta in PyTorch order (weight.ravel() then bias, layer by layer; docs/conventions.md §1)"
 _LOSS = "L = R sum_n l_n, PyTorch's reductions, R = 1/N (cross-entropy mean), 1/(N C) (squared-error mean), 1 (sum) " \
@@ -200,20 +201,40 @@ class Report:
     __str__ = summary
 
 
-def _as_array(x):
-    if hasattr(x, "detach"):  # a torch tensor
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
+def check_rtol(value, name):
+    """``value`` as a float if it is a real number in ``[0, 1)``: Python's or NumPy's
+    (``np.float32(1e-4)``), never a bool, a string, a negative number or NaN."""
+    if not is_number(value):
+        raise TypeError(f"{name} must be a real number in [0, 1), got {type(value).__name__} {value!r}")
+    if not 0 <= value < 1:  # NaN fails both comparisons
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _result(name, raw, case):
+    """The adapter's result as float64 arrays (``kfac_factors``: a list of pairs);
+    ``TypeError`` names a complex, boolean or non-numeric result."""
+    what = f"the adapter's {name} for case {case.name}"
+    if name != "kfac_factors":
+        return real_array(raw, what)
+    try:
+        pairs = list(raw)
+    except TypeError:
+        raise TypeError(f"{what} must be a list of (S, A) pairs, got {type(raw).__name__}") from None
+    out = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise TypeError(f"{what}: entry {i} must be a pair (S, A), got {type(pair).__name__}")
+        out.append((real_array(pair[0], f"{what}: S of pair {i}"), real_array(pair[1], f"{what}: A of pair {i}")))
+    return out
 
 
 def _compare(name, got, ref, case, tol):
     if name == "kfac_factors":
-        got = list(got)
         if len(got) != len(ref):
             return float("inf"), [f"{len(got)} factor pairs, refprune has {len(ref)} (one per Linear/Conv2d layer)"]
         errs, notes = [], []
         for i, ((S, A), (rS, rA)) in enumerate(zip(got, ref)):
-            S, A = _as_array(S), _as_array(A)
             eS, eA = relative_error(S, rS), relative_error(A, rA)
             errs += [eS, eA]
             if eS > tol or eA > tol:
@@ -227,7 +248,6 @@ def _compare(name, got, ref, case, tol):
                     notes.append(f"layer pair {i}: A has shape {A.shape}, refprune's {rA.shape}: the bias row of A "
                                  "(refprune folds it in) is missing or extra")
         return max(errs), notes
-    got = _as_array(got)
     ref = np.asarray(ref, dtype=float)
     err = relative_error(got, ref)
     return err, (diagnose(got, ref, case, tol) if err > tol else [])
@@ -244,26 +264,46 @@ def check(adapter, cases=None, rtol=None, progress=False):
         both reductions), smallest first; :func:`~refprune.conformance.zoo.drawn_zoo`
         adds random networks.
     rtol : float or dict, optional
-        Relative tolerance on ``max |a - b| / max |b|``; a dict sets it per quantity.
-        Default :data:`DEFAULT_RTOL` (``1e-9``), for float64 implementations.
+        Relative tolerance on ``max |a - b| / max |b|`` (a Python or NumPy real number
+        in ``[0, 1)``); a dict sets it per quantity of the adapter.  Default
+        :data:`DEFAULT_RTOL` (``1e-9``), for float64 implementations.
     progress : bool
         Print one line per quantity.
 
     Returns
     -------
     Report
+        A result the adapter could not give as a real array (complex, boolean, text, a
+        wrong structure) or with a NaN or inf is a failure of that case, named in the
+        report, never converted: a complex result's imaginary part is not dropped.
     """
     if not isinstance(adapter, Adapter):
         raise TypeError(f"check: expected a refprune.conformance.Adapter, got {type(adapter).__name__}")
+    if cases is not None:
+        if isinstance(cases, (str, bytes, dict)) or not hasattr(cases, "__iter__"):
+            raise TypeError(f"check: cases must be a list of refprune.conformance.Case, got {type(cases).__name__}")
+        cases = list(cases)
+        bad = [type(c).__name__ for c in cases if not isinstance(c, Case)]
+        if bad:
+            raise TypeError(f"check: cases must be a list of refprune.conformance.Case, got {bad[0]} among them "
+                            "(build one with make_case or build_case)")
     cases = zoo() if cases is None else sorted(cases, key=lambda c: (c.n_params, c.name))
     if not cases:
         raise ValueError("check: no cases to check")
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"check: progress must be True or False, got {progress!r}")
+    if isinstance(rtol, dict):
+        unknown = sorted(set(rtol) - set(adapter.quantities), key=str)
+        if unknown:
+            raise ValueError(f"check: rtol names {unknown}, which the adapter does not compute; its quantities: "
+                             f"{sorted(adapter.quantities)}")
+    elif rtol is not None and not is_number(rtol):
+        raise TypeError(f"check: rtol must be a real number in [0, 1) or a dict of them per quantity, got "
+                        f"{type(rtol).__name__} {rtol!r}")
     tols = {}
     for name in adapter.quantities:
         t = rtol.get(name, DEFAULT_RTOL) if isinstance(rtol, dict) else (DEFAULT_RTOL if rtol is None else rtol)
-        if not (isinstance(t, (int, float)) and 0 <= t < 1):
-            raise ValueError(f"check: rtol for {name} must be a number in [0, 1), got {t!r}")
-        tols[name] = float(t)
+        tols[name] = check_rtol(t, f"check: rtol for {name}")
     results = []
     for name, fn in adapter.quantities.items():
         res = QuantityResult(name, tols[name])
@@ -275,9 +315,15 @@ def check(adapter, cases=None, rtol=None, progress=False):
             ref = reference(case, adapter.kfac_options) if name in _KFAC_QUANTITIES else reference(case)
             res.cases += 1
             try:
-                got = fn(case)
+                raw = fn(case)
             except Exception as err:  # the other implementation failing is a finding, not a crash
                 res.failures.append(Failure(case, float("inf"), conventions, [], f"{type(err).__name__}: {err}"))
+                res.max_error, res.worst_case = float("inf"), case.name
+                continue
+            try:
+                got = _result(name, raw, case)
+            except TypeError as err:  # complex, boolean, text: refused by name, never converted
+                res.failures.append(Failure(case, float("inf"), conventions, [str(err)]))
                 res.max_error, res.worst_case = float("inf"), case.name
                 continue
             err, notes = _compare(name, got, ref, case, tols[name])
