@@ -230,3 +230,22 @@ def test_torch_func_adapter_passes_in_one_assertion():
         return torch.func.hessian(f)(th)
 
     cf.assert_conforms(cf.Adapter(grad=grad, hessian=hessian))
+
+
+def test_non_finite_and_complex_results_fail_by_name():
+    """Every comparison with NaN is false: without the finiteness check an all-NaN
+    adapter would pass.  A complex result is refused, not cast to its real part."""
+    cases = ZOO[:2]
+    nan = cf.check(cf.Adapter(grad=lambda c: np.full(c.n_params, np.nan)), cases)
+    assert not nan.ok and nan["grad"].max_error == float("inf") and len(nan["grad"].failures) == 2
+    assert "NaN and 0 inf entries" in str(nan)
+    assert cf.relative_error(np.full(3, np.nan), np.ones(3)) == float("inf")
+    assert cf.relative_error(np.array([1.0, np.inf, 1.0]), np.ones(3)) == float("inf")
+    cplx = cf.check(cf.Adapter(grad=lambda c: rp.grad(*c.args()) + 1e-3j), cases)
+    assert not cplx.ok and "is complex (complex128)" in str(cplx)
+    assert cf.check(cf.Adapter(grad=lambda c: rp.grad(*c.args()).astype(np.float32)), cases,
+                    rtol=np.float32(1e-6)).ok
+    for bad, exc in ((float("nan"), ValueError), (np.float32(-1e-3), ValueError), (np.float64(1.0), ValueError),
+                     (True, TypeError), ("1e-9", TypeError), (1e-9 + 0j, TypeError)):
+        with pytest.raises(exc, match="rtol"):
+            cf.check(cf.Adapter(grad=lambda c: rp.grad(*c.args())), cases, rtol=bad)

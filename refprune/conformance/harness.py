@@ -223,7 +223,7 @@ def _result(name, raw, case):
         raise TypeError(f"{what} must be a list of (S, A) pairs, got {type(raw).__name__}") from None
     out = []
     for i, pair in enumerate(pairs):
-        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:  # an (2, k) array is not a pair
             raise TypeError(f"{what}: entry {i} must be a pair (S, A), got {type(pair).__name__}")
         out.append((real_array(pair[0], f"{what}: S of pair {i}"), real_array(pair[1], f"{what}: A of pair {i}")))
     return out
