@@ -115,7 +115,11 @@ def test_model_from_spec_names_the_layer_and_what_is_accepted():
                                                            "accepts no arguments"),
         ([{"type": "AvgPool2d", "kernel_size": 2, "stride": 2}], ValueError,
          "unknown argument(s) ['stride'] (refprune pools with stride = kernel_size); AvgPool2d accepts ['kernel_size']"),
-        ([{"type": "Linear", "in_features": 3}], TypeError, "layer 0 (Linear): "),
+        ([{"type": "Linear", "in_features": 3}], ValueError, "layer 0 (Linear) lacks the argument(s) ['out_features']; "
+                                                             "Linear accepts ['in_features', 'out_features', 'bias'] "
+                                                             "(['in_features', 'out_features'] required)"),
+        ([{"type": "Linear", "in_features": 3, "out_features": 2, "bias": "yes"}], TypeError,
+         "layer 0 (Linear): Linear: bias must be True or False, got 'yes'"),
         ([{"type": "Linear", "in_features": 0, "out_features": 2}], ValueError,
          "layer 0 (Linear): Linear: in_features must be a positive int, got 0"),
         ([{"type": "Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": "3"}], ValueError, "layer 0 (Conv2d)"),
@@ -222,6 +226,9 @@ DAMAGE = {
                           "expected {'type': one of ('CrossEntropyLoss', 'MSELoss')"),
     "input_shape with N": (lambda d: _edit_manifest(d, _set(["cases", 0, "input_shape"], [3, 3])), ValueError,
                            "X has shape [3, 3], the manifest's n_samples and input_shape say [3, 3, 3]"),
+    "complex array": (lambda d: (_resave(d, "grad", lambda a: a + 1e-3j), _edit_manifest(
+        d, _set(["cases", 0, "arrays", "grad"], {"shape": [8], "dtype": "<c16", "sha256": "0" * 64}))), ValueError,
+        "array 'grad' has dtype '<c16', complex: fixtures hold real numbers"),
     "file outside": (lambda d: _edit_manifest(d, _set(["cases", 0, "file"], "../x.npz")), ValueError,
                      "'file' must be a file name in the directory"),
 }

@@ -12,6 +12,7 @@ as a zip, JSON or key error.
 """
 
 import hashlib
+import inspect
 import json
 import os
 import zipfile
@@ -25,6 +26,8 @@ from ..fixtures import (
 )
 
 _ACCEPTED = {t: constructor_arguments(getattr(nn, t)) for t in LAYER_TYPES}
+_REQUIRED = {t: [a for a in args if inspect.signature(getattr(nn, t).__init__).parameters[a].default
+                 is inspect.Parameter.empty] for t, args in _ACCEPTED.items()}
 
 
 def model_from_spec(specs):
@@ -63,11 +66,13 @@ def model_from_spec(specs):
                 else ""
             raise ValueError(f"model_from_spec: layer {i} ({kind}) has unknown argument(s) {unknown}{note}; {kind} "
                              f"accepts {accepted if accepted else 'no arguments'}")
+        absent = [k for k in _REQUIRED[kind] if k not in kw]
+        if absent:
+            raise ValueError(f"model_from_spec: layer {i} ({kind}) lacks the argument(s) {absent}; {kind} accepts "
+                             f"{accepted} ({_REQUIRED[kind]} required)")
         try:
             layers.append(getattr(nn, kind)(**kw))
         except TypeError as err:
-            if "argument" in str(err):  # a required argument missing
-                raise TypeError(f"model_from_spec: layer {i} ({kind}): {err}; {kind} accepts {accepted}") from None
             raise TypeError(f"model_from_spec: layer {i} ({kind}): {err}") from None
         except ValueError as err:
             raise ValueError(f"model_from_spec: layer {i} ({kind}): {err}") from None
@@ -161,6 +166,7 @@ class Fixture:
                     obs_damping=self.entry["obs_damping"])
 
 
+_DTYPES = ("<f8", "<i8")
 _CASE_FIELDS = {"name": str, "file": str, "network": list, "input_shape": list, "n_samples": int, "loss": dict,
                 "loss_scale": float, "obs_index": int, "obs_damping": float, "arrays": dict, "omitted": dict}
 
@@ -225,6 +231,10 @@ def _check_manifest(path, manifest):
                     and isinstance(meta.get("sha256"), str)):
                 raise ValueError(f"load_fixtures: {path!r}: {label}: array {key!r} must have 'shape' (a list), 'dtype' "
                                  f"and 'sha256', got {meta!r}")
+            if meta["dtype"] not in _DTYPES:
+                what = "complex: fixtures hold real numbers" if "c" in meta["dtype"] else "not one fixtures use"
+                raise ValueError(f"load_fixtures: {path!r}: {label}: array {key!r} has dtype {meta['dtype']!r}, "
+                                 f"{what}; accepted: {_DTYPES} (float64, int64)")
 
 
 def _verify(fx, arrays):
