@@ -241,3 +241,18 @@ def test_torch_losses_are_named_as_torchs(torch):
         rp.hessian(model, model.init(), X, y, torch.nn.NLLLoss())
     with pytest.raises(TypeError, match="torch_loss: loss must be a refprune loss"):
         rp.bridges.torch_loss(torch.nn.MSELoss())
+
+
+def test_from_torch_refuses_a_module_used_twice(torch):
+    """Sequential.forward runs a module listed twice twice; named_children() lists it
+    once, which used to drop the second use silently."""
+    shared = torch.nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="layer 2 .* is the same module as layer 0: shared \\(tied\\) parameters"):
+        rp.from_torch(torch.nn.Sequential(shared, torch.nn.Tanh(), shared))
+    act = torch.nn.Tanh()  # a shared activation has no parameters: every use is converted
+    model, _ = rp.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 3), act, torch.nn.Linear(3, 3), act))
+    assert [type(layer).__name__ for layer in model] == ["Linear", "Tanh", "Linear", "Tanh"]
+    a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    b.weight = a.weight  # tied weights in two modules
+    with pytest.raises(ValueError, match="parameter 2.weight is the same tensor as 0.weight"):
+        rp.from_torch(torch.nn.Sequential(a, torch.nn.Tanh(), b))

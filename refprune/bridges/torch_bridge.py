@@ -141,13 +141,26 @@ def _layer_of(i, m, torch):
     )
 
 
-def _flat_modules(seq, torch, prefix=""):
+def _flat_modules(seq, torch, prefix="", seen=None):
     """``[(name, module)]`` of a ``Sequential`` with nested ones flattened; ``name`` is
-    the dotted prefix torch gives the module's parameters (``"0"``, ``"0.1"``, ``"fc"``)."""
+    the dotted prefix torch gives the module's parameters (``"0"``, ``"0.1"``, ``"fc"``).
+
+    Every entry is visited as ``Sequential.forward`` runs them (``named_children`` would
+    skip a module that appears twice); a module with parameters that appears twice (tied
+    weights) is refused, since refprune gives every layer its own parameters."""
+    seen = {} if seen is None else seen
     out = []
-    for name, m in seq.named_children():
+    for name, m in seq._modules.items():
         full = f"{prefix}{name}"
-        out.extend(_flat_modules(m, torch, full + ".") if isinstance(m, torch.nn.Sequential) else [(full, m)])
+        if isinstance(m, torch.nn.Sequential):
+            out.extend(_flat_modules(m, torch, full + ".", seen))
+            continue
+        if any(True for _ in m.parameters()):
+            if id(m) in seen:
+                raise ValueError(f"from_torch: layer {full} ({m!r}) is the same module as layer {seen[id(m)]}: shared "
+                                 "(tied) parameters are not modelled; give each layer its own module")
+            seen[id(m)] = full
+        out.append((full, m))
     return out
 
 
@@ -183,8 +196,8 @@ def _array(t, name, torch):
 
 
 def _model_of(module, torch):
-    """``(refprune model, [(parameter name, layer index, part)])`` of a torch Sequential;
-    the names are the module's state-dict keys."""
+    """``(refprune model, [(parameter name, layer index, part)], [(name, module)])`` of a
+    torch Sequential; the parameter names are the module's state-dict keys."""
     if not isinstance(module, torch.nn.Sequential):
         raise ValueError(f"from_torch: expected a torch.nn.Sequential, got {type(module).__name__} "
                          "(custom modules are refused: write the network as a Sequential)")
@@ -194,7 +207,7 @@ def _model_of(module, torch):
     for i, ((prefix, m), layer) in enumerate(zip(mods, model)):
         if isinstance(layer, nn.AffineLayer):
             names += [(f"{prefix}.weight", i, "weight")] + ([(f"{prefix}.bias", i, "bias")] if layer.bias else [])
-    return model, names
+    return model, names, mods
 
 
 def _refprune_names(model):
@@ -284,11 +297,18 @@ def from_torch(module, model=None):
     if isinstance(module, torch.nn.Module):
         if model is not None:
             raise ValueError("from_torch: pass either a torch module or a state dict with model=, not both")
-        model, names = _model_of(module, torch)
-        return _from_state_dict(dict(module.named_parameters()), model, names, torch)
+        model, names, mods = _model_of(module, torch)
+        values, owner = {}, {}
+        for name, i, part in names:
+            t = getattr(mods[i][1], part)
+            if id(t) in owner:  # one Parameter in two layers: tied weights
+                raise ValueError(f"from_torch: parameter {name} is the same tensor as {owner[id(t)]}: shared (tied) "
+                                 "parameters are not modelled; give each layer its own parameters")
+            owner[id(t)], values[name] = name, t
+        return _from_state_dict(values, model, names, torch)
     if isinstance(module, dict):
         if isinstance(model, torch.nn.Module):
-            model, names = _model_of(model, torch)
+            model, names, _ = _model_of(model, torch)
         elif isinstance(model, nn.Sequential):
             names = _refprune_names(model)
         else:
