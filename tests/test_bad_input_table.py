@@ -345,6 +345,18 @@ BRIDGE_FIXTURE_HARNESS_CASES = [
     ("compare_with_fixture complex", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: rp.testing.compare_with_fixture(fx, "grad", fx["grad"] + 1e-3j)), TypeError, "compare_with_fixture: value for 'grad' is complex"),
     ("compare_with_fixture all NaN", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: rp.testing.compare_with_fixture(fx, "grad", np.full(8, np.nan))), AssertionError, "8 NaN and 0 inf entries"),
     ("compare_with_fixture rtol a string", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: rp.testing.compare_with_fixture(fx, "grad", fx["grad"], rtol="1e-6")), TypeError, "compare_with_fixture: rtol must be a real number in [0, 1), got str"),
+    # harness: K-FAC options and the zoo's arguments
+    ("harness kfac_options unknown key", lambda m, p, X, y, l: cf.Adapter(kfac=len, kfac_options={"aprox": "reduce"}), ValueError, "Adapter: kfac_options has unknown keys ['aprox']"),
+    ("harness kfac_options bad approx", lambda m, p, X, y, l: cf.Adapter(ekfac=len, kfac_options={"approx": "both"}), ValueError, "Adapter: kfac_options: approx must be one of"),
+    ("harness kfac_options not a dict", lambda m, p, X, y, l: cf.Adapter(kfac=len, kfac_options=["reduce"]), TypeError, "Adapter: kfac_options must be a dict"),
+    ("harness kfac_options without a K-FAC quantity", lambda m, p, X, y, l: cf.Adapter(grad=len, kfac_options={"bias": "separate"}), ValueError, "kfac_options apply to ['kfac', 'kfac_factors', 'ekfac'], which the adapter does not compute"),
+    ("make_case n 0", lambda m, p, X, y, l: cf.make_case("linear", "ce-mean", n=0), ValueError, "build_case: n must be a positive int, got 0"),
+    ("make_case n float", lambda m, p, X, y, l: cf.make_case("linear", "ce-mean", n=2.5), ValueError, "build_case: n must be a positive int, got 2.5"),
+    ("make_case seed negative", lambda m, p, X, y, l: cf.make_case("linear", "mse-sum", seed=-1), ValueError, "build_case: seed must be a non-negative int, got -1"),
+    ("make_case mc_samples 0", lambda m, p, X, y, l: cf.make_case("mlp-tanh", "ce-sum", mc_samples=0), ValueError, "build_case: mc_samples must be a positive int"),
+    ("zoo architectures a string", lambda m, p, X, y, l: cf.zoo("linear"), TypeError, "zoo: architectures must be a list of names"),
+    ("zoo losses empty", lambda m, p, X, y, l: cf.zoo(losses=[]), ValueError, "zoo: losses [] not known"),
+    ("drawn_zoo count 0", lambda m, p, X, y, l: cf.drawn_zoo(0), ValueError, "drawn_zoo: count must be a positive int, got 0"),
     ("fixture ill-defined EKFAC left out", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: fx["ekfac/ggn/reduce"], "conv-tanh-avgpool"), KeyError, "not uniquely defined"),
 ]
 

@@ -249,3 +249,19 @@ def test_non_finite_and_complex_results_fail_by_name():
                      (True, TypeError), ("1e-9", TypeError), (1e-9 + 0j, TypeError)):
         with pytest.raises(exc, match="rtol"):
             cf.check(cf.Adapter(grad=lambda c: rp.grad(*c.args())), cases, rtol=bad)
+
+
+def test_kfac_options_are_checked_and_mc_fisher_replays_the_case_targets():
+    with pytest.raises(ValueError, match=r"kfac_options has unknown keys \['aprox'\]"):
+        cf.Adapter(kfac=len, kfac_options={"aprox": "reduce"})
+    with pytest.raises(ValueError, match="Adapter: kfac_options: approx must be one of"):
+        cf.Adapter(kfac=len, kfac_options={"approx": "both"})
+    with pytest.raises(TypeError, match="kfac_options must be a dict"):
+        cf.Adapter(kfac=len, kfac_options=["reduce"])
+    with pytest.raises(ValueError, match=r"kfac_options apply to \['kfac', 'kfac_factors', 'ekfac'\], which the adapter"):
+        cf.Adapter(grad=len, kfac_options={"approx": "reduce"})
+    # an implementation that replays case.targets conforms: the reference uses them too
+    opts = {"curvature": "mc_fisher", "approx": "reduce"}
+    adapter = cf.Adapter(kfac_options=opts, kfac=lambda c: rp.kfac(*c.args(), curvature="mc_fisher", approx="reduce",
+                                                                   targets=c.targets).to_dense())
+    assert cf.check(adapter, ZOO[:4]).ok

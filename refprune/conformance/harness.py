@@ -18,7 +18,7 @@ from .. import derivatives as _d
 from ..curvature import diagonal as _diag
 from ..curvature import exact as _c
 from ..curvature.ekfac import ekfac
-from ..curvature.kronecker import kfac
+from ..curvature.kronecker import check_kfac_options, kfac
 from ..params import flatten_params
 from ..scalars import is_number
 from .diagnosis import constant_factor, diagnose, real_array, relative_error
@@ -39,6 +39,12 @@ def _obs_update(case):
     Hinv = _obs(case)
     q = case.obs_index
     return -(case.theta[q] / Hinv[q, q]) * Hinv[:, q]
+
+
+def _kfac_kw(case, options):
+    """K-FAC's options; with ``curvature="mc_fisher"`` the case's sampled targets, so
+    that the adapter can replay them (``case.targets``)."""
+    return dict(options, targets=case.targets) if options["curvature"] == "mc_fisher" else dict(options)
 
 
 #: ``name: (refprune's computation, conventions it is compared under)``
@@ -64,13 +70,13 @@ QUANTITIES = {
                                   "diag of the empirical Fisher"),
     "mc_fisher_diagonal": (lambda c: _diag.fisher_diagonal(*c.args(), curvature="mc_fisher", targets=c.targets),
                            "diag of the MC Fisher over case.targets"),
-    "kfac": (lambda c, o: kfac(*c.args(), **o).to_dense(),
+    "kfac": (lambda c, o: kfac(*c.args(), **_kfac_kw(c, o)).to_dense(),
              "the K-FAC matrix (n, n), block diagonal, S kron A per layer over [W | b] (docs/conventions.md §4), "
              "options {kfac_options}"),
-    "kfac_factors": (lambda c, o: [(b.S, b.A) for b in kfac(*c.args(), **o).blocks],
+    "kfac_factors": (lambda c, o: [(b.S, b.A) for b in kfac(*c.args(), **_kfac_kw(c, o)).blocks],
                      "[(S, A)] per layer, S = R sum g g^T, A = (1/(N T)) sum a a^T with the bias folded as a "
                      "constant 1 (docs/conventions.md §4), options {kfac_options}"),
-    "ekfac": (lambda c, o: ekfac(*c.args(), **o).to_dense(),
+    "ekfac": (lambda c, o: ekfac(*c.args(), **_kfac_kw(c, o)).to_dense(),
               "EKFAC matrix (n, n): K-FAC's eigenbasis, eigenvalues re-estimated (docs/conventions.md §5), "
               "options {kfac_options}"),
     "obd_saliencies": (lambda c: flatten_params(c.params) ** 2 * _diag.hessian_diagonal(*c.args()) / 2,
@@ -91,8 +97,10 @@ class Adapter:
     """Another implementation, one callable per quantity (any subset of :data:`QUANTITIES`).
 
     Each callable takes a :class:`~refprune.conformance.zoo.Case` and returns the
-    quantity for it.  ``kfac_options`` (``curvature``, ``approx``, ``bias``) says which
-    K-FAC variant the ``kfac``, ``kfac_factors`` and ``ekfac`` callables compute.
+    quantity for it.  ``kfac_options`` (a dict of ``curvature``, ``approx``, ``bias``) says
+    which K-FAC variant the ``kfac``, ``kfac_factors`` and ``ekfac`` callables compute
+    (``curvature="mc_fisher"``: over the sampled targets ``case.targets``); it is refused
+    for an adapter without these quantities.
 
     Example
     -------
@@ -110,7 +118,18 @@ class Adapter:
                 raise TypeError(f"Adapter: {name} must be a callable taking a Case, got {type(fn).__name__}")
         self.quantities = dict(quantities)
         opts = dict(curvature="ggn", approx="expand", bias="fold")
-        opts.update(kfac_options or {})
+        if kfac_options is not None:
+            if not isinstance(kfac_options, dict):
+                raise TypeError(f"Adapter: kfac_options must be a dict with keys among {sorted(opts)}, got "
+                                f"{type(kfac_options).__name__}")
+            unknown = sorted(set(kfac_options) - set(opts), key=str)
+            if unknown:
+                raise ValueError(f"Adapter: kfac_options has unknown keys {unknown}; known: {sorted(opts)}")
+            if not set(quantities) & set(_KFAC_QUANTITIES):
+                raise ValueError(f"Adapter: kfac_options apply to {list(_KFAC_QUANTITIES)}, which the adapter does not "
+                                 f"compute (it has {sorted(quantities)})")
+            opts.update(kfac_options)
+            check_kfac_options(opts["curvature"], opts["approx"], opts["bias"], "Adapter: kfac_options")
         self.kfac_options = opts
 
 
