@@ -197,6 +197,12 @@ def test_from_torch_names_every_missing_extra_and_misplaced_key(torch):
     assert "'2.weight' has shape (4,), layer 2 Linear(4, 2, bias=True) expects (2, 4) for its weight; that is " \
            "the shape of ['0.bias']: misplaced?" in msg
     assert "'2.bias' has shape (2, 4), layer 2 Linear(4, 2, bias=True) expects (2,)" in msg
+    wrapped = {"module." + k: v for k, v in rp.to_torch(model, model.init())[0].state_dict().items()}
+    with pytest.raises(ValueError, match="every missing key is there with the prefix 'module.': strip it"):
+        rp.from_torch(wrapped, model=model)
+    nested = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()), torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="pass that Sequential as model="):
+        rp.from_torch(nested.state_dict(), model=model)
     with pytest.raises(TypeError, match="state dict keys must be strings"):
         rp.from_torch({0: torch.zeros(4, 3)}, model=model)
 

@@ -1,7 +1,8 @@
 """Bridges to PyTorch (needs ``torch``, any recent version; refprune never installs it).
 
-* :func:`from_torch`: a ``torch.nn.Sequential`` (or a state dict plus a refprune model)
-  as ``(model, params)``; every option refprune does not model is refused by name.
+* :func:`from_torch`: a ``torch.nn.Sequential`` (or a state dict plus the refprune or
+  torch model it belongs to, its entries matched by name) as ``(model, params)``; every
+  option refprune does not model, and complex or tied parameters, are refused by name.
 * :func:`to_torch`: the ``torch.nn.Sequential`` equal to ``(model, params)``, float64.
 
 Both keep PyTorch's parameter layout (``docs/conventions.md`` §1), so
@@ -220,7 +221,7 @@ def _refprune_names(model):
     return names
 
 
-def _from_state_dict(state, model, names, torch):
+def _from_state_dict(state, model, names, torch, refprune_model=False):
     """Parameters of ``model`` looked up in ``state`` by name (never by position: two
     layers of equal shape would be swapped silently); every missing, unexpected or
     misshapen key is named in one error."""
@@ -243,6 +244,12 @@ def _from_state_dict(state, model, names, torch):
         if any(k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked") for k in extra):
             note = " (buffers such as BatchNorm statistics are not modelled)"
         problems.append(f"unexpected {extra}{note}")
+        prefixes = {k[: -len(n)] for n in missing for k in extra if k.endswith("." + n)}
+        if missing and len(prefixes) == 1 and all(f"{next(iter(prefixes))}{n}" in extra for n in missing):
+            problems.append(f"every missing key is there with the prefix {next(iter(prefixes))!r}: strip it")
+        elif refprune_model:
+            problems.append("a refprune model's layer i has 'i.weight' and 'i.bias'; for the names of a nested or "
+                            "named torch Sequential pass that Sequential as model=")
     arrays = {}
     for n in expected:
         if n in state:
@@ -311,6 +318,7 @@ def from_torch(module, model=None):
             model, names, _ = _model_of(model, torch)
         elif isinstance(model, nn.Sequential):
             names = _refprune_names(model)
+            return _from_state_dict(module, model, names, torch, refprune_model=True)
         else:
             raise TypeError("from_torch: a state dict needs model=, the refprune Sequential or the "
                             f"torch.nn.Sequential it belongs to, got {type(model).__name__}")
