@@ -192,7 +192,7 @@ class Report:
         for r in self.results:
             if r.name == name:
                 return r
-        raise KeyError(name)
+        raise KeyError(f"the report has no quantity {name!r}; it has {[r.name for r in self.results]}")
 
     def failed(self):
         """Names of the quantities that failed."""
