@@ -34,6 +34,7 @@ from .curvature import diagonal as _diag
 from .curvature import exact as _c
 from .curvature.ekfac import ekfac
 from .curvature.kronecker import kfac
+from .conformance.harness import EKFAC_NOT_UNIQUE, ekfac_is_well_defined
 from .nn import AffineLayer
 from .pruning.obs import OBS
 from .pruning.structured import unit_saliencies
@@ -109,48 +110,6 @@ def loss_spec(loss):
     return {"type": type(loss).__name__, "reduction": loss.reduction}
 
 
-def _clusters(w, tol):
-    """Index groups of the sorted eigenvalues ``w`` closer than ``tol`` to a neighbour."""
-    groups, cur = [], [0]
-    for i in range(1, len(w)):
-        if w[i] - w[i - 1] <= tol:
-            cur.append(i)
-        else:
-            groups.append(cur)
-            cur = [i]
-    return groups + [cur]
-
-
-def ekfac_is_well_defined(op, F, rtol=1e-9, gap=1e-6):
-    """Whether the dense EKFAC matrix of ``op`` does not depend on which eigenvectors
-    ``numpy.linalg.eigh`` picks for K-FAC's factors.
-
-    Within an eigenspace ``E`` of ``S`` (or ``A``) of dimension > 1 any orthonormal basis
-    is as good, and EKFAC's eigenvalues ``diag(U^T F_l U)`` (George et al. 2018, eq. 10)
-    on ``E_S kron E_A`` are independent of that choice only when ``F_l`` compressed to
-    ``E_S kron E_A`` is a multiple of the identity.  ``F`` is the exact curvature matrix
-    the EKFAC approximates (its layer blocks are the ``F_l``); eigenvalues closer than
-    ``gap`` times the largest are taken as one eigenspace.  Such an EKFAC changes with
-    the BLAS kernels (by up to 27 % on the zoo's convolutional 'reduce' cases, where
-    ``A`` is singular and ``F_l`` is not zero on its null space), so it is left out of
-    the fixtures."""
-    for blk in op.blocks:
-        lay = blk.layout
-        s, US, a, UA = blk.kron.eigh()
-        Fl = F[lay.offset : lay.offset + lay.size, lay.offset : lay.offset + lay.size]
-        tol = rtol * max(float(np.abs(Fl).max()), 1e-300)
-        for cs in _clusters(s, gap * max(float(np.abs(s).max()), 1e-300)):
-            for ca in _clusters(a, gap * max(float(np.abs(a).max()), 1e-300)):
-                if len(cs) * len(ca) == 1:
-                    continue
-                M = np.einsum("ci,pj->ijcp", US[:, cs], UA[:, ca]).reshape(-1, lay.c, lay.p)
-                B = lay.from_matrix(M)  # the basis vectors of E_S kron E_A, in flat order
-                C = B.T @ Fl @ B
-                if np.abs(C - np.mean(np.diag(C)) * np.eye(len(C))).max() > tol:
-                    return False
-    return True
-
-
 def _obs_sequence(case, Hinv, count):
     """Sequential OBS from one inverse: removal order, predicted increases, theta after."""
     weights = np.zeros(case.n_params, dtype=bool)
@@ -211,10 +170,7 @@ def case_arrays_and_omitted(case):
             if ekfac_is_well_defined(op, a[curv]):
                 a[f"ekfac/{curv}/{approx}"] = op.to_dense()
             else:
-                omitted[f"ekfac/{curv}/{approx}"] = (
-                    "not uniquely defined: K-FAC's factors have a repeated eigenvalue and the curvature "
-                    "compressed to that eigenspace is not a multiple of the identity, so EKFAC depends on the "
-                    "eigenvectors chosen (and on the BLAS)")
+                omitted[f"ekfac/{curv}/{approx}"] = EKFAC_NOT_UNIQUE
     theta = case.theta
     a["obd_saliencies"] = theta**2 * a["hessian_diagonal"] / 2
     H = a["ggn"] + case.obs_damping * np.eye(case.n_params)
