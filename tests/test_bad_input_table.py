@@ -345,6 +345,9 @@ BRIDGE_FIXTURE_HARNESS_CASES = [
     ("compare_with_fixture complex", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: rp.testing.compare_with_fixture(fx, "grad", fx["grad"] + 1e-3j)), TypeError, "compare_with_fixture: value for 'grad' is complex"),
     ("compare_with_fixture all NaN", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: rp.testing.compare_with_fixture(fx, "grad", np.full(8, np.nan))), AssertionError, "8 NaN and 0 inf entries"),
     ("compare_with_fixture rtol a string", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: rp.testing.compare_with_fixture(fx, "grad", fx["grad"], rtol="1e-6")), TypeError, "compare_with_fixture: rtol must be a real number in [0, 1), got str"),
+    # a torch loss where refprune's is expected (a stand-in with torch's module name: the table runs without torch)
+    ("loss is torch's CrossEntropyLoss", lambda m, p, X, y, l: rp.loss(m, p, X, y, _bfh_torch_like_loss("CrossEntropyLoss", "sum")), TypeError, "got torch's torch.nn.modules.loss.CrossEntropyLoss: use refprune's rp.CrossEntropyLoss(reduction='sum')"),
+    ("loss is torch's MSELoss with reduction none", lambda m, p, X, y, l: rp.grad(*mse_problem()[:4], _bfh_torch_like_loss("MSELoss", "none")), TypeError, "use refprune's rp.MSELoss(reduction='mean' or 'sum')"),
     # harness: K-FAC options and the zoo's arguments
     ("harness kfac_options unknown key", lambda m, p, X, y, l: cf.Adapter(kfac=len, kfac_options={"aprox": "reduce"}), ValueError, "Adapter: kfac_options has unknown keys ['aprox']"),
     ("harness kfac_options bad approx", lambda m, p, X, y, l: cf.Adapter(ekfac=len, kfac_options={"approx": "both"}), ValueError, "Adapter: kfac_options: approx must be one of"),
@@ -359,6 +362,12 @@ BRIDGE_FIXTURE_HARNESS_CASES = [
     ("drawn_zoo count 0", lambda m, p, X, y, l: cf.drawn_zoo(0), ValueError, "drawn_zoo: count must be a positive int, got 0"),
     ("fixture ill-defined EKFAC left out", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: fx["ekfac/ggn/reduce"], "conv-tanh-avgpool"), KeyError, "not uniquely defined"),
 ]
+
+
+def _bfh_torch_like_loss(name, reduction):
+    """An object that looks like a torch loss module to refprune (its class lives in
+    ``torch.nn.modules.loss``), without importing torch."""
+    return type(name, (), {"__module__": "torch.nn.modules.loss", "reduction": reduction})()
 
 
 def _bfh_cases():
