@@ -91,7 +91,18 @@ def validate(model, params, X, y, loss):
     """Check and convert all inputs of a loss-based computation."""
     params = check_params(model, params)
     if not isinstance(loss, Loss):
-        raise TypeError(f"loss must be a refprune loss (CrossEntropyLoss, MSELoss), got {type(loss).__name__}")
+        cls = type(loss)
+        if cls.__module__.split(".")[0] == "torch":
+            # a torch loss module has the same name as refprune's: say whose it is and what to write
+            name = cls.__name__ if cls.__name__ in ("CrossEntropyLoss", "MSELoss") else None
+            red = getattr(loss, "reduction", "mean")
+            red = repr(red) if red in ("mean", "sum") else "'mean' or 'sum'"
+            fix = (f"use refprune's rp.{name}(reduction={red})" if name else
+                   "refprune has rp.CrossEntropyLoss(reduction=...) and rp.MSELoss(reduction=...)")
+            raise TypeError(f"loss must be a refprune loss (rp.CrossEntropyLoss or rp.MSELoss), got torch's "
+                            f"{cls.__module__}.{cls.__qualname__}: {fix}")
+        raise TypeError(f"loss must be a refprune loss (rp.CrossEntropyLoss or rp.MSELoss), got "
+                        f"{cls.__name__}")
     X = check_array(X, "X")
     if X.ndim < 2 or X.shape[0] < 1:
         raise ValueError(f"X must have shape (N, ...) with N >= 1, got {X.shape}")

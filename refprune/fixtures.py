@@ -3,14 +3,24 @@ language can read.
 
 ``python -m refprune fixtures DIR`` writes one ``.npz`` per case of the conformance zoo
 (:mod:`refprune.conformance.zoo`), readable with ``numpy.load(..., allow_pickle=False)``
-(each entry an ``.npy`` array in a plain zip), and ``manifest.json``: the conventions,
-refprune's version, the network of every case as a list of layer specifications (enough
-to rebuild it in another framework), and for every array its shape and the SHA-256 of
-its little-endian C-order bytes.  Writing is deterministic: zip entries carry a fixed
-date and are stored uncompressed, so the same inputs give byte-identical files.
+(each entry an ``.npy`` array in a plain zip), ``manifest.json`` and ``manifest.sha256``.
+The manifest speaks refprune's own dialect: every layer as ``{"type": <class name>,
+<constructor keyword arguments>}`` so that ``getattr(refprune, type)(**kwargs)`` rebuilds
+it, the loss as ``{"type": "CrossEntropyLoss" | "MSELoss", "reduction": ...}``, the
+per-sample ``input_shape`` with ``n_samples`` (as the command line's ``--input-shape``
+and ``--samples``), and for every array its shape, dtype and the SHA-256 of its
+little-endian C-order bytes.  ``manifest.sha256`` holds the SHA-256 of the manifest's
+bytes in ``sha256sum`` format, so an edit of the manifest is detected too.
+
+Writing is deterministic: zip entries carry a fixed date and are stored uncompressed,
+so the same inputs and the same floating-point results give byte-identical files.  The
+results are the same bits on one machine with the same NumPy, SciPy and BLAS and the
+same BLAS thread count; elsewhere they agree to rounding (``fixtures/README.md`` gives
+the measured bounds).
 """
 
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -24,12 +34,18 @@ from .curvature import diagonal as _diag
 from .curvature import exact as _c
 from .curvature.ekfac import ekfac
 from .curvature.kronecker import kfac
-from .nn import AffineLayer, CrossEntropyLoss
+from .conformance.harness import EKFAC_NOT_UNIQUE, ekfac_is_well_defined
+from .nn import AffineLayer
 from .pruning.obs import OBS
 from .pruning.structured import unit_saliencies
 from .pruning.surgery import structurally_prunable
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the manifest and its checksum file
+MANIFEST, MANIFEST_SHA256 = "manifest.json", "manifest.sha256"
+#: layer classes a manifest may name (refprune's own, by class name)
+LAYER_TYPES = ("Linear", "Conv2d", "ReLU", "Tanh", "Sigmoid", "Softplus", "AvgPool2d", "MaxPool2d", "Flatten")
+LOSS_TYPES = ("CrossEntropyLoss", "MSELoss")
 #: K-FAC variants written for every case
 KFAC_CURVATURES = ("ggn", "mc_fisher", "empirical_fisher")
 KFAC_APPROX = ("expand", "reduce")
@@ -52,7 +68,12 @@ CONVENTIONS = {
             "weight block S kron A_W and bias block S); expand: A = sum_{n,t} a a^T / (N T), S = R sum g g^T; "
             "reduce: A = sum_n abar abar^T / N with abar = mean_t a, S = R sum_n (sum_t g)(sum_t g)^T; "
             "for curvature ggn the g are columns of a square root of Lambda back-propagated",
-    "ekfac": "dense EKFAC matrix: K-FAC's eigenbasis U_SA with eigenvalues diag(U_SA^T F_l U_SA) from per-sample gradients",
+    "ekfac": "dense EKFAC matrix: K-FAC's eigenbasis U_SA with eigenvalues diag(U_SA^T F_l U_SA) from per-sample "
+             "gradients; left out (listed under 'omitted') where it depends on the eigenvectors chosen within a "
+             "repeated eigenvalue of S or A",
+    "loss_scale": "R of L = R sum_n l_n for the case's N = n_samples and C outputs",
+    "network": "layers as {'type': refprune class name, constructor keyword arguments}: "
+               "refprune.Sequential(*[getattr(refprune, t)(**kw) ...]) rebuilds it; input_shape is per sample",
     "obd": "obd_saliencies = theta^2 diag(H) / 2 (exact Hessian diagonal); obd_diagonal is LeCun et al.'s "
            "approximation, obd_lm_diagonal without the phi'' term",
     "obs": "H = GGN + obs_damping I; obs_saliencies = theta^2 / (2 diag(H^-1)); obs_update removes obs_index: "
@@ -63,19 +84,30 @@ CONVENTIONS = {
 }
 
 
+def constructor_arguments(cls):
+    """The keyword arguments ``cls(...)`` takes, in order (none for an activation)."""
+    if cls.__init__ is object.__init__:
+        return []
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
 def layer_spec(layer):
-    """A JSON-ready description of one layer (PyTorch's names for the options)."""
+    """One layer as JSON in refprune's dialect: ``{"type": <class name>, **kwargs}``
+    with exactly the keyword arguments of the class's constructor, so that
+    ``getattr(refprune, spec.pop("type"))(**spec)`` rebuilds it."""
     name = type(layer).__name__
+    if name not in LAYER_TYPES:
+        raise TypeError(f"layer_spec: no manifest form for {layer!r}; layer types: {LAYER_TYPES}")
     spec = {"type": name}
-    if name == "Linear":
-        spec.update(in_features=layer.in_features, out_features=layer.out_features, bias=layer.bias)
-    elif name == "Conv2d":
-        spec.update(in_channels=layer.in_channels, out_channels=layer.out_channels,
-                    kernel_size=list(layer.kernel_size), stride=list(layer.stride), padding=list(layer.padding),
-                    bias=layer.bias)
-    elif name in ("AvgPool2d", "MaxPool2d"):
-        spec.update(kernel_size=layer.kernel_size, stride=layer.kernel_size)
+    for arg in constructor_arguments(type(layer)):
+        v = getattr(layer, arg)
+        spec[arg] = list(v) if isinstance(v, tuple) else v
     return spec
+
+
+def loss_spec(loss):
+    """The loss as JSON in refprune's dialect: ``{"type": "MSELoss", "reduction": "mean"}``."""
+    return {"type": type(loss).__name__, "reduction": loss.reduction}
 
 
 def _obs_sequence(case, Hinv, count):
@@ -96,7 +128,16 @@ def _obs_sequence(case, Hinv, count):
 
 
 def case_arrays(case):
-    """Every quantity for one case, ``{name: array}`` (names are the keys of the npz)."""
+    """Every quantity for one case, ``{name: array}`` (names are the keys of the npz);
+    see :func:`case_arrays_and_omitted`."""
+    return case_arrays_and_omitted(case)[0]
+
+
+def case_arrays_and_omitted(case):
+    """``({name: array}, {name: reason})``: every quantity for one case, and the ones
+    left out because they are not uniquely defined (an EKFAC that depends on the choice
+    of eigenvectors, :func:`ekfac_is_well_defined`)."""
+    omitted = {}
     args = case.args()
     a = {"X": case.X, "y": np.asarray(case.y), "theta": case.theta, "v": case.v, "mc_targets": case.targets}
     for i, p in enumerate(case.params):
@@ -125,7 +166,11 @@ def case_arrays(case):
                 for k, b in enumerate(kfac(*args, curvature=curv, approx=approx, bias=bias, **kw).blocks):
                     a[f"kfac/{curv}/{approx}/{bias}/block{k}/S"] = b.S
                     a[f"kfac/{curv}/{approx}/{bias}/block{k}/A"] = b.A
-            a[f"ekfac/{curv}/{approx}"] = ekfac(*args, curvature=curv, approx=approx, **kw).to_dense()
+            op = ekfac(*args, curvature=curv, approx=approx, **kw)
+            if ekfac_is_well_defined(op, a[curv]):
+                a[f"ekfac/{curv}/{approx}"] = op.to_dense()
+            else:
+                omitted[f"ekfac/{curv}/{approx}"] = EKFAC_NOT_UNIQUE
     theta = case.theta
     a["obd_saliencies"] = theta**2 * a["hessian_diagonal"] / 2
     H = a["ggn"] + case.obs_damping * np.eye(case.n_params)
@@ -140,7 +185,7 @@ def case_arrays(case):
         for method in STRUCTURED:
             for j, s in unit_saliencies(*args, method=method, damping=case.obs_damping).items():
                 a[f"unit_saliencies/{method}/layer{j}"] = s
-    return {k: np.require(v, requirements="C") for k, v in a.items()}
+    return {k: np.require(v, requirements="C") for k, v in a.items()}, omitted
 
 
 def checksum(arr):
@@ -172,33 +217,48 @@ def fixture_cases():
     return sorted(cases, key=lambda c: (c.n_params, c.name))
 
 
+def manifest_checksum_line(data):
+    """The line of ``manifest.sha256`` for the manifest's bytes (``sha256sum`` format:
+    ``sha256sum -c manifest.sha256`` checks it)."""
+    return f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}\n"
+
+
+def case_entry(case, arrays, omitted):
+    """The manifest entry of one case (refprune's dialect, see the module's docstring)."""
+    n, c = len(case.X), case.model.output_shape(case.X.shape[1:])[0]
+    return {
+        "name": case.name,
+        "file": _file_name(case),
+        "network": [layer_spec(layer) for layer in case.model],
+        "input_shape": list(case.X.shape[1:]),
+        "n_samples": int(n),
+        "loss": loss_spec(case.loss),
+        "loss_scale": case.loss.scale(n, c),
+        "obs_index": case.obs_index,
+        "obs_damping": case.obs_damping,
+        "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str, "sha256": checksum(v)}
+                   for k, v in arrays.items()},
+        "omitted": omitted,
+    }
+
+
 def write_fixtures(directory, cases=None, progress=False):
     """Write the fixtures of ``cases`` (default :func:`fixture_cases`) into
-    ``directory``; returns the manifest (also written as ``manifest.json``)."""
+    ``directory``; returns the manifest (also written as ``manifest.json``, with its
+    SHA-256 in ``manifest.sha256``)."""
     cases = fixture_cases() if cases is None else cases
     os.makedirs(directory, exist_ok=True)
     manifest = {"format_version": FORMAT_VERSION, "refprune_version": __version__, "conventions": CONVENTIONS,
                 "cases": []}
     for case in cases:
-        arrays = case_arrays(case)
-        fname = _file_name(case)
-        write_npz(os.path.join(directory, fname), arrays)
-        n, c = len(case.X), case.model.output_shape(case.X.shape[1:])[0]
-        manifest["cases"].append({
-            "name": case.name,
-            "file": fname,
-            "network": [layer_spec(layer) for layer in case.model],
-            "input_shape": list(case.X.shape),
-            "loss": {"type": "cross_entropy" if isinstance(case.loss, CrossEntropyLoss) else "squared_error",
-                     "reduction": case.loss.reduction, "R": case.loss.scale(n, c)},
-            "obs_index": case.obs_index,
-            "obs_damping": case.obs_damping,
-            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": checksum(v)}
-                       for k, v in arrays.items()},
-        })
+        arrays, omitted = case_arrays_and_omitted(case)
+        write_npz(os.path.join(directory, _file_name(case)), arrays)
+        manifest["cases"].append(case_entry(case, arrays, omitted))
         if progress:
-            print(f"fixtures: {fname} ({len(arrays)} arrays)")
-    with open(os.path.join(directory, "manifest.json"), "w") as fh:
-        json.dump(manifest, fh, indent=1, sort_keys=True)
-        fh.write("\n")
+            print(f"fixtures: {_file_name(case)} ({len(arrays)} arrays)")
+    data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8")
+    with open(os.path.join(directory, MANIFEST), "wb") as fh:
+        fh.write(data)
+    with open(os.path.join(directory, MANIFEST_SHA256), "w", newline="\n") as fh:
+        fh.write(manifest_checksum_line(data))
     return manifest

@@ -292,7 +292,170 @@ STORE_CLI_CASES = [
 
 # ---- from_torch, fixtures and the conformance harness
 BRIDGE_FIXTURE_HARNESS_CASES = [
+    # harness: what an adapter returns
+    ("harness adapter all NaN", lambda m, p, X, y, l: _bfh_conforms(grad=lambda c: np.full(c.n_params, np.nan)), AssertionError, "8 NaN and 0 inf entries of 8"),
+    ("harness adapter one NaN", lambda m, p, X, y, l: _bfh_conforms(grad=lambda c: nan_at(rp.grad(*c.args()), 2)), AssertionError, "1 NaN and 0 inf entries of 8"),
+    ("harness adapter complex gradient", lambda m, p, X, y, l: _bfh_conforms(grad=lambda c: rp.grad(*c.args()) + 1e-3j), AssertionError, "the adapter's grad for case linear/ce-mean is complex (complex128)"),
+    ("harness adapter complex Hessian, tiny imaginary part", lambda m, p, X, y, l: _bfh_conforms(hessian=lambda c: rp.hessian(*c.args()) + 1e-30j), AssertionError, "hessian for case linear/ce-mean is complex"),
+    ("harness adapter complex64 loss", lambda m, p, X, y, l: _bfh_conforms(loss=lambda c: np.complex64(rp.loss(*c.args()))), AssertionError, "is complex (complex64)"),
+    ("harness adapter returns text", lambda m, p, X, y, l: _bfh_conforms(grad=lambda c: "0.1 0.2"), AssertionError, "grad for case linear/ce-mean must be a real numeric array, got dtype <U7"),
+    ("harness adapter returns booleans", lambda m, p, X, y, l: _bfh_conforms(grad=lambda c: rp.grad(*c.args()) > 0), AssertionError, "must be a real numeric array, got dtype bool"),
+    ("harness adapter returns None", lambda m, p, X, y, l: _bfh_conforms(ggn=lambda c: None), AssertionError, "ggn for case linear/ce-mean must be a real numeric array, got dtype object"),
+    ("harness adapter ragged list", lambda m, p, X, y, l: _bfh_conforms(grad=lambda c: [[1.0], [1.0, 2.0]]), AssertionError, "cannot be read as an array"),
+    ("harness kfac_factors not a list", lambda m, p, X, y, l: _bfh_conforms(kfac_factors=lambda c: 3), AssertionError, "kfac_factors for case linear/ce-mean must be a list of (S, A) pairs, got int"),
+    ("harness kfac_factors not pairs", lambda m, p, X, y, l: _bfh_conforms(kfac_factors=lambda c: [np.eye(2)]), AssertionError, "entry 0 must be a pair (S, A), got ndarray"),
+    ("harness kfac_factors complex S", lambda m, p, X, y, l: _bfh_conforms(kfac_factors=lambda c: [(b.S + 1e-9j, b.A) for b in rp.kfac(*c.args()).blocks]), AssertionError, "S of pair 0 is complex"),
+    # harness: rtol and the other arguments
+    ("harness rtol np.float32 accepted", lambda m, p, X, y, l: _bfh_check(rtol=np.float32(1e-4)), None, ""),
+    ("harness rtol np.int64 0 accepted", lambda m, p, X, y, l: _bfh_check(rtol=np.int64(0)), None, ""),
+    ("harness rtol dict of np.float32 accepted", lambda m, p, X, y, l: _bfh_check(rtol={"grad": np.float32(1e-6)}), None, ""),
+    ("harness rtol bool", lambda m, p, X, y, l: _bfh_check(rtol=True), TypeError, "rtol must be a real number in [0, 1) or a dict"),
+    ("harness rtol np.bool_", lambda m, p, X, y, l: _bfh_check(rtol={"grad": np.True_}), TypeError, "check: rtol for grad must be a real number in [0, 1), got bool"),
+    ("harness rtol string", lambda m, p, X, y, l: _bfh_check(rtol="1e-6"), TypeError, "got str '1e-6'"),
+    ("harness rtol a list", lambda m, p, X, y, l: _bfh_check(rtol=[1e-6]), TypeError, "rtol must be a real number in [0, 1) or a dict of them per quantity, got list"),
+    ("harness rtol names a quantity not computed", lambda m, p, X, y, l: _bfh_check(rtol={"hessain": 1e-6}), ValueError, "rtol names ['hessain'], which the adapter does not compute"),
+    ("harness cases not Cases", lambda m, p, X, y, l: _bfh_check(cases=[(m, p, X, y, l)]), TypeError, "cases must be a list of refprune.conformance.Case, got tuple"),
+    ("harness cases a string", lambda m, p, X, y, l: _bfh_check(cases="zoo"), TypeError, "cases must be a list of refprune.conformance.Case, got str"),
+    ("harness progress not bool", lambda m, p, X, y, l: _bfh_check(progress="yes"), TypeError, "check: progress must be True or False, got 'yes'"),
+    ("relative_error complex", lambda m, p, X, y, l: cf.relative_error(np.ones(3) + 1e-3j, np.ones(3)), TypeError, "relative_error: a is complex (complex128)"),
+    ("relative_error reference NaN", lambda m, p, X, y, l: cf.relative_error(np.ones(3), nan_at(np.ones(3))), ValueError, "relative_error: the reference b contains 1 NaN"),
+    ("relative_error strings", lambda m, p, X, y, l: cf.relative_error(np.array(["1"]), np.ones(1)), TypeError, "relative_error: a must be a real numeric array, got dtype <U1"),
+    ("diagnose complex", lambda m, p, X, y, l: cf.diagnose(np.ones(8) + 1j, np.ones(8), _bfh_cases()[0], 1e-9), TypeError, "diagnose: a is complex"),
+    # from_jax (a dict of arrays keyed like a state dict)
+    ("from_jax complex entry", lambda m, p, X, y, l: rp.from_jax(_bfh_tree(m, p, "0.weight", lambda a: a + 1e-3j), m), TypeError, "from_jax: entry '0.weight' is complex (complex128)"),
+    ("from_jax boolean entry", lambda m, p, X, y, l: rp.from_jax(_bfh_tree(m, p, "4.bias", lambda a: a > 0), m), TypeError, "from_jax: entry '4.bias' must be a real numeric array, got dtype bool"),
+    ("from_jax text entry", lambda m, p, X, y, l: rp.from_jax(_bfh_tree(m, p, "0.bias", lambda a: a.astype(str)), m), TypeError, "entry '0.bias' must be a real numeric array"),
+    # fixtures: damaged files and manifests (a one-case fixture set in a temporary directory)
+    ("fixtures array re-saved with another shape", lambda m, p, X, y, l: _bfh_damaged("reshape"), ValueError, "array 'grad' is <f8 of shape [1, 8], the manifest says <f8 of shape [8]"),
+    ("fixtures array re-saved with another dtype", lambda m, p, X, y, l: _bfh_damaged("view"), ValueError, "array 'grad' is <i8 of shape [8], the manifest says <f8"),
+    ("fixtures array added", lambda m, p, X, y, l: _bfh_damaged("extra"), ValueError, "not listed ['extra']"),
+    ("fixtures loss reduction edited in the manifest", lambda m, p, X, y, l: _bfh_damaged("reduction"), ValueError, "manifest.json' does not match its SHA-256 in"),
+    ("fixtures manifest.sha256 missing", lambda m, p, X, y, l: _bfh_damaged("no sha256"), FileNotFoundError, "no manifest.sha256 beside"),
+    ("fixtures truncated npz", lambda m, p, X, y, l: _bfh_damaged("truncate"), ValueError, "linear__ce-mean.npz' cannot be read as an .npz"),
+    ("fixtures manifest not JSON", lambda m, p, X, y, l: _bfh_damaged("not json"), ValueError, "manifest.json' is not valid JSON"),
+    ("fixtures manifest {}", lambda m, p, X, y, l: _bfh_damaged("empty"), ValueError, "manifest.json' lacks ['format_version', 'cases']"),
+    ("fixtures input_shape with N", lambda m, p, X, y, l: _bfh_damaged("input_shape"), ValueError, "the manifest's n_samples and input_shape say"),
+    ("fixtures loss type of the old dialect", lambda m, p, X, y, l: _bfh_damaged("squared_error"), ValueError, "case 0 ('linear/ce-mean'): loss_from_spec: expected {'type': one of"),
+    ("load_fixtures verify a string", lambda m, p, X, y, l: rp.testing.load_fixtures("fixtures/golden", verify="no"), TypeError, "load_fixtures: verify must be True or False, got 'no'"),
+    ("model_from_spec pooling stride", lambda m, p, X, y, l: rp.testing.model_from_spec([{"type": "AvgPool2d", "kernel_size": 2, "stride": 1}]), ValueError, "layer 0 (AvgPool2d) has unknown argument(s) ['stride'] (refprune pools with stride = kernel_size)"),
+    ("model_from_spec no type", lambda m, p, X, y, l: rp.testing.model_from_spec([{"type": "Flatten"}, {"kernel_size": 2}]), ValueError, "layer 1 {'kernel_size': 2} has no 'type'; accepted types: Linear, Conv2d"),
+    ("model_from_spec misspelt argument", lambda m, p, X, y, l: rp.testing.model_from_spec([{"type": "Linear", "in_features": 3, "out_features": 2, "bais": True}]), ValueError, "Linear accepts ['in_features', 'out_features', 'bias']"),
+    ("model_from_spec unknown type", lambda m, p, X, y, l: rp.testing.model_from_spec([{"type": "Tanh"}, {"type": "GELU"}]), ValueError, "layer 1 has unknown type 'GELU'; accepted types"),
+    ("model_from_spec a dict", lambda m, p, X, y, l: rp.testing.model_from_spec({"network": [{"type": "Tanh"}]}), TypeError, "expected a list of layer specifications"),
+    ("compare_with_fixture complex", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: rp.testing.compare_with_fixture(fx, "grad", fx["grad"] + 1e-3j)), TypeError, "compare_with_fixture: value for 'grad' is complex"),
+    ("compare_with_fixture all NaN", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: rp.testing.compare_with_fixture(fx, "grad", np.full(8, np.nan))), AssertionError, "8 NaN and 0 inf entries"),
+    ("compare_with_fixture rtol a string", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: rp.testing.compare_with_fixture(fx, "grad", fx["grad"], rtol="1e-6")), TypeError, "compare_with_fixture: rtol must be a real number in [0, 1), got str"),
+    # a torch loss where refprune's is expected (a stand-in with torch's module name: the table runs without torch)
+    ("loss is torch's CrossEntropyLoss", lambda m, p, X, y, l: rp.loss(m, p, X, y, _bfh_torch_like_loss("CrossEntropyLoss", "sum")), TypeError, "got torch's torch.nn.modules.loss.CrossEntropyLoss: use refprune's rp.CrossEntropyLoss(reduction='sum')"),
+    ("loss is torch's MSELoss with reduction none", lambda m, p, X, y, l: rp.grad(*mse_problem()[:4], _bfh_torch_like_loss("MSELoss", "none")), TypeError, "use refprune's rp.MSELoss(reduction='mean' or 'sum')"),
+    # harness: K-FAC options and the zoo's arguments
+    ("harness kfac_options unknown key", lambda m, p, X, y, l: cf.Adapter(kfac=len, kfac_options={"aprox": "reduce"}), ValueError, "Adapter: kfac_options has unknown keys ['aprox']"),
+    ("harness kfac_options bad approx", lambda m, p, X, y, l: cf.Adapter(ekfac=len, kfac_options={"approx": "both"}), ValueError, "Adapter: kfac_options: approx must be one of"),
+    ("harness kfac_options not a dict", lambda m, p, X, y, l: cf.Adapter(kfac=len, kfac_options=["reduce"]), TypeError, "Adapter: kfac_options must be a dict"),
+    ("harness kfac_options without a K-FAC quantity", lambda m, p, X, y, l: cf.Adapter(grad=len, kfac_options={"bias": "separate"}), ValueError, "kfac_options apply to ['kfac', 'kfac_factors', 'ekfac'], which the adapter does not compute"),
+    ("make_case n 0", lambda m, p, X, y, l: cf.make_case("linear", "ce-mean", n=0), ValueError, "build_case: n must be a positive int, got 0"),
+    ("make_case n float", lambda m, p, X, y, l: cf.make_case("linear", "ce-mean", n=2.5), ValueError, "build_case: n must be a positive int, got 2.5"),
+    ("make_case seed negative", lambda m, p, X, y, l: cf.make_case("linear", "mse-sum", seed=-1), ValueError, "build_case: seed must be a non-negative int, got -1"),
+    ("make_case mc_samples 0", lambda m, p, X, y, l: cf.make_case("mlp-tanh", "ce-sum", mc_samples=0), ValueError, "build_case: mc_samples must be a positive int"),
+    ("zoo architectures a string", lambda m, p, X, y, l: cf.zoo("linear"), TypeError, "zoo: architectures must be a list of names"),
+    ("zoo losses empty", lambda m, p, X, y, l: cf.zoo(losses=[]), ValueError, "zoo: losses [] not known"),
+    ("drawn_zoo count 0", lambda m, p, X, y, l: cf.drawn_zoo(0), ValueError, "drawn_zoo: count must be a positive int, got 0"),
+    ("fixture ill-defined EKFAC left out", lambda m, p, X, y, l: _bfh_with_fixture(lambda fx: fx["ekfac/ggn/reduce"], "conv-tanh-avgpool"), KeyError, "not uniquely defined"),
 ]
+
+
+def _bfh_torch_like_loss(name, reduction):
+    """An object that looks like a torch loss module to refprune (its class lives in
+    ``torch.nn.modules.loss``), without importing torch."""
+    return type(name, (), {"__module__": "torch.nn.modules.loss", "reduction": reduction})()
+
+
+def _bfh_cases():
+    return [cf.make_case("linear", "ce-mean")]
+
+
+def _bfh_conforms(**quantities):
+    return cf.assert_conforms(cf.Adapter(**quantities), _bfh_cases())
+
+
+def _bfh_check(cases=None, **options):
+    report = cf.check(cf.Adapter(grad=lambda c: rp.grad(*c.args())), _bfh_cases() if cases is None else cases, **options)
+    assert report.ok, report
+    return report
+
+
+def _bfh_tree(model, params, key, change):
+    """``params`` as a dict keyed like a state dict, with entry ``key`` changed."""
+    names = [f"{i}.{k}" for i, layer in enumerate(model) if isinstance(layer, rp.nn.AffineLayer)
+             for k in (("weight", "bias") if layer.bias else ("weight",))]
+    tree = dict(zip(names, params))
+    tree[key] = change(tree[key])
+    return tree
+
+
+def _bfh_with_fixture(fn, arch="linear", lossname="ce-mean"):
+    """``fn(fixture)`` on a one-case fixture set written to a temporary directory."""
+    import tempfile
+
+    from refprune.fixtures import write_fixtures
+
+    with tempfile.TemporaryDirectory() as d:
+        write_fixtures(d, [cf.make_case(arch, lossname)])
+        return fn(rp.testing.load_fixtures(d)[0])
+
+
+def _bfh_damaged(kind):
+    """Write the linear/ce-mean fixtures to a temporary directory, damage them one way
+    and load them."""
+    import json
+    import os
+    import tempfile
+
+    from refprune.fixtures import write_fixtures
+
+    with tempfile.TemporaryDirectory() as d:
+        write_fixtures(d, [cf.make_case("linear", "ce-mean")])
+        npz, man = os.path.join(d, "linear__ce-mean.npz"), os.path.join(d, "manifest.json")
+        with np.load(npz) as z:
+            arrays = {k: z[k] for k in z.files}
+        with open(man) as fh:
+            manifest = json.load(fh)
+        entry = manifest["cases"][0]
+        if kind in ("reshape", "view", "extra"):
+            change = {"reshape": lambda a: a.reshape(1, -1), "view": lambda a: a.view(np.int64)}
+            if kind == "extra":
+                arrays["extra"] = np.zeros(2)
+            else:
+                arrays["grad"] = change[kind](arrays["grad"])
+            np.savez(npz, **arrays)
+        elif kind == "truncate":
+            with open(npz, "rb") as fh:
+                data = fh.read()
+            with open(npz, "wb") as fh:
+                fh.write(data[: len(data) // 2])
+        elif kind == "no sha256":
+            os.remove(os.path.join(d, "manifest.sha256"))
+        elif kind == "not json":
+            with open(man, "w") as fh:
+                fh.write('{"cases": [{"name": ')
+        else:
+            if kind == "reduction":
+                entry["loss"]["reduction"] = "sum"
+            elif kind == "empty":
+                manifest = {}
+            elif kind == "input_shape":
+                entry["input_shape"] = [entry["n_samples"]] + entry["input_shape"]
+            elif kind == "squared_error":
+                entry["loss"]["type"] = "squared_error"
+            data = json.dumps(manifest).encode()
+            with open(man, "wb") as fh:
+                fh.write(data)
+            if kind != "reduction":  # the manifest's hash made to match: the other checks must catch it
+                from refprune.fixtures import manifest_checksum_line
+
+                with open(os.path.join(d, "manifest.sha256"), "w") as fh:
+                    fh.write(manifest_checksum_line(data))
+        return rp.testing.load_fixtures(d)
 
 # ---- options of prune, obs_trace, saliencies, minimize, train and the optimizers; divergence
 OPTION_CASES = [

@@ -86,9 +86,9 @@ def test_from_torch_refuses_bad_containers_and_state_dicts(torch):
     model = rp.Sequential(rp.Linear(3, 2))
     with pytest.raises(TypeError, match="a state dict needs model="):
         rp.from_torch({"0.weight": torch.zeros(2, 3)})
-    with pytest.raises(ValueError, match="has 1 entries .* but the model has 2 parameter arrays"):
+    with pytest.raises(ValueError, match="missing '0.bias' \\(layer 0 Linear"):
         rp.from_torch({"0.weight": torch.zeros(2, 3)}, model=model)
-    with pytest.raises(ValueError, match="'0.weight' has shape \\(3, 2\\), the model expects \\(2, 3\\)"):
+    with pytest.raises(ValueError, match="'0.weight' has shape \\(3, 2\\), layer 0 .* expects \\(2, 3\\)"):
         rp.from_torch({"0.weight": torch.zeros(3, 2), "0.bias": torch.zeros(2)}, model=model)
     with pytest.raises(ValueError, match="NaN or inf"):
         rp.from_torch({"0.weight": torch.full((2, 3), float("nan")), "0.bias": torch.zeros(2)}, model=model)
@@ -139,3 +139,126 @@ def test_bridges_say_how_to_install_a_missing_library(monkeypatch):
         rp.from_torch(object())
     with pytest.raises(ImportError, match="pip install jax jaxlib"):
         rp.to_jax(model, model.init())
+
+
+def test_from_torch_state_dict_is_matched_by_name_not_position(torch):
+    """Two Linear(3, 3) layers of equal shape: a state dict in another order (as any
+    dict may be) must still give each layer its own weights."""
+    torch.manual_seed(1)
+    tnet = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh(), torch.nn.Linear(3, 3))
+    sd = tnet.state_dict()
+    shuffled = {k: sd[k] for k in ("2.weight", "2.bias", "0.weight", "0.bias")}
+    model = rp.Sequential(rp.Linear(3, 3), rp.Tanh(), rp.Linear(3, 3))
+    _, params = rp.from_torch(shuffled, model=model)
+    expected = [sd[k].double().numpy() for k in ("0.weight", "0.bias", "2.weight", "2.bias")]
+    assert all(np.array_equal(a, b) for a, b in zip(params, expected))
+    X = np.random.default_rng(0).standard_normal((4, 3))
+    assert_close(model(params, X), tnet.double()(torch.from_numpy(X)).detach().numpy(), 1e-13, 1e-13, "output")
+
+
+def test_from_torch_state_dict_of_nested_and_named_modules(torch):
+    """model= may be the torch Sequential itself: the state dict is read with torch's
+    own names (``0.0.weight`` in a nested Sequential, ``fc.bias`` for a named module)."""
+    from collections import OrderedDict
+
+    torch.manual_seed(2)
+    nested = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()), torch.nn.Linear(4, 4),
+                                 torch.nn.Sigmoid(), torch.nn.Linear(4, 4))
+    other = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()), torch.nn.Linear(4, 4),
+                                torch.nn.Sigmoid(), torch.nn.Linear(4, 4))  # other values, same architecture
+    sd = dict(reversed(list(nested.state_dict().items())))
+    assert list(sd)[0] == "3.bias"
+    model, params = rp.from_torch(sd, model=other)
+    names = ["0.0.weight", "0.0.bias", "1.weight", "1.bias", "3.weight", "3.bias"]
+    assert all(np.array_equal(p, sd[k].double().numpy()) for p, k in zip(params, names))
+    X = np.random.default_rng(1).standard_normal((5, 3))
+    assert_close(model(params, X), nested.double()(torch.from_numpy(X)).detach().numpy(), 1e-13, 1e-13, "output")
+    named = torch.nn.Sequential(OrderedDict(conv=torch.nn.Conv2d(1, 2, 3), act=torch.nn.ReLU(),
+                                            flat=torch.nn.Flatten(), fc=torch.nn.Linear(8, 2)))
+    nsd = named.state_dict()
+    model, params = rp.from_torch({k: nsd[k] for k in ("fc.bias", "conv.weight", "fc.weight", "conv.bias")},
+                                  model=named)
+    assert [p.shape for p in params] == [(2, 1, 3, 3), (2,), (2, 8), (2,)]
+    assert np.array_equal(params[2], nsd["fc.weight"].double().numpy())
+    with pytest.raises(ValueError, match=r"missing 'fc.bias' .*unexpected \['fc.b'\]"):
+        rp.from_torch({"conv.weight": nsd["conv.weight"], "conv.bias": nsd["conv.bias"], "fc.weight": nsd["fc.weight"],
+                       "fc.b": nsd["fc.bias"]}, model=named)
+
+
+def test_from_torch_names_every_missing_extra_and_misplaced_key(torch):
+    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 2))
+    sd = {"0.weight": torch.zeros(4, 3), "2.weight": torch.zeros(4), "2.bias": torch.zeros(2, 4),
+          "1.running_mean": torch.zeros(4)}
+    with pytest.raises(ValueError) as err:
+        rp.from_torch(sd, model=model)
+    msg = str(err.value)
+    assert "missing '0.bias' (layer 0 Linear(3, 4, bias=True) bias)" in msg
+    assert "unexpected ['1.running_mean'] (buffers such as BatchNorm statistics are not modelled)" in msg
+    assert "'2.weight' has shape (4,), layer 2 Linear(4, 2, bias=True) expects (2, 4) for its weight; that is " \
+           "the shape of ['0.bias']: misplaced?" in msg
+    assert "'2.bias' has shape (2, 4), layer 2 Linear(4, 2, bias=True) expects (2,)" in msg
+    wrapped = {"module." + k: v for k, v in rp.to_torch(model, model.init())[0].state_dict().items()}
+    with pytest.raises(ValueError, match="every missing key is there with the prefix 'module.': strip it"):
+        rp.from_torch(wrapped, model=model)
+    nested = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()), torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="pass that Sequential as model="):
+        rp.from_torch(nested.state_dict(), model=model)
+    with pytest.raises(TypeError, match="state dict keys must be strings"):
+        rp.from_torch({0: torch.zeros(4, 3)}, model=model)
+
+
+def test_from_torch_refuses_complex_networks_and_state_dicts(torch):
+    cnet = torch.nn.Sequential(torch.nn.Linear(2, 2, dtype=torch.complex128))
+    with pytest.raises(TypeError, match=r"parameter 0.weight is complex \(torch.complex128\)"):
+        rp.from_torch(cnet)
+    model = rp.Sequential(rp.Linear(2, 2))
+    with pytest.raises(TypeError, match=r"parameter 0.bias is complex"):
+        rp.from_torch({"0.weight": torch.zeros(2, 2), "0.bias": torch.zeros(2, dtype=torch.complex64)}, model=model)
+    with pytest.raises(TypeError, match=r"'0.weight' is complex \(complex128\)"):
+        rp.from_torch({"0.weight": np.zeros((2, 2)) + 1e-3j, "0.bias": np.zeros(2)}, model=model)
+    with pytest.raises(TypeError, match="must be a real numeric tensor, got torch.bool"):
+        rp.from_torch({"0.weight": torch.zeros(2, 2, dtype=torch.bool), "0.bias": torch.zeros(2)}, model=model)
+    X = np.ones((2, 2))
+    with pytest.raises(TypeError, match="X must be a numeric array, got dtype complex128"):
+        rp.bridges.torch_hessian(model, model.init(), X + 1j, np.array([0, 1]), rp.CrossEntropyLoss())
+
+
+def test_harness_refuses_complex_torch_results(torch):
+    from refprune import conformance as cf
+
+    case = cf.make_case("linear", "ce-mean")
+    adapter = cf.Adapter(grad=lambda c: torch.from_numpy(rp.grad(*c.args())).to(torch.complex128) + 1e-3j)
+    report = cf.check(adapter, [case])
+    assert not report.ok and "is complex (complex128)" in str(report)
+
+
+def test_torch_losses_are_named_as_torchs(torch):
+    """A torch loss module where refprune's is expected: the message says whose it is
+    and what to write instead, not the same class name twice."""
+    model = rp.Sequential(rp.Linear(2, 2))
+    X, y = np.ones((2, 2)), np.array([0, 1])
+    with pytest.raises(TypeError) as err:
+        rp.loss(model, model.init(), X, y, torch.nn.CrossEntropyLoss(reduction="sum"))
+    assert "got torch's torch.nn.modules.loss.CrossEntropyLoss: use refprune's " \
+           "rp.CrossEntropyLoss(reduction='sum')" in str(err.value)
+    with pytest.raises(TypeError, match=r"torch.nn.modules.loss.MSELoss: use refprune's rp.MSELoss\(reduction='mean'\)"):
+        rp.grad(model, model.init(), X, np.ones((2, 2)), torch.nn.MSELoss())
+    with pytest.raises(TypeError, match="torch.nn.modules.loss.NLLLoss: refprune has rp.CrossEntropyLoss"):
+        rp.hessian(model, model.init(), X, y, torch.nn.NLLLoss())
+    with pytest.raises(TypeError, match="torch_loss: loss must be a refprune loss"):
+        rp.bridges.torch_loss(torch.nn.MSELoss())
+
+
+def test_from_torch_refuses_a_module_used_twice(torch):
+    """Sequential.forward runs a module listed twice twice; named_children() lists it
+    once, which used to drop the second use silently."""
+    shared = torch.nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="layer 2 .* is the same module as layer 0: shared \\(tied\\) parameters"):
+        rp.from_torch(torch.nn.Sequential(shared, torch.nn.Tanh(), shared))
+    act = torch.nn.Tanh()  # a shared activation has no parameters: every use is converted
+    model, _ = rp.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 3), act, torch.nn.Linear(3, 3), act))
+    assert [type(layer).__name__ for layer in model] == ["Linear", "Tanh", "Linear", "Tanh"]
+    a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    b.weight = a.weight  # tied weights in two modules
+    with pytest.raises(ValueError, match="parameter 2.weight is the same tensor as 0.weight"):
+        rp.from_torch(torch.nn.Sequential(a, torch.nn.Tanh(), b))

@@ -230,3 +230,78 @@ def test_torch_func_adapter_passes_in_one_assertion():
         return torch.func.hessian(f)(th)
 
     cf.assert_conforms(cf.Adapter(grad=grad, hessian=hessian))
+
+
+def test_non_finite_and_complex_results_fail_by_name():
+    """Every comparison with NaN is false: without the finiteness check an all-NaN
+    adapter would pass.  A complex result is refused, not cast to its real part."""
+    cases = ZOO[:2]
+    nan = cf.check(cf.Adapter(grad=lambda c: np.full(c.n_params, np.nan)), cases)
+    assert not nan.ok and nan["grad"].max_error == float("inf") and len(nan["grad"].failures) == 2
+    assert "NaN and 0 inf entries" in str(nan)
+    assert cf.relative_error(np.full(3, np.nan), np.ones(3)) == float("inf")
+    assert cf.relative_error(np.array([1.0, np.inf, 1.0]), np.ones(3)) == float("inf")
+    cplx = cf.check(cf.Adapter(grad=lambda c: rp.grad(*c.args()) + 1e-3j), cases)
+    assert not cplx.ok and "is complex (complex128)" in str(cplx)
+    assert cf.check(cf.Adapter(grad=lambda c: rp.grad(*c.args()).astype(np.float32)), cases,
+                    rtol=np.float32(1e-6)).ok
+    for bad, exc in ((float("nan"), ValueError), (np.float32(-1e-3), ValueError), (np.float64(1.0), ValueError),
+                     (True, TypeError), ("1e-9", TypeError), (1e-9 + 0j, TypeError)):
+        with pytest.raises(exc, match="rtol"):
+            cf.check(cf.Adapter(grad=lambda c: rp.grad(*c.args())), cases, rtol=bad)
+
+
+def test_kfac_options_are_checked_and_mc_fisher_replays_the_case_targets():
+    with pytest.raises(ValueError, match=r"kfac_options has unknown keys \['aprox'\]"):
+        cf.Adapter(kfac=len, kfac_options={"aprox": "reduce"})
+    with pytest.raises(ValueError, match="Adapter: kfac_options: approx must be one of"):
+        cf.Adapter(kfac=len, kfac_options={"approx": "both"})
+    with pytest.raises(TypeError, match="kfac_options must be a dict"):
+        cf.Adapter(kfac=len, kfac_options=["reduce"])
+    with pytest.raises(ValueError, match=r"kfac_options apply to \['kfac', 'kfac_factors', 'ekfac'\], which the adapter"):
+        cf.Adapter(grad=len, kfac_options={"approx": "reduce"})
+    # an implementation that replays case.targets conforms: the reference uses them too
+    opts = {"curvature": "mc_fisher", "approx": "reduce"}
+    adapter = cf.Adapter(kfac_options=opts, kfac=lambda c: rp.kfac(*c.args(), curvature="mc_fisher", approx="reduce",
+                                                                   targets=c.targets).to_dense())
+    assert cf.check(adapter, ZOO[:4]).ok
+
+
+def test_ekfac_is_compared_only_where_it_is_unique():
+    """On the convolutional cases with approx='reduce', A is singular and the curvature
+    is not zero on its null space: EKFAC depends on the eigenvectors chosen, so an
+    implementation that picks others (here: the eigenvectors of every repeated
+    eigenvalue rotated) is right but differs.  The harness skips those cases and says
+    so; on the others the rotated implementation passes."""
+    rng = np.random.default_rng(0)
+
+    def rotated_ekfac(case):
+        op = rp.kfac(*case.args(), approx="reduce")
+        F = rp.ggn(*case.args())
+        M = np.zeros_like(F)
+        for b in op.blocks:
+            lay, Us = b.layout, []
+            for W in (b.S, b.A):
+                w, U = np.linalg.eigh(W)
+                start = 0
+                for i in range(1, len(w) + 1):
+                    if i == len(w) or w[i] - w[i - 1] > 1e-6 * np.abs(w).max():
+                        if i - start > 1:
+                            U[:, start:i] = U[:, start:i] @ np.linalg.qr(rng.standard_normal((i - start,) * 2))[0]
+                        start = i
+                Us.append(U)
+            B = lay.from_matrix(np.einsum("ci,pj->ijcp", *Us).reshape(-1, lay.c, lay.p))
+            o = slice(lay.offset, lay.offset + lay.size)
+            M[o, o] = (B * np.einsum("ik,ij,jk->k", B, F[o, o], B)) @ B.T
+        return M
+
+    report = cf.check(cf.Adapter(ekfac=rotated_ekfac, kfac_options={"approx": "reduce"}), ZOO)
+    res = report["ekfac"]
+    skipped = {name for name, _ in res.skipped}
+    assert report.ok, report
+    assert skipped and all(name.startswith("conv") for name in skipped)
+    assert res.cases + len(skipped) == len(ZOO)
+    assert "not compared on" in str(report) and "(" + str(len(skipped)) + " skipped)" in report.table()
+    only_skipped = cf.check(cf.Adapter(ekfac=rotated_ekfac, kfac_options={"approx": "reduce"}),
+                            [c for c in ZOO if c.name in skipped][:2])
+    assert not only_skipped.ok and "compared on no case" in str(only_skipped)

@@ -330,7 +330,9 @@ def _run_one(quantity, fn, cases, kfac_options):
     if quantity == "kfac mc (replayed draws)":
         cases = [dataclasses.replace(c, targets=curvlinops_mc_targets(c)) for c in cases]
         opts["targets"] = None
-    adapter = cf.Adapter(kfac_options=_kfac_opts(opts), **{base: fn})
+    # kfac_options apply to the K-FAC quantities only (the harness refuses them elsewhere)
+    kw = dict(kfac_options=_kfac_opts(opts)) if base in ("kfac", "kfac_factors", "ekfac") else {}
+    adapter = cf.Adapter(**kw, **{base: fn})
     if quantity == "kfac mc (replayed draws)":
         # the reference must use the replayed targets: K-FAC of those draws
         adapter.quantities = {"kfac": fn}

@@ -12,7 +12,7 @@
 import numpy as np
 
 from .. import nn
-from ..checks import check_params
+from ..checks import check_params, validate
 
 
 def _jax():
@@ -93,7 +93,21 @@ def from_jax(tree, model):
     missing, extra = [k for k in names if k not in tree], [k for k in tree if k not in names]
     if missing or extra:
         raise ValueError(f"from_jax: keys do not match the model: missing {missing}, unexpected {extra}")
-    return check_params(model, [np.array(tree[k], dtype=np.float64) for k in names])
+    return check_params(model, [_real(tree[k], k) for k in names])
+
+
+def _real(value, name):
+    """A float64 copy of ``value``; complex values are refused by name (a cast would
+    drop the imaginary part), and so are booleans and non-numeric values."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"from_jax: entry {name!r} cannot be read as an array ({err})") from None
+    if a.dtype.kind == "c":
+        raise TypeError(f"from_jax: entry {name!r} is complex ({a.dtype}); refprune's parameters are real float64")
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"from_jax: entry {name!r} must be a real numeric array, got dtype {a.dtype}")
+    return np.array(a, dtype=np.float64)
 
 
 def jax_loss_function(model, X, y, loss):
@@ -101,12 +115,13 @@ def jax_loss_function(model, X, y, loss):
     with ``jax.numpy`` from the model's layer descriptions, for ``jax.hessian``."""
     jax = _jax()
     jnp = jax.numpy
+    inp = validate(model, model.init(), X, y, loss)  # complex or non-finite data is refused, never cast
     shapes = model.param_shapes()
     sizes = [int(np.prod(s)) for s in shapes]
     names = param_names(model)
     apply = jax_apply(model)
-    Xj = jnp.asarray(np.asarray(X, dtype=np.float64))
-    yj = jnp.asarray(np.asarray(y))
+    Xj = jnp.asarray(inp.X)
+    yj = jnp.asarray(inp.y)
 
     def L(theta):
         flat = jnp.split(theta, np.cumsum(sizes)[:-1])
@@ -124,6 +139,7 @@ def jax_loss_function(model, X, y, loss):
 def jax_hessian(model, params, X, y, loss):
     """The Hessian by ``jax.jit(jax.hessian)`` over the flat parameter vector."""
     jax = _jax()
+    params = check_params(model, params)  # complex parameters are refused, never cast
     L = jax_loss_function(model, X, y, loss)
-    theta = np.concatenate([np.ravel(p) for p in params]).astype(np.float64)
+    theta = np.concatenate([np.ravel(p) for p in params])
     return np.asarray(jax.jit(jax.hessian(L))(theta))

@@ -1,7 +1,8 @@
 """Bridges to PyTorch (needs ``torch``, any recent version; refprune never installs it).
 
-* :func:`from_torch`: a ``torch.nn.Sequential`` (or a state dict plus a refprune model)
-  as ``(model, params)``; every option refprune does not model is refused by name.
+* :func:`from_torch`: a ``torch.nn.Sequential`` (or a state dict plus the refprune or
+  torch model it belongs to, its entries matched by name) as ``(model, params)``; every
+  option refprune does not model, and complex or tied parameters, are refused by name.
 * :func:`to_torch`: the ``torch.nn.Sequential`` equal to ``(model, params)``, float64.
 
 Both keep PyTorch's parameter layout (``docs/conventions.md`` §1), so
@@ -12,7 +13,7 @@ other, and the round trips are exact (float64 values are copied, never recompute
 import numpy as np
 
 from .. import nn
-from ..checks import check_params
+from ..checks import check_params, validate
 
 
 def _torch():
@@ -141,21 +142,130 @@ def _layer_of(i, m, torch):
     )
 
 
-def _flat_modules(seq, torch):
+def _flat_modules(seq, torch, prefix="", seen=None):
+    """``[(name, module)]`` of a ``Sequential`` with nested ones flattened; ``name`` is
+    the dotted prefix torch gives the module's parameters (``"0"``, ``"0.1"``, ``"fc"``).
+
+    Every entry is visited as ``Sequential.forward`` runs them (``named_children`` would
+    skip a module that appears twice); a module with parameters that appears twice (tied
+    weights) is refused, since refprune gives every layer its own parameters."""
+    seen = {} if seen is None else seen
     out = []
-    for m in seq.children() if isinstance(seq, torch.nn.Sequential) else [seq]:
-        out.extend(_flat_modules(m, torch) if isinstance(m, torch.nn.Sequential) else [m])
+    for name, m in seq._modules.items():
+        full = f"{prefix}{name}"
+        if isinstance(m, torch.nn.Sequential):
+            out.extend(_flat_modules(m, torch, full + ".", seen))
+            continue
+        if any(True for _ in m.parameters()):
+            if id(m) in seen:
+                raise ValueError(f"from_torch: layer {full} ({m!r}) is the same module as layer {seen[id(m)]}: shared "
+                                 "(tied) parameters are not modelled; give each layer its own module")
+            seen[id(m)] = full
+        out.append((full, m))
     return out
 
 
 def _array(t, name, torch):
-    a = t.detach().cpu()
-    if a.is_floating_point():
-        a = a.to(torch.float64)
-    arr = np.array(a.numpy(), dtype=np.float64)  # a copy: the caller's tensor is never shared
+    """A float64 NumPy copy of a tensor or array-like state-dict value ``name``.
+
+    Complex values are refused by name (a cast would drop the imaginary part), and so
+    are booleans and non-numeric values; float32/float16 and integers widen exactly."""
+    if isinstance(t, torch.Tensor):
+        if t.is_complex():
+            raise TypeError(f"from_torch: parameter {name} is complex ({t.dtype}); refprune's parameters are real "
+                            "float64: convert a real network")
+        a = t.detach().cpu()
+        if a.is_floating_point():
+            a = a.to(torch.float64)
+        elif a.dtype == torch.bool:
+            raise TypeError(f"from_torch: parameter {name} must be a real numeric tensor, got {t.dtype}")
+        a = a.numpy()
+    else:
+        try:
+            a = np.asarray(t)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"from_torch: state dict entry {name!r} cannot be read as an array ({err})") from None
+        if a.dtype.kind == "c":
+            raise TypeError(f"from_torch: state dict entry {name!r} is complex ({a.dtype}); refprune's parameters "
+                            "are real float64")
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"from_torch: state dict entry {name!r} must be a real numeric array, got dtype {a.dtype}")
+    arr = np.array(a, dtype=np.float64)  # a copy: the caller's tensor is never shared
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"from_torch: parameter {name} contains NaN or inf")
     return arr
+
+
+def _model_of(module, torch):
+    """``(refprune model, [(parameter name, layer index, part)], [(name, module)])`` of a
+    torch Sequential; the parameter names are the module's state-dict keys."""
+    if not isinstance(module, torch.nn.Sequential):
+        raise ValueError(f"from_torch: expected a torch.nn.Sequential, got {type(module).__name__} "
+                         "(custom modules are refused: write the network as a Sequential)")
+    mods = _flat_modules(module, torch)
+    model = nn.Sequential(*[_layer_of(i, m, torch) for i, (_, m) in enumerate(mods)])
+    names = []
+    for i, ((prefix, m), layer) in enumerate(zip(mods, model)):
+        if isinstance(layer, nn.AffineLayer):
+            names += [(f"{prefix}.weight", i, "weight")] + ([(f"{prefix}.bias", i, "bias")] if layer.bias else [])
+    return model, names, mods
+
+
+def _refprune_names(model):
+    """State-dict names of a refprune model's parameters: ``to_torch``'s ``Sequential``
+    has layer ``i``'s at ``"i.weight"`` and ``"i.bias"``."""
+    names = []
+    for i, layer in enumerate(model):
+        if isinstance(layer, nn.AffineLayer):
+            names += [(f"{i}.weight", i, "weight")] + ([(f"{i}.bias", i, "bias")] if layer.bias else [])
+    return names
+
+
+def _from_state_dict(state, model, names, torch, refprune_model=False):
+    """Parameters of ``model`` looked up in ``state`` by name (never by position: two
+    layers of equal shape would be swapped silently); every missing, unexpected or
+    misshapen key is named in one error."""
+    bad_keys = [k for k in state if not isinstance(k, str)]
+    if bad_keys:
+        raise TypeError(f"from_torch: state dict keys must be strings such as '0.weight', got {bad_keys[0]!r}")
+    expected = {n: (i, part) for n, i, part in names}
+    shapes = {}
+    for n, i, part in names:
+        layer = model[i]
+        shapes[n] = tuple(layer.weight_shape) if part == "weight" else (layer.out_units,)
+    problems = []
+    missing = [n for n in expected if n not in state]
+    extra = [k for k in state if k not in expected]
+    if missing:
+        problems.append("missing " + ", ".join(f"{n!r} (layer {expected[n][0]} {model[expected[n][0]]!r} "
+                                                f"{expected[n][1]})" for n in missing))
+    if extra:
+        note = ""
+        if any(k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked") for k in extra):
+            note = " (buffers such as BatchNorm statistics are not modelled)"
+        problems.append(f"unexpected {extra}{note}")
+        prefixes = {k[: -len(n)] for n in missing for k in extra if k.endswith("." + n)}
+        if missing and len(prefixes) == 1 and all(f"{next(iter(prefixes))}{n}" in extra for n in missing):
+            problems.append(f"every missing key is there with the prefix {next(iter(prefixes))!r}: strip it")
+        elif refprune_model:
+            problems.append("a refprune model's layer i has 'i.weight' and 'i.bias'; for the names of a nested or "
+                            "named torch Sequential pass that Sequential as model=")
+    arrays = {}
+    for n in expected:
+        if n in state:
+            a = _array(state[n], n, torch)
+            if a.shape != shapes[n]:
+                i, part = expected[n]
+                fits = [m for m in expected if m != n and shapes[m] == a.shape]
+                where = f"; that is the shape of {fits}: misplaced?" if fits else ""
+                problems.append(f"{n!r} has shape {a.shape}, layer {i} {model[i]!r} expects {shapes[n]} for its "
+                                f"{part}{where}")
+            arrays[n] = a
+    if problems:
+        raise ValueError("from_torch: the state dict does not match the model (matched by name, as "
+                         f"torch.nn.Module.load_state_dict does; expected keys {list(expected)}): "
+                         + "; ".join(problems))
+    return model, check_params(model, [arrays[n] for n, _, _ in names])
 
 
 def from_torch(module, model=None):
@@ -166,9 +276,14 @@ def from_torch(module, model=None):
     module : torch.nn.Sequential or state dict
         A ``Sequential`` (nested ones are flattened) of Linear, Conv2d, ReLU, Tanh,
         Sigmoid, Softplus, AvgPool2d, MaxPool2d and Flatten; or a state dict (name to
-        tensor, in the network's order), together with ``model``.
-    model : refprune.Sequential, optional
-        With a state dict: the refprune model whose parameters it holds.
+        tensor or array), together with ``model``.
+    model : refprune.Sequential or torch.nn.Sequential, optional
+        With a state dict: the network whose parameters it holds.  Entries are matched
+        by name, never by position: a refprune model's layer ``i`` has ``"i.weight"``
+        and ``"i.bias"`` (the names :func:`to_torch` gives); a torch ``Sequential``'s
+        parameters have the names torch gives them (``"0.0.weight"`` in a nested
+        ``Sequential``, ``"fc.bias"`` for a named module), and its values are replaced
+        by the state dict's.
 
     Returns
     -------
@@ -180,43 +295,34 @@ def from_torch(module, model=None):
     ValueError
         For an option refprune does not model (dilation, groups, padding modes,
         pooling stride other than the kernel, BatchNorm, Dropout, custom modules),
-        naming the layer and the option.
+        naming the layer and the option; for a state dict whose keys do not match the
+        model's, naming every missing, unexpected and misshapen key.
+    TypeError
+        For complex, boolean or non-numeric parameters (never truncated to floats).
     """
     torch = _torch()
     if isinstance(module, torch.nn.Module):
         if model is not None:
             raise ValueError("from_torch: pass either a torch module or a state dict with model=, not both")
-        if not isinstance(module, torch.nn.Sequential):
-            raise ValueError(f"from_torch: expected a torch.nn.Sequential, got {type(module).__name__} "
-                             "(custom modules are refused: write the network as a Sequential)")
-        mods = _flat_modules(module, torch)
-        layers = [_layer_of(i, m, torch) for i, m in enumerate(mods)]
-        model = nn.Sequential(*layers)
-        params = []
-        for i, m in enumerate(mods):
-            for name in ("weight", "bias"):
-                t = getattr(m, name, None) if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) else None
-                if t is not None:
-                    params.append(_array(t, f"{i}.{name}", torch))
-        return model, check_params(model, params)
+        model, names, mods = _model_of(module, torch)
+        values, owner = {}, {}
+        for name, i, part in names:
+            t = getattr(mods[i][1], part)
+            if id(t) in owner:  # one Parameter in two layers: tied weights
+                raise ValueError(f"from_torch: parameter {name} is the same tensor as {owner[id(t)]}: shared (tied) "
+                                 "parameters are not modelled; give each layer its own parameters")
+            owner[id(t)], values[name] = name, t
+        return _from_state_dict(values, model, names, torch)
     if isinstance(module, dict):
-        if not isinstance(model, nn.Sequential):
-            raise TypeError("from_torch: a state dict needs model=, the refprune Sequential it belongs to")
-        items = list(module.items())
-        shapes = model.param_shapes()
-        if len(items) != len(shapes):
-            raise ValueError(
-                f"from_torch: the state dict has {len(items)} entries ({[k for k, _ in items]}) but the model has "
-                f"{len(shapes)} parameter arrays (buffers such as BatchNorm statistics are not modelled)"
-            )
-        params = []
-        for (name, t), shape in zip(items, shapes):
-            a = _array(t, name, torch) if isinstance(t, torch.Tensor) else np.array(t, dtype=np.float64)
-            if a.shape != tuple(shape):
-                raise ValueError(f"from_torch: state dict entry {name!r} has shape {a.shape}, the model expects "
-                                 f"{tuple(shape)} at that position")
-            params.append(a)
-        return model, check_params(model, params)
+        if isinstance(model, torch.nn.Module):
+            model, names, _ = _model_of(model, torch)
+        elif isinstance(model, nn.Sequential):
+            names = _refprune_names(model)
+            return _from_state_dict(module, model, names, torch, refprune_model=True)
+        else:
+            raise TypeError("from_torch: a state dict needs model=, the refprune Sequential or the "
+                            f"torch.nn.Sequential it belongs to, got {type(model).__name__}")
+        return _from_state_dict(module, model, names, torch)
     raise TypeError(f"from_torch: expected a torch.nn.Sequential or a state dict, got {type(module).__name__}")
 
 
@@ -225,18 +331,23 @@ def torch_loss(loss):
     torch = _torch()
     if isinstance(loss, nn.CrossEntropyLoss):
         return lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction=loss.reduction)
-    return lambda out, y: torch.nn.functional.mse_loss(out, y, reduction=loss.reduction)
+    if isinstance(loss, nn.MSELoss):
+        return lambda out, y: torch.nn.functional.mse_loss(out, y, reduction=loss.reduction)
+    raise TypeError(f"torch_loss: loss must be a refprune loss (rp.CrossEntropyLoss or rp.MSELoss), got "
+                    f"{type(loss).__module__}.{type(loss).__qualname__}")
 
 
 def torch_hessian(model, params, X, y, loss):
     """The Hessian by ``torch.func.hessian`` over the flat parameter vector, ``(n, n)``."""
     torch = _torch()
+    inp = validate(model, params, X, y, loss)  # complex or non-finite input is refused, never cast
+    params = check_params(model, params)
     tmodel, _ = to_torch(model, params)
     names = [k for k, _ in tmodel.named_parameters()]
     shapes = [tuple(p.shape) for p in params]
     sizes = [int(np.prod(s)) for s in shapes]
-    Xt = torch.from_numpy(np.asarray(X, dtype=np.float64))
-    yt = torch.from_numpy(np.asarray(y))
+    Xt = torch.from_numpy(np.array(inp.X, dtype=np.float64))
+    yt = torch.from_numpy(np.array(inp.y))
     lf = torch_loss(loss)
 
     def f(theta):

@@ -13,10 +13,39 @@ import numpy as np
 from ..nn import AffineLayer, CrossEntropyLoss
 
 
+def real_array(x, name):
+    """``x`` (an array, a CPU tensor, a JAX array, a nested list) as a float64 array.
+
+    Complex values are refused by name, never truncated to their real part (NumPy's
+    ``astype(float)`` would drop the imaginary part with only a warning), and so are
+    booleans, strings and objects: refprune's quantities are real float64 numbers.
+    """
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} cannot be read as an array ({err})") from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({arr.dtype}): refprune's quantities are real float64, and the "
+                        "imaginary part would be dropped silently; return a real array")
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
 def relative_error(a, b):
     """``max |a - b| / max |b|`` (absolute when ``b`` is zero); ``inf`` on a shape
-    mismatch or a non-finite ``a``."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    mismatch or when ``a`` has a NaN or inf (a NaN would otherwise compare as a pass:
+    every comparison with NaN is false).
+
+    Raises ``TypeError`` for a complex or non-numeric ``a`` or ``b`` and ``ValueError``
+    when the reference ``b`` is not finite.
+    """
+    a, b = real_array(a, "relative_error: a"), real_array(b, "relative_error: b")
+    if not np.all(np.isfinite(b)):
+        bad = int(b.size - np.count_nonzero(np.isfinite(b)))
+        raise ValueError(f"relative_error: the reference b contains {bad} NaN or inf value(s)")
     if a.shape != b.shape or not np.all(np.isfinite(a)):
         return float("inf")
     scale = float(np.abs(b).max()) if b.size else 0.0
@@ -90,12 +119,13 @@ def _segments(model):
 def diagnose(a, b, case, tol):
     """Sentences naming what differs between ``a`` (the other result) and ``b``
     (refprune's) on ``case``; ``tol`` is the relative tolerance in force."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    a, b = real_array(a, "diagnose: a"), real_array(b, "diagnose: b")
     if a.shape != b.shape:
         return [f"shape {a.shape}, refprune's is {b.shape} (parameters in PyTorch order: weight.ravel() then bias, "
                 "layer by layer)"]
     if not np.all(np.isfinite(a)):
-        return [f"{int(np.size(a) - np.isfinite(a).sum())} NaN or inf entries"]
+        nan = int(np.isnan(a).sum())
+        return [f"{nan} NaN and {int(np.size(a) - np.isfinite(a).sum()) - nan} inf entries of {a.size}"]
     notes = []
     r = constant_factor(a, b)
     if r is not None and a.size == 1:

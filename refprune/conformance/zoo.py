@@ -12,7 +12,7 @@ import numpy as np
 from .. import nn
 from ..nn import AffineLayer, CrossEntropyLoss, MSELoss
 from ..curvature.output_factors import draw_targets
-from ..checks import validate
+from ..checks import check_count, validate
 from ..params import flatten_params
 
 #: ``name: (builder, per-sample input shape)``
@@ -113,16 +113,19 @@ class Case:
 def make_case(arch, lossname, n=3, seed=0, mc_samples=2):
     """The named case ``arch``/``lossname`` with ``n`` data points; parameters at twice
     PyTorch's initial scale so activations sit in their nonlinear range."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {tuple(ARCHITECTURES)}")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ValueError(f"make_case: unknown architecture {arch!r}; choose one of {tuple(ARCHITECTURES)}")
     build, in_shape = ARCHITECTURES[arch]
     return build_case(arch, build(), in_shape, lossname, n, seed, mc_samples)
 
 
 def build_case(arch, model, in_shape, lossname, n=3, seed=0, mc_samples=2):
     """A :class:`Case` for any refprune ``model`` with per-sample input shape ``in_shape``."""
-    if lossname not in LOSSES:
-        raise ValueError(f"unknown loss {lossname!r}; choose one of {tuple(LOSSES)}")
+    if not isinstance(lossname, str) or lossname not in LOSSES:
+        raise ValueError(f"build_case: unknown loss {lossname!r}; choose one of {tuple(LOSSES)}")
+    n = check_count(n, "build_case: n")
+    seed = check_count(seed, "build_case: seed", minimum=0)
+    mc_samples = check_count(mc_samples, "build_case: mc_samples")
     rng = np.random.default_rng(seed)
     params = [2.0 * p for p in model.init(seed)]
     X = rng.standard_normal((n,) + tuple(in_shape))
@@ -146,10 +149,21 @@ def _weight_mask(model):
     return mask
 
 
+def _names(names, what, known):
+    """A list of names from ``known`` (a single string is refused: it is not a list)."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise TypeError(f"zoo: {what} must be a list of names from {tuple(known)}, got {type(names).__name__} "
+                        f"{names!r}")
+    unknown = [x for x in names if x not in known]
+    if unknown or not names:
+        raise ValueError(f"zoo: {what} {unknown or '[]'} not known; choose from {tuple(known)}")
+    return list(names)
+
+
 def zoo(architectures=None, losses=None, n=3, seed=0):
     """Every architecture with every loss (or the ones named), smallest first."""
-    archs = list(ARCHITECTURES) if architectures is None else list(architectures)
-    ls = list(LOSSES) if losses is None else list(losses)
+    archs = list(ARCHITECTURES) if architectures is None else _names(architectures, "architectures", ARCHITECTURES)
+    ls = list(LOSSES) if losses is None else _names(losses, "losses", LOSSES)
     cases = [make_case(a, lname, n=n, seed=seed) for a in archs for lname in ls]
     return sorted(cases, key=lambda c: (c.n_params, c.name))
 
@@ -157,6 +171,8 @@ def zoo(architectures=None, losses=None, n=3, seed=0):
 def drawn_zoo(count=8, seed=0, n=3):
     """``count`` random small networks (MLPs and convnets with random activations,
     strides, paddings and losses), drawn from ``numpy.random.default_rng(seed)``."""
+    count = check_count(count, "drawn_zoo: count")
+    seed = check_count(seed, "drawn_zoo: seed", minimum=0)
     rng = np.random.default_rng(seed)
     acts = [nn.Tanh, nn.Sigmoid, nn.Softplus, nn.ReLU]
     cases = []
