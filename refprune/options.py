@@ -66,6 +66,8 @@ _RANKED = ("magnitude", "obd", "obs", "woodfisher")
 #: methods that form a curvature matrix
 _CURVED = ("obd", "obs", "woodfisher") + STRUCTURED + ("eigendamage",)
 _MC = ("mc_fisher",)
+#: methods whose curvature is damped
+_DAMPED = ("obs", "woodfisher", "layer_obs", "c_obs", "kron_obd", "kron_obs")
 
 
 class OptionTypeError(TypeError, ValueError):
@@ -217,9 +219,10 @@ TABLE = {
            methods=_CURVED),
         _O("diagonal", "choice", "exact", "OBD's diagonal", choices=DIAGONALS, methods=("obd",),
            renamed=_OLD_DIAGONALS),
-        _O("damping", "real", 0.0, "added to the curvature before it is inverted", low=0.0,
-           methods=("obs", "woodfisher", "layer_obs") + STRUCTURED + ("eigendamage",),
-           note="OBD ranks by the undamped diagonal; magnitude uses no curvature"),
+        _O("damping", "real", 0.0, "added to the curvature before it is inverted (factored damping of the "
+           "Kronecker factors for c_obs, kron_obd, kron_obs)", low=0.0, methods=_DAMPED,
+           note="OBD and C-OBD rank by the undamped diagonal, EigenDamage by undamped eigenvalues; magnitude uses "
+                "no curvature"),
         _O("group_size", "int", 1, "weights OBS removes at a time", low=1, methods=("obs", "woodfisher")),
         *_mc(" (curvature='mc_fisher')", methods=_CURVED, seed_or_when="retrain"),
         _O("mask", "array", None, "bool (n,): coordinates already pruned (False)", methods=UNSTRUCTURED + STRUCTURED,
@@ -267,8 +270,9 @@ TABLE = {
            methods=("obd", "obs", "woodfisher") + STRUCTURED),
         _O("diagonal", "choice", "exact", "OBD's diagonal", choices=DIAGONALS, methods=("obd",),
            renamed=_OLD_DIAGONALS),
-        _O("damping", "real", 0.0, "added to the curvature before it is inverted", low=0.0,
-           methods=("obs", "woodfisher") + STRUCTURED),
+        _O("damping", "real", 0.0, "added to the curvature before it is inverted (factored damping of the "
+           "Kronecker factors for c_obs, kron_obd, kron_obs)", low=0.0, methods=_DAMPED[:2] + _DAMPED[3:],
+           note="OBD and C-OBD rank by the undamped diagonal; magnitude uses no curvature"),
         _O("taylor", "choice", "second_order", "OBS's quadratic model", choices=TAYLOR, methods=("obs",),
            refusal="taylor='full' needs a dense curvature (method 'obs')"),
         _nonneg("weight_decay", "rank for L + weight_decay/2 |theta|^2", methods=("obd", "obs", "woodfisher"),
@@ -279,6 +283,15 @@ TABLE = {
         _O("indefinite", "choice", "raise", "OBS when the damped matrix is not positive definite",
            choices=INDEFINITE, methods=("obs",)),
         *_mc(" (curvature='mc_fisher')", methods=("obd", "obs", "woodfisher") + STRUCTURED),
+    ),
+    "unit_saliencies": (
+        _O("method", "choice", "kron_obs", "the structured criterion", choices=STRUCTURED),
+        _O("curvature", "choice", "ggn", "the Fisher K-FAC approximates", choices=FISHER_LIKE),
+        _O("damping", "real", 0.0, "factored damping of the Kronecker factors (no effect on c_obd's diagonal)",
+           low=0.0),
+        _O("shortcut", "flag", False, "the published code's row sums in place of w_i^T A w_i",
+           methods=("kron_obd", "kron_obs")),
+        *_mc(" (curvature='mc_fisher')"),
     ),
     "minimize": (
         _nonneg("weight_decay", "minimise L + weight_decay/2 |theta|^2"),

@@ -51,7 +51,7 @@ def test_count_for_units_and_directions():
     args = make("mlp-sigmoid-softplus", "ce-mean", n=6)
     r = rp.prune(*args, method="kron_obs", count=2, damping=1e-3)
     assert len(r.steps[0].removed_units) == 2
-    r = rp.prune(*args, method="eigendamage", count=3, damping=1e-3)
+    r = rp.prune(*args, method="eigendamage", count=3)
     assert len(r.steps[0].removed) == 3
 
 
