@@ -30,6 +30,7 @@ from .bridges import from_jax, from_torch, to_jax, to_torch
 from . import options
 # training and pruning
 from . import optim
+from .optim import DivergenceError
 from .training import train
 from .pruning import (
     OBS, OBSTrace, PruneResult, PruningWarning, SingularCurvatureError, obs_trace, prunable_mask, prune, remove_units,
@@ -62,6 +63,6 @@ __all__ = [
     # bridges to PyTorch and JAX
     "from_torch", "to_torch", "to_jax", "from_jax",
     # the options table; training and pruning
-    "options", "optim", "train", "minimize", "prune", "PruneResult", "PruningWarning", "obs_trace", "OBSTrace", "saliencies", "OBS",
+    "options", "optim", "DivergenceError", "train", "minimize", "prune", "PruneResult", "PruningWarning", "obs_trace", "OBSTrace", "saliencies", "OBS",
     "SingularCurvatureError", "prunable_mask", "remove_units",
 ]
