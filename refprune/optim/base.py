@@ -113,22 +113,21 @@ class Optimizer:
             if free is not None:
                 d = d * free
             self.buf = self.momentum * self.buf + d
-            update = self.lr * self.buf
-            new = theta - update
+            new = theta - self.lr * self.buf
         if not np.all(np.isfinite(new)):
-            self._diverged(theta, update, new)
+            self._diverged(theta, new)
         return new
 
-    def _diverged(self, theta, update, new):
+    def _diverged(self, theta, new):
         bad = int(new.size - np.count_nonzero(np.isfinite(new)))
-        with np.errstate(invalid="ignore"):
-            size = np.where(np.isnan(update), np.inf, np.abs(update))
-            step = np.where(np.isnan(self.buf), np.inf, np.abs(self.buf))
-        q = int(np.argmax(size))
+        step = np.where(np.isnan(self.buf), np.inf, np.abs(self.buf))
+        q = int(np.argmax(step))  # lr is one number: the largest step component makes the largest update
+        with np.errstate(over="ignore"):
+            largest = self.lr * step[q]
         hint = "lower lr" + (" or raise damping" if hasattr(self, "damping") else "")
         raise DivergenceError(
             f"{self.name}: step {self.steps} diverged: lr={self.lr:g} times the step |buf| = {step[q]:.3e} gives "
-            f"the largest update, {size[q]:.3e} (coordinate {q}, at {theta[q]:.3e}); {bad} of {new.size} "
+            f"the largest update, {largest:.3e} (coordinate {q}, at {theta[q]:.3e}); {bad} of {new.size} "
             f"parameters would be NaN or inf; {hint}")
 
     def _kl_factor(self, d, g):
