@@ -46,7 +46,7 @@ def test_sgd_step_to_inf_names_step_lr_and_largest_update():
     msg = str(err.value)
     assert msg.startswith("SGD: step 1 diverged: lr=1e+300 times the step |buf| = ")
     assert f"|buf| = {abs(g[q]):.3e} gives the largest update, inf (coordinate {q}, " in msg
-    bad = int(np.sum(np.abs(g) * 1e300 / np.finfo(float).max >= 1.0))  # the coordinates whose update overflows
+    bad = int(np.sum(np.abs(g) > np.finfo(float).max / 1e300))  # the coordinates whose update overflows
     assert f"{bad} of 8 parameters would be NaN or inf; lower lr" in msg
     # nothing changed: the optimizer's state and the caller's arrays
     assert opt.steps == 0 and opt.buf is None
