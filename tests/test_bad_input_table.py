@@ -340,6 +340,9 @@ OPTION_CASES = [
     ("prune weight_decay text", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, weight_decay="0.1"), TypeError, "prune: weight_decay must be a finite number >= 0, got '0.1'"),
     ("prune steps text", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, steps="2"), TypeError, "prune: steps must be a positive int, got '2'"),
     ("prune max_layer_fraction text", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="eigendamage", max_layer_fraction="0.5"), TypeError, "prune: max_layer_fraction must be in (0, 1], got '0.5'"),
+    ("prune retrain epochs text", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", retrain=dict(epochs="2")), TypeError, "prune: retrain: epochs must be a non-negative int, got '2'"),
+    ("prune retrain mask", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", retrain=dict(epochs=1, mask=None)), ValueError, "prune: retrain has options train does not take here: ['mask']"),
+    ("prune retrain optimizer with weight decay", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", weight_decay=0.1, retrain=dict(epochs=1, optimizer=rp.optim.SGD())), None, ""),
     # minimize
     ("minimize weight_decay text", lambda m, p, X, y, l: rp.minimize(m, p, X, y, l, weight_decay="0.1"), TypeError, "minimize: weight_decay must be a finite number >= 0, got '0.1' (weight_decay must be a number, not text)"),
     ("minimize gtol negative", lambda m, p, X, y, l: rp.minimize(m, p, X, y, l, gtol=-1), ValueError, "minimize: gtol must be a finite number > 0, got -1"),

@@ -152,6 +152,8 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
         raise ValueError("prune: count= is one global number; with scope='layer' or layer_obs give sparsity=")
     curvature = _resolve_curvature(method, curvature, diagonal)
     options.refuse_inapplicable("prune", v, method, curvature)
+    if retrain is not None:
+        _check_retrain(retrain)
     inp = validate(model, params, X, y, loss)
     X, y = inp.X, inp.y  # float64 inputs and checked targets from here on
     opts = dict(scope=scope, curvature=curvature, diagonal=diagonal, damping=v["damping"],
@@ -168,6 +170,20 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
         raise ValueError("eigendamage is one-shot (steps=1): it changes the architecture; prune the returned "
                          "model again for another round")
     return eigendamage(model, params, X, y, loss, target, opts)
+
+
+def _check_retrain(retrain):
+    """The ``retrain`` dict's options, checked as :func:`refprune.train` would check them
+    but before any pruning is done (``mask`` is prune's own)."""
+    allowed = [o.name for o in options.TABLE["train"] if o.name != "mask"]
+    unknown = sorted(set(retrain) - set(allowed), key=str)
+    if unknown:
+        raise ValueError(f"prune: retrain has options train does not take here: {unknown}; it takes {allowed}")
+    options.convert("train", retrain, where="prune: retrain")
+    given = [k for k in ("lr", "momentum", "weight_decay") if retrain.get(k) is not None]
+    if retrain.get("optimizer") is not None and given:
+        raise TypeError(f"prune: retrain's {', '.join(given)} belong to its optimizer when one is given; set them "
+                        "on the optimizer")
 
 
 def _check_protected(model, protected):
@@ -286,7 +302,7 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
                           full, wd)
         mask, theta = new_mask, new * new_mask
         retrain = o["retrain"]
-        if retrain and wd:
+        if retrain and wd and retrain.get("optimizer") is None:  # an optimizer carries its own weight decay
             retrain = dict(retrain)
             retrain.setdefault("weight_decay", wd)
         theta, rec.retrain_history = maybe_retrain(model, theta, X, y, loss, mask, retrain, o["seed"])
