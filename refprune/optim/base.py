@@ -45,7 +45,9 @@ class Optimizer:
     """Base class: ``step(model, params, X, y, loss, mask=None)`` returns the new
     parameters after one update on the batch ``(X, y)``; subclasses define
     :meth:`precondition`.  State (momentum buffer, curvature statistics, step count
-    ``steps``) persists between steps; :meth:`reset` clears it."""
+    ``steps``) persists between steps; :meth:`reset` clears it.  Options are checked
+    through :data:`refprune.options.TABLE`; a step whose result is not finite raises
+    :class:`DivergenceError` and leaves the state unchanged."""
 
     name = "optimizer"
 

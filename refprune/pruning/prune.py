@@ -65,6 +65,14 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
           indefinite="raise", selection="exact"):
     """Prune ``model`` with ``method`` and record every step.
 
+    Every option is checked through :data:`refprune.options.TABLE` (its type, its range,
+    the methods and curvatures it applies to): a number given as text or ``None`` is a
+    ``TypeError``, and an option given a value other than its default where it does not
+    apply (``selection=`` with ``"obs"``, ``damping=`` with ``"magnitude"``, ``samples=``
+    without ``curvature="mc_fisher"``...) is refused by name, never ignored.  The section
+    "Options by method" at the end is generated from the table;
+    ``print(refprune.options.describe("prune", method="obs"))`` lists one method's.
+
     Parameters
     ----------
     method : str
@@ -92,13 +100,15 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
         ones K-FAC approximates) for the structured methods and EigenDamage;
         ``"empirical_fisher"`` for ``"woodfisher"``.  ``None``: the method's default
         (:data:`DEFAULT_CURVATURE`: the GGN for OBS and the Kronecker methods, the
-        Hessian for OBD).
+        Hessian for OBD).  A precomputed matrix must be symmetric:
+        ``||C - C^T||_F <= 1e-10 ||C||_F`` (only one triangle would be used).
     diagonal : {"exact", "obd", "obd_lm"}
         OBD: the exact diagonal of ``curvature``, or OBD's own approximation of the
         Hessian's (LeCun et al. 1990, eqs. 7-9; ``"obd_lm"`` without the ``phi''`` term).
     damping : float
         Added to the curvature before it is inverted (OBS, WoodFisher, layer-wise OBS;
-        factored damping of the Kronecker factors for the structured methods).
+        factored damping of the Kronecker factors for C-OBS, Kron-OBD and Kron-OBS).
+        OBD, C-OBD and EigenDamage use no damping and refuse it.
     indefinite : {"raise", "damp", "abs", "ggn"}
         OBS when the damped matrix is not positive definite (an exact Hessian away from
         a minimum): raise naming a damping that would do, add that damping, use the
@@ -121,14 +131,17 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
         Instead of refusing a removal that would empty a layer, skip that weight and
         take the next candidate (unstructured methods but ``layer_obs``).
     samples, seed, targets :
-        The Monte Carlo targets of ``curvature="mc_fisher"`` (drawn, or the caller's).
+        The Monte Carlo targets of ``curvature="mc_fisher"`` (drawn, or the caller's);
+        refused with any other curvature, except ``seed``, which also seeds
+        ``retrain``'s batch order.
     max_layer_fraction, eigenvalues :
         EigenDamage: the largest fraction of a layer's directions (per factor) that may
         go, and whose eigenvalues rank them (``"ekfac"`` re-estimated or ``"kfac"``).
     mask : bool array (n,), optional
-        Coordinates already pruned (``False``); they stay zero.
+        Coordinates already pruned (``False``); they stay zero (not EigenDamage, which
+        takes a dense network).
     include_bias : bool
-        Let unstructured methods remove biases too.
+        Let magnitude, OBD, OBS and WoodFisher remove biases too.
 
     Returns
     -------
@@ -170,6 +183,10 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
         raise ValueError("eigendamage is one-shot (steps=1): it changes the architecture; prune the returned "
                          "model again for another round")
     return eigendamage(model, params, X, y, loss, target, opts)
+
+
+prune.__doc__ += "\n    Options by method\n    -----------------\n" + "".join(
+    f"    {line}\n" for line in options.describe("prune").splitlines()[1:])
 
 
 def _check_retrain(retrain):

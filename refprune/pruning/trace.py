@@ -55,6 +55,10 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
               progress=False):
     """Sequential OBS from one inverse, every step recorded (see :class:`OBSTrace`).
 
+    Options are checked through :data:`refprune.options.TABLE` (``TABLE["obs_trace"]``):
+    flags must be ``True`` or ``False``, numbers numbers, and ``samples``, ``seed`` and
+    ``targets`` are refused unless ``curvature="mc_fisher"``.
+
     Parameters
     ----------
     count : int, optional
@@ -137,6 +141,13 @@ def saliencies(model, params, X, y, loss, method="obs", curvature=None, diagonal
     ``|w_q|``, ``w_q^2 h_qq / 2`` or the OBS saliency (``taylor="full"``: of the full
     Taylor model).  Structured methods: ``{layer index: (units,)}`` as
     :func:`refprune.pruning.unit_saliencies`.
+
+    Options are checked through :data:`refprune.options.TABLE` (``TABLE["saliencies"]``;
+    ``refprune.options.describe("saliencies", method=...)`` lists a method's): one that
+    does not apply to ``method`` is refused by name when given a value other than its
+    default (``taylor="full"`` with OBD, ``mask=`` or ``weight_decay=`` with a structured
+    method, ``targets=`` without ``curvature="mc_fisher"``...).  A precomputed
+    ``curvature`` must be symmetric (``||C - C^T||_F <= 1e-10 ||C||_F``).
     """
     if method not in SALIENCY_METHODS:
         raise ValueError(f"saliencies: method must be one of magnitude, obd, obs, woodfisher, c_obd, c_obs, "
