@@ -327,7 +327,9 @@ TABLE = {
         Option("damping", "real", 1e-3, "lam in (F + lam I)^-1 g", low=0.0),
         Option("structure", "choice", "full", "the whole matrix or its per-layer blocks", choices=STRUCTURES),
         Option("ema_decay", "real", 0.0, "moving average of F over steps", low=0.0, high=1.0, high_open=True),
-        Option("max_bytes", "real", None, "refuse a matrix larger than this", low=0.0, none=True,
+        Option("max_bytes", "real", None, "refuse a matrix larger than this (structure='full')", low=0.0, none=True,
+               methods=("full",), refusal="max_bytes= applies to structure='full' (the whole matrix); "
+                                          "structure='layer' forms the per-layer blocks only",
                accepted_text="a finite number of bytes >= 0 or None (the memory available)"),
     ) + _mc(" (curvature='mc_fisher')", sequence=False)[:2],
 }

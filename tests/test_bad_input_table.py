@@ -365,6 +365,7 @@ OPTION_CASES = [
     ("EKFAC seed with the Fisher", lambda m, p, X, y, l: rp.optim.EKFAC(curvature="fisher", seed=4), ValueError, "EKFAC: seed= is for curvature='mc_fisher', got curvature='fisher'"),
     ("NaturalGradient samples with the Fisher", lambda m, p, X, y, l: rp.optim.NaturalGradient(samples=2), ValueError, "NaturalGradient: samples= is for curvature='mc_fisher', got curvature='fisher'"),
     ("NaturalGradient max_bytes text", lambda m, p, X, y, l: rp.optim.NaturalGradient(max_bytes="1e6"), TypeError, "NaturalGradient: max_bytes must be a finite number of bytes >= 0 or None (the memory available), got '1e6'"),
+    ("NaturalGradient max_bytes with per-layer blocks", lambda m, p, X, y, l: rp.optim.NaturalGradient(structure="layer", max_bytes=10**6), ValueError, "NaturalGradient: max_bytes= applies to structure='full' (the whole matrix)"),
     ("unit_saliencies shortcut 'no'", lambda m, p, X, y, l: rp.pruning.unit_saliencies(m, p, X, y, l, damping=0.1, shortcut="no"), TypeError, "unit_saliencies: shortcut must be True or False, got 'no'"),
     ("unit_saliencies damping negative", lambda m, p, X, y, l: rp.pruning.unit_saliencies(m, p, X, y, l, method="kron_obd", damping=-1.0), ValueError, "unit_saliencies: damping must be a finite number >= 0, got -1.0"),
     # divergence: an update to inf is an error naming the step, lr and the largest update

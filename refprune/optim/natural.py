@@ -50,7 +50,7 @@ class NaturalGradient(Optimizer):
         v = options.convert(self.name, dict(lr=lr, curvature=curvature, damping=damping, structure=structure,
                                             ema_decay=ema_decay, samples=samples, seed=seed, momentum=momentum,
                                             weight_decay=weight_decay, kl_clip=kl_clip, max_bytes=max_bytes))
-        options.refuse_inapplicable(self.name, v, curvature=curvature)
+        options.refuse_inapplicable(self.name, v, method=structure, curvature=curvature)  # methods: structures
         self.damping = v["damping"]
         self.structure, self.samples, self.seed, self.max_bytes = structure, v["samples"], v["seed"], max_bytes
         self.average = MovingAverage(v["ema_decay"], self.name)
