@@ -91,7 +91,9 @@ class Optimizer:
         """:meth:`step` on a validated batch and a flat ``theta``; returns the new ``theta``.
         Raises :class:`DivergenceError` when the new parameters are not finite; a step
         that raises leaves the optimizer's state as it was before it."""
-        before = copy.deepcopy(self.__dict__)
+        # every attribute one level deep: a step replaces its arrays and averages rather than
+        # writing into them, so this restores the state without copying curvature matrices
+        before = {k: copy.copy(v) for k, v in self.__dict__.items()}
         try:
             return self._update(inp, theta, free)
         except Exception:  # a failed step (divergence, a singular block) leaves the state as it was
