@@ -76,13 +76,15 @@ def train(model, params, X, y, loss, epochs=10, batch_size=32, lr=None, momentum
                     idx = order[i : i + batch_size]
                     batch = validate(model, unflatten_params(model, theta), X[idx], y[idx], loss)
                     theta = optimizer.step_flat(batch, theta, free)
+                batch_no = None  # the epoch's loss from here on
                 p = unflatten_params(model, theta)
                 history.append(loss_value(model, p, X, y, loss))
             except DivergenceError as err:
                 raise DivergenceError(f"train: epoch {epoch + 1}, batch {batch_no}: {err}") from None
             except FloatingPointError as err:
                 # finite parameters so large that the forward pass overflows
-                raise DivergenceError(f"train: diverged in epoch {epoch + 1}, batch {batch_no} ({err}); lower lr "
+                at = f"batch {batch_no}" if batch_no is not None else "its loss"
+                raise DivergenceError(f"train: diverged in epoch {epoch + 1}, {at} ({err}); lower lr "
                                       f"(lr={optimizer.lr:g})") from None
         for w in held:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
