@@ -83,7 +83,7 @@ def train(model, params, X, y, loss, epochs=10, batch_size=32, lr=None, momentum
                 raise DivergenceError(f"train: epoch {epoch + 1}, batch {batch_no}: {err}") from None
             except FloatingPointError as err:
                 # finite parameters so large that the forward pass overflows
-                at = f"batch {batch_no}" if batch_no is not None else "its loss"
+                at = f"batch {batch_no}" if batch_no is not None else "computing the epoch's loss"
                 raise DivergenceError(f"train: diverged in epoch {epoch + 1}, {at} ({err}); lower lr "
                                       f"(lr={optimizer.lr:g})") from None
         for w in held:

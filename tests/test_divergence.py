@@ -97,13 +97,13 @@ def test_train_reports_the_epoch_and_batch_of_a_diverging_step():
 
 
 def test_train_overflowing_forward_pass_is_divergence_without_warnings():
-    """lr=1e308 keeps the parameters finite for an epoch; the next forward pass overflows.
-    Its NumPy warnings belong to the error, and are not issued."""
+    """lr=1e308 keeps the parameters finite but huge; the loss after the second epoch
+    overflows.  Its NumPy warnings belong to the error, and are not issued."""
     m, p, X, y, l = make("conv-tanh-avgpool", "ce-mean", n=4)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        with pytest.raises(rp.DivergenceError, match=r"^train: diverged in epoch 2, batch 1 .*lower lr "
-                                                     r"\(lr=1e\+308\)$"):
+        with pytest.raises(rp.DivergenceError, match=r"^train: diverged in epoch 2, computing the epoch's loss "
+                                                     r"\(the loss is not finite .*lower lr \(lr=1e\+308\)$"):
             rp.train(m, p, X, y, l, lr=1e308, epochs=2)
     assert not [w for w in seen if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in seen]
 
