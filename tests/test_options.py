@@ -170,3 +170,13 @@ def test_a_precomputed_curvature_must_be_symmetric_to_1e_10_relative():
     C[0, 1] += 1.0
     with pytest.raises(ValueError, match=r"^prune: the precomputed curvature is not symmetric"):
         rp.prune(*args, curvature=rp.Dense(C), count=1)
+
+
+def test_progress_reports_for_every_method(capsys):
+    """progress=True applies to every method, EigenDamage included: each prints a line."""
+    args = small_mlp()
+    for method in rp.pruning.METHODS:
+        kw = dict(damping=0.1) if method in APPLIES["damping"] else {}
+        rp.prune(*args, method=method, sparsity=0.3, progress=True, **kw)
+        err = capsys.readouterr().err
+        assert err.startswith(f"prune ({method}): "), (method, err)
