@@ -26,8 +26,11 @@ from .curvature import (
 from .library_conventions import LIBRARIES, express_kfac
 # bridges to PyTorch and JAX (imported on first call)
 from .bridges import from_jax, from_torch, to_jax, to_torch
+# the options of pruning, training and minimising, in one table
+from . import options
 # training and pruning
 from . import optim
+from .optim import DivergenceError
 from .training import train
 from .pruning import (
     OBS, OBSTrace, PruneResult, PruningWarning, SingularCurvatureError, obs_trace, prunable_mask, prune, remove_units,
@@ -59,7 +62,7 @@ __all__ = [
     "express_kfac", "LIBRARIES",
     # bridges to PyTorch and JAX
     "from_torch", "to_torch", "to_jax", "from_jax",
-    # training and pruning
-    "optim", "train", "minimize", "prune", "PruneResult", "PruningWarning", "obs_trace", "OBSTrace", "saliencies", "OBS",
+    # the options table; training and pruning
+    "options", "optim", "DivergenceError", "train", "minimize", "prune", "PruneResult", "PruningWarning", "obs_trace", "OBSTrace", "saliencies", "OBS",
     "SingularCurvatureError", "prunable_mask", "remove_units",
 ]

@@ -459,7 +459,99 @@ def _bfh_damaged(kind):
 
 # ---- options of prune, obs_trace, saliencies, minimize, train and the optimizers; divergence
 OPTION_CASES = [
+    # obs_trace: flags are booleans, numbers are numbers, Monte Carlo options need "mc_fisher"
+    ("obs_trace include_bias 'no'", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, damping=0.1, count=1, include_bias="no"), TypeError, "obs_trace: include_bias must be True or False, got 'no'"),
+    ("obs_trace skip_emptied 'no'", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, damping=0.1, count=1, skip_emptied="no"), TypeError, "obs_trace: skip_emptied must be True or False, got 'no'"),
+    ("obs_trace evaluate_loss 'no'", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, damping=0.1, count=1, evaluate_loss="no"), TypeError, "obs_trace: evaluate_loss must be True or False, got 'no'"),
+    ("obs_trace damping None", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, damping=None), TypeError, "obs_trace: damping must be a finite number >= 0, got None (damping must be a number, not None)"),
+    ("obs_trace weight_decay text", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, damping=0.1, weight_decay="0.1"), TypeError, "obs_trace: weight_decay must be a finite number >= 0, got '0.1' (weight_decay must be a number, not text)"),
+    ("obs_trace targets with the GGN", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, damping=0.1, count=1, targets=y[None]), ValueError, "obs_trace: targets= is for curvature='mc_fisher', got curvature='ggn'"),
+    ("obs_trace samples with the Fisher", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, curvature="fisher", damping=0.1, count=1, samples=4), ValueError, "obs_trace: samples= is for curvature='mc_fisher', got curvature='fisher'"),
+    ("obs_trace non-symmetric curvature", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, curvature=_opt_asymmetric(), count=1), ValueError, "obs_trace: the precomputed curvature is not symmetric"),
+    # saliencies
+    ("saliencies include_bias 'no'", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, method="magnitude", include_bias="no"), TypeError, "saliencies: include_bias must be True or False, got 'no'"),
+    ("saliencies weight_decay negative", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, damping=1.0, weight_decay=-0.1), ValueError, "saliencies: weight_decay must be a finite number >= 0, got -0.1"),
+    ("saliencies damping None", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, damping=None), TypeError, "saliencies: damping must be a finite number >= 0, got None"),
+    ("saliencies taylor full for obd", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, method="obd", taylor="full"), ValueError, "saliencies: taylor='full' needs a dense curvature (method 'obs')"),
+    ("saliencies mask for kron_obs", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, method="kron_obs", damping=0.1, mask=np.ones(N_PARAMS, bool)), ValueError, "saliencies: mask= (given) does not apply to method 'kron_obs'; mask= applies to magnitude, obd, obs and woodfisher"),
+    ("saliencies include_bias for kron_obs", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, method="kron_obs", damping=0.1, include_bias=True), ValueError, "saliencies: include_bias=True does not apply to method 'kron_obs'"),
+    ("saliencies targets with the Hessian", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, curvature="hessian", damping=10.0, targets=y[None]), ValueError, "saliencies: targets= is for curvature='mc_fisher', got curvature='hessian'"),
+    ("saliencies seed with the GGN", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, damping=0.1, seed=3), ValueError, "saliencies: seed= is for curvature='mc_fisher', got curvature='ggn'"),
+    ("saliencies weight_decay for magnitude", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, method="magnitude", weight_decay=0.1), ValueError, "saliencies: weight_decay=0.1 does not apply to method 'magnitude'"),
+    ("saliencies diagonal for obs", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, damping=0.1, diagonal="obd"), ValueError, "saliencies: diagonal='obd' does not apply to method 'obs'; diagonal= applies to obd"),
+    ("saliencies indefinite for woodfisher", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, method="woodfisher", damping=0.1, indefinite="damp"), ValueError, "saliencies: indefinite='damp' does not apply to method 'woodfisher'; indefinite= applies to obs"),
+    ("saliencies non-symmetric curvature", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, curvature=_opt_asymmetric()), ValueError, "saliencies: the precomputed curvature is not symmetric: ||C - C^T|| = 7.071e-01 exceeds 1e-10 ||C||"),
+    ("saliencies non-symmetric curvature for obd", lambda m, p, X, y, l: rp.saliencies(m, p, X, y, l, method="obd", curvature=_opt_asymmetric()), ValueError, "largest asymmetry |C[0, 1] - C[1, 0]| = 5.000e-01"),
+    # prune: options that do not apply to the method are refused by name
+    ("prune selection for obs", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obs", damping=0.1, selection="greedy"), ValueError, "prune: selection='greedy' does not apply to method 'obs'; selection= applies to layer_obs"),
+    ("prune group_size for magnitude", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", group_size=2), ValueError, "prune: group_size=2 does not apply to method 'magnitude'; group_size= applies to obs and woodfisher"),
+    ("prune diagonal for obs", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obs", damping=0.1, diagonal="obd"), ValueError, "prune: diagonal='obd' does not apply to method 'obs'; diagonal= applies to obd"),
+    ("prune diagonal old spelling for obs", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obs", damping=0.1, diagonal="fisher"), ValueError, "write curvature='mc_fisher'"),
+    ("prune damping for magnitude", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", damping=0.1), ValueError, "prune: damping=0.1 does not apply to method 'magnitude'"),
+    ("prune damping for eigendamage", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="eigendamage", damping=0.1), ValueError, "prune: damping=0.1 does not apply to method 'eigendamage'"),
+    ("prune damping for c_obd", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="c_obd", damping=0.1), ValueError, "prune: damping=0.1 does not apply to method 'c_obd'"),
+    ("prune scope for kron_obs", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="kron_obs", damping=0.1, scope="layer"), ValueError, "prune: scope='layer' does not apply to method 'kron_obs'"),
+    ("prune mask for eigendamage", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="eigendamage", mask=np.ones(N_PARAMS, bool)), ValueError, "prune: mask= (given) does not apply to method 'eigendamage'"),
+    ("prune include_bias for layer_obs", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="layer_obs", damping=0.1, include_bias=True), ValueError, "prune: include_bias=True does not apply to method 'layer_obs'"),
+    ("prune max_layer_fraction for obs", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obs", damping=0.1, max_layer_fraction=0.5), ValueError, "prune: max_layer_fraction=0.5 does not apply to method 'obs'; max_layer_fraction= applies to eigendamage"),
+    ("prune eigenvalues for obs", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obs", damping=0.1, eigenvalues="kfac"), ValueError, "prune: eigenvalues='kfac' does not apply to method 'obs'"),
+    ("prune indefinite for woodfisher", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="woodfisher", damping=0.1, indefinite="damp"), ValueError, "prune: indefinite='damp' does not apply to method 'woodfisher'"),
+    ("prune samples with the GGN", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obs", damping=0.1, samples=3), ValueError, "prune: samples= is for curvature='mc_fisher', got curvature='ggn'"),
+    ("prune seed without mc_fisher or retrain", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obs", damping=0.1, seed=2), ValueError, "prune: seed= is for curvature='mc_fisher' (or with retrain=), got curvature='ggn'"),
+    ("prune non-symmetric curvature", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="obs", curvature=_opt_asymmetric()), ValueError, "prune: the precomputed curvature is not symmetric"),
+    ("prune damping None", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, damping=None), TypeError, "prune: damping must be a finite number >= 0, got None"),
+    ("prune weight_decay text", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, weight_decay="0.1"), TypeError, "prune: weight_decay must be a finite number >= 0, got '0.1'"),
+    ("prune steps text", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, steps="2"), TypeError, "prune: steps must be a positive int, got '2'"),
+    ("prune max_layer_fraction text", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="eigendamage", max_layer_fraction="0.5"), TypeError, "prune: max_layer_fraction must be in (0, 1], got '0.5'"),
+    ("prune retrain epochs text", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", retrain=dict(epochs="2")), TypeError, "prune: retrain: epochs must be a non-negative int, got '2'"),
+    ("prune retrain mask", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", retrain=dict(epochs=1, mask=None)), ValueError, "prune: retrain has options train does not take here: ['mask']"),
+    ("prune retrain optimizer with weight decay", lambda m, p, X, y, l: rp.prune(m, p, X, y, l, method="magnitude", weight_decay=0.1, retrain=dict(epochs=1, optimizer=rp.optim.SGD())), None, ""),
+    # minimize
+    ("minimize weight_decay text", lambda m, p, X, y, l: rp.minimize(m, p, X, y, l, weight_decay="0.1"), TypeError, "minimize: weight_decay must be a finite number >= 0, got '0.1' (weight_decay must be a number, not text)"),
+    ("minimize gtol negative", lambda m, p, X, y, l: rp.minimize(m, p, X, y, l, gtol=-1), ValueError, "minimize: gtol must be a finite number > 0, got -1"),
+    ("minimize gtol None", lambda m, p, X, y, l: rp.minimize(m, p, X, y, l, gtol=None), TypeError, "minimize: gtol must be a finite number > 0, got None"),
+    ("minimize maxiter negative", lambda m, p, X, y, l: rp.minimize(m, p, X, y, l, maxiter=-1), ValueError, "minimize: maxiter must be a positive int, got -1"),
+    ("minimize maxiter float", lambda m, p, X, y, l: rp.minimize(m, p, X, y, l, maxiter=2.5), TypeError, "minimize: maxiter must be a positive int, got 2.5"),
+    ("minimize progress 'yes'", lambda m, p, X, y, l: rp.minimize(m, p, X, y, l, progress="yes"), TypeError, "minimize: progress must be True or False, got 'yes'"),
+    # train and the optimizers
+    ("train epochs text", lambda m, p, X, y, l: rp.train(m, p, X, y, l, epochs="3"), TypeError, "train: epochs must be a non-negative int, got '3'"),
+    ("train seed text", lambda m, p, X, y, l: rp.train(m, p, X, y, l, epochs=1, seed="a"), TypeError, "train: seed must be a non-negative int, got 'a'"),
+    ("train progress 'yes'", lambda m, p, X, y, l: rp.train(m, p, X, y, l, epochs=1, progress="yes"), TypeError, "train: progress must be True or False, got 'yes'"),
+    ("train momentum text", lambda m, p, X, y, l: rp.train(m, p, X, y, l, momentum="0.9"), TypeError, "train: momentum must be a finite number >= 0 and < 1 or None, got '0.9' (momentum must be a number, not text)"),
+    ("SGD lr text", lambda m, p, X, y, l: rp.optim.SGD(lr="0.1"), TypeError, "SGD: lr must be a finite number >= 0, got '0.1' (lr must be a number, not text)"),
+    ("SGD momentum None", lambda m, p, X, y, l: rp.optim.SGD(momentum=None), TypeError, "SGD: momentum must be a finite number >= 0 and < 1, got None"),
+    ("EKFAC scale_decay 1", lambda m, p, X, y, l: rp.optim.EKFAC(scale_decay=1), ValueError, "EKFAC: scale_decay must be a finite number >= 0 and < 1, got 1 (scale_decay must be < 1)"),
+    ("KFAC refresh_interval text", lambda m, p, X, y, l: rp.optim.KFAC(refresh_interval="2"), TypeError, "KFAC: refresh_interval must be a positive int, got '2'"),
+    ("KFAC samples 0", lambda m, p, X, y, l: rp.optim.KFAC(samples=0), ValueError, "KFAC: samples must be a positive int, got 0"),
+    ("KFAC seed negative", lambda m, p, X, y, l: rp.optim.KFAC(seed=-1), ValueError, "KFAC: seed must be a non-negative int, got -1"),
+    ("KFAC samples with the GGN", lambda m, p, X, y, l: rp.optim.KFAC(curvature="ggn", samples=3), ValueError, "KFAC: samples= is for curvature='mc_fisher', got curvature='ggn'"),
+    ("EKFAC seed with the Fisher", lambda m, p, X, y, l: rp.optim.EKFAC(curvature="fisher", seed=4), ValueError, "EKFAC: seed= is for curvature='mc_fisher', got curvature='fisher'"),
+    ("NaturalGradient samples with the Fisher", lambda m, p, X, y, l: rp.optim.NaturalGradient(samples=2), ValueError, "NaturalGradient: samples= is for curvature='mc_fisher', got curvature='fisher'"),
+    ("NaturalGradient max_bytes text", lambda m, p, X, y, l: rp.optim.NaturalGradient(max_bytes="1e6"), TypeError, "NaturalGradient: max_bytes must be a finite number of bytes >= 0 or None (the memory available), got '1e6'"),
+    ("NaturalGradient max_bytes with per-layer blocks", lambda m, p, X, y, l: rp.optim.NaturalGradient(structure="layer", max_bytes=10**6), ValueError, "NaturalGradient: max_bytes= applies to structure='full' (the whole matrix)"),
+    ("unit_saliencies shortcut 'no'", lambda m, p, X, y, l: rp.pruning.unit_saliencies(m, p, X, y, l, damping=0.1, shortcut="no"), TypeError, "unit_saliencies: shortcut must be True or False, got 'no'"),
+    ("unit_saliencies damping negative", lambda m, p, X, y, l: rp.pruning.unit_saliencies(m, p, X, y, l, method="kron_obd", damping=-1.0), ValueError, "unit_saliencies: damping must be a finite number >= 0, got -1.0"),
+    # divergence: an update to inf is an error naming the step, lr and the largest update
+    ("SGD step diverges", lambda m, p, X, y, l: rp.optim.SGD(lr=1e300).step(*_opt_steep()), rp.DivergenceError, "SGD: step 1 diverged: lr=1e+300 times the step |buf| = "),
+    ("KFAC step diverges", lambda m, p, X, y, l: rp.optim.KFAC(lr=1e308).step(m, p, X, y, l), rp.DivergenceError, "KFAC: step 1 diverged: lr=1e+308"),
+    ("NaturalGradient step diverges", lambda m, p, X, y, l: rp.optim.NaturalGradient(lr=1e308).step(m, p, X, y, l), FloatingPointError, "NaturalGradient: step 1 diverged"),
+    ("train diverges in the first step", lambda m, p, X, y, l: rp.train(*_opt_steep(), lr=1e300, epochs=2, batch_size=2), rp.DivergenceError, "train: epoch 1, batch 1: SGD: step 1 diverged: lr=1e+300"),
 ]
+
+
+def _opt_asymmetric():
+    """The identity with one entry above the diagonal: ||C - C^T|| = 0.5 sqrt(2)."""
+    C = np.eye(N_PARAMS)
+    C[0, 1] = 0.5
+    return C
+
+
+def _opt_steep():
+    """A linear model with inputs of size 1e6: its gradient is about 1e11, so SGD with
+    lr=1e300 overflows in the first step while the forward pass stays finite."""
+    rng = np.random.default_rng(0)
+    model = rp.Sequential(rp.Linear(3, 2))
+    return model, model.init(0), 1e6 * rng.standard_normal((5, 3)), np.zeros((5, 2)), rp.MSELoss()
 
 # ---- sizes refused up front, numbers given as text or None, ragged input, checkers
 SIZE_NUMBER_CASES = [

@@ -104,7 +104,8 @@ def test_rounds_equal_the_reference(method, curvature, mc):
     mask[off0 + 20 + 1] = False
     mask[off2 + 3] = False
     # 9 prunable units, one removed before; sparsity 0.75 in 2 steps: 3 then 6 in all
-    r = rp.prune(*args, method=method, sparsity=0.75, steps=2, damping=0.05, curvature=curvature, mask=mask, **mc)
+    lam = 0.0 if method == "c_obd" else 0.05  # C-OBD ranks by the undamped diagonal
+    r = rp.prune(*args, method=method, sparsity=0.75, steps=2, damping=lam, curvature=curvature, mask=mask, **mc)
     rounds, theta, alive = reference(args, method, [2, 3], 0.05, curvature, mask, **mc)
     assert len(r.steps) == 2
     for step, (taken, sal, full) in zip(r.steps, rounds):
@@ -124,8 +125,9 @@ def test_rounds_equal_the_reference(method, curvature, mc):
 def test_unit_saliencies_match_the_first_choice():
     args = mlp()
     for method in ("kron_obs", "kron_obd", "c_obs", "c_obd"):
-        s = unit_saliencies(*args, method=method, curvature="ggn", damping=0.1)
-        r = rp.prune(*args, method=method, count=1, curvature="ggn", damping=0.1)
+        lam = 0.0 if method == "c_obd" else 0.1  # C-OBD ranks by the undamped diagonal
+        s = unit_saliencies(*args, method=method, curvature="ggn", damping=lam)
+        r = rp.prune(*args, method=method, count=1, curvature="ggn", damping=lam)
         (j, i), = r.steps[0].removed_units
         assert s[j][i] == min(v.min() for v in s.values())
         assert r.steps[0].unit_saliencies[0] == pytest.approx(s[j][i], rel=1e-12)
@@ -156,7 +158,8 @@ def test_a_count_spread_over_rounds_counts_the_units_removed_before(method):
     off0 = model.param_offsets()[0]
     mask[[off0 + 4, off0 + 5, off0 + 6, off0 + 7, off0 + 20 + 1]] = False  # unit 1 of layer 0, bias too
     # count=2 over 3 rounds: floor(2k/3) = 0, 1, 2 on top of the unit removed before
-    r = rp.prune(*args, method=method, count=2, steps=3, damping=0.05, mask=mask)
+    lam = 0.0 if method == "c_obd" else 0.05  # C-OBD ranks by the undamped diagonal
+    r = rp.prune(*args, method=method, count=2, steps=3, damping=lam, mask=mask)
     rounds, theta, alive = reference(args, method, [1, 1], 0.05, "ggn", mask)
     assert [s.step for s in r.steps] == [2, 3]
     assert [s.removed_units for s in r.steps] == [taken for taken, _, _ in rounds]

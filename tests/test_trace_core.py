@@ -233,7 +233,7 @@ def test_magnitude_and_obd_saliencies():
 def test_structured_saliencies_pass_every_option_on():
     args = small_mlp()
     for method in ("c_obd", "c_obs", "kron_obd", "kron_obs"):
-        opts = dict(curvature="mc_fisher", damping=0.03, samples=2, seed=5)
+        opts = dict(curvature="mc_fisher", damping=0.0 if method == "c_obd" else 0.03, samples=2, seed=5)
         a = rp.saliencies(*args, method=method, **opts)
         b = rp.pruning.unit_saliencies(*args, method=method, **opts)
         c = rp.pruning.unit_saliencies(*args, method=method, curvature="mc_fisher", damping=0.03, samples=2, seed=6)

@@ -57,7 +57,9 @@ def run(X, y, Xte, yte, fractions, epochs=30, fine_tune=FINE_TUNE):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", rp.PruningWarning)
                     extra = dict(max_layer_fraction=0.95) if method == "eigendamage" else {}
-                    r = rp.prune(model, params, X, y, LOSS, method=method, sparsity=f, damping=1e-3,
+                    if method in ("c_obs", "kron_obd", "kron_obs"):  # the others rank by undamped curvature
+                        extra["damping"] = 1e-3
+                    r = rp.prune(model, params, X, y, LOSS, method=method, sparsity=f,
                                  retrain=fine_tune if tuned else None, **extra)
                 key = "tuned" if tuned else "pruned"
                 out[key] = accuracy(r.model, r.params, Xte, yte)

@@ -99,9 +99,10 @@ def prune_without_retraining(criterion, model, params, Xtr, ytr, floor=None):
                              include_bias=True, skip_emptied=True, evaluate_loss=False, indefinite="damp")
         thetas = trace.theta
     else:
-        s = rp.saliencies(model, params, Xtr, ytr, LOSS, method="obd" if criterion == "OBD" else "magnitude",
-                          curvature="hessian" if criterion == "OBD" else None, weight_decay=WEIGHT_DECAY,
-                          include_bias=True)
+        # magnitude has no loss model: weight decay is OBD's alone
+        kw = dict(method="obd", curvature="hessian", weight_decay=WEIGHT_DECAY) if criterion == "OBD" else \
+            dict(method="magnitude")
+        s = rp.saliencies(model, params, Xtr, ytr, LOSS, include_bias=True, **kw)
         order = np.argsort(s, kind="stable")[: n - 2]
         thetas = [rp.flatten_params(params)]
         for q in order:

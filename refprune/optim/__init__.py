@@ -14,8 +14,8 @@ Every optimizer has ``step(model, params, X, y, loss, mask=None)`` and ``reset()
 and shares momentum, weight decay and KL clipping (:mod:`refprune.optim.base`).
 """
 
-from .base import SGD, Optimizer
+from .base import SGD, DivergenceError, Optimizer
 from .kronecker import EKFAC, KFAC
 from .natural import NaturalGradient
 
-__all__ = ["Optimizer", "SGD", "NaturalGradient", "KFAC", "EKFAC"]
+__all__ = ["Optimizer", "SGD", "NaturalGradient", "KFAC", "EKFAC", "DivergenceError"]

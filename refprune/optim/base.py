@@ -17,35 +17,47 @@ preconditioner's Fisher, and the step is scaled down so that it does not exceed 
 Weight decay is added after preconditioning, as in the K-FAC implementations of the
 EigenDamage experiments (it is not part of the loss whose curvature ``P`` inverts).
 
-``buf`` starts at zero and the update is masked, so pruned coordinates keep their
-value exactly.
+``buf`` starts at zero and the update is masked, so frozen (masked) coordinates keep
+their value exactly, whatever it is (pruned weights: zero).
+
+Every step checks its result: parameters that are not finite raise
+:class:`DivergenceError` naming the step, the learning rate and the largest update, and
+the optimizer's state (momentum buffer, curvature averages, step count) is left as it was
+before the step; the caller's arrays are never written to.
 """
+
+import copy
 
 import numpy as np
 import scipy.linalg
 
-from ..checks import check_count, check_number, validate
+from .. import options
+from ..checks import validate
 from ..derivatives import validated_grad
 from ..params import flatten_params, unflatten_params
+
+
+class DivergenceError(FloatingPointError):
+    """An update made parameters that are not finite (lower the learning rate)."""
 
 
 class Optimizer:
     """Base class: ``step(model, params, X, y, loss, mask=None)`` returns the new
     parameters after one update on the batch ``(X, y)``; subclasses define
     :meth:`precondition`.  State (momentum buffer, curvature statistics, step count
-    ``steps``) persists between steps; :meth:`reset` clears it."""
+    ``steps``) persists between steps; :meth:`reset` clears it.  Options are checked
+    through :data:`refprune.options.TABLE`; a step whose result is not finite raises
+    :class:`DivergenceError` and leaves the state unchanged."""
 
     name = "optimizer"
 
     def __init__(self, lr=0.1, momentum=0.0, weight_decay=0.0, kl_clip=None):
-        self.lr = check_number(lr, f"{self.name}: lr")
-        self.momentum = check_number(momentum, f"{self.name}: momentum")
-        if self.momentum >= 1:
-            raise ValueError(f"{self.name}: momentum must be < 1, got {momentum!r}")
-        self.weight_decay = check_number(weight_decay, f"{self.name}: weight_decay")
-        self.kl_clip = check_number(kl_clip, f"{self.name}: kl_clip", allow_none=True)
-        if self.kl_clip is not None and not self.kl_clip > 0:
-            raise ValueError(f"{self.name}: kl_clip must be > 0 (or None for no clipping), got {kl_clip!r}")
+        # the table's rows for these four (SGD's for an optimizer defined elsewhere)
+        table = self.name if self.name in options.TABLE else "SGD"
+        v = options.convert(table, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, kl_clip=kl_clip),
+                            where=self.name)
+        self.lr, self.momentum, self.weight_decay, self.kl_clip = v["lr"], v["momentum"], v["weight_decay"], \
+            v["kl_clip"]
         self.reset()
 
     def reset(self):
@@ -76,7 +88,20 @@ class Optimizer:
         return unflatten_params(model, self.step_flat(inp, theta, free))
 
     def step_flat(self, inp, theta, free):
-        """:meth:`step` on a validated batch and a flat ``theta``; returns the new ``theta``."""
+        """:meth:`step` on a validated batch and a flat ``theta``; returns the new ``theta``.
+        Raises :class:`DivergenceError` when the new parameters are not finite; a step
+        that raises leaves the optimizer's state as it was before it."""
+        # every attribute one level deep: a step replaces its arrays and averages rather than
+        # writing into them, so this restores the state without copying curvature matrices
+        before = {k: copy.copy(v) for k, v in self.__dict__.items()}
+        try:
+            return self._update(inp, theta, free)
+        except Exception:  # a failed step (divergence, a singular block) leaves the state as it was
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _update(self, inp, theta, free):
         if self.buf is None or self.buf.shape != theta.shape:
             self.buf = np.zeros_like(theta)
         self.steps += 1
@@ -84,13 +109,30 @@ class Optimizer:
         if free is not None:
             g = g * free
         d = self.precondition(inp, theta, g, free)
-        if self.kl_clip is not None:
-            d = d * self._kl_factor(d, g)
-        d = d + self.weight_decay * theta
-        if free is not None:
-            d = d * free
-        self.buf = self.momentum * self.buf + d
-        return theta - self.lr * self.buf
+        # overflow is reported below with the step and the learning rate, not as NumPy's warning
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.kl_clip is not None:
+                d = d * self._kl_factor(d, g)
+            d = d + self.weight_decay * theta
+            if free is not None:
+                d = d * free
+            self.buf = self.momentum * self.buf + d
+            new = theta - self.lr * self.buf
+        if not np.all(np.isfinite(new)):
+            self._diverged(theta, new)
+        return new
+
+    def _diverged(self, theta, new):
+        bad = int(new.size - np.count_nonzero(np.isfinite(new)))
+        step = np.where(np.isnan(self.buf), np.inf, np.abs(self.buf))
+        q = int(np.argmax(step))  # lr is one number: the largest step component makes the largest update
+        with np.errstate(over="ignore"):
+            largest = self.lr * step[q]
+        hint = "lower lr" + (" or raise damping" if hasattr(self, "damping") else "")
+        raise DivergenceError(
+            f"{self.name}: step {self.steps} diverged: lr={self.lr:g} times the step |buf| = {step[q]:.3e} gives "
+            f"the largest update, {largest:.3e} (coordinate {q}, at {theta[q]:.3e}); {bad} of {new.size} "
+            f"parameters would be NaN or inf; {hint}")
 
     def _kl_factor(self, d, g):
         # Ba et al. (2017), §5: nu = min(1, sqrt(c / (lr^2 d.g)))
@@ -129,10 +171,9 @@ class MovingAverage:
     (Martens & Grosse 2015, §5), so the first estimate is the first batch's and
     ``decay = 0`` keeps only the latest batch."""
 
-    def __init__(self, decay, where):
-        self.decay = check_number(decay, f"{where}: ema_decay")
-        if self.decay >= 1:
-            raise ValueError(f"{where}: ema_decay must be < 1, got {decay!r}")
+    def __init__(self, decay, where, name="ema_decay"):
+        v = options.convert("EKFAC", {name: decay}, where=where)  # the table's rows of both decays
+        self.decay = v[name]
         self.reset()
 
     def reset(self):
@@ -148,11 +189,6 @@ class MovingAverage:
         else:
             self.value = [eps * v + (1 - eps) * b for v, b in zip(self.value, batch)]
         return self.value
-
-
-def check_interval(value, name):
-    """A positive int (number of steps)."""
-    return check_count(value, name, note=" (steps)")
 
 
 #: free coordinates above which a masked block is solved by conjugate gradients

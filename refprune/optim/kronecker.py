@@ -23,13 +23,13 @@ its free coordinates (:func:`~refprune.optim.base.restricted_solve`).
 
 import numpy as np
 
-from ..checks import check_number
+from .. import options
 from ..curvature.ekfac import EigenbasisMoments, EKFACBlock
 from ..curvature.kronecker import (
     DAMPING_FORMS, FactorStatistics, KroneckerBlock, check_kfac_options, layer_statistics,
 )
 from ..curvature.output_factors import OutputFactor
-from .base import MovingAverage, Optimizer, check_interval, restricted_solve
+from .base import MovingAverage, Optimizer, restricted_solve
 
 
 class KFAC(Optimizer):
@@ -63,13 +63,18 @@ class KFAC(Optimizer):
                  bias="fold", ema_decay=0.95, refresh_interval=1, samples=1, seed=0, momentum=0.0,
                  weight_decay=0.0, kl_clip=None):
         check_kfac_options(curvature, approx, bias, self.name)
+        given = dict(lr=lr, damping=damping, damping_form=damping_form, curvature=curvature, approx=approx,
+                     bias=bias, ema_decay=ema_decay, refresh_interval=refresh_interval, samples=samples, seed=seed,
+                     momentum=momentum, weight_decay=weight_decay, kl_clip=kl_clip)
         if damping_form not in self.forms:
             raise ValueError(f"{self.name}: damping_form must be one of {self.forms}, got {damping_form!r}")
-        self.damping = check_number(damping, f"{self.name}: damping")
+        v = options.convert(self.name, given)
+        options.refuse_inapplicable(self.name, v, curvature=curvature)
+        self.damping = v["damping"]
         self.damping_form, self.curvature, self.approx, self.bias = damping_form, curvature, approx, bias
-        self.samples, self.seed = samples, seed
-        self.refresh_interval = check_interval(refresh_interval, f"{self.name}: refresh_interval")
-        self.factors = MovingAverage(ema_decay, self.name)
+        self.samples, self.seed = v["samples"], v["seed"]
+        self.refresh_interval = v["refresh_interval"]
+        self.factors = MovingAverage(v["ema_decay"], self.name)
         super().__init__(lr, momentum, weight_decay, kl_clip)
 
     def reset(self):
@@ -131,8 +136,9 @@ class EKFAC(KFAC):
     def __init__(self, lr=0.1, damping=1e-3, curvature="mc_fisher", approx="expand", bias="fold", ema_decay=0.95,
                  refresh_interval=1, scale_interval=1, scale_decay=0.95, samples=1, seed=0, momentum=0.0,
                  weight_decay=0.0, kl_clip=None):
-        self.scale_interval = check_interval(scale_interval, f"{self.name}: scale_interval")
-        self.scales = MovingAverage(scale_decay, self.name)
+        v = options.convert(self.name, dict(scale_interval=scale_interval, scale_decay=scale_decay))
+        self.scale_interval = v["scale_interval"]
+        self.scales = MovingAverage(v["scale_decay"], self.name, "scale_decay")
         super().__init__(lr, damping, "exact", curvature, approx, bias, ema_decay, refresh_interval, samples, seed,
                          momentum, weight_decay, kl_clip)
 

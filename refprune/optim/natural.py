@@ -12,13 +12,12 @@ per-layer diagonal blocks of ``F`` (the matrix K-FAC approximates block by block
 
 import numpy as np
 
+from .. import options
 from ..curvature.exact import exact_matrix
 from ..curvature.operators import block_diagonal
-from ..checks import check_number
+from ..options import STRUCTURES  # noqa: F401 (the choices of structure=)
 from ..vocabulary import CURVATURES, check_curvature
 from .base import MovingAverage, Optimizer, restricted_solve
-
-STRUCTURES = ("full", "layer")
 
 
 class NaturalGradient(Optimizer):
@@ -48,11 +47,13 @@ class NaturalGradient(Optimizer):
     def __init__(self, lr=1.0, curvature="fisher", damping=1e-3, structure="full", ema_decay=0.0, samples=1,
                  seed=0, momentum=0.0, weight_decay=0.0, kl_clip=None, max_bytes=None):
         self.curvature = check_curvature(curvature, CURVATURES, self.name)
-        self.damping = check_number(damping, f"{self.name}: damping")
-        if structure not in STRUCTURES:
-            raise ValueError(f"{self.name}: structure must be one of {STRUCTURES}, got {structure!r}")
-        self.structure, self.samples, self.seed, self.max_bytes = structure, samples, seed, max_bytes
-        self.average = MovingAverage(ema_decay, self.name)
+        v = options.convert(self.name, dict(lr=lr, curvature=curvature, damping=damping, structure=structure,
+                                            ema_decay=ema_decay, samples=samples, seed=seed, momentum=momentum,
+                                            weight_decay=weight_decay, kl_clip=kl_clip, max_bytes=max_bytes))
+        options.refuse_inapplicable(self.name, v, method=structure, curvature=curvature)  # methods: structures
+        self.damping = v["damping"]
+        self.structure, self.samples, self.seed, self.max_bytes = structure, v["samples"], v["seed"], max_bytes
+        self.average = MovingAverage(v["ema_decay"], self.name)
         super().__init__(lr, momentum, weight_decay, kl_clip)
 
     def reset(self):

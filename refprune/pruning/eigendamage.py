@@ -18,6 +18,8 @@ original; otherwise the pruned function is stored densely, ``[W' | b'] = U_S' W*
 Derived in ``docs/pruning_explained.md`` §5.
 """
 
+import sys
+
 import numpy as np
 
 from ..curvature.ekfac import ekfac
@@ -133,4 +135,7 @@ def eigendamage(model, params, X, y, loss, target, o):
     new_mask = np.ones(new_model.n_params, dtype=bool)
     theta_new, step.retrain_history = maybe_retrain(new_model, flatten_params(new_params), X, y, loss, new_mask,
                                                     o["retrain"], o["seed"])
+    if o["progress"]:
+        print(f"prune (eigendamage): {taken} of {len(dirs)} directions removed, {new_model.n_params} of "
+              f"{model.n_params} parameters left, loss {L1:.5f}", file=sys.stderr)
     return PruneResult(new_model, unflatten_params(new_model, theta_new), new_mask, [step], "eigendamage")

@@ -26,6 +26,7 @@ import heapq
 
 import numpy as np
 
+from ..options import SELECTIONS
 from ..params import unflatten_params
 from .masks import affine_layers
 from .obs import inverse_spd
@@ -99,7 +100,6 @@ def _eliminate(Hinv, C, t, diag, rows, q):
     return col, dq
 
 
-SELECTIONS = ("exact", "greedy", "obc")
 
 
 def select_counts(inc, total, selection="exact"):

@@ -11,61 +11,49 @@ import sys
 import numpy as np
 
 from .. import derivatives as _d
+from .. import options
 from ..checks import validate
+from ..options import METHODS, STRUCTURED, UNSTRUCTURED  # noqa: F401 (METHODS re-exported)
 from ..params import flatten_params, unflatten_params
-from ..scalars import is_int, is_number
 from ..vocabulary import CURVATURES, FISHER_LIKE, check_curvature, renamed_options
 from . import unstructured as U
 from .eigendamage import eigendamage
-from .layerwise import SELECTIONS, layer_obs_round
+from .layerwise import layer_obs_round
 from .masks import affine_layers, check_mask, check_not_emptied, prunable_mask, sparsity_of
 from .records import PruneResult, PruneStep, PruningWarning, maybe_retrain, record_step  # noqa: F401 (re-exported)
 from .structured import prune_units
 from .targets import check_target, round_goal, warn_nothing_removed
-from .unstructured import DIAGONALS
-
-UNSTRUCTURED = ("magnitude", "obd", "obs", "woodfisher", "layer_obs")
-STRUCTURED = ("c_obd", "c_obs", "kron_obd", "kron_obs")
-METHODS = UNSTRUCTURED + STRUCTURED + ("eigendamage",)
-
 
 #: the curvature each method uses when ``curvature=None``
 DEFAULT_CURVATURE = {"obs": "ggn", "obd": "hessian", "woodfisher": "empirical_fisher", "c_obd": "ggn", "c_obs": "ggn",
                      "kron_obd": "ggn", "kron_obs": "ggn", "eigendamage": "ggn"}
-#: earlier ``diagonal=`` values that named a curvature, and what to write now
-_OLD_DIAGONALS = {"ggn": "ggn", "fisher": "mc_fisher", "empirical": "empirical_fisher"}
 
 
-def _resolve_curvature(method, curvature, diagonal):
-    """The curvature name a method uses, checked against what the method can use."""
-    if method == "obd" and diagonal in _OLD_DIAGONALS:
-        raise ValueError(
-            f"prune: diagonal={diagonal!r} is an earlier spelling; write curvature="
-            f"{_OLD_DIAGONALS[diagonal]!r}, diagonal='exact' (diagonal= now only chooses exact or OBD's "
-            f"approximation: {DIAGONALS})"
-        )
-    if method == "obd" and diagonal not in DIAGONALS:
-        raise ValueError(f"prune: diagonal must be one of {DIAGONALS}, got {diagonal!r}")
+def _resolve_curvature(method, curvature, diagonal, where="prune"):
+    """The curvature name a method uses, checked against what the method can use; a
+    precomputed matrix is checked for symmetry (:func:`unstructured.check_symmetric`)."""
     if method in ("magnitude", "layer_obs"):
         if curvature is not None:
-            raise ValueError(f"prune: method {method!r} uses no curvature matrix; leave curvature=None")
+            raise ValueError(f"{where}: method {method!r} uses no curvature matrix; leave curvature=None")
         return None
     default = DEFAULT_CURVATURE[method]
     if curvature is None:
         return default
     if U.is_matrix_like(curvature):
         if method not in ("obs", "obd") or (method == "obd" and diagonal != "exact"):
-            raise ValueError(f"prune: a precomputed curvature (matrix or operator) applies to obs and to obd with "
+            raise ValueError(f"{where}: a precomputed curvature (matrix or operator) applies to obs and to obd with "
                              f"diagonal='exact', not {method!r}")
+        if isinstance(curvature, np.ndarray):
+            U.check_symmetric(curvature, where)
         return curvature
     if method == "woodfisher":
-        check_curvature(curvature, ("empirical_fisher",), "prune (woodfisher)")
+        check_curvature(curvature, ("empirical_fisher",), f"{where} (woodfisher)")
     elif method == "obd" and diagonal != "exact":
-        check_curvature(curvature, ("hessian",), f"prune (obd, diagonal={diagonal!r})")
+        check_curvature(curvature, ("hessian",), f"{where} (obd, diagonal={diagonal!r})")
     elif method in ("obs", "obd"):
-        check_curvature(curvature, CURVATURES, f"prune ({method})")
+        check_curvature(curvature, CURVATURES, f"{where} ({method})")
     else:
-        check_curvature(curvature, FISHER_LIKE, f"prune ({method})")
+        check_curvature(curvature, FISHER_LIKE, f"{where} ({method})")
     return curvature
 
 
@@ -76,6 +64,14 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
           count=None, protected=None, skip_emptied=False, taylor="second_order", weight_decay=0.0,
           indefinite="raise", selection="exact"):
     """Prune ``model`` with ``method`` and record every step.
+
+    Every option is checked through :data:`refprune.options.TABLE` (its type, its range,
+    the methods and curvatures it applies to): a number given as text or ``None`` is a
+    ``TypeError``, and an option given a value other than its default where it does not
+    apply (``selection=`` with ``"obs"``, ``damping=`` with ``"magnitude"``, ``samples=``
+    without ``curvature="mc_fisher"``...) is refused by name, never ignored.  The section
+    "Options by method" at the end is generated from the table;
+    ``print(refprune.options.describe("prune", method="obs"))`` lists one method's.
 
     Parameters
     ----------
@@ -104,13 +100,15 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
         ones K-FAC approximates) for the structured methods and EigenDamage;
         ``"empirical_fisher"`` for ``"woodfisher"``.  ``None``: the method's default
         (:data:`DEFAULT_CURVATURE`: the GGN for OBS and the Kronecker methods, the
-        Hessian for OBD).
+        Hessian for OBD).  A precomputed matrix must be symmetric:
+        ``||C - C^T||_F <= 1e-10 ||C||_F`` (only one triangle would be used).
     diagonal : {"exact", "obd", "obd_lm"}
         OBD: the exact diagonal of ``curvature``, or OBD's own approximation of the
         Hessian's (LeCun et al. 1990, eqs. 7-9; ``"obd_lm"`` without the ``phi''`` term).
     damping : float
         Added to the curvature before it is inverted (OBS, WoodFisher, layer-wise OBS;
-        factored damping of the Kronecker factors for the structured methods).
+        factored damping of the Kronecker factors for C-OBS, Kron-OBD and Kron-OBS).
+        OBD, C-OBD and EigenDamage use no damping and refuse it.
     indefinite : {"raise", "damp", "abs", "ggn"}
         OBS when the damped matrix is not positive definite (an exact Hessian away from
         a minimum): raise naming a damping that would do, add that damping, use the
@@ -133,14 +131,17 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
         Instead of refusing a removal that would empty a layer, skip that weight and
         take the next candidate (unstructured methods but ``layer_obs``).
     samples, seed, targets :
-        The Monte Carlo targets of ``curvature="mc_fisher"`` (drawn, or the caller's).
+        The Monte Carlo targets of ``curvature="mc_fisher"`` (drawn, or the caller's);
+        refused with any other curvature, except ``seed``, which also seeds
+        ``retrain``'s batch order.
     max_layer_fraction, eigenvalues :
         EigenDamage: the largest fraction of a layer's directions (per factor) that may
         go, and whose eigenvalues rank them (``"ekfac"`` re-estimated or ``"kfac"``).
     mask : bool array (n,), optional
-        Coordinates already pruned (``False``); they stay zero.
+        Coordinates already pruned (``False``); they stay zero (not EigenDamage, which
+        takes a dense network).
     include_bias : bool
-        Let unstructured methods remove biases too.
+        Let magnitude, OBD, OBS and WoodFisher remove biases too.
 
     Returns
     -------
@@ -150,53 +151,56 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
     """
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {METHODS}")
-    target = check_target(sparsity, count, steps)
-    if not is_int(steps) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if scope not in ("global", "layer"):
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    given = dict(method=method, sparsity=sparsity, count=count, steps=steps, scope=scope, curvature=curvature,
+                 diagonal=diagonal, damping=damping, group_size=group_size, samples=samples, seed=seed,
+                 targets=targets, mask=mask, include_bias=include_bias, retrain=retrain,
+                 max_layer_fraction=max_layer_fraction, eigenvalues=eigenvalues, progress=progress,
+                 protected=protected, skip_emptied=skip_emptied, taylor=taylor, weight_decay=weight_decay,
+                 indefinite=indefinite, selection=selection)
+    if count is not None and sparsity is not None:
+        raise ValueError("prune: give sparsity= or count=, not both")
+    v = options.convert("prune", given)
+    target = check_target(v["sparsity"], v["count"], v["steps"])
     if target[0] == "count" and (scope == "layer" or method == "layer_obs"):
         raise ValueError("prune: count= is one global number; with scope='layer' or layer_obs give sparsity=")
-    if not is_int(group_size) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-    for name, v in (("damping", damping), ("weight_decay", weight_decay)):
-        if not is_number(v) or not np.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    if eigenvalues not in ("ekfac", "kfac"):
-        raise ValueError(f"eigenvalues must be 'ekfac' or 'kfac', got {eigenvalues!r}")
-    U.check_obs_options(taylor, indefinite, "prune")
-    if taylor == "full" and method != "obs":
-        raise ValueError("prune: taylor='full' is OBS's; every method records predicted_full anyway")
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    for name, v in (("skip_emptied", skip_emptied), ("include_bias", include_bias), ("progress", progress)):
-        if not isinstance(v, (bool, np.bool_)):
-            raise TypeError(f"{name} must be True or False, got {v!r}")
-    if weight_decay and method not in ("magnitude", "obd", "obs", "woodfisher"):
-        raise ValueError(f"prune: weight_decay= applies to magnitude, obd, obs and woodfisher, not {method!r}")
-    if retrain is not None and not isinstance(retrain, dict):
-        raise TypeError(f"prune: retrain must be a dict of refprune.train options or None, got {retrain!r}")
-    if (protected is not None or skip_emptied) and method not in ("magnitude", "obd", "obs", "woodfisher"):
-        raise ValueError("prune: protected= and skip_emptied= apply to magnitude, obd, obs and woodfisher")
     curvature = _resolve_curvature(method, curvature, diagonal)
-    if targets is not None and not (isinstance(curvature, str) and curvature == "mc_fisher"):
-        raise ValueError(f"prune: targets= is for curvature='mc_fisher', got curvature={curvature!r}")
+    options.refuse_inapplicable("prune", v, method, curvature)
+    if retrain is not None:
+        _check_retrain(retrain)
     inp = validate(model, params, X, y, loss)
     X, y = inp.X, inp.y  # float64 inputs and checked targets from here on
-    opts = dict(scope=scope, curvature=curvature, diagonal=diagonal, damping=float(damping),
-                group_size=int(group_size), mc=dict(samples=samples, seed=seed, targets=targets), seed=seed,
-                include_bias=include_bias, retrain=retrain, max_layer_fraction=max_layer_fraction,
-                eigenvalues=eigenvalues, progress=progress, target=target, skip_emptied=bool(skip_emptied),
-                protected=_check_protected(model, protected), taylor=taylor, weight_decay=float(weight_decay),
+    opts = dict(scope=scope, curvature=curvature, diagonal=diagonal, damping=v["damping"],
+                group_size=v["group_size"], mc=dict(samples=samples, seed=seed, targets=targets), seed=seed,
+                include_bias=v["include_bias"], retrain=retrain, max_layer_fraction=v["max_layer_fraction"],
+                eigenvalues=eigenvalues, progress=v["progress"], target=target, skip_emptied=v["skip_emptied"],
+                protected=_check_protected(model, protected), taylor=taylor, weight_decay=v["weight_decay"],
                 indefinite=indefinite, selection=selection)
     if method in UNSTRUCTURED:
         return _prune_unstructured(model, params, X, y, loss, method, steps, mask, opts)
     if method in STRUCTURED:
         return prune_units(model, params, X, y, loss, method, target, steps, mask, opts)
-    if steps != 1:
+    if v["steps"] != 1:
         raise ValueError("eigendamage is one-shot (steps=1): it changes the architecture; prune the returned "
                          "model again for another round")
     return eigendamage(model, params, X, y, loss, target, opts)
+
+
+prune.__doc__ += "\n    Options by method\n    -----------------\n" + "".join(
+    f"    {line}\n" for line in options.describe("prune").splitlines()[1:])
+
+
+def _check_retrain(retrain):
+    """The ``retrain`` dict's options, checked as :func:`refprune.train` would check them
+    but before any pruning is done (``mask`` is prune's own)."""
+    allowed = [o.name for o in options.TABLE["train"] if o.name != "mask"]
+    unknown = sorted(set(retrain) - set(allowed), key=str)
+    if unknown:
+        raise ValueError(f"prune: retrain has options train does not take here: {unknown}; it takes {allowed}")
+    options.convert("train", retrain, where="prune: retrain")
+    given = [k for k in ("lr", "momentum", "weight_decay") if retrain.get(k) is not None]
+    if retrain.get("optimizer") is not None and given:
+        raise TypeError(f"prune: retrain's {', '.join(given)} belong to its optimizer when one is given; set them "
+                        "on the optimizer")
 
 
 def _check_protected(model, protected):
@@ -315,7 +319,7 @@ def _prune_unstructured(model, params, X, y, loss, method, steps, mask, o):
                           full, wd)
         mask, theta = new_mask, new * new_mask
         retrain = o["retrain"]
-        if retrain and wd:
+        if retrain and wd and retrain.get("optimizer") is None:  # an optimizer carries its own weight decay
             retrain = dict(retrain)
             retrain.setdefault("weight_decay", wd)
         theta, rec.retrain_history = maybe_retrain(model, theta, X, y, loss, mask, retrain, o["seed"])

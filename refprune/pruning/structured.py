@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from .. import options
 from ..derivatives import grad as _grad
 from ..curvature.diagonal import curvature_diagonal
 from ..curvature.kronecker import LayerLayout, kfac
@@ -47,10 +48,13 @@ class _LayerState:
         self.alive = alive.copy()
         # S restricted to the units still alive (dead rows are constrained to zero)
         self.Sinv = np.zeros_like(S)
-        self.Sinv[np.ix_(idx, idx)] = inverse_spd(S[np.ix_(idx, idx)], what=f"K-FAC factor S of {block.layout.layer!r}")
         self.S = S
-        self.Ainv_diag = np.diag(inverse_spd(self.A, what=f"K-FAC factor A of {block.layout.layer!r}"))
         self.diag = diag
+        self.Ainv_diag = None
+        if diag is not None:
+            return  # C-OBD ranks by the exact diagonal: it neither inverts nor damps the factors
+        self.Sinv[np.ix_(idx, idx)] = inverse_spd(S[np.ix_(idx, idx)], what=f"K-FAC factor S of {block.layout.layer!r}")
+        self.Ainv_diag = np.diag(inverse_spd(self.A, what=f"K-FAC factor A of {block.layout.layer!r}"))
 
     def saliencies(self, M, method, shortcut=False):
         """Saliency of every alive unit (``inf`` for removed ones).  ``shortcut``: the
@@ -192,9 +196,13 @@ def unit_saliencies(model, params, X, y, loss, method="kron_obs", curvature="ggn
     """
     if method not in ("c_obd", "c_obs", "kron_obd", "kron_obs"):
         raise ValueError(f"unit_saliencies: method must be a structured criterion, got {method!r}")
+    check_curvature(curvature, FISHER_LIKE, "unit_saliencies")
+    v = options.convert("unit_saliencies", dict(damping=damping, shortcut=shortcut, samples=samples, seed=seed,
+                                                targets=targets))
+    options.refuse_inapplicable("unit_saliencies", v, method, curvature)
+    damping, shortcut = v["damping"], v["shortcut"]
     layers = structurally_prunable(model)
     alive = {j: np.ones(model[j].out_units, dtype=bool) for j in layers}
-    check_curvature(curvature, FISHER_LIKE, "unit_saliencies")
     mc = dict(samples=samples, seed=seed, targets=targets)
     states, mats = _layer_states((model, params, X, y, loss), layers, alive, method, curvature, mc, damping)
     out = {j: states[j].saliencies(mats[j], method, shortcut=shortcut) for j in layers}

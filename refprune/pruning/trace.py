@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import derivatives as _d
-from ..checks import check_flag, validate
+from .. import options
+from ..checks import validate
 from ..params import flatten_params, unflatten_params
 from ..scalars import is_int
 from . import unstructured as U
 from .masks import check_mask, prunable_mask
 from .obs import OBS
-from .prune import METHODS, _check_protected, _resolve_curvature, layer_ids
+from ..options import SALIENCY_METHODS
+from .prune import _check_protected, _resolve_curvature, layer_ids
 from .records import evaluate
 from .structured import unit_saliencies
 
@@ -53,6 +55,10 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
               progress=False):
     """Sequential OBS from one inverse, every step recorded (see :class:`OBSTrace`).
 
+    Options are checked through :data:`refprune.options.TABLE` (``TABLE["obs_trace"]``):
+    flags must be ``True`` or ``False``, numbers numbers, and ``samples``, ``seed`` and
+    ``targets`` are refused unless ``curvature="mc_fisher"``.
+
     Parameters
     ----------
     count : int, optional
@@ -70,12 +76,17 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
     progress : bool
         Report on stderr every tenth of the sweep.
     """
+    given = dict(count=count, curvature=curvature, damping=damping, taylor=taylor, weight_decay=weight_decay,
+                 protected=protected, mask=mask, include_bias=include_bias, skip_emptied=skip_emptied,
+                 indefinite=indefinite, evaluate_loss=evaluate_loss, metrics=metrics, samples=samples, seed=seed,
+                 targets=targets, progress=progress)
+    v = options.convert("obs_trace", given)
     inp = validate(model, params, X, y, loss)
-    curvature = _resolve_curvature("obs", curvature, None)  # diagonal= is OBD's alone
-    U.check_obs_options(taylor, indefinite, "obs_trace")
-    for name, v in (("damping", damping), ("weight_decay", weight_decay)):
-        if isinstance(v, bool) or not np.isfinite(v) or v < 0:
-            raise ValueError(f"obs_trace: {name} must be a finite number >= 0, got {v!r}")
+    curvature = _resolve_curvature("obs", curvature, "exact", "obs_trace")  # diagonal= is OBD's alone
+    options.refuse_inapplicable("obs_trace", v, "obs", curvature)
+    damping, weight_decay = v["damping"], v["weight_decay"]
+    include_bias, skip_emptied, evaluate_loss, progress = (v[k] for k in ("include_bias", "skip_emptied",
+                                                                          "evaluate_loss", "progress"))
     if metrics is not None and (not isinstance(metrics, dict) or not all(callable(f) for f in metrics.values())):
         raise TypeError("obs_trace: metrics must be a dict of name -> callable(model, params)")
     mask = check_mask(model, mask)
@@ -101,7 +112,6 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
     thetas = np.empty((count + 1, model.n_params))
     thetas[0] = theta0
     sub_layers = None if layer_of is None else layer_of[idx]
-    check_flag(progress, "progress")
     every = max(1, count // 10)
     t0 = time.perf_counter()
     for i in range(count):
@@ -131,12 +141,24 @@ def saliencies(model, params, X, y, loss, method="obs", curvature=None, diagonal
     ``|w_q|``, ``w_q^2 h_qq / 2`` or the OBS saliency (``taylor="full"``: of the full
     Taylor model).  Structured methods: ``{layer index: (units,)}`` as
     :func:`refprune.pruning.unit_saliencies`.
+
+    Options are checked through :data:`refprune.options.TABLE` (``TABLE["saliencies"]``;
+    ``refprune.options.describe("saliencies", method=...)`` lists a method's): one that
+    does not apply to ``method`` is refused by name when given a value other than its
+    default (``taylor="full"`` with OBD, ``mask=`` or ``weight_decay=`` with a structured
+    method, ``targets=`` without ``curvature="mc_fisher"``...).  A precomputed
+    ``curvature`` must be symmetric (``||C - C^T||_F <= 1e-10 ||C||_F``).
     """
-    if method not in METHODS or method in ("layer_obs", "eigendamage"):
+    if method not in SALIENCY_METHODS:
         raise ValueError(f"saliencies: method must be one of magnitude, obd, obs, woodfisher, c_obd, c_obs, "
                          f"kron_obd, kron_obs; got {method!r}")
-    curvature = _resolve_curvature(method, curvature, diagonal)
-    U.check_obs_options(taylor, indefinite, "saliencies")
+    given = dict(method=method, curvature=curvature, diagonal=diagonal, damping=damping, taylor=taylor,
+                 weight_decay=weight_decay, include_bias=include_bias, mask=mask, indefinite=indefinite,
+                 samples=samples, seed=seed, targets=targets)
+    v = options.convert("saliencies", given)
+    curvature = _resolve_curvature(method, curvature, diagonal, "saliencies")
+    options.refuse_inapplicable("saliencies", v, method, curvature)
+    damping, weight_decay, include_bias = v["damping"], v["weight_decay"], v["include_bias"]
     mc = dict(samples=samples, seed=seed, targets=targets)
     if method in ("c_obd", "c_obs", "kron_obd", "kron_obs"):
         return unit_saliencies(model, params, X, y, loss, method=method, curvature=curvature, damping=damping, **mc)

@@ -23,19 +23,33 @@ from ..checks import check_array, validate
 from ..curvature import diagonal
 from ..curvature import exact as curvature
 from ..curvature.operators import CurvatureOperator
+from ..options import DIAGONALS, INDEFINITE, TAYLOR  # noqa: F401 (the choices, named here too)
 from .obs import OBS, SingularCurvatureError, inverse_spd
 from .records import warn
 
-DIAGONALS = ("exact", "obd", "obd_lm")
-INDEFINITE = ("raise", "damp", "abs", "ggn")
-TAYLOR = ("second_order", "full")
+#: a precomputed curvature is refused when ``||C - C^T||_F > SYMMETRY_RTOL ||C||_F``
+SYMMETRY_RTOL = 1e-10
 
 
-def check_obs_options(taylor, indefinite, where):
-    """Refuse a ``taylor`` or ``indefinite`` that is not one of its choices, naming ``where``."""
-    for name, value, allowed in (("taylor", taylor, TAYLOR), ("indefinite", indefinite, INDEFINITE)):
-        if value not in allowed:
-            raise ValueError(f"{where}: {name} must be one of {allowed}, got {value!r}")
+def check_symmetric(C, where):
+    """Refuse a square matrix that is not symmetric to within :data:`SYMMETRY_RTOL`
+    (relative, Frobenius norm), naming its largest asymmetry.  Only one triangle of a
+    curvature would be used (Cholesky reads the lower one), so a matrix that is not
+    symmetric is a mistake, not something to symmetrise silently; ``1e-10`` leaves six
+    orders of magnitude above the rounding of a matrix built as a sum of symmetric
+    terms in float64 and far below any asymmetry that changes a result visibly.
+    Non-square or non-finite matrices are left to the shape and NaN checks."""
+    C = np.asarray(C)
+    if C.ndim != 2 or C.shape[0] != C.shape[1] or C.dtype.kind not in "fiu" or not np.all(np.isfinite(C)):
+        return
+    C = C.astype(np.float64, copy=False)
+    D = C - C.T
+    gap, norm = float(np.linalg.norm(D)), float(np.linalg.norm(C))
+    if gap > SYMMETRY_RTOL * norm:
+        i, j = np.unravel_index(int(np.argmax(np.abs(D))), D.shape)
+        raise ValueError(f"{where}: the precomputed curvature is not symmetric: ||C - C^T|| = {gap:.3e} exceeds "
+                         f"{SYMMETRY_RTOL:g} ||C|| = {SYMMETRY_RTOL * norm:.3e}; largest asymmetry |C[{i}, {j}] - "
+                         f"C[{j}, {i}]| = {abs(D[i, j]):.3e} (C[{i}, {j}] = {C[i, j]!r}, C[{j}, {i}] = {C[j, i]!r})")
 
 
 def is_matrix_like(curvature):
@@ -50,6 +64,8 @@ def precomputed_matrix(curvature, n):
         raise ValueError(f"prune: a precomputed curvature must be ({n}, {n}) for this model, got {M.shape}")
     if not np.all(np.isfinite(M)):
         raise ValueError("prune: the precomputed curvature contains NaN or inf")
+    if isinstance(curvature, CurvatureOperator):
+        check_symmetric(M, "prune")  # an array was checked when the options were
     return M
 
 

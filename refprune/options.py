@@ -1,0 +1,496 @@
+"""One table of options for pruning, training and minimising: for every keyword option
+of :func:`refprune.prune`, :func:`refprune.obs_trace`, :func:`refprune.saliencies`,
+:func:`refprune.minimize`, :func:`refprune.train` and the optimizers ``SGD``, ``KFAC``,
+``EKFAC`` and ``NaturalGradient``, its type, its range, and the methods and curvatures it
+applies to.
+
+Every one of these entry points checks its options through this table, in two passes:
+
+1. :func:`convert`: each value against its type and range.  A number given as text,
+   ``None`` or a bool raises :class:`OptionTypeError` (a ``TypeError``); a number out of
+   range, a choice that is not one of the choices, raises ``ValueError``.  Flags must be
+   ``True`` or ``False`` (``"no"`` is not false).  Every message names the function, the
+   option, the value given and what is accepted.
+2. :func:`refuse_inapplicable`: an option given a value other than its default that does
+   not apply to the chosen ``method`` (or curvature) is refused by name, saying which
+   methods (curvatures) it applies to.  An option left at its default is never refused.
+
+Read the table with :func:`describe`::
+
+    >>> import refprune as rp
+    >>> print(rp.options.describe("prune", method="obs"))    # doctest: +SKIP
+
+or directly: ``TABLE[function]`` is a tuple of :class:`Option` rows, each with ``name``,
+``kind``, ``default``, ``accepted`` (the type and range in words), ``methods`` (``None``:
+every method) and ``curvatures`` (``None``: every curvature).  :func:`applicable` lists
+the options that apply to one method.
+
+The module imports only refprune's leaf modules, so that every entry point can use it.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .curvature.kronecker import BIAS_TREATMENTS, DAMPING_FORMS, KFAC_APPROX
+from .scalars import is_int, is_number
+from .vocabulary import CURVATURES, FISHER_LIKE
+
+# ---------------------------------------------------------------- choices of the options
+
+#: ``prune``'s criteria that choose single weights
+UNSTRUCTURED = ("magnitude", "obd", "obs", "woodfisher", "layer_obs")
+#: ``prune``'s criteria that remove whole output units
+STRUCTURED = ("c_obd", "c_obs", "kron_obd", "kron_obs")
+#: every ``prune`` method
+METHODS = UNSTRUCTURED + STRUCTURED + ("eigendamage",)
+#: the methods :func:`refprune.saliencies` ranks by
+SALIENCY_METHODS = ("magnitude", "obd", "obs", "woodfisher") + STRUCTURED
+#: OBD's diagonals: exact, or LeCun et al.'s approximation (without ``phi''``)
+DIAGONALS = ("exact", "obd", "obd_lm")
+#: what OBS does with a damped matrix that is not positive definite
+INDEFINITE = ("raise", "damp", "abs", "ggn")
+#: OBS's quadratic model: at a minimum, or with the gradient term
+TAYLOR = ("second_order", "full")
+#: layer-wise OBS: how many weights each row gives up
+SELECTIONS = ("exact", "greedy", "obc")
+#: EigenDamage's eigenvalues
+EIGENVALUES = ("ekfac", "kfac")
+#: NaturalGradient: the whole matrix or its per-layer blocks
+STRUCTURES = ("full", "layer")
+#: :func:`refprune.minimize`: SciPy's trust-region methods
+TRUST_REGION = ("trust-exact", "trust-krylov", "trust-ncg", "trust-constr")
+
+#: prune's unstructured criteria that rank single weights by a score or OBS
+_RANKED = ("magnitude", "obd", "obs", "woodfisher")
+#: methods that form a curvature matrix
+_CURVED = ("obd", "obs", "woodfisher") + STRUCTURED + ("eigendamage",)
+_MC = ("mc_fisher",)
+#: methods whose curvature is damped
+_DAMPED = ("obs", "woodfisher", "layer_obs", "c_obs", "kron_obd", "kron_obs")
+
+
+class OptionTypeError(TypeError, ValueError):
+    """An option of the wrong type (a number given as text, ``None`` or a bool).
+
+    A ``TypeError``; also a ``ValueError``, so that code written when these were
+    reported as ``ValueError`` still catches them."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of :data:`TABLE`.
+
+    ``kind``: ``"flag"`` (``True``/``False``), ``"real"`` (a finite number in
+    ``[low, high]``, ends open where ``low_open``/``high_open``), ``"int"`` (an int
+    ``>= low``), ``"choice"`` (one of ``choices``), ``"seed"`` (a non-negative int, or a
+    sequence of them where ``sequence``), or an object the function checks itself
+    (``"curvature"``, ``"array"``, ``"dict"``, ``"callable"``, ``"optimizer"``).
+    ``none``: ``None`` is accepted too.  ``methods``/``curvatures``: what the option
+    applies to (``None``: everything); ``or_when``: another option whose non-default
+    value makes this one apply as well.  ``note``: added to a refusal."""
+
+    name: str
+    kind: str
+    default: object
+    doc: str
+    low: float = None
+    high: float = None
+    low_open: bool = False
+    high_open: bool = False
+    none: bool = False
+    choices: tuple = ()
+    sequence: bool = False
+    methods: tuple = None
+    curvatures: tuple = None
+    or_when: str = None
+    note: str = ""
+    renamed: tuple = ()  # ((old value, message), ...) for earlier spellings
+    refusal: str = ""  # the whole refusal, where one message says it best
+    accepted_text: str = ""
+
+    @property
+    def accepted(self):
+        """What the option accepts, in words."""
+        if self.accepted_text:
+            return self.accepted_text
+        if self.kind == "flag":
+            return "True or False"
+        if self.kind == "real":
+            text = "a finite number" + _range_text(self)
+        elif self.kind == "int":
+            text = {0: "a non-negative int", 1: "a positive int"}.get(self.low, f"an int >= {self.low}")
+        elif self.kind == "choice":
+            text = f"one of {self.choices}"
+        elif self.kind == "seed":
+            text = "a non-negative int" + (" or a sequence of non-negative ints" if self.sequence else "")
+        else:
+            text = _OBJECTS[self.kind]
+        return text + (" or None" if self.none and self.kind not in _OBJECTS else "")
+
+    def applies(self, method, curvature, values):
+        """Whether the option applies to ``method`` with ``curvature`` (a name, or
+        ``None`` for a method without a curvature or a precomputed one)."""
+        ok = (self.methods is None or method in self.methods) and (
+            self.curvatures is None or (isinstance(curvature, str) and curvature in self.curvatures))
+        if not ok and self.or_when is not None:
+            return not is_default(_row(values["__table__"], self.or_when), values[self.or_when])
+        return ok
+
+
+#: what the options a function checks itself accept
+_OBJECTS = {
+    "curvature": "a curvature name (docs/conventions.md §3), a symmetric (n, n) array or a CurvatureOperator",
+    "array": "a bool array of shape (n,) or None",
+    "targets": "an array of sampled targets or None",
+    "dict": "a dict or None",
+    "metrics": "a dict of name -> callable(model, params) or None",
+    "callable": "a callable or None",
+    "optimizer": "a refprune.optim optimizer or None",
+}
+
+
+def _range_text(o):
+    parts = []
+    if o.low is not None:
+        parts.append(f"{'>' if o.low_open else '>='} {o.low:g}")
+    if o.high is not None:
+        parts.append(f"{'<' if o.high_open else '<='} {o.high:g}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def _nonneg(name, doc, **kw):
+    return Option(name, "real", 0.0, doc, low=0.0, **kw)
+
+
+def _mc(where_doc, methods=None, seed_or_when=None, sequence=True):
+    """``samples``, ``seed`` and ``targets``: the Monte Carlo targets of ``"mc_fisher"``."""
+    return (
+        Option("samples", "int", 1, f"Monte Carlo targets per data point{where_doc}", low=1, methods=methods,
+               curvatures=_MC),
+        Option("seed", "seed", 0, f"seed of numpy.random.default_rng for the Monte Carlo targets{where_doc}",
+               sequence=sequence, methods=None if seed_or_when else methods, curvatures=_MC, or_when=seed_or_when),
+        Option("targets", "targets", None, "the caller's Monte Carlo targets, (n_mc, N) labels or (n_mc, N, C) values",
+               methods=methods, curvatures=_MC),
+    )
+
+
+_OLD_DIAGONALS = (
+    ("ggn", "write curvature='ggn', diagonal='exact'"),
+    ("fisher", "write curvature='mc_fisher', diagonal='exact'"),
+    ("empirical", "write curvature='empirical_fisher', diagonal='exact'"),
+)
+
+# ---------------------------------------------------------------- the table
+
+_OPTIMIZER = (
+    Option("lr", "real", 0.1, "learning rate", low=0.0),
+    Option("momentum", "real", 0.0, "heavy-ball momentum", low=0.0, high=1.0, high_open=True),
+    _nonneg("weight_decay", "added to the direction after preconditioning, times theta"),
+    Option("kl_clip", "real", None, "KL clipping bound c (Ba et al. 2017, §5)", low=0.0, low_open=True, none=True,
+           accepted_text="a finite number > 0 or None (no clipping)"),
+)
+_KRONECKER = (
+    Option("damping", "real", 1e-3, "lam", low=0.0),
+    Option("curvature", "choice", "mc_fisher", "the Fisher K-FAC approximates", choices=FISHER_LIKE),
+    Option("approx", "choice", "expand", "KFC variant for convolutions", choices=KFAC_APPROX),
+    Option("bias", "choice", "fold", "bias folded into A or kept apart", choices=BIAS_TREATMENTS),
+    Option("ema_decay", "real", 0.95, "decay of the factors' moving averages", low=0.0, high=1.0, high_open=True),
+    Option("refresh_interval", "int", 1, "steps between eigendecompositions", low=1),
+) + _mc(" (curvature='mc_fisher')", sequence=False)[:2]
+
+TABLE = {
+    "prune": (
+        Option("method", "choice", "obs", "the criterion", choices=METHODS,
+               accepted_text=f"one of {METHODS}"),
+        Option("sparsity", "real", None, "fraction of prunable weights (units, directions) to remove", low=0.0,
+               high=1.0, high_open=True, none=True, accepted_text="a number in [0, 1) or None"),
+        Option("count", "int", None, "number of weights (units, directions) to remove", low=0, none=True),
+        Option("steps", "int", 1, "rounds; the curvature is recomputed every round", low=1),
+        Option("scope", "choice", "global", "one global ranking or the same fraction in every layer",
+               choices=("global", "layer"), accepted_text="'global' or 'layer'", methods=_RANKED,
+               note="layer_obs always prunes every layer to the fraction; the structured methods and EigenDamage "
+                    "rank globally"),
+        Option("curvature", "curvature", None, "a curvature name, or a precomputed symmetric matrix or operator",
+               methods=_CURVED),
+        Option("diagonal", "choice", "exact", "OBD's diagonal", choices=DIAGONALS, methods=("obd",),
+               renamed=_OLD_DIAGONALS),
+        Option("damping", "real", 0.0, "added to the curvature before it is inverted (factored damping of the "
+               "Kronecker factors for c_obs, kron_obd, kron_obs)", low=0.0, methods=_DAMPED,
+               note="OBD and C-OBD rank by the undamped diagonal, EigenDamage by undamped eigenvalues; magnitude uses "
+                    "no curvature"),
+        Option("group_size", "int", 1, "weights OBS removes at a time", low=1, methods=("obs", "woodfisher")),
+        *_mc(" (curvature='mc_fisher')", methods=_CURVED, seed_or_when="retrain"),
+        Option("mask", "array", None, "bool (n,): coordinates already pruned (False)",
+               methods=UNSTRUCTURED + STRUCTURED,
+               note="EigenDamage changes the architecture and takes a dense network"),
+        Option("include_bias", "flag", False, "let biases be removed", methods=_RANKED,
+               note="layer_obs prunes weights only; the structured methods remove whole units"),
+        Option("retrain", "dict", None, "a dict of refprune.train options: fine-tune after every round", none=True),
+        Option("max_layer_fraction", "real", 0.9, "EigenDamage: the largest fraction of a layer's directions",
+               low=0.0, high=1.0, low_open=True, methods=("eigendamage",), accepted_text="in (0, 1]"),
+        Option("eigenvalues", "choice", "ekfac", "EigenDamage: whose eigenvalues rank the directions",
+               choices=EIGENVALUES, accepted_text="'ekfac' or 'kfac'", methods=("eigendamage",)),
+        Option("progress", "flag", False, "report every round on stderr"),
+        Option("protected", "array", None, "bool (n,): coordinates that are never removed", methods=_RANKED,
+               note="protected= and skip_emptied= apply to magnitude, obd, obs and woodfisher"),
+        Option("skip_emptied", "flag", False, "skip a removal that would empty a layer", methods=_RANKED,
+               note="protected= and skip_emptied= apply to magnitude, obd, obs and woodfisher"),
+        Option("taylor", "choice", "second_order", "OBS's quadratic model", choices=TAYLOR, methods=("obs",),
+               note="taylor='full' is OBS's; every method records predicted_full anyway"),
+        _nonneg("weight_decay", "prune L + weight_decay/2 |theta|^2", methods=_RANKED),
+        Option("indefinite", "choice", "raise", "OBS when the damped matrix is not positive definite",
+               choices=INDEFINITE, methods=("obs",)),
+        Option("selection", "choice", "exact", "layer_obs: how many weights each row gives up", choices=SELECTIONS,
+               methods=("layer_obs",)),
+    ),
+    "obs_trace": (
+        Option("count", "int", None, "removals to make", low=0, none=True,
+               accepted_text="an int in [0, the number of prunable free weights] or None"),
+        Option("curvature", "curvature", "ggn", "a curvature name, or a precomputed symmetric matrix or operator"),
+        Option("damping", "real", 0.0, "added to the curvature before it is inverted", low=0.0),
+        Option("taylor", "choice", "second_order", "OBS's quadratic model", choices=TAYLOR),
+        _nonneg("weight_decay", "sweep L + weight_decay/2 |theta|^2"),
+        Option("protected", "array", None, "bool (n,): coordinates that are never removed"),
+        Option("mask", "array", None, "bool (n,): coordinates already pruned (False)"),
+        Option("include_bias", "flag", False, "let biases be removed"),
+        Option("skip_emptied", "flag", False, "skip a removal that would empty a layer"),
+        Option("indefinite", "choice", "raise", "when the damped matrix is not positive definite", choices=INDEFINITE),
+        Option("evaluate_loss", "flag", True, "record the objective after every step"),
+        Option("metrics", "metrics", None, "dict of name -> callable(model, params) -> float", none=True),
+        *_mc(" (curvature='mc_fisher')"),
+        Option("progress", "flag", False, "report on stderr every tenth of the sweep"),
+    ),
+    "saliencies": (
+        Option("method", "choice", "obs", "the criterion", choices=SALIENCY_METHODS),
+        Option("curvature", "curvature", None, "a curvature name, or a precomputed symmetric matrix or operator",
+               methods=("obd", "obs", "woodfisher") + STRUCTURED),
+        Option("diagonal", "choice", "exact", "OBD's diagonal", choices=DIAGONALS, methods=("obd",),
+               renamed=_OLD_DIAGONALS),
+        Option("damping", "real", 0.0, "added to the curvature before it is inverted (factored damping of the "
+               "Kronecker factors for c_obs, kron_obd, kron_obs)", low=0.0, methods=_DAMPED[:2] + _DAMPED[3:],
+               note="OBD and C-OBD rank by the undamped diagonal; magnitude uses no curvature"),
+        Option("taylor", "choice", "second_order", "OBS's quadratic model", choices=TAYLOR, methods=("obs",),
+               refusal="taylor='full' needs a dense curvature (method 'obs')"),
+        _nonneg("weight_decay", "rank for L + weight_decay/2 |theta|^2", methods=("obd", "obs", "woodfisher"),
+                note="magnitude has no loss model; the structured saliencies have no weight decay"),
+        Option("include_bias", "flag", False, "rank biases too", methods=_RANKED),
+        Option("mask", "array", None, "bool (n,): coordinates already pruned (False)", methods=_RANKED,
+               note="the structured saliencies are those of the dense network"),
+        Option("indefinite", "choice", "raise", "OBS when the damped matrix is not positive definite",
+               choices=INDEFINITE, methods=("obs",)),
+        *_mc(" (curvature='mc_fisher')", methods=("obd", "obs", "woodfisher") + STRUCTURED),
+    ),
+    "unit_saliencies": (
+        Option("method", "choice", "kron_obs", "the structured criterion", choices=STRUCTURED),
+        Option("curvature", "choice", "ggn", "the Fisher K-FAC approximates", choices=FISHER_LIKE),
+        Option("damping", "real", 0.0, "factored damping of the Kronecker factors (no effect on c_obd's diagonal)",
+               low=0.0),
+        Option("shortcut", "flag", False, "the published code's row sums in place of w_i^T A w_i",
+               methods=("kron_obd", "kron_obs")),
+        *_mc(" (curvature='mc_fisher')"),
+    ),
+    "minimize": (
+        _nonneg("weight_decay", "minimise L + weight_decay/2 |theta|^2"),
+        Option("mask", "array", None, "bool (n,): free coordinates (True)"),
+        Option("method", "choice", "trust-exact", "SciPy's trust-region method", choices=TRUST_REGION,
+               accepted_text=f"one of SciPy's trust-region methods {TRUST_REGION}"),
+        Option("gtol", "real", 1e-10, "SciPy's gradient tolerance", low=0.0, low_open=True),
+        Option("maxiter", "int", 1000, "SciPy's iteration limit", low=1),
+        Option("progress", "flag", False, "report every iteration on stderr"),
+    ),
+    "train": (
+        Option("epochs", "int", 10, "passes over the data", low=0),
+        Option("batch_size", "int", 32, "samples per step", low=1),
+        Option("lr", "real", None, "SGD's learning rate (default 0.1) when no optimizer is given", low=0.0, none=True),
+        Option("momentum", "real", None, "SGD's momentum (default 0.9) when no optimizer is given", low=0.0, high=1.0,
+               high_open=True, none=True),
+        Option("weight_decay", "real", None, "SGD's weight decay (default 0) when no optimizer is given", low=0.0,
+               none=True),
+        Option("mask", "array", None, "bool (n,): trainable coordinates (True)"),
+        Option("seed", "seed", 0, "seed of numpy.random.default_rng for the batch order"),
+        Option("progress", "flag", False, "report every epoch on stderr"),
+        Option("optimizer", "optimizer", None, "a refprune.optim optimizer (SGD, NaturalGradient, KFAC, EKFAC)",
+               none=True),
+        Option("callback", "callable", None, "callback(epoch, params, loss) after every epoch", none=True),
+    ),
+    "SGD": (Option("lr", "real", 0.1, "learning rate", low=0.0),
+            Option("momentum", "real", 0.9, "heavy-ball momentum", low=0.0, high=1.0, high_open=True)) + _OPTIMIZER[2:],
+    "KFAC": _OPTIMIZER + _KRONECKER + (
+        Option("damping_form", "choice", "pi", "how lam damps the factors", choices=DAMPING_FORMS),),
+    "EKFAC": _OPTIMIZER + _KRONECKER + (
+        Option("scale_interval", "int", 1, "steps between re-estimates of the eigenvalues", low=1),
+        Option("scale_decay", "real", 0.95, "decay of the eigenvalues' moving average", low=0.0, high=1.0,
+               high_open=True),),
+    "NaturalGradient": (Option("lr", "real", 1.0, "learning rate", low=0.0),) + _OPTIMIZER[1:] + (
+        Option("curvature", "choice", "fisher", "the exact matrix F", choices=CURVATURES),
+        Option("damping", "real", 1e-3, "lam in (F + lam I)^-1 g", low=0.0),
+        Option("structure", "choice", "full", "the whole matrix or its per-layer blocks", choices=STRUCTURES),
+        Option("ema_decay", "real", 0.0, "moving average of F over steps", low=0.0, high=1.0, high_open=True),
+        Option("max_bytes", "real", None, "refuse a matrix larger than this (structure='full')", low=0.0, none=True,
+               methods=("full",), refusal="max_bytes= applies to structure='full' (the whole matrix); "
+                                          "structure='layer' forms the per-layer blocks only",
+               accepted_text="a finite number of bytes >= 0 or None (the memory available)"),
+    ) + _mc(" (curvature='mc_fisher')", sequence=False)[:2],
+}
+
+
+def _row(function, name):
+    for o in TABLE[function]:
+        if o.name == name:
+            return o
+    raise KeyError(f"{function} has no option {name!r}")
+
+
+def is_default(option, value):
+    """Whether ``value`` (already converted) is ``option``'s default: ``None`` and the
+    flags by identity, numbers and names by equality; an array is never a default."""
+    d = option.default
+    if d is None or value is None:
+        return value is d
+    if isinstance(d, bool) or isinstance(value, (bool, np.bool_)):
+        return isinstance(d, bool) and isinstance(value, (bool, np.bool_)) and bool(value) == d
+    if isinstance(value, np.ndarray) or not isinstance(value, (str, int, float, np.integer, np.floating)):
+        return False
+    return isinstance(value, str) == isinstance(d, str) and value == d
+
+
+def _type_note(name, value):
+    if isinstance(value, str):
+        what = "text"
+    elif value is None:
+        what = "None"
+    elif isinstance(value, (bool, np.bool_)):
+        what = "a bool"
+    else:
+        what = f"a {type(value).__name__}"
+    return f"{name} must be a number, not {what}"
+
+
+def _convert_one(where, o, value):
+    if value is None and o.none:
+        return None
+    got = f"got {value!r}"
+    if o.kind == "flag":
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{where}: {o.name} must be True or False, {got}")
+        return bool(value)
+    if o.kind == "real":
+        if not is_number(value):
+            raise OptionTypeError(f"{where}: {o.name} must be {o.accepted}, {got} ({_type_note(o.name, value)})")
+        v = float(value)
+        if not np.isfinite(v):
+            raise ValueError(f"{where}: {o.name} must be {o.accepted}, {got}")
+        if o.low is not None and (v < o.low or (o.low_open and v == o.low)):
+            raise ValueError(f"{where}: {o.name} must be {o.accepted}, {got} ({o.name} must be "
+                             f"{'>' if o.low_open else '>='} {o.low:g})")
+        if o.high is not None and (v > o.high or (o.high_open and v == o.high)):
+            raise ValueError(f"{where}: {o.name} must be {o.accepted}, {got} ({o.name} must be "
+                             f"{'<' if o.high_open else '<='} {o.high:g})")
+        return v
+    if o.kind == "int":
+        if not is_int(value):
+            note = "an int, not a bool" if isinstance(value, (bool, np.bool_)) else (
+                "an int, not text" if isinstance(value, str) else f"an int, not {type(value).__name__}")
+            raise OptionTypeError(f"{where}: {o.name} must be {o.accepted}, {got} ({o.name} must be {note})")
+        if value < o.low:
+            raise ValueError(f"{where}: {o.name} must be {o.accepted}, {got}")
+        return int(value)
+    if o.kind == "seed":
+        items = list(value) if (o.sequence and isinstance(value, (list, tuple))) else [value]
+        if not items or not all(is_int(v) for v in items):
+            raise OptionTypeError(f"{where}: {o.name} must be {o.accepted}, {got}")
+        if any(v < 0 for v in items):
+            raise ValueError(f"{where}: {o.name} must be {o.accepted}, {got}")
+        return value
+    if o.kind == "choice":
+        for old, hint in o.renamed:
+            if isinstance(value, str) and value == old:
+                raise ValueError(f"{where}: {o.name}={value!r} is an earlier spelling; {hint} ({o.name}= now "
+                                 f"only chooses {o.accepted})")
+        if not (isinstance(value, str) and value in o.choices):
+            raise ValueError(f"{where}: {o.name} must be {o.accepted}, {got}")
+        return value
+    if o.kind == "dict":
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: {o.name} must be {o.accepted}, {got}")
+        return value
+    if o.kind == "callable":
+        if not callable(value):
+            raise TypeError(f"{where}: {o.name} must be callable or None, got {type(value).__name__}")
+        return value
+    return value  # curvature, array, optimizer: the function checks these itself
+
+
+def convert(function, values, where=None):
+    """Check every option of ``function`` in ``values`` (a dict name -> value) against
+    its type and range (:data:`TABLE`); returns the converted values (floats, ints,
+    bools).  ``where`` names the caller in messages (default ``function``)."""
+    where = where or function
+    return {o.name: _convert_one(where, o, values[o.name]) for o in TABLE[function] if o.name in values}
+
+
+def _shown(value):
+    if isinstance(value, (str, bool, int, float, np.integer, np.floating)) or value is None:
+        return f"={value!r}"
+    return "= (given)"
+
+
+def _list(names):
+    names = [str(n) for n in names]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def refuse_inapplicable(function, values, method=None, curvature=None, where=None):
+    """Raise ``ValueError`` naming the first option in ``values`` that is not at its
+    default and does not apply to ``method`` with ``curvature`` (the curvature's name;
+    a precomputed matrix counts as no name), saying what it applies to."""
+    where = where or function
+    ctx = dict(values, __table__=function)
+    for o in TABLE[function]:
+        if o.name not in values or is_default(o, values[o.name]) or o.applies(method, curvature, ctx):
+            continue
+        v = values[o.name]
+        if o.methods is not None and method not in o.methods:
+            msg = (f"{where}: {o.name}{_shown(v)} does not apply to method {method!r}; {o.name}= applies to "
+                   f"{_list(o.methods)}")
+        else:
+            got = f"curvature={curvature!r}" if isinstance(curvature, str) or curvature is None else \
+                "a precomputed curvature"
+            alt = f" (or with {o.or_when}=)" if o.or_when else ""
+            msg = (f"{where}: {o.name}= is for curvature={_list(repr(c) for c in o.curvatures)}{alt}, got {got}; "
+                   f"leave {o.name} at its default {o.default!r}")
+        if o.note:
+            msg += f" ({o.note})"
+        raise ValueError(f"{where}: {o.refusal}" if o.refusal else msg)
+
+
+def applicable(function, method=None, curvature=None):
+    """The names of ``function``'s options that apply to ``method`` with ``curvature``
+    (``None``: whatever the method's curvature; a name restricts to options of that
+    curvature)."""
+    out = []
+    for o in TABLE[function]:
+        m_ok = method is None or o.methods is None or method in o.methods
+        c_ok = curvature is None or o.curvatures is None or curvature in o.curvatures or o.or_when is not None
+        if m_ok and c_ok:
+            out.append(o.name)
+    return tuple(out)
+
+
+def describe(function, method=None):
+    """The table of ``function``'s options as text, one line each: name, default, what
+    it accepts, what it applies to (only the rows for ``method`` when given)."""
+    if function not in TABLE:
+        raise ValueError(f"describe: function must be one of {tuple(TABLE)}, got {function!r}")
+    rows = [o for o in TABLE[function] if method is None or o.methods is None or method in o.methods]
+    lines = [f"{function}" + (f" (method={method!r})" if method else "") + ": options"]
+    for o in rows:
+        scope = []
+        if o.methods is not None and method is None:
+            scope.append("methods " + ", ".join(o.methods))
+        if o.curvatures is not None:
+            scope.append("curvature " + ", ".join(o.curvatures) + (f" (or with {o.or_when}=)" if o.or_when else ""))
+        lines.append(f"  {o.name} = {o.default!r}: {o.doc}; accepts {o.accepted}"
+                     + (f"; applies to {'; '.join(scope)}" if scope else ""))
+    return "\n".join(lines)
