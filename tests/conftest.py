@@ -19,13 +19,14 @@ if "mutmut" in sys.modules:
     # Under mutmut, which runs each mutant in a forked copy of its own process: a library
     # that starts threads when imported (torch, JAX, dask) would leave locks held in the
     # copies, which then hang.  Mutation runs therefore behave as if these optional
-    # libraries were absent (their tests skip, as in CI).
+    # libraries were absent (their tests skip, as in CI).  ModuleNotFoundError, not
+    # ImportError: pytest.importorskip skips only on the former.
     class _Absent:
         names = ("torch", "jax", "jaxlib", "dask", "distributed", "zarr")
 
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in self.names:
-                raise ImportError(f"{name} is left out of mutation runs (tests/conftest.py)")
+                raise ModuleNotFoundError(f"{name} is left out of mutation runs (tests/conftest.py)", name=name)
             return None
 
     if not any(type(f).__name__ == "_Absent" for f in sys.meta_path):
