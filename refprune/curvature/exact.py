@@ -26,7 +26,6 @@ emp. Fisher    ``g_obs g_obs^T``         no
 =============  ========================  ==========================================
 """
 
-import os
 import sys
 import time
 
@@ -35,27 +34,13 @@ import numpy as np
 from .. import derivatives as _d
 from . import parallel as _par
 from ..checks import check_flag, check_number, validate
+# the refusal of an array too large lives in ..memory, shared with every module that allocates;
+# both names stay importable from here (``exact.available_memory`` is what _output_array reads)
+from ..memory import CurvatureTooLargeError, available_memory  # noqa: F401
+from ..memory import check_fits, nbytes
 from ..nn import AffineLayer
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
-
-
-class CurvatureTooLargeError(MemoryError):
-    """An ``n x n`` matrix would not fit in the memory available."""
-
-
-def available_memory():
-    """Bytes of memory available to this process (Linux ``MemAvailable``)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 2**63
+from .output_factors import check_seed
 
 
 def _output_array(n, out, name, max_bytes):
@@ -212,9 +197,30 @@ def _full(inp, out, max_bytes, name):
 def layer_blocks(inp, curvature, samples, seed, targets):
     """Diagonal blocks ``[(layer index, (n_l, n_l) array)]`` of one curvature matrix
     (any name of :data:`refprune.vocabulary.CURVATURES`)."""
+    check_blocks_fit(inp, "block_diagonal")
     matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets)
     return _assemble(inp, matvec, curvature == "hessian", _BlockSink(inp.model, _param_layers(inp.model)), False,
                      "blocks")
+
+
+def check_blocks_fit(inp, where):
+    """Refuse the diagonal blocks ``(n_l, n_l)`` of every layer, and the identity seed of
+    the largest (``min(n_l, |z_l|)`` square, see :func:`_assemble`), if they would not fit."""
+    model, s = inp.model, inp.X.shape[1:]
+    total, seed, largest = 0, 0, None
+    for layer in model:
+        out = layer.output_shape(s)
+        if isinstance(layer, AffineLayer):
+            n_l = layer.n_params
+            total += nbytes((n_l, n_l))
+            seed = max(seed, nbytes((min(n_l, nbytes(out, 1)),) * 2))
+            if largest is None or n_l > largest.n_params:
+                largest = layer
+        s = out
+    if largest is not None:
+        n_l = largest.n_params
+        check_fits(total + seed, where, f"the diagonal blocks of every layer (the largest, of {largest!r}, "
+                   f"{n_l} x {n_l} float64)", error=CurvatureTooLargeError)
 
 
 def _accumulate(target, block, scale, first):
@@ -318,6 +324,7 @@ def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, tar
         raise ValueError(f"fisher: curvature={curvature!r} is not a Fisher; call refprune.{curvature}() or "
                          f"choose one of {FISHERS}")
     check_curvature(curvature, FISHERS, "fisher")
+    check_seed(seed, "fisher")
     mc = dict(samples=samples, seed=seed, targets=targets)
     return _matrix(model, params, X, y, loss, curvature, mc, out, max_bytes, progress, executor, block_rows, shards)
 

@@ -18,9 +18,22 @@ from scipy.sparse.linalg import LinearOperator
 
 from .. import derivatives as _d
 from ..checks import check_array, validate
+from ..memory import CurvatureTooLargeError, check_fits, nbytes
 from ..vocabulary import CURVATURES, check_curvature, renamed_options
 from . import diagonal as _diag
 from . import exact as _c
+from .output_factors import check_seed
+
+
+def check_dense_fits(op, extra=0):
+    """Refuse ``op``'s dense ``(n, n)`` matrix (plus ``extra`` bytes of temporaries) if it
+    would not fit in memory."""
+    n = op.n
+    what = f"the {n} x {n} float64 matrix"
+    if extra:
+        what += f" ({nbytes((n, n)) / 2**30:.2f} GiB) with its temporaries"
+    check_fits(nbytes((n, n)) + extra, f"{type(op).__name__}.to_dense", what,
+               hint="; apply it with matvec/matmat, or take its diagonal()", error=CurvatureTooLargeError)
 
 
 class CurvatureOperator:
@@ -60,6 +73,7 @@ class CurvatureOperator:
 
     def to_dense(self):
         """The matrix as an ``(n, n)`` array."""
+        check_dense_fits(self, nbytes((self.n, self.n)))  # the identity it is applied to
         return self._matmat(np.eye(self.n))
 
     def diagonal(self):
@@ -85,6 +99,7 @@ class Dense(CurvatureOperator):
         return self.M @ V
 
     def to_dense(self):
+        check_dense_fits(self)
         return self.M.copy()
 
 
@@ -101,6 +116,7 @@ class Diagonal(CurvatureOperator):
         return self.d[:, None] * V
 
     def to_dense(self):
+        check_dense_fits(self)
         return np.diag(self.d)
 
     def diagonal(self):
@@ -131,6 +147,7 @@ class BlockDiagonal(CurvatureOperator):
         return out
 
     def to_dense(self):
+        check_dense_fits(self)
         out = np.zeros((self.n, self.n))
         for b, (a, e) in zip(self.blocks, self.ranges()):
             out[a:e, a:e] = b
@@ -155,6 +172,7 @@ class ExactCurvature(CurvatureOperator):
     @renamed_options(kind="curvature")
     def __init__(self, model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None):
         check_curvature(curvature, CURVATURES, "ExactCurvature")
+        check_seed(seed, "ExactCurvature")
         self.args = (model, params, X, y, loss)
         self.curvature = curvature
         self.mc = dict(samples=samples, seed=seed, targets=targets)
@@ -186,6 +204,7 @@ def block_diagonal(model, params, X, y, loss, curvature="hessian", samples=1, se
     :data:`refprune.vocabulary.CURVATURES`), as a :class:`BlockDiagonal`; only the
     diagonal blocks are computed."""
     check_curvature(curvature, CURVATURES, "block_diagonal")
+    check_seed(seed, "block_diagonal")
     inp = validate(model, params, X, y, loss)
     blocks = _c.layer_blocks(inp, curvature, samples, seed, targets)
     offsets = model.param_offsets()

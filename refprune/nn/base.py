@@ -19,6 +19,8 @@ Method summary (``x`` input, ``y`` output, ``J = dy/dx`` per sample):
 =====================  =====================================================
 """
 
+import math
+
 import numpy as np
 
 
@@ -88,7 +90,8 @@ class Layer:
     @property
     def n_params(self):
         """Number of parameters of this layer (entries of all its arrays)."""
-        return int(sum(np.prod(s, dtype=np.int64) for s in self.param_shapes()))
+        # Python integers: np.prod would wrap around in int64 for an absurd layer
+        return sum(math.prod(int(d) for d in s) for s in self.param_shapes())
 
     def __repr__(self):
         return f"{type(self).__name__}()"
