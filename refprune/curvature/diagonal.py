@@ -142,7 +142,7 @@ def ggn_diagonal(model, params, X, y, loss, executor=None, shards=1):
     return _diagonal(model, params, X, y, loss, "ggn", {}, executor, shards)
 
 
-@renamed_options(kind="curvature")
+@renamed_options(FISHERS, kind="curvature")
 def fisher_diagonal(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, targets=None, executor=None,
                     shards=1):
     """Diagonal of a Fisher, ``(n,)``, for ``curvature`` one of ``"fisher"`` (the true
@@ -150,12 +150,16 @@ def fisher_diagonal(model, params, X, y, loss, curvature="fisher", samples=1, se
     ``seed``, the same draws as ``fisher(curvature="mc_fisher", samples=, seed=)``, or
     the caller's ``targets``) and ``"empirical_fisher"``.  ``executor``, ``shards`` as
     for :func:`hessian_diagonal` (Monte Carlo targets drawn once for the whole batch)."""
+    if curvature in ("hessian", "ggn"):
+        raise ValueError(f"fisher_diagonal: curvature={curvature!r} is not a Fisher; call "
+                         f"refprune.{curvature}_diagonal() or choose one of {FISHERS}")
     check_curvature(curvature, FISHERS, "fisher_diagonal")
     check_seed(seed, "fisher_diagonal")
     return _diagonal(model, params, X, y, loss, curvature, dict(samples=samples, seed=seed, targets=targets),
                      executor, shards)
 
 
+@renamed_options(kind="curvature")
 def curvature_diagonal(model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None,
                        executor=None, shards=1):
     """The exact diagonal of any curvature matrix by name (``"hessian"``, ``"ggn"``,

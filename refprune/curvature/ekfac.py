@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from ..checks import check_number, validate
-from ..vocabulary import renamed_options
+from ..vocabulary import FISHER_LIKE, renamed_options
 from .kronecker import (EigenBlock, KroneckerCurvature, check_factors_fit, check_kfac_options, kfac_blocks,
                         layer_statistics, with_bias_row)
 from .output_factors import OutputFactor, check_seed
@@ -75,7 +75,7 @@ class EKFAC(KroneckerCurvature):
         return cls(blocks, kfac_op.n)
 
 
-@renamed_options(fisher="curvature")
+@renamed_options(FISHER_LIKE, fisher="curvature")
 def ekfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1, seed=0, targets=None, bias="fold"):
     """EKFAC of every affine layer: K-FAC's eigenbasis (``curvature``, ``approx``,
     ``targets`` and ``bias`` as in :func:`refprune.kfac`), eigenvalues re-estimated from

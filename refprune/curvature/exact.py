@@ -301,7 +301,7 @@ def residual(model, params, X, y, loss, out=None, max_bytes=None, progress=False
                    shards)
 
 
-@renamed_options(kind="curvature")
+@renamed_options(FISHERS, kind="curvature")
 def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, targets=None, out=None,
            max_bytes=None, progress=False, executor=None, block_rows=None, shards=1):
     """A Fisher information matrix ``R sum_n J_n^T Phi_n J_n`` (``docs/conventions.md`` §3).

@@ -309,7 +309,7 @@ def with_bias_row(layer, U):
     return np.concatenate([U, np.ones((U.shape[0], 1, U.shape[2]))], axis=1)
 
 
-@renamed_options(fisher="curvature")
+@renamed_options(FISHER_LIKE, fisher="curvature")
 def kfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1, seed=0, targets=None,
          bias="fold"):
     """K-FAC (Linear) and KFC (Conv2d) factors of every affine layer.
