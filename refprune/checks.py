@@ -24,7 +24,7 @@ def check_array(a, name, dtype_kinds="fiub"):
     array whose float64 copy would not fit in memory (e.g. a broadcast view of huge shape)."""
     if hasattr(a, "detach") and hasattr(a, "cpu"):
         a = a.detach().cpu().numpy()
-    arr = as_array(a, name)
+    arr = as_array(a, name, name.rsplit(": ", 1)[-1])
     if arr.dtype.kind not in dtype_kinds:
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     convert = arr.dtype != np.float64

@@ -151,8 +151,8 @@ def fisher_diagonal(model, params, X, y, loss, curvature="fisher", samples=1, se
     the caller's ``targets``) and ``"empirical_fisher"``.  ``executor``, ``shards`` as
     for :func:`hessian_diagonal` (Monte Carlo targets drawn once for the whole batch)."""
     if curvature in ("hessian", "ggn"):
-        raise ValueError(f"fisher_diagonal: curvature={curvature!r} is not a Fisher; call "
-                         f"refprune.{curvature}_diagonal() or choose one of {FISHERS}")
+        raise ValueError(f"fisher_diagonal: curvature must be one of {FISHERS}, got {curvature!r}, which is not a "
+                         f"Fisher: for its diagonal call refprune.{curvature}_diagonal()")
     check_curvature(curvature, FISHERS, "fisher_diagonal")
     check_seed(seed, "fisher_diagonal")
     return _diagonal(model, params, X, y, loss, curvature, dict(samples=samples, seed=seed, targets=targets),
