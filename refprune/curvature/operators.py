@@ -22,7 +22,7 @@ from ..memory import CurvatureTooLargeError, check_fits, nbytes
 from ..vocabulary import CURVATURES, check_curvature, renamed_options
 from . import diagonal as _diag
 from . import exact as _c
-from .output_factors import check_seed
+from .output_factors import check_draws, check_seed
 
 
 def check_dense_fits(op, extra=0):
@@ -178,6 +178,8 @@ class ExactCurvature(CurvatureOperator):
         self.mc = dict(samples=samples, seed=seed, targets=targets)
         self.inp = validate(model, params, X, y, loss)
         self.n = model.n_params
+        if curvature == "mc_fisher" and targets is None:
+            check_draws(self.inp, samples, seed, "ExactCurvature")
         f, caches, douts = _d.gradient_pass(self.inp)
         self._state = (f, caches, douts)
         self._phi = _d.loss_curvature_matvec(self.inp, curvature, samples, seed, f, targets)

@@ -92,13 +92,20 @@ def draw_targets(inp, f_all, samples, seed, targets=None, where="draw_targets"):
     ``seed``: see :func:`check_seed`."""
     if targets is not None:
         return check_targets_stack(inp, targets)
+    samples = check_draws(inp, samples, seed, where)
+    return inp.loss.sample(f_all, np.random.default_rng(seed), samples)
+
+
+def check_draws(inp, samples, seed, where):
+    """``samples`` as an int after checking it, ``seed`` and the memory the draws of the
+    whole batch need (refused up front, naming ``where``)."""
     samples = check_samples(samples, where)
     check_seed(seed, where)
     n, c = inp.n_samples, inp.n_outputs
     # labels: int64 draws, a uniform per draw and a (C-1)-wide comparison; values: two (S, N, C) arrays
     need = nbytes((samples, n), 16 + c) if isinstance(inp.loss, CrossEntropyLoss) else 2 * nbytes((samples, n, c))
     check_fits(need, where, f"{samples} Monte Carlo target(s) for each of {n} sample(s) with {c} outputs")
-    return inp.loss.sample(f_all, np.random.default_rng(seed), samples)
+    return samples
 
 
 class OutputFactor:
