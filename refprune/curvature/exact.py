@@ -318,6 +318,8 @@ def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, tar
         ``numpy.random.default_rng(seed)``, or over the caller's ``targets``
         (``(n_mc, N)`` labels or ``(n_mc, N, C)`` values, e.g. another library's draws).
         ``"empirical_fisher"``: ``Phi_n = g g^T`` at the observed targets ``y``.
+    seed : int >= 0 or list of them
+        ``None`` and a ``numpy.random.Generator`` are refused (not reproducible).
     out, max_bytes, progress, executor, block_rows, shards
         As for :func:`hessian`; Monte Carlo targets are drawn once for the whole batch,
         so every shard and block sees the same draws.

@@ -324,6 +324,9 @@ def kfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1,
         (``"empirical_fisher"``).
     approx : {"expand", "reduce"}
         The convolution variant (Eschenhagen et al. 2023); the same for Linear.
+    seed : int >= 0 or list of them
+        The draws' ``numpy.random.default_rng(seed)`` (``None`` and a ``Generator`` are
+        refused: the same seed must give the same draws in every function).
     targets : array (n_mc, N) or (n_mc, N, C), optional
         Monte Carlo targets to use instead of drawing them (``"mc_fisher"`` only).
     bias : {"fold", "separate"}
