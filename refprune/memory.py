@@ -5,7 +5,7 @@ A ``MemoryError`` raised by NumPy deep inside a computation names neither the ar
 that made the array large nor what would fit; worse, with memory overcommitted the
 allocation can succeed and the process be killed later.  Every allocation whose size
 refprune can know in advance is therefore checked here first (the list is in
-``docs/testing.md``) and refused with an :class:`ArrayTooLargeError` that names the
+``docs/conventions.md`` §10) and refused with an :class:`ArrayTooLargeError` that names the
 function, the array, the GiB it needs and the GiB available.
 
 The module imports nothing from refprune, so every part of the package can use it.

@@ -29,9 +29,12 @@ def as_array(a, name, path=None):
     """``numpy.asarray(a)``; a ragged nested list raises ``ValueError`` naming ``name``
     and the first row that differs (as ``path[i]``, ``path`` defaulting to ``name``)."""
     try:
-        return np.asarray(a)
+        arr = np.asarray(a)
     except ValueError:
+        arr = None
+    # NumPy >= 1.24 raises on a ragged list; older versions made an object array of it
+    if isinstance(a, (list, tuple)) and (arr is None or arr.dtype == object):
         where = ragged_place(a, name if path is None else path)
-        if where is None:
-            raise
-        raise ValueError(f"{name} is a ragged nested list: {where}; every row must have the same shape") from None
+        if where is not None:
+            raise ValueError(f"{name} is a ragged nested list: {where}; every row must have the same shape")
+    return np.asarray(a) if arr is None else arr  # (again, to raise NumPy's own error)
