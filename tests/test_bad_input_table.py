@@ -333,7 +333,7 @@ SIZE_NUMBER_CASES = [
     ("size: ExactCurvature 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "ExactCurvature: 1000000000000 Monte Carlo target(s)"),
     ("size: block_diagonal 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.block_diagonal(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "block_diagonal: 1000000000000 Monte Carlo target(s)"),
     # -- convolutions whose im2col features or outputs are terabytes
-    ("size: im2col of a 1000x1000 kernel", lambda m, p, X, y, l: rp.loss(*_size_big_kernel()), MemoryError, "Conv2d(1, 1, kernel_size=(1000, 1000), stride=(1, 1), padding=(0, 0), bias=True).forward: a batch of 1: the outputs (1 x 1 x 1002001) and im2col features (1 x 1000000 x 1002001), with input-shaped arrays would need"),
+    ("size: im2col of a 1000x1000 kernel", lambda m, p, X, y, l: rp.loss(*_size_big_kernel()), MemoryError, "Conv2d(1, 1, kernel_size=(1000, 1000), stride=(1, 1), padding=(0, 0), bias=True).forward: a batch of 1: the outputs (1 x 1 x 1002001), im2col features (1 x 1000000 x 1002001) and input-shaped results would need"),
     ("size: conv outputs of 2**20 channels", lambda m, p, X, y, l: rp.loss(*_size_many_channels()), MemoryError, "Conv2d(1, 1048576, kernel_size=(1, 1)"),
     ("size: kink_margin through a 1000x1000 kernel", lambda m, p, X, y, l: rp.testing.kink_margin(*_size_big_kernel()[:3]), MemoryError, "forward: a batch of 1: the outputs"),
     # -- user arrays whose float64 copy would be terabytes (broadcast views of huge shape)

@@ -90,8 +90,8 @@ class AffineLayer(Layer):
         if any(padding):
             need += nbytes((batch, in_shape[0], in_shape[1] + 2 * padding[0], in_shape[2] + 2 * padding[1]))
         what = "im2col features" if self.features_copy else "features"
-        check_fits(need, f"{self!r}.{where}", f"a batch of {batch}: the outputs ({describe((batch, c, t))}) and "
-                   f"{what} ({describe((batch, r, t))}), with input-shaped arrays")
+        check_fits(need, f"{self!r}.{where}", f"a batch of {batch}: the outputs ({describe((batch, c, t))}), "
+                   f"{what} ({describe((batch, r, t))}) and input-shaped results")
 
     # -- forward and its derivatives with respect to the input ------------------
     def forward(self, params, x):
