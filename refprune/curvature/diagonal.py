@@ -102,7 +102,7 @@ def _factored_diagonal(inp, factor, residual):
             extra += 2 * int(np.prod(s))
         s = layer.output_shape(s)
     nc = _d.chunk_length(factor.per_sample + extra, _d.work_width(inp))
-    _check_columns_fit(inp, factor, residual, nc)
+    _check_columns_fit(inp, factor, residual, min(nc, inp.n_samples))
     for s0 in range(0, inp.n_samples, nc):
         s1 = min(inp.n_samples, s0 + nc)
         f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
