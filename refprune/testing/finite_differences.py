@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..checks import check_array
-from ..scalars import is_int
+from ..checks import check_array, check_number
+from ..curvature.output_factors import check_seed
+from ..scalars import is_int, is_number
 
 EPS = np.finfo(np.float64).eps
 _STENCILS = {
@@ -71,15 +72,12 @@ def directional_derivative(fun, x, v, step=None, order=4, return_error=False):
     error estimate (module docstring) unless ``step`` is given (then the bound is
     ``nan``).
     """
-    if order not in _STENCILS:
-        raise ValueError(f"order must be 2 or 4, got {order!r}")
-    x = np.array(x, dtype=np.float64)  # private copy
-    v = np.asarray(v, dtype=np.float64)
+    _check_step_order(step, order, "directional_derivative")
+    x = _input(x, "directional_derivative")  # private copy
+    v = check_array(v, "directional_derivative: v")
     if v.shape != x.shape:
-        raise ValueError(f"direction must have the shape of x {x.shape}, got {v.shape}")
+        raise ValueError(f"directional_derivative: direction must have the shape of x {x.shape}, got {v.shape}")
     if step is not None:
-        if not np.isfinite(step) or step <= 0:
-            raise ValueError(f"step must be a positive finite number, got {step!r}")
         d = _stencil(fun, x, v, float(step), order)
         return (d, float(step), float("nan")) if return_error else d
     if not return_error:
@@ -133,6 +131,26 @@ def _check_count(name, k):
     return int(k)
 
 
+def _check_step_order(step, order, where):
+    """``order`` 2 or 4 and ``step`` ``None`` or a positive finite number, refused by name."""
+    if isinstance(order, bool) or order not in _STENCILS:
+        raise ValueError(f"{where}: order must be 2 or 4, got {order!r}")
+    if step is not None:
+        if not is_number(step):
+            raise TypeError(f"{where}: step must be a positive finite number or None, got {step!r}")
+        if not np.isfinite(step) or step <= 0:
+            raise ValueError(f"{where}: step must be a positive finite number, got {step!r}")
+
+
+def _check_options(where, directions=None, seed=0, rtol=0.0, atol=0.0, step=None, order=4):
+    """Every option of a checker, checked before any evaluation; returns ``directions``."""
+    _check_step_order(step, order, where)
+    check_number(rtol, f"{where}: rtol")
+    check_number(atol, f"{where}: atol")
+    check_seed(seed, where)
+    return None if directions is None else _check_count(f"{where}: directions", directions)
+
+
 def assert_close(actual, expected, rtol, atol, what):
     """``|actual - expected| <= atol + rtol |expected|`` elementwise, with a message that
     names ``what`` and the worst entry."""
@@ -175,7 +193,7 @@ def check_grad(fun, grad, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=No
     """Check ``grad(x) . v`` against the central difference of scalar ``fun`` along
     ``directions`` random ``v``; returns a :class:`CheckResult`, raises
     ``AssertionError`` on mismatch."""
-    directions = _check_count("directions", directions)
+    directions = _check_options("check_grad", directions, seed, rtol, atol, step, order)
     x = _input(x, "check_grad")
     g = _output(grad(x.copy()), "check_grad", "grad(x)", x.shape, "the shape of x")
     scale = max(1.0, float(np.abs(_output(fun(x.copy()), "check_grad", "fun(x)", (), "a scalar"))))
@@ -205,7 +223,7 @@ def check_jvp(fun, jvp, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=None
     """Check ``jvp(x, v)`` (the Jacobian of ``fun`` times ``v``) against central
     differences of ``fun`` along random ``v``; returns a :class:`CheckResult`.  ``fun(x)``
     and every ``jvp(x, v)`` must have the same shape (checked first)."""
-    directions = _check_count("directions", directions)
+    directions = _check_options(where, directions, seed, rtol, atol, step, order)
     x = _input(x, where)
     out_shape = np.shape(fun(x.copy()))
     vs = _directions(x.shape, directions, seed)
@@ -220,7 +238,7 @@ def check_vjp(jvp, vjp, x, out_shape, directions=3, seed=0, rtol=1e-12, atol=1e-
     """Adjoint identity ``<u, J v> == <J^T u, v>`` for random ``u``, ``v`` (no step size
     involved: an exact algebraic check of a hand-written transpose); returns a
     :class:`CheckResult` (``step`` is ``nan``)."""
-    directions = _check_count("directions", directions)
+    directions = _check_options("check_vjp", directions, seed, rtol, atol)
     x = _input(x, "check_vjp")
     if is_int(out_shape):
         out_shape = (out_shape,)
@@ -253,6 +271,7 @@ def check_hessian(grad, H, x, columns=None, rtol=1e-6, atol=1e-9, step=None, ord
     """Check columns of a dense Hessian ``H`` against central differences of ``grad``
     along unit vectors (``columns``: indices to check, default all: ``O(n)`` gradient
     evaluations); returns a :class:`CheckResult`."""
+    _check_options("check_hessian", None, 0, rtol, atol, step, order)
     x = _input(x, "check_hessian")
     if x.ndim != 1:
         raise ValueError(f"check_hessian: x must be a vector (n,), got shape {x.shape}")
