@@ -326,6 +326,8 @@ SIZE_NUMBER_CASES = [
     ("size: operator to_dense from products", lambda m, p, X, y, l: _SizeIdentity().to_dense(), rp.CurvatureTooLargeError, "_SizeIdentity.to_dense: the 1048576 x 1048576 float64 matrix (8192.00 GiB) with its temporaries"),
     ("size: operator diagonal from products", lambda m, p, X, y, l: _SizeIdentity().diagonal(), rp.CurvatureTooLargeError, "apply it with matvec/matmat, or take its diagonal()"),
     ("size: Dense of a 2**20-square broadcast", lambda m, p, X, y, l: rp.Dense(np.broadcast_to(1.0, (2**20, 2**20))), MemoryError, "Dense: M: checking the float64 array of shape (1048576 x 1048576) for NaN and inf would need"),
+    ("size: inverse_spd of a 2**20-square broadcast", lambda m, p, X, y, l: rp.pruning.obs.inverse_spd(np.broadcast_to(1.0, (2**20, 2**20))), MemoryError, "inverse_spd: the damped copy, Cholesky factor and inverse of the 1048576 x 1048576 float64 matrix would need 24576.00 GiB"),
+    ("size: OBS of 2**20 weights", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.broadcast_to(1.0, (2**20, 2**20)), np.ones(2**20)), MemoryError, "OBS: the copy of the 1048576 x 1048576 float64 Hinv would need"),
     # -- Monte Carlo targets: 10**12 draws per sample
     ("size: kfac 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "kfac: 1000000000000 Monte Carlo target(s) for each of 4 sample(s) with 3 outputs would need"),
     ("size: fisher 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "fisher: 1000000000000 Monte Carlo target(s)"),

@@ -192,3 +192,12 @@ def test_hessian_diagonal_counts_the_activation_columns(monkeypatch):
     monkeypatch.setattr(memory, "available_memory", lambda: 8 * 4 * 76 - 1)
     with pytest.raises(rp.CurvatureTooLargeError, match="for 4 sample"):
         rp.hessian_diagonal(m, p, X, y, l)
+
+
+def test_inverse_spd_and_obs_count_their_copies(monkeypatch):
+    from refprune.pruning.obs import OBS, inverse_spd
+
+    H = np.diag([2.0, 3.0, 4.0])
+    _boundary(monkeypatch, lambda: inverse_spd(H), 3 * 9 * 8, r"inverse_spd: the damped copy, Cholesky factor and "
+              r"inverse of the 3 x 3 float64 matrix")
+    _boundary(monkeypatch, lambda: OBS(H, np.ones(3)), 2 * 9 * 8, r"OBS: the copy of the 3 x 3 float64 Hinv")
