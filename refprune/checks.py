@@ -8,7 +8,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .memory import check_fits, describe, nbytes
+from .memory import check_fits, describe
 from .nested import as_array
 from .nn import Sequential
 from .nn.losses import Loss
@@ -29,9 +29,9 @@ def check_array(a, name, dtype_kinds="fiub"):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     convert = arr.dtype != np.float64
     # the float64 copy (if converted) and the boolean temporary of the finiteness test
-    check_fits(nbytes(arr.shape, 9 if convert else 1), name,
-               f"{'converting' if convert else 'checking'} the {arr.dtype} array of shape ({describe(arr.shape)}) "
-               f"{'to float64 and checking it' if convert else 'for NaN and inf'}")
+    check_fits(arr.size * (9 if convert else 1), name,
+               lambda: f"{'converting' if convert else 'checking'} the {arr.dtype} array of shape "
+                       f"({describe(arr.shape)}) {'to float64 and checking it' if convert else 'for NaN and inf'}")
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))

@@ -56,11 +56,14 @@ def describe(shape):
 
 def check_fits(need, where, what, hint="", error=ArrayTooLargeError):
     """Refuse (``error``, an :class:`ArrayTooLargeError`) ``need`` bytes for ``what``
-    when they exceed the memory available; ``where`` names the function."""
-    need = int(need)
+    when they exceed the memory available; ``where`` names the function.  ``where`` and
+    ``what`` may be functions returning the text, called only for a refusal (the check
+    runs in every layer's pass, where formatting a message each time would cost more
+    than the check)."""
     if need <= ALWAYS_FITS:
         return
     limit = available_memory()
     if need > limit:
+        where, what = (s() if callable(s) else s for s in (where, what))
         raise error(f"{where}: {what} would need {need / 2**30:.2f} GiB but only {max(limit, 0) / 2**30:.2f} "
                     f"GiB are available{hint}")

@@ -86,7 +86,7 @@ def _check_columns_fit(inp, factor, residual, nc):
         if here > peak:
             peak, at = here, j
     if at is not None:
-        check_fits(nbytes((nc, peak)), factor.where, f"the columns back-propagated at layer {at} "
+        check_fits(nbytes((nc, peak)), factor.where, lambda: f"the columns back-propagated at layer {at} "
                    f"({model[at]!r}) for {nc} sample(s)", error=CurvatureTooLargeError)
 
 

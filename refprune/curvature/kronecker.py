@@ -364,7 +364,7 @@ def check_factors_fit(model, where, copies=1, layers=None):
     sizes = [(layer, factor_shapes(layer)) for layer in layers]
     need = copies * sum(nbytes((c, c)) + nbytes((p, p)) for _, (c, p) in sizes)
     layer, (c, p) = max(sizes, key=lambda item: max(item[1]))
-    check_fits(need, where, f"the Kronecker factors S and A of every layer (the largest, of {layer!r}: "
+    check_fits(need, where, lambda: f"the Kronecker factors S and A of every layer (the largest, of {layer!r}: "
                f"S {describe((c, c))}, A {describe((p, p))} float64{', with eigenvectors' if copies > 1 else ''})",
                error=CurvatureTooLargeError)
 

@@ -35,7 +35,7 @@ def hessian_sqrt(loss, f, where="hessian_sqrt"):
     """Columns of a square root of ``Lambda_n``: ``(N, C, C)`` with ``[n, k, :]`` the
     ``k``-th column, so that ``Lambda_n = sum_k Gamma[n, k] Gamma[n, k]^T``."""
     n, c = f.shape
-    check_fits(2 * nbytes((n, c, c)), where, f"the square roots of the loss Hessians ({describe((n, c, c))} "
+    check_fits(2 * nbytes((n, c, c)), where, lambda: f"the square roots of the loss Hessians ({describe((n, c, c))} "
                f"float64, and a temporary as large) of {n} sample(s) with {c} outputs")
     if isinstance(loss, CrossEntropyLoss):
         z = f - f.max(axis=1, keepdims=True)

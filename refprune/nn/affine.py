@@ -82,16 +82,16 @@ class AffineLayer(Layer):
         arrays would not fit: the outputs ``(batch, c_out, T)``, the features
         ``(batch, r, T)`` (a copy for im2col, and the input-shaped result of ``vjp``) and
         the zero-padded input; their sizes follow from the shapes alone."""
-        out = self.output_shape(in_shape)
-        c, t = self.out_units, nbytes(out, 1) // self.out_units
+        c = self.out_units
+        t = math.prod(self.output_shape(in_shape)) // c
         r = self.n_weight // c
-        need = nbytes((batch, c, t)) + nbytes((batch, r, t)) + nbytes((batch,) + tuple(in_shape))
+        need = 8 * batch * ((c + r) * t + math.prod(in_shape))
         padding = getattr(self, "padding", (0, 0))
-        if any(padding):
+        if padding[0] or padding[1]:
             need += nbytes((batch, in_shape[0], in_shape[1] + 2 * padding[0], in_shape[2] + 2 * padding[1]))
         what = "im2col features" if self.features_copy else "features"
-        check_fits(need, f"{self!r}.{where}", f"a batch of {batch}: the outputs ({describe((batch, c, t))}), "
-                   f"{what} ({describe((batch, r, t))}) and input-shaped results")
+        check_fits(need, lambda: f"{self!r}.{where}", lambda: f"a batch of {batch}: the outputs "
+                   f"({describe((batch, c, t))}), {what} ({describe((batch, r, t))}) and input-shaped results")
 
     # -- forward and its derivatives with respect to the input ------------------
     def forward(self, params, x):
