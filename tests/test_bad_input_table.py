@@ -392,6 +392,13 @@ SIZE_NUMBER_CASES = [
     ("kink_margin X of the wrong shape", lambda m, p, X, y, l: rp.testing.kink_margin(m, p, X[:, :, :2]), ValueError, "kink_margin: X of shape (4, 1, 2, 4) does not fit the model: layer 4"),
     ("kink_margin X without a batch axis", lambda m, p, X, y, l: rp.testing.kink_margin(m, p, X[0, 0]), ValueError, "kink_margin: X of shape (4, 4) does not fit the model: layer 0"),
     ("kink_margin X NaN", lambda m, p, X, y, l: rp.testing.kink_margin(m, p, nan_at(X)), ValueError, "kink_margin: X contains 1 NaN"),
+    ("kink_margin explain a string", lambda m, p, X, y, l: rp.testing.kink_margin(m, p, X, explain="no"), TypeError, "kink_margin: explain must be True or False, got 'no'"),
+    # -- OBS: the weights it may remove and the sets it removes
+    ("OBS prunable of the wrong length", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.eye(3), np.ones(3), prunable=[True, False]), ValueError, "OBS: prunable must have shape (3,) like w, got (2,)"),
+    ("OBS.remove a repeated coordinate", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.eye(3), np.ones(3)).remove([1, 1]), ValueError, "OBS.remove: Q must hold distinct coordinates in [0, 3), got [1, 1]"),
+    ("OBS.remove a coordinate out of range", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.eye(3), np.ones(3)).remove([3]), ValueError, "OBS.remove: Q must hold distinct coordinates in [0, 3), got [3]"),
+    ("OBS.remove a negative coordinate", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.eye(3), np.ones(3)).remove(-1), ValueError, "OBS.remove: Q must hold distinct coordinates in [0, 3), got [-1]"),
+    ("OBS.group_saliency of floats", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.eye(3), np.ones(3)).group_saliency([0.0, 1.0]), ValueError, "OBS.group_saliency: Q must be a non-empty list of ints, got [0.0, 1.0]"),
     ("kink_margin X strings", lambda m, p, X, y, l: rp.testing.kink_margin(m, p, X.astype(str)), TypeError, "kink_margin: X must be a numeric array"),
 ]
 

@@ -105,6 +105,8 @@ class OBS:
             raise ValueError(f"OBS: Hinv must have shape ({n}, {n}), got {self.Hinv.shape}")
         self.active = np.ones(n, dtype=bool)
         self.prunable = np.ones(n, dtype=bool) if prunable is None else np.array(prunable, dtype=bool)
+        if self.prunable.shape != (n,):
+            raise ValueError(f"OBS: prunable must have shape ({n},) like w, got {self.prunable.shape}")
         self.g = self.H = None
         if grad is not None:
             self.g = check_array(grad, "OBS: grad")
@@ -138,14 +140,25 @@ class OBS:
 
     def group_saliency(self, Q):
         """``s_Q = w_Q^T ([H^-1]_QQ)^-1 w_Q / 2`` for a set ``Q`` at the current state."""
-        Q = np.asarray(Q)
+        Q = self._check_set(Q, "group_saliency")
         w = self.w[Q]
         return float(w @ np.linalg.solve(self.Hinv[np.ix_(Q, Q)], w) / 2.0)
+
+    def _check_set(self, Q, where):
+        """``Q`` as a 1-d int array of distinct coordinates in ``[0, n)`` (a repeated one
+        would make ``[H^-1]_QQ`` singular, a negative one index from the end)."""
+        Q = np.atleast_1d(np.asarray(Q))
+        n = self.w.size
+        if Q.ndim != 1 or Q.size == 0 or Q.dtype.kind not in "iu":
+            raise ValueError(f"OBS.{where}: Q must be a non-empty list of ints, got {Q.tolist()!r}")
+        if Q.min() < 0 or Q.max() >= n or len(np.unique(Q)) != len(Q):
+            raise ValueError(f"OBS.{where}: Q must hold distinct coordinates in [0, {n}), got {Q.tolist()!r}")
+        return Q
 
     def remove(self, Q):
         """Remove the set ``Q`` jointly: apply the group update, eliminate ``Q`` from
         ``Hinv``; returns the predicted increase ``s_Q``."""
-        Q = np.atleast_1d(np.asarray(Q))
+        Q = self._check_set(Q, "remove")
         if not np.all(self.active[Q]):
             raise ValueError("OBS: coordinate already removed")
         if self.g is not None and self.H is None:

@@ -13,7 +13,7 @@ margin covers them).  ``explain=True`` says where the margin comes from.
 
 import numpy as np
 
-from ..checks import check_array, check_params
+from ..checks import check_array, check_flag, check_params
 from ..nn import MaxPool2d, ReLU
 
 
@@ -22,6 +22,7 @@ def kink_margin(model, params, X, explain=False):
     input and the gap between the largest and second largest entry of every max-pool
     window (windows tied at the zeros of a preceding ReLU excepted, module docstring);
     ``inf`` if the model has neither.  ``explain=True`` returns ``(margin, sentence)``."""
+    check_flag(explain, "kink_margin: explain")
     grouped = model.group_params(check_params(model, params))
     x = check_array(X, "kink_margin: X")
     if x.ndim < 2:
