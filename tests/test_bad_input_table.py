@@ -328,6 +328,12 @@ SIZE_NUMBER_CASES = [
     ("size: Dense of a 2**20-square broadcast", lambda m, p, X, y, l: rp.Dense(np.broadcast_to(1.0, (2**20, 2**20))), MemoryError, "Dense: M: checking the float64 array of shape (1048576 x 1048576) for NaN and inf would need"),
     ("size: inverse_spd of a 2**20-square broadcast", lambda m, p, X, y, l: rp.pruning.obs.inverse_spd(np.broadcast_to(1.0, (2**20, 2**20))), MemoryError, "inverse_spd: the damped copy, Cholesky factor and inverse of the 1048576 x 1048576 float64 matrix would need 24576.00 GiB"),
     ("size: OBS of 2**20 weights", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.broadcast_to(1.0, (2**20, 2**20)), np.ones(2**20)), MemoryError, "OBS: the copy of the 1048576 x 1048576 float64 Hinv would need"),
+    # -- BlockDiagonal's layout (blocks and ranges were paired by zip, the extra ones dropped)
+    ("BlockDiagonal a block without a range", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2), np.eye(1)], [0, 2], 3), ValueError, "BlockDiagonal: offsets must have len(blocks) + 1 = 3 entries (the start of each block and the end of the last), got 2"),
+    ("BlockDiagonal a range without a block", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0, 2, 3], 3), ValueError, "BlockDiagonal: offsets must have len(blocks) + 1 = 2 entries"),
+    ("BlockDiagonal a range past n", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(5)], [0, 5], 3), ValueError, "BlockDiagonal: offsets must be non-decreasing ints in [0, 3], got [0, 5]"),
+    ("BlockDiagonal n a float", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0, 2], 3.5), ValueError, "BlockDiagonal: n must be a non-negative int, got 3.5"),
+    ("BlockDiagonal offsets floats", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0.0, 2.0], 3), ValueError, "BlockDiagonal: offsets must be non-decreasing ints in [0, 3], got [0.0, 2.0]"),
     # -- Monte Carlo targets: 10**12 draws per sample
     ("size: kfac 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "kfac: 1000000000000 Monte Carlo target(s) for each of 4 sample(s) with 3 outputs would need"),
     ("size: fisher 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "fisher: 1000000000000 Monte Carlo target(s)"),

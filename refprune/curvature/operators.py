@@ -17,8 +17,9 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from .. import derivatives as _d
-from ..checks import check_array, validate
+from ..checks import check_array, check_count, validate
 from ..memory import CurvatureTooLargeError, check_fits, nbytes
+from ..scalars import is_int
 from ..vocabulary import CURVATURES, check_curvature, renamed_options
 from . import diagonal as _diag
 from . import exact as _c
@@ -130,8 +131,15 @@ class BlockDiagonal(CurvatureOperator):
 
     def __init__(self, blocks, offsets, n):
         self.blocks = [check_array(b, f"BlockDiagonal: block {i}") for i, b in enumerate(blocks)]
-        self.offsets = list(offsets)
-        self.n = int(n)
+        self.n = check_count(n, "BlockDiagonal: n", minimum=0)
+        offsets = list(offsets)
+        if len(offsets) != len(self.blocks) + 1:
+            raise ValueError(f"BlockDiagonal: offsets must have len(blocks) + 1 = {len(self.blocks) + 1} entries "
+                             f"(the start of each block and the end of the last), got {len(offsets)}")
+        if not all(is_int(o) for o in offsets) or any(not 0 <= a <= b <= self.n
+                                                       for a, b in zip(offsets[:-1], offsets[1:])):
+            raise ValueError(f"BlockDiagonal: offsets must be non-decreasing ints in [0, {self.n}], got {offsets}")
+        self.offsets = [int(o) for o in offsets]
         for b, (a, e) in zip(self.blocks, self.ranges()):
             if b.shape != (e - a, e - a):
                 raise ValueError(f"BlockDiagonal: block for [{a}, {e}) must be {(e - a, e - a)}, got {b.shape}")
