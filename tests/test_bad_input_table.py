@@ -334,6 +334,11 @@ SIZE_NUMBER_CASES = [
     ("BlockDiagonal a range past n", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(5)], [0, 5], 3), ValueError, "BlockDiagonal: offsets must be non-decreasing ints in [0, 3], got [0, 5]"),
     ("BlockDiagonal n a float", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0, 2], 3.5), ValueError, "BlockDiagonal: n must be a non-negative int, got 3.5"),
     ("BlockDiagonal offsets floats", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0.0, 2.0], 3), ValueError, "BlockDiagonal: offsets must be non-decreasing ints in [0, 3], got [0.0, 2.0]"),
+    ("Dense not symmetric", lambda m, p, X, y, l: rp.Dense([[1.0, 2.0], [0.0, 1.0]]), ValueError, "Dense: M must be symmetric, got max |M - M^T| = 2.000e+00 with max |M| = 2.000e+00"),
+    ("KFAC.damped form named by the method", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).damped(0.1, "tikhonov"), ValueError, "KFAC.damped: damping form must be one of ('exact', 'factored', 'pi'), got 'tikhonov'"),
+    ("KFAC.inverse damping named by the method", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).inverse(-1.0), ValueError, "KFAC.inverse: damping must be a finite number >= 0, got -1.0"),
+    ("curvature_diagonal hessian with targets", lambda m, p, X, y, l: rp.curvature_diagonal(m, p, X, y, l, curvature="hessian", targets=np.zeros((2, 4), int)), ValueError, "curvature_diagonal: targets= is for curvature='mc_fisher', got curvature='hessian'"),
+    ("Monte Carlo targets with samples", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="mc_fisher", targets=np.zeros((2, 4), int), samples=5), ValueError, "kfac: samples=5 does not apply with targets= (the number of draws is their first axis)"),
     # -- Monte Carlo targets: 10**12 draws per sample
     ("size: kfac 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "kfac: 1000000000000 Monte Carlo target(s) for each of 4 sample(s) with 3 outputs would need"),
     ("size: fisher 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "fisher: 1000000000000 Monte Carlo target(s)"),

@@ -167,6 +167,8 @@ def curvature_diagonal(model, params, X, y, loss, curvature="hessian", samples=1
     ``shards`` as for :func:`hessian_diagonal`."""
     check_curvature(curvature, CURVATURES, "curvature_diagonal")
     check_seed(seed, "curvature_diagonal")
+    if curvature in ("hessian", "ggn") and targets is not None:
+        raise ValueError(f"curvature_diagonal: targets= is for curvature='mc_fisher', got curvature={curvature!r}")
     if curvature == "hessian":
         return hessian_diagonal(model, params, X, y, loss, executor, shards)
     if curvature == "ggn":

@@ -41,10 +41,11 @@ DAMPING_FORMS = ("exact", "factored", "pi")
 BIAS_TREATMENTS = ("fold", "separate")
 
 
-def _check_damping(damping, form):
+def _check_damping(damping, form, where=None):
+    prefix = f"{where}: " if where else ""
     if form not in DAMPING_FORMS:
-        raise ValueError(f"damping form must be one of {DAMPING_FORMS}, got {form!r}")
-    return check_number(damping, "damping")
+        raise ValueError(f"{prefix}damping form must be one of {DAMPING_FORMS}, got {form!r}")
+    return check_number(damping, f"{prefix}damping")
 
 
 class LayerLayout:
@@ -227,13 +228,13 @@ class KroneckerCurvature(CurvatureOperator):
         """The operator ``S kron A + lam I`` (``"exact"``),
         ``(S + sqrt(lam) I) kron (A + sqrt(lam) I)`` (``"factored"``) or
         ``(S + sqrt(lam)/pi I) kron (A + pi sqrt(lam) I)`` (``"pi"``), per block."""
-        _check_damping(damping, form)
+        _check_damping(damping, form, f"{type(self).__name__}.damped")
         return type(self)(self.blocks, self.n, damping, form)
 
     def inverse(self, damping=0.0, form="exact"):
         """The inverse of the damped operator, applied through the factors'
         eigendecompositions (raises ``LinAlgError`` if a block is singular)."""
-        _check_damping(damping, form)
+        _check_damping(damping, form, f"{type(self).__name__}.inverse")
         return type(self)(self.blocks, self.n, damping, form, inverse=True)
 
     def trace(self):

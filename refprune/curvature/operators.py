@@ -94,7 +94,15 @@ class Dense(CurvatureOperator):
         M = check_array(M, "Dense: M")
         if M.ndim != 2 or M.shape[0] != M.shape[1]:
             raise ValueError(f"Dense: need a square matrix, got shape {M.shape}")
-        self.M, self.n = M, len(M)
+        # a curvature operator is symmetric (its rmatvec is its matvec); rows a block at a
+        # time, so that no n x n temporary is made
+        n, scale = len(M), float(np.abs(M).max(initial=0.0))
+        asym = max((float(np.abs(M[r : r + 256] - M[:, r : r + 256].T).max()) for r in range(0, n, 256)),
+                   default=0.0)
+        if asym > 1e-8 * scale:
+            raise ValueError(f"Dense: M must be symmetric, got max |M - M^T| = {asym:.3e} with max |M| = "
+                             f"{scale:.3e}; pass (M + M.T) / 2 if the asymmetry is rounding")
+        self.M, self.n = M, n
 
     def _matmat(self, V):
         return self.M @ V

@@ -91,6 +91,9 @@ def draw_targets(inp, f_all, samples, seed, targets=None, where="draw_targets"):
     ``targets`` (``(n_mc, N)`` labels, ``(n_mc, N, C)`` values), checked, in place of draws.
     ``seed``: see :func:`check_seed`."""
     if targets is not None:
+        if samples is not None and samples != 1:  # (None: internal calls that pass targets only)
+            raise ValueError(f"{where}: samples={samples!r} does not apply with targets= (the number of draws is "
+                             f"their first axis); leave samples at 1")
         return check_targets_stack(inp, targets)
     samples = check_draws(inp, samples, seed, where)
     return inp.loss.sample(f_all, np.random.default_rng(seed), samples)
