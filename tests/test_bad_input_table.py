@@ -307,6 +307,8 @@ SIZE_NUMBER_CASES = [
     ("size: init of a 2**20 x 2**20 Linear model", lambda m, p, X, y, l: rp.Sequential(rp.Linear(2**20, 2**20)).init(), MemoryError, "init: the 1099512676352 float64 parameters of the model would need 8192.01 GiB but only"),
     ("size: Linear(2**20, 2**20).init", lambda m, p, X, y, l: rp.Linear(2**20, 2**20).init(np.random.default_rng(0)), MemoryError, "init: the 1099512676352 float64 parameters of Linear(1048576, 1048576, bias=True) would need"),
     ("size: Conv2d init of 2**40 weights", lambda m, p, X, y, l: rp.Conv2d(2**12, 2**12, 2**8).init(np.random.default_rng(0)), MemoryError, "init: the 1099511631872 float64 parameters of Conv2d(4096, 4096"),
+    ("layer init with a seed for a Generator", lambda m, p, X, y, l: rp.Linear(2, 3).init(0), TypeError, "Linear(2, 3, bias=True).init: rng must be a numpy.random.Generator, got int"),
+    ("split_flat of the wrong width", lambda m, p, X, y, l: rp.Linear(2, 3).split_flat(np.ones((1, 5))), ValueError, "Linear(2, 3, bias=True).split_flat: V must have shape (K, 9), got (1, 5)"),
     # -- curvature of a layer 2**20 wide (its weights take 8 MB)
     ("size: block_diagonal with one 8 TB block", lambda m, p, X, y, l: rp.block_diagonal(*_size_wide_input()), rp.CurvatureTooLargeError, "block_diagonal: the diagonal blocks of every layer (the largest, of Linear(1048576, 1, bias=True), 1048577 x 1048577 float64) would need 8192.02 GiB"),
     ("size: kfac input factor of a 2**20-wide layer", lambda m, p, X, y, l: rp.kfac(*_size_wide_input()), rp.CurvatureTooLargeError, "kfac: the Kronecker factors S and A of every layer (the largest, of Linear(1048576, 1, bias=True): S 1 x 1, A 1048577 x 1048577 float64)"),

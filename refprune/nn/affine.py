@@ -61,6 +61,8 @@ class AffineLayer(Layer):
     def init(self, rng):
         # PyTorch's default: kaiming_uniform_(a=sqrt(5)) on the weight gives
         # U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias uses the same bound.
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"{self!r}.init: rng must be a numpy.random.Generator, got {type(rng).__name__}")
         check_fits(nbytes((self.n_params,)), "init", f"the {self.n_params} float64 parameters of {self!r}")
         fan_in = int(np.prod(self.weight_shape[1:]))
         bound = 1.0 / np.sqrt(fan_in)
