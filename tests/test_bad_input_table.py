@@ -325,8 +325,8 @@ SIZE_NUMBER_CASES = [
     ("size: ekfac to_dense", lambda m, p, X, y, l: rp.curvature.EKFAC.from_kfac(rp.kfac(*_size_many_params())).to_dense(), rp.CurvatureTooLargeError, "EKFAC.to_dense: the 528384 x 528384"),
     ("size: Diagonal to_dense of 2**20", lambda m, p, X, y, l: rp.Diagonal(np.ones(2**20)).to_dense(), rp.CurvatureTooLargeError, "Diagonal.to_dense: the 1048576 x 1048576 float64 matrix would need 8192.00 GiB"),
     ("size: BlockDiagonal to_dense of 2**20", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0, 2], 2**20).to_dense(), rp.CurvatureTooLargeError, "BlockDiagonal.to_dense: the 1048576 x 1048576"),
-    ("size: operator to_dense from products", lambda m, p, X, y, l: _SizeIdentity().to_dense(), rp.CurvatureTooLargeError, "_SizeIdentity.to_dense: the 1048576 x 1048576 float64 matrix (8192.00 GiB) with its temporaries"),
-    ("size: operator diagonal from products", lambda m, p, X, y, l: _SizeIdentity().diagonal(), rp.CurvatureTooLargeError, "apply it with matvec/matmat, or take its diagonal()"),
+    ("size: operator to_dense from products", lambda m, p, X, y, l: _size_Identity().to_dense(), rp.CurvatureTooLargeError, "_size_Identity.to_dense: the 1048576 x 1048576 float64 matrix (8192.00 GiB) with its temporaries"),
+    ("size: operator diagonal from products", lambda m, p, X, y, l: _size_Identity().diagonal(), rp.CurvatureTooLargeError, "apply it with matvec/matmat, or take its diagonal()"),
     ("size: Dense of a 2**20-square broadcast", lambda m, p, X, y, l: rp.Dense(np.broadcast_to(1.0, (2**20, 2**20))), MemoryError, "Dense: M: checking the float64 array of shape (1048576 x 1048576) for NaN and inf would need"),
     ("size: inverse_spd of a 2**20-square broadcast", lambda m, p, X, y, l: rp.pruning.obs.inverse_spd(np.broadcast_to(1.0, (2**20, 2**20))), MemoryError, "inverse_spd: the damped copy, Cholesky factor and inverse of the 1048576 x 1048576 float64 matrix would need 24576.00 GiB"),
     ("size: OBS of 2**20 weights", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.broadcast_to(1.0, (2**20, 2**20)), np.ones(2**20)), MemoryError, "OBS: the copy of the 1048576 x 1048576 float64 Hinv would need"),
@@ -459,7 +459,7 @@ def _size_many_channels():
             np.zeros((1, 1, 1000, 1000)), np.zeros((1, 1)), rp.MSELoss())
 
 
-class _SizeIdentity(rp.curvature.operators.CurvatureOperator):
+class _size_Identity(rp.curvature.operators.CurvatureOperator):
     """An operator over 2**20 parameters known only by its products."""
 
     n = 2**20
