@@ -26,15 +26,15 @@ from . import exact as _c
 from .output_factors import check_draws, check_seed
 
 
-def check_dense_fits(op, extra=0):
+def check_dense_fits(op, extra=0, method="to_dense", hint="; apply it with matvec/matmat, or take its diagonal()"):
     """Refuse ``op``'s dense ``(n, n)`` matrix (plus ``extra`` bytes of temporaries) if it
     would not fit in memory."""
     n = op.n
     what = f"the {n} x {n} float64 matrix"
     if extra:
         what += f" ({nbytes((n, n)) / 2**30:.2f} GiB) with its temporaries"
-    check_fits(nbytes((n, n)) + extra, f"{type(op).__name__}.to_dense", what,
-               hint="; apply it with matvec/matmat, or take its diagonal()", error=CurvatureTooLargeError)
+    check_fits(nbytes((n, n)) + extra, f"{type(op).__name__}.{method}", what, hint=hint,
+               error=CurvatureTooLargeError)
 
 
 class CurvatureOperator:
@@ -79,6 +79,9 @@ class CurvatureOperator:
 
     def diagonal(self):
         """The diagonal ``(n,)`` (from the dense matrix unless a subclass knows better)."""
+        check_dense_fits(self, nbytes((self.n, self.n)), "diagonal",
+                         hint=f" (this class takes the diagonal from its dense matrix); give {type(self).__name__} "
+                              "a diagonal() of its own, or apply matvec to unit vectors")
         return np.diag(self.to_dense()).copy()
 
     def to_linear_operator(self):
