@@ -129,7 +129,8 @@ def test_each_refusal_counts_the_bytes_its_arrays_take(monkeypatch):
     need = 8 * (3 * 4 * 6 + 3 * 18 * 6 + 3 * 48 + 3 * 2 * 8 * 6)
     _boundary(monkeypatch, lambda: conv.forward([w, b], x), need, r"Conv2d\(2, 4, .*\.forward: a batch of 3")
     # K = 2 tangents per sample: a batch of 6
-    _boundary(monkeypatch, lambda: conv.jvp([w, b], (None, (2, 6, 4)), np.ones((3, 2, 2, 6, 4))), 2 * need, r"\.jvp: a batch of 6")
+    _boundary(monkeypatch, lambda: conv.jvp([w, b], (None, (2, 6, 4)), np.ones((3, 2, 2, 6, 4))), 2 * need,
+              r"\.jvp: a batch of 6")
     # the user's array: its float64 copy and the finiteness test's booleans
     _boundary(monkeypatch, lambda: check_array(np.ones((3, 4), dtype=int), "X"), 12 * 9, r"X: converting the int64")
     _boundary(monkeypatch, lambda: check_array(np.ones((3, 4)), "X"), 12, r"X: checking the float64 array")
