@@ -322,7 +322,7 @@ SIZE_NUMBER_CASES = [
     ("size: kfac to_dense of 2**20 parameters", lambda m, p, X, y, l: rp.kfac(*_size_many_params()).to_dense(), rp.CurvatureTooLargeError, "KFAC.to_dense: the 528384 x 528384 float64 matrix (2080.12 GiB) with its temporaries would need"),
     ("size: kfac inverse to_dense", lambda m, p, X, y, l: rp.kfac(*_size_many_params()).inverse(1.0).to_dense(), rp.CurvatureTooLargeError, "KFAC.to_dense: the 528384 x 528384"),
     ("size: kfac block dense", lambda m, p, X, y, l: rp.kfac(*_size_many_params(1, 1024)).blocks[0].dense(), rp.CurvatureTooLargeError, "KroneckerBlock.dense: the 1049600 x 1049600 float64 block"),
-    ("size: ekfac to_dense", lambda m, p, X, y, l: rp.curvature.EKFAC.from_kfac(rp.kfac(*_size_many_params())).to_dense(), rp.CurvatureTooLargeError, "EKFAC.to_dense: the 528384 x 528384"),
+    ("size: ekfac to_dense", lambda m, p, X, y, l: rp.ekfac(*_size_many_params(256, 46)).to_dense(), rp.CurvatureTooLargeError, "EKFAC.to_dense: the 553472 x 553472"),
     ("size: Diagonal to_dense of 2**20", lambda m, p, X, y, l: rp.Diagonal(np.ones(2**20)).to_dense(), rp.CurvatureTooLargeError, "Diagonal.to_dense: the 1048576 x 1048576 float64 matrix would need 8192.00 GiB"),
     ("size: BlockDiagonal to_dense of 2**20", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0, 2], 2**20).to_dense(), rp.CurvatureTooLargeError, "BlockDiagonal.to_dense: the 1048576 x 1048576"),
     ("size: operator to_dense from products", lambda m, p, X, y, l: _size_Identity().to_dense(), rp.CurvatureTooLargeError, "_size_Identity.to_dense: the 1048576 x 1048576 float64 matrix (8192.00 GiB) with its temporaries"),
@@ -438,7 +438,8 @@ def _size_wide_hidden():
 
 def _size_many_params(layers=32, width=128):
     """32 Linear(128, 128): small Kronecker factors, 528,384 parameters, a 2 TB dense matrix
-    (one Linear(1024, 1024) for a single 8 TB block)."""
+    (one Linear(1024, 1024) for a single 8 TB block; 256 Linear(46, 46) for EKFAC, whose
+    eigendecompositions of small factors cost least)."""
     rng = np.random.default_rng(0)
     model = rp.Sequential(*[rp.Linear(width, width) for _ in range(layers)])
     return model, model.init(0), rng.standard_normal((2, width)), rng.standard_normal((2, width)), rp.MSELoss()
