@@ -8,6 +8,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from .memory import check_fits, describe
+from .nested import as_array
 from .nn import Sequential
 from .nn.losses import Loss
 from .scalars import is_int, is_number
@@ -18,12 +20,18 @@ Inputs = namedtuple("Inputs", "model grouped X y loss n_samples n_outputs scale"
 def check_array(a, name, dtype_kinds="fiub"):
     """``a`` as a finite float64 array; raises if it is not numeric or not finite.
     Tensors (anything with ``detach``, e.g. torch) are converted deliberately through
-    ``detach().cpu().numpy()``."""
+    ``detach().cpu().numpy()``.  A ragged nested list is refused by name, and so is an
+    array whose float64 copy would not fit in memory (e.g. a broadcast view of huge shape)."""
     if hasattr(a, "detach") and hasattr(a, "cpu"):
         a = a.detach().cpu().numpy()
-    arr = np.asarray(a)
+    arr = as_array(a, name, name.rsplit(": ", 1)[-1])
     if arr.dtype.kind not in dtype_kinds:
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    convert = arr.dtype != np.float64
+    # the float64 copy (if converted) and the boolean temporary of the finiteness test
+    check_fits(arr.size * (9 if convert else 1), name,
+               lambda: f"{'converting' if convert else 'checking'} the {arr.dtype} array of shape "
+                       f"({describe(arr.shape)}) {'to float64 and checking it' if convert else 'for NaN and inf'}")
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))

@@ -38,11 +38,15 @@ OLD_SPELLINGS = {
 
 def check_curvature(value, allowed, where, option="curvature"):
     """``value`` if it is one of ``allowed``; otherwise a ``ValueError`` that lists
-    ``allowed`` and, for an earlier spelling, names the current one."""
+    ``allowed`` and, for an earlier spelling, names the current one (suggesting it only
+    if ``where`` takes it)."""
     if isinstance(value, str) and value in allowed:
         return value
     if isinstance(value, str) and value in OLD_SPELLINGS:
         new = OLD_SPELLINGS[value]
+        if new not in allowed:
+            raise ValueError(f"{where}: {option}={value!r} is an earlier spelling of {new!r}, which {where} does "
+                             f"not take; choose one of {tuple(allowed)}")
         raise ValueError(
             f"{where}: {option}={value!r} is an earlier spelling; write {option}={new!r} "
             f"(one vocabulary for every function: {CURVATURES})"
@@ -50,9 +54,11 @@ def check_curvature(value, allowed, where, option="curvature"):
     raise ValueError(f"{where}: {option} must be one of {tuple(allowed)}, got {value!r}")
 
 
-def renamed_options(**renames):
+def renamed_options(accepted=CURVATURES, **renames):
     """Decorator refusing keyword options that were renamed: ``renamed_options(kind="curvature")``
-    makes ``f(..., kind="mc")`` raise ``TypeError`` naming ``curvature="mc_fisher"``."""
+    makes ``f(..., kind="mc")`` raise ``TypeError`` naming ``curvature="mc_fisher"``.
+    ``accepted``: the names the function takes; a value whose current name is not one of
+    them is answered with the list, never with a name the function would refuse."""
 
     def wrap(fn):
         @functools.wraps(fn)
@@ -62,6 +68,9 @@ def renamed_options(**renames):
                     val = kwargs[old]
                     hint = OLD_SPELLINGS.get(val, val) if isinstance(val, str) else val
                     name = fn.__qualname__.replace(".__init__", "")
+                    if hint not in accepted:
+                        raise TypeError(f"{name}: the option {old}= was renamed {new}=, and {name} takes "
+                                        f"{new}= one of {tuple(accepted)}, got {old}={val!r}")
                     raise TypeError(
                         f"{name}: the option {old}= was renamed {new}=; "
                         f"write {new}={hint!r} (names: {CURVATURES})"

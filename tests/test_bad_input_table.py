@@ -554,8 +554,188 @@ def _opt_steep():
     return model, model.init(0), 1e6 * rng.standard_normal((5, 3)), np.zeros((5, 2)), rp.MSELoss()
 
 # ---- sizes refused up front, numbers given as text or None, ragged input, checkers
+# The sizes are real and huge (terabytes): each must be refused from the shapes alone,
+# instantly, before anything is allocated (a raw MemoryError, or worse an overcommitted
+# allocation, was what came before).
 SIZE_NUMBER_CASES = [
+    # -- parameters too large to draw
+    ("size: init of a 2**20 x 2**20 Linear model", lambda m, p, X, y, l: rp.Sequential(rp.Linear(2**20, 2**20)).init(), MemoryError, "init: the 1099512676352 float64 parameters of the model would need 8192.01 GiB but only"),
+    ("size: Linear(2**20, 2**20).init", lambda m, p, X, y, l: rp.Linear(2**20, 2**20).init(np.random.default_rng(0)), MemoryError, "init: the 1099512676352 float64 parameters of Linear(1048576, 1048576, bias=True) would need"),
+    ("size: Conv2d init of 2**40 weights", lambda m, p, X, y, l: rp.Conv2d(2**12, 2**12, 2**8).init(np.random.default_rng(0)), MemoryError, "init: the 1099511631872 float64 parameters of Conv2d(4096, 4096"),
+    ("layer init with a seed for a Generator", lambda m, p, X, y, l: rp.Linear(2, 3).init(0), TypeError, "Linear(2, 3, bias=True).init: rng must be a numpy.random.Generator, got int"),
+    ("split_flat of the wrong width", lambda m, p, X, y, l: rp.Linear(2, 3).split_flat(np.ones((1, 5))), ValueError, "Linear(2, 3, bias=True).split_flat: V must have shape (K, 9), got (1, 5)"),
+    # -- curvature of a layer 2**20 wide (its weights take 8 MB)
+    ("size: block_diagonal with one 8 TB block", lambda m, p, X, y, l: rp.block_diagonal(*_size_wide_input()), rp.CurvatureTooLargeError, "block_diagonal: the diagonal blocks of every layer (the largest, of Linear(1048576, 1, bias=True), 1048577 x 1048577 float64) would need 8192.02 GiB"),
+    ("size: kfac input factor of a 2**20-wide layer", lambda m, p, X, y, l: rp.kfac(*_size_wide_input()), rp.CurvatureTooLargeError, "kfac: the Kronecker factors S and A of every layer (the largest, of Linear(1048576, 1, bias=True): S 1 x 1, A 1048577 x 1048577 float64)"),
+    ("size: ekfac input factor of a 2**20-wide layer", lambda m, p, X, y, l: rp.ekfac(*_size_wide_input()), rp.CurvatureTooLargeError, "ekfac: the Kronecker factors S and A"),
+    ("size: kfac output factor of 2**20 outputs", lambda m, p, X, y, l: rp.kfac(*_size_wide_output(rp.MSELoss())), rp.CurvatureTooLargeError, "S 1048576 x 1048576, A 2 x 2 float64) would need"),
+    ("size: ggn_diagonal with 2**20 classes", lambda m, p, X, y, l: rp.ggn_diagonal(*_size_wide_output(rp.CrossEntropyLoss())), rp.CurvatureTooLargeError, "ggn_diagonal: the columns back-propagated at layer 0 (Linear(1, 1048576, bias=True)) for 1 sample(s) would need"),
+    ("size: curvature_diagonal fisher with 2**20 classes", lambda m, p, X, y, l: rp.curvature_diagonal(*_size_wide_output(rp.CrossEntropyLoss()), curvature="fisher"), rp.CurvatureTooLargeError, "fisher_diagonal: the columns back-propagated"),
+    ("size: obd_diagonal with 2**20 classes", lambda m, p, X, y, l: rp.obd_diagonal(*_size_wide_output(rp.CrossEntropyLoss())), MemoryError, "obd_diagonal: the square roots of the loss Hessians (1 x 1048576 x 1048576 float64"),
+    ("size: hessian_diagonal through 2**17 tanh units", lambda m, p, X, y, l: rp.hessian_diagonal(*_size_wide_hidden()), rp.CurvatureTooLargeError, "hessian_diagonal: the columns back-propagated at layer 1 (Tanh()) for 1 sample(s) would need"),
+    # -- dense matrices of operators over 2**20 parameters
+    ("size: kfac to_dense of 2**20 parameters", lambda m, p, X, y, l: rp.kfac(*_size_many_params()).to_dense(), rp.CurvatureTooLargeError, "KFAC.to_dense: the 528384 x 528384 float64 matrix (2080.12 GiB) with its temporaries would need"),
+    ("size: kfac inverse to_dense", lambda m, p, X, y, l: rp.kfac(*_size_many_params()).inverse(1.0).to_dense(), rp.CurvatureTooLargeError, "KFAC.to_dense: the 528384 x 528384"),
+    ("size: kfac block dense", lambda m, p, X, y, l: rp.kfac(*_size_many_params(1, 1024)).blocks[0].dense(), rp.CurvatureTooLargeError, "KroneckerBlock.dense: the 1049600 x 1049600 float64 block"),
+    ("size: ekfac to_dense", lambda m, p, X, y, l: rp.ekfac(*_size_many_params(256, 46)).to_dense(), rp.CurvatureTooLargeError, "EKFAC.to_dense: the 553472 x 553472"),
+    ("size: Diagonal to_dense of 2**20", lambda m, p, X, y, l: rp.Diagonal(np.ones(2**20)).to_dense(), rp.CurvatureTooLargeError, "Diagonal.to_dense: the 1048576 x 1048576 float64 matrix would need 8192.00 GiB"),
+    ("size: BlockDiagonal to_dense of 2**20", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0, 2], 2**20).to_dense(), rp.CurvatureTooLargeError, "BlockDiagonal.to_dense: the 1048576 x 1048576"),
+    ("size: operator to_dense from products", lambda m, p, X, y, l: _size_Identity().to_dense(), rp.CurvatureTooLargeError, "_size_Identity.to_dense: the 1048576 x 1048576 float64 matrix (8192.00 GiB) with its temporaries"),
+    ("size: operator diagonal from products", lambda m, p, X, y, l: _size_Identity().diagonal(), rp.CurvatureTooLargeError, "_size_Identity.diagonal: the 1048576 x 1048576 float64 matrix (8192.00 GiB) with its temporaries would need 16384.00 GiB but only"),
+    ("size: Dense of a 2**20-square broadcast", lambda m, p, X, y, l: rp.Dense(np.broadcast_to(1.0, (2**20, 2**20))), MemoryError, "Dense: M: checking the float64 array of shape (1048576 x 1048576) for NaN and inf would need"),
+    ("size: inverse_spd of a 2**20-square broadcast", lambda m, p, X, y, l: rp.pruning.obs.inverse_spd(np.broadcast_to(1.0, (2**20, 2**20))), MemoryError, "inverse_spd: the damped copy, Cholesky factor and inverse of the 1048576 x 1048576 float64 matrix would need 24576.00 GiB"),
+    ("size: OBS of 2**20 weights", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.broadcast_to(1.0, (2**20, 2**20)), np.ones(2**20)), MemoryError, "OBS: the copy of the 1048576 x 1048576 float64 Hinv would need"),
+    # -- BlockDiagonal's layout (blocks and ranges were paired by zip, the extra ones dropped)
+    ("BlockDiagonal a block without a range", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2), np.eye(1)], [0, 2], 3), ValueError, "BlockDiagonal: offsets must have len(blocks) + 1 = 3 entries (the start of each block and the end of the last), got 2"),
+    ("BlockDiagonal a range without a block", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0, 2, 3], 3), ValueError, "BlockDiagonal: offsets must have len(blocks) + 1 = 2 entries"),
+    ("BlockDiagonal a range past n", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(5)], [0, 5], 3), ValueError, "BlockDiagonal: offsets must be non-decreasing ints in [0, 3], got [0, 5]"),
+    ("BlockDiagonal n a float", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0, 2], 3.5), ValueError, "BlockDiagonal: n must be a non-negative int, got 3.5"),
+    ("BlockDiagonal offsets floats", lambda m, p, X, y, l: rp.BlockDiagonal([np.eye(2)], [0.0, 2.0], 3), ValueError, "BlockDiagonal: offsets must be non-decreasing ints in [0, 3], got [0.0, 2.0]"),
+    ("Dense not symmetric", lambda m, p, X, y, l: rp.Dense([[1.0, 2.0], [0.0, 1.0]]), ValueError, "Dense: M must be symmetric, got max |M - M^T| = 2.000e+00 with max |M| = 2.000e+00"),
+    ("KFAC.damped form named by the method", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).damped(0.1, "tikhonov"), ValueError, "KFAC.damped: damping form must be one of ('exact', 'factored', 'pi'), got 'tikhonov'"),
+    ("KFAC.inverse damping named by the method", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l).inverse(-1.0), ValueError, "KFAC.inverse: damping must be a finite number >= 0, got -1.0"),
+    ("curvature_diagonal hessian with targets", lambda m, p, X, y, l: rp.curvature_diagonal(m, p, X, y, l, curvature="hessian", targets=np.zeros((2, 4), int)), ValueError, "curvature_diagonal: targets= is for curvature='mc_fisher', got curvature='hessian'"),
+    ("Monte Carlo targets with samples", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="mc_fisher", targets=np.zeros((2, 4), int), samples=5), ValueError, "kfac: samples=5 does not apply with targets= (the number of draws is their first axis)"),
+    # -- Monte Carlo targets: 10**12 draws per sample
+    ("size: kfac 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "kfac: 1000000000000 Monte Carlo target(s) for each of 4 sample(s) with 3 outputs would need"),
+    ("size: fisher 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "fisher: 1000000000000 Monte Carlo target(s)"),
+    ("size: fisher_diagonal 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.fisher_diagonal(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "fisher_diagonal: 1000000000000 Monte Carlo target(s)"),
+    ("size: ExactCurvature 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "ExactCurvature: 1000000000000 Monte Carlo target(s)"),
+    ("size: block_diagonal 10**12 Monte Carlo samples", lambda m, p, X, y, l: rp.block_diagonal(m, p, X, y, l, curvature="mc_fisher", samples=10**12), MemoryError, "block_diagonal: 1000000000000 Monte Carlo target(s)"),
+    # -- convolutions whose im2col features or outputs are terabytes
+    ("size: im2col of a 1000x1000 kernel", lambda m, p, X, y, l: rp.loss(*_size_big_kernel()), MemoryError, "Conv2d(1, 1, kernel_size=(1000, 1000), stride=(1, 1), padding=(0, 0), bias=True).forward: a batch of 1: the outputs (1 x 1 x 1002001), im2col features (1 x 1000000 x 1002001) and input-shaped results would need"),
+    ("size: conv outputs of 2**20 channels", lambda m, p, X, y, l: rp.loss(*_size_many_channels()), MemoryError, "Conv2d(1, 1048576, kernel_size=(1, 1)"),
+    ("size: kink_margin through a 1000x1000 kernel", lambda m, p, X, y, l: rp.testing.kink_margin(*_size_big_kernel()[:3]), MemoryError, "forward: a batch of 1: the outputs"),
+    # -- user arrays whose float64 copy would be terabytes (broadcast views of huge shape)
+    ("size: X an int broadcast of 2**36 samples", lambda m, p, X, y, l: rp.loss(m, p, np.broadcast_to((X[:1] > 0).astype(int), (2**36,) + X.shape[1:]), y, l), MemoryError, "X: converting the int64 array of shape (68719476736 x 1 x 4 x 4) to float64 and checking it would need"),
+    ("size: X a float broadcast of 2**40 samples", lambda m, p, X, y, l: rp.loss(m, p, np.broadcast_to(X[:1], (2**40,) + X.shape[1:]), y, l), MemoryError, "X: checking the float64 array of shape (1099511627776 x 1 x 4 x 4) for NaN and inf"),
+    ("size: params[0] an int broadcast of 2**40", lambda m, p, X, y, l: rp.grad(m, [np.broadcast_to(np.int64(1), (2**40,))] + p[1:], X, y, l), MemoryError, "params[0]: converting the int64 array of shape (1099511627776)"),
+    # -- ragged nested lists
+    ("ragged X", lambda m, p, X, y, l: rp.loss(m, p, [[1, 2], [3]], y, l), ValueError, "X is a ragged nested list: X[1] has shape (1,) but X[0] has shape (2,)"),
+    ("ragged X deep inside", lambda m, p, X, y, l: rp.loss(m, p, _size_ragged(X), y, l), ValueError, "X is a ragged nested list: X[3][0][2] has shape (3,) but X[3][0][0] has shape (4,)"),
+    ("ragged labels", lambda m, p, X, y, l: rp.loss(m, p, X, [[0], 1, 2, 0], l), ValueError, "CrossEntropyLoss: labels is a ragged nested list: y[1] has shape () but y[0] has shape (1,)"),
+    ("ragged regression targets", lambda m, p, X, y, l: rp.loss(*_size_ragged_targets()), ValueError, "MSELoss: targets is a ragged nested list: y[3] has shape (2,) but y[0] has shape (3,)"),
+    ("ragged params", lambda m, p, X, y, l: rp.grad(m, [p[0].tolist()[:1] + [[[1.0]]]] + p[1:], X, y, l), ValueError, "params[0] is a ragged nested list: params[0][1] has shape (1, 1) but params[0][0] has shape (1, 3, 3)"),
+    ("ragged Dense matrix", lambda m, p, X, y, l: rp.Dense([[1.0, 2.0], [3.0]]), ValueError, "Dense: M is a ragged nested list: M[1] has shape (1,) but M[0] has shape (2,)"),
+    ("ragged Monte Carlo targets", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="mc_fisher", targets=[[0, 1, 2, 0], [0, 1]]), ValueError, "targets is a ragged nested list: targets[1] has shape (2,)"),
+    ("ragged check_grad x", lambda m, p, X, y, l: check_grad(np.sum, np.ones_like, [[1.0, 2.0], [3.0]]), ValueError, "check_grad: x is a ragged nested list: x[1] has shape (1,)"),
+    # -- Monte Carlo seeds
+    ("seed -1 kfac", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="mc_fisher", seed=-1), ValueError, "kfac: seed must be an int >= 0 or a list of them, got -1"),
+    ("seed -1 ekfac", lambda m, p, X, y, l: rp.ekfac(m, p, X, y, l, curvature="mc_fisher", seed=-1), ValueError, "ekfac: seed must be an int >= 0"),
+    ("seed -1 fisher", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", seed=-1), ValueError, "fisher: seed must be an int >= 0"),
+    ("seed -1 fisher_diagonal", lambda m, p, X, y, l: rp.fisher_diagonal(m, p, X, y, l, curvature="mc_fisher", seed=-1), ValueError, "fisher_diagonal: seed must be an int >= 0"),
+    ("seed -1 curvature_diagonal", lambda m, p, X, y, l: rp.curvature_diagonal(m, p, X, y, l, curvature="mc_fisher", seed=-1), ValueError, "curvature_diagonal: seed must be an int >= 0"),
+    ("seed -1 ExactCurvature", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l, curvature="mc_fisher", seed=-1), ValueError, "ExactCurvature: seed must be an int >= 0"),
+    ("seed -1 block_diagonal", lambda m, p, X, y, l: rp.block_diagonal(m, p, X, y, l, curvature="mc_fisher", seed=-1), ValueError, "block_diagonal: seed must be an int >= 0"),
+    ("seed -1 refused where no draws are made", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, seed=-1), ValueError, "kfac: seed must be an int >= 0"),
+    ("seed a list with a negative entry", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="mc_fisher", seed=[1, -2]), ValueError, "kfac: seed must be an int >= 0 or a list of them, got [1, -2]"),
+    ("seed a Generator", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="mc_fisher", seed=np.random.default_rng(0)), TypeError, "kfac: seed must be an int >= 0 or a list of them, got Generator(PCG64)"),
+    ("seed None", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="mc_fisher", seed=None), TypeError, "fisher: seed must be an int >= 0 or a list of them, got None (the Monte Carlo draws must be reproducible"),
+    ("seed a float", lambda m, p, X, y, l: rp.fisher_diagonal(m, p, X, y, l, curvature="mc_fisher", seed=1.5), TypeError, "fisher_diagonal: seed must be an int >= 0 or a list of them, got 1.5"),
+    ("samples 0 names the function", lambda m, p, X, y, l: rp.fisher_diagonal(m, p, X, y, l, curvature="mc_fisher", samples=0), ValueError, "fisher_diagonal: samples must be a positive int, got 0"),
+    # -- curvature names suggested only where they are taken
+    ("fisher_diagonal kind=type-2 suggests no ggn", lambda m, p, X, y, l: rp.fisher_diagonal(m, p, X, y, l, kind="type-2"), TypeError, "fisher_diagonal takes curvature= one of ('fisher', 'mc_fisher', 'empirical_fisher'), got kind='type-2'"),
+    ("fisher curvature=type-2 suggests no ggn", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="type-2"), ValueError, "fisher: curvature='type-2' is an earlier spelling of 'ggn', which fisher does not take; choose one of"),
+    ("fisher_diagonal curvature=ggn names ggn_diagonal", lambda m, p, X, y, l: rp.fisher_diagonal(m, p, X, y, l, curvature="ggn"), ValueError, "for its diagonal call refprune.ggn_diagonal()"),
+    ("curvature_diagonal kind= refused by name", lambda m, p, X, y, l: rp.curvature_diagonal(m, p, X, y, l, kind="mc"), TypeError, "curvature_diagonal: the option kind= was renamed curvature=; write curvature='mc_fisher'"),
+    ("kfac fisher=hessian suggests no hessian", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, fisher="hessian"), TypeError, "kfac takes curvature= one of ('ggn', 'fisher', 'mc_fisher', 'empirical_fisher')"),
+    # -- finite-difference checkers and kink_margin: shapes checked up front
+    ("check_grad grad of the wrong shape", lambda m, p, X, y, l: check_grad(np.sum, lambda t: t[:2], np.ones(3)), ValueError, "check_grad: grad(x) must return an array of shape (3,) (the shape of x), got (2,)"),
+    ("check_grad fun not a scalar", lambda m, p, X, y, l: check_grad(np.sin, np.cos, np.ones(3)), ValueError, "check_grad: fun(x) must return an array of shape () (a scalar), got (3,)"),
+    ("check_hessian H of the wrong shape", lambda m, p, X, y, l: check_hessian(lambda t: 2 * t, np.eye(2), np.ones(3)), ValueError, "check_hessian: H must have shape (3, 3) for x of shape (3,), got (2, 2)"),
+    ("check_hessian column out of range", lambda m, p, X, y, l: check_hessian(lambda t: 2 * t, 2 * np.eye(3), np.ones(3), columns=[5]), ValueError, "check_hessian: columns must be ints in [0, 3), got 5"),
+    ("check_hessian x a matrix", lambda m, p, X, y, l: check_hessian(lambda t: 2 * t, 2 * np.eye(4), np.ones((2, 2))), ValueError, "check_hessian: x must be a vector (n,), got shape (2, 2)"),
+    ("check_hessian grad of the wrong shape", lambda m, p, X, y, l: check_hessian(lambda t: 2 * t[:2], 2 * np.eye(3), np.ones(3)), ValueError, "check_hessian: grad(x) must return an array of shape (3,)"),
+    ("check_vjp vjp of the wrong shape", lambda m, p, X, y, l: check_vjp(lambda t, v: v, lambda t, u: u[:2], np.ones(3), (3,)), ValueError, "check_vjp: vjp(x, u) must return an array of shape (3,) (the shape of x), got (2,)"),
+    ("check_vjp jvp not of out_shape", lambda m, p, X, y, l: check_vjp(lambda t, v: v, lambda t, u: u, np.ones(3), (2,)), ValueError, "check_vjp: jvp(x, v) must return an array of shape (2,) (out_shape), got (3,)"),
+    ("check_vjp out_shape a string", lambda m, p, X, y, l: check_vjp(lambda t, v: v, lambda t, u: u, np.ones(3), "3"), ValueError, "check_vjp: out_shape must be a tuple of non-negative ints, got '3'"),
+    ("check_jvp jvp of the wrong shape", lambda m, p, X, y, l: check_jvp(np.sin, lambda t, v: v[:2], np.ones(3)), ValueError, "check_jvp: jvp(x, v) must return an array of shape (3,) (the shape of fun(x)), got (2,)"),
+    ("check_hvp hvp of the wrong shape", lambda m, p, X, y, l: check_hvp(lambda t: 2 * t, lambda t, v: v[:2], np.ones(3)), ValueError, "check_hvp: hvp(x, v) must return an array of shape (3,) (the shape of grad(x)), got (2,)"),
+    ("check_grad seed -1", lambda m, p, X, y, l: check_grad(np.sum, np.ones_like, np.ones(3), seed=-1), ValueError, "check_grad: seed must be an int >= 0"),
+    ("check_grad rtol negative", lambda m, p, X, y, l: check_grad(np.sum, np.ones_like, np.ones(3), rtol=-1.0), ValueError, "check_grad: rtol must be a finite number >= 0, got -1.0"),
+    ("check_vjp atol NaN", lambda m, p, X, y, l: check_vjp(lambda t, v: v, lambda t, u: u, np.ones(3), (3,), atol=np.nan), ValueError, "check_vjp: atol must be a finite number >= 0"),
+    ("check_jvp step a string", lambda m, p, X, y, l: check_jvp(np.sin, lambda t, v: np.cos(t) * v, np.ones(3), step="1e-3"), TypeError, "check_jvp: step must be a positive finite number or None, got '1e-3'"),
+    ("check_hessian order 3", lambda m, p, X, y, l: check_hessian(lambda t: 2 * t, 2 * np.eye(3), np.ones(3), order=3), ValueError, "check_hessian: order must be 2 or 4, got 3"),
+    ("check_jvp directions 0 names the checker", lambda m, p, X, y, l: check_jvp(np.sin, lambda t, v: np.cos(t) * v, np.ones(3), directions=0), ValueError, "check_jvp: directions must be a positive int"),
+    ("kink_margin X of the wrong shape", lambda m, p, X, y, l: rp.testing.kink_margin(m, p, X[:, :, :2]), ValueError, "kink_margin: X of shape (4, 1, 2, 4) does not fit the model: layer 4"),
+    ("kink_margin X without a batch axis", lambda m, p, X, y, l: rp.testing.kink_margin(m, p, X[0, 0]), ValueError, "kink_margin: X of shape (4, 4) does not fit the model: layer 0"),
+    ("kink_margin X NaN", lambda m, p, X, y, l: rp.testing.kink_margin(m, p, nan_at(X)), ValueError, "kink_margin: X contains 1 NaN"),
+    ("kink_margin explain a string", lambda m, p, X, y, l: rp.testing.kink_margin(m, p, X, explain="no"), TypeError, "kink_margin: explain must be True or False, got 'no'"),
+    # -- OBS: the weights it may remove and the sets it removes
+    ("OBS prunable of the wrong length", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.eye(3), np.ones(3), prunable=[True, False]), ValueError, "OBS: prunable must have shape (3,) like w, got (2,)"),
+    ("OBS.remove a repeated coordinate", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.eye(3), np.ones(3)).remove([1, 1]), ValueError, "OBS.remove: Q must hold distinct coordinates in [0, 3), got [1, 1]"),
+    ("OBS.remove a coordinate out of range", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.eye(3), np.ones(3)).remove([3]), ValueError, "OBS.remove: Q must hold distinct coordinates in [0, 3), got [3]"),
+    ("OBS.remove a negative coordinate", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.eye(3), np.ones(3)).remove(-1), ValueError, "OBS.remove: Q must hold distinct coordinates in [0, 3), got [-1]"),
+    ("OBS.group_saliency of floats", lambda m, p, X, y, l: rp.pruning.obs.OBS(np.eye(3), np.ones(3)).group_saliency([0.0, 1.0]), ValueError, "OBS.group_saliency: Q must be a non-empty list of ints, got [0.0, 1.0]"),
+    ("kink_margin X strings", lambda m, p, X, y, l: rp.testing.kink_margin(m, p, X.astype(str)), TypeError, "kink_margin: X must be a numeric array"),
 ]
+
+
+def _size_wide_input():
+    """One Linear layer 2**20 inputs wide: 8 MB of weights, an 8 TB Hessian block and input factor."""
+    n = 2**20
+    return rp.Sequential(rp.Linear(n, 1)), [np.zeros((1, n)), np.zeros(1)], np.ones((1, n)), np.zeros((1, 1)), rp.MSELoss()
+
+
+def _size_wide_output(loss):
+    """One Linear layer with 2**20 outputs: an 8 TB output factor and loss-Hessian square root."""
+    n = 2**20
+    y = np.zeros(1, dtype=int) if isinstance(loss, rp.CrossEntropyLoss) else np.zeros((1, n))
+    return rp.Sequential(rp.Linear(1, n)), [np.zeros((n, 1)), np.zeros(n)], np.ones((1, 1)), y, loss
+
+
+def _size_wide_hidden():
+    """2**17 tanh units: the Hessian diagonal's one-hot residual columns are 2**34 per sample."""
+    n = 2**17
+    model = rp.Sequential(rp.Linear(1, n), rp.Tanh(), rp.Linear(n, 1))
+    return model, [np.ones((n, 1)), np.zeros(n), np.ones((1, n)), np.zeros(1)], np.ones((2, 1)), np.zeros((2, 1)), rp.MSELoss()
+
+
+def _size_many_params(layers=32, width=128):
+    """32 Linear(128, 128): small Kronecker factors, 528,384 parameters, a 2 TB dense matrix
+    (one Linear(1024, 1024) for a single 8 TB block; 256 Linear(46, 46) for EKFAC, whose
+    eigendecompositions of small factors cost least)."""
+    rng = np.random.default_rng(0)
+    model = rp.Sequential(*[rp.Linear(width, width) for _ in range(layers)])
+    return model, model.init(0), rng.standard_normal((2, width)), rng.standard_normal((2, width)), rp.MSELoss()
+
+
+def _size_big_kernel():
+    """A 1000 x 1000 kernel over a 2000 x 2000 image: im2col features of 10**6 x 1002001."""
+    model = rp.Sequential(rp.Conv2d(1, 1, 1000), rp.Flatten())
+    return (model, [np.zeros((1, 1, 1000, 1000)), np.zeros(1)], np.zeros((1, 1, 2000, 2000)),
+            np.zeros((1, 1001 * 1001)), rp.MSELoss())
+
+
+def _size_many_channels():
+    """A 1 x 1 convolution to 2**20 channels of a 1000 x 1000 image: 8 PB of outputs."""
+    n = 2**20
+    model = rp.Sequential(rp.Conv2d(1, n, 1), rp.AvgPool2d(1000), rp.Flatten(), rp.Linear(n, 1))
+    return (model, [np.zeros((n, 1, 1, 1)), np.zeros(n), np.zeros((1, n)), np.zeros(1)],
+            np.zeros((1, 1, 1000, 1000)), np.zeros((1, 1)), rp.MSELoss())
+
+
+class _size_Identity(rp.curvature.operators.CurvatureOperator):
+    """An operator over 2**20 parameters known only by its products."""
+
+    n = 2**20
+
+    def _matmat(self, V):
+        return V
+
+
+def _size_ragged(X):
+    """``X`` as nested lists with one innermost row one entry short."""
+    rows = X.tolist()
+    rows[3][0][2] = rows[3][0][2][:3]
+    return rows
+
+
+def _size_ragged_targets():
+    m, p, X, y, l = mse_problem()
+    rows = y.tolist()
+    rows[3] = rows[3][:2]
+    return m, p, X, rows, l
 
 CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES
 

@@ -31,14 +31,14 @@ def test_inverse_spd_threshold_is_relative_to_the_scale():
     """A tiny but perfectly conditioned matrix is invertible: the singularity test
     compares the Cholesky diagonal with its own largest entry."""
     assert np.allclose(inverse_spd(1e-20 * np.eye(3)), 1e20 * np.eye(3), rtol=1e-12)
-    assert np.allclose(inverse_spd(np.eye(3), damping=1.0), 0.5 * np.eye(3))
+    assert np.allclose(inverse_spd(np.eye(3), damping=1.0), 0.5 * np.eye(3), rtol=1e-12, atol=0)
 
 
 def test_obs_converts_integer_input_to_float():
     obs = OBS(np.array([[2, 1], [1, 2]]), np.array([1, 3]))
     obs.remove([0])
-    assert obs.w.dtype == np.float64 and obs.w[1] == pytest.approx(2.5)
-    assert obs.Hinv[1, 1] == pytest.approx(2 - 1 / 2)
+    assert obs.w.dtype == np.float64 and obs.w[1] == pytest.approx(2.5, rel=1e-12)
+    assert obs.Hinv[1, 1] == pytest.approx(2 - 1 / 2, rel=1e-12)
 
 
 def test_obs_checks_and_messages():
@@ -82,6 +82,69 @@ def test_default_removes_one_at_a_time_which_differs_from_a_group():
     assert seq.order == [0, 2] and sorted(grp.order) == [0, 1]
 
 
+def constrained_minimum(H, w, Q):
+    """``(d, 1/2 d^T H d)`` minimising ``1/2 d^T H d`` subject to ``(w + d)_Q = 0``, from the
+    KKT system ``[[H, E_Q], [E_Q^T, 0]] [d; mu] = [0; -w_Q]`` solved afresh (no OBS formula)."""
+    n, k = len(w), len(Q)
+    E = np.eye(n)[:, Q]
+    K = np.block([[H, E], [E.T, np.zeros((k, k))]])
+    d = np.linalg.solve(K, np.concatenate([np.zeros(n), -w[Q]]))[:n]
+    return d, 0.5 * d @ H @ d
+
+
+def test_groups_of_one_two_and_three_against_the_constrained_matrix_inverted_afresh():
+    """A removal of ``Q`` leaves the weights of the constrained minimum and, in place of
+    ``H^-1``, the inverse of ``H`` restricted to the other coordinates (zero rows and
+    columns at ``Q``), here inverted afresh with numpy; groups of 1, 2 and 3 (the rank-one
+    update must be taken for one weight only), alone and one after another."""
+    rng = np.random.default_rng(11)
+    n = 8
+    B = rng.standard_normal((n, n))
+    H = B @ B.T / n + 0.5 * np.eye(n)
+    Hinv = np.linalg.inv(H)
+    w = rng.standard_normal(n)
+
+    def expected_inverse(removed):
+        keep = np.setdiff1d(np.arange(n), removed)
+        out = np.zeros((n, n))
+        out[np.ix_(keep, keep)] = np.linalg.inv(H[np.ix_(keep, keep)])
+        return out
+
+    groups = ([5], [1, 6], [0, 3, 7])
+    for Q in groups:
+        obs = OBS(Hinv, w)
+        s = obs.remove(Q)
+        d, cost = constrained_minimum(H, w, Q)
+        assert s == pytest.approx(cost, rel=1e-12)
+        assert np.allclose(obs.w, w + d, rtol=0, atol=1e-12 * np.abs(w).max())
+        assert np.all(obs.w[Q] == 0.0)
+        assert np.allclose(obs.Hinv, expected_inverse(Q), rtol=0, atol=1e-12 * np.abs(Hinv).max())
+    obs, removed = OBS(Hinv, w), []
+    for Q in groups:  # one after another: the joint constrained minimum of all removed so far
+        obs.remove(Q)
+        removed += Q
+        d, cost = constrained_minimum(H, w, removed)
+        assert sum(obs.increments) == pytest.approx(cost, rel=1e-12)
+        assert np.allclose(obs.w, w + d, rtol=0, atol=1e-12 * np.abs(w).max())
+        assert np.allclose(obs.Hinv, expected_inverse(removed), rtol=0, atol=1e-12 * np.abs(Hinv).max())
+
+
+def test_inverse_spd_converts_longdouble_to_float64():
+    """A longdouble matrix is converted to float64 before the damping is added: the result
+    is float64 and equals the float64 computation bit for bit.  Here ``3 + u/2 - u/256``
+    (``u`` the float64 spacing at 3) rounds to 3 in float64, and 3 plus the damping ``u/2``
+    stays 3 (a tie, to even); added in longdouble first, it would round up to ``3 + u``."""
+    u = np.spacing(3.0)
+    H = np.array([[np.longdouble(3) + np.longdouble(u) / 2 - np.longdouble(u) / 256]])
+    assert H.dtype == np.longdouble and H[0, 0] != 3
+    out = inverse_spd(H, damping=u / 2)
+    assert out.dtype == np.float64
+    assert np.array_equal(out, inverse_spd(np.array([[3.0]])))
+    assert out[0, 0] == pytest.approx(1 / 3, rel=1e-15)
+    big = np.diag(np.array([H[0, 0], 2.0], dtype=np.longdouble))
+    assert np.array_equal(inverse_spd(big, u / 2), inverse_spd(np.diag([3.0, 2.0]), u / 2))
+
+
 def test_increments_add_up_for_groups_and_group_saliency():
     rng = np.random.default_rng(0)
     B = rng.standard_normal((6, 6))
@@ -96,6 +159,15 @@ def test_increments_add_up_for_groups_and_group_saliency():
     again = OBS(Hinv, w)
     again.prune(4, group_size=2)
     assert sum(again.increments) == pytest.approx(total, rel=1e-12)
+    # each group step against a fresh constrained minimisation: the first group costs the
+    # minimum with its two weights zero, the second what removing all four adds to that
+    H = np.linalg.inv(Hinv)
+    first, both = again.order[:2], again.order
+    assert sum(again.increments[:2]) == pytest.approx(constrained_minimum(H, w, first)[1], rel=1e-12)
+    assert sum(again.increments[2:]) == pytest.approx(constrained_minimum(H, w, both)[1]
+                                                      - constrained_minimum(H, w, first)[1], rel=1e-12)
+    assert total == pytest.approx(constrained_minimum(H, w, both)[1], rel=1e-12)
+    assert np.allclose(again.w, w + constrained_minimum(H, w, both)[0], rtol=0, atol=1e-12 * np.abs(w).max())
     # the group formula, by hand: w_Q^T ([H^-1]_QQ)^-1 w_Q / 2
     assert expected == pytest.approx(w[Q] @ np.linalg.solve(Hinv[np.ix_(Q, Q)], w[Q]) / 2, rel=1e-12)
 

@@ -78,3 +78,24 @@ def test_a_subclass_with_only_a_product_gets_its_dense_matrix_and_diagonal():
 
     assert np.array_equal(Product().to_dense(), M)
     assert np.array_equal(Product().diagonal(), np.diag(M))
+
+
+def test_dense_accepts_rounding_asymmetry_and_refuses_more():
+    """A curvature operator is symmetric (``rmatvec`` is ``matvec``): ``Dense`` takes an
+    asymmetry up to ``1e-8 max |M|`` (rounding in a product like ``A B A^T``) and refuses
+    a larger one, found block by block over a matrix wider than one block of rows."""
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((300, 300))
+    M = B + B.T
+    scale = np.abs(M).max()
+    E = np.zeros_like(M)
+    E[2, 290] = 1e-8 * scale
+    assert Dense(M + E).n == 300  # at the threshold
+    E[2, 290] = 1.01e-8 * scale
+    with pytest.raises(ValueError, match=r"^Dense: M must be symmetric, got max \|M - M\^T\| = "):
+        Dense(M + E)
+    E = np.zeros_like(M)
+    E[299, 1] = 1e-3  # in the last block of rows
+    with pytest.raises(ValueError, match="M must be symmetric"):
+        Dense(M + E)
+    assert Dense(np.zeros((3, 3))).n == 3

@@ -9,6 +9,7 @@ import refprune as rp
 from refprune.curvature.output_factors import draw_targets
 from refprune.checks import validate
 from refprune.testing import assert_close
+from refprune.vocabulary import CURVATURES, FISHER_LIKE, FISHERS, OLD_SPELLINGS
 
 from cases import make
 
@@ -80,10 +81,16 @@ def test_renamed_options_are_refused_naming_the_new_option(call):
                                       ("empirical", "empirical_fisher")])
 def test_earlier_spellings_are_refused_naming_the_current_one(old, new):
     args = make("mlp-tanh", "ce-mean", n=2)
-    for fn in (rp.fisher, rp.fisher_diagonal, rp.kfac, rp.ekfac, rp.ExactCurvature, rp.block_diagonal,
-               rp.curvature_diagonal):
-        with pytest.raises(ValueError, match=f"curvature={old!r} is an earlier spelling; write curvature={new!r}"):
+    for fn, takes in ((rp.fisher, FISHERS), (rp.fisher_diagonal, FISHERS), (rp.kfac, FISHER_LIKE),
+                      (rp.ekfac, FISHER_LIKE), (rp.ExactCurvature, CURVATURES), (rp.block_diagonal, CURVATURES),
+                      (rp.curvature_diagonal, CURVATURES)):
+        # the current name is suggested only where the function takes it
+        words = (f"curvature={old!r} is an earlier spelling; write curvature={new!r}" if new in takes else
+                 f"curvature={old!r} is an earlier spelling of {new!r}, which {fn.__name__} does not take; "
+                 f"choose one of {takes}")
+        with pytest.raises(ValueError) as err:
             fn(*args, curvature=old)
+        assert words in str(err.value)
     with pytest.raises(ValueError, match=f"write curvature={new!r}"):
         rp.prune(*args, method="obs", curvature=old)
 
@@ -152,3 +159,50 @@ def test_bad_targets_are_refused():
     mse = make("mlp-tanh", "mse-mean", n=3)
     with pytest.raises(ValueError, match="targets contain NaN"):
         rp.fisher(*mse, curvature="mc_fisher", targets=np.full((1, 3, 3), np.nan))
+
+
+CURVATURE_FUNCTIONS = {  # function -> the keyword its earlier releases used for curvature=
+    "fisher": "kind", "fisher_diagonal": "kind", "curvature_diagonal": "kind", "kfac": "fisher",
+    "ekfac": "fisher", "ExactCurvature": "kind", "block_diagonal": "kind", "exact_matrix": None,
+}
+
+
+def _curvature_refused(fn, args, **kw):
+    """The message of ``fn``'s refusal of a curvature name, or ``None`` if it takes it."""
+    try:
+        fn(*args, **kw)
+    except (ValueError, TypeError) as err:
+        if "curvature" in str(err):
+            return str(err)
+        raise
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(CURVATURE_FUNCTIONS))
+def test_every_suggested_curvature_is_one_the_function_takes(name):
+    """A refusal that says ``write curvature='x'`` must name a curvature the same function
+    takes, and one that says ``call refprune.f()`` a function that exists and takes it
+    (``fisher_diagonal(kind="type-2")`` once suggested ``curvature='ggn'``, then refused it)."""
+    import re
+
+    args = make("mlp-tanh", "mse-mean", n=2)
+    fn = getattr(rp, name) if hasattr(rp, name) else getattr(rp.curvature.exact, name)
+    old_kw = CURVATURE_FUNCTIONS[name]
+    values = list(CURVATURES) + list(OLD_SPELLINGS) + ["hessian_diagonal", 3]
+    calls = [{"curvature": v} for v in values] + ([{old_kw: v} for v in values] if old_kw else [])
+    suggestions = 0
+    for kw in calls:
+        msg = _curvature_refused(fn, args, **kw)
+        if msg is None:
+            continue
+        for good in re.findall(r"write curvature='(\w+)'", msg):
+            suggestions += 1
+            assert _curvature_refused(fn, args, curvature=good) is None, (kw, msg)
+        for other in re.findall(r"call refprune\.(\w+)\(\)", msg):
+            suggestions += 1
+            bad = kw.get("curvature", kw.get(old_kw))
+            want = OLD_SPELLINGS.get(bad, bad)
+            target = getattr(rp, other)
+            assert _curvature_refused(target, args) is None or want in target.__name__, (kw, msg)
+        assert "write curvature=" in msg or "call refprune." in msg or "one of" in msg, msg
+    assert suggestions > 0

@@ -26,11 +26,12 @@ import numpy as np
 
 from .. import derivatives as _d
 from ..checks import check_flag, validate
+from ..memory import CurvatureTooLargeError, check_fits, nbytes
 from ..nn import AffineLayer
 from ..nn.activations import Elementwise
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
 from . import parallel as _par
-from .output_factors import OutputFactor, hessian_sqrt
+from .output_factors import OutputFactor, check_seed, hessian_sqrt
 
 
 def _activation_columns(d):
@@ -65,6 +66,30 @@ def _squared_grads(layer, cache, Q, n_cols_budget):
     return out
 
 
+def _check_columns_fit(inp, factor, residual, nc):
+    """Refuse the back-propagated columns of a chunk of ``nc`` samples if they would not
+    fit: ``K`` columns of every layer's size, ``K`` growing by ``2 u`` at an activation of
+    ``u`` units for the Hessian, whose one-hot columns are ``(nc, u, u)`` each."""
+    model = inp.model
+    shapes = [int(np.prod(inp.X.shape[1:]))]
+    s = inp.X.shape[1:]
+    for layer in model:
+        s = layer.output_shape(s)
+        shapes.append(int(np.prod(s)))
+    k, peak, at = factor.per_sample, 0, None
+    for j in range(len(model) - 1, _d.first_param_layer(model) - 1, -1):
+        here = k * shapes[j + 1]
+        if residual and isinstance(model[j], Elementwise):
+            u = shapes[j]
+            k += 2 * u
+            here = max(here, k * u + 2 * u * u)
+        if here > peak:
+            peak, at = here, j
+    if at is not None:
+        check_fits(nbytes((nc, peak)), factor.where, lambda: f"the columns back-propagated at layer {at} "
+                   f"({model[at]!r}) for {nc} sample(s)", error=CurvatureTooLargeError)
+
+
 def _factored_diagonal(inp, factor, residual):
     model = inp.model
     offsets = model.param_offsets()
@@ -77,6 +102,7 @@ def _factored_diagonal(inp, factor, residual):
             extra += 2 * int(np.prod(s))
         s = layer.output_shape(s)
     nc = _d.chunk_length(factor.per_sample + extra, _d.work_width(inp))
+    _check_columns_fit(inp, factor, residual, min(nc, inp.n_samples))
     for s0 in range(0, inp.n_samples, nc):
         s1 = min(inp.n_samples, s0 + nc)
         f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
@@ -116,7 +142,7 @@ def ggn_diagonal(model, params, X, y, loss, executor=None, shards=1):
     return _diagonal(model, params, X, y, loss, "ggn", {}, executor, shards)
 
 
-@renamed_options(kind="curvature")
+@renamed_options(FISHERS, kind="curvature")
 def fisher_diagonal(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, targets=None, executor=None,
                     shards=1):
     """Diagonal of a Fisher, ``(n,)``, for ``curvature`` one of ``"fisher"`` (the true
@@ -124,17 +150,25 @@ def fisher_diagonal(model, params, X, y, loss, curvature="fisher", samples=1, se
     ``seed``, the same draws as ``fisher(curvature="mc_fisher", samples=, seed=)``, or
     the caller's ``targets``) and ``"empirical_fisher"``.  ``executor``, ``shards`` as
     for :func:`hessian_diagonal` (Monte Carlo targets drawn once for the whole batch)."""
+    if curvature in ("hessian", "ggn"):
+        raise ValueError(f"fisher_diagonal: curvature must be one of {FISHERS}, got {curvature!r}, which is not a "
+                         f"Fisher: for its diagonal call refprune.{curvature}_diagonal()")
     check_curvature(curvature, FISHERS, "fisher_diagonal")
+    check_seed(seed, "fisher_diagonal")
     return _diagonal(model, params, X, y, loss, curvature, dict(samples=samples, seed=seed, targets=targets),
                      executor, shards)
 
 
+@renamed_options(kind="curvature")
 def curvature_diagonal(model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None,
                        executor=None, shards=1):
     """The exact diagonal of any curvature matrix by name (``"hessian"``, ``"ggn"``,
     ``"fisher"``, ``"mc_fisher"``, ``"empirical_fisher"``), ``(n,)``; ``executor``,
     ``shards`` as for :func:`hessian_diagonal`."""
     check_curvature(curvature, CURVATURES, "curvature_diagonal")
+    check_seed(seed, "curvature_diagonal")
+    if curvature in ("hessian", "ggn") and targets is not None:
+        raise ValueError(f"curvature_diagonal: targets= is for curvature='mc_fisher', got curvature={curvature!r}")
     if curvature == "hessian":
         return hessian_diagonal(model, params, X, y, loss, executor, shards)
     if curvature == "ggn":
@@ -189,7 +223,7 @@ def obd_diagonal(model, params, X, y, loss, levenberg_marquardt=False):
     out = np.zeros(model.n_params)
     stop = _d.first_param_layer(model)
     f, caches, douts = _d.gradient_pass(inp)
-    h = np.sum(hessian_sqrt(loss, f) ** 2, axis=1)[:, None]  # diag(Lambda_n), (N, 1, C)
+    h = np.sum(hessian_sqrt(loss, f, "obd_diagonal") ** 2, axis=1)[:, None]  # diag(Lambda_n), (N, 1, C)
     for j in range(len(model) - 1, stop - 1, -1):
         layer, p, cache = model[j], inp.grouped[j], caches[j]
         if isinstance(layer, AffineLayer):

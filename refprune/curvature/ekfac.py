@@ -19,9 +19,10 @@ import sys
 import numpy as np
 
 from ..checks import check_number, validate
-from ..vocabulary import renamed_options
-from .kronecker import EigenBlock, KroneckerCurvature, check_kfac_options, kfac_blocks, layer_statistics, with_bias_row
-from .output_factors import OutputFactor
+from ..vocabulary import FISHER_LIKE, renamed_options
+from .kronecker import (EigenBlock, KroneckerCurvature, check_factors_fit, check_kfac_options, kfac_blocks,
+                        layer_statistics, with_bias_row)
+from .output_factors import OutputFactor, check_seed
 
 
 class EKFACBlock(EigenBlock):
@@ -74,13 +75,15 @@ class EKFAC(KroneckerCurvature):
         return cls(blocks, kfac_op.n)
 
 
-@renamed_options(fisher="curvature")
+@renamed_options(FISHER_LIKE, fisher="curvature")
 def ekfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1, seed=0, targets=None, bias="fold"):
     """EKFAC of every affine layer: K-FAC's eigenbasis (``curvature``, ``approx``,
     ``targets`` and ``bias`` as in :func:`refprune.kfac`), eigenvalues re-estimated from
     per-sample gradients of the same curvature (the same Monte Carlo targets)."""
     check_kfac_options(curvature, approx, bias, "ekfac")
+    check_seed(seed, "ekfac")
     inp = validate(model, params, X, y, loss)
+    check_factors_fit(model, "ekfac", copies=2)
     factor = OutputFactor(inp, curvature, samples, seed, targets, where="ekfac")
     kron_blocks = kfac_blocks(inp, factor, approx, bias)
     moments = EigenbasisMoments(kron_blocks, model)

@@ -26,7 +26,6 @@ emp. Fisher    ``g_obs g_obs^T``         no
 =============  ========================  ==========================================
 """
 
-import os
 import sys
 import time
 
@@ -35,27 +34,13 @@ import numpy as np
 from .. import derivatives as _d
 from . import parallel as _par
 from ..checks import check_flag, check_number, validate
+# the refusal of an array too large lives in ..memory, shared with every module that allocates;
+# both names stay importable from here (``exact.available_memory`` is what _output_array reads)
+from ..memory import CurvatureTooLargeError, available_memory  # noqa: F401
+from ..memory import check_fits, nbytes
 from ..nn import AffineLayer
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
-
-
-class CurvatureTooLargeError(MemoryError):
-    """An ``n x n`` matrix would not fit in the memory available."""
-
-
-def available_memory():
-    """Bytes of memory available to this process (Linux ``MemAvailable``)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 2**63
+from .output_factors import check_draws, check_seed
 
 
 def _output_array(n, out, name, max_bytes):
@@ -212,9 +197,32 @@ def _full(inp, out, max_bytes, name):
 def layer_blocks(inp, curvature, samples, seed, targets):
     """Diagonal blocks ``[(layer index, (n_l, n_l) array)]`` of one curvature matrix
     (any name of :data:`refprune.vocabulary.CURVATURES`)."""
+    check_blocks_fit(inp, "block_diagonal")
+    if curvature == "mc_fisher" and targets is None:
+        check_draws(inp, samples, seed, "block_diagonal")
     matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets)
     return _assemble(inp, matvec, curvature == "hessian", _BlockSink(inp.model, _param_layers(inp.model)), False,
                      "blocks")
+
+
+def check_blocks_fit(inp, where):
+    """Refuse the diagonal blocks ``(n_l, n_l)`` of every layer, and the identity seed of
+    the largest (``min(n_l, |z_l|)`` square, see :func:`_assemble`), if they would not fit."""
+    model, s = inp.model, inp.X.shape[1:]
+    total, seed, largest = 0, 0, None
+    for layer in model:
+        out = layer.output_shape(s)
+        if isinstance(layer, AffineLayer):
+            n_l = layer.n_params
+            total += nbytes((n_l, n_l))
+            seed = max(seed, nbytes((min(n_l, nbytes(out, 1)),) * 2))
+            if largest is None or n_l > largest.n_params:
+                largest = layer
+        s = out
+    if largest is not None:
+        n_l = largest.n_params
+        check_fits(total + seed, where, f"the diagonal blocks of every layer (the largest, of {largest!r}, "
+                   f"{n_l} x {n_l} float64)", error=CurvatureTooLargeError)
 
 
 def _accumulate(target, block, scale, first):
@@ -295,7 +303,7 @@ def residual(model, params, X, y, loss, out=None, max_bytes=None, progress=False
                    shards)
 
 
-@renamed_options(kind="curvature")
+@renamed_options(FISHERS, kind="curvature")
 def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, targets=None, out=None,
            max_bytes=None, progress=False, executor=None, block_rows=None, shards=1):
     """A Fisher information matrix ``R sum_n J_n^T Phi_n J_n`` (``docs/conventions.md`` §3).
@@ -310,6 +318,8 @@ def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, tar
         ``numpy.random.default_rng(seed)``, or over the caller's ``targets``
         (``(n_mc, N)`` labels or ``(n_mc, N, C)`` values, e.g. another library's draws).
         ``"empirical_fisher"``: ``Phi_n = g g^T`` at the observed targets ``y``.
+    seed : int >= 0 or list of them
+        ``None`` and a ``numpy.random.Generator`` are refused (not reproducible).
     out, max_bytes, progress, executor, block_rows, shards
         As for :func:`hessian`; Monte Carlo targets are drawn once for the whole batch,
         so every shard and block sees the same draws.
@@ -318,6 +328,7 @@ def fisher(model, params, X, y, loss, curvature="fisher", samples=1, seed=0, tar
         raise ValueError(f"fisher: curvature={curvature!r} is not a Fisher; call refprune.{curvature}() or "
                          f"choose one of {FISHERS}")
     check_curvature(curvature, FISHERS, "fisher")
+    check_seed(seed, "fisher")
     mc = dict(samples=samples, seed=seed, targets=targets)
     return _matrix(model, params, X, y, loss, curvature, mc, out, max_bytes, progress, executor, block_rows, shards)
 
@@ -331,6 +342,8 @@ def _matrix(model, params, X, y, loss, name, mc, out, max_bytes, progress, execu
     inp = validate(model, params, X, y, loss)
     kind, second_order = _KINDS[name]
     mc = mc or {}
+    if name == "mc_fisher" and mc.get("targets") is None:
+        check_draws(inp, mc["samples"], mc["seed"], "fisher")
     if not _par.wants_tasks(executor, shards, name, block_rows, out):
         matvec = _d.loss_curvature_matvec(inp, kind, **mc)
         return _assemble(inp, matvec, second_order, _full(inp, out, max_bytes, name), progress, name)

@@ -29,21 +29,23 @@ import numpy as np
 
 from .. import derivatives as _d
 from ..checks import check_number, validate
+from ..memory import CurvatureTooLargeError, check_fits, describe, nbytes
 from ..nn import AffineLayer
 from ..nn.base import merge_tangent_axis
 from ..vocabulary import FISHER_LIKE, check_curvature, renamed_options
-from .operators import CurvatureOperator
-from .output_factors import OutputFactor
+from .operators import CurvatureOperator, check_dense_fits
+from .output_factors import OutputFactor, check_seed
 
 KFAC_APPROX = ("expand", "reduce")
 DAMPING_FORMS = ("exact", "factored", "pi")
 BIAS_TREATMENTS = ("fold", "separate")
 
 
-def _check_damping(damping, form):
+def _check_damping(damping, form, where=None):
+    prefix = f"{where}: " if where else ""
     if form not in DAMPING_FORMS:
-        raise ValueError(f"damping form must be one of {DAMPING_FORMS}, got {form!r}")
-    return check_number(damping, "damping")
+        raise ValueError(f"{prefix}damping form must be one of {DAMPING_FORMS}, got {form!r}")
+    return check_number(damping, f"{prefix}damping")
 
 
 class LayerLayout:
@@ -98,6 +100,10 @@ class EigenBlock:
 
     def dense(self, damping=0.0, form="exact"):
         """The (damped) block in flat parameter order, ``(n_l, n_l)``."""
+        size = self.layout.size
+        check_fits(2 * nbytes((size, size)), f"{type(self).__name__}.dense",
+                   f"the {size} x {size} float64 block (and the identity it is applied to)",
+                   error=CurvatureTooLargeError)
         return self.matmat(np.eye(self.layout.size), damping, form)
 
     def trace(self, damping=0.0, form="exact"):
@@ -222,13 +228,13 @@ class KroneckerCurvature(CurvatureOperator):
         """The operator ``S kron A + lam I`` (``"exact"``),
         ``(S + sqrt(lam) I) kron (A + sqrt(lam) I)`` (``"factored"``) or
         ``(S + sqrt(lam)/pi I) kron (A + pi sqrt(lam) I)`` (``"pi"``), per block."""
-        _check_damping(damping, form)
+        _check_damping(damping, form, f"{type(self).__name__}.damped")
         return type(self)(self.blocks, self.n, damping, form)
 
     def inverse(self, damping=0.0, form="exact"):
         """The inverse of the damped operator, applied through the factors'
         eigendecompositions (raises ``LinAlgError`` if a block is singular)."""
-        _check_damping(damping, form)
+        _check_damping(damping, form, f"{type(self).__name__}.inverse")
         return type(self)(self.blocks, self.n, damping, form, inverse=True)
 
     def trace(self):
@@ -246,6 +252,8 @@ class KroneckerCurvature(CurvatureOperator):
         return 1.0 / np.concatenate(ev) if self.inverted else np.concatenate(ev)
 
     def to_dense(self):
+        # besides the result: one block's identity and its product at a time
+        check_dense_fits(self, 2 * max((nbytes((b.layout.size,) * 2) for b in self.blocks), default=0))
         out = np.zeros((self.n, self.n))
         for b in self.blocks:
             o, e = b.layout.offset, b.layout.offset + b.layout.size
@@ -302,7 +310,7 @@ def with_bias_row(layer, U):
     return np.concatenate([U, np.ones((U.shape[0], 1, U.shape[2]))], axis=1)
 
 
-@renamed_options(fisher="curvature")
+@renamed_options(FISHER_LIKE, fisher="curvature")
 def kfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1, seed=0, targets=None,
          bias="fold"):
     """K-FAC (Linear) and KFC (Conv2d) factors of every affine layer.
@@ -317,6 +325,9 @@ def kfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1,
         (``"empirical_fisher"``).
     approx : {"expand", "reduce"}
         The convolution variant (Eschenhagen et al. 2023); the same for Linear.
+    seed : int >= 0 or list of them
+        The draws' ``numpy.random.default_rng(seed)`` (``None`` and a ``Generator`` are
+        refused: the same seed must give the same draws in every function).
     targets : array (n_mc, N) or (n_mc, N, C), optional
         Monte Carlo targets to use instead of drawing them (``"mc_fisher"`` only).
     bias : {"fold", "separate"}
@@ -331,9 +342,32 @@ def kfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1,
         :class:`KroneckerBlock` s with their damped/inverse/trace/logdet operations.
     """
     check_kfac_options(curvature, approx, bias, "kfac")
+    check_seed(seed, "kfac")
     inp = validate(model, params, X, y, loss)
+    check_factors_fit(model, "kfac")
     factor = OutputFactor(inp, curvature, samples, seed, targets, where="kfac")
     return KFAC(kfac_blocks(inp, factor, approx, bias), model.n_params)
+
+
+def factor_shapes(layer):
+    """``(c, p)``: the sizes of a layer's factors ``S (c, c)`` and ``A (p, p)`` (bias folded in)."""
+    c = layer.out_units
+    return c, layer.n_weight // c + (1 if layer.bias else 0)
+
+
+def check_factors_fit(model, where, copies=1, layers=None):
+    """Refuse the factors ``S (c, c)`` and ``A (p, p)`` of every affine layer (or of
+    ``layers``), ``copies`` times (EKFAC also keeps their eigenvectors), if they would
+    not fit in memory: a layer of huge width has factors far larger than its weights."""
+    layers = [layer for layer in model if isinstance(layer, AffineLayer)] if layers is None else layers
+    if not layers:
+        return
+    sizes = [(layer, factor_shapes(layer)) for layer in layers]
+    need = copies * sum(nbytes((c, c)) + nbytes((p, p)) for _, (c, p) in sizes)
+    layer, (c, p) = max(sizes, key=lambda item: max(item[1]))
+    check_fits(need, where, lambda: f"the Kronecker factors S and A of every layer (the largest, of {layer!r}: "
+               f"S {describe((c, c))}, A {describe((p, p))} float64{', with eigenvectors' if copies > 1 else ''})",
+               error=CurvatureTooLargeError)
 
 
 def check_kfac_options(curvature, approx, bias, where):
@@ -366,6 +400,8 @@ class FactorStatistics:
 
     def visit(self, j, layer, U, g):
         """Add one chunk's features ``U (n, r, T)`` and output gradients ``g (n, K, c, T)``."""
+        if j not in self.sums:  # the first chunk of this layer: its factors must fit
+            check_factors_fit(None, "K-FAC statistics", layers=[layer])
         a = with_bias_row(layer, U)
         (n, p, T), (K, c) = a.shape, g.shape[1:3]
         if self.approx == "expand":  # every location a sample of its own

@@ -17,10 +17,24 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from .. import derivatives as _d
-from ..checks import check_array, validate
+from ..checks import check_array, check_count, validate
+from ..memory import CurvatureTooLargeError, check_fits, nbytes
+from ..scalars import is_int
 from ..vocabulary import CURVATURES, check_curvature, renamed_options
 from . import diagonal as _diag
 from . import exact as _c
+from .output_factors import check_draws, check_seed
+
+
+def check_dense_fits(op, extra=0, method="to_dense", hint="; apply it with matvec/matmat, or take its diagonal()"):
+    """Refuse ``op``'s dense ``(n, n)`` matrix (plus ``extra`` bytes of temporaries) if it
+    would not fit in memory."""
+    n = op.n
+    what = f"the {n} x {n} float64 matrix"
+    if extra:
+        what += f" ({nbytes((n, n)) / 2**30:.2f} GiB) with its temporaries"
+    check_fits(nbytes((n, n)) + extra, f"{type(op).__name__}.{method}", what, hint=hint,
+               error=CurvatureTooLargeError)
 
 
 class CurvatureOperator:
@@ -60,10 +74,14 @@ class CurvatureOperator:
 
     def to_dense(self):
         """The matrix as an ``(n, n)`` array."""
+        check_dense_fits(self, nbytes((self.n, self.n)))  # the identity it is applied to
         return self._matmat(np.eye(self.n))
 
     def diagonal(self):
         """The diagonal ``(n,)`` (from the dense matrix unless a subclass knows better)."""
+        check_dense_fits(self, nbytes((self.n, self.n)), "diagonal",
+                         hint=f" (this class takes the diagonal from its dense matrix); give {type(self).__name__} "
+                              "a diagonal() of its own, or apply matvec to unit vectors")
         return np.diag(self.to_dense()).copy()
 
     def to_linear_operator(self):
@@ -79,12 +97,21 @@ class Dense(CurvatureOperator):
         M = check_array(M, "Dense: M")
         if M.ndim != 2 or M.shape[0] != M.shape[1]:
             raise ValueError(f"Dense: need a square matrix, got shape {M.shape}")
-        self.M, self.n = M, len(M)
+        # a curvature operator is symmetric (its rmatvec is its matvec); rows a block at a
+        # time, so that no n x n temporary is made
+        n, scale = len(M), float(np.abs(M).max(initial=0.0))
+        asym = max((float(np.abs(M[r : r + 256] - M[:, r : r + 256].T).max()) for r in range(0, n, 256)),
+                   default=0.0)
+        if asym > 1e-8 * scale:
+            raise ValueError(f"Dense: M must be symmetric, got max |M - M^T| = {asym:.3e} with max |M| = "
+                             f"{scale:.3e}; pass (M + M.T) / 2 if the asymmetry is rounding")
+        self.M, self.n = M, n
 
     def _matmat(self, V):
         return self.M @ V
 
     def to_dense(self):
+        check_dense_fits(self)
         return self.M.copy()
 
 
@@ -101,6 +128,7 @@ class Diagonal(CurvatureOperator):
         return self.d[:, None] * V
 
     def to_dense(self):
+        check_dense_fits(self)
         return np.diag(self.d)
 
     def diagonal(self):
@@ -114,8 +142,15 @@ class BlockDiagonal(CurvatureOperator):
 
     def __init__(self, blocks, offsets, n):
         self.blocks = [check_array(b, f"BlockDiagonal: block {i}") for i, b in enumerate(blocks)]
-        self.offsets = list(offsets)
-        self.n = int(n)
+        self.n = check_count(n, "BlockDiagonal: n", minimum=0)
+        offsets = list(offsets)
+        if len(offsets) != len(self.blocks) + 1:
+            raise ValueError(f"BlockDiagonal: offsets must have len(blocks) + 1 = {len(self.blocks) + 1} entries "
+                             f"(the start of each block and the end of the last), got {len(offsets)}")
+        if not all(is_int(o) for o in offsets) or any(not 0 <= a <= b <= self.n
+                                                       for a, b in zip(offsets[:-1], offsets[1:])):
+            raise ValueError(f"BlockDiagonal: offsets must be non-decreasing ints in [0, {self.n}], got {offsets}")
+        self.offsets = [int(o) for o in offsets]
         for b, (a, e) in zip(self.blocks, self.ranges()):
             if b.shape != (e - a, e - a):
                 raise ValueError(f"BlockDiagonal: block for [{a}, {e}) must be {(e - a, e - a)}, got {b.shape}")
@@ -131,6 +166,7 @@ class BlockDiagonal(CurvatureOperator):
         return out
 
     def to_dense(self):
+        check_dense_fits(self)
         out = np.zeros((self.n, self.n))
         for b, (a, e) in zip(self.blocks, self.ranges()):
             out[a:e, a:e] = b
@@ -155,11 +191,14 @@ class ExactCurvature(CurvatureOperator):
     @renamed_options(kind="curvature")
     def __init__(self, model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None):
         check_curvature(curvature, CURVATURES, "ExactCurvature")
+        check_seed(seed, "ExactCurvature")
         self.args = (model, params, X, y, loss)
         self.curvature = curvature
         self.mc = dict(samples=samples, seed=seed, targets=targets)
         self.inp = validate(model, params, X, y, loss)
         self.n = model.n_params
+        if curvature == "mc_fisher" and targets is None:
+            check_draws(self.inp, samples, seed, "ExactCurvature")
         f, caches, douts = _d.gradient_pass(self.inp)
         self._state = (f, caches, douts)
         self._phi = _d.loss_curvature_matvec(self.inp, curvature, samples, seed, f, targets)
@@ -186,6 +225,7 @@ def block_diagonal(model, params, X, y, loss, curvature="hessian", samples=1, se
     :data:`refprune.vocabulary.CURVATURES`), as a :class:`BlockDiagonal`; only the
     diagonal blocks are computed."""
     check_curvature(curvature, CURVATURES, "block_diagonal")
+    check_seed(seed, "block_diagonal")
     inp = validate(model, params, X, y, loss)
     blocks = _c.layer_blocks(inp, curvature, samples, seed, targets)
     offsets = model.param_offsets()

@@ -24,15 +24,19 @@ Monte Carlo targets are drawn by :func:`draw_targets` or supplied by the caller
 
 import numpy as np
 
+from ..memory import check_fits, describe, nbytes
+from ..nested import as_array
 from ..nn import CrossEntropyLoss
 from ..scalars import is_int
 from ..vocabulary import FISHER_LIKE, check_curvature
 
 
-def hessian_sqrt(loss, f):
+def hessian_sqrt(loss, f, where="hessian_sqrt"):
     """Columns of a square root of ``Lambda_n``: ``(N, C, C)`` with ``[n, k, :]`` the
     ``k``-th column, so that ``Lambda_n = sum_k Gamma[n, k] Gamma[n, k]^T``."""
     n, c = f.shape
+    check_fits(2 * nbytes((n, c, c)), where, lambda: f"the square roots of the loss Hessians ({describe((n, c, c))} "
+               f"float64, and a temporary as large) of {n} sample(s) with {c} outputs")
     if isinstance(loss, CrossEntropyLoss):
         z = f - f.max(axis=1, keepdims=True)
         p = np.exp(z)
@@ -44,7 +48,7 @@ def hessian_sqrt(loss, f):
 def check_targets_stack(inp, targets):
     """Caller-supplied Monte Carlo targets as ``(n_mc, N)`` labels (cross-entropy) or
     ``(n_mc, N, C)`` values (squared error); a single draw may omit the leading axis."""
-    t = np.asarray(targets)
+    t = as_array(targets, "targets")
     single = t.ndim == (1 if isinstance(inp.loss, CrossEntropyLoss) else 2)
     if single:
         t = t[None]
@@ -53,16 +57,58 @@ def check_targets_stack(inp, targets):
     return np.stack([inp.loss.check_targets(ts, inp.n_samples, inp.n_outputs) for ts in t])
 
 
-def draw_targets(inp, f_all, samples, seed, targets=None):
+def check_seed(seed, where):
+    """``seed`` if ``numpy.random.default_rng`` makes a reproducible generator of it: an
+    int ``>= 0`` or a non-empty list or tuple of them (the optimizers pass
+    ``[seed, steps]``).  ``None`` (fresh entropy) and a ``numpy.random.Generator`` (whose
+    state a call would advance) are refused: the same ``seed`` must give the same draws
+    in every function and every call."""
+    if isinstance(seed, (list, tuple)) and seed and all(is_int(s) for s in seed):
+        if min(seed) < 0:
+            raise ValueError(f"{where}: seed must be an int >= 0 or a list of them, got {seed!r}")
+        return seed
+    if is_int(seed):
+        if seed < 0:
+            raise ValueError(f"{where}: seed must be an int >= 0 or a list of them, got {seed!r}")
+        return seed
+    why = ""
+    if seed is None or isinstance(seed, (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence)):
+        why = " (the Monte Carlo draws must be reproducible: the same seed gives the same draws in every function)"
+    raise TypeError(f"{where}: seed must be an int >= 0 or a list of them, got {seed!r}{why}")
+
+
+def check_samples(samples, where):
+    """``samples`` as an int if it is a positive int."""
+    if not is_int(samples) or samples < 1:
+        raise ValueError(f"{where}: samples must be a positive int, got {samples!r}")
+    return int(samples)
+
+
+def draw_targets(inp, f_all, samples, seed, targets=None, where="draw_targets"):
     """``samples`` targets per data point from the model's likelihood, drawn from
     ``numpy.random.default_rng(seed)`` for the whole batch at once (so every function
     using the same ``samples`` and ``seed`` sees the same draws); or the caller's
-    ``targets`` (``(n_mc, N)`` labels, ``(n_mc, N, C)`` values), checked, in place of draws."""
+    ``targets`` (``(n_mc, N)`` labels, ``(n_mc, N, C)`` values), checked, in place of draws.
+    ``seed``: see :func:`check_seed`."""
     if targets is not None:
+        if samples is not None and samples != 1:  # (None: internal calls that pass targets only)
+            raise ValueError(f"{where}: samples={samples!r} does not apply with targets= (the number of draws is "
+                             f"their first axis); leave samples at 1")
         return check_targets_stack(inp, targets)
-    if not is_int(samples) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
-    return inp.loss.sample(f_all, np.random.default_rng(seed), int(samples))
+    samples = check_draws(inp, samples, seed, where)
+    return inp.loss.sample(f_all, np.random.default_rng(seed), samples)
+
+
+def check_draws(inp, samples, seed, where):
+    """``samples`` as an int after checking it, ``seed`` and the memory the draws of the
+    whole batch need (refused up front, naming ``where``)."""
+    samples = check_samples(samples, where)
+    check_seed(seed, where)
+    n, c = inp.n_samples, inp.n_outputs
+    # labels: int64 draws, a uniform per draw and a (C-1)-wide comparison; values: two (S, N, C) arrays
+    need = nbytes((samples, n), 16 + c) if isinstance(inp.loss, CrossEntropyLoss) else 2 * nbytes((samples, n, c))
+    check_fits(need, where, f"{samples} Monte Carlo target(s) for each of {n} sample(s) with {c} outputs")
+    return samples
 
 
 class OutputFactor:
@@ -74,14 +120,14 @@ class OutputFactor:
     """
 
     def __init__(self, inp, curvature, samples=1, seed=0, targets=None, f_all=None, where="curvature"):
-        self.inp = inp
+        self.inp, self.where = inp, where
         self.curvature = check_curvature(curvature, FISHER_LIKE, where)
         if curvature != "mc_fisher" and targets is not None:
             raise ValueError(f"{where}: targets= is for curvature='mc_fisher', got curvature={curvature!r}")
         if curvature == "mc_fisher":
             if f_all is None and targets is None:
                 f_all = inp.model.forward_with_caches(inp.grouped, inp.X)[0]
-            self.targets = draw_targets(inp, f_all, samples, seed, targets)
+            self.targets = draw_targets(inp, f_all, samples, seed, targets, where)
             self.per_sample = len(self.targets)
         else:
             self.per_sample = 1 if curvature == "empirical_fisher" else inp.n_outputs
@@ -91,7 +137,7 @@ class OutputFactor:
         the samples ``idx`` (a slice of the batch)."""
         loss = self.inp.loss
         if self.curvature in ("ggn", "fisher"):
-            return hessian_sqrt(loss, f)
+            return hessian_sqrt(loss, f, self.where)
         if self.curvature == "empirical_fisher":
             return loss.grad(f, self.inp.y[idx])[:, None, :]
         S = len(self.targets)

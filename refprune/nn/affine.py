@@ -11,8 +11,11 @@ Both layers are written as a weight matrix ``W_r`` of shape ``(c_out, r)`` times
   ``weight.ravel()`` equals ``W_r.ravel()`` because ``r`` is ordered ``(c_in, kh, kw)``.
 """
 
+import math
+
 import numpy as np
 
+from ..memory import check_fits, describe, nbytes
 from .base import Layer, merge_tangent_axis, split_tangent_axis
 
 
@@ -58,6 +61,9 @@ class AffineLayer(Layer):
     def init(self, rng):
         # PyTorch's default: kaiming_uniform_(a=sqrt(5)) on the weight gives
         # U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias uses the same bound.
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"{self!r}.init: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        check_fits(nbytes((self.n_params,)), "init", f"the {self.n_params} float64 parameters of {self!r}")
         fan_in = int(np.prod(self.weight_shape[1:]))
         bound = 1.0 / np.sqrt(fan_in)
         return [rng.uniform(-bound, bound, size=s) for s in self.param_shapes()]
@@ -68,10 +74,30 @@ class AffineLayer(Layer):
     @property
     def n_weight(self):
         """Number of entries of ``weight`` (the prunable part of the layer)."""
-        return int(np.prod(self.weight_shape))
+        return math.prod(self.weight_shape)
+
+    #: whether :meth:`features` copies its input (im2col) rather than viewing it
+    features_copy = False
+
+    def check_work(self, batch, in_shape, where):
+        """Refuse a pass over ``batch`` inputs of per-sample shape ``in_shape`` whose
+        arrays would not fit: the outputs ``(batch, c_out, T)``, the features
+        ``(batch, r, T)`` (a copy for im2col, and the input-shaped result of ``vjp``) and
+        the zero-padded input; their sizes follow from the shapes alone."""
+        c = self.out_units
+        t = math.prod(self.output_shape(in_shape)) // c
+        r = self.n_weight // c
+        need = 8 * batch * ((c + r) * t + math.prod(in_shape))
+        padding = getattr(self, "padding", (0, 0))
+        if padding[0] or padding[1]:
+            need += nbytes((batch, in_shape[0], in_shape[1] + 2 * padding[0], in_shape[2] + 2 * padding[1]))
+        what = "im2col features" if self.features_copy else "features"
+        check_fits(need, lambda: f"{self!r}.{where}", lambda: f"a batch of {batch}: the outputs "
+                   f"({describe((batch, c, t))}), {what} ({describe((batch, r, t))}) and input-shaped results")
 
     # -- forward and its derivatives with respect to the input ------------------
     def forward(self, params, x):
+        self.check_work(x.shape[0], x.shape[1:], "forward")
         U = self.features(x)
         z = np.matmul(self._w(params), U)
         if self.bias:
@@ -80,17 +106,20 @@ class AffineLayer(Layer):
 
     def jvp(self, params, cache, dx):
         n = dx.shape[0]
+        self.check_work(n * dx.shape[1], dx.shape[2:], "jvp")
         dU = self.features(merge_tangent_axis(dx))
         return split_tangent_axis(self.to_output(np.matmul(self._w(params), dU), cache[1]), n)
 
     def vjp(self, params, cache, dy):
         n = dy.shape[0]
+        self.check_work(n * dy.shape[1], cache[1], "vjp")
         dz = self.from_output(merge_tangent_axis(dy))
         dU = np.matmul(self._w(params).T, dz)
         return split_tangent_axis(self.features_adjoint(dU, cache[1]), n)
 
     def vjp_squared(self, params, cache, h):
         n = h.shape[0]
+        self.check_work(n * h.shape[1], cache[1], "vjp_squared")
         dz = self.from_output(merge_tangent_axis(h))
         dU = np.matmul((self._w(params) ** 2).T, dz)
         return split_tangent_axis(self.features_adjoint(dU, cache[1]), n)

@@ -19,6 +19,8 @@ Method summary (``x`` input, ``y`` output, ``J = dy/dx`` per sample):
 =====================  =====================================================
 """
 
+import math
+
 import numpy as np
 
 
@@ -40,6 +42,8 @@ class Layer:
         """Rows ``V (K, n_l)`` over this layer's flat parameters (PyTorch's order) as its
         parameter arrays, each ``(K, *shape)``: ``K`` tangents per array."""
         shapes = self.param_shapes()
+        if np.ndim(V) != 2 or np.shape(V)[1] != self.n_params:
+            raise ValueError(f"{self!r}.split_flat: V must have shape (K, {self.n_params}), got {np.shape(V)}")
         ends = np.cumsum([int(np.prod(s)) for s in shapes])
         # the split after the last array leaves an empty part, which zip drops
         return [part.reshape((len(V),) + tuple(s)) for part, s in zip(np.split(V, ends, axis=1), shapes)]
@@ -88,7 +92,8 @@ class Layer:
     @property
     def n_params(self):
         """Number of parameters of this layer (entries of all its arrays)."""
-        return int(sum(np.prod(s, dtype=np.int64) for s in self.param_shapes()))
+        # Python integers: np.prod would wrap around in int64 for an absurd layer
+        return sum(math.prod(int(d) for d in s) for s in self.param_shapes())
 
     def __repr__(self):
         return f"{type(self).__name__}()"

@@ -64,6 +64,8 @@ class Conv2d(AffineLayer):
     ``Ho = (H + 2 ph - kh) // sh + 1``; zero padding, no dilation or groups.
     """
 
+    features_copy = True
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not is_int(v) or v < 1:

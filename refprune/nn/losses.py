@@ -12,6 +12,8 @@ likelihood.
 
 import numpy as np
 
+from ..nested import as_array
+
 _REDUCTIONS = ("mean", "sum")
 
 
@@ -73,7 +75,7 @@ class CrossEntropyLoss(Loss):
     """
 
     def check_targets(self, y, n, c):
-        y = np.asarray(y)
+        y = as_array(y, "CrossEntropyLoss: labels", "y")
         if y.shape != (n,):
             raise ValueError(f"CrossEntropyLoss: labels must have shape ({n},), got {y.shape}")
         if y.dtype.kind == "f":
@@ -130,7 +132,7 @@ class MSELoss(Loss):
     variance = 0.5
 
     def check_targets(self, y, n, c):
-        y = np.asarray(y)
+        y = as_array(y, "MSELoss: targets", "y")
         if y.shape != (n, c):
             raise ValueError(f"MSELoss: targets must have shape ({n}, {c}), got {y.shape}")
         if y.dtype.kind not in ("f", "i", "u", "b"):

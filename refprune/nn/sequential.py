@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ..memory import check_fits, nbytes
 from ..scalars import is_int
 from .base import Layer
 
@@ -49,6 +50,8 @@ class Sequential:
         """PyTorch-default initial parameters drawn from ``numpy.random.default_rng(seed)``."""
         if not is_int(seed) or seed < 0:
             raise ValueError(f"init: seed must be a non-negative int, got {seed!r}")
+        n = self.n_params
+        check_fits(nbytes((n,)), "init", f"the {n} float64 parameters of the model")
         rng = np.random.default_rng(seed)
         return [p for layer in self.layers for p in layer.init(rng)]
 

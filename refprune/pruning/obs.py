@@ -33,6 +33,7 @@ import numpy as np
 import scipy.linalg
 
 from ..checks import check_array
+from ..memory import check_fits, nbytes
 
 
 class SingularCurvatureError(np.linalg.LinAlgError):
@@ -50,7 +51,12 @@ def inverse_spd(H, damping=0.0, what="matrix"):
         raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
     if n == 0:
         return np.zeros((0, 0))
-    M = H + damping * np.eye(n)
+    # at most three n x n arrays at a time besides H: the damped copy and the Cholesky
+    # factor, then the inverse (written over the factor) and its symmetric completion
+    check_fits(3 * nbytes((n, n)), "inverse_spd", f"the damped copy, Cholesky factor and inverse of the {n} x {n} "
+               f"float64 {what}")
+    M = H.copy()
+    M[np.diag_indices(n)] += damping  # H + damping I without an n x n identity
     if not np.all(np.isfinite(M)):
         raise ValueError(f"the {what} contains NaN or inf")
     # Cholesky (potrf) and the inverse from it (potri): about n^3 flops in all
@@ -61,16 +67,20 @@ def inverse_spd(H, damping=0.0, what="matrix"):
             f"the {what} (damping {damping}) is not positive definite: smallest eigenvalue {ev:.3e}; "
             "use damping > 0 (or a positive semi-definite curvature such as the GGN)"
         )
+    del M
     d = np.diag(L)
     if d.min() <= np.sqrt(n * np.finfo(float).eps) * d.max():
         raise SingularCurvatureError(
             f"the {what} (damping {damping}) is numerically singular: condition ~ {(d.max() / d.min()) ** 2:.1e}; "
             "use damping > 0"
         )
-    # potri fails only on a zero diagonal of L, which the threshold above has excluded
-    inv = scipy.linalg.lapack.dpotri(L, lower=1)[0]
-    lower = np.tril(inv)
-    return lower + np.tril(inv, -1).T
+    # potri fails only on a zero diagonal of L, which the threshold above has excluded;
+    # it writes the inverse's lower triangle over L (Fortran-ordered, as potrf returns it)
+    inv = scipy.linalg.lapack.dpotri(L, lower=1, overwrite_c=1)[0]
+    del L
+    out = np.tril(inv)
+    out += np.tril(inv, -1).T
+    return out
 
 
 class OBS:
@@ -86,13 +96,17 @@ class OBS:
     """
 
     def __init__(self, Hinv, w, prunable=None, grad=None, H=None):
-        self.Hinv = np.array(Hinv, dtype=np.float64)
         self.w = np.array(w, dtype=np.float64)
         n = self.w.size
+        # the private copy of Hinv, and a temporary as large for the updates of groups
+        check_fits(2 * nbytes((n, n)), "OBS", f"the copy of the {n} x {n} float64 Hinv")
+        self.Hinv = np.array(Hinv, dtype=np.float64)
         if self.Hinv.shape != (n, n):
             raise ValueError(f"OBS: Hinv must have shape ({n}, {n}), got {self.Hinv.shape}")
         self.active = np.ones(n, dtype=bool)
         self.prunable = np.ones(n, dtype=bool) if prunable is None else np.array(prunable, dtype=bool)
+        if self.prunable.shape != (n,):
+            raise ValueError(f"OBS: prunable must have shape ({n},) like w, got {self.prunable.shape}")
         self.g = self.H = None
         if grad is not None:
             self.g = check_array(grad, "OBS: grad")
@@ -126,14 +140,25 @@ class OBS:
 
     def group_saliency(self, Q):
         """``s_Q = w_Q^T ([H^-1]_QQ)^-1 w_Q / 2`` for a set ``Q`` at the current state."""
-        Q = np.asarray(Q)
+        Q = self._check_set(Q, "group_saliency")
         w = self.w[Q]
         return float(w @ np.linalg.solve(self.Hinv[np.ix_(Q, Q)], w) / 2.0)
+
+    def _check_set(self, Q, where):
+        """``Q`` as a 1-d int array of distinct coordinates in ``[0, n)`` (a repeated one
+        would make ``[H^-1]_QQ`` singular, a negative one index from the end)."""
+        Q = np.atleast_1d(np.asarray(Q))
+        n = self.w.size
+        if Q.ndim != 1 or Q.size == 0 or Q.dtype.kind not in "iu":
+            raise ValueError(f"OBS.{where}: Q must be a non-empty list of ints, got {Q.tolist()!r}")
+        if Q.min() < 0 or Q.max() >= n or len(np.unique(Q)) != len(Q):
+            raise ValueError(f"OBS.{where}: Q must hold distinct coordinates in [0, {n}), got {Q.tolist()!r}")
+        return Q
 
     def remove(self, Q):
         """Remove the set ``Q`` jointly: apply the group update, eliminate ``Q`` from
         ``Hinv``; returns the predicted increase ``s_Q``."""
-        Q = np.atleast_1d(np.asarray(Q))
+        Q = self._check_set(Q, "remove")
         if not np.all(self.active[Q]):
             raise ValueError("OBS: coordinate already removed")
         if self.g is not None and self.H is None:

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..scalars import is_int
+from ..checks import check_array, check_number
+from ..curvature.output_factors import check_seed
+from ..scalars import is_int, is_number
 
 EPS = np.finfo(np.float64).eps
 _STENCILS = {
@@ -70,15 +72,12 @@ def directional_derivative(fun, x, v, step=None, order=4, return_error=False):
     error estimate (module docstring) unless ``step`` is given (then the bound is
     ``nan``).
     """
-    if order not in _STENCILS:
-        raise ValueError(f"order must be 2 or 4, got {order!r}")
-    x = np.array(x, dtype=np.float64)  # private copy
-    v = np.asarray(v, dtype=np.float64)
+    _check_step_order(step, order, "directional_derivative")
+    x = _input(x, "directional_derivative")  # private copy
+    v = check_array(v, "directional_derivative: v")
     if v.shape != x.shape:
-        raise ValueError(f"direction must have the shape of x {x.shape}, got {v.shape}")
+        raise ValueError(f"directional_derivative: direction must have the shape of x {x.shape}, got {v.shape}")
     if step is not None:
-        if not np.isfinite(step) or step <= 0:
-            raise ValueError(f"step must be a positive finite number, got {step!r}")
         d = _stencil(fun, x, v, float(step), order)
         return (d, float(step), float("nan")) if return_error else d
     if not return_error:
@@ -132,6 +131,26 @@ def _check_count(name, k):
     return int(k)
 
 
+def _check_step_order(step, order, where):
+    """``order`` 2 or 4 and ``step`` ``None`` or a positive finite number, refused by name."""
+    if isinstance(order, bool) or order not in _STENCILS:
+        raise ValueError(f"{where}: order must be 2 or 4, got {order!r}")
+    if step is not None:
+        if not is_number(step):
+            raise TypeError(f"{where}: step must be a positive finite number or None, got {step!r}")
+        if not np.isfinite(step) or step <= 0:
+            raise ValueError(f"{where}: step must be a positive finite number, got {step!r}")
+
+
+def _check_options(where, directions=None, seed=0, rtol=0.0, atol=0.0, step=None, order=4):
+    """Every option of a checker, checked before any evaluation; returns ``directions``."""
+    _check_step_order(step, order, where)
+    check_number(rtol, f"{where}: rtol")
+    check_number(atol, f"{where}: atol")
+    check_seed(seed, where)
+    return None if directions is None else _check_count(f"{where}: directions", directions)
+
+
 def assert_close(actual, expected, rtol, atol, what):
     """``|actual - expected| <= atol + rtol |expected|`` elementwise, with a message that
     names ``what`` and the worst entry."""
@@ -148,6 +167,23 @@ def assert_close(actual, expected, rtol, atol, what):
         )
 
 
+def _input(x, where):
+    """The point ``x`` as a finite float64 array (a private copy), checked up front."""
+    return np.array(check_array(x, f"{where}: x"), dtype=np.float64)
+
+
+def _output(value, where, call, shape, expected):
+    """``value`` (what ``call`` returned) as a float64 array of ``shape``, else a
+    ``ValueError`` naming the checker, the call, the shape given and the one expected."""
+    try:
+        out = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: {call} must return a numeric array, got {type(value).__name__}") from None
+    if out.shape != tuple(shape):
+        raise ValueError(f"{where}: {call} must return an array of shape {tuple(shape)} ({expected}), got {out.shape}")
+    return out
+
+
 def _directions(shape, count, seed):
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(shape) for _ in range(count)]
@@ -157,9 +193,10 @@ def check_grad(fun, grad, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=No
     """Check ``grad(x) . v`` against the central difference of scalar ``fun`` along
     ``directions`` random ``v``; returns a :class:`CheckResult`, raises
     ``AssertionError`` on mismatch."""
-    directions = _check_count("directions", directions)
-    g = np.asarray(grad(np.array(x, dtype=float)))
-    scale = max(1.0, float(np.abs(fun(np.array(x, dtype=float)))))
+    directions = _check_options("check_grad", directions, seed, rtol, atol, step, order)
+    x = _input(x, "check_grad")
+    g = _output(grad(x.copy()), "check_grad", "grad(x)", x.shape, "the shape of x")
+    scale = max(1.0, float(np.abs(_output(fun(x.copy()), "check_grad", "fun(x)", (), "a scalar"))))
     return _run_checks("gradient", [(lambda v: np.sum(g * v), v) for v in _directions(np.shape(x), directions, seed)],
                        fun, x, rtol, atol * scale, step, order)
 
@@ -181,27 +218,41 @@ def _run_checks(what, pairs, fun, x, rtol, atol, step, order):
     return worst
 
 
-def check_jvp(fun, jvp, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=None, order=4):
+def check_jvp(fun, jvp, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=None, order=4, where="check_jvp",
+              names=("fun", "jvp")):
     """Check ``jvp(x, v)`` (the Jacobian of ``fun`` times ``v``) against central
-    differences of ``fun`` along random ``v``; returns a :class:`CheckResult`."""
-    directions = _check_count("directions", directions)
-    vs = _directions(np.shape(x), directions, seed)
-    scale = max(1.0, max(float(np.max(np.abs(np.asarray(jvp(np.array(x, dtype=float), v))))) for v in vs))
-    return _run_checks("Jacobian-vector product", [(lambda v: np.asarray(jvp(np.array(x, dtype=float), v)), v)
-                                                   for v in vs], fun, x, rtol, atol * scale, step, order)
+    differences of ``fun`` along random ``v``; returns a :class:`CheckResult`.  ``fun(x)``
+    and every ``jvp(x, v)`` must have the same shape (checked first)."""
+    directions = _check_options(where, directions, seed, rtol, atol, step, order)
+    x = _input(x, where)
+    out_shape = np.shape(fun(x.copy()))
+    vs = _directions(x.shape, directions, seed)
+    jv = [_output(jvp(x.copy(), v), where, f"{names[1]}(x, v)", out_shape, f"the shape of {names[0]}(x)")
+          for v in vs]
+    scale = max(1.0, max(float(np.max(np.abs(j), initial=0.0)) for j in jv))
+    return _run_checks("Jacobian-vector product", [(lambda v, j=j: j, v) for v, j in zip(vs, jv)], fun, x, rtol,
+                       atol * scale, step, order)
 
 
 def check_vjp(jvp, vjp, x, out_shape, directions=3, seed=0, rtol=1e-12, atol=1e-12):
     """Adjoint identity ``<u, J v> == <J^T u, v>`` for random ``u``, ``v`` (no step size
     involved: an exact algebraic check of a hand-written transpose); returns a
     :class:`CheckResult` (``step`` is ``nan``)."""
-    directions = _check_count("directions", directions)
+    directions = _check_options("check_vjp", directions, seed, rtol, atol)
+    x = _input(x, "check_vjp")
+    if is_int(out_shape):
+        out_shape = (out_shape,)
+    if not (isinstance(out_shape, (tuple, list)) and all(is_int(d) and d >= 0 for d in out_shape)):
+        raise ValueError(f"check_vjp: out_shape must be a tuple of non-negative ints, got {out_shape!r}")
+    out_shape = tuple(int(d) for d in out_shape)
     rng = np.random.default_rng(seed)
     worst = 0.0
     for k in range(directions):
-        v, u = rng.standard_normal(np.shape(x)), rng.standard_normal(out_shape)
-        lhs = float(np.sum(u * jvp(np.array(x, dtype=float), v)))
-        rhs = float(np.sum(vjp(np.array(x, dtype=float), u) * v))
+        v, u = rng.standard_normal(x.shape), rng.standard_normal(out_shape)
+        Jv = _output(jvp(x.copy(), v), "check_vjp", "jvp(x, v)", out_shape, "out_shape")
+        JTu = _output(vjp(x.copy(), u), "check_vjp", "vjp(x, u)", x.shape, "the shape of x")
+        lhs = float(np.sum(u * Jv))
+        rhs = float(np.sum(JTu * v))
         scale = atol * max(1.0, abs(rhs)) + rtol * abs(rhs)
         worst = max(worst, abs(lhs - rhs) / scale)
         assert_close(lhs, rhs, rtol, atol * max(1.0, abs(rhs)), f"adjoint identity, pair {k}")
@@ -210,7 +261,8 @@ def check_vjp(jvp, vjp, x, out_shape, directions=3, seed=0, rtol=1e-12, atol=1e-
 
 def check_hvp(grad, hvp, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=None, order=4):
     """Check ``hvp(x, v)`` against central differences of ``grad`` along ``v``."""
-    res = check_jvp(grad, hvp, x, directions, seed, rtol, atol, step, order)
+    res = check_jvp(grad, hvp, x, directions, seed, rtol, atol, step, order, where="check_hvp",
+                    names=("grad", "hvp"))
     res.what = "Hessian-vector product"
     return res
 
@@ -219,14 +271,25 @@ def check_hessian(grad, H, x, columns=None, rtol=1e-6, atol=1e-9, step=None, ord
     """Check columns of a dense Hessian ``H`` against central differences of ``grad``
     along unit vectors (``columns``: indices to check, default all: ``O(n)`` gradient
     evaluations); returns a :class:`CheckResult`."""
-    x = np.asarray(x, dtype=float)
-    H = np.asarray(H)
+    _check_options("check_hessian", None, 0, rtol, atol, step, order)
+    x = _input(x, "check_hessian")
+    if x.ndim != 1:
+        raise ValueError(f"check_hessian: x must be a vector (n,), got shape {x.shape}")
     n = x.size
+    H = check_array(H, "check_hessian: H")
     if H.shape != (n, n):
-        raise AssertionError(f"Hessian must have shape ({n}, {n}), got {H.shape}")
-    cols = list(range(n)) if columns is None else [int(c) for c in columns]
+        raise ValueError(f"check_hessian: H must have shape ({n}, {n}) for x of shape ({n},), got {H.shape}")
+    if columns is None:
+        cols = list(range(n))
+    else:
+        cols = list(np.atleast_1d(columns)) if not isinstance(columns, (list, tuple)) else list(columns)
+        bad = [c for c in cols if not is_int(c) or not 0 <= c < n]
+        if bad:
+            raise ValueError(f"check_hessian: columns must be ints in [0, {n}), got {bad[0]!r}")
+        cols = [int(c) for c in cols]
     if not cols:
         raise ValueError("check_hessian: no columns to check (a check of nothing)")
+    _output(grad(x.copy()), "check_hessian", "grad(x)", x.shape, "the shape of x")
     scale = max(1.0, float(np.max(np.abs(H))))
     pairs = []
     for i in cols:

@@ -13,7 +13,7 @@ margin covers them).  ``explain=True`` says where the margin comes from.
 
 import numpy as np
 
-from ..checks import check_params
+from ..checks import check_array, check_flag, check_params
 from ..nn import MaxPool2d, ReLU
 
 
@@ -22,8 +22,15 @@ def kink_margin(model, params, X, explain=False):
     input and the gap between the largest and second largest entry of every max-pool
     window (windows tied at the zeros of a preceding ReLU excepted, module docstring);
     ``inf`` if the model has neither.  ``explain=True`` returns ``(margin, sentence)``."""
+    check_flag(explain, "kink_margin: explain")
     grouped = model.group_params(check_params(model, params))
-    x = np.asarray(X, dtype=np.float64)
+    x = check_array(X, "kink_margin: X")
+    if x.ndim < 2:
+        raise ValueError(f"kink_margin: X must have shape (N, ...), got {x.shape}")
+    try:
+        model.output_shape(x.shape[1:])
+    except ValueError as err:
+        raise ValueError(f"kink_margin: X of shape {x.shape} does not fit the model: {err}") from None
     margin, where = np.inf, "no ReLU or max pooling: no kinks"
     after_relu = False
     for j, (layer, p) in enumerate(zip(model, grouped)):

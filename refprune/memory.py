@@ -1,0 +1,69 @@
+"""Arrays refused before they are allocated: the bytes an array needs, known from shapes
+alone, against the memory available.
+
+A ``MemoryError`` raised by NumPy deep inside a computation names neither the argument
+that made the array large nor what would fit; worse, with memory overcommitted the
+allocation can succeed and the process be killed later.  Every allocation whose size
+refprune can know in advance is therefore checked here first (the list is in
+``docs/conventions.md`` §10) and refused with an :class:`ArrayTooLargeError` that names the
+function, the array, the GiB it needs and the GiB available.
+
+The module imports nothing from refprune, so every part of the package can use it.
+"""
+
+import math
+import os
+
+
+class ArrayTooLargeError(MemoryError):
+    """An array whose size is known in advance would not fit in the memory available."""
+
+
+class CurvatureTooLargeError(ArrayTooLargeError):
+    """An ``n x n`` matrix (or blocks of one) would not fit in the memory available."""
+
+
+#: allocations up to this many bytes are not checked: reading ``/proc/meminfo`` would cost
+#: more than the allocation, and every machine refprune runs on has this much free
+ALWAYS_FITS = 2**24
+
+
+def available_memory():
+    """Bytes of memory available to this process (Linux ``MemAvailable``; elsewhere the
+    available physical pages; ``2**63`` if neither can be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**63
+
+
+def nbytes(shape, itemsize=8):
+    """Bytes of an array of ``shape`` (Python integers: no int64 overflow for absurd shapes)."""
+    return math.prod(int(s) for s in shape) * int(itemsize)
+
+
+def describe(shape):
+    """``"a x b x c"`` for a message."""
+    return " x ".join(str(int(s)) for s in shape)
+
+
+def check_fits(need, where, what, hint="", error=ArrayTooLargeError):
+    """Refuse (``error``, an :class:`ArrayTooLargeError`) ``need`` bytes for ``what``
+    when they exceed the memory available; ``where`` names the function.  ``where`` and
+    ``what`` may be functions returning the text, called only for a refusal (the check
+    runs in every layer's pass, where formatting a message each time would cost more
+    than the check)."""
+    if need <= ALWAYS_FITS:
+        return
+    limit = available_memory()
+    if need > limit:
+        where, what = (s() if callable(s) else s for s in (where, what))
+        raise error(f"{where}: {what} would need {need / 2**30:.2f} GiB but only {max(limit, 0) / 2**30:.2f} "
+                    f"GiB are available{hint}")
