@@ -14,6 +14,8 @@ from .nn import (
 from .params import flatten_params, unflatten_params
 # names of the curvature matrices
 from .vocabulary import CURVATURES
+# arrays refused before they are allocated
+from .memory import ArrayTooLargeError
 # first and second derivatives
 from .derivatives import grad, hvp, loss, per_sample_grads
 # curvature: exact matrices, diagonals, one operator interface, Kronecker approximations
@@ -51,7 +53,7 @@ __all__ = [
     # first and second derivatives
     "loss", "grad", "per_sample_grads", "hvp",
     # exact curvature matrices
-    "hessian", "ggn", "residual", "fisher", "CurvatureTooLargeError",
+    "hessian", "ggn", "residual", "fisher", "CurvatureTooLargeError", "ArrayTooLargeError",
     # diagonal approximations
     "hessian_diagonal", "ggn_diagonal", "fisher_diagonal", "curvature_diagonal", "obd_diagonal",
     # one interface for every curvature matrix
@@ -63,6 +65,6 @@ __all__ = [
     # bridges to PyTorch and JAX
     "from_torch", "to_torch", "to_jax", "from_jax",
     # the options table; training and pruning
-    "options", "optim", "DivergenceError", "train", "minimize", "prune", "PruneResult", "PruningWarning", "obs_trace", "OBSTrace", "saliencies", "OBS",
-    "SingularCurvatureError", "prunable_mask", "remove_units",
+    "options", "optim", "DivergenceError", "train", "minimize", "prune", "PruneResult", "PruningWarning",
+    "obs_trace", "OBSTrace", "saliencies", "OBS", "SingularCurvatureError", "prunable_mask", "remove_units",
 ]
