@@ -78,7 +78,7 @@ def test_fixtures_and_check_subcommands(capsys, tmp_path):
 
 
 def test_hessian_subcommand_as_tasks_and_resumed(capsys, tmp_path, monkeypatch):
-    from refprune.curvature import parallel
+    from refprune.curvature import parallel, store
 
     spec = "Linear(5, 6) Tanh Linear(6, 3)"
     common = ("hessian", "--model", spec, "--input-shape", "5", "--samples", "12", "--seed", "3")
@@ -92,7 +92,7 @@ def test_hessian_subcommand_as_tasks_and_resumed(capsys, tmp_path, monkeypatch):
     assert code == 0 and "block 2/2" in err
     assert np.array_equal(np.load(out), ref)  # whole layers over all samples: the same bits
     # interrupted after one block, then resumed: only the other blocks are computed
-    real_mark, submitted = parallel.BlockRecord.mark, []
+    real_mark, submitted = store.BlockRecord.mark, []
 
     def mark_then_stop(self, key, block):
         real_mark(self, key, block)
@@ -100,10 +100,10 @@ def test_hessian_subcommand_as_tasks_and_resumed(capsys, tmp_path, monkeypatch):
 
     real_run = parallel.run
     monkeypatch.setattr(parallel, "run", lambda ex, jobs, *a: (submitted.append(len(jobs)), real_run(ex, jobs, *a)))
-    monkeypatch.setattr(parallel.BlockRecord, "mark", mark_then_stop)
+    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run(capsys, *common, "--out", str(out), "--block-rows", "7", "--shards", "2")
-    monkeypatch.setattr(parallel.BlockRecord, "mark", real_mark)
+    monkeypatch.setattr(store.BlockRecord, "mark", real_mark)
     code, _, err = run(capsys, *common, "--out", str(out), "--block-rows", "7", "--shards", "2", "--resume")
     assert code == 0 and "resuming" in err
     assert submitted[1] == submitted[0] - 1

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import refprune as rp
-from refprune.curvature import exact, parallel
+from refprune.curvature import exact, parallel, store
 
 from cases import make
 
@@ -89,9 +89,9 @@ def counting_run(monkeypatch):
     submitted = []
     real = parallel.run
 
-    def run(executor, jobs, consume, progress, name):
+    def run(executor, jobs, *args):
         submitted.append(len(jobs))
-        return real(executor, jobs, consume, progress, name)
+        return real(executor, jobs, *args)
 
     monkeypatch.setattr(parallel, "run", run)
     return submitted
@@ -106,7 +106,7 @@ def test_interrupted_run_restarts_with_only_the_missing_blocks(tmp_path, monkeyp
     H = rp.hessian(m, p, X, y, l)
     out = memmap(tmp_path, m.n_params)
     submitted = counting_run(monkeypatch)
-    real_mark, marks = parallel.BlockRecord.mark, []
+    real_mark, marks = store.BlockRecord.mark, []
 
     def mark_then_stop(self, key, block):
         real_mark(self, key, block)
@@ -114,10 +114,10 @@ def test_interrupted_run_restarts_with_only_the_missing_blocks(tmp_path, monkeyp
         if len(marks) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(parallel.BlockRecord, "mark", mark_then_stop)
+    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_stop)
     with pytest.raises(KeyboardInterrupt):
         rp.hessian(m, p, X, y, l, out=out, block_rows=4)
-    monkeypatch.setattr(parallel.BlockRecord, "mark", real_mark)
+    monkeypatch.setattr(store.BlockRecord, "mark", real_mark)
     out2 = np.load(str(tmp_path / "h.npy"), mmap_mode="r+")
     rp.hessian(m, p, X, y, l, out=out2, block_rows=4)
     total = len(exact.row_blocks(m, 4))
@@ -162,7 +162,7 @@ def test_worker_lost_in_a_process_pool_then_restart(tmp_path, monkeypatch):
     out = memmap(tmp_path, m.n_params)
     submitted = counting_run(monkeypatch)
     total = len(exact.row_blocks(m, 2))
-    with CrashingPool(crash_at=4) as pool, pytest.raises(parallel.WorkerLostError, match="call again with the same out="):
+    with CrashingPool(crash_at=4) as pool, pytest.raises(parallel.WorkerLostError, match="call ggn again with the same out="):
         rp.ggn(m, p, X, y, l, out=out, executor=pool, block_rows=2)
     with cf.ProcessPoolExecutor(2) as ex:
         rp.ggn(m, p, X, y, l, out=out, executor=ex, block_rows=2)
@@ -232,7 +232,7 @@ def test_dask_local_cluster(dask_client, name):
 def test_dask_worker_killed_mid_run(dask_client, monkeypatch):
     m, p, X, y, l = make("conv-tanh-avgpool", "ce-mean", n=12)
     H = rp.hessian(m, p, X, y, l)
-    real_mark = parallel.BlockRecord.mark
+    real_mark = store.BlockRecord.mark
     killed = []
 
     def mark_then_kill(self, key, block):
@@ -242,7 +242,7 @@ def test_dask_worker_killed_mid_run(dask_client, monkeypatch):
             os.kill(pid, signal.SIGKILL)  # the nanny restarts it; its tasks are rescheduled
             killed.append(pid)
 
-    monkeypatch.setattr(parallel.BlockRecord, "mark", mark_then_kill)
+    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_kill)
     out = rp.hessian(m, p, X, y, l, executor=dask_client, block_rows=2, shards=2)
     assert killed and rel(out, H) <= RTOL
 
