@@ -2,6 +2,8 @@
 writes the same matrix as the library, estimates before it starts and refuses what will
 not fit; the fixtures and check subcommands run."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -78,7 +80,7 @@ def test_fixtures_and_check_subcommands(capsys, tmp_path):
 
 
 def test_hessian_subcommand_as_tasks_and_resumed(capsys, tmp_path, monkeypatch):
-    from refprune.curvature import parallel, store
+    from refprune.curvature import exact, parallel, store
 
     spec = "Linear(5, 6) Tanh Linear(6, 3)"
     common = ("hessian", "--model", spec, "--input-shape", "5", "--samples", "12", "--seed", "3")
@@ -91,22 +93,73 @@ def test_hessian_subcommand_as_tasks_and_resumed(capsys, tmp_path, monkeypatch):
     code, _, err = run(capsys, *common, "--out", str(out), "--workers", "2")
     assert code == 0 and "block 2/2" in err
     assert np.array_equal(np.load(out), ref)  # whole layers over all samples: the same bits
-    # interrupted after one block, then resumed: only the other blocks are computed
+    assert np.array_equal(rp.load_matrix(str(out)), ref)
+    assert not (tmp_path / "H.npy.partial").exists()
+    # interrupted after one block of the real run (not the estimate's, which keeps no record)
     real_mark, submitted = store.BlockRecord.mark, []
 
     def mark_then_stop(self, key, block):
         real_mark(self, key, block)
-        raise KeyboardInterrupt
+        if self.persistent:
+            raise KeyboardInterrupt
 
+    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_stop)
+    out2 = tmp_path / "H2.npy"
+    code, _, err = run(capsys, *common, "--out", str(out2), "--block-rows", "7", "--shards", "2")
+    assert code == 130
+    assert err.splitlines()[-1] == (f"refprune hessian: interrupted; the finished blocks are recorded in {out2}.partial: "
+                                    "run the same command with --resume to continue")
+    assert not out2.exists()  # only ever there complete
+    with pytest.raises(rp.IncompleteResultError, match="blocks missing: layer"):
+        rp.load_matrix(f"{out2}.partial")
+    monkeypatch.setattr(store.BlockRecord, "mark", real_mark)
     real_run = parallel.run
     monkeypatch.setattr(parallel, "run", lambda ex, jobs, *a: (submitted.append(len(jobs)), real_run(ex, jobs, *a)))
-    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        run(capsys, *common, "--out", str(out), "--block-rows", "7", "--shards", "2")
-    monkeypatch.setattr(store.BlockRecord, "mark", real_mark)
-    code, _, err = run(capsys, *common, "--out", str(out), "--block-rows", "7", "--shards", "2", "--resume")
+    code, _, err = run(capsys, *common, "--out", str(out2), "--block-rows", "7", "--shards", "2", "--resume")
     assert code == 0 and "resuming" in err
-    assert submitted[1] == submitted[0] - 1
-    assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()
+    assert submitted == [len(exact.row_blocks(model, 7)) - 1]  # no estimate on resume; one block was kept
+    assert np.abs(np.load(out2) - ref).max() <= 1e-12 * np.abs(ref).max()
+    assert not (tmp_path / "H2.npy.partial").exists() and not (tmp_path / "H2.npy.partial.refprune.json").exists()
+    assert json.loads((tmp_path / "H2.npy.refprune.json").read_text())["complete"] is True
+    code, _, err = run(capsys, *common, "--out", str(out2), "--resume")
+    assert code == 0 and "is complete; nothing to resume" in err
     code, _, err = run(capsys, *common, "--resume")
     assert code == 2 and "give the --out FILE.npy" in err
+
+
+def test_hessian_subcommand_in_one_pass_renames_only_when_complete(capsys, tmp_path, monkeypatch):
+    """No --workers, --block-rows or --shards: one pass into FILE.npy.partial (the
+    library's own memmap path), renamed when done; interrupted, it says that --resume
+    computes it again; the destination never exists before the end."""
+    from refprune.curvature import exact
+
+    spec = "Linear(4, 5) Tanh Linear(5, 2)"
+    common = ("hessian", "--model", spec, "--input-shape", "4", "--samples", "9", "--loss", "mse")
+    model = parse_model(spec)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((9, 4))
+    y = rng.standard_normal((9, 2))
+    ref = rp.hessian(model, model.init(seed=0), X, y, rp.MSELoss())
+    out = tmp_path / "H.npy"
+    real, seen = exact._assemble, []
+
+    def assemble(inp, *a, **kw):
+        seen.append(out.exists())
+        if inp.n_samples == 9 and kw.get("rows_of") is None and isinstance(a[2].out, np.memmap):
+            raise KeyboardInterrupt  # the real run, not the estimate's scratch runs
+        return real(inp, *a, **kw)
+
+    monkeypatch.setattr(exact, "_assemble", assemble)
+    code, _, err = run(capsys, *common, "--out", str(out))
+    assert code == 130 and not out.exists() and seen and not any(seen)
+    assert err.splitlines()[-1] == (f"refprune hessian: interrupted; {out}.partial is unfinished (a run without "
+                                    "--workers, --block-rows or --shards records no blocks before its end): run the "
+                                    "same command with --resume to compute it again")
+    with pytest.raises(rp.IncompleteResultError, match="blocks missing: layer 0"):
+        rp.load_matrix(f"{out}.partial")
+    monkeypatch.setattr(exact, "_assemble", real)
+    code, _, err = run(capsys, *common, "--out", str(out), "--resume")
+    assert code == 0 and np.array_equal(np.load(out), ref)
+    assert np.array_equal(rp.load_matrix(str(out)), ref)
+    code, _, err = run(capsys, *common, "--out", str(out))  # a new run replaces the old result at the end
+    assert code == 0 and np.array_equal(rp.load_matrix(str(out)), ref)

@@ -80,6 +80,7 @@ def read_mirror(out, end, rows):
 
 
 def describe(key, rows):
+    """``"layer 2 (rows 16:31)"``: a block as messages name it."""
     return f"{key} (rows " + ", ".join(f"{a}:{b}" for a, b in rows) + ")"
 
 
