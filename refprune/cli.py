@@ -219,34 +219,36 @@ def cmd_hessian(args):
             raise UsageError(f"the {n} x {n} matrix needs {need / 2**30:.2f} GiB, more than the memory available; "
                              "give --out FILE.npy to write it to disk")
         dest = np.empty((n, n))
+    if not args.out:
+        hint = "nothing was kept (without --out); give --out FILE.npy to keep finished blocks for --resume"
+    elif _runs_as_tasks(args):
+        hint = f"the finished blocks are recorded in {partial}: run the same command with --resume to continue"
+    else:
+        hint = (f"{partial} is unfinished (a run without --workers, --block-rows or --shards records no blocks "
+                "before its end): run the same command with --resume to compute it again")
     pool = _pool(args.workers)
-    try:
-        if not args.resume:
-            # a scratch view: not a memmap of a file, so nothing is recorded for it
-            scratch = dest.view(np.ndarray)
-            est = _estimate(lambda k: _compute(rp, args, model, params, X[:k], y[:k], loss, scratch, False, pool,
-                                               shards=min(args.shards, k)), N)
-            print(f"{args.curvature}: n = {n} parameters, N = {N} samples: {need / 2**30:.3f} GiB, about "
-                  f"{_seconds(est)}", file=sys.stderr)
-            if args.dry_run:
-                if args.out:
-                    del dest, scratch
-                    os.remove(partial)
-                return 0
-        M = _compute(rp, args, model, params, X, y, loss, dest, True, pool)
-    except KeyboardInterrupt:
-        _stop(pool)
-        if not args.out:
-            hint = "nothing was kept (without --out); give --out FILE.npy to keep finished blocks for --resume"
-        elif _runs_as_tasks(args):
-            hint = f"the finished blocks are recorded in {partial}: run the same command with --resume to continue"
-        else:
-            hint = (f"{partial} is unfinished (a run without --workers, --block-rows or --shards records no blocks "
-                    "before its end): run the same command with --resume to compute it again")
-        print(f"refprune hessian: interrupted; {hint}", file=sys.stderr)
-        return 130
-    finally:
-        _stop(pool, force=False)
+    with _Interrupts(pool, f"refprune hessian: interrupted; {hint}") as interrupts:
+        try:
+            if not args.resume:
+                # a scratch view: not a memmap of a file, so nothing is recorded for it
+                scratch = dest.view(np.ndarray)
+                est = _estimate(lambda k: _compute(rp, args, model, params, X[:k], y[:k], loss, scratch, False, pool,
+                                                   shards=min(args.shards, k)), N)
+                print(f"{args.curvature}: n = {n} parameters, N = {N} samples: {need / 2**30:.3f} GiB, about "
+                      f"{_seconds(est)}", file=sys.stderr)
+                if args.dry_run:
+                    if args.out:
+                        del dest, scratch
+                        os.remove(partial)
+                    return 0
+            M = _compute(rp, args, model, params, X, y, loss, dest, True, pool)
+        except KeyboardInterrupt:
+            _stop(pool)
+            interrupts.report()
+            interrupts.leave()
+            return 130
+        finally:
+            _stop(pool, force=False)
     if args.out:
         M.flush()
         del M, dest
@@ -315,27 +317,85 @@ def _pool(workers):
 
 def _stop(pool, force=True):
     """Shut the pool down without waiting on its tasks; ``force`` ends its processes
-    (an interrupt: a task may run for minutes).  A further Ctrl-C meanwhile is ignored:
-    this takes at most a few seconds and must not be cut short, or the interpreter's
-    exit would wait on the pool."""
+    (after an interrupt: a task may run for minutes).
+
+    Python before 3.14 has no public way to end a pool's processes: they are taken from
+    ``_processes``, and the feeder thread of ``_call_queue``, which may be blocked
+    writing to a pipe that no worker will read any more, is not waited for (otherwise
+    the pool's management thread, and the interpreter's exit after it, would hang)."""
     if pool is None:
         return
-    import signal
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    calls = getattr(pool, "_call_queue", None)
+    if force and calls is not None:
+        calls.cancel_join_thread()
+    pool.shutdown(wait=not force, cancel_futures=True)
+    if force:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(2)
+            if p.is_alive():
+                p.kill()
 
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        procs = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before Python 3.14
-        pool.shutdown(wait=not force, cancel_futures=True)
-        if force:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.join(2)
-                if p.is_alive():
-                    p.kill()
-                    p.join(2)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+
+class _Interrupts:
+    """Ctrl-C during a run with worker processes.  The first raises ``KeyboardInterrupt``
+    as usual: the driver stops, the workers are ended and :meth:`report` prints the one
+    line ``line``.  A second one, wherever the first's clean-up is, kills the workers and
+    leaves at once with exit status 130; so does any Ctrl-C after the first until the
+    process ends (the handler stays: the command is only returning 130)."""
+
+    def __init__(self, pool, line):
+        self.pool, self.line, self.count, self.reported, self.previous = pool, line, 0, False, None
+        self.pids = set()
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if self.pool is not None and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None and self.count == 0:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+    def report(self):
+        if not self.reported:
+            self.reported = True
+            print(self.line, file=sys.stderr, flush=True)
+
+    def leave(self):
+        """After a real Ctrl-C with workers, end the process here (exit status 130).  The
+        pool's management thread may be blocked reading a result that a killed worker
+        left half sent, and the interpreter's exit would wait on it for ever
+        (``concurrent.futures`` joins it at exit); everything worth keeping is on disk
+        already (each block's record is saved after its bytes are flushed)."""
+        if self.count:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+
+    def _handler(self, signum, frame):
+        import signal
+
+        self.count += 1
+        self.pids.update(getattr(self.pool, "_processes", None) or {})  # gone from the pool once it shuts down
+        if self.count == 1:
+            raise KeyboardInterrupt
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass  # already gone
+        if not self.reported:
+            os.write(2, (self.line + "\n").encode())
+        os._exit(130)
 
 
 def _runs_as_tasks(args):
