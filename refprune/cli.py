@@ -266,16 +266,18 @@ def _seconds(t):
     return f"{t:.1f} s" if t < 600 else f"{t / 60:.0f} min"
 
 
-def _estimate(timed, N, budget=1.0):
+def _estimate(timed, N, least=0.3, budget=3.0):
     """The time of the whole run from runs on the first ``k`` samples.
 
-    The cost is ``a + b N``: ``a`` writes the ``n x n`` result and starts the tasks
+    The cost is about ``a + b N``: ``a`` writes the ``n x n`` result and starts the tasks
     whatever ``N``, ``b`` is the ``O(n^2)`` assembly per sample.  Timing one sample and
-    multiplying by ``N`` counts ``a`` ``N`` times; instead ``k`` and ``2k`` samples are
-    timed (after one warm-up run: imports, the workers' first tasks), ``k`` doubling
-    until the difference stands clear of the noise (a quarter of the time of ``k``) or
-    the calibration has cost ``budget`` seconds (or a tenth of the estimate, if more),
-    and the line through the two is extrapolated to ``N``."""
+    multiplying by ``N`` counts ``a`` ``N`` times.  Instead, after a warm-up run
+    (imports, the workers' first tasks), one sample and then ``k = 2, 4, 8, ...``
+    samples are timed until the time of ``k`` is at least ``least`` seconds and four
+    times that of one sample (so that the difference stands clear of the noise of a
+    shared machine), or the calibration has cost ``budget`` seconds, or ``k`` reaches
+    ``N``; the line through ``(1, t_1)`` and ``(k, t_k)`` is extrapolated to ``N``.  If
+    noise makes it fall, ``t_k N / k`` (no fixed part) is taken instead."""
 
     def clock(k):
         t0 = time.perf_counter()
@@ -283,21 +285,20 @@ def _estimate(timed, N, budget=1.0):
         return time.perf_counter() - t0
 
     clock(1)
-    k, t1 = 1, clock(1)
-    spent = t1
-    while True:
-        k2 = min(2 * k, N)
-        if k2 == k:
-            return t1
-        t2 = clock(k2)
-        spent += t2
-        if k2 == N:
-            return t2
-        slope = max(t2 - t1, 0.0) / (k2 - k)
-        est = t2 + slope * (N - k2)
-        if t2 - t1 >= 0.25 * t1 or spent >= max(budget, 0.1 * est):
-            return est
-        k, t1 = k2, t2
+    t1 = clock(1)
+    if N == 1:
+        return t1
+    k, tk, spent = 1, t1, t1
+    while k < N and (tk < max(least, 4 * t1) and spent < budget or k == 1):
+        k = min(2 * k, N)
+        tk = clock(k)
+        spent += tk
+    if k == N:
+        return tk
+    slope = (tk - t1) / (k - 1)
+    if slope <= 0:
+        return tk * N / k
+    return max(t1 - slope, 0.0) + slope * N
 
 
 def _ignore_interrupts():

@@ -3,6 +3,7 @@ writes the same matrix as the library, estimates before it starts and refuses wh
 not fit; the fixtures and check subcommands run."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -163,3 +164,64 @@ def test_hessian_subcommand_in_one_pass_renames_only_when_complete(capsys, tmp_p
     assert np.array_equal(rp.load_matrix(str(out)), ref)
     code, _, err = run(capsys, *common, "--out", str(out))  # a new run replaces the old result at the end
     assert code == 0 and np.array_equal(rp.load_matrix(str(out)), ref)
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups to send Ctrl-C as a terminal does")
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_with_workers_is_one_line_exit_130_and_resumes(capsys, tmp_path, presses):
+    """A real ``refprune hessian --workers 2`` in its own process group gets SIGINT (as
+    from a terminal: the driver and its workers) once its first block is done, once or
+    twice in a row: one line naming --resume and the partial file, exit status 130,
+    within a bounded time, no process left; --resume then finishes the matrix, which
+    equals the library's in one process."""
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    spec = "Linear(6, 24) Tanh Linear(24, 24) Tanh Linear(24, 4)"
+    common = ["hessian", "--model", spec, "--input-shape", "6", "--samples", "120", "--block-rows", "40",
+              "--out", str(tmp_path / "H.npy")]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "refprune", *common, "--workers", "2"], cwd=str(tmp_path),
+                            env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(s) for s in proc.stderr] and None, daemon=True).start()
+    try:
+        deadline, seen = time.monotonic() + 60, []
+        while not any(": block 1/" in s for s in seen):
+            seen.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        for _ in range(presses):
+            os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    rest = [s for s in rest if s.strip() and ": block " not in s]
+    assert code == 130, rest
+    assert rest == [f"refprune hessian: interrupted; the finished blocks are recorded in {tmp_path / 'H.npy'}.partial: "
+                    "run the same command with --resume to continue\n"], rest
+    for _ in range(50):  # the workers are gone too (SIGKILL is delivered at once, reaping takes a moment)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("worker processes outlived the driver")
+    assert not (tmp_path / "H.npy").exists() and (tmp_path / "H.npy.partial").exists()
+    code, _, err = run(capsys, *common, "--resume")
+    assert code == 0 and "resuming" in err
+    model = parse_model(spec)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 6))
+    y = rng.integers(0, 4, 120)
+    ref = rp.hessian(model, model.init(seed=0), X, y, rp.CrossEntropyLoss())
+    assert np.abs(rp.load_matrix(str(tmp_path / "H.npy")) - ref).max() <= 1e-12 * np.abs(ref).max()
