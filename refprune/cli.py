@@ -98,12 +98,11 @@ def _check_options(args):
 def _npz(path, option):
     """The arrays of an ``.npz`` file given as ``option``, or a one-line error naming it."""
     try:
-        with np.load(path, allow_pickle=False) as d:
-            if not isinstance(d, np.lib.npyio.NpzFile):
-                raise UsageError(f"{option} {path}: expected an .npz file of named arrays, got an .npy array")
+        d = np.load(path, allow_pickle=False)
+        if not isinstance(d, np.lib.npyio.NpzFile):
+            raise UsageError(f"{option} {path}: expected an .npz file of named arrays, got an .npy array")
+        with d:
             return {k: d[k] for k in d.files}
-    except AttributeError:  # an .npy file: np.load gave an array, which is no context manager
-        raise UsageError(f"{option} {path}: expected an .npz file of named arrays, got an .npy array") from None
     except (OSError, ValueError, EOFError) as err:
         raise UsageError(f"{option} {path}: cannot be read as an .npz file ({err})") from None
 
