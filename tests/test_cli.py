@@ -225,3 +225,44 @@ def test_ctrl_c_with_workers_is_one_line_exit_130_and_resumes(capsys, tmp_path, 
     y = rng.integers(0, 4, 120)
     ref = rp.hessian(model, model.init(seed=0), X, y, rp.CrossEntropyLoss())
     assert np.abs(rp.load_matrix(str(tmp_path / "H.npy")) - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+def test_demo_checks_the_picture_before_the_run(capsys, monkeypatch, tmp_path):
+    """Without matplotlib, or into a directory that is not there, --plot and --heatmaps
+    stop at once (one line, exit 2), before any training is printed."""
+    import sys
+
+    for k in [k for k in sys.modules if k == "matplotlib" or k.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, k)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    code, out, err = run(capsys, "demo", "--plot", str(tmp_path / "x.png"))
+    assert code == 2 and out == ""
+    assert err == (f"refprune demo: error: --plot {tmp_path / 'x.png'}: refprune.plot needs matplotlib: pip install "
+                   "matplotlib (or pip install 'refprune[validation]') (see refprune demo --help)\n")
+    monkeypatch.undo()
+    pytest.importorskip("matplotlib")
+    code, out, err = run(capsys, "demo", "--heatmaps", str(tmp_path / "no" / "h.png"))
+    assert code == 2 and out == "" and f"the directory {tmp_path / 'no'} does not exist" in err
+
+
+def test_cli_and_demo_do_not_import_each_other():
+    """demo takes its argparse pieces from cli_parsing; only cli imports demo (to run it)."""
+    import ast
+    import inspect
+
+    import refprune.cli_parsing
+    import refprune.demo
+
+    def imported(module):
+        names = set()
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.ImportFrom):
+                names.add(("." * node.level) + (node.module or ""))
+                names.update(("." * node.level) + a.name for a in node.names if not node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        return names
+
+    assert not {"refprune.cli", ".cli"} & imported(refprune.demo)
+    assert not {"refprune.cli", ".cli", "refprune.demo", ".demo"} & imported(refprune.cli_parsing)
+    assert "refprune.cli_parsing" in imported(refprune.demo)
