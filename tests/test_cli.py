@@ -108,8 +108,8 @@ def test_hessian_subcommand_as_tasks_and_resumed(capsys, tmp_path, monkeypatch):
     out2 = tmp_path / "H2.npy"
     code, _, err = run(capsys, *common, "--out", str(out2), "--block-rows", "7", "--shards", "2")
     assert code == 130
-    assert err.splitlines()[-1] == (f"refprune hessian: interrupted; the finished blocks are recorded in {out2}.partial: "
-                                    "run the same command with --resume to continue")
+    assert err.splitlines()[-1] == (f"refprune hessian: interrupted; the finished blocks are recorded in "
+                                    f"{out2}.partial: run the same command with --resume to continue")
     assert not out2.exists()  # only ever there complete
     with pytest.raises(rp.IncompleteResultError, match="blocks missing: layer"):
         rp.load_matrix(f"{out2}.partial")

@@ -164,7 +164,8 @@ def test_worker_lost_in_a_process_pool_then_restart(tmp_path, monkeypatch):
     out = memmap(tmp_path, m.n_params)
     submitted = counting_run(monkeypatch)
     total = len(exact.row_blocks(m, 2))
-    with CrashingPool(crash_at=4) as pool, pytest.raises(parallel.WorkerLostError, match="call ggn again with the same out="):
+    with CrashingPool(crash_at=4) as pool, \
+            pytest.raises(parallel.WorkerLostError, match="call ggn again with the same out="):
         rp.ggn(m, p, X, y, l, out=out, executor=pool, block_rows=2)
     with cf.ProcessPoolExecutor(2) as ex:
         rp.ggn(m, p, X, y, l, out=out, executor=ex, block_rows=2)

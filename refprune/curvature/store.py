@@ -184,7 +184,7 @@ def _check_tiling(layout, n, fail):
 
 def _store_label(out):
     if isinstance(out, np.memmap) and out.filename:
-        return out.filename
+        return os.fspath(out.filename)
     return f"the {type(out).__name__}'s attrs['refprune']"
 
 
@@ -201,7 +201,8 @@ class BlockRecord:
 
     def __init__(self, out, fp, name, layout):
         self.out, self.fp, self.name, self.layout = out, fp, name, layout
-        self.path = (out.filename + ".refprune.json") if isinstance(out, np.memmap) and out.filename else None
+        memmap_file = isinstance(out, np.memmap) and out.filename
+        self.path = (os.fspath(out.filename) + ".refprune.json") if memmap_file else None
         self.persistent = self.path is not None or is_array_store(out)
         self.label = self.path if self.path is not None else _store_label(out)
         self.done = {}
@@ -337,7 +338,7 @@ def load_matrix(source):
         else:
             raise FileNotFoundError(f"{where}: no file or Zarr store at {path!r}")
     elif isinstance(source, np.memmap) and source.filename:
-        arr, label = source, source.filename + ".refprune.json"
+        arr, label = source, os.fspath(source.filename) + ".refprune.json"
         raw = _read_text(label)
     elif is_array_store(source):
         arr, label = source, f"of the {type(source).__name__} (attrs['refprune'])"
