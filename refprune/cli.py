@@ -265,35 +265,42 @@ def _seconds(t):
     return f"{t:.1f} s" if t < 600 else f"{t / 60:.0f} min"
 
 
-def _estimate(timed, N, least=0.3, budget=3.0):
+def _estimate(timed, N, least=0.3, share=0.2, fraction=1 / 32):
     """The time of the whole run from runs on the first ``k`` samples.
 
-    The cost is about ``a + b N``: ``a`` writes the ``n x n`` result and starts the tasks
-    whatever ``N``, ``b`` is the ``O(n^2)`` assembly per sample.  Timing one sample and
-    multiplying by ``N`` counts ``a`` ``N`` times.  Instead, after a warm-up run
-    (imports, the workers' first tasks), one sample and then ``k = 2, 4, 8, ...``
-    samples are timed until the time of ``k`` is at least ``least`` seconds and four
-    times that of one sample (so that the difference stands clear of the noise of a
-    shared machine), or the calibration has cost ``budget`` seconds, or ``k`` reaches
-    ``N``; the line through ``(1, t_1)`` and ``(k, t_k)`` is extrapolated to ``N``.  If
-    noise makes it fall, ``t_k N / k`` (no fixed part) is taken instead."""
+    The cost is about ``a + b N``: ``a`` writes the ``n x n`` result (and, with workers,
+    sends it back from them) whatever ``N``, ``b`` is the ``O(n^2)`` assembly per
+    sample.  Timing one sample and multiplying by ``N`` counts ``a`` ``N`` times.
+    Instead, after a warm-up run (imports, the workers' first tasks), one sample and then
+    ``k = fraction N`` (at least 2), ``2k``, ``4k``, ... samples are timed until the
+    per-sample part shows clearly (the time of ``k`` at least twice that of one sample
+    and at least ``least`` seconds, above the timer's and the machine's noise), and the
+    line through ``(1, t_1)`` and ``(k, t_k)`` is extrapolated to ``N``.  (A few
+    samples are cheaper per sample than many: their temporaries stay in the processor's
+    caches; ``N / 32`` samples come within a factor 1.5 of the run's rate where
+    measured, ``benchmarks/bench_cli_estimate.py``.)  The calibration stops earlier once
+    it has cost ``share`` of ``t_k N / k`` (an upper bound of the run: no fixed part),
+    which it then returns if the line is not resolved; at ``k = N`` it is the run's own
+    time."""
 
     def clock(k):
         t0 = time.perf_counter()
         timed(k)
         return time.perf_counter() - t0
 
-    clock(1)
-    t1 = clock(1)
-    if N == 1:
-        return t1
-    k, tk, spent = 1, t1, t1
-    while k < N and (tk < max(least, 4 * t1) and spent < budget or k == 1):
-        k = min(2 * k, N)
+    warm = clock(1)
+    t1 = min(warm, clock(1))
+    k, tk, spent = 1, t1, warm + t1
+    while k < N:
+        k = min(max(2 * k, int(np.ceil(fraction * N))), N)
         tk = clock(k)
         spent += tk
-    if k == N:
-        return tk
+        if k == N:
+            return tk
+        if (tk >= 2 * t1 and tk >= least) or spent >= share * tk * N / k:
+            break
+    if k == 1:
+        return t1
     slope = (tk - t1) / (k - 1)
     if slope <= 0:
         return tk * N / k

@@ -266,3 +266,24 @@ def test_cli_and_demo_do_not_import_each_other():
     assert not {"refprune.cli", ".cli"} & imported(refprune.demo)
     assert not {"refprune.cli", ".cli", "refprune.demo", ".demo"} & imported(refprune.cli_parsing)
     assert "refprune.cli_parsing" in imported(refprune.demo)
+
+
+def test_the_estimate_extrapolates_a_line_not_one_sample_times_n(monkeypatch):
+    """A run costing ``a + b k`` on ``k`` samples (a clock that advances by exactly that):
+    the estimate is ``a + b N``, where one sample times ``N`` would give ``(a + b) N``;
+    a warm-up slower than the rest does not count; ``N = 1`` is one sample's time."""
+    from refprune import cli
+
+    now = [0.0]
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
+    for a, b, N in ((2.0, 0.01, 1000), (0.05, 0.002, 300), (1.0, 0.5, 7)):
+        calls = []
+
+        def timed(k):
+            now[0] += a + b * k + (3.0 if not calls else 0.0)  # the first run also imports
+            calls.append(k)
+
+        assert cli._estimate(timed, N) == pytest.approx(a + b * N, rel=1e-9)
+        assert sum(calls[1:]) <= N  # the calibration costs less than the run
+    calls = []
+    assert cli._estimate(lambda k: now.__setitem__(0, now[0] + 0.5) or calls.append(k), 1) == 0.5 and calls == [1, 1]
