@@ -265,7 +265,7 @@ def _seconds(t):
     return f"{t:.1f} s" if t < 600 else f"{t / 60:.0f} min"
 
 
-def _estimate(timed, N, least=0.3, share=0.2, fraction=1 / 32):
+def _estimate(timed, N, least=0.3, share=0.25, fraction=1 / 8):
     """The time of the whole run from runs on the first ``k`` samples.
 
     The cost is about ``a + b N``: ``a`` writes the ``n x n`` result (and, with workers,
@@ -277,8 +277,9 @@ def _estimate(timed, N, least=0.3, share=0.2, fraction=1 / 32):
     and at least ``least`` seconds, above the timer's and the machine's noise), and the
     line through ``(1, t_1)`` and ``(k, t_k)`` is extrapolated to ``N``.  (A few
     samples are cheaper per sample than many: their temporaries stay in the processor's
-    caches; ``N / 32`` samples come within a factor 1.5 of the run's rate where
-    measured, ``benchmarks/bench_cli_estimate.py``.)  The calibration stops earlier once
+    caches and their matrix products below the sizes where BLAS starts threads; so the
+    calibration runs on an eighth of the samples, which costs about an eighth of the run,
+    ``benchmarks/bench_cli_estimate.py``.)  The calibration stops earlier once
     it has cost ``share`` of ``t_k N / k`` (an upper bound of the run: no fixed part),
     which it then returns if the line is not resolved; at ``k = N`` it is the run's own
     time."""
