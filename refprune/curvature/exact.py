@@ -271,8 +271,11 @@ def hessian(model, params, X, y, loss, out=None, max_bytes=None, progress=False,
         Split the samples into this many contiguous shards, assembled separately and
         summed in order.
     out : also a Zarr array (or any store with ``attrs``); written block by block, and
-        it records the blocks done, so a call with the same ``out`` after an
-        interruption computes only the missing ones (as does a ``numpy.memmap``).
+        it records the blocks done, rows and mirror, so a call with the same ``out``
+        after an interruption computes only the missing or overwritten ones (as does a
+        ``numpy.memmap`` of a file, whose record is ``<file>.refprune.json``).  The
+        record says ``complete`` once every block is written;
+        :func:`refprune.load_matrix` reads the result back only then, verified.
 
     One block per layer over all samples gives the same bits as one process; finer
     blocks or several shards agree to rounding (the same sums grouped differently).
@@ -357,7 +360,7 @@ def _mc_targets(inp, name, mc):
 
         return draw_targets(inp, _d.forward(inp)[0], mc["samples"], mc["seed"], mc["targets"])
     if mc.get("targets") is not None:
-        raise ValueError(f"targets= is for curvature='mc_fisher', got curvature={name!r}")
+        raise ValueError(f"fisher: targets= is for curvature='mc_fisher', got curvature={name!r}")
     return None
 
 
