@@ -17,7 +17,6 @@
 Misuse gives one line on stderr and exit status 2, never a traceback.
 """
 
-import argparse
 import ast
 import json
 import os
