@@ -182,7 +182,7 @@ def test_ctrl_c_with_workers_is_one_line_exit_130_and_resumes(capsys, tmp_path, 
     import time
 
     spec = "Linear(6, 24) Tanh Linear(24, 24) Tanh Linear(24, 4)"
-    common = ["hessian", "--model", spec, "--input-shape", "6", "--samples", "120", "--block-rows", "40",
+    common = ["hessian", "--model", spec, "--input-shape", "6", "--samples", "200", "--block-rows", "20",
               "--out", str(tmp_path / "H.npy")]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -221,8 +221,8 @@ def test_ctrl_c_with_workers_is_one_line_exit_130_and_resumes(capsys, tmp_path, 
     assert code == 0 and "resuming" in err
     model = parse_model(spec)
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((120, 6))
-    y = rng.integers(0, 4, 120)
+    X = rng.standard_normal((200, 6))
+    y = rng.integers(0, 4, 200)
     ref = rp.hessian(model, model.init(seed=0), X, y, rp.CrossEntropyLoss())
     assert np.abs(rp.load_matrix(str(tmp_path / "H.npy")) - ref).max() <= 1e-12 * np.abs(ref).max()
 
