@@ -21,8 +21,8 @@ from .derivatives import grad, hvp, loss, per_sample_grads
 # curvature: exact matrices, diagonals, one operator interface, Kronecker approximations
 from .curvature import (
     EKFAC, KFAC, BlockDiagonal, CurvatureOperator, CurvatureTooLargeError, Dense, Diagonal, ExactCurvature,
-    KroneckerBlock, block_diagonal, curvature_diagonal, ekfac, fisher, fisher_diagonal, ggn, ggn_diagonal, hessian,
-    hessian_diagonal, kfac, obd_diagonal, residual,
+    IncompleteResultError, KroneckerBlock, block_diagonal, curvature_diagonal, ekfac, fisher, fisher_diagonal, ggn,
+    ggn_diagonal, hessian, hessian_diagonal, kfac, load_matrix, obd_diagonal, residual,
 )
 # other libraries' K-FAC scalings
 from .library_conventions import LIBRARIES, express_kfac
@@ -54,6 +54,8 @@ __all__ = [
     "loss", "grad", "per_sample_grads", "hvp",
     # exact curvature matrices
     "hessian", "ggn", "residual", "fisher", "CurvatureTooLargeError", "ArrayTooLargeError",
+    # a matrix written to a store, read back only if complete and intact
+    "load_matrix", "IncompleteResultError",
     # diagonal approximations
     "hessian_diagonal", "ggn_diagonal", "fisher_diagonal", "curvature_diagonal", "obd_diagonal",
     # one interface for every curvature matrix

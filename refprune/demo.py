@@ -13,6 +13,7 @@ conv net on generated 8x8 images of bars.  With ``--plot FILE`` (needs matplotli
 the three spectra are drawn.
 """
 
+import os
 import sys
 import time
 import warnings
@@ -20,7 +21,7 @@ import warnings
 import numpy as np
 
 import refprune as rp
-from refprune.cli import OneLineParser, nonnegative_int, positive_float, positive_int
+from refprune.cli_parsing import OneLineParser, nonnegative_int, positive_float, positive_int
 
 
 def spirals(n_per_class=60, classes=3, noise=0.35, seed=0):
@@ -81,6 +82,24 @@ def summarise(name, eig, out=None):
     )
 
 
+def _check_picture(ap, option, path):
+    """Refuse (one line, exit status 2) a picture that could not be saved: matplotlib
+    missing, or a directory that does not exist or cannot be written."""
+    from . import plot
+
+    try:
+        plot.pyplot()
+    except ImportError as err:
+        ap.error(f"{option} {path}: {err}")
+    where = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        ap.error(f"{option} {path}: is a directory; give a file name such as {os.path.join(path, 'spectra.png')}")
+    if not os.path.isdir(where):
+        ap.error(f"{option} {path}: the directory {where} does not exist")
+    if not os.access(where, os.W_OK):
+        ap.error(f"{option} {path}: the directory {where} is not writable")
+
+
 def main(argv=None):
     """Run the demo (``--help`` for the options); returns 0."""
     ap = OneLineParser(prog="refprune demo", description=__doc__.split("\n\n")[0])
@@ -94,6 +113,9 @@ def main(argv=None):
     ap.add_argument("--heatmaps", metavar="FILE", help="save the Hessian, GGN, K-FAC, EKFAC and diagonal side by "
                                                        "side as a PNG (needs matplotlib)")
     args = ap.parse_args(argv)
+    for option in ("plot", "heatmaps"):  # checked before the run, which takes a while
+        if getattr(args, option) is not None:
+            _check_picture(ap, f"--{option}", getattr(args, option))
 
     if args.net == "conv":
         X, y = bars(seed=args.seed)
@@ -151,10 +173,6 @@ def main(argv=None):
     if args.plot or args.heatmaps:
         from . import plot
 
-        try:
-            plot.pyplot()
-        except ImportError as err:
-            sys.exit(str(err))
         if args.plot:
             plot.spectra(eigs, path=args.plot, linthresh=1e-4)
             print(f"spectra plotted to {args.plot}")
@@ -164,7 +182,8 @@ def main(argv=None):
                            "K-FAC": rp.kfac(*args_).to_dense(), "EKFAC": rp.ekfac(*args_).to_dense(),
                            "diagonal": np.diag(rp.hessian_diagonal(*args_))}, path=args.heatmaps)
             print(f"heatmaps of the Hessian and its approximations drawn to {args.heatmaps}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -288,7 +288,295 @@ CASES = [
 
 # ---- stores, interrupts and the command line
 STORE_CLI_CASES = [
+    # the reader of a stored result (refprune.load_matrix)
+    ("load_matrix a complete memmap", lambda m, p, X, y, l: _store_read(m, p, X, y, l, block_rows=5), None, ""),
+    ("load_matrix a complete Zarr store", lambda m, p, X, y, l: _store_read(m, p, X, y, l, kind="zarr"), None, ""),
+    ("load_matrix a memmap of one pass", lambda m, p, X, y, l: _store_read(m, p, X, y, l, kind="one pass"), None, ""),
+    ("load_matrix no record", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_drop_record), ValueError, "there is no record"),
+    ("load_matrix record not JSON", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_text("{not json")), ValueError, "is not valid JSON (Expecting property name"),
+    ("load_matrix record {}", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_text("{}")), ValueError, "it lacks the keys format, version, matrix, n, fingerprint, complete, blocks"),
+    ("load_matrix record a list", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_text("[]")), ValueError, "is not a refprune block record (a JSON object with the keys"),
+    ("load_matrix record an unknown key", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_record(lambda r: r.update(extra=1))), ValueError, "it has unknown keys extra"),
+    ("load_matrix record of version 1", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_text('{"fingerprint": "0", "done": {}}')), ValueError, "is of version 1, which did not record the mirrored blocks"),
+    ("load_matrix record for another size", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_record(lambda r: r.update(n=5))), ValueError, f"it is for a 5 x 5 matrix, the store holds {N_PARAMS} x {N_PARAMS}"),
+    ("load_matrix record blocks overlap", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_record(lambda r: r["blocks"]["layer 4"].update(rows=[[19, 47]]))), ValueError, "rows must be [start, stop] pairs within [20, 47)"),
+    ("load_matrix record a layer left out", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_record(lambda r: r["blocks"].pop("layer 4"))), ValueError, "the blocks stop at row 20 of 47"),
+    ("load_matrix record digest not hex", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_record(lambda r: r["blocks"]["layer 0"].update(digest="xyz"))), ValueError, "block 'layer 0': digest must be null or 64 hexadecimal digits"),
+    ("load_matrix record complete a string", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_record(lambda r: r.update(complete="yes"))), ValueError, "complete must be true or false, got 'yes'"),
+    ("load_matrix a block missing", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_record(_store_forget_layer_4)), ValueError, "is incomplete: blocks missing: layer 4 (rows 20:47)"),
+    ("load_matrix not marked complete", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_record(lambda r: r.update(complete=False))), ValueError, "does not mark the result complete"),
+    ("load_matrix rows damaged", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_poke(3, 30)), ValueError, "blocks damaged (bytes or mirror differ from the record): layer 0 (rows 0:20)"),
+    ("load_matrix mirror damaged", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_poke(30, 3)), ValueError, "blocks damaged (bytes or mirror differ from the record): layer 0 (rows 0:20)"),
+    ("load_matrix Zarr mirror zeroed", lambda m, p, X, y, l: _store_read(m, p, X, y, l, kind="zarr", edit=_store_zero_mirror), ValueError, "blocks damaged"),
+    ("load_matrix Zarr attrs an int", lambda m, p, X, y, l: _store_read(m, p, X, y, l, kind="zarr", edit=_store_zarr_attrs(5)), ValueError, "is not a refprune block record (a JSON object with the keys format"),
+    ("load_matrix not an .npy file", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_overwrite(b"garbage")), ValueError, "is not an .npy file"),
+    ("load_matrix a float32 file", lambda m, p, X, y, l: _store_read(m, p, X, y, l, edit=_store_overwrite(np.zeros((N_PARAMS, N_PARAMS), np.float32))), ValueError, "must be a square float64 matrix, got shape (47, 47) and dtype float32"),
+    ("load_matrix source an int", lambda m, p, X, y, l: rp.load_matrix(3), TypeError, "load_matrix: source must be a path to an .npy file or a Zarr store, a numpy.memmap of a file or a Zarr array, got int"),
+    ("load_matrix no such path", lambda m, p, X, y, l: rp.load_matrix("/nonexistent/h.npy"), FileNotFoundError, "load_matrix: no file or Zarr store at '/nonexistent/h.npy'"),
+    # stores that a restart must not trust
+    ("Zarr restart with the mirror zeroed", lambda m, p, X, y, l: _store_restart(m, p, X, y, l, kind="zarr", edit=_store_zero_mirror), None, ""),
+    ("memmap restart with the mirror zeroed", lambda m, p, X, y, l: _store_restart(m, p, X, y, l, block_rows=5, edit=_store_zero_mirror), None, ""),
+    ("memmap restart with a record not JSON", lambda m, p, X, y, l: _store_restart(m, p, X, y, l, edit=_store_text("{not json"), warns="is not valid JSON"), None, ""),
+    ("memmap restart with a record a list", lambda m, p, X, y, l: _store_restart(m, p, X, y, l, edit=_store_text("[1, 2]"), warns="got list"), None, ""),
+    ("memmap restart with a record {}", lambda m, p, X, y, l: _store_restart(m, p, X, y, l, edit=_store_text("{}"), warns="it lacks the keys"), None, ""),
+    # lost workers: the function's name and advice that fits it
+    ("lost worker in hessian_diagonal", lambda m, p, X, y, l: rp.hessian_diagonal(m, p, X, y, l, executor=_StoreBrokenPool()), rp.curvature.parallel.WorkerLostError, "hessian_diagonal: a worker process died after 0 of 1 blocks; nothing was kept: call hessian_diagonal again with a new executor"),
+    ("lost worker in ggn without a store", lambda m, p, X, y, l: rp.ggn(m, p, X, y, l, executor=_StoreBrokenPool()), rp.curvature.parallel.WorkerLostError, "ggn: a worker process died after 0 of 2 blocks; nothing was kept (out= is not a Zarr array or a numpy.memmap of a file"),
+    # the command line: refprune hessian
+    ("cli --params lacks an entry", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, params={"param0": p[0]}), SystemExit, "exit 2: refprune hessian: error: --params params.npz lacks param1, param2, param3; the model expects param0 (2, 1, 3, 3), param1 (2,), param2 (3, 8), param3 (3,)"),
+    ("cli --params a wrong shape", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, params={"param0": p[0].reshape(1, 2, 3, 3), "param1": p[1], "param2": p[2], "param3": p[3]}), SystemExit, "--params params.npz: param0 has shape (1, 2, 3, 3); the model expects param0 (2, 1, 3, 3)"),
+    ("cli --params an extra array", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, params={**{f"param{i}": a for i, a in enumerate(p)}, "param9": p[0]}), SystemExit, "--params params.npz has arrays the model does not: param9"),
+    ("cli --params an .npy file", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, params=p[1]), SystemExit, "--params params.npz: expected an .npz file of named arrays"),
+    ("cli --data X of another shape", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, data={"X": X.reshape(4, 16), "y": y}), SystemExit, "--data data.npz: "),
+    ("cli --data labels out of range", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, data={"X": X, "y": y + 3}), SystemExit, "--data data.npz: CrossEntropyLoss: labels must lie in [0, 3)"),
+    ("cli --data lacks y", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, data={"X": X}), SystemExit, "--data data.npz must hold arrays 'X' (N, per-sample input shape) and 'y' (N labels or N x outputs); it holds ['X']"),
+    ("cli --data of objects", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, data={"X": np.array([X, None], dtype=object), "y": y}), SystemExit, "--data data.npz: cannot be read as an .npz file"),
+    ("cli --model-json not JSON", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, model_json="[{"), SystemExit, "--model-json model.json: not valid JSON"),
+    ("cli --model-json a layer without type", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, model_json='[{"in_features": 3, "out_features": 2}]'), SystemExit, "--model-json model.json: cannot build the model"),
+    ("cli --model-json network a number", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, model_json='{"network": 5}'), SystemExit, "--model-json model.json: cannot build the model"),
+    ("cli --resume with nothing to resume", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "H.npy", "--resume"), SystemExit, "--resume continues an interrupted run, but there is no"),
+    ("cli --resume a partial file of another shape", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "H.npy", "--resume", files={"H.npy.partial": np.zeros((3, 3))}), SystemExit, "holds a float64 array of shape (3, 3), not (47, 47) float64"),
+    ("cli --resume a result without record", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "H.npy", "--resume", files={"H.npy": np.zeros((N_PARAMS, N_PARAMS))}), SystemExit, "is there but not a verified result"),
+    ("cli --resume with --dry-run", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "H.npy", "--resume", "--dry-run", files={"H.npy": np.zeros((N_PARAMS, N_PARAMS))}), SystemExit, "--dry-run estimates a new run; --resume continues one"),
+    ("cli --mc-samples for a Hessian", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--mc-samples", "3"), SystemExit, "--mc-samples applies only to --curvature mc_fisher, got --curvature hessian"),
+    ("cli --input-shape with --data", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--input-shape", "1", "4", "4"), SystemExit, "--input-shape is for random data"),
+    ("cli --samples with --data", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--samples", "9"), SystemExit, "--samples is for random data"),
+    ("cli --seed with --data and --params", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--seed", "3", params={f"param{i}": a for i, a in enumerate(p)}), SystemExit, "--seed draws random data, initial parameters or Monte Carlo targets"),
+    ("cli --out in no directory", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "/nonexistent_refprune/H.npy"), SystemExit, "--out /nonexistent_refprune/H.npy: the directory /nonexistent_refprune does not exist"),
+    ("cli --out a directory", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "."), SystemExit, "--out . is a directory"),
+    ("cli result written with its record", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "H.npy", "--block-rows", "9", check=_store_check_written), None, ""),
+    # the command line: refprune demo
+    ("cli demo --plot without matplotlib", lambda m, p, X, y, l: _store_without_matplotlib(_store_cli, "demo", "--steps", "1", "--plot", "x.png"), SystemExit, "exit 2: refprune demo: error: --plot x.png: refprune.plot needs matplotlib"),
+    ("cli demo --plot into no directory", lambda m, p, X, y, l: _store_cli("demo", "--steps", "1", "--plot", "/nonexistent_refprune/x.png"), SystemExit, "exit 2: refprune demo: error: --plot /nonexistent_refprune/x.png"),
+    ("cli demo --heatmaps a directory", lambda m, p, X, y, l: _store_cli("demo", "--steps", "1", "--heatmaps", "/tmp"), SystemExit, "exit 2: refprune demo: error: --heatmaps /tmp"),
 ]
+
+
+def _store_cli(*argv):
+    """``refprune.cli.main(argv)``; a non-zero exit raises ``SystemExit("exit CODE: line")``
+    with its one line on stderr (more lines are an AssertionError)."""
+    import contextlib
+    import io
+
+    from refprune.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    lines = [s for s in err.getvalue().splitlines() if s.strip() and ": block " not in s and "rows of layer" not in s]
+    if code:
+        assert len(lines) == 1, f"exit {code} with {len(lines)} lines on stderr: {lines}"
+        raise SystemExit(f"exit {code}: {lines[0]}")
+    return code
+
+
+_STORE_SPEC = "Conv2d(1, 2, 3, padding=1) Tanh AvgPool2d(2) Flatten Linear(8, 3)"
+
+
+def _store_hessian_cli(m, p, X, y, l, *extra, data=None, params=None, model_json=None, files=None, check=None):
+    """``refprune hessian`` in a scratch directory on the table's problem (its data in
+    ``data.npz``; ``data``, ``params`` (``params.npz``, or ``.npy`` content for an array),
+    ``model_json`` and ``files`` written there first), then ``check(directory)``."""
+    import contextlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        np.savez("data.npz", **({"X": X, "y": y} if data is None else data))
+        argv = ["hessian", "--data", "data.npz"]
+        if model_json is None:
+            argv += ["--model", _STORE_SPEC]
+        else:
+            with open("model.json", "w") as fh:
+                fh.write(model_json)
+            argv += ["--model-json", "model.json"]
+        if params is not None:
+            if isinstance(params, dict):
+                np.savez("params.npz", **params)
+            else:
+                with open("params.npz", "wb") as fh:
+                    np.save(fh, params)
+            argv += ["--params", "params.npz"]
+        for name, a in (files or {}).items():
+            with open(name, "wb") as fh:
+                np.save(fh, a)
+        _store_cli(*argv, *extra)
+        if check is not None:
+            check(m, p, X, y, l)
+
+
+def _store_check_written(m, p, X, y, l):
+    """``H.npy`` (no ``.partial`` left) equals the in-memory Hessian at the parameters the
+    command line drew (PyTorch's init, seed 0), and its record says complete."""
+    import json
+    import os
+
+    H = rp.hessian(m, m.init(seed=0), X, y, l)
+    assert not os.path.exists("H.npy.partial")
+    _store_same(rp.load_matrix("H.npy"), H)
+    with open("H.npy.refprune.json") as fh:
+        rec = json.load(fh)
+    assert rec["complete"] is True and len(rec["blocks"]) > 2, rec
+
+
+def _store_without_matplotlib(f, *args):
+    import sys
+
+    saved = {k: sys.modules[k] for k in list(sys.modules) if k == "matplotlib" or k.startswith("matplotlib.")}
+    for k in saved:
+        del sys.modules[k]
+    sys.modules["matplotlib"] = None  # import matplotlib raises ImportError
+    try:
+        return f(*args)
+    finally:
+        del sys.modules["matplotlib"]
+        sys.modules.update(saved)
+
+
+class _StoreBrokenPool(__import__("concurrent.futures").futures.Executor):
+    """An executor whose every worker is lost (``BrokenProcessPool``)."""
+
+    def submit(self, fn, *args, **kwargs):
+        from concurrent.futures.process import BrokenProcessPool
+
+        fut = __import__("concurrent.futures").futures.Future()
+        fut.set_exception(BrokenProcessPool("gone"))
+        return fut
+
+
+def _store_same(M, H):
+    M = np.asarray(M[:] if not isinstance(M, np.ndarray) else M)
+    err = np.abs(M - H).max() / np.abs(H).max()
+    assert err <= 1e-12, f"the store's matrix differs from the in-memory one by {err:.2e} of max |H|"
+
+
+def _store_write(m, p, X, y, l, tmp, kind="memmap", **kw):
+    """The Hessian written to a store in ``tmp``: a memmap through tasks, a Zarr array, or
+    a memmap in one pass (no tasks); returns its path."""
+    import os
+
+    n = m.n_params
+    if kind == "zarr":
+        zarr = pytest.importorskip("zarr")
+        path = os.path.join(tmp, "h.zarr")
+        rp.hessian(m, p, X, y, l, out=zarr.open_array(store=path, mode="w", shape=(n, n), chunks=(8, 8),
+                                                      dtype="f8"), **kw)
+        return path
+    path = os.path.join(tmp, "h.npy")
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n, n))
+    rp.hessian(m, p, X, y, l, out=out, **({} if kind == "one pass" else dict(shards=2, **kw)))
+    del out
+    return path
+
+
+def _store_read(m, p, X, y, l, kind="memmap", edit=None, **kw):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _store_write(m, p, X, y, l, tmp, kind, **kw)
+        if edit is not None:
+            edit(path)
+        _store_same(rp.load_matrix(path), rp.hessian(m, p, X, y, l))
+
+
+def _store_restart(m, p, X, y, l, kind="memmap", edit=None, warns=None, **kw):
+    """Write, damage with ``edit``, call again on the same store: the result must equal the
+    in-memory Hessian, be symmetric where mirrored, verify with load_matrix, and (with
+    ``warns``) a damaged record must have been reported and replaced."""
+    import tempfile
+    import warnings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _store_write(m, p, X, y, l, tmp, kind, **kw)
+        edit(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if kind == "zarr":
+                zarr = pytest.importorskip("zarr")
+                M = rp.hessian(m, p, X, y, l, out=zarr.open_array(store=path, mode="r+"), **kw)[:]
+            else:
+                M = np.array(rp.hessian(m, p, X, y, l, out=np.load(path, mmap_mode="r+"), shards=2, **kw))
+        _store_same(M, rp.hessian(m, p, X, y, l))
+        assert np.array_equal(M[20:, :20], M[:20, 20:].T), "the mirror is not the transpose of the rows"
+        _store_same(rp.load_matrix(path), rp.hessian(m, p, X, y, l))
+        if warns is not None:
+            assert any(warns in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+def _store_drop_record(path):
+    import os
+
+    os.remove(path + ".refprune.json")
+
+
+def _store_text(text):
+    def edit(path):
+        with open(path + ".refprune.json", "w") as fh:
+            fh.write(text)
+
+    return edit
+
+
+def _store_record(change):
+    def edit(path):
+        import json
+
+        with open(path + ".refprune.json") as fh:
+            rec = json.load(fh)
+        change(rec)
+        with open(path + ".refprune.json", "w") as fh:
+            json.dump(rec, fh)
+
+    return edit
+
+
+def _store_forget_layer_4(rec):
+    rec["blocks"]["layer 4"].update(digest=None, mirror_digest=None)
+    rec["complete"] = False
+
+
+def _store_poke(i, j):
+    def edit(path):
+        out = np.load(path, mmap_mode="r+")
+        out[i, j] += 1.0
+        out.flush()
+
+    return edit
+
+
+def _store_zero_mirror(path):
+    """Zero the mirror of layer 0 (rows 20: of its columns :20), as a user's stray write would."""
+    if path.endswith(".zarr"):
+        import zarr
+
+        z = zarr.open_array(store=path, mode="r+")
+        z[20:, :20] = 0.0
+    else:
+        out = np.load(path, mmap_mode="r+")
+        out[20:, :20] = 0.0
+        out.flush()
+
+
+def _store_zarr_attrs(value):
+    def edit(path):
+        import zarr
+
+        zarr.open_array(store=path, mode="r+").attrs["refprune"] = value
+
+    return edit
+
+
+def _store_overwrite(content):
+    def edit(path):
+        with open(path, "wb") as fh:
+            if isinstance(content, bytes):
+                fh.write(content)
+            else:
+                np.save(fh, content)
+
+    return edit
 
 # ---- from_torch, fixtures and the conformance harness
 BRIDGE_FIXTURE_HARNESS_CASES = [

@@ -4,14 +4,16 @@ the same order), agreement to rounding for finer blocks and for sample shards (t
 sums, grouped differently); restarts compute only the missing blocks."""
 
 import concurrent.futures as cf
+import json
 import os
+import re
 import signal
 
 import numpy as np
 import pytest
 
 import refprune as rp
-from refprune.curvature import exact, parallel
+from refprune.curvature import exact, parallel, store
 
 from cases import make
 
@@ -89,9 +91,9 @@ def counting_run(monkeypatch):
     submitted = []
     real = parallel.run
 
-    def run(executor, jobs, consume, progress, name):
+    def run(executor, jobs, *args):
         submitted.append(len(jobs))
-        return real(executor, jobs, consume, progress, name)
+        return real(executor, jobs, *args)
 
     monkeypatch.setattr(parallel, "run", run)
     return submitted
@@ -106,7 +108,7 @@ def test_interrupted_run_restarts_with_only_the_missing_blocks(tmp_path, monkeyp
     H = rp.hessian(m, p, X, y, l)
     out = memmap(tmp_path, m.n_params)
     submitted = counting_run(monkeypatch)
-    real_mark, marks = parallel.BlockRecord.mark, []
+    real_mark, marks = store.BlockRecord.mark, []
 
     def mark_then_stop(self, key, block):
         real_mark(self, key, block)
@@ -114,10 +116,10 @@ def test_interrupted_run_restarts_with_only_the_missing_blocks(tmp_path, monkeyp
         if len(marks) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(parallel.BlockRecord, "mark", mark_then_stop)
+    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_stop)
     with pytest.raises(KeyboardInterrupt):
         rp.hessian(m, p, X, y, l, out=out, block_rows=4)
-    monkeypatch.setattr(parallel.BlockRecord, "mark", real_mark)
+    monkeypatch.setattr(store.BlockRecord, "mark", real_mark)
     out2 = np.load(str(tmp_path / "h.npy"), mmap_mode="r+")
     rp.hessian(m, p, X, y, l, out=out2, block_rows=4)
     total = len(exact.row_blocks(m, 4))
@@ -162,7 +164,8 @@ def test_worker_lost_in_a_process_pool_then_restart(tmp_path, monkeypatch):
     out = memmap(tmp_path, m.n_params)
     submitted = counting_run(monkeypatch)
     total = len(exact.row_blocks(m, 2))
-    with CrashingPool(crash_at=4) as pool, pytest.raises(parallel.WorkerLostError, match="call again with the same out="):
+    with CrashingPool(crash_at=4) as pool, \
+            pytest.raises(parallel.WorkerLostError, match="call ggn again with the same out="):
         rp.ggn(m, p, X, y, l, out=out, executor=pool, block_rows=2)
     with cf.ProcessPoolExecutor(2) as ex:
         rp.ggn(m, p, X, y, l, out=out, executor=ex, block_rows=2)
@@ -232,7 +235,7 @@ def test_dask_local_cluster(dask_client, name):
 def test_dask_worker_killed_mid_run(dask_client, monkeypatch):
     m, p, X, y, l = make("conv-tanh-avgpool", "ce-mean", n=12)
     H = rp.hessian(m, p, X, y, l)
-    real_mark = parallel.BlockRecord.mark
+    real_mark = store.BlockRecord.mark
     killed = []
 
     def mark_then_kill(self, key, block):
@@ -242,7 +245,7 @@ def test_dask_worker_killed_mid_run(dask_client, monkeypatch):
             os.kill(pid, signal.SIGKILL)  # the nanny restarts it; its tasks are rescheduled
             killed.append(pid)
 
-    monkeypatch.setattr(parallel.BlockRecord, "mark", mark_then_kill)
+    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_kill)
     out = rp.hessian(m, p, X, y, l, executor=dask_client, block_rows=2, shards=2)
     assert killed and rel(out, H) <= RTOL
 
@@ -270,3 +273,69 @@ def test_executor_and_shards_reach_the_tasks(curvature):
     ex = CountingExecutor()
     MATRICES[curvature](m, p, X, y, l, executor=ex, shards=2, block_rows=6)
     assert ex.calls == 2 * len(exact.row_blocks(m, 6))
+
+
+def test_restart_recomputes_a_block_whose_mirror_was_overwritten(tmp_path, monkeypatch):
+    """The reported case: a Zarr store written whole, then ``z[16:, :16] = 0`` (the mirror
+    of layer 0, rows 0:16, below the diagonal).  A restart must recompute that block,
+    and only it, and give the in-memory Hessian's bits again."""
+    zarr = pytest.importorskip("zarr")
+    m, p, X, y, l = make("mlp-tanh", "ce-mean", n=6)
+    H = rp.hessian(m, p, X, y, l)
+    z = zarr.open_array(store=str(tmp_path / "h.zarr"), mode="w", shape=(31, 31), chunks=(8, 8), dtype="f8")
+    rp.hessian(m, p, X, y, l, out=z)
+    z[16:, :16] = 0
+    submitted = counting_run(monkeypatch)
+    again = rp.hessian(m, p, X, y, l, out=z)[:]
+    assert submitted == [1]
+    assert np.array_equal(again, H)
+    assert np.array_equal(again[16:, :16], again[:16, 16:].T)
+    assert z.attrs["refprune"]["complete"] is True
+    assert np.array_equal(rp.load_matrix(str(tmp_path / "h.zarr"))[:], H)
+
+
+def test_an_interrupted_store_is_refused_until_finished(tmp_path, monkeypatch):
+    """After an interruption the record is not complete and names the blocks still
+    missing; load_matrix refuses it by their names; the restart completes it."""
+    m, p, X, y, l = make("mlp-sigmoid-softplus", "mse-sum", n=7)
+    H = rp.hessian(m, p, X, y, l)
+    out = memmap(tmp_path, m.n_params)
+    real_mark, marks = store.BlockRecord.mark, []
+
+    def mark_then_stop(self, key, block):
+        real_mark(self, key, block)
+        marks.append(key)
+        if len(marks) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        rp.hessian(m, p, X, y, l, out=out, block_rows=3)
+    monkeypatch.setattr(store.BlockRecord, "mark", real_mark)
+    keys = [f"layer {l_}" + ("" if u is None else f" units {u[0]}-{u[1]}") for l_, u, _ in exact.row_blocks(m, 3)]
+    rec = json.loads((tmp_path / "h.npy.refprune.json").read_text())
+    assert rec["complete"] is False and sorted(rec["blocks"]) == sorted(keys)
+    assert [k for k in keys if rec["blocks"][k]["digest"] is not None] == marks
+    missing = [k for k in keys if k not in marks]
+    with pytest.raises(rp.IncompleteResultError, match="blocks missing: " + re.escape(missing[0] + " (rows ")):
+        rp.load_matrix(str(tmp_path / "h.npy"))
+    rp.hessian(m, p, X, y, l, out=np.load(str(tmp_path / "h.npy"), mmap_mode="r+"), block_rows=3)
+    assert rel(rp.load_matrix(str(tmp_path / "h.npy")), H) <= RTOL
+
+
+def test_a_memmap_written_in_one_pass_is_recorded_like_tasks(tmp_path, monkeypatch):
+    """Without tasks a memmap gets the record of one block per layer (the same bits), so
+    a restart as tasks finds nothing to do, and a later one-pass call over a store of
+    another problem replaces the record."""
+    m, p, X, y, l = make("conv-tanh-avgpool", "ce-mean", n=5)
+    H = rp.hessian(m, p, X, y, l)
+    out = memmap(tmp_path, m.n_params)
+    rp.hessian(m, p, X, y, l, out=out)
+    assert np.array_equal(rp.load_matrix(str(tmp_path / "h.npy")), H)
+    submitted = counting_run(monkeypatch)
+    ex = CountingExecutor()
+    rp.hessian(m, p, X, y, l, out=out, executor=ex)  # as tasks: one block per layer, one shard
+    assert submitted == [0] and ex.calls == 0
+    q = [0.5 * a for a in p]
+    rp.hessian(m, q, X, y, l, out=out)
+    assert np.array_equal(rp.load_matrix(str(tmp_path / "h.npy")), rp.hessian(m, q, X, y, l))

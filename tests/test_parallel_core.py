@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import refprune as rp
-from refprune.curvature import exact, parallel
+from refprune.curvature import exact, parallel, store
 
 from cases import make
 
@@ -109,14 +109,29 @@ def test_progress_lines_count_the_blocks(capsys, monkeypatch):
             assert elapsed >= i and int(g.group(3)) == round(elapsed / i * (total - i)), line
 
 
-def test_a_lost_worker_says_how_to_resume(tmp_path):
+def test_a_lost_worker_names_the_function_and_advice_that_fits_it(tmp_path):
+    """A matrix with a store: the finished blocks are in the store named, call again
+    with the same out=; a matrix without one: nothing was kept; a diagonal (no out=):
+    just call it again.  Each message names the function called."""
     m, p, X, y, l = make("mlp-tanh", "ce-mean", n=6)
     total = len(exact.row_blocks(m, 4))
-    with pytest.raises(parallel.WorkerLostError, match=re.escape(
-            f"ggn: a worker process died after 0 of {total} blocks; the finished blocks are recorded in the store "
-            "(Zarr array or memmap): call again with the same out= and a new executor to compute only the missing "
-            "ones")):
-        rp.ggn(m, p, X, y, l, executor=SerialExecutor(broken=True), block_rows=4)
+    out = np.lib.format.open_memmap(str(tmp_path / "g.npy"), mode="w+", dtype=np.float64, shape=(m.n_params,) * 2)
+    with pytest.raises(parallel.WorkerLostError, match="^" + re.escape(
+            f"ggn: a worker process died after 0 of {total} blocks; the finished blocks are recorded in "
+            f"{tmp_path / 'g.npy'}.refprune.json: call ggn again with the same out= and a new executor to compute "
+            "only the missing ones") + "$"):
+        rp.ggn(m, p, X, y, l, executor=SerialExecutor(broken=True), block_rows=4, out=out)
+    with pytest.raises(parallel.WorkerLostError, match="^" + re.escape(
+            f"hessian: a worker process died after 0 of {total} blocks; nothing was kept (out= is not a Zarr array "
+            "or a numpy.memmap of a file, which record the finished blocks): call hessian again with a new "
+            "executor") + "$"):
+        rp.hessian(m, p, X, y, l, executor=SerialExecutor(broken=True), block_rows=4)
+    for f, name in ((rp.hessian_diagonal, "hessian_diagonal"), (rp.ggn_diagonal, "ggn_diagonal"),
+                    (rp.fisher_diagonal, "fisher_diagonal")):
+        with pytest.raises(parallel.WorkerLostError) as err:
+            f(m, p, X, y, l, executor=SerialExecutor(broken=True), shards=2)
+        assert str(err.value) == (f"{name}: a worker process died after 0 of 1 blocks; nothing was kept: call {name} "
+                                  "again with a new executor")
 
 
 def test_shard_ranges():
@@ -128,7 +143,7 @@ def test_shard_ranges():
 
 
 def test_fingerprint_covers_values_shapes_dtypes_and_whole_arrays():
-    fp = parallel.fingerprint
+    fp = store.fingerprint
     assert fp(np.zeros((2, 3))) != fp(np.zeros((3, 2)))
     assert fp(np.zeros(4)) != fp(np.zeros(8, dtype=np.float32))
     big = np.zeros(5000)
@@ -154,8 +169,22 @@ def test_a_store_from_another_loss_is_recomputed(tmp_path, monkeypatch):
 
 
 def test_store_checks_name_what_was_given():
-    with pytest.raises(ValueError, match=r"^hessian: out must be a float64 store of shape \(3, 3\), got shape \(\) "
-                                         r"and dtype object$"):
-        parallel.check_store(object(), 3, "hessian")
-    with pytest.raises(ValueError, match=r"got shape \(3, 3\) and dtype float32$"):
-        parallel.check_store(np.zeros((3, 3), dtype=np.float32), 3, "hessian")
+    """Shape and dtype are checked each on its own: a store wrong in one only is refused."""
+    class Store:
+        def __init__(self, shape, dtype):
+            self.shape, self.dtype, self.attrs = shape, np.dtype(dtype), {}
+
+        def __setitem__(self, key, value):
+            raise AssertionError("never written")
+
+    assert store.check_store(Store((3, 3), "f8"), 3, "hessian").shape == (3, 3)
+    with pytest.raises(ValueError, match=r"^hessian: out must be a float64 store of shape \(3, 3\), got shape \(3, 4\) "
+                                         r"and dtype float64$"):
+        store.check_store(Store((3, 4), "f8"), 3, "hessian")
+    with pytest.raises(ValueError, match=r"^ggn: out must be a float64 store of shape \(3, 3\), got shape \(3, 3\) and "
+                                         r"dtype float32$"):
+        store.check_store(Store((3, 3), "f4"), 3, "ggn")
+    with pytest.raises(ValueError, match=r"got shape \(3, 3\) and dtype int64$"):
+        store.check_store(Store((3, 3), "i8"), 3, "ggn")
+    with pytest.raises(ValueError, match=r"got shape \(\) and dtype object$"):
+        store.check_store(object(), 3, "hessian")

@@ -10,6 +10,8 @@ module                 content
 ``kronecker``          K-FAC and KFC, damping forms (docs §8)
 ``ekfac``              EKFAC (docs §8)
 ``operators``          ``CurvatureOperator`` and the exact, block, diagonal, dense ones
+``parallel``           the exact matrices as tasks on an executor (docs §11)
+``store``              the record a block store keeps; ``load_matrix`` verifies a result
 =====================  ===========================================================
 """
 
@@ -18,7 +20,9 @@ from .ekfac import EKFAC, ekfac
 from .exact import CurvatureTooLargeError, fisher, ggn, hessian, residual
 from .kronecker import KFAC, KroneckerBlock, kfac
 from .operators import BlockDiagonal, CurvatureOperator, Dense, Diagonal, ExactCurvature, block_diagonal
+from .store import IncompleteResultError, load_matrix
 
 __all__ = ["hessian", "ggn", "residual", "fisher", "CurvatureTooLargeError", "hessian_diagonal", "ggn_diagonal",
            "fisher_diagonal", "curvature_diagonal", "obd_diagonal", "kfac", "KFAC", "KroneckerBlock", "ekfac",
-           "EKFAC", "CurvatureOperator", "ExactCurvature", "BlockDiagonal", "Diagonal", "Dense", "block_diagonal"]
+           "EKFAC", "CurvatureOperator", "ExactCurvature", "BlockDiagonal", "Diagonal", "Dense", "block_diagonal",
+           "load_matrix", "IncompleteResultError"]

@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import derivatives as _d
 from . import parallel as _par
+from . import store as _store
 from ..checks import check_flag, check_number, validate
 # the refusal of an array too large lives in ..memory, shared with every module that allocates;
 # both names stay importable from here (``exact.available_memory`` is what _output_array reads)
@@ -278,8 +279,11 @@ def hessian(model, params, X, y, loss, out=None, max_bytes=None, progress=False,
         Split the samples into this many contiguous shards, assembled separately and
         summed in order.
     out : also a Zarr array (or any store with ``attrs``); written block by block, and
-        it records the blocks done, so a call with the same ``out`` after an
-        interruption computes only the missing ones (as does a ``numpy.memmap``).
+        it records the blocks done, rows and mirror, so a call with the same ``out``
+        after an interruption computes only the missing or overwritten ones (as does a
+        ``numpy.memmap`` of a file, whose record is ``<file>.refprune.json``).  The
+        record says ``complete`` once every block is written;
+        :func:`refprune.load_matrix` reads the result back only then, verified.
 
     One block per layer over all samples gives the same bits as one process; finer
     blocks or several shards agree to rounding (the same sums grouped differently).
@@ -345,9 +349,48 @@ def _matrix(model, params, X, y, loss, name, mc, out, max_bytes, progress, execu
     if name == "mc_fisher" and mc.get("targets") is None:
         check_draws(inp, mc["samples"], mc["seed"], "fisher")
     if not _par.wants_tasks(executor, shards, name, block_rows, out):
+        sink = _full(inp, out, max_bytes, name)
+        record = None
+        if isinstance(out, np.memmap) and out.filename:
+            # a file: recorded like the task path's one block per layer (the same bits),
+            # so that load_matrix can verify it and a restart as tasks can reuse it
+            targets = _mc_targets(inp, name, mc)
+            record = _store.BlockRecord(out, _fingerprint(inp, name, targets, None, 1), name, _layout(model, None))
+            record.begin(keep=False)
         matvec = _d.loss_curvature_matvec(inp, kind, **mc)
-        return _assemble(inp, matvec, second_order, _full(inp, out, max_bytes, name), progress, name)
+        res = _assemble(inp, matvec, second_order, sink, progress, name)
+        if record is not None:
+            record.mark_from_store()
+            record.finish()
+        return res
     return _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, shards)
+
+
+def _mc_targets(inp, name, mc):
+    """The Monte Carlo targets of ``"mc_fisher"``, drawn once for the whole batch."""
+    if name == "mc_fisher":
+        from .output_factors import draw_targets
+
+        return draw_targets(inp, _d.forward(inp)[0], mc["samples"], mc["seed"], mc["targets"])
+    if mc.get("targets") is not None:
+        raise ValueError(f"fisher: targets= is for curvature='mc_fisher', got curvature={name!r}")
+    return None
+
+
+def _fingerprint(inp, name, targets, block_rows, shards):
+    params = [p for group in inp.grouped for p in group]
+    return _store.fingerprint(name, inp.model, inp.loss, *params, inp.X, inp.y, targets, block_rows, shards)
+
+
+def _layout(model, block_rows):
+    """``{key: (first column of the layer, one past its last, [(start, stop) rows])}``."""
+    offsets = model.param_offsets()
+    return {_block_key(l, units): (int(offsets[l]), int(offsets[l + 1]), rows)
+            for l, units, rows in row_blocks(model, block_rows)}
+
+
+def _block_key(l, units):
+    return f"layer {l}" + ("" if units is None else f" units {units[0]}-{units[1]}")
 
 
 class _RowsSink:
@@ -405,30 +448,22 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
     model, n = inp.model, inp.model.n_params
     ex = _par.resolve_executor(executor, name)
     ranges = _par.shard_ranges(inp.n_samples, shards, name)
-    blocks = row_blocks(model, block_rows)
-    targets = None
-    if name == "mc_fisher":
-        from .output_factors import draw_targets
-
-        targets = draw_targets(inp, _d.forward(inp)[0], mc["samples"], mc["seed"], mc["targets"])
-    elif mc.get("targets") is not None:
-        raise ValueError(f"targets= is for curvature='mc_fisher', got curvature={name!r}")
-    out = _par.check_store(out, n, name) if _par.is_array_store(out) else _output_array(n, out, name, max_bytes)
+    targets = _mc_targets(inp, name, mc)
+    out = _store.check_store(out, n, name) if _store.is_array_store(out) else _output_array(n, out, name, max_bytes)
     params = [p for group in inp.grouped for p in group]
-    record = _par.BlockRecord(out, _par.fingerprint(name, model, inp.loss, *params, inp.X, inp.y, targets,
-                                                    block_rows, shards))
-    offsets = model.param_offsets()
+    layout = _layout(model, block_rows)
+    record = _store.BlockRecord(out, _fingerprint(inp, name, targets, block_rows, shards), name, layout)
     share = _par.sharer(executor)  # each shard's data goes to a cluster once, not with every block
     data = [(share(inp.X[s0:s1]), share(inp.y[s0:s1]), share(None if targets is None else targets[:, s0:s1]))
             for s0, s1 in ranges]
-    jobs, layout = [], {}
-    for l, units, rows in blocks:
-        key = f"layer {l}" + ("" if units is None else f" units {units[0]}-{units[1]}")
-        layout[key] = (int(offsets[l]), int(offsets[l + 1]), rows)
-        if record.is_done(key, lambda rows=rows, o=int(offsets[l]): np.concatenate([out[a:b, o:] for a, b in rows])):
+    jobs = []
+    for l, units, _rows in row_blocks(model, block_rows):
+        key = _block_key(l, units)
+        if record.is_done(key):  # its rows and its mirror still hold the recorded bytes
             continue
         parts = [(rows_task, (model, params, Xs, ys, inp.loss, inp.scale, name, ts, l, units)) for Xs, ys, ts in data]
         jobs.append((key, parts))
+    record.begin()
 
     def consume(key, block):
         o, end, rows = layout[key]
@@ -440,7 +475,14 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
             i += b - a
         record.mark(key, block)
 
-    _par.run(ex, jobs, consume, progress, name)
+    if record.persistent:
+        on_lost = (f"the finished blocks are recorded in {record.label}: call {name} again with the same out= and a "
+                   "new executor to compute only the missing ones")
+    else:
+        on_lost = (f"nothing was kept (out= is not a Zarr array or a numpy.memmap of a file, which record the "
+                   f"finished blocks): call {name} again with a new executor")
+    _par.run(ex, jobs, consume, progress, name, on_lost)
+    record.finish()
     return out
 
 

@@ -12,21 +12,19 @@ The exact matrices split two ways without any new mathematics:
 This module holds what the decompositions share: the executor (``None`` runs the tasks
 in this process, any ``concurrent.futures.Executor`` such as a process pool, or a
 ``dask.distributed.Client``), the loop that hands each finished result to the caller
-in a fixed order per block, and the record that a store keeps of the blocks already
-written, so that a restarted computation does only the missing ones.
+in a fixed order per block.  The record that a store keeps of the blocks already written
+(so that a restarted computation does only the missing ones) is :mod:`.store`.
 """
 
 import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
-import hashlib
-import json
-import os
 import sys
 import time
 
 import numpy as np
 
 from ..checks import check_count
+from .store import is_array_store
 
 
 class WorkerLostError(RuntimeError):
@@ -71,83 +69,6 @@ def shard_ranges(n_samples, shards, where):
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def is_array_store(out):
-    """A chunked array store (a Zarr array, or anything with ``shape``, ``dtype``,
-    ``attrs`` and item assignment) rather than a NumPy array."""
-    return all(hasattr(out, a) for a in ("shape", "dtype", "attrs", "__setitem__"))
-
-
-def check_store(out, n, where):
-    """Refuse a store of the wrong shape or dtype, naming both."""
-    shape, dtype = tuple(getattr(out, "shape", ())), np.dtype(getattr(out, "dtype", None) or "O")
-    if shape != (n, n) or dtype != np.float64:
-        raise ValueError(f"{where}: out must be a float64 store of shape ({n}, {n}), got shape {shape} and dtype "
-                         f"{dtype}")
-    return out
-
-
-def fingerprint(*parts):
-    """SHA-256 over the arrays and values that define a computation."""
-    h = hashlib.sha256()
-    for p in parts:
-        a = np.ascontiguousarray(p) if isinstance(p, np.ndarray) else np.frombuffer(repr(p).encode(), np.uint8)
-        h.update(str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-class BlockRecord:
-    """Which blocks of a computation a store holds, with a hash of each block's bytes.
-
-    Kept in the store's ``attrs["refprune"]`` (Zarr) or beside a ``numpy.memmap`` in
-    ``<file>.refprune.json``; a plain array keeps none.  A block counts as done only if
-    the store still holds the bytes recorded for it (a store overwritten since is
-    recomputed), and only for the same computation (``fingerprint``).
-    """
-
-    def __init__(self, out, fp):
-        self.out, self.fp = out, fp
-        self.path = (out.filename + ".refprune.json") if isinstance(out, np.memmap) and out.filename else None
-        self.persistent = self.path is not None or is_array_store(out)
-        saved = self._load() if self.persistent else None
-        self.done = saved["done"] if saved and saved.get("fingerprint") == fp else {}
-
-    def _load(self):
-        if self.path is not None:
-            if not os.path.exists(self.path):
-                return None
-            with open(self.path) as fh:
-                return json.load(fh)
-        return dict(self.out.attrs).get("refprune")
-
-    def _save(self):
-        if not self.persistent:
-            return
-        rec = {"fingerprint": self.fp, "done": self.done}
-        if self.path is not None:
-            self.out.flush()
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as fh:
-                json.dump(rec, fh)
-            os.replace(tmp, self.path)
-        else:
-            self.out.attrs["refprune"] = rec
-
-    def is_done(self, key, read):
-        """True if block ``key`` was recorded and ``read()`` still gives its bytes."""
-        digest = self.done.get(key)
-        return digest is not None and _digest(read()) == digest
-
-    def mark(self, key, block):
-        """Record block ``key`` as written with contents ``block``."""
-        self.done[key] = _digest(block)
-        self._save()
-
-
-def _digest(a):
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-
 def _sum_in_order(parts):
     total = parts[0]
     for p in parts[1:]:
@@ -155,11 +76,19 @@ def _sum_in_order(parts):
     return total
 
 
-def run(executor, jobs, consume, progress, name):
+def run(executor, jobs, consume, progress, name, on_lost=None):
     """Run ``jobs`` (``[(key, [(fn, args), ...]), ...]``: the parts of each block, one per
     shard) and call ``consume(key, block)`` once every part of a block is back, with
     ``block`` the sum of the parts in their listed order whatever order they finished in,
-    so the result does not depend on scheduling."""
+    so the result does not depend on scheduling.
+
+    A lost worker process raises :class:`WorkerLostError` naming ``name`` (the caller's
+    function) with the advice ``on_lost`` (default: call ``name`` again with a new
+    executor, for callers that keep nothing between calls).  An interrupt
+    (``KeyboardInterrupt``) cancels the tasks not yet started and propagates; the
+    caller's executor is left to the caller."""
+    if on_lost is None:
+        on_lost = f"nothing was kept: call {name} again with a new executor"
     start, total = time.perf_counter(), len(jobs)
     done = 0
 
@@ -191,7 +120,8 @@ def run(executor, jobs, consume, progress, name):
     except BrokenProcessPool:
         for fut in pending:
             fut.cancel()
-        raise WorkerLostError(
-            f"{name}: a worker process died after {done} of {total} blocks; the finished blocks are recorded in "
-            "the store (Zarr array or memmap): call again with the same out= and a new executor to compute only "
-            "the missing ones") from None
+        raise WorkerLostError(f"{name}: a worker process died after {done} of {total} blocks; {on_lost}") from None
+    except KeyboardInterrupt:
+        for fut in pending:  # queued tasks would otherwise still run after the interrupt
+            fut.cancel()
+        raise

@@ -1,0 +1,380 @@
+"""What a block store keeps of an exact curvature matrix (``docs/derivations.md`` §11), and
+the reader of a finished result.
+
+A task computation writes each block of rows ``out[a:b, o:]`` and its mirror image
+below the diagonal ``out[end:, a:b]`` (``o``, ``end``: the first and one past the last
+column of the block's layer).  The store (a Zarr array's ``attrs["refprune"]``, or
+``<file>.refprune.json`` beside a ``numpy.memmap``) records, for every block of the
+computation, its row ranges, ``o`` and ``end``, and a SHA-256 of the bytes of the rows
+and of the mirror once they are written and read back; ``complete`` becomes true only
+when every block is recorded.  So:
+
+* a restart skips a block only if the store still holds both recorded digests (a block
+  whose rows or mirror were overwritten since is computed again);
+* :func:`load_matrix` verifies a result without the model: the blocks must tile the
+  matrix, every one must be recorded and hold its bytes, and the record must say
+  ``complete``.  A record that is not valid JSON, or has other keys, is refused.
+"""
+
+import hashlib
+import json
+import os
+import re
+import warnings
+
+import numpy as np
+
+FORMAT = "refprune block record"
+VERSION = 2
+_KEYS = ("format", "version", "matrix", "n", "fingerprint", "complete", "blocks")
+_BLOCK_KEYS = ("rows", "column_start", "layer_end", "digest", "mirror_digest")
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class IncompleteResultError(ValueError):
+    """A stored matrix that cannot be trusted: blocks missing or damaged, not marked
+    complete, or a record that is missing or damaged."""
+
+
+def is_array_store(out):
+    """A chunked array store (a Zarr array, or anything with ``shape``, ``dtype``,
+    ``attrs`` and item assignment) rather than a NumPy array."""
+    return all(hasattr(out, a) for a in ("shape", "dtype", "attrs", "__setitem__"))
+
+
+def check_store(out, n, where):
+    """Refuse a store of the wrong shape or dtype, naming both."""
+    shape, dtype = tuple(getattr(out, "shape", ())), np.dtype(getattr(out, "dtype", None) or "O")
+    if shape != (n, n) or dtype != np.float64:
+        raise ValueError(f"{where}: out must be a float64 store of shape ({n}, {n}), got shape {shape} and dtype "
+                         f"{dtype}")
+    return out
+
+
+def fingerprint(*parts):
+    """SHA-256 over the arrays and values that define a computation."""
+    h = hashlib.sha256()
+    for p in parts:
+        a = np.ascontiguousarray(p) if isinstance(p, np.ndarray) else np.frombuffer(repr(p).encode(), np.uint8)
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def digest(a):
+    """SHA-256 of an array's bytes in C order (``None`` for ``None``: no mirror)."""
+    return None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def read_rows(out, o, rows):
+    """The rows of a block as the store holds them, ``(rows, n - o)``."""
+    return np.concatenate([np.asarray(out[a:b, o:]) for a, b in rows])
+
+
+def read_mirror(out, end, rows):
+    """The mirror of a block as the store holds it, transposed back to ``(rows, n - end)``
+    (``None`` for the last layer, which has none)."""
+    if end >= out.shape[0]:
+        return None
+    return np.concatenate([np.asarray(out[end:, a:b]) for a, b in rows], axis=1).T
+
+
+def describe(key, rows):
+    """``"layer 2 (rows 16:31)"``: a block as messages name it."""
+    return f"{key} (rows " + ", ".join(f"{a}:{b}" for a, b in rows) + ")"
+
+
+def _listing(items, limit=8):
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def parse_record(raw, label, where, n=None):
+    """The record ``raw`` (JSON text, or the object a Zarr ``attrs`` holds) checked key by
+    key; any defect raises :class:`IncompleteResultError` naming ``label``."""
+    bad = f"{where}: the record {label}"
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except ValueError as err:
+            where_in = f" at line {err.lineno} column {err.colno}" if hasattr(err, "lineno") else ""
+            raise IncompleteResultError(f"{bad} is not valid JSON ({getattr(err, 'msg', err)}{where_in}); it is not "
+                                        "trusted") from None
+    if not isinstance(raw, dict):
+        raise IncompleteResultError(f"{bad} is not a {FORMAT} (a JSON object with the keys {', '.join(_KEYS)}), "
+                                    f"got {type(raw).__name__}")
+    if set(raw) == {"fingerprint", "done"}:
+        raise IncompleteResultError(f"{bad} is of version 1, which did not record the mirrored blocks; it is not "
+                                    "trusted: compute the matrix again")
+    if set(raw) != set(_KEYS):
+        missing = [k for k in _KEYS if k not in raw]
+        extra = sorted(str(k) for k in raw if k not in _KEYS)
+        raise IncompleteResultError(f"{bad} is not a {FORMAT}: " + "; ".join(
+            ([f"it lacks the keys {', '.join(missing)}"] if missing else [])
+            + ([f"it has unknown keys {', '.join(extra)}"] if extra else [])))
+    if raw["format"] != FORMAT or raw["version"] != VERSION:
+        raise IncompleteResultError(f"{bad} is format {raw['format']!r} version {raw['version']!r}; this refprune "
+                                    f"reads {FORMAT!r} version {VERSION}")
+
+    def fail(what):
+        raise IncompleteResultError(f"{bad} is damaged: {what}")
+
+    size = raw["n"]
+    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+        fail(f"n must be a positive int, got {size!r}")
+    if n is not None and size != n:
+        fail(f"it is for a {size} x {size} matrix, the store holds {n} x {n}")
+    if not isinstance(raw["matrix"], str):
+        fail(f"matrix must be a name, got {raw['matrix']!r}")
+    if not (isinstance(raw["fingerprint"], str) and _HEX.fullmatch(raw["fingerprint"])):
+        fail("fingerprint must be 64 hexadecimal digits")
+    if not isinstance(raw["complete"], bool):
+        fail(f"complete must be true or false, got {raw['complete']!r}")
+    blocks = raw["blocks"]
+    if not isinstance(blocks, dict) or not blocks:
+        fail("blocks must be a non-empty object")
+    layout, digests = {}, {}
+
+    def index(v):
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= size
+
+    for key, b in blocks.items():
+        if not isinstance(b, dict) or set(b) != set(_BLOCK_KEYS):
+            fail(f"block {key!r} must have exactly the keys {', '.join(_BLOCK_KEYS)}")
+        o, end, rows = b["column_start"], b["layer_end"], b["rows"]
+        if not (index(o) and index(end) and o < end):
+            fail(f"block {key!r}: column_start and layer_end must satisfy 0 <= column_start < layer_end <= {size}")
+        if not (isinstance(rows, list) and rows and all(
+                isinstance(r, list) and len(r) == 2 and index(r[0]) and index(r[1]) and o <= r[0] < r[1] <= end
+                for r in rows)):
+            fail(f"block {key!r}: rows must be [start, stop] pairs within [{o}, {end})")
+        for d in ("digest", "mirror_digest"):
+            if not (b[d] is None or (isinstance(b[d], str) and _HEX.fullmatch(b[d]))):
+                fail(f"block {key!r}: {d} must be null or 64 hexadecimal digits")
+        if b["digest"] is not None and (b["mirror_digest"] is None) != (end == size):
+            fail(f"block {key!r}: a mirror digest belongs to every block but the last layer's")
+        layout[key] = (o, end, [tuple(r) for r in rows])
+        digests[key] = None if b["digest"] is None else (b["digest"], b["mirror_digest"])
+    _check_tiling(layout, size, fail)
+    return dict(matrix=raw["matrix"], n=size, fingerprint=raw["fingerprint"], complete=raw["complete"],
+                layout=layout, digests=digests)
+
+
+def _check_tiling(layout, n, fail):
+    """The blocks tile the matrix: the layers ``[o, end)`` follow each other from 0 to ``n``
+    and the rows of each layer's blocks cover it once.  Then the rows ``[a, b) x [o, n)``
+    and the mirrors ``[end, n) x [a, b)`` cover every entry exactly once."""
+    layers = {}
+    for o, end, rows in layout.values():
+        layers.setdefault((o, end), []).extend(rows)
+    at = 0
+    for o, end in sorted(layers):
+        if o != at:
+            fail(f"the layers do not follow each other: one starts at column {o}, expected {at}")
+        covered = o
+        for a, b in sorted(layers[(o, end)]):
+            if a != covered:
+                fail(f"the blocks of the layer at columns {o}:{end} do not cover its rows once (at row {covered})")
+            covered = b
+        if covered != end:
+            fail(f"the blocks of the layer at columns {o}:{end} stop at row {covered}")
+        at = end
+    if at != n:
+        fail(f"the blocks stop at row {at} of {n}")
+
+
+def _store_label(out):
+    if isinstance(out, np.memmap) and out.filename:
+        return os.fspath(out.filename)
+    return f"the {type(out).__name__}'s attrs['refprune']"
+
+
+class BlockRecord:
+    """Which blocks of a computation a store holds, with a digest of each block's rows and
+    of its mirror.
+
+    Kept in the store's ``attrs["refprune"]`` (Zarr) or beside a ``numpy.memmap`` in
+    ``<file>.refprune.json``; a plain array keeps none.  A block counts as done only if
+    the store still holds the bytes recorded for it, rows and mirror (a store overwritten
+    since is recomputed), and only for the same computation (``fp``).  A record that
+    cannot be read is not trusted: every block is computed again (with a warning).
+    """
+
+    def __init__(self, out, fp, name, layout):
+        self.out, self.fp, self.name, self.layout = out, fp, name, layout
+        memmap_file = isinstance(out, np.memmap) and out.filename
+        self.path = (os.fspath(out.filename) + ".refprune.json") if memmap_file else None
+        self.persistent = self.path is not None or is_array_store(out)
+        self.label = self.path if self.path is not None else _store_label(out)
+        self.done = {}
+        saved = self._load() if self.persistent else None
+        if saved is not None and saved["fingerprint"] == fp:
+            for key, d in saved["digests"].items():
+                if d is not None and saved["layout"].get(key) == self._geometry(key):
+                    self.done[key] = d
+
+    def _geometry(self, key):
+        o, end, rows = self.layout.get(key, (None, None, []))
+        return o, end, [tuple(r) for r in rows]
+
+    def _load(self):
+        if self.path is not None:
+            if not os.path.exists(self.path):
+                return None
+            with open(self.path, "rb") as fh:
+                raw = fh.read()
+        else:
+            raw = dict(self.out.attrs).get("refprune")
+            if raw is None:
+                return None
+        try:
+            return parse_record(raw, self.label, self.name, n=self.out.shape[0])
+        except IncompleteResultError as err:
+            warnings.warn(f"{err}; every block is computed again", RuntimeWarning, stacklevel=4)
+            return None
+
+    def _save(self, complete=False):
+        if not self.persistent:
+            return
+        blocks = {}
+        for key, (o, end, rows) in self.layout.items():
+            d, m = self.done.get(key, (None, None))
+            blocks[key] = {"rows": [[int(a), int(b)] for a, b in rows], "column_start": int(o),
+                           "layer_end": int(end), "digest": d, "mirror_digest": m}
+        rec = {"format": FORMAT, "version": VERSION, "matrix": self.name, "n": int(self.out.shape[0]),
+               "fingerprint": self.fp, "complete": bool(complete), "blocks": blocks}
+        if self.path is not None:
+            self.out.flush()  # the bytes reach the file before the record says so
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as fh:
+                json.dump(rec, fh)
+            os.replace(tmp, self.path)
+        else:
+            self.out.attrs["refprune"] = rec
+
+    def is_done(self, key):
+        """True if block ``key`` was recorded and the store still holds its rows and its
+        mirror; a block that fails is forgotten."""
+        d = self.done.get(key)
+        if d is None:
+            return False
+        o, end, rows = self.layout[key]
+        if (digest(read_rows(self.out, o, rows)), digest(read_mirror(self.out, end, rows))) == d:
+            return True
+        del self.done[key]
+        return False
+
+    def begin(self, keep=True):
+        """Before anything is written: the record is not complete and holds only the blocks
+        verified so far (none with ``keep=False``)."""
+        if not keep:
+            self.done.clear()
+        self._save(complete=False)
+
+    def mark(self, key, block):
+        """Record block ``key`` as written with rows ``block``, after reading the rows and the
+        mirror back from the store."""
+        o, end, rows = self.layout[key]
+        want = digest(block), digest(None if end >= self.out.shape[0] else block[:, end - o :])
+        got = self._read(key)
+        if got != want:
+            raise ValueError(f"{self.name}: the store did not keep the bytes written to {describe(key, rows)} "
+                             f"({self.label})")
+        self.done[key] = got
+        self._save(complete=False)
+
+    def mark_from_store(self):
+        """Record every block as the store holds it (after a computation that wrote the
+        whole matrix in one pass)."""
+        for key in self.layout:
+            self.done[key] = self._read(key)
+
+    def _read(self, key):
+        o, end, rows = self.layout[key]
+        return digest(read_rows(self.out, o, rows)), digest(read_mirror(self.out, end, rows))
+
+    def finish(self):
+        """Mark the record complete if every block is recorded; returns whether it is."""
+        complete = set(self.done) == set(self.layout)
+        self._save(complete=complete)
+        return complete
+
+
+def load_matrix(source):
+    """A curvature matrix written by a block store, after checking that it is complete.
+
+    Parameters
+    ----------
+    source : path or store
+        An ``.npy`` file (its record is ``<file>.refprune.json``), a Zarr store's
+        directory, a ``numpy.memmap`` of such a file, or a Zarr array.
+
+    Returns the matrix (a read-only ``numpy.memmap`` for a file, the Zarr array for a
+    store) only if its record is intact and says ``complete``, and every block's rows and
+    mirror hold the bytes recorded for them; the model is not needed.  Otherwise
+    :class:`IncompleteResultError` names what is wrong (the blocks missing or damaged, a
+    record that is missing, not valid JSON or not a record).
+    """
+    where = "load_matrix"
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if os.path.isdir(path):
+            try:
+                import zarr
+            except ImportError:
+                raise ImportError(f"{where}: {path} is a directory (a Zarr store?); reading it needs zarr: pip "
+                                  "install zarr") from None
+            try:
+                arr = zarr.open_array(store=path, mode="r")
+            except Exception as err:  # zarr raises several types for a directory that is not an array
+                raise IncompleteResultError(f"{where}: {path} is not a Zarr array ({type(err).__name__}: {err})") \
+                    from None
+            raw, label = dict(arr.attrs).get("refprune"), f"of {path} (attrs['refprune'])"
+        elif os.path.isfile(path):
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError as err:
+                raise IncompleteResultError(f"{where}: {path} is not an .npy file ({err})") from None
+            raw, label = _read_text(path + ".refprune.json"), path + ".refprune.json"
+        else:
+            raise FileNotFoundError(f"{where}: no file or Zarr store at {path!r}")
+    elif isinstance(source, np.memmap) and source.filename:
+        arr, label = source, os.fspath(source.filename) + ".refprune.json"
+        raw = _read_text(label)
+    elif is_array_store(source):
+        arr, label = source, f"of the {type(source).__name__} (attrs['refprune'])"
+        raw = dict(source.attrs).get("refprune")
+    else:
+        raise TypeError(f"{where}: source must be a path to an .npy file or a Zarr store, a numpy.memmap of a file "
+                        f"or a Zarr array, got {type(source).__name__}")
+    shape, dtype = tuple(getattr(arr, "shape", ())), np.dtype(getattr(arr, "dtype", None) or "O")
+    if len(shape) != 2 or shape[0] != shape[1] or dtype != np.float64:
+        raise IncompleteResultError(f"{where}: the stored array must be a square float64 matrix, got shape {shape} "
+                                    f"and dtype {dtype}")
+    if raw is None:
+        raise IncompleteResultError(f"{where}: there is no record {label}: the matrix was not written by a refprune "
+                                    "block store, or its writing was stopped before it began; it cannot be verified")
+    rec = parse_record(raw, label, where, n=shape[0])
+    missing, damaged = [], []
+    for key, (o, end, rows) in rec["layout"].items():
+        d = rec["digests"][key]
+        if d is None:
+            missing.append(describe(key, rows))
+        elif (digest(read_rows(arr, o, rows)), digest(read_mirror(arr, end, rows))) != d:
+            damaged.append(describe(key, rows))
+    if missing or damaged:
+        what = "; ".join(([f"blocks missing: {_listing(missing)}"] if missing else [])
+                         + ([f"blocks damaged (bytes or mirror differ from the record): {_listing(damaged)}"]
+                            if damaged else []))
+        raise IncompleteResultError(f"{where}: the {rec['matrix']} matrix recorded in {label} is incomplete: {what}; "
+                                    "run the same computation again with this store as out= to compute them")
+    if not rec["complete"]:
+        raise IncompleteResultError(f"{where}: the record {label} does not mark the result complete (the run "
+                                    "stopped before its end); call the computation again with this out= to finish it")
+    return arr
+
+
+def _read_text(path):
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as fh:
+        return fh.read()
