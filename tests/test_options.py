@@ -167,11 +167,19 @@ def test_a_precomputed_curvature_must_be_symmetric_to_1e_10_relative():
                     call()
             else:
                 call()
-    # an operator's dense matrix is checked as well
+    # an operator's dense matrix is checked as well (rp.Dense refuses such a matrix itself,
+    # so the operator here is one a user wrote, with only a product)
     C = G.copy()
     C[0, 1] += 1.0
+
+    class Product(rp.CurvatureOperator):
+        n = C.shape[0]
+
+        def _matmat(self, V):
+            return C @ V
+
     with pytest.raises(ValueError, match=r"^prune: the precomputed curvature is not symmetric"):
-        rp.prune(*args, curvature=rp.Dense(C), count=1)
+        rp.prune(*args, curvature=Product(), count=1)
 
 
 def test_progress_reports_for_every_method(capsys):
