@@ -1048,7 +1048,7 @@ def _shape(a, shape):
 
 
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 150, len(CASES)
+    assert len(CASES) >= 500, len(CASES)
     assert len({c[0] for c in CASES}) == len(CASES)
 
 
