@@ -138,8 +138,10 @@ def test_a_store_overwritten_or_of_another_problem_is_recomputed(tmp_path, monke
     out[:] = 0.0  # the bytes recorded are gone
     rp.hessian(m, p, X, y, l, out=out, block_rows=3)
     assert submitted[0] == submitted[1] > 0
-    q = [2 * a for a in p]  # another problem in the same store
-    rp.hessian(m, q, X, y, l, out=out, block_rows=3)
+    q = [2 * a for a in p]  # another problem in the same store: said, then recomputed
+    with pytest.warns(RuntimeWarning, match=r"^hessian: the record in .*h\.npy\.refprune\.json is for another "
+                                            r"computation .*; every block is computed again$"):
+        rp.hessian(m, q, X, y, l, out=out, block_rows=3)
     assert submitted[2] == submitted[0]
     assert rel(out, rp.hessian(m, q, X, y, l)) <= RTOL
 
@@ -337,5 +339,6 @@ def test_a_memmap_written_in_one_pass_is_recorded_like_tasks(tmp_path, monkeypat
     rp.hessian(m, p, X, y, l, out=out, executor=ex)  # as tasks: one block per layer, one shard
     assert submitted == [0] and ex.calls == 0
     q = [0.5 * a for a in p]
-    rp.hessian(m, q, X, y, l, out=out)
+    with pytest.warns(RuntimeWarning, match="is for another computation"):
+        rp.hessian(m, q, X, y, l, out=out)
     assert np.array_equal(rp.load_matrix(str(tmp_path / "h.npy")), rp.hessian(m, q, X, y, l))

@@ -162,7 +162,8 @@ def test_a_store_from_another_loss_is_recomputed(tmp_path, monkeypatch):
     real = parallel.run
     monkeypatch.setattr(parallel, "run", lambda ex, jobs, *a: submitted.append(len(jobs)) or real(ex, jobs, *a))
     rp.hessian(m, p, X, y, rp.MSELoss(), out=out, block_rows=4)  # a new but equal loss: nothing to do
-    H = rp.hessian(m, p, X, y, rp.MSELoss("sum"), out=out, block_rows=4)
+    with pytest.warns(RuntimeWarning, match="is for another computation"):
+        H = rp.hessian(m, p, X, y, rp.MSELoss("sum"), out=out, block_rows=4)
     assert submitted == [0, len(exact.row_blocks(m, 4))]
     assert np.abs(H - rp.hessian(m, p, X, y, rp.MSELoss("sum"))).max() <= 1e-12 * np.abs(H).max()
     assert (tmp_path / "h.npy.refprune.json").exists()

@@ -207,7 +207,13 @@ class BlockRecord:
         self.label = self.path if self.path is not None else _store_label(out)
         self.done = {}
         saved = self._load() if self.persistent else None
-        if saved is not None and saved["fingerprint"] == fp:
+        if saved is not None and saved["fingerprint"] != fp:
+            # a restart with other data, parameters, loss, block_rows or shards: nothing
+            # recorded can be reused, and the caller may have expected otherwise
+            warnings.warn(f"{name}: the record in {self.label} is for another computation (other model, "
+                          "parameters, data, loss, block_rows or shards); every block is computed again",
+                          RuntimeWarning, stacklevel=4)
+        elif saved is not None:
             for key, d in saved["digests"].items():
                 if d is not None and saved["layout"].get(key) == self._geometry(key):
                     self.done[key] = d
