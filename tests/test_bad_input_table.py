@@ -747,6 +747,18 @@ def _bfh_damaged(kind):
 
 # ---- options of prune, obs_trace, saliencies, minimize, train and the optimizers; divergence
 OPTION_CASES = [
+    # Monte Carlo options given to a curvature that draws nothing
+    ("fisher seed with the true Fisher", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="fisher", seed=3), ValueError, "fisher: seed=3 is for curvature='mc_fisher', got curvature='fisher'"),
+    ("fisher samples with the empirical Fisher", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, curvature="empirical_fisher", samples=3), ValueError, "fisher: samples=3 is for curvature='mc_fisher', got curvature='empirical_fisher'"),
+    ("kfac seed with the GGN", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="ggn", seed=3), ValueError, "kfac: seed=3 is for curvature='mc_fisher', got curvature='ggn'"),
+    ("kfac samples and seed with the Fisher", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="fisher", samples=2, seed=1), ValueError, "kfac: samples=2, seed=1 are for curvature='mc_fisher'"),
+    ("ekfac seed with the GGN", lambda m, p, X, y, l: rp.ekfac(m, p, X, y, l, seed=3), ValueError, "ekfac: seed=3 is for curvature='mc_fisher', got curvature='ggn'"),
+    ("fisher_diagonal seed with the true Fisher", lambda m, p, X, y, l: rp.fisher_diagonal(m, p, X, y, l, seed=3), ValueError, "fisher_diagonal: seed=3 is for curvature='mc_fisher'"),
+    ("curvature_diagonal samples with the Hessian", lambda m, p, X, y, l: rp.curvature_diagonal(m, p, X, y, l, curvature="hessian", samples=3), ValueError, "curvature_diagonal: samples=3 is for curvature='mc_fisher', got curvature='hessian'"),
+    ("block_diagonal seed with the Hessian", lambda m, p, X, y, l: rp.block_diagonal(m, p, X, y, l, curvature="hessian", seed=3), ValueError, "block_diagonal: seed=3 is for curvature='mc_fisher', got curvature='hessian'"),
+    ("ExactCurvature seed with the GGN", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l, curvature="ggn", seed=3), ValueError, "ExactCurvature: seed=3 is for curvature='mc_fisher', got curvature='ggn'"),
+    ("ExactCurvature targets with the Hessian", lambda m, p, X, y, l: rp.ExactCurvature(m, p, X, y, l, targets=y[None]), ValueError, "ExactCurvature: targets= is for curvature='mc_fisher', got curvature='hessian'"),
+    ("Monte Carlo defaults with the GGN accepted", lambda m, p, X, y, l: rp.kfac(m, p, X, y, l, curvature="ggn", samples=1, seed=0), None, ""),
     # obs_trace: flags are booleans, numbers are numbers, Monte Carlo options need "mc_fisher"
     ("obs_trace include_bias 'no'", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, damping=0.1, count=1, include_bias="no"), TypeError, "obs_trace: include_bias must be True or False, got 'no'"),
     ("obs_trace skip_emptied 'no'", lambda m, p, X, y, l: rp.obs_trace(m, p, X, y, l, damping=0.1, count=1, skip_emptied="no"), TypeError, "obs_trace: skip_emptied must be True or False, got 'no'"),

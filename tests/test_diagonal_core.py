@@ -76,7 +76,7 @@ def test_diagonal_tasks_are_silent_and_equal(capsys):
 def test_the_fisher_diagonal_names_itself_in_its_messages():
     m, p, X, y, l = small_mlp()
     with pytest.raises(ValueError, match=r"^fisher_diagonal: targets= is for curvature='mc_fisher', "
-                                         r"got curvature='empirical_fisher'$"):
+                                         r"got curvature='empirical_fisher' \(only Monte Carlo draws read it; leave it out\)$"):
         rp.fisher_diagonal(m, p, X, y, l, curvature="empirical_fisher", targets=np.zeros((1, len(y)), dtype=int))
     with pytest.raises(ValueError, match=r"^ggn_diagonal: "):
         rp.ggn_diagonal(m, p, X, y, l, shards=0)

@@ -31,7 +31,7 @@ from ..nn import AffineLayer
 from ..nn.activations import Elementwise
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
 from . import parallel as _par
-from .output_factors import OutputFactor, check_seed, hessian_sqrt
+from .output_factors import OutputFactor, check_seed, hessian_sqrt, refuse_monte_carlo_options
 
 
 def _activation_columns(d):
@@ -155,6 +155,7 @@ def fisher_diagonal(model, params, X, y, loss, curvature="fisher", samples=1, se
                          f"Fisher: for its diagonal call refprune.{curvature}_diagonal()")
     check_curvature(curvature, FISHERS, "fisher_diagonal")
     check_seed(seed, "fisher_diagonal")
+    refuse_monte_carlo_options(curvature, samples, seed, targets, "fisher_diagonal")
     return _diagonal(model, params, X, y, loss, curvature, dict(samples=samples, seed=seed, targets=targets),
                      executor, shards)
 
@@ -167,8 +168,7 @@ def curvature_diagonal(model, params, X, y, loss, curvature="hessian", samples=1
     ``shards`` as for :func:`hessian_diagonal`."""
     check_curvature(curvature, CURVATURES, "curvature_diagonal")
     check_seed(seed, "curvature_diagonal")
-    if curvature in ("hessian", "ggn") and targets is not None:
-        raise ValueError(f"curvature_diagonal: targets= is for curvature='mc_fisher', got curvature={curvature!r}")
+    refuse_monte_carlo_options(curvature, samples, seed, targets, "curvature_diagonal")
     if curvature == "hessian":
         return hessian_diagonal(model, params, X, y, loss, executor, shards)
     if curvature == "ggn":

@@ -22,7 +22,7 @@ from ..checks import check_number, validate
 from ..vocabulary import FISHER_LIKE, renamed_options
 from .kronecker import (EigenBlock, KroneckerCurvature, check_factors_fit, check_kfac_options, kfac_blocks,
                         layer_statistics, with_bias_row)
-from .output_factors import OutputFactor, check_seed
+from .output_factors import OutputFactor, check_seed, refuse_monte_carlo_options
 
 
 class EKFACBlock(EigenBlock):
@@ -82,6 +82,7 @@ def ekfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1
     per-sample gradients of the same curvature (the same Monte Carlo targets)."""
     check_kfac_options(curvature, approx, bias, "ekfac")
     check_seed(seed, "ekfac")
+    refuse_monte_carlo_options(curvature, samples, seed, targets, "ekfac")
     inp = validate(model, params, X, y, loss)
     check_factors_fit(model, "ekfac", copies=2)
     factor = OutputFactor(inp, curvature, samples, seed, targets, where="ekfac")

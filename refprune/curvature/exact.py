@@ -41,7 +41,7 @@ from ..memory import CurvatureTooLargeError, available_memory  # noqa: F401
 from ..memory import check_fits, nbytes
 from ..nn import AffineLayer
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
-from .output_factors import check_draws, check_seed
+from .output_factors import check_draws, check_seed, refuse_monte_carlo_options
 
 
 def _output_array(n, out, name, max_bytes):
@@ -199,6 +199,7 @@ def layer_blocks(inp, curvature, samples, seed, targets):
     """Diagonal blocks ``[(layer index, (n_l, n_l) array)]`` of one curvature matrix
     (any name of :data:`refprune.vocabulary.CURVATURES`)."""
     check_blocks_fit(inp, "block_diagonal")
+    refuse_monte_carlo_options(curvature, samples, seed, targets, "block_diagonal")
     if curvature == "mc_fisher" and targets is None:
         check_draws(inp, samples, seed, "block_diagonal")
     matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets)
@@ -346,6 +347,8 @@ def _matrix(model, params, X, y, loss, name, mc, out, max_bytes, progress, execu
     inp = validate(model, params, X, y, loss)
     kind, second_order = _KINDS[name]
     mc = mc or {}
+    if mc:
+        refuse_monte_carlo_options(name, mc["samples"], mc["seed"], mc.get("targets"), "fisher")
     if name == "mc_fisher" and mc.get("targets") is None:
         check_draws(inp, mc["samples"], mc["seed"], "fisher")
     if not _par.wants_tasks(executor, shards, name, block_rows, out):

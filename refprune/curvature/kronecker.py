@@ -34,7 +34,7 @@ from ..nn import AffineLayer
 from ..nn.base import merge_tangent_axis
 from ..vocabulary import FISHER_LIKE, check_curvature, renamed_options
 from .operators import CurvatureOperator, check_dense_fits
-from .output_factors import OutputFactor, check_seed
+from .output_factors import OutputFactor, check_seed, refuse_monte_carlo_options
 
 KFAC_APPROX = ("expand", "reduce")
 DAMPING_FORMS = ("exact", "factored", "pi")
@@ -343,6 +343,7 @@ def kfac(model, params, X, y, loss, curvature="ggn", approx="expand", samples=1,
     """
     check_kfac_options(curvature, approx, bias, "kfac")
     check_seed(seed, "kfac")
+    refuse_monte_carlo_options(curvature, samples, seed, targets, "kfac")
     inp = validate(model, params, X, y, loss)
     check_factors_fit(model, "kfac")
     factor = OutputFactor(inp, curvature, samples, seed, targets, where="kfac")

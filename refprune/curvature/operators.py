@@ -23,7 +23,7 @@ from ..scalars import is_int
 from ..vocabulary import CURVATURES, check_curvature, renamed_options
 from . import diagonal as _diag
 from . import exact as _c
-from .output_factors import check_draws, check_seed
+from .output_factors import check_draws, check_seed, refuse_monte_carlo_options
 
 
 def check_dense_fits(op, extra=0, method="to_dense", hint="; apply it with matvec/matmat, or take its diagonal()"):
@@ -192,6 +192,7 @@ class ExactCurvature(CurvatureOperator):
     def __init__(self, model, params, X, y, loss, curvature="hessian", samples=1, seed=0, targets=None):
         check_curvature(curvature, CURVATURES, "ExactCurvature")
         check_seed(seed, "ExactCurvature")
+        refuse_monte_carlo_options(curvature, samples, seed, targets, "ExactCurvature")
         self.args = (model, params, X, y, loss)
         self.curvature = curvature
         self.mc = dict(samples=samples, seed=seed, targets=targets)

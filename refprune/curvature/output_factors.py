@@ -111,6 +111,31 @@ def check_draws(inp, samples, seed, where):
     return samples
 
 
+def monte_carlo_kwargs(curvature, samples, seed, targets):
+    """``samples``, ``seed`` and ``targets`` as keywords for a curvature function if
+    ``curvature`` is ``"mc_fisher"``, else none: callers that hold them for every
+    curvature (pruning keeps ``seed`` for retraining too) pass on only what applies."""
+    if isinstance(curvature, str) and curvature == "mc_fisher":
+        return dict(samples=samples, seed=seed, targets=targets)
+    return {}
+
+
+def refuse_monte_carlo_options(curvature, samples, seed, targets, where):
+    """Refuse ``samples=``, ``seed=`` or ``targets=`` given for a curvature that draws
+    nothing: only ``"mc_fisher"`` reads them, and ignoring them would hide a mistake.
+    ``samples=1`` and ``seed=0`` are the defaults and pass."""
+    if curvature == "mc_fisher":
+        return
+    given = [f"{k}={v!r}" for k, v, default in (("samples", samples, 1), ("seed", seed, 0))
+             if not (is_int(v) and v == default)]
+    if targets is not None:
+        given.append("targets=")
+    if given:
+        verb = "is" if len(given) == 1 else "are"
+        raise ValueError(f"{where}: {', '.join(given)} {verb} for curvature='mc_fisher', got curvature={curvature!r} "
+                         "(only Monte Carlo draws read it; leave it out)")
+
+
 class OutputFactor:
     """The columns ``Gamma_n`` of one curvature for a batch, evaluated chunk by chunk.
 

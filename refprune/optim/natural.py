@@ -64,7 +64,8 @@ class NaturalGradient(Optimizer):
     def matrix(self, inp):
         """The batch's curvature matrix (dense, ``(n, n)``)."""
         args = (inp.model, [p for group in inp.grouped for p in group], inp.X, inp.y, inp.loss)
-        mc = dict(samples=self.samples, seed=[self.seed, self.steps])
+        # Monte Carlo options only for the curvature that draws (the others refuse them)
+        mc = dict(samples=self.samples, seed=[self.seed, self.steps]) if self.curvature == "mc_fisher" else {}
         if self.structure == "layer":
             return block_diagonal(*args, curvature=self.curvature, **mc).to_dense()
         return exact_matrix(*args, curvature=self.curvature, max_bytes=self.max_bytes, **mc)

@@ -13,6 +13,7 @@ import numpy as np
 from .. import derivatives as _d
 from .. import options
 from ..checks import validate
+from ..curvature.output_factors import monte_carlo_kwargs
 from ..options import METHODS, STRUCTURED, UNSTRUCTURED  # noqa: F401 (METHODS re-exported)
 from ..params import flatten_params, unflatten_params
 from ..vocabulary import CURVATURES, FISHER_LIKE, check_curvature, renamed_options
@@ -170,7 +171,7 @@ def prune(model, params, X, y, loss, method="obs", sparsity=None, steps=1, scope
     inp = validate(model, params, X, y, loss)
     X, y = inp.X, inp.y  # float64 inputs and checked targets from here on
     opts = dict(scope=scope, curvature=curvature, diagonal=diagonal, damping=v["damping"],
-                group_size=v["group_size"], mc=dict(samples=samples, seed=seed, targets=targets), seed=seed,
+                group_size=v["group_size"], mc=monte_carlo_kwargs(curvature, samples, seed, targets), seed=seed,
                 include_bias=v["include_bias"], retrain=retrain, max_layer_fraction=v["max_layer_fraction"],
                 eigenvalues=eigenvalues, progress=v["progress"], target=target, skip_emptied=v["skip_emptied"],
                 protected=_check_protected(model, protected), taylor=taylor, weight_decay=v["weight_decay"],

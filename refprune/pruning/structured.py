@@ -24,6 +24,7 @@ from .. import options
 from ..derivatives import grad as _grad
 from ..curvature.diagonal import curvature_diagonal
 from ..curvature.kronecker import LayerLayout, kfac
+from ..curvature.output_factors import monte_carlo_kwargs
 from ..params import flatten_params, unflatten_params
 from ..vocabulary import FISHER_LIKE, check_curvature, renamed_options
 from .masks import affine_layers, check_mask
@@ -203,7 +204,7 @@ def unit_saliencies(model, params, X, y, loss, method="kron_obs", curvature="ggn
     damping, shortcut = v["damping"], v["shortcut"]
     layers = structurally_prunable(model)
     alive = {j: np.ones(model[j].out_units, dtype=bool) for j in layers}
-    mc = dict(samples=samples, seed=seed, targets=targets)
+    mc = monte_carlo_kwargs(curvature, samples, seed, targets)
     states, mats = _layer_states((model, params, X, y, loss), layers, alive, method, curvature, mc, damping)
     out = {j: states[j].saliencies(mats[j], method, shortcut=shortcut) for j in layers}
     return out

@@ -17,6 +17,7 @@ import numpy as np
 from .. import derivatives as _d
 from .. import options
 from ..checks import validate
+from ..curvature.output_factors import monte_carlo_kwargs
 from ..params import flatten_params, unflatten_params
 from ..scalars import is_int
 from . import unstructured as U
@@ -100,7 +101,7 @@ def obs_trace(model, params, X, y, loss, count=None, curvature="ggn", damping=0.
                          f"{count!r}")
     theta0 = flatten_params([p for group in inp.grouped for p in group]) * mask
     args = (model, unflatten_params(model, theta0), X, y, loss)
-    mc = dict(samples=samples, seed=seed, targets=targets)
+    mc = monte_carlo_kwargs(curvature, samples, seed, targets)
     H = U.curvature_matrix(curvature, args, mc, weight_decay)
     idx = np.flatnonzero(mask)
     Hinv = U.obs_inverse_factory(curvature, args, damping, weight_decay, indefinite, H)(idx)
