@@ -115,8 +115,8 @@ def test_drawn_zoo_cases_have_their_own_data():
 
 def _space(z):
     """The values each drawn quantity takes over the zoo."""
-    s = {k: set() for k in ("kind", "depth", "width", "out", "bias", "act", "cin", "h", "k", "stride", "pad",
-                            "cout", "pool", "pool_size", "loss")}
+    s = {k: set() for k in ("kind", "depth", "width", "out", "mlp_out", "conv_out", "bias", "mlp_bias", "conv_bias", "act", "cin", "h", "k", "stride", "pad",
+                            "cout", "pool", "pool_size", "loss", "ho_pool")}
     for c in z:
         layers = list(c.model)
         s["loss"].add(c.name.split("/")[1])
@@ -128,12 +128,16 @@ def _space(z):
             s["depth"].add(len(lin))  # hidden widths + 1 output layer
             s["width"].update([l.in_features for l in lin])
             s["bias"].update(l.bias for l in lin[:-1])
+            s["mlp_bias"].update(l.bias for l in lin[:-1])
+            s["mlp_out"].add(lin[-1].out_features)
             assert lin[-1].bias
             assert c.X.shape[1:] == (lin[0].in_features,)
         else:
             s["kind"].add("conv")
             conv = layers[0]
             s["bias"].add(conv.bias)
+            s["conv_bias"].add(conv.bias)
+            s["conv_out"].add(layers[-1].out_features)
             s["cin"].add(conv.in_channels)
             s["cout"].add(conv.out_channels)
             s["k"].add(conv.kernel_size[0])
@@ -147,6 +151,7 @@ def _space(z):
             s["pool"].add(pools[0] if pools else None)
             s["pool_size"].update(l.kernel_size for l in layers if "Pool" in type(l).__name__)
             ho = conv.output_shape(c.X.shape[1:])[1]
+            s["ho_pool"].add((min(ho, 3), bool(pools)))
             if pools:  # a pool only on a conv output of at least 2 x 2
                 assert ho >= 2, c.describe()
             assert isinstance(layers[-2], nn.Flatten)
@@ -165,7 +170,8 @@ def test_drawn_zoo_space():
     assert s["width"] == {2, 3, 4}
     assert s["bias"] == {True, False}
     assert s["act"] == {"Tanh", "Sigmoid", "Softplus", "ReLU"}
-    assert s["out"] == {2, 3}
+    assert s["out"] == s["mlp_out"] == s["conv_out"] == {2, 3}
+    assert s["mlp_bias"] == s["conv_bias"] == {True, False}
     assert s["cin"] == {1, 2}
     assert s["h"] == {4, 5, 6}
     assert s["k"] == {1, 2, 3}
@@ -174,6 +180,8 @@ def test_drawn_zoo_space():
     assert s["cout"] == {1, 2, 3}
     assert s["pool"] == {None, "AvgPool2d", "MaxPool2d"}
     assert s["pool_size"] == {2}
+    # conv outputs of 1 x 1 (never pooled), 2 x 2 and larger (pooled about half the time)
+    assert s["ho_pool"] == {(1, False), (2, False), (2, True), (3, False), (3, True)}
     assert s["loss"] == set(LOSS_NAMES)
 
 
@@ -183,3 +191,6 @@ def test_drawn_zoo_bias_mostly_on():
     flags = [l.bias for c in z for l in list(c.model)[:-1] if isinstance(l, (nn.Linear, nn.Conv2d))]
     frac = np.mean(flags)
     assert 0.65 < frac < 0.93, frac
+    for kind in (nn.Linear, nn.Conv2d):
+        flags = [l.bias for c in z for l in list(c.model)[:-1] if isinstance(l, kind)]
+        assert 0.6 < np.mean(flags) < 0.95, (kind, np.mean(flags))
