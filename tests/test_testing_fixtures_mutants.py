@@ -320,3 +320,28 @@ def test_loss_from_spec_not_a_dict():
         loss_from_spec(["MSELoss", "mean"])
     assert str(e.value) == ("loss_from_spec: expected a dict such as {'type': 'MSELoss', 'reduction': 'mean'}, "
                             "got list")
+
+
+def test_compare_with_fixture_joins_the_diagnosis(d):
+    """Only the bias entries of the gradient differ, not by a constant factor: the
+    message gives the diagnosis' two sentences joined by '; ' (docs: the message names
+    what the difference looks like)."""
+    (fx,) = load_fixtures(d)
+    ref = fx["grad"]
+    got = ref.copy()
+    got[6] += 0.5 * np.abs(ref).max()  # Linear(3, 2): weights 0-5, bias 6-7
+    got[7] -= 0.25 * np.abs(ref).max()
+    with pytest.raises(AssertionError) as e:
+        compare_with_fixture(fx, "grad", got)
+    msg = str(e.value)
+    head, _, rest = msg.partition("; differs in: ")
+    assert head.startswith("linear/mse-mean: grad: relative error ") and head.endswith(" > 1e-10")
+    assert rest.endswith("; only bias entries differ: is the bias missing, or treated apart from the weights "
+                         "(refprune folds it into A as a constant input 1)?"), msg
+    assert "XX" not in msg
+
+
+def test_model_from_spec_without_a_type():
+    with pytest.raises(ValueError) as e:
+        model_from_spec([{"in_features": 1}])
+    assert str(e.value) == f"model_from_spec: layer 0 {{'in_features': 1}} has no 'type'; accepted types: {TYPES}"
