@@ -70,6 +70,17 @@ def test_prunable_given_as_integers_is_a_mask():
     assert np.isinf(s[1]) and np.isfinite(s[[0, 2]]).all()
 
 
+@pytest.mark.parametrize("mask, exc, msg", [
+    (np.array([0.5, 0.0, 0.0]), TypeError, "OBS: prunable must be a mask of True/False (or 0/1 integers), got dtype float64"),
+    (["no", "", ""], TypeError, "OBS: prunable must be a mask of True/False (or 0/1 integers), got dtype <U2"),
+    ([2, 0, 1], ValueError, "OBS: prunable given as integers must hold only 0 and 1, got values [0, 1, 2]"),
+])
+def test_prunable_that_is_not_a_mask_is_refused(mask, exc, msg):
+    with pytest.raises(exc) as e:
+        OBS(np.eye(3), np.ones(3), prunable=mask)
+    assert str(e.value) == msg
+
+
 def test_default_removes_one_at_a_time_which_differs_from_a_group():
     """Removing weight 0 drives weight 1 up (strong coupling), so one-at-a-time OBS
     takes 2 next, while a group of two takes the two smallest at the start."""

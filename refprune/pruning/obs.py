@@ -83,6 +83,18 @@ def inverse_spd(H, damping=0.0, what="matrix"):
     return out
 
 
+def _mask(prunable):
+    """``prunable`` as a boolean mask: bools, or the integers 0 and 1; anything else
+    (0.5, strings) would silently become True under ``astype(bool)`` and is refused."""
+    p = np.asarray(prunable)
+    if p.dtype != bool and not np.issubdtype(p.dtype, np.integer):
+        raise TypeError(f"OBS: prunable must be a mask of True/False (or 0/1 integers), got dtype {p.dtype}")
+    if p.dtype != bool and not np.isin(p, (0, 1)).all():
+        raise ValueError(f"OBS: prunable given as integers must hold only 0 and 1, got values "
+                         f"{np.unique(p)[:5].tolist()}")
+    return p.astype(bool)
+
+
 class OBS:
     """Sequential OBS on ``w`` (``(n,)``) with inverse curvature ``Hinv`` (``(n, n)``).
 
@@ -104,7 +116,7 @@ class OBS:
         if self.Hinv.shape != (n, n):
             raise ValueError(f"OBS: Hinv must have shape ({n}, {n}), got {self.Hinv.shape}")
         self.active = np.ones(n, dtype=bool)
-        self.prunable = np.ones(n, dtype=bool) if prunable is None else np.array(prunable, dtype=bool)
+        self.prunable = np.ones(n, dtype=bool) if prunable is None else _mask(prunable)
         if self.prunable.shape != (n,):
             raise ValueError(f"OBS: prunable must have shape ({n},) like w, got {self.prunable.shape}")
         self.g = self.H = None
