@@ -67,7 +67,6 @@ def train(model, params, X, y, loss, epochs=10, batch_size=32, lr=None, momentum
     for epoch in range(epochs):
         order = rng.permutation(len(X))
         start = time.perf_counter()
-        batch_no = 0
         # NumPy's overflow warnings of a diverging epoch belong to the error that reports it;
         # an epoch that ends normally issues them as usual
         with warnings.catch_warnings(record=True) as held:
