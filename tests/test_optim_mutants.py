@@ -12,6 +12,7 @@ import refprune as rp
 from refprune import optim
 from refprune.curvature.exact import exact_matrix
 from refprune.optim import base
+from refprune.checks import validate
 from refprune.params import flatten_params
 
 from cases import small_mlp
@@ -376,3 +377,28 @@ def test_kfac_singular_block_message():
     with pytest.raises(np.linalg.LinAlgError, match=r"^KFAC: the damped block of layer .* restricted to the free "
                                                      r"coordinates is not positive definite"):
         optim.KFAC(curvature="ggn", damping=0.0).step(model, params, X, y, loss, mask=free)
+
+
+def test_natural_gradient_kl_clipping():
+    model, params, X, y, loss = _problem()
+    theta = flatten_params(params)
+    g = rp.grad(model, params, X, y, loss)
+    F = exact_matrix(model, params, X, y, loss, curvature="fisher")
+    d = np.linalg.solve(F + 0.1 * np.eye(len(F)), g)
+    c = 1e-3 * 0.25 * float(d @ g)  # below lr^2 d.g: the step is clipped
+    o = optim.NaturalGradient(lr=0.5, damping=0.1, kl_clip=c)
+    new = flatten_params(o.step(model, params, X, y, loss))
+    nu = np.sqrt(c / (0.25 * float(d @ g)))
+    assert o.last_nu == pytest.approx(nu, rel=1e-9)
+    np.testing.assert_allclose(new, theta - 0.5 * nu * d, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [optim.KFAC, optim.EKFAC])
+def test_first_curvature_update_after_reset_builds_the_preconditioner(cls):
+    # a preconditioner never formed (after reset) is formed at the first update, whatever the interval
+    model, params, X, y, loss = small_mlp(n=4)
+    k = cls(curvature="ggn", refresh_interval=2)
+    k.reset()
+    k.update_curvature(validate(model, params, X, y, loss))
+    built = k.blocks if cls is optim.KFAC else k.basis
+    assert isinstance(built, list) and [b.layout.size for b in built] == [16, 15]
