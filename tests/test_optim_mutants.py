@@ -402,3 +402,16 @@ def test_first_curvature_update_after_reset_builds_the_preconditioner(cls):
     k.update_curvature(validate(model, params, X, y, loss))
     built = k.blocks if cls is optim.KFAC else k.basis
     assert isinstance(built, list) and [b.layout.size for b in built] == [16, 15]
+
+
+@pytest.mark.parametrize("cls", [optim.KFAC, optim.EKFAC])
+def test_kfac_memory_refusal_names_the_optimizer(cls, monkeypatch):
+    from refprune import memory
+    # 1.28 MB of loss-Hessian square roots (50 x 40 x 40, twice) against 0.5 MB; every other array is smaller
+    monkeypatch.setattr(memory, "ALWAYS_FITS", 0)
+    monkeypatch.setattr(memory, "available_memory", lambda: 500_000)
+    model = rp.Sequential(rp.Linear(1, 40))
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((50, 1)), rng.integers(0, 40, 50)
+    with pytest.raises(memory.ArrayTooLargeError, match=rf"^{cls.name}: the square roots of the loss Hessians "):
+        cls(curvature="ggn").step(model, model.init(0), X, y, rp.CrossEntropyLoss())
