@@ -101,7 +101,8 @@ def minimize(model, params, X, y, loss, weight_decay=0.0, mask=None, method="tru
     ``result.certified_by`` names the deciding test); SciPy's ``result.success`` is kept
     for reference only.  Options are checked through :data:`refprune.options.TABLE`
     (``gtol > 0``, ``maxiter >= 1``, ``weight_decay >= 0``).
-    ``progress=True`` reports every iteration's objective on stderr.
+    ``progress=True`` reports every iteration's objective on stderr.  With no free
+    coordinate SciPy is not called: the point is returned, certified, after 0 iterations.
     """
     v = options.convert("minimize", dict(weight_decay=weight_decay, mask=mask, method=method, gtol=gtol,
                                          maxiter=maxiter, progress=progress))
@@ -138,8 +139,13 @@ def minimize(model, params, X, y, loss, weight_decay=0.0, mask=None, method="tru
         it[0] += 1
         print(f"minimize: iteration {it[0]}, objective {fun(z):.10g}", file=sys.stderr)
 
-    res = scipy.optimize.minimize(fun, theta0[idx], jac=jac, hess=hess, method=method,
-                                  options=dict(gtol=gtol, maxiter=maxiter), callback=report if progress else None)
+    if idx.size == 0:
+        # nothing free: the point is the minimiser over an empty set (SciPy's methods fail on it)
+        res = scipy.optimize.OptimizeResult(x=theta0[idx], fun=fun(theta0[idx]), success=True, status=0, nit=0,
+                                            message="no free coordinates: nothing to minimise")
+    else:
+        res = scipy.optimize.minimize(fun, theta0[idx], jac=jac, hess=hess, method=method,
+                                      options=dict(gtol=gtol, maxiter=maxiter), callback=report if progress else None)
     z = res.x
     g = jac(z)
     ev = np.linalg.eigvalsh(hess(z)) if idx.size else np.zeros(0)

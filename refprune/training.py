@@ -67,7 +67,6 @@ def train(model, params, X, y, loss, epochs=10, batch_size=32, lr=None, momentum
     for epoch in range(epochs):
         order = rng.permutation(len(X))
         start = time.perf_counter()
-        batch_no = 0
         # NumPy's overflow warnings of a diverging epoch belong to the error that reports it;
         # an epoch that ends normally issues them as usual
         with warnings.catch_warnings(record=True) as held:
@@ -88,9 +87,6 @@ def train(model, params, X, y, loss, epochs=10, batch_size=32, lr=None, momentum
                                       f"(lr={optimizer.lr:g})") from None
         for w in held:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-        if not np.isfinite(history[-1]):
-            raise DivergenceError(f"train: loss became {history[-1]} in epoch {epoch + 1}; lower lr "
-                                  f"(lr={optimizer.lr:g})")
         if progress:
             print(f"train: epoch {epoch + 1}/{epochs}  loss {history[-1]:.6f}  "
                   f"({time.perf_counter() - start:.2f} s)", file=sys.stderr)

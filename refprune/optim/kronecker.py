@@ -89,7 +89,7 @@ class KFAC(Optimizer):
     def _output_factor(self, inp):
         return OutputFactor(inp, self.curvature, self.samples, [self.seed, self.steps], where=self.name)
 
-    def _fold_factors(self, inp, batch_blocks):
+    def _fold_factors(self, batch_blocks):
         """Average the batch's factors into the running ones; returns the layouts."""
         avg = self.factors.update([m for b in batch_blocks for m in (b.S, b.A)])
         return [(avg[2 * i], avg[2 * i + 1], b.layout) for i, b in enumerate(batch_blocks)]
@@ -103,7 +103,7 @@ class KFAC(Optimizer):
         Returns the batch gradient, back-propagated with the statistics."""
         stats = FactorStatistics(self.approx)
         g = layer_statistics(inp, self._output_factor(inp), stats.visit, gradient=True)
-        averaged = self._fold_factors(inp, stats.blocks(inp, self.bias))
+        averaged = self._fold_factors(stats.blocks(inp, self.bias))
         if self.blocks is None or self._due(self.refresh_interval):
             self.blocks = [KroneckerBlock(S.copy(), A.copy(), layout) for S, A, layout in averaged]
         return g
@@ -158,7 +158,7 @@ class EKFAC(KFAC):
         moments = None if refresh or not rescale else EigenbasisMoments(self.basis, inp.model)
         visit = stats.visit if moments is None else (lambda *a: (stats.visit(*a), moments.visit(*a)))
         g = layer_statistics(inp, factor, visit, gradient=True)
-        averaged = self._fold_factors(inp, stats.blocks(inp, self.bias))
+        averaged = self._fold_factors(stats.blocks(inp, self.bias))
         if refresh:
             # the new basis comes from this batch's averaged factors: a second pass projects onto it
             self.basis = [KroneckerBlock(S.copy(), A.copy(), layout) for S, A, layout in averaged]
