@@ -39,6 +39,28 @@ def check_array(a, name, dtype_kinds="fiub"):
     return arr
 
 
+def real_array(x, name, hint="; return a real array"):
+    """``x`` (an array, a CPU tensor, a JAX array, a nested list) as a float64 array.
+
+    Complex values are refused by name, never truncated to their real part (NumPy's
+    ``astype(float)`` would drop the imaginary part with only a warning), and so are
+    booleans, strings and objects: refprune's quantities are real float64 numbers.
+    ``hint`` ends the complex refusal with what the caller should do.
+    """
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} cannot be read as an array ({err})") from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({arr.dtype}): refprune's quantities are real float64, and the "
+                        f"imaginary part would be dropped silently{hint}")
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
 def check_flag(value, name):
     """``value`` if it is ``True`` or ``False`` (a string like ``"no"`` is not)."""
     if not isinstance(value, (bool, np.bool_)):

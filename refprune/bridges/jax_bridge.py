@@ -12,7 +12,7 @@
 import numpy as np
 
 from .. import nn
-from ..checks import check_params, validate
+from ..checks import check_params, real_array, validate
 
 
 def _jax():
@@ -97,17 +97,9 @@ def from_jax(tree, model):
 
 
 def _real(value, name):
-    """A float64 copy of ``value``; complex values are refused by name (a cast would
-    drop the imaginary part), and so are booleans and non-numeric values."""
-    try:
-        a = np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"from_jax: entry {name!r} cannot be read as an array ({err})") from None
-    if a.dtype.kind == "c":
-        raise TypeError(f"from_jax: entry {name!r} is complex ({a.dtype}); refprune's parameters are real float64")
-    if a.dtype.kind not in "fiu":
-        raise TypeError(f"from_jax: entry {name!r} must be a real numeric array, got dtype {a.dtype}")
-    return np.array(a, dtype=np.float64)
+    """A float64 copy of ``value`` (:func:`refprune.checks.real_array`): complex, boolean
+    and non-numeric entries are refused by name."""
+    return real_array(value, f"from_jax: entry {name!r}", hint="; give a real pytree")
 
 
 def jax_loss_function(model, X, y, loss):

@@ -13,7 +13,7 @@ other, and the round trips are exact (float64 values are copied, never recompute
 import numpy as np
 
 from .. import nn
-from ..checks import check_params, validate
+from ..checks import check_params, real_array, validate
 
 
 def _torch():
@@ -181,15 +181,7 @@ def _array(t, name, torch):
             raise TypeError(f"from_torch: parameter {name} must be a real numeric tensor, got {t.dtype}")
         a = a.numpy()
     else:
-        try:
-            a = np.asarray(t)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"from_torch: state dict entry {name!r} cannot be read as an array ({err})") from None
-        if a.dtype.kind == "c":
-            raise TypeError(f"from_torch: state dict entry {name!r} is complex ({a.dtype}); refprune's parameters "
-                            "are real float64")
-        if a.dtype.kind not in "fiu":
-            raise TypeError(f"from_torch: state dict entry {name!r} must be a real numeric array, got dtype {a.dtype}")
+        a = real_array(t, f"from_torch: state dict entry {name!r}", hint="; give a real state dict")
     arr = np.array(a, dtype=np.float64)  # a copy: the caller's tensor is never shared
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"from_torch: parameter {name} contains NaN or inf")

@@ -10,28 +10,8 @@ weight layout; a constant factor per layer.
 
 import numpy as np
 
+from ..checks import real_array  # noqa: F401 (re-exported: the harness and fixtures read it here)
 from ..nn import AffineLayer, CrossEntropyLoss
-
-
-def real_array(x, name):
-    """``x`` (an array, a CPU tensor, a JAX array, a nested list) as a float64 array.
-
-    Complex values are refused by name, never truncated to their real part (NumPy's
-    ``astype(float)`` would drop the imaginary part with only a warning), and so are
-    booleans, strings and objects: refprune's quantities are real float64 numbers.
-    """
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor
-        x = x.detach().cpu().numpy()
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} cannot be read as an array ({err})") from None
-    if arr.dtype.kind == "c":
-        raise TypeError(f"{name} is complex ({arr.dtype}): refprune's quantities are real float64, and the "
-                        "imaginary part would be dropped silently; return a real array")
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    return arr.astype(np.float64)
 
 
 def relative_error(a, b):
