@@ -103,11 +103,9 @@ def memmap(tmp_path, n, name="h.npy"):
     return np.lib.format.open_memmap(str(tmp_path / name), mode="w+", dtype=np.float64, shape=(n, n))
 
 
-def test_interrupted_run_restarts_with_only_the_missing_blocks(tmp_path, monkeypatch):
-    m, p, X, y, l = make("mlp-sigmoid-softplus", "ce-mean", n=10)
-    H = rp.hessian(m, p, X, y, l)
-    out = memmap(tmp_path, m.n_params)
-    submitted = counting_run(monkeypatch)
+def interrupt_after_two_blocks(monkeypatch, compute):
+    """Run ``compute`` and stop it (KeyboardInterrupt) once two blocks are recorded;
+    returns the keys of the recorded blocks."""
     real_mark, marks = store.BlockRecord.mark, []
 
     def mark_then_stop(self, key, block):
@@ -118,8 +116,17 @@ def test_interrupted_run_restarts_with_only_the_missing_blocks(tmp_path, monkeyp
 
     monkeypatch.setattr(store.BlockRecord, "mark", mark_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        rp.hessian(m, p, X, y, l, out=out, block_rows=4)
+        compute()
     monkeypatch.setattr(store.BlockRecord, "mark", real_mark)
+    return marks
+
+
+def test_interrupted_run_restarts_with_only_the_missing_blocks(tmp_path, monkeypatch):
+    m, p, X, y, l = make("mlp-sigmoid-softplus", "ce-mean", n=10)
+    H = rp.hessian(m, p, X, y, l)
+    out = memmap(tmp_path, m.n_params)
+    submitted = counting_run(monkeypatch)
+    interrupt_after_two_blocks(monkeypatch, lambda: rp.hessian(m, p, X, y, l, out=out, block_rows=4))
     out2 = np.load(str(tmp_path / "h.npy"), mmap_mode="r+")
     rp.hessian(m, p, X, y, l, out=out2, block_rows=4)
     total = len(exact.row_blocks(m, 4))
@@ -302,18 +309,7 @@ def test_an_interrupted_store_is_refused_until_finished(tmp_path, monkeypatch):
     m, p, X, y, l = make("mlp-sigmoid-softplus", "mse-sum", n=7)
     H = rp.hessian(m, p, X, y, l)
     out = memmap(tmp_path, m.n_params)
-    real_mark, marks = store.BlockRecord.mark, []
-
-    def mark_then_stop(self, key, block):
-        real_mark(self, key, block)
-        marks.append(key)
-        if len(marks) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        rp.hessian(m, p, X, y, l, out=out, block_rows=3)
-    monkeypatch.setattr(store.BlockRecord, "mark", real_mark)
+    marks = interrupt_after_two_blocks(monkeypatch, lambda: rp.hessian(m, p, X, y, l, out=out, block_rows=3))
     keys = [f"layer {l_}" + ("" if u is None else f" units {u[0]}-{u[1]}") for l_, u, _ in exact.row_blocks(m, 3)]
     rec = json.loads((tmp_path / "h.npy.refprune.json").read_text())
     assert rec["complete"] is False and sorted(rec["blocks"]) == sorted(keys)

@@ -63,9 +63,10 @@ class KFAC(Optimizer):
                  bias="fold", ema_decay=0.95, refresh_interval=1, samples=1, seed=0, momentum=0.0,
                  weight_decay=0.0, kl_clip=None):
         check_kfac_options(curvature, approx, bias, self.name)
-        given = dict(lr=lr, damping=damping, damping_form=damping_form, curvature=curvature, approx=approx,
-                     bias=bias, ema_decay=ema_decay, refresh_interval=refresh_interval, samples=samples, seed=seed,
-                     momentum=momentum, weight_decay=weight_decay, kl_clip=kl_clip)
+        # curvature, approx and bias are checked above, damping_form below, and lr, momentum,
+        # weight_decay and kl_clip by Optimizer.__init__: the table checks the rest once
+        given = dict(damping=damping, ema_decay=ema_decay, refresh_interval=refresh_interval, samples=samples,
+                     seed=seed)
         if damping_form not in self.forms:
             raise ValueError(f"{self.name}: damping_form must be one of {self.forms}, got {damping_form!r}")
         v = options.convert(self.name, given)

@@ -47,9 +47,9 @@ class NaturalGradient(Optimizer):
     def __init__(self, lr=1.0, curvature="fisher", damping=1e-3, structure="full", ema_decay=0.0, samples=1,
                  seed=0, momentum=0.0, weight_decay=0.0, kl_clip=None, max_bytes=None):
         self.curvature = check_curvature(curvature, CURVATURES, self.name)
-        v = options.convert(self.name, dict(lr=lr, curvature=curvature, damping=damping, structure=structure,
-                                            ema_decay=ema_decay, samples=samples, seed=seed, momentum=momentum,
-                                            weight_decay=weight_decay, kl_clip=kl_clip, max_bytes=max_bytes))
+        # lr, momentum, weight_decay and kl_clip are checked by Optimizer.__init__
+        v = options.convert(self.name, dict(damping=damping, structure=structure, ema_decay=ema_decay,
+                                            samples=samples, seed=seed, max_bytes=max_bytes))
         options.refuse_inapplicable(self.name, v, method=structure, curvature=curvature)  # methods: structures
         self.damping = v["damping"]
         self.structure, self.samples, self.seed, self.max_bytes = structure, v["samples"], v["seed"], max_bytes
