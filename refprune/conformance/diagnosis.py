@@ -113,7 +113,8 @@ _CURVATURE = ("hessian", "ggn", "residual", "fisher", "mc_fisher", "empirical_fi
               "ggn_diagonal", "empirical_fisher_diagonal", "mc_fisher_diagonal", "kfac", "ekfac", "hvp",
               "obd_saliencies")
 _LAMBDA_WORDS = ("Lambda = I for squared error where refprune (like PyTorch's MSELoss) has 2 I",
-                 "Lambda = 4 I or a loss with 2 (f - y)^2", "Lambda = I and a mean over samples only (ASDL, nngeometry)",
+                 "Lambda = 4 I or a loss with 2 (f - y)^2",
+                 "Lambda = I and a mean over samples only (ASDL, nngeometry)",
                  "Lambda = I and a mean over samples (ASDL, nngeometry)")
 
 

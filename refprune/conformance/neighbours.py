@@ -111,14 +111,7 @@ class _Parts:
 
 
 def _parts(case):
-    cached = getattr(case, "_neighbour_parts", None)
-    if cached is None:
-        cached = _Parts(case)
-        try:  # computed once per case: several quantities may fail on the same one
-            object.__setattr__(case, "_neighbour_parts", cached)
-        except (AttributeError, TypeError):
-            pass
-    return cached
+    return _Parts(case)
 
 
 def _hessian(case):
@@ -441,7 +434,7 @@ def kfac_variants(case, options):
     other_bias = "separate" if opts["bias"] == "fold" else "fold"
     if any(isinstance(layer, AffineLayer) and layer.bias for layer in case.model):
         o = dict(opts, bias=other_bias)
-        why = ("the bias kept apart from the weights (a bias block S kron [1], no weight-bias coupling)"
+        why = ("the bias kept apart from the weights: a bias block S kron [1], no weight-bias coupling"
                if other_bias == "separate" else "the bias folded into A as a constant input 1")
         out.append((f"refprune's K-FAC with bias={other_bias!r} where {opts['bias']!r} was asked for ({why})", o,
                     kfac(*case.args(), **_kfac_kw(case, o))))
@@ -500,8 +493,8 @@ def _ekfac_neighbours(case, options):
             for d, o, _ in kfac_variants(case, opts)]
     P = _parts(case)
     g = P.grad()
-    for words, scale in (("the squared mini-batch gradient projected onto the eigenbasis, (U^T grad)^2", 1.0),
-                         ("the squared mini-batch gradient projected onto the eigenbasis, divided by R", 1 / P.R)):
+    for words, scale in (("the squared mini-batch gradient projected onto the eigenbasis, (U^T grad)^2,", 1.0),
+                         ("the squared mini-batch gradient projected onto the eigenbasis, divided by R,", 1 / P.R)):
         def block(b, scale=scale):
             lay = b.layout
             Gm = lay.to_matrix(g[lay.offset : lay.offset + lay.size, None])[0]
