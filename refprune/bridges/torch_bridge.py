@@ -319,8 +319,12 @@ def _loss_of(tloss, torch):
         elif isinstance(tloss, tnn.BCELoss):
             hint = "; for sigmoid followed by BCELoss, end the network with the logits and use BCEWithLogitsLoss"
         known = "CrossEntropyLoss, MSELoss" + (", BCEWithLogitsLoss" if hasattr(nn, "BCEWithLogitsLoss") else "")
-        kind = (f"{type(tloss).__module__}.{type(tloss).__qualname__}" if isinstance(tloss, tnn.Module)
-                else f"a {name}")
+        if isinstance(tloss, type):
+            kind, hint = f"the class {tloss.__module__}.{tloss.__qualname__}", f": pass an instance, {tloss.__name__}()"
+        elif isinstance(tloss, tnn.Module):
+            kind = f"{type(tloss).__module__}.{type(tloss).__qualname__}"
+        else:
+            kind = f"a {name}"
         raise TypeError(f"from_torch: loss must be a torch loss module refprune implements ({known}, "
                         f"torch.nn's classes exactly, or a refprune loss), got {kind}{hint}")
     if tloss.reduction not in _REDUCTIONS:
