@@ -1,8 +1,11 @@
 """Bridges to PyTorch (needs ``torch``, any recent version; refprune never installs it).
 
 * :func:`from_torch`: a ``torch.nn.Sequential`` (or a state dict plus the refprune or
-  torch model it belongs to, its entries matched by name) as ``(model, params)``; every
-  option refprune does not model, and complex or tied parameters, are refused by name.
+  torch model it belongs to, its entries matched by name) as ``(model, params)``, and
+  with ``loss=`` the torch criterion as refprune's loss; ``Identity`` and
+  evaluation-mode ``Dropout`` are left out and ``torch.compile``'s wrapper unwrapped;
+  every option refprune does not model, and complex or tied parameters, are refused by
+  name, the module named as torch names it (``"1.1"``).
 * :func:`to_torch`: the ``torch.nn.Sequential`` equal to ``(model, params)``, float64.
 
 Both keep PyTorch's parameter layout (``docs/conventions.md`` §1), so
