@@ -248,7 +248,7 @@ def run_glue(net, lossfn, X, y, kfac):
 def test_readme_glue_is_at_most_ten_lines():
     _, count = readme_glue()
     assert count <= 10, count
-    assert count == 7  # measured; the note in the README and the report quote it
+    assert f"in {count} lines of glue" in open(README).read()  # the README states the count it shows
 
 
 def test_readme_glue_passes_a_correct_kfac_on_a_users_cnn():
