@@ -521,7 +521,7 @@ def test_bug_formula_and_difference(bug):
             base = _applicable(name, extra)
             if base is None:
                 continue
-            for case in CASES:
+            for case in CASES[::2]:
                 o = resolved(case, name, base)
                 try:
                     full = oq.optimizer_options(name, o)
@@ -623,16 +623,15 @@ def test_optimizer_classes_reproduce_the_reference(name):
     """rp.optim.KFAC, EKFAC and NaturalGradient, stepped over the same batches, give the
     reference bit for bit (with their own Monte Carlo draws replayed as the targets)."""
     cls, variants = SELF[name]
-    for case in ZOO[::3]:
-        for kw in variants:
-            for upd in (dict(), dict(momentum=0.5, weight_decay=0.01, kl_clip=1e-3, lr=0.05)):
-                kw2 = dict(kw, damping=0.1, **upd)
-                for batches in ("split", "repeat"):
-                    o = dict(kw2, k=3, batches=batches)
-                    cls_kw = dict(kw2, seed=3) if kw2["curvature"] == "mc_fisher" else kw2
-                    got = _optimizer_run(case, cls, cls_kw, 3, batches)
-                    want = oq.run(case, name, o, targets=_draws(case, 3))
-                    assert np.array_equal(got, want), (name, case.name, kw2, batches)
+    updates = (dict(), dict(momentum=0.5, weight_decay=0.01, kl_clip=1e-3, lr=0.05))
+    for j, (kw, upd, batches) in enumerate(itertools.product(variants, updates, oq.BATCHES)):
+        kw2 = dict(kw, damping=0.1, **upd)
+        o = dict(kw2, k=3, batches=batches)
+        cls_kw = dict(kw2, seed=3) if kw2["curvature"] == "mc_fisher" else kw2
+        for case in ZOO[j % 9 :: 11]:  # every combination on three cases, every case in turn
+            got = _optimizer_run(case, cls, cls_kw, 3, batches)
+            want = oq.run(case, name, o, targets=_draws(case, 3))
+            assert np.array_equal(got, want), (name, case.name, kw2, batches)
 
 
 def test_one_step_from_the_fresh_state_is_the_class_step():

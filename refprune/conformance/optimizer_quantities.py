@@ -1,7 +1,7 @@
 """Optimizer quantities: refprune's preconditioned direction, one whole step and ``k``
 steps of K-FAC, EKFAC and the exact natural gradient on a zoo case, with the state
 conventions stated, for checking another optimizer one step at a time
-(``docs/optimizers.md``, "Checking another optimizer against refprune").
+(``docs/optimizers.md`` §6, "Checking another optimizer against refprune").
 
 :data:`OPTIMIZER_QUANTITIES` maps a name to ``(reference, conventions, defaults)``:
 ``reference(case, options)`` is refprune's value on the case (``options`` are the
@@ -60,13 +60,14 @@ BATCHES = ("split", "repeat")
 _TABLES = {"kfac": "KFAC", "ekfac": "EKFAC", "natural_gradient": "NaturalGradient"}
 
 _DIRECTION = "the direction d = P g (before the KL clip, weight decay, momentum and lr)"
-_UPDATE = ("nu = min(1, sqrt(kl_clip / (lr^2 d.g))) when kl_clip is set (Ba et al. 2017, §5; d before weight "
+_UPDATE = ("d = P g, nu = min(1, sqrt(kl_clip / (lr^2 d.g))) when kl_clip is set (Ba et al. 2017, §5; d before weight "
            "decay), d = nu d + weight_decay theta, buf = momentum buf + d, theta - lr buf")
 _EMA = ("moving average x_u = eps_u x_(u-1) + (1 - eps_u) X_u with decay ema_decay, started as ema_start says: 'first' "
         "eps_u = min(decay, 1 - 1/u) (the first estimate is the first batch's); 'zero' x_0 = 0, eps_u = decay; "
         "'zero_debiased' the same divided by 1 - decay^u; 'identity' x_0 = I, eps_u = decay")
-_STATE = ("the state: factors (the averaged factors after `updates` updates, or None for the start) and buf (the "
-          "momentum buffer, None = 0); this step is update number updates + 1 and refreshes the preconditioner")
+_STATE = ("the state: factors (the averaged factors after `updates` updates, one (S, A) per block in the order and "
+          "shapes of rp.kfac(..., bias=bias).factors(), or None for the start) and buf (the momentum buffer, None = 0); "
+          "this step is update number updates + 1 and refreshes the preconditioner")
 _MC = "curvature='mc_fisher': the Monte Carlo targets case.targets[:, idx] of the step's samples idx"
 _KFAC_P = ("P = the damped (S kron A)^-1 of every block (Martens & Grosse 2015, §6.3): 'exact' S kron A + lam I; "
            "'factored' (S + sqrt(lam) I) kron (A + sqrt(lam) I); 'pi' (S + sqrt(lam)/pi I) kron (A + pi sqrt(lam) I), "
@@ -471,7 +472,8 @@ def _conventions(family, kind):
             "step": f"theta (n,) after one step on the case's whole batch from {_STATE}: {_UPDATE}",
             "steps": f"theta (n,) after {_STEPS}: {_UPDATE}"}[kind]
     if family == "natural_gradient":
-        what = what.replace("factors (the averaged factors", "matrix (the averaged matrix")
+        what = what.replace("factors (the averaged factors", "matrix (the averaged matrix (n, n)").replace(
+            ", one (S, A) per block in the order and shapes of rp.kfac(..., bias=bias).factors()", "")
     if family == "ekfac":
         what = what.replace("refreshes the preconditioner", "refreshes the basis and re-estimates kappa")
     return f"{what}; {p}; {_EMA}; {_MC}; options {{options}}"
