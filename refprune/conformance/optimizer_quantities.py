@@ -47,6 +47,7 @@ from ..curvature.kronecker import DAMPING_FORMS, KroneckerBlock, check_kfac_opti
 from ..curvature.operators import block_diagonal
 from ..curvature.output_factors import OutputFactor
 from ..derivatives import grad
+from ..optim.base import DivergenceError
 from ..params import unflatten_params
 from ..scalars import is_int
 from ..vocabulary import CURVATURES, check_curvature
@@ -65,18 +66,18 @@ _UPDATE = ("d = P g, nu = min(1, sqrt(kl_clip / (lr^2 d.g))) when kl_clip is set
 _EMA = ("moving average x_u = eps_u x_(u-1) + (1 - eps_u) X_u with decay ema_decay, started as ema_start says: 'first' "
         "eps_u = min(decay, 1 - 1/u) (the first estimate is the first batch's); 'zero' x_0 = 0, eps_u = decay; "
         "'zero_debiased' the same divided by 1 - decay^u; 'identity' x_0 = I, eps_u = decay")
-_STATE = ("the state: factors (the averaged factors after `updates` updates, one (S, A) per block in the order and "
-          "shapes of rp.kfac(..., bias=bias).factors(), or None for the start) and buf (the momentum buffer, None = 0); "
-          "this step is update number updates + 1 and refreshes the preconditioner")
+_STATE = ("the state: factors (the averaged factors after `updates` updates, one (S, A) per block in the order "
+          "and shapes of rp.kfac(..., bias=bias).factors(), or None for the start) and buf (the momentum buffer, "
+          "None = 0); this step is update number updates + 1 and refreshes the preconditioner")
 _MC = "curvature='mc_fisher': the Monte Carlo targets case.targets[:, idx] of the step's samples idx"
 _KFAC_P = ("P = the damped (S kron A)^-1 of every block (Martens & Grosse 2015, §6.3): 'exact' S kron A + lam I; "
-           "'factored' (S + sqrt(lam) I) kron (A + sqrt(lam) I); 'pi' (S + sqrt(lam)/pi I) kron (A + pi sqrt(lam) I), "
-           "pi = sqrt((tr A / dim A) / (tr S / dim S)); S, A the averaged K-FAC factors of the batch (docs/conventions.md "
-           "§4)")
+           "'factored' (S + sqrt(lam) I) kron (A + sqrt(lam) I); 'pi' (S + sqrt(lam)/pi I) kron "
+           "(A + pi sqrt(lam) I), pi = sqrt((tr A / dim A) / (tr S / dim S)); S, A the averaged K-FAC factors of the "
+           "batch (docs/conventions.md §4)")
 _EKFAC_P = ("P = U_SA diag(1 / (kappa + lam)) U_SA^T (George et al. 2018, Algorithm 1): U_SA = U_S kron U_A the "
-            "eigenvectors of the averaged K-FAC factors, kappa_ij = R sum_(n,k) [U_S^T G_nk U_A]_ij^2 re-estimated on "
-            "the batch's per-sample gradients (eq. 10) and averaged with scale_decay (restarted at every refresh of the "
-            "basis, the first estimate the re-estimate's own)")
+            "eigenvectors of the averaged K-FAC factors, kappa_ij = R sum_(n,k) [U_S^T G_nk U_A]_ij^2 re-estimated "
+            "on the batch's per-sample gradients (eq. 10) and averaged with scale_decay (restarted at every refresh of "
+            "the basis, the first estimate the re-estimate's own)")
 _NG_P = ("P = (F + lam I)^-1 with F the exact curvature matrix of the batch (structure='layer': its per-layer diagonal "
          "blocks), averaged over steps, solved by Cholesky (docs/optimizers.md §2)")
 _STEPS = ("k steps from the fresh state (no averages yet, buf = 0); batches='split': step u uses the u-th of k "
@@ -147,9 +148,10 @@ def optimizer_options(name, given=None):
     if o["ema_start"] not in EMA_STARTS:
         raise ValueError(f"{where}: ema_start must be one of {EMA_STARTS}, got {o['ema_start']!r}")
     if "k" in o:
-        if not is_int(o["k"]) or o["k"] < 1:
-            raise TypeError(f"{where}: k must be a positive int, got {o['k']!r}") if not is_int(o["k"]) else \
-                ValueError(f"{where}: k must be a positive int, got {o['k']!r}")
+        if not is_int(o["k"]):
+            raise TypeError(f"{where}: k must be a positive int, got {o['k']!r}")
+        if o["k"] < 1:
+            raise ValueError(f"{where}: k must be a positive int, got {o['k']!r}")
         o["k"] = int(o["k"])
         if o["batches"] not in BATCHES:
             raise ValueError(f"{where}: batches must be one of {BATCHES}, got {o['batches']!r}")
@@ -451,7 +453,11 @@ def run(case, name, options=None, bugs=(), targets=None):
                 # docs/optimizers.md §1: the clip's nu from d before weight decay
                 d = d * (_kl_factor(d, g, lr, c, bugs) if clip else 1.0) + wd_term
             buf = m * buf + (1 - m) * d if "momentum_dampening" in bugs else m * buf + d
-        theta = theta - (lr * lr if "lr_twice" in bugs else lr) * buf
+        with np.errstate(over="ignore", invalid="ignore"):
+            theta = theta - (lr * lr if "lr_twice" in bugs else lr) * buf
+        if not np.all(np.isfinite(theta)):
+            raise DivergenceError(f"{where}: step {u} on case {case.name} diverged (parameters NaN or inf); lower lr "
+                                  "or raise damping")
     return theta
 
 
@@ -516,45 +522,52 @@ NEIGHBOUR_BUGS = {
                 lambda f, k, o: f == "natural_gradient" and o["curvature"] != "hessian"),
     "fisher": ("the Fisher (= the GGN) in place of the Hessian",
                lambda f, k, o: f == "natural_gradient" and o["curvature"] == "hessian"),
-    "other_approx": ("the other K-FAC variant for convolutions (expand <-> reduce)", lambda f, k, o: f != "natural_gradient"),
+    "other_approx": ("the other K-FAC variant for convolutions (expand <-> reduce)",
+                     lambda f, k, o: f != "natural_gradient"),
     "other_structure": ("the other structure (the whole matrix <-> its per-layer blocks)",
                         lambda f, k, o: f == "natural_gradient"),
     "refresh_every_step": ("the preconditioner refreshed at every step instead of every refresh_interval steps",
                            lambda f, k, o: k == "steps" and o.get("refresh_interval", 1) > 1),
     "refresh_at_multiples": ("the preconditioner refreshed at steps interval, 2 interval, ... (and the first) instead "
-                             "of 1, 1 + interval, ...", lambda f, k, o: k == "steps" and o.get("refresh_interval", 1) > 1),
+                             "of 1, 1 + interval, ...",
+                             lambda f, k, o: k == "steps" and o.get("refresh_interval", 1) > 1),
     "no_kl_clip": ("no KL clip", lambda f, k, o: k != "direction" and o["kl_clip"] is not None),
     "kl_no_sqrt": ("KL clip nu = min(1, c / (lr^2 d.g)) without the square root",
                    lambda f, k, o: k != "direction" and o["kl_clip"] is not None),
     "kl_lr_not_squared": ("KL clip nu = min(1, sqrt(c / (lr d.g))) with lr not squared",
                           lambda f, k, o: k != "direction" and o["kl_clip"] is not None),
-    "kl_after_weight_decay": ("KL clip computed on and applied to d + weight_decay theta (weight decay before the clip)",
+    "kl_after_weight_decay": ("KL clip computed on and applied to d + weight_decay theta (weight decay before the "
+                              "clip)",
                               lambda f, k, o: k != "direction" and o["kl_clip"] is not None and o["weight_decay"] > 0),
-    "momentum_before_clip": ("momentum applied before the KL clip: nu computed from and applied to the momentum buffer",
+    "momentum_before_clip": ("momentum applied before the KL clip: nu computed from and applied to the momentum "
+                             "buffer",
                              lambda f, k, o: k != "direction" and o["kl_clip"] is not None and o["momentum"] > 0),
     "momentum_dampening": ("momentum with dampening: buf = momentum buf + (1 - momentum) d",
                            lambda f, k, o: k != "direction" and o["momentum"] > 0),
     "weight_decay_preconditioned": ("weight decay added to the gradient before preconditioning: P (g + weight_decay "
                                     "theta)", lambda f, k, o: k != "direction" and o["weight_decay"] > 0),
-    "lr_twice": ("the learning rate applied twice: theta - lr^2 buf", lambda f, k, o: k != "direction" and o["lr"] != 1),
+    "lr_twice": ("the learning rate applied twice: theta - lr^2 buf",
+                 lambda f, k, o: k != "direction" and o["lr"] != 1),
 }
 
 
 def _form_neighbours(case, name, o):
+    """K-FAC under the other damping forms: the damping added to the product instead
+    of the factors, or the reverse."""
+    if _family(name) != "kfac" or o["damping"] == 0:
+        return []
     out = []
-    if _family(name) != "kfac":
-        return out
     for form in DAMPING_FORMS:
-        if form != o["damping_form"] and o["damping"] > 0:
+        if form != o["damping_form"]:
             where = "to the product" if form == "exact" else "to the factors"
             out.append((f"damping form {form!r} (lam added {where}) instead of {o['damping_form']!r}",
-                        run(case, name, dict(o, damping_form=form))))
+                        lambda form=form: run(case, name, dict(o, damping_form=form))))
     return out
 
 
 def _option_neighbours(case, name, o):
     """The same quantity under another documented convention: the other moving-average
-    starts and the other batching."""
+    starts and the other batching (``[(description, thunk)]``)."""
     out = []
     fam, kind = _family(name), _kind(name)
     state = "matrix" if fam == "natural_gradient" else "factors"
@@ -564,12 +577,13 @@ def _option_neighbours(case, name, o):
         opts = dict(o, ema_start=start)
         if start == "first" and o.get(state) is None and kind != "steps":
             opts["ema_decay"] = OPTIMIZER_QUANTITIES[name][2]["ema_decay"]
-        out.append((f"moving average started as ema_start={start!r} instead of {o['ema_start']!r} ({_START_WORDS[start]})",
-                    run(case, name, opts)))
+        out.append((f"moving average started as ema_start={start!r} instead of {o['ema_start']!r} "
+                    f"({_START_WORDS[start]})", lambda opts=opts: run(case, name, opts)))
     if kind == "steps" and o["k"] > 1:
         other = {"split": "repeat", "repeat": "split"}[o["batches"]]
         if other == "repeat" or o["k"] <= len(case.X):
-            out.append((f"batches={other!r} instead of {o['batches']!r}", run(case, name, dict(o, batches=other))))
+            out.append((f"batches={other!r} instead of {o['batches']!r}",
+                        lambda other=other: run(case, name, dict(o, batches=other))))
     return out
 
 
@@ -587,18 +601,14 @@ def neighbours(case, name, options=None, rtol=1e-12):
     fam, kind = _family(name), _kind(name)
     ref = run(case, name, o)
     scale = max(float(np.abs(ref).max()), 1e-300)
-    out = []
     candidates = [(desc, lambda b=bug: run(case, name, o, bugs=[b]))
                   for bug, (desc, applies) in NEIGHBOUR_BUGS.items() if applies(fam, kind, o)]
+    candidates += _form_neighbours(case, name, o) + _option_neighbours(case, name, o)
+    out = []
     for desc, fn in candidates:
         try:
             out.append((desc, fn()))
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
-            continue
-    for extra in (_form_neighbours, _option_neighbours):
-        try:
-            out += extra(case, name, o)
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+        except (np.linalg.LinAlgError, FloatingPointError):  # a variant the case makes singular or divergent
             continue
     return [(d, a) for d, a in out if np.all(np.isfinite(a)) and float(np.abs(a - ref).max()) > rtol * scale]
 
