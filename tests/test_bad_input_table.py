@@ -8,6 +8,7 @@ import pytest
 
 import refprune as rp
 from refprune import conformance as cf
+from refprune.conformance import optimizer_quantities as oq
 from refprune.testing import check_grad, check_hessian, check_hvp, check_jvp, check_vjp, directional_derivative
 
 from cases import make
@@ -1134,8 +1135,56 @@ try:
 except ImportError:  # pragma: no cover
     _HAVE_TORCH = False
 
+def _oq(name, m, p, X, y, l, **options):
+    """Optimizer quantity ``name`` (refprune.conformance.optimizer_quantities) on the problem as a Case."""
+    return oq.OPTIMIZER_QUANTITIES[name][0](cf.Case("bad-input", m, p, X, y, l), options)
+
+
+def _oq_factors(m, p, X, y, l, drop=0):
+    return [(S, A) for S, A in rp.kfac(m, p, X, y, l).factors()][drop:]
+
+
+OPTIMIZER_QUANTITIES_CASES = [
+    ("optimizer quantity unknown option", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, dampnig=0.1), ValueError, "optimizer quantity kfac_step: unknown options ['dampnig']; it takes"),
+    ("optimizer quantity damping_form for EKFAC", lambda m, p, X, y, l: _oq("ekfac_direction", m, p, X, y, l, damping_form="pi"), ValueError, "optimizer quantity ekfac_direction: unknown options ['damping_form']"),
+    ("optimizer quantity k for one step", lambda m, p, X, y, l: _oq("natural_gradient_step", m, p, X, y, l, k=2), ValueError, "optimizer quantity natural_gradient_step: unknown options ['k']"),
+    ("optimizer quantity damping text", lambda m, p, X, y, l: _oq("kfac_direction", m, p, X, y, l, damping="0.1"), TypeError, "optimizer quantity kfac_direction: damping must be a finite number >= 0, got '0.1'"),
+    ("optimizer quantity damping negative", lambda m, p, X, y, l: _oq("ekfac_step", m, p, X, y, l, damping=-1.0), ValueError, "optimizer quantity ekfac_step: damping must be a finite number >= 0, got -1.0"),
+    ("optimizer quantity lr None", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, lr=None), TypeError, "optimizer quantity kfac_step: lr must be a finite number >= 0, got None"),
+    ("optimizer quantity momentum 1", lambda m, p, X, y, l: _oq("kfac_steps", m, p, X, y, l, momentum=1.0), ValueError, "optimizer quantity kfac_steps: momentum must be a finite number >= 0 and < 1, got 1.0"),
+    ("optimizer quantity kl_clip zero", lambda m, p, X, y, l: _oq("natural_gradient_step", m, p, X, y, l, kl_clip=0.0), ValueError, "optimizer quantity natural_gradient_step: kl_clip must be a finite number > 0 or None (no clipping), got 0.0"),
+    ("optimizer quantity damping_form unknown", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, damping_form="tikhonov"), ValueError, "optimizer quantity kfac_step: damping_form must be one of ('exact', 'factored', 'pi'), got 'tikhonov'"),
+    ("optimizer quantity K-FAC of the Hessian", lambda m, p, X, y, l: _oq("kfac_direction", m, p, X, y, l, curvature="hessian"), ValueError, "optimizer quantity kfac_direction: curvature='hessian' has no Kronecker factorisation"),
+    ("optimizer quantity structure unknown", lambda m, p, X, y, l: _oq("natural_gradient_direction", m, p, X, y, l, structure="diag"), ValueError, "optimizer quantity natural_gradient_direction: structure must be one of ('full', 'layer'), got 'diag'"),
+    ("optimizer quantity ema_start unknown", lambda m, p, X, y, l: _oq("kfac_steps", m, p, X, y, l, ema_start="ones"), ValueError, "optimizer quantity kfac_steps: ema_start must be one of ('first', 'zero', 'zero_debiased', 'identity'), got 'ones'"),
+    ("optimizer quantity ema_decay 1", lambda m, p, X, y, l: _oq("kfac_steps", m, p, X, y, l, ema_decay=1.0), ValueError, "optimizer quantity kfac_steps: ema_decay must be a finite number >= 0 and < 1, got 1.0"),
+    ("optimizer quantity ema_decay without a state", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, ema_decay=0.5), ValueError, "optimizer quantity kfac_step: ema_decay=0.5 does not apply to a first step from the start with ema_start='first'"),
+    ("optimizer quantity ema_decay with the identity start accepted", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, ema_decay=0.5, ema_start="identity"), None, ""),
+    ("optimizer quantity k zero", lambda m, p, X, y, l: _oq("ekfac_steps", m, p, X, y, l, k=0), ValueError, "optimizer quantity ekfac_steps: k must be a positive int, got 0"),
+    ("optimizer quantity k float", lambda m, p, X, y, l: _oq("ekfac_steps", m, p, X, y, l, k=2.0), TypeError, "optimizer quantity ekfac_steps: k must be a positive int, got 2.0"),
+    ("optimizer quantity batches unknown", lambda m, p, X, y, l: _oq("natural_gradient_steps", m, p, X, y, l, batches="shuffle"), ValueError, "optimizer quantity natural_gradient_steps: batches must be one of ('split', 'repeat'), got 'shuffle'"),
+    ("optimizer quantity split into more batches than samples", lambda m, p, X, y, l: _oq("kfac_steps", m, p, X, y, l, k=5), ValueError, "k=5 steps with batches='split' need at least k samples; case bad-input has 4"),
+    ("optimizer quantity refresh_interval zero", lambda m, p, X, y, l: _oq("kfac_steps", m, p, X, y, l, refresh_interval=0), ValueError, "optimizer quantity kfac_steps: refresh_interval must be a positive int, got 0"),
+    ("optimizer quantity updates without factors", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, updates=3), ValueError, "optimizer quantity kfac_step: updates=3 needs the averaged factors they made (factors=)"),
+    ("optimizer quantity updates negative", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, updates=-1), ValueError, "optimizer quantity kfac_step: updates must be a non-negative int, got -1"),
+    ("optimizer quantity updates bool", lambda m, p, X, y, l: _oq("ekfac_step", m, p, X, y, l, updates=True), TypeError, "optimizer quantity ekfac_step: updates must be a non-negative int, got True"),
+    ("optimizer quantity factors with updates 0", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, factors=_oq_factors(m, p, X, y, l)), ValueError, "factors= given with updates=0; with ema_start='first' an average exists only after an update"),
+    ("optimizer quantity factors one pair short", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, factors=_oq_factors(m, p, X, y, l, 1), updates=1), ValueError, "optimizer quantity kfac_step: factors must be a list of 2 (S, A) pairs (one per K-FAC block, bias='fold'), got list of length 1"),
+    ("optimizer quantity factors swapped", lambda m, p, X, y, l: _oq("ekfac_direction", m, p, X, y, l, factors=[(A, S) for S, A in _oq_factors(m, p, X, y, l)], updates=1), ValueError, "optimizer quantity ekfac_direction: factors[0] S must have shape (2, 2), got (10, 10)"),
+    ("optimizer quantity factors accepted", lambda m, p, X, y, l: _oq("kfac_direction", m, p, X, y, l, factors=_oq_factors(m, p, X, y, l), updates=2), None, ""),
+    ("optimizer quantity buf wrong shape", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, buf=np.zeros(3)), ValueError, f"optimizer quantity kfac_step: buf must have shape ({N_PARAMS},), got (3,)"),
+    ("optimizer quantity buf complex", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, buf=np.zeros(N_PARAMS) + 1j), TypeError, "optimizer quantity kfac_step: buf must be a real array"),
+    ("optimizer quantity buf NaN", lambda m, p, X, y, l: _oq("natural_gradient_step", m, p, X, y, l, buf=nan_at(np.zeros(N_PARAMS))), ValueError, "optimizer quantity natural_gradient_step: buf contains NaN or inf"),
+    ("optimizer quantity buf read-only accepted", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, buf=read_only(np.ones(N_PARAMS)), momentum=0.5), None, ""),
+    ("optimizer quantity matrix wrong shape", lambda m, p, X, y, l: _oq("natural_gradient_direction", m, p, X, y, l, matrix=np.eye(3), updates=1), ValueError, f"optimizer quantity natural_gradient_direction: matrix must have shape ({N_PARAMS}, {N_PARAMS}), got (3, 3)"),
+    ("optimizer quantity case not a Case", lambda m, p, X, y, l: oq.OPTIMIZER_QUANTITIES["kfac_step"][0]((m, p, X, y, l), {}), TypeError, "optimizer quantity kfac_step: case must be a refprune.conformance.Case, got tuple"),
+    ("optimizer quantity options not a dict", lambda m, p, X, y, l: oq.OPTIMIZER_QUANTITIES["kfac_step"][0](cf.Case("bad-input", m, p, X, y, l), [("lr", 1.0)]), TypeError, "optimizer quantity kfac_step: options must be a dict, got list"),
+    ("optimizer quantity neighbours refuse a bad option", lambda m, p, X, y, l: oq.OPTIMIZER_NEIGHBOURS["ekfac_steps"](cf.Case("bad-input", m, p, X, y, l), dict(scale_interval=0)), ValueError, "optimizer quantity ekfac_steps: scale_interval must be a positive int, got 0"),
+]
+
+
 CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES + (
-    TORCH_SETUP if _HAVE_TORCH else [])
+    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES
 
 
 class _NanDiagonal(rp.curvature.operators.CurvatureOperator):
