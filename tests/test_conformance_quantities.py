@@ -523,3 +523,12 @@ def test_the_readme_example_checks_kfac_pairs_in_at_most_ten_lines():
     assert wrong != code
     with pytest.raises(AssertionError, match="conformance with refprune failed"):
         exec(compile(wrong, "README.md", "exec"), {})
+
+
+def test_the_layout_docstring_example_runs():
+    import doctest
+
+    from refprune.curvature import layout
+
+    result = doctest.testmod(layout)
+    assert result.attempted >= 4 and result.failed == 0
