@@ -532,3 +532,21 @@ def test_the_layout_docstring_example_runs():
 
     result = doctest.testmod(layout)
     assert result.attempted >= 4 and result.failed == 0
+
+
+@pytest.mark.parametrize("name, option, planted", [
+    ("kron_obs_saliencies", "shortcut", True), ("kron_obd_saliencies", "shortcut", True),
+    ("unit_updates", "shortcut", True), ("eigendamage_importances", "eigenvalues", "kfac"),
+    ("ekfac_scales", "curvature", "empirical_fisher"), ("kfac", "approx", "reduce"),
+    ("c_obs_saliencies", "curvature", "empirical_fisher")])
+def test_a_variant_other_than_the_one_compared_is_named(name, option, planted):
+    """An implementation of another variant (the published row-sum shortcut, K-FAC's
+    eigenvalues for EKFAC's, ...) fails, and the failure names the variant it matches."""
+    ref, _, defaults = cf.QUANTITIES[name]
+    variant = dict(defaults, **{option: planted})
+    report = cf.check(cf.Adapter(**{name: lambda c: ref(c, variant)}), SUBSET)
+    f = report[name].smallest_failure
+    assert f is not None, report
+    assert any(d.startswith(f"matches refprune's {name} with {option}={planted!r}") for d in f.diagnosis), f.diagnosis
+    if option == "shortcut":
+        assert any("row sums sum_k W_ik^2 (A 1)_k" in d for d in f.diagnosis)
