@@ -38,6 +38,7 @@ def kfac_of(case, options):
 
 
 def ekfac_of(case, options):
+    """refprune's EKFAC of ``case`` with the K-FAC keys of ``options``."""
     kw = {k: options[k] for k in ("curvature", "approx", "bias") if k in options}
     return ekfac(*case.args(), **kw, **monte_carlo(case, options))
 
@@ -230,7 +231,9 @@ def eigendamage_importances(case, options):
     op = kfac_of(case, dict(curvature=options["curvature"]))
     theta = case.theta
     if options["eigenvalues"] == "ekfac":
-        E = checked_ekfac(case, dict(curvature=options["curvature"], approx="expand", bias="fold"))
+        # EKFAC's eigenvalues in eigh's basis; where that basis is not unique the comparison
+        # with another valid basis below refuses the case
+        E = ekfac_of(case, dict(curvature=options["curvature"], approx="expand", bias="fold"))
         scales = [b.scales for b in E.blocks]
     else:
         scales = [np.outer(b.eigh()[0], b.eigh()[2]) for b in op.blocks]
