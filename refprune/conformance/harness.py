@@ -24,7 +24,7 @@ from ..nn import AffineLayer
 from ..params import flatten_params
 from ..scalars import is_number
 from .diagnosis import constant_factor, diagnose, real_array, relative_error
-from .pruning_quantities import (EKFAC_NOT_UNIQUE, PRUNING_QUANTITIES, NotCompared, checked_ekfac,  # noqa: F401
+from .pruning_quantities import (EKFAC_NOT_UNIQUE, PRUNING_QUANTITIES, Grouped, NotCompared, checked_ekfac,  # noqa: F401
                                  clusters, ekfac_is_well_defined, exact_curvature, monte_carlo)
 from .zoo import Case, zoo
 
@@ -417,7 +417,12 @@ def _option_neighbours(name, reference, got, case, opts, tol):
             if alt == value:
                 continue
             try:
-                err = _compare(name, got, reference(case, dict(opts, **{key: alt})), case, tol)[0]
+                other, mine = reference(case, dict(opts, **{key: alt})), got
+                if isinstance(other, Grouped):
+                    if got.shape != other.values.shape:
+                        continue
+                    mine, other = other.project(got), other.project(other.values)
+                err = _compare(name, mine, other, case, tol)[0]
             except Exception:  # noqa: BLE001 (a variant undefined here names nothing)
                 continue
             if err <= tol:
@@ -507,12 +512,19 @@ def check(adapter, cases=None, rtol=None, progress=False):
                 res.failures.append(Failure(case, float("inf"), conventions, [str(err)]))
                 res.max_error, res.worst_case = float("inf"), case.name
                 continue
+            full, grouped = got, (ref if isinstance(ref, Grouped) else None)
+            if grouped is not None:  # only the sums over its groups are unique: compare those
+                ref = grouped.values
+                if got.shape == ref.shape:
+                    got, ref = grouped.project(got), grouped.project(ref)
             err, notes = _compare(name, got, ref, case, tols[name])
+            if err > tols[name] and grouped is not None:
+                notes = notes + [grouped.describe()]
             if err > res.max_error or not res.worst_case:
                 res.max_error, res.worst_case = err, case.name
             if err > tols[name]:
                 if not res.failures:  # the smallest failing case: which variant of the quantity it matches
-                    notes = notes + _option_neighbours(name, reference, got, case, opts, tols[name])
+                    notes = notes + _option_neighbours(name, reference, full, case, opts, tols[name])
                 res.failures.append(Failure(case, err, conventions, notes))
         res.seconds = time.perf_counter() - t0
         if progress:

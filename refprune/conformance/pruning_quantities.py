@@ -253,9 +253,49 @@ def eigendamage_importances(case, options):
     else:
         alt_scales = scales
     alt = _importances(alt_blocks, alt_scales, theta)
-    if np.abs(alt - imp).max() > 1e-9 * max(float(np.abs(imp).max()), 1e-300):
+    tol = 1e-9 * max(float(np.abs(imp).max()), 1e-300)
+    if np.abs(alt - imp).max() <= tol:
+        return imp
+    # the split within a repeated eigenvalue is free, but its sum may not be: compare sums
+    grouped = Grouped(imp, _direction_groups(op.blocks))
+    if np.abs(grouped.project(alt) - grouped.project(imp)).max() > tol:
         raise NotCompared(EIGENDAMAGE_NOT_UNIQUE)
-    return imp
+    return grouped
+
+
+def _direction_groups(blocks, gap=1e-6):
+    """Index groups of :func:`eigendamage_importances`' entries: the directions of one
+    repeated eigenvalue of a factor together, every other direction alone."""
+    groups, start = [], 0
+    for b in blocks:
+        s, _, a, _ = b.eigh()
+        for w in (s, a):
+            groups += [start + np.array(cl) for cl in clusters(w, gap * max(float(np.abs(w).max()), 1e-300))]
+            start += len(w)
+    return groups
+
+
+class Grouped:
+    """A reference compared as sums over groups of its entries (``values``, ``groups``
+    index arrays covering every entry once): within a group the split depends on a
+    choice (the eigenvectors of a repeated eigenvalue), the sum does not."""
+
+    def __init__(self, values, groups):
+        self.values, self.groups = values, groups
+
+    def __array__(self, dtype=None, copy=None):
+        # read as an array, it is its values (an adapter may return refprune's reference)
+        return np.array(self.values, dtype=dtype, copy=True)
+
+    def project(self, x):
+        """The sums of ``x`` over the groups, in group order."""
+        return np.array([x[g].sum() for g in self.groups])
+
+    def describe(self):
+        """What was compared, in words."""
+        merged = sum(len(g) for g in self.groups if len(g) > 1)
+        return (f"compared as sums over each repeated eigenvalue's directions ({merged} of {len(self.values)} "
+                "entries merged): their split depends on the eigenvectors chosen")
 
 
 # ---------------------------------------------------------------- layer-wise OBS (OBC)
@@ -331,7 +371,8 @@ PRUNING_QUANTITIES = {
                                 "kappa_ij / 2 summed per direction; per affine layer the c S-side directions then "
                                 "the p A-side ones, each in ascending order of the factor's eigenvalue (eigh's "
                                 "order), largest included; kappa = sigma_i alpha_j (eigenvalues='kfac') or EKFAC's "
-                                "(eigenvalues='ekfac'); K-FAC bias folded, expand (docs/conventions.md §7)",
+                                "(eigenvalues='ekfac'); K-FAC bias folded, expand; the directions of a repeated eigenvalue compared by "
+                                "their sum (docs/conventions.md §7, §9)",
                                 dict(_KFAC_CURV, eigenvalues="ekfac")),
     "ekfac_scales": (ekfac_scales, "[kappa (c, p)] per K-FAC block: kappa_ij = R sum_{n,k} [U_S^T G_nk U_A]_ij^2 = "
                      "diag(U_SA^T F_l U_SA), indices in ascending order of S's and A's eigenvalues "
