@@ -7,6 +7,13 @@ runs every callable on every case, compares with refprune under the conventions 
 ``docs/conventions.md`` and returns a :class:`Report`: per quantity the largest relative
 error, pass or fail at the stated tolerance and, for a failure, the smallest case that
 shows it, the conventions it was compared under and what the difference looks like.
+
+Every quantity is a row of :data:`QUANTITIES`, ``name: (reference(case, options),
+conventions, defaults)``; the pruning quantities come from
+:mod:`refprune.conformance.pruning_quantities`, and a module of further quantities adds
+its own table with one ``QUANTITIES.update(...)``.  An adapter chooses a quantity's
+variant with ``Adapter(options={name: {...}})``, checked against the quantity's
+``defaults`` and the options table (``refprune.options.TABLE["Adapter options"]``).
 """
 
 import time

@@ -371,8 +371,8 @@ PRUNING_QUANTITIES = {
                                 "kappa_ij / 2 summed per direction; per affine layer the c S-side directions then "
                                 "the p A-side ones, each in ascending order of the factor's eigenvalue (eigh's "
                                 "order), largest included; kappa = sigma_i alpha_j (eigenvalues='kfac') or EKFAC's "
-                                "(eigenvalues='ekfac'); K-FAC bias folded, expand; the directions of a repeated eigenvalue compared by "
-                                "their sum (docs/conventions.md §7, §9)",
+                                "(eigenvalues='ekfac'); K-FAC bias folded, expand; the directions of a repeated "
+                                "eigenvalue compared by their sum (docs/conventions.md §7, §9)",
                                 dict(_KFAC_CURV, eigenvalues="ekfac")),
     "ekfac_scales": (ekfac_scales, "[kappa (c, p)] per K-FAC block: kappa_ij = R sum_{n,k} [U_S^T G_nk U_A]_ij^2 = "
                      "diag(U_SA^T F_l U_SA), indices in ascending order of S's and A's eigenvalues "
