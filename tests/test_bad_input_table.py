@@ -1101,7 +1101,105 @@ HARNESS_QUANTITIES = [
     ("flat_to_blocks bias None", lambda m, p, X, y, l: rp.flat_to_blocks(m, np.eye(N_PARAMS), bias=None), ValueError, "flat_to_blocks: bias must be one of ('fold', 'separate'), got None"),
 ]
 
-CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES + HARNESS_QUANTITIES
+# ---- from a torch training setup: from_torch's loss=, left-out and compiled modules, torch's names
+# (the rows build torch modules when they run; without torch the block is empty)
+TORCH_SETUP = [
+    ("torch setup: CrossEntropyLoss weight=", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("CrossEntropyLoss", weight=_ts_ones(3))), ValueError, "from_torch: loss CrossEntropyLoss: weight= is not implemented by refprune (every sample and class weighs 1)"),
+    ("torch setup: CrossEntropyLoss ignore_index used", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("CrossEntropyLoss", ignore_index=0)), ValueError, "ignore_index=0 is not implemented by refprune (a label in [0, C) would be left out of the loss"),
+    ("torch setup: CrossEntropyLoss ignore_index negative accepted", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("CrossEntropyLoss", ignore_index=-7)), None, ""),
+    ("torch setup: CrossEntropyLoss label_smoothing", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("CrossEntropyLoss", label_smoothing=0.05)), ValueError, "label_smoothing=0.05 is not implemented by refprune (the targets are the labels themselves)"),
+    ("torch setup: CrossEntropyLoss reduction none", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("CrossEntropyLoss", reduction="none")), ValueError, "from_torch: loss CrossEntropyLoss: reduction='none' is not implemented by refprune (the loss is one number"),
+    ("torch setup: MSELoss reduction none", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("MSELoss", reduction="none")), ValueError, "from_torch: loss MSELoss: reduction='none'"),
+    ("torch setup: BCEWithLogitsLoss pos_weight", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("BCEWithLogitsLoss", pos_weight=_ts_ones(1))), ValueError, "from_torch: loss BCEWithLogitsLoss: pos_weight= is not implemented by refprune"),
+    ("torch setup: BCEWithLogitsLoss weight", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("BCEWithLogitsLoss", weight=_ts_ones(1))), ValueError, "from_torch: loss BCEWithLogitsLoss: weight= is not implemented"),
+    ("torch setup: NLLLoss", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("NLLLoss")), TypeError, "got torch.nn.modules.loss.NLLLoss; for log_softmax followed by NLLLoss, end the network with the logits and use CrossEntropyLoss"),
+    ("torch setup: HuberLoss", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("HuberLoss")), TypeError, "from_torch: loss must be a torch loss module refprune implements (CrossEntropyLoss, MSELoss"),
+    ("torch setup: loss class not instance", lambda m, p, X, y, l: _ts_convert(loss=_ts_torch().nn.CrossEntropyLoss), TypeError, "got the class torch.nn.modules.loss.CrossEntropyLoss: pass an instance, CrossEntropyLoss()"),
+    ("torch setup: loss a string", lambda m, p, X, y, l: _ts_convert(loss="mse"), TypeError, "from_torch: loss must be a torch loss module refprune implements"),
+    ("torch setup: loss subclass of torch's", lambda m, p, X, y, l: _ts_convert(loss=type("MyMSE", (_ts_torch().nn.MSELoss,), {})()), TypeError, "torch.nn's classes exactly, or a refprune loss), got "),
+    ("torch setup: CrossEntropyLoss sum converted", lambda m, p, X, y, l: _ts_same_loss(_ts_convert(loss=_ts_loss("CrossEntropyLoss", reduction="sum"))[2], rp.CrossEntropyLoss("sum")), None, ""),
+    ("torch setup: Dropout in training mode", lambda m, p, X, y, l: _ts_convert(train=True), ValueError, "from_torch: layer 1 (Dropout(p=0.5, inplace=False)): Dropout in training mode is not modelled by refprune"),
+    ("torch setup: Dropout2d in training mode, nested", lambda m, p, X, y, l: rp.from_torch(_ts_seq(("Conv2d", 1, 1, 2), ("Sequential", ("ReLU",), ("Dropout2d", 0.1)))), ValueError, "from_torch: layer 1.1 (Dropout2d(p=0.1, inplace=False)): Dropout2d in training mode"),
+    ("torch setup: Dropout in evaluation mode left out", lambda m, p, X, y, l: _ts_layers(_ts_convert()[0], ["Linear", "Tanh", "Linear"]), None, ""),
+    ("torch setup: Dropout p=0 in training mode left out", lambda m, p, X, y, l: _ts_layers(rp.from_torch(_ts_seq(("Linear", 2, 2), ("Dropout", 0.0)))[0], ["Linear"]), None, ""),
+    ("torch setup: Identity left out", lambda m, p, X, y, l: _ts_layers(rp.from_torch(_ts_seq(("Identity",), ("Linear", 2, 2), ("Identity",)))[0], ["Linear"]), None, ""),
+    ("torch setup: only identities", lambda m, p, X, y, l: rp.from_torch(_ts_seq(("Identity",), ("Dropout", 0.5)).eval()), ValueError, "from_torch: the network has no layer refprune models (only Identity or Dropout)"),
+    ("torch setup: GELU named by its nested name", lambda m, p, X, y, l: rp.from_torch(_ts_seq(("Linear", 2, 2), ("Sequential", ("Tanh",), ("GELU",)))), ValueError, "from_torch: layer 1.1 (GELU) is not a module refprune models"),
+    ("torch setup: dilation named by its nested name", lambda m, p, X, y, l: rp.from_torch(_ts_seq(("Sequential", ("Sequential", ("Conv2d", 1, 1, 2, 1, 0, 2))))), ValueError, "from_torch: layer 0.0.0 (Conv2d"),
+    ("torch setup: tied module in a nested Sequential", lambda m, p, X, y, l: rp.from_torch(_ts_tied()), ValueError, "from_torch: layer 1.0 (Linear(in_features=2, out_features=2, bias=True)) is the same module as layer 0"),
+    ("torch setup: state dict misshapen, torch's layer name", lambda m, p, X, y, l: _ts_bad_state_dict(), ValueError, "'2.1.weight' has shape (2, 2), layer 2.1 Linear(3, 2, bias=True) expects (2, 3) for its weight"),
+    ("torch setup: compiled network unwrapped", lambda m, p, X, y, l: _ts_layers(rp.from_torch(_ts_torch().compile(_ts_seq(("Linear", 2, 3), ("Tanh",))))[0], ["Linear", "Tanh"]), None, ""),
+    ("torch setup: compiled network with a training-mode Dropout", lambda m, p, X, y, l: rp.from_torch(_ts_torch().compile(_ts_seq(("Linear", 2, 3), ("Dropout", 0.2)))), ValueError, "from_torch: layer 1 (Dropout(p=0.2, inplace=False)): Dropout in training mode"),
+    ("torch setup: compiled block named with _orig_mod", lambda m, p, X, y, l: rp.from_torch(_ts_seq(("Linear", 2, 2)).append(_ts_torch().compile(_ts_seq(("ReLU",), ("GELU",))))), ValueError, "from_torch: layer 1._orig_mod.1 (GELU) is not a module refprune models"),
+]
+
+
+def _ts_torch():
+    import torch
+
+    return torch
+
+
+def _ts_ones(k):
+    return _ts_torch().ones(k)
+
+
+def _ts_loss(name, **kw):
+    return getattr(_ts_torch().nn, name)(**kw)
+
+
+def _ts_seq(*specs):
+    """A float64 torch ``Sequential`` from ``(module name, args...)`` specs (nested for
+    ``"Sequential"``), in training mode as torch builds it."""
+    nn = _ts_torch().nn
+
+    def build(spec):
+        name, *args = spec
+        if name == "Sequential":
+            return nn.Sequential(*[build(s) for s in args])
+        return getattr(nn, name)(*args)
+
+    return nn.Sequential(*[build(s) for s in specs]).double()
+
+
+def _ts_convert(loss=None, train=False):
+    """``from_torch`` of Linear -> Dropout -> Tanh -> Linear, in evaluation mode unless ``train``."""
+    net = _ts_seq(("Linear", 3, 4), ("Dropout", 0.5), ("Tanh",), ("Linear", 4, 3))
+    net.train(train)
+    return rp.from_torch(net) if loss is None else rp.from_torch(net, loss=loss)
+
+
+def _ts_layers(model, names):
+    assert [type(layer).__name__ for layer in model] == names, model
+    return model
+
+
+def _ts_same_loss(a, b):
+    assert type(a) is type(b) and a.reduction == b.reduction, (a, b)
+
+
+def _ts_tied():
+    torch = _ts_torch()
+    shared = torch.nn.Linear(2, 2)
+    return torch.nn.Sequential(shared, torch.nn.Sequential(shared))
+
+
+def _ts_bad_state_dict():
+    net = _ts_seq(("Linear", 3, 3), ("Dropout", 0.1), ("Sequential", ("Tanh",), ("Linear", 3, 2))).eval()
+    sd = net.state_dict()
+    sd["2.1.weight"] = sd["2.1.weight"][:, :2]
+    return rp.from_torch(sd, model=net)
+
+
+try:
+    import importlib.util
+
+    _HAVE_TORCH = importlib.util.find_spec("torch") is not None
+except ImportError:  # pragma: no cover
+    _HAVE_TORCH = False
+
+CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES + (
+    TORCH_SETUP if _HAVE_TORCH else []) + HARNESS_QUANTITIES
 
 
 class _NanDiagonal(rp.curvature.operators.CurvatureOperator):

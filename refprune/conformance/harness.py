@@ -69,8 +69,9 @@ def _kfac_dense(case, options):
 
 
 def _no_options(fn):
-    """A reference of a quantity without options: ``fn(case)`` as ``reference(case, options)``."""
-    return lambda case, options: fn(case)
+    """A reference of a quantity without options: ``fn(case)`` as ``reference(case, options)``
+    (``options`` may be left out)."""
+    return lambda case, options=None: fn(case)
 
 
 _KFAC_DEFAULTS = dict(curvature="ggn", approx="expand", bias="fold")

@@ -351,8 +351,13 @@ _SHORTCUT = ("; shortcut=True: the published EigenDamage code's sum_k W_ik^2 (A 
              "(docs/conventions.md §8)")
 _KFAC_CURV = dict(curvature="ggn")
 
-#: ``name: (reference(case, options), conventions, defaults)``
-PRUNING_QUANTITIES = {
+def _with_defaults(fn, defaults):
+    """``fn(case, options)`` with every option at its default unless given (``options``
+    may be left out)."""
+    return lambda case, options=None: fn(case, dict(defaults, **(options or {})))
+
+
+_TABLE = {
     "c_obd_saliencies": (c_obd_saliencies, f"C-OBD: sum_j w_ij^2 F_(ij),(ij) / 2, F the exact diagonal of the "
                          "curvature; (U,) per unit of every layer but the last, layer by layer "
                          "(docs/conventions.md §7)", dict(_KFAC_CURV)),
@@ -388,3 +393,6 @@ PRUNING_QUANTITIES = {
                           "each greedy OBS step of layer_obs_losses, w -= (w_q / [H_t^-1]_qq) H_t^-1 e_q, the "
                           "removed weight exactly 0 (docs/conventions.md §7)", dict(damping=1e-3)),
 }
+#: ``name: (reference(case, options), conventions, defaults)``
+PRUNING_QUANTITIES = {name: (_with_defaults(fn, defaults), conventions, defaults)
+                      for name, (fn, conventions, defaults) in _TABLE.items()}
