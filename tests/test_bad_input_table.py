@@ -1038,6 +1038,70 @@ def _size_ragged_targets():
     rows[3] = rows[3][:2]
     return m, p, X, rows, l
 
+# ---- the harness's quantities, their per-quantity options and the layout helpers
+def _hq_conforms(options=None, **quantities):
+    return cf.assert_conforms(cf.Adapter(options=options, **quantities), [cf.make_case("mlp-tanh", "ce-mean")])
+
+
+def _hq_pairs(m):
+    return rp.kfac(*problem()).factors()
+
+
+HARNESS_QUANTITIES = [
+    # quantity names and the options argument
+    ("harness quantity misspelt", lambda m, p, X, y, l: cf.Adapter(kron_obs_saliency=len), ValueError, "Adapter: unknown quantities ['kron_obs_saliency']"),
+    ("harness options not a dict", lambda m, p, X, y, l: cf.Adapter(grad=len, options=[("grad", {})]), TypeError, "Adapter: options must be a dict {quantity name: {option: value}}, got list"),
+    ("harness options for a quantity not computed", lambda m, p, X, y, l: cf.Adapter(grad=len, options={"kfac": {}}), ValueError, "Adapter: options names 'kfac', which the adapter does not compute"),
+    ("harness options entry not a dict", lambda m, p, X, y, l: cf.Adapter(unit_updates=len, options={"unit_updates": "shortcut"}), TypeError, "Adapter: options['unit_updates'] must be a dict {option: value}, got str"),
+    ("harness options and kfac_options for one quantity", lambda m, p, X, y, l: cf.Adapter(kfac=len, kfac_options={"approx": "reduce"}, options={"kfac": {"bias": "separate"}}), ValueError, "kfac has options both in kfac_options and in options"),
+    # an option the quantity does not take
+    ("harness shortcut for c_obd", lambda m, p, X, y, l: cf.Adapter(c_obd_saliencies=len, options={"c_obd_saliencies": {"shortcut": True}}), ValueError, "options['c_obd_saliencies'] has unknown keys ['shortcut']; its options: ['curvature']"),
+    ("harness shortcut for c_obs", lambda m, p, X, y, l: cf.Adapter(c_obs_saliencies=len, options={"c_obs_saliencies": {"shortcut": False}}), ValueError, "options['c_obs_saliencies'] has unknown keys ['shortcut']"),
+    ("harness damping for c_obd", lambda m, p, X, y, l: cf.Adapter(c_obd_saliencies=len, options={"c_obd_saliencies": {"damping": 0.1}}), ValueError, "unknown keys ['damping']"),
+    ("harness options for grad", lambda m, p, X, y, l: cf.Adapter(grad=len, options={"grad": {"curvature": "ggn"}}), ValueError, "options['grad'] has unknown keys ['curvature']; it takes no options"),
+    ("harness eigenvalues for kron_obs", lambda m, p, X, y, l: cf.Adapter(kron_obs_saliencies=len, options={"kron_obs_saliencies": {"eigenvalues": "kfac"}}), ValueError, "unknown keys ['eigenvalues']"),
+    ("harness approx for layer_obs_losses", lambda m, p, X, y, l: cf.Adapter(layer_obs_losses=len, options={"layer_obs_losses": {"approx": "reduce"}}), ValueError, "its options: ['damping']"),
+    ("harness kfac_options eigenvalues key", lambda m, p, X, y, l: cf.Adapter(ekfac=len, kfac_options={"eigenvalues": "kfac"}), ValueError, "Adapter: kfac_options has unknown keys ['eigenvalues']"),
+    # values, through the options table
+    ("harness shortcut as text", lambda m, p, X, y, l: cf.Adapter(kron_obd_saliencies=len, options={"kron_obd_saliencies": {"shortcut": "yes"}}), TypeError, "Adapter: options['kron_obd_saliencies']: shortcut must be True or False, got 'yes'"),
+    ("harness shortcut as 1", lambda m, p, X, y, l: cf.Adapter(unit_updates=len, options={"unit_updates": {"shortcut": 1}}), TypeError, "shortcut must be True or False, got 1"),
+    ("harness shortcut np.bool_ accepted", lambda m, p, X, y, l: cf.Adapter(unit_updates=len, options={"unit_updates": {"shortcut": np.True_}}), None, ""),
+    ("harness damping negative", lambda m, p, X, y, l: cf.Adapter(kron_obs_saliencies=len, options={"kron_obs_saliencies": {"damping": -0.1}}), ValueError, "options['kron_obs_saliencies']: damping must be a finite number >= 0, got -0.1"),
+    ("harness damping NaN", lambda m, p, X, y, l: cf.Adapter(layer_obs_weights=len, options={"layer_obs_weights": {"damping": float("nan")}}), ValueError, "damping must be a finite number >= 0, got nan"),
+    ("harness damping as text", lambda m, p, X, y, l: cf.Adapter(c_obs_saliencies=len, options={"c_obs_saliencies": {"damping": "1e-3"}}), TypeError, "damping must be a number, not text"),
+    ("harness damping None", lambda m, p, X, y, l: cf.Adapter(c_obs_saliencies=len, options={"c_obs_saliencies": {"damping": None}}), TypeError, "damping must be a number, not None"),
+    ("harness damping np.float32 accepted", lambda m, p, X, y, l: cf.Adapter(c_obs_saliencies=len, options={"c_obs_saliencies": {"damping": np.float32(0.5)}}), None, ""),
+    ("harness eigenvalues unknown", lambda m, p, X, y, l: cf.Adapter(eigendamage_importances=len, options={"eigendamage_importances": {"eigenvalues": "exact"}}), ValueError, "eigenvalues must be one of ('ekfac', 'kfac'), got 'exact'"),
+    ("harness curvature hessian for a unit criterion", lambda m, p, X, y, l: cf.Adapter(kron_obs_saliencies=len, options={"kron_obs_saliencies": {"curvature": "hessian"}}), ValueError, "curvature must be one of ('ggn', 'fisher', 'mc_fisher', 'empirical_fisher'), got 'hessian'"),
+    ("harness approx unknown in options", lambda m, p, X, y, l: cf.Adapter(ekfac_scales=len, options={"ekfac_scales": {"approx": "both"}}), ValueError, "options['ekfac_scales']: approx must be one of ('expand', 'reduce'), got 'both'"),
+    ("harness bias unknown in options", lambda m, p, X, y, l: cf.Adapter(kfac_factors=len, options={"kfac_factors": {"bias": "none"}}), ValueError, "bias must be one of ('fold', 'separate'), got 'none'"),
+    ("harness check progress via the table", lambda m, p, X, y, l: _bfh_check(progress=1), TypeError, "check: progress must be True or False, got 1"),
+    # what an adapter of a per-layer quantity returns
+    ("harness per-layer quantity one array", lambda m, p, X, y, l: _hq_conforms(layer_hessians=lambda c: np.eye(3)), AssertionError, "layer_hessians for case mlp-tanh/ce-mean must be a list of arrays, one per layer, got ndarray"),
+    ("harness per-layer quantity a dict", lambda m, p, X, y, l: _hq_conforms(ekfac_scales=lambda c: {0: np.ones((4, 4))}), AssertionError, "must be a list of arrays, one per layer, got dict"),
+    ("harness per-layer quantity too few", lambda m, p, X, y, l: _hq_conforms(layer_hessians=lambda c: [np.eye(3)]), AssertionError, "1 entries, refprune has 2 (one per layer"),
+    ("harness per-layer quantity wrong shape", lambda m, p, X, y, l: _hq_conforms(layer_hessians=lambda c: [np.eye(3), np.eye(3)]), AssertionError, "entry 1: shape (3, 3), refprune's is (4, 4)"),
+    ("harness per-layer quantity complex", lambda m, p, X, y, l: _hq_conforms(layer_obs_losses=lambda c: [np.ones((4, 3)) * 1j, np.ones((3, 4))]), AssertionError, "layer_obs_losses for case mlp-tanh/ce-mean: entry 0 is complex"),
+    ("harness unit saliencies per layer dict", lambda m, p, X, y, l: _hq_conforms(kron_obs_saliencies=lambda c: rp.pruning.unit_saliencies(*c.args(), damping=1e-3)), AssertionError, "kron_obs_saliencies for case mlp-tanh/ce-mean must be a real numeric array"),
+    ("harness unit saliencies wrong length", lambda m, p, X, y, l: _hq_conforms(c_obd_saliencies=lambda c: np.ones(3)), AssertionError, "shape (3,), refprune's is (4,)"),
+    # the layout helpers
+    ("blocks_to_flat too few blocks", lambda m, p, X, y, l: rp.blocks_to_flat(m, _hq_pairs(m)[:1]), ValueError, "blocks_to_flat: blocks has 1 entries, the model has 2 blocks with bias='fold' (one per Linear/Conv2d)"),
+    ("blocks_to_flat separate count", lambda m, p, X, y, l: rp.blocks_to_flat(m, _hq_pairs(m), bias="separate"), ValueError, "the model has 4 blocks with bias='separate' (one per Linear/Conv2d, two per layer with a bias: weights, then bias)"),
+    ("blocks_to_flat S and A swapped", lambda m, p, X, y, l: rp.blocks_to_flat(m, [(A, S) for S, A in _hq_pairs(m)]), ValueError, "blocks_to_flat: block 0 (Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=True): c = 2, p = 10) must have S of shape (2, 2) and A of shape (10, 10), got S (10, 10) and A (2, 2)"),
+    ("blocks_to_flat A without the bias row", lambda m, p, X, y, l: rp.blocks_to_flat(m, [(S, A[:-1, :-1]) for S, A in _hq_pairs(m)]), ValueError, "A of shape (10, 10), got S (2, 2) and A (9, 9)"),
+    ("blocks_to_flat a triple", lambda m, p, X, y, l: rp.blocks_to_flat(m, [(S, A, 1.0) for S, A in _hq_pairs(m)]), ValueError, "must be a pair (S, A) or a (20, 20) matrix, got a tuple of length 3"),
+    ("blocks_to_flat matrix of the wrong size", lambda m, p, X, y, l: rp.blocks_to_flat(m, [np.eye(18), np.eye(27)]), ValueError, "block 0 (Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=True): c = 2, p = 10) must be a pair (S, A) or a (20, 20) matrix over vec([W | b]), got shape (18, 18)"),
+    ("blocks_to_flat complex A", lambda m, p, X, y, l: rp.blocks_to_flat(m, [(S, A + 1e-9j) for S, A in _hq_pairs(m)]), TypeError, "blocks_to_flat: A of block 0"),
+    ("blocks_to_flat text S", lambda m, p, X, y, l: rp.blocks_to_flat(m, [("S", A) for S, A in _hq_pairs(m)]), TypeError, "blocks_to_flat: S of block 0"),
+    ("blocks_to_flat blocks a dict", lambda m, p, X, y, l: rp.blocks_to_flat(m, dict(enumerate(_hq_pairs(m)))), TypeError, "blocks_to_flat: blocks must be a list of (S, A) pairs or matrices, one per block, got dict"),
+    ("blocks_to_flat bias misspelt", lambda m, p, X, y, l: rp.blocks_to_flat(m, _hq_pairs(m), bias="seperate"), ValueError, "blocks_to_flat: bias must be one of ('fold', 'separate'), got 'seperate'"),
+    ("blocks_to_flat model a list of layers", lambda m, p, X, y, l: rp.blocks_to_flat(list(m), _hq_pairs(m)), TypeError, "blocks_to_flat: model must be a refprune.Sequential, got list"),
+    ("flat_to_blocks K of the wrong size", lambda m, p, X, y, l: rp.flat_to_blocks(m, np.eye(5)), ValueError, f"flat_to_blocks: K must be ({N_PARAMS}, {N_PARAMS}) for the model's n = {N_PARAMS} parameters, got shape (5, 5)"),
+    ("flat_to_blocks K a vector", lambda m, p, X, y, l: rp.flat_to_blocks(m, np.zeros(N_PARAMS)), ValueError, f"got shape ({N_PARAMS},)"),
+    ("flat_to_blocks K complex", lambda m, p, X, y, l: rp.flat_to_blocks(m, np.eye(N_PARAMS) * 1j), TypeError, "flat_to_blocks: K is complex"),
+    ("flat_to_blocks bias None", lambda m, p, X, y, l: rp.flat_to_blocks(m, np.eye(N_PARAMS), bias=None), ValueError, "flat_to_blocks: bias must be one of ('fold', 'separate'), got None"),
+]
+
 # ---- from a torch training setup: from_torch's loss=, left-out and compiled modules, torch's names
 # (the rows build torch modules when they run; without torch the block is empty)
 TORCH_SETUP = [
@@ -1184,7 +1248,7 @@ OPTIMIZER_QUANTITIES_CASES = [
 
 
 CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES + (
-    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES
+    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES + HARNESS_QUANTITIES
 
 
 class _NanDiagonal(rp.curvature.operators.CurvatureOperator):

@@ -181,7 +181,7 @@ def test_every_quantity_of_refprune_itself_passes_and_the_obs_step_is_checked_ag
         rhs[n] = -c.theta[q]
         return np.linalg.solve(K, rhs)[:n]
 
-    quantities = {name: (lambda ref: (lambda c: ref(c)))(ref) for name, (ref, _) in cf.QUANTITIES.items()
+    quantities = {name: (lambda ref, d: (lambda c: ref(c, dict(d))))(ref, d) for name, (ref, _, d) in cf.QUANTITIES.items()
                   if name not in ("kfac", "kfac_factors", "ekfac")}
     quantities["obs_update"] = obs_by_kkt
     report = cf.check(cf.Adapter(**quantities), ZOO[:6])
