@@ -27,10 +27,11 @@ from ..curvature import exact as _c
 from .. import options as _options
 from ..curvature.kronecker import check_kfac_options, kfac
 from ..curvature.layout import blocks_to_flat
-from ..nn import AffineLayer
 from ..params import flatten_params
 from ..scalars import is_number
-from .diagnosis import constant_factor, diagnose, real_array, relative_error
+from . import neighbours as _neighbours
+from .diagnosis import compare_pairs, constant_factor, diagnose, real_array, relative_error
+from .optimizer_quantities import OPTIMIZER_NEIGHBOURS, OPTIMIZER_QUANTITIES, optimizer_options
 from .pruning_quantities import (EKFAC_NOT_UNIQUE, PRUNING_QUANTITIES, Grouped, NotCompared, checked_ekfac,  # noqa: F401
                                  clusters, ekfac_is_well_defined, exact_curvature, monte_carlo)
 from .zoo import Case, zoo
@@ -124,6 +125,10 @@ QUANTITIES = {
                                 "-(theta_q / [H^-1]_qq) H^-1 e_q, H = GGN + case.obs_damping I", {}),
 }
 QUANTITIES.update(PRUNING_QUANTITIES)
+QUANTITIES.update(OPTIMIZER_QUANTITIES)
+for _name, _fn in OPTIMIZER_NEIGHBOURS.items():  # their wrong variants, for the diagnosis of a failure
+    if _name not in _neighbours.NEIGHBOURS:
+        _neighbours.register(_name)(_fn)
 _KFAC_QUANTITIES = ("kfac", "kfac_factors", "ekfac")
 
 #: default relative tolerances; see docs/conventions.md §9 for how they were chosen
@@ -203,7 +208,10 @@ class Adapter:
             if unknown:
                 known = f"its options: {sorted(defaults)}" if defaults else "it takes no options"
                 raise ValueError(f"Adapter: options[{name!r}] has unknown keys {unknown}; {known}")
-            opts.update(quantity_options(name, given, defaults))
+            if name in OPTIMIZER_QUANTITIES:  # the optimizers' own rows of the options table check them
+                opts = optimizer_options(name, given)
+            else:
+                opts.update(quantity_options(name, given, defaults))
             if {"curvature", "approx", "bias"} <= set(opts):
                 check_kfac_options(opts["curvature"], opts["approx"], opts["bias"], f"Adapter: options[{name!r}]")
             self.options[name] = opts
@@ -367,27 +375,12 @@ def _result(name, raw, case, ref=None):
     return out
 
 
-def _compare(name, got, ref, case, tol):
+def _compare(name, got, ref, case, tol, options=None, explain=True):
+    """``(largest relative error, sentences)``; with ``explain`` the sentences name what
+    differs, with refprune's neighbouring quantities tried (only for the smallest
+    failing case: they cost a few of refprune's own computations)."""
     if name == "kfac_factors":
-        if len(got) != len(ref):
-            per = "one per Linear/Conv2d layer" if len(ref) == sum(isinstance(x, AffineLayer) for x in case.model) \
-                else "two per layer with a bias (weights, then bias: bias='separate')"
-            return float("inf"), [f"{len(got)} factor pairs, refprune has {len(ref)} ({per})"]
-        errs, notes = [], []
-        for i, ((S, A), (rS, rA)) in enumerate(zip(got, ref)):
-            eS, eA = relative_error(S, rS), relative_error(A, rA)
-            errs += [eS, eA]
-            if eS > tol or eA > tol:
-                notes.append(f"layer pair {i}: S error {eS:.2e}, A error {eA:.2e}")
-                rs = constant_factor(S, rS) if S.shape == rS.shape else None
-                ra = constant_factor(A, rA) if A.shape == rA.shape else None
-                if rs is not None and ra is not None and abs(rs * ra - 1) < 1e-8:
-                    notes.append(f"layer pair {i}: S off by {rs:.6g} and A by {ra:.6g}, the same Kronecker product "
-                                 "split differently (refprune.express_kfac converts between libraries)")
-                elif S.shape == rS.shape and A.shape != rA.shape:
-                    notes.append(f"layer pair {i}: A has shape {A.shape}, refprune's {rA.shape}: the bias row of A "
-                                 "(refprune folds it in) is missing or extra")
-        return max(errs), notes
+        return compare_pairs(got, ref, case, tol, options)
     if isinstance(ref, list):  # per layer: each entry against its own scale
         if len(got) != len(ref):
             return float("inf"), [f"{len(got)} entries, refprune has {len(ref)} (one per layer; see the conventions)"]
@@ -401,7 +394,10 @@ def _compare(name, got, ref, case, tol):
         return max(errs, default=0.0), notes
     ref = np.asarray(ref, dtype=float)
     err = relative_error(got, ref)
-    return err, (diagnose(got, ref, case, tol) if err > tol else [])
+    if err <= tol:
+        return err, []
+    return err, (diagnose(got, ref, case, tol, quantity=name, options=options) if explain
+                 else diagnose(got, ref, case, tol))
 
 
 _VARIANT_WORDS = {
@@ -430,7 +426,7 @@ def _option_neighbours(name, reference, got, case, opts, tol):
                     if got.shape != other.values.shape:
                         continue
                     mine, other = other.project(got), other.project(other.values)
-                err = _compare(name, mine, other, case, tol)[0]
+                err = _compare(name, mine, other, case, tol, explain=False)[0]
             except Exception:  # noqa: BLE001 (a variant undefined here names nothing)
                 continue
             if err <= tol:
@@ -498,7 +494,9 @@ def check(adapter, cases=None, rtol=None, progress=False):
         res = QuantityResult(name, tols[name])
         reference, conventions, _ = QUANTITIES[name]
         opts = adapter.options[name]
-        if opts:
+        if "{options}" in conventions:
+            conventions = conventions.format(options=opts)
+        elif opts:
             conventions = f"{conventions}, options {opts!r}"
         t0 = time.perf_counter()
         for case in cases:
@@ -506,6 +504,10 @@ def check(adapter, cases=None, rtol=None, progress=False):
                 ref = reference(case, opts)
             except NotCompared as why:  # not defined or not unique on this case: said, not compared
                 res.skipped.append((case.name, str(why)))
+                continue
+            except (np.linalg.LinAlgError, FloatingPointError) as why:  # e.g. a singular damped curvature
+                res.skipped.append((case.name, f"refprune's reference is not defined here ({type(why).__name__}: "
+                                               f"{why})"))
                 continue
             res.cases += 1
             try:
@@ -525,7 +527,7 @@ def check(adapter, cases=None, rtol=None, progress=False):
                 ref = grouped.values
                 if got.shape == ref.shape:
                     got, ref = grouped.project(got), grouped.project(ref)
-            err, notes = _compare(name, got, ref, case, tols[name])
+            err, notes = _compare(name, got, ref, case, tols[name], opts, explain=not res.failures)
             if err > tols[name] and grouped is not None:
                 notes = notes + [grouped.describe()]
             if err > res.max_error or not res.worst_case:

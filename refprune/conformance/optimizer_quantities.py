@@ -5,8 +5,8 @@ conventions stated, for checking another optimizer one step at a time
 
 :data:`OPTIMIZER_QUANTITIES` maps a name to ``(reference, conventions, defaults)``:
 ``reference(case, options)`` is refprune's value on the case (``options`` are the
-defaults updated by the caller's), ``conventions`` says what is computed (``{options}``
-is formatted with the options) and ``defaults`` lists the options with their defaults.
+defaults updated by the caller's), ``conventions`` says what is computed (the harness
+appends the options in force) and ``defaults`` lists the options with their defaults.
 :data:`OPTIMIZER_NEIGHBOURS` maps the same names to ``fn(case, options) -> [(description,
 array)]``: the same quantity with one realistic bug planted (a moving average started
 at the identity, no KL clip, the damping in another place, ...), for naming a difference.
@@ -482,7 +482,7 @@ def _conventions(family, kind):
             ", one (S, A) per block in the order and shapes of rp.kfac(..., bias=bias).factors()", "")
     if family == "ekfac":
         what = what.replace("refreshes the preconditioner", "refreshes the basis and re-estimates kappa")
-    return f"{what}; {p}; {_EMA}; {_MC}; options {{options}}"
+    return f"{what}; {p}; {_EMA}; {_MC}"
 
 
 def _reference(name):
