@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from .cli_parsing import OneLineParser, nonnegative_int, positive_int
+from .cli_parsing import OneLineParser, add_options, parse_checked
 
 
 class UsageError(Exception):
@@ -78,22 +78,6 @@ def _split_layers(spec):
     return out
 
 
-def _check_options(args):
-    """Refuse options that would be ignored (one line each)."""
-    if args.data and (args.input_shape or args.samples is not None):
-        given = "--input-shape" if args.input_shape else "--samples"
-        raise UsageError(f"{given} is for random data; --data {args.data} gives the samples and their shape")
-    if args.mc_samples is not None and args.curvature != "mc_fisher":
-        raise UsageError(f"--mc-samples applies only to --curvature mc_fisher, got --curvature {args.curvature}")
-    if args.seed is not None and args.data and args.params and args.curvature != "mc_fisher":
-        raise UsageError("--seed draws random data, initial parameters or Monte Carlo targets; with --data, --params "
-                         f"and --curvature {args.curvature} nothing is drawn")
-    if args.resume and args.dry_run:
-        raise UsageError("--dry-run estimates a new run; --resume continues one: give one of them")
-    if args.resume and not args.out:
-        raise UsageError("--resume continues an interrupted run: give the --out FILE.npy it was writing")
-
-
 def _npz(path, option):
     """The arrays of an ``.npz`` file given as ``option``, or a one-line error naming it."""
     try:
@@ -127,7 +111,7 @@ def _model_and_data(args):
             raise UsageError(f"--model-json {args.model_json}: cannot build the model: {_error_text(err)}") from None
     else:
         model = parse_model(args.model)
-    seed = 0 if args.seed is None else args.seed
+    seed = args.seed
     if args.data:
         d = _npz(args.data, "--data")
         if "X" not in d or "y" not in d:
@@ -137,7 +121,7 @@ def _model_and_data(args):
     else:
         if not args.input_shape:
             raise UsageError("give --data FILE.npz or --input-shape (and --samples) for random data")
-        samples = 32 if args.samples is None else args.samples
+        samples = args.samples
         rng = np.random.default_rng(seed)
         X = rng.standard_normal((samples,) + tuple(args.input_shape))
         c = model.output_shape(tuple(args.input_shape))[0]
@@ -159,7 +143,13 @@ def _model_and_data(args):
     else:
         params = model.init(seed=seed)
     try:
-        rp.loss(model, params, X, y, loss)  # validates everything before any cost
+        # validates everything before any cost; an output that overflows is named by
+        # refprune's FloatingPointError alone, without NumPy's warning from inside the layer
+        with np.errstate(over="ignore", invalid="ignore"):
+            rp.loss(model, params, X, y, loss)
+    except FloatingPointError as err:
+        given = " and ".join(f"{o} {v}" for o, v in (("--data", args.data), ("--params", args.params)) if v)
+        raise UsageError(f"the model at {given or 'its initial parameters'}: {err}") from None
     except (ValueError, TypeError) as err:
         if args.data:
             raise UsageError(f"--data {args.data}: {err}") from None
@@ -178,7 +168,6 @@ def cmd_hessian(args):
 
     from .curvature.exact import available_memory
 
-    _check_options(args)
     model, params, X, y, loss = _model_and_data(args)
     n, N = model.n_params, len(X)
     need = n * n * 8
@@ -199,12 +188,7 @@ def cmd_hessian(args):
             raise UsageError(f"{partial} holds a {dest.dtype} array of shape {dest.shape}, not ({n}, {n}) float64")
         print(f"{args.curvature}: resuming {partial} (blocks recorded as done are kept)", file=sys.stderr)
     elif args.out:
-        where = os.path.dirname(os.path.abspath(args.out))
-        if not os.path.isdir(where):
-            raise UsageError(f"--out {args.out}: the directory {where} does not exist")
-        if os.path.isdir(args.out):
-            raise UsageError(f"--out {args.out} is a directory; give a file name such as "
-                             f"{os.path.join(args.out, 'H.npy')}")
+        where = os.path.dirname(os.path.abspath(args.out))  # an existing directory (the options table)
         free = shutil.disk_usage(where).free
         if need > free:
             raise UsageError(f"the {n} x {n} matrix needs {need / 2**30:.2f} GiB but the disk has "
@@ -415,9 +399,8 @@ def _compute(rp, args, model, params, X, y, loss, out, progress, pool, shards=No
                  executor=pool) if _runs_as_tasks(args) else {}
     if args.curvature in ("hessian", "ggn", "residual"):
         return getattr(rp, args.curvature)(model, params, X, y, loss, out=out, progress=progress, **tasks)
-    mc = 1 if args.mc_samples is None else args.mc_samples
-    return rp.fisher(model, params, X, y, loss, curvature=args.curvature, samples=mc,
-                     seed=0 if args.seed is None else args.seed, out=out, progress=progress, **tasks)
+    return rp.fisher(model, params, X, y, loss, curvature=args.curvature, samples=args.mc_samples, seed=args.seed,
+                     out=out, progress=progress, **tasks)
 
 
 def cmd_fixtures(args):
@@ -446,44 +429,36 @@ def cmd_check(args):
 
 
 def build_parser():
-    """The argument parser with every subcommand."""
+    """The argument parser with every subcommand; the options of each are the rows of
+    :data:`refprune.options.TABLE` (``"refprune hessian"``, ...), read as text and
+    checked by :func:`refprune.cli_parsing.parse_checked`."""
     ap = OneLineParser(prog="refprune", description="Ground-truth second-order quantities for pruning.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     sub.add_parser("demo", help="train, inspect and prune a small net on built-in spirals (--help for options)",
                    add_help=False)
-    h = sub.add_parser("hessian", help="an exact Hessian, GGN, residual or Fisher into an .npy file")
-    src = h.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help='layers, e.g. "Conv2d(1,4,3,padding=1) Tanh Flatten Linear(64,10)"')
-    src.add_argument("--model-json", metavar="FILE", help="a JSON list of layer specifications (as in the "
-                                                           "fixtures' manifest)")
-    h.add_argument("--curvature", default="hessian",
-                   choices=("hessian", "ggn", "residual", "fisher", "mc_fisher", "empirical_fisher"))
-    h.add_argument("--data", metavar="FILE.npz", help="arrays X and y")
-    h.add_argument("--input-shape", type=positive_int, nargs="+", metavar="D", help="per-sample input shape")
-    h.add_argument("--samples", type=positive_int, help="random samples when no --data (default 32)")
-    h.add_argument("--params", metavar="FILE.npz", help="arrays param0, param1, ... (default: PyTorch's init)")
-    h.add_argument("--loss", choices=("ce", "mse"), default="ce")
-    h.add_argument("--reduction", choices=("mean", "sum"), default="mean")
-    h.add_argument("--mc-samples", type=positive_int, help="Monte Carlo targets per sample for --curvature mc_fisher "
-                                                            "(default 1)")
-    h.add_argument("--seed", type=nonnegative_int, help="seed of random data, initial parameters and Monte Carlo "
-                                                        "targets (default 0)")
-    h.add_argument("--out", metavar="FILE.npy", help="write the matrix here (a memory map) instead of printing its "
-                                                     "spectrum; it is written to FILE.npy.partial and renamed once "
-                                                     "complete, with its record FILE.npy.refprune.json")
-    h.add_argument("--dry-run", action="store_true", help="print the estimate and stop")
-    h.add_argument("--workers", type=nonnegative_int, default=0,
-                   help="compute blocks of rows in this many worker processes (docs/derivations.md §11)")
-    h.add_argument("--block-rows", type=positive_int, help="rows per block when run as tasks (default: a layer)")
-    h.add_argument("--shards", type=positive_int, default=1, help="split the samples into this many shards")
-    h.add_argument("--resume", action="store_true", help="continue an interrupted run from FILE.npy.partial, "
-                                                         "computing only the blocks not recorded as done")
-    f = sub.add_parser("fixtures", help="write the golden fixtures (.npz + manifest.json) into DIR")
-    f.add_argument("directory")
-    f.add_argument("--quiet", action="store_true", help="no progress lines")
-    c = sub.add_parser("check", help="run the fast tests (or the built-in self-check) of the installed package")
-    c.add_argument("--builtin", action="store_true", help="the built-in self-check even if the tests are present")
+    ap.commands = {
+        "hessian": sub.add_parser("hessian", help="an exact Hessian, GGN, residual or Fisher into an .npy file"),
+        "fixtures": sub.add_parser("fixtures", help="write the golden fixtures (.npz + manifest.json) into DIR"),
+        "check": sub.add_parser("check", help="run the fast tests (or the built-in self-check) of the installed "
+                                              "package"),
+    }
+    add_options(ap.commands["hessian"], "hessian", group=("--model", "--model-json"))
+    add_options(ap.commands["fixtures"], "fixtures")
+    add_options(ap.commands["check"], "check")
     return ap
+
+
+def hessian_mode(v):
+    """The mode of a ``refprune hessian`` run (:mod:`refprune.options`, CLI section):
+    the words that decide which options apply, from the checked values ``v``."""
+    mode = {f"curvature {v['curvature']}"}
+    mode.update(word for word, on in (("data", v["data"]), ("out", v["out"]), ("dry-run", v["dry_run"])) if on)
+    if not v["data"] or not v["params"] or v["curvature"] == "mc_fisher":
+        mode.add("draws")
+    return frozenset(mode)
+
+
+_MODES = {"hessian": hessian_mode}
 
 
 def main(argv=None):
@@ -494,10 +469,15 @@ def main(argv=None):
         from . import demo
 
         return demo.main(argv[1:])
-    args = parser.parse_args(argv)
+    command = argv[0] if argv and argv[0] in parser.commands else None
+    if command is None:
+        args = parser.parse_args(argv)  # a usage error or --help: argparse's one line
+    else:
+        args = parse_checked(parser, argv, command, _MODES.get(command, lambda v: frozenset()),
+                             sub=parser.commands[command])
     try:
         return {"hessian": cmd_hessian, "fixtures": cmd_fixtures, "check": cmd_check}[args.command](args)
-    except (UsageError, ValueError, TypeError, OSError, MemoryError) as err:
+    except (UsageError, ValueError, TypeError, OSError, MemoryError, FloatingPointError) as err:
         print(f"refprune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
