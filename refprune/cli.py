@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -64,10 +65,10 @@ def parse_model(spec):
 
 def _split_layers(spec):
     out, depth, cur = [], 0, ""
-    for ch in spec.replace(" - ", " "):
+    for ch in spec:
         depth += ch == "("
         depth -= ch == ")"
-        if ch.isspace() and depth == 0:
+        if (ch.isspace() or ch == "-") and depth == 0:  # a minus sign belongs inside an argument list
             if cur:
                 out.append(cur)
             cur = ""
@@ -170,6 +171,8 @@ def cmd_hessian(args):
 
     model, params, X, y, loss = _model_and_data(args)
     n, N = model.n_params, len(X)
+    if args.shards > N:
+        raise UsageError(f"--shards {args.shards} is more than the {N} samples (a shard holds at least one sample)")
     need = n * n * 8
     partial = args.out + ".partial" if args.out else None
     if args.resume:
@@ -186,6 +189,7 @@ def cmd_hessian(args):
         dest = np.load(partial, mmap_mode="r+")
         if dest.shape != (n, n) or dest.dtype != np.float64:
             raise UsageError(f"{partial} holds a {dest.dtype} array of shape {dest.shape}, not ({n}, {n}) float64")
+        _check_resumable(args, partial, model, params, X, y, loss)
         print(f"{args.curvature}: resuming {partial} (blocks recorded as done are kept)", file=sys.stderr)
     elif args.out:
         where = os.path.dirname(os.path.abspath(args.out))  # an existing directory (the options table)
@@ -242,6 +246,53 @@ def cmd_hessian(args):
     ev = np.linalg.eigvalsh(M)
     print(f"trace {ev.sum():.6g}, eigenvalues from {ev[0]:.6g} to {ev[-1]:.6g}")
     return 0
+
+
+def _check_resumable(args, partial, model, params, X, y, loss):
+    """Refuse ``--resume`` when the partial file's record is for another computation
+    and holds finished blocks: the store would compute every block again (the record
+    covers one choice of ``--block-rows`` and ``--shards``, docs/derivations.md §11).
+    With no finished block recorded there is nothing to lose: say so and go on."""
+    from .checks import validate
+    from .curvature import exact, store
+
+    try:
+        with open(partial + ".refprune.json", "rb") as fh:
+            rec = store.parse_record(fh.read(), partial + ".refprune.json", "refprune hessian", n=model.n_params)
+    except (OSError, ValueError) as err:  # IncompleteResultError is a ValueError
+        print(f"{args.curvature}: the record of {partial} cannot be used ({err}); every block is computed again",
+              file=sys.stderr)
+        warnings.filterwarnings("ignore", message=".*every block is computed again", category=RuntimeWarning)
+        return
+    done = sorted(k for k, d in rec["digests"].items() if d is not None)
+    layout = exact._layout(model, args.block_rows)
+    inp = validate(model, params, X, y, loss)
+    mc = dict(samples=args.mc_samples, seed=args.seed, targets=None)
+    want = exact._fingerprint(inp, args.curvature, exact._mc_targets(inp, args.curvature, mc), args.block_rows,
+                              args.shards)
+    same_blocks = rec["layout"] == {k: (o, e, [tuple(r) for r in rows]) for k, (o, e, rows) in layout.items()}
+    if rec["fingerprint"] == want and same_blocks:
+        return
+    kept = f"{len(done)} finished block" + ("s" if len(done) > 1 else "")
+    if not done:  # said here, in one line, rather than by the store's warning
+        print(f"{args.curvature}: {partial} records no finished block; every block is computed", file=sys.stderr)
+        warnings.filterwarnings("ignore", message=".*is for another computation", category=RuntimeWarning)
+        return
+    if not same_blocks:
+        rows = "whole layers" if args.block_rows is None else f"--block-rows {args.block_rows}"
+        theirs = ", ".join(sorted(rec["layout"])[:3]) + (", ..." if len(rec["layout"]) > 3 else "")
+        raise UsageError(f"--resume: {partial} was written in other blocks ({theirs}) than {rows} gives; give the "
+                         f"--block-rows of the interrupted run to keep its {kept}, or run "
+                         "without --resume to start again")
+    for shards in range(1, min(len(X), 64) + 1):  # name the --shards of the interrupted run if that is all
+        if shards != args.shards and exact._fingerprint(inp, args.curvature, exact._mc_targets(
+                inp, args.curvature, mc), args.block_rows, shards) == rec["fingerprint"]:
+            raise UsageError(f"--resume with --shards {args.shards}: {partial} was written with --shards {shards}; "
+                             f"give --shards {shards} to keep its {kept}, or run without "
+                             "--resume to start again")
+    raise UsageError(f"--resume: {partial} was written for another computation (other data, parameters, loss, "
+                     f"--curvature, --seed or --shards than these); give the options of the interrupted run to keep "
+                     f"its {kept}, or run without --resume to start again")
 
 
 def _seconds(t):
@@ -476,7 +527,8 @@ def main(argv=None):
         args = parse_checked(parser, argv, command, _MODES.get(command, lambda v: frozenset()),
                              sub=parser.commands[command])
     try:
-        return {"hessian": cmd_hessian, "fixtures": cmd_fixtures, "check": cmd_check}[args.command](args)
+        with warnings.catch_warnings():  # filters set by a command end with it
+            return {"hessian": cmd_hessian, "fixtures": cmd_fixtures, "check": cmd_check}[args.command](args)
     except (UsageError, ValueError, TypeError, OSError, MemoryError, FloatingPointError) as err:
         print(f"refprune {args.command}: error: {err}", file=sys.stderr)
         return 2

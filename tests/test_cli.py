@@ -22,15 +22,17 @@ def run(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (("demo", "--steps", "-5"), "--steps: expected a positive integer, got '-5'"),
-    (("demo", "--lr", "nan"), "--lr: expected a positive finite number"),
+    (("demo", "--steps", "-5"), "--steps must be a positive int, got -5"),
+    (("demo", "--lr", "nan"), "--lr must be a finite number > 0, got nan"),
     (("hessian",), "one of the arguments --model --model-json is required"),
     (("hessian", "--model", "Linear(3,4) Gelu"), "unknown layer 'Gelu'"),
     (("hessian", "--model", "Linear(3,4) Tanh Linear(5,2)", "--input-shape", "3"), "expects per-sample input"),
     (("hessian", "--model", "Linear(3,"), "cannot read the model"),
     (("hessian", "--model", "Linear(3,2)"), "give --data FILE.npz or --input-shape"),
-    (("hessian", "--model", "Linear(3,2)", "--input-shape", "3", "--curvature", "kfac"), "invalid choice: 'kfac'"),
-    (("hessian", "--model", "Linear(3,2)", "--data", "/nonexistent.npz"), "No such file"),
+    (("hessian", "--model", "Linear(3,2)", "--input-shape", "3", "--curvature", "kfac"),
+     "--curvature must be one of ('hessian', 'ggn', 'residual', 'fisher', 'mc_fisher', 'empirical_fisher'), got 'kfac'"),
+    (("hessian", "--model", "Linear(3,2)", "--data", "/nonexistent.npz"),
+     "--data /nonexistent.npz: no such file; it must be an existing .npz file"),
     (("frobnicate",), "invalid choice: 'frobnicate'"),
 ])
 def test_misuse_is_one_line(capsys, argv, words):
