@@ -219,7 +219,10 @@ def cmd_hessian(args):
                 # a scratch view: not a memmap of a file, so nothing is recorded for it
                 scratch = dest.view(np.ndarray)
                 est = _estimate(lambda k: _compute(rp, args, model, params, X[:k], y[:k], loss, scratch, False, pool,
-                                                   shards=min(args.shards, k)), N)
+                                                   shards=min(args.shards, k)), N,
+                                saturates=_samples_per_chunk(model, X) * args.shards)
+                if args.out:
+                    est += _store_seconds(dest, n)
                 print(f"{args.curvature}: n = {n} parameters, N = {N} samples: {need / 2**30:.3f} GiB, about "
                       f"{_seconds(est)}", file=sys.stderr)
                 if args.dry_run:
@@ -299,47 +302,96 @@ def _seconds(t):
     return f"{t:.1f} s" if t < 600 else f"{t / 60:.0f} min"
 
 
-def _estimate(timed, N, least=0.3, share=0.25, fraction=1 / 8):
-    """The time of the whole run from runs on the first ``k`` samples.
+def _estimate(timed, N, least=0.5, fraction=1 / 32, saturates=None):
+    """The seconds of the whole run, from runs of the same computation on the first
+    ``k`` samples (``timed(k)`` runs one).
 
-    The cost is about ``a + b N``: ``a`` writes the ``n x n`` result (and, with workers,
-    sends it back from them) whatever ``N``, ``b`` is the ``O(n^2)`` assembly per
-    sample.  Timing one sample and multiplying by ``N`` counts ``a`` ``N`` times.
-    Instead, after a warm-up run (imports, the workers' first tasks), one sample and then
-    ``k = fraction N`` (at least 2), ``2k``, ``4k``, ... samples are timed until the
-    per-sample part shows clearly (the time of ``k`` at least twice that of one sample
-    and at least ``least`` seconds, above the timer's and the machine's noise), and the
-    line through ``(1, t_1)`` and ``(k, t_k)`` is extrapolated to ``N``.  (A few
-    samples are cheaper per sample than many: their temporaries stay in the processor's
-    caches and their matrix products below the sizes where BLAS starts threads; so the
-    calibration runs on an eighth of the samples, which costs about an eighth of the run,
-    ``benchmarks/bench_cli_estimate.py``.)  The calibration stops earlier once
-    it has cost ``share`` of ``t_k N / k`` (an upper bound of the run: no fixed part),
-    which it then returns if the line is not resolved; at ``k = N`` it is the run's own
-    time."""
+    The arithmetic (docs/derivations.md §4) is a sum over samples: ``b N`` multiply-adds
+    plus a part ``a`` that does not depend on ``N`` (writing the ``n x n`` result, with
+    workers sending it back; Python's work per layer).  But the time per multiply-add
+    is not constant: the assembly takes all samples up to ``CHUNK_FLOATS`` at once, and
+    its contraction (4.2) then runs on operands whose sample axis is ``N`` long, at a
+    speed that falls as ``N`` grows (measured: on an MLP of 1,415 parameters, 0.83 s
+    for 200 samples, 2.9 s for 400, 11.7 s for 800; benchmarks/bench_cli_estimate.py).
+    So the time is modelled as ``a + b N + c N min(N, saturates)`` (``saturates``: the
+    samples per chunk, beyond which chunks repeat and the time is linear again), with
+    ``a, b, c >= 0`` measured on this network, on this machine, now: after a warm-up
+    (imports, the workers' start), ``k = fraction N`` samples (doubled until a run takes
+    ``least`` seconds, above the timer's and the machine's noise), ``2k`` and ``4k`` are
+    timed and the curve through the three points is extrapolated to ``N``.  A line
+    from one sample, as before, gave 0.26 to 1.8 times the measured time.  The
+    calibration costs about ``7 fraction`` of the run when the time is linear, less when
+    it grows faster; a run on few samples is timed whole."""
 
     def clock(k):
         t0 = time.perf_counter()
         timed(k)
         return time.perf_counter() - t0
 
-    warm = clock(1)
-    t1 = min(warm, clock(1))
-    k, tk, spent = 1, t1, warm + t1
-    while k < N:
-        k = min(max(2 * k, int(np.ceil(fraction * N))), N)
-        tk = clock(k)
-        spent += tk
-        if k == N:
-            return tk
-        if (tk >= 2 * t1 and tk >= least) or spent >= share * tk * N / k:
-            break
-    if k == 1:
-        return t1
-    slope = (tk - t1) / (k - 1)
+    clock(min(N, 2))  # warm-up, not counted
+    k = min(N, max(1, int(np.ceil(fraction * N))))
+    t = clock(k)
+    while t < least and k < N:
+        k = min(N, 2 * k)
+        t = clock(k)
+    points = [(k, t)]
+    while len(points) < 3 and k < N:
+        k = min(N, 2 * k)
+        points.append((k, clock(k)))
+    if k == N:
+        return points[-1][1]
+    cap = N if saturates is None else max(1, saturates)
+    ks = np.array([p[0] for p in points], float)
+    ts = np.array([p[1] for p in points])
+    basis = np.stack([np.ones_like(ks), ks, ks * np.minimum(ks, cap)], axis=1)
+    if len(points) == 3:
+        coef = np.linalg.solve(basis, ts)
+        if np.all(coef >= 0):
+            return float(coef @ [1.0, N, N * min(N, cap)])
+    # noise larger than the curvature (or only two points): a line through the last two
+    (k1, t1), (k2, t2) = points[-2:]
+    slope = (t2 - t1) / (k2 - k1)
     if slope <= 0:
-        return tk * N / k
-    return max(t1 - slope, 0.0) + slope * N
+        return t2 * N / k2
+    return min(max(t2 - slope * k2, 0.0), t1) + slope * N
+
+
+def _samples_per_chunk(model, X):
+    """Samples the assembly takes at once, in the layer that takes the most
+    (docs/derivations.md §4: temporaries of at most ``CHUNK_FLOATS`` values, ``K_l``
+    tangent directions per sample for layer ``l``, the smaller of its seeds)."""
+    from types import SimpleNamespace
+
+    from . import derivatives as d
+    from .nn import AffineLayer
+
+    width = d.work_width(SimpleNamespace(model=model, X=X))
+    s, most = X.shape[1:], 1
+    for layer in model:
+        out = layer.output_shape(s)
+        if isinstance(layer, AffineLayer):
+            most = max(most, d.chunk_length(min(layer.n_params, int(np.prod(out))), width))
+        s = out
+    return most
+
+
+def _store_seconds(dest, n):
+    """Seconds the run spends on its file besides the computation (docs/derivations.md
+    §11): writing the matrix to disk (timed: the calibration wrote every entry, the
+    flush writes them), and hashing each block's rows and mirror twice (once when it is
+    recorded, once when :func:`refprune.load_matrix` verifies the result), timed on a
+    slice of rows and one of columns and scaled to the whole matrix."""
+    from .curvature import store
+
+    t0 = time.perf_counter()
+    dest.flush()
+    flush = time.perf_counter() - t0
+    m = max(1, min(n, 2**21 // n))  # about 16 MB of rows or columns
+    t0 = time.perf_counter()
+    store.digest(np.asarray(dest[:m]))
+    store.digest(np.asarray(dest[:, :m]).T)
+    hashing = (time.perf_counter() - t0) * n / m
+    return flush + 2 * hashing
 
 
 def _ignore_interrupts():
