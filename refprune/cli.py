@@ -318,37 +318,48 @@ def _estimate(timed, N, least=0.5, fraction=1 / 32, saturates=None):
     ``a, b, c >= 0`` measured on this network, on this machine, now: after a warm-up
     (imports, the workers' start), ``k = fraction N`` samples (doubled until a run takes
     ``least`` seconds, above the timer's and the machine's noise), ``2k`` and ``4k`` are
-    timed and the curve through the three points is extrapolated to ``N``.  A line
+    timed (a run shorter than ``2 least`` twice, keeping the faster: other processes
+    sharing the cores slow some runs down).  If the time per sample grows from the
+    first pair to the second by more than 30%, ``8k`` is timed too and the curve is
+    fitted on the three largest; it is extrapolated to ``N``.  A line
     from one sample, as before, gave 0.26 to 1.8 times the measured time.  The
-    calibration costs about ``7 fraction`` of the run when the time is linear, less when
-    it grows faster; a run on few samples is timed whole."""
+    calibration costs about ``7 fraction`` of the run when the time is linear (up to
+    twice that when runs are short and timed twice), less when it grows faster; a run on
+    few samples is timed whole."""
 
-    def clock(k):
+    def clock(k, again=False):
         t0 = time.perf_counter()
         timed(k)
-        return time.perf_counter() - t0
+        t = time.perf_counter() - t0
+        if again and t < 2 * least:  # a short run is timed twice: the faster is the one not slowed by others
+            t = min(t, clock(k))
+        return t
 
     clock(min(N, 2))  # warm-up, not counted
     k = min(N, max(1, int(np.ceil(fraction * N))))
-    t = clock(k)
+    t = clock(k, True)
     while t < least and k < N:
         k = min(N, 2 * k)
-        t = clock(k)
+        t = clock(k, True)
     points = [(k, t)]
     while len(points) < 3 and k < N:
         k = min(N, 2 * k)
-        points.append((k, clock(k)))
+        points.append((k, clock(k, k < N)))
     if k == N:
         return points[-1][1]
+    (k1, t1), (k2, t2), (k3, t3) = points
+    if (t3 - t2) / (k3 - k2) > 1.3 * (t2 - t1) / (k2 - k1) and 2 * k < N:
+        # the time per sample grows: one more point, so the curve is fitted on the three
+        # largest (the extrapolation amplifies the noise of a curve fitted far from N)
+        k = 2 * k
+        points = points[1:] + [(k, clock(k))]
     cap = N if saturates is None else max(1, saturates)
     ks = np.array([p[0] for p in points], float)
     ts = np.array([p[1] for p in points])
-    basis = np.stack([np.ones_like(ks), ks, ks * np.minimum(ks, cap)], axis=1)
-    if len(points) == 3:
-        coef = np.linalg.solve(basis, ts)
-        if np.all(coef >= 0):
-            return float(coef @ [1.0, N, N * min(N, cap)])
-    # noise larger than the curvature (or only two points): a line through the last two
+    coef = np.linalg.solve(np.stack([np.ones_like(ks), ks, ks * np.minimum(ks, cap)], axis=1), ts)
+    if np.all(coef >= 0):
+        return float(coef @ [1.0, N, N * min(N, cap)])
+    # noise larger than the curvature: a line through the last two points
     (k1, t1), (k2, t2) = points[-2:]
     slope = (t2 - t1) / (k2 - k1)
     if slope <= 0:

@@ -274,8 +274,8 @@ def test_the_estimate_follows_its_model_from_three_calibrations(monkeypatch):
     """A run costing ``a + b k + c k min(k, s)`` on ``k`` samples (a clock that advances by
     exactly that; the model of ``cli._estimate``): the estimate is that cost at ``N``,
     where one sample times ``N`` would give ``(a + b + c) N`` and a line would miss the
-    curvature; a warm-up slower than the rest does not count; the calibration runs on
-    7/32 of the samples (rounded up) once a run on N/32 takes ``least`` seconds; a run on
+    curvature; a warm-up slower than the rest does not count; the calibration's work on samples costs
+    less than half the run once a run on N/32 takes ``least`` seconds; a run on
     few samples is timed whole; ``N = 1`` is one sample's time."""
     from refprune import cli
 
@@ -290,11 +290,12 @@ def test_the_estimate_follows_its_model_from_three_calibrations(monkeypatch):
             now[0] += a + b * k + c * k * min(k, cap) + (3.0 if not calls else 0.0)  # the first run also imports
             calls.append(k)
 
-        assert cli._estimate(timed, N, saturates=s) == pytest.approx(a + b * N + c * N * min(N, cap), rel=1e-9)
-        if a + b * N / 32 >= 0.5:
-            assert sum(calls[1:]) <= 7 * np.ceil(N / 32)
+        cost = lambda k: a + b * k + c * k * min(k, cap)  # noqa: E731
+        assert cli._estimate(timed, N, saturates=s) == pytest.approx(cost(N), rel=1e-9)
+        if cost(N / 32) >= 0.5 and N >= 64:
+            assert sum(cost(k) - a for k in calls[1:]) <= 0.45 * (cost(N) - a)  # each run also pays a
     calls = []
-    assert cli._estimate(lambda k: now.__setitem__(0, now[0] + 0.5) or calls.append(k), 1) == 0.5 and calls == [1, 1]
+    assert cli._estimate(lambda k: now.__setitem__(0, now[0] + 0.5) or calls.append(k), 1) == 0.5 and calls == [1] * 3
     # noise that makes the curve bend down: a line through the last two points, never below them
     times = iter([9.0, 1.0, 1.9, 2.2])
     assert cli._estimate(lambda k: now.__setitem__(0, now[0] + next(times)), 640) == pytest.approx(
