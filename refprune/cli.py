@@ -302,7 +302,7 @@ def _seconds(t):
     return f"{t:.1f} s" if t < 600 else f"{t / 60:.0f} min"
 
 
-def _estimate(timed, N, least=0.5, fraction=1 / 32, saturates=None):
+def _estimate(timed, N, least=0.5, fraction=1 / 16, saturates=None):
     """The seconds of the whole run, from runs of the same computation on the first
     ``k`` samples (``timed(k)`` runs one).
 
@@ -311,8 +311,8 @@ def _estimate(timed, N, least=0.5, fraction=1 / 32, saturates=None):
     workers sending it back; Python's work per layer).  But the time per multiply-add
     is not constant: the assembly takes all samples up to ``CHUNK_FLOATS`` at once, and
     its contraction (4.2) then runs on operands whose sample axis is ``N`` long, at a
-    speed that falls as ``N`` grows (measured: on an MLP of 1,415 parameters, 0.83 s
-    for 200 samples, 2.9 s for 400, 11.7 s for 800; benchmarks/bench_cli_estimate.py).
+    speed that falls as ``N`` grows (measured on 2 cores shared with other work, an MLP
+    of 1,415 parameters: 0.83 s for 200 samples, 2.9 s for 400, 11.7 s for 800).
     So the time is modelled as ``a + b N + c N min(N, saturates)`` (``saturates``: the
     samples per chunk, beyond which chunks repeat and the time is linear again), with
     ``a, b, c >= 0`` measured on this network, on this machine, now: after a warm-up
@@ -321,8 +321,12 @@ def _estimate(timed, N, least=0.5, fraction=1 / 32, saturates=None):
     timed (a run shorter than ``2 least`` twice, keeping the faster: other processes
     sharing the cores slow some runs down).  If the time per sample grows from the
     first pair to the second by more than 30%, ``8k`` is timed too and the curve is
-    fitted on the three largest; it is extrapolated to ``N``.  A line
-    from one sample, as before, gave 0.26 to 1.8 times the measured time.  The
+    fitted on the three largest; it is extrapolated to ``N``.  Two lines
+    measured worse on benchmarks/bench_cli_estimate.py: one from a single sample to
+    ``N/8`` samples gave 0.52 to 1.77 times the measured time, one through ``N/16`` and
+    ``N/8`` samples 0.26 to 2.42, and the curve through ``N/32``, ``N/16`` and ``N/8``
+    samples 0.28 to 1.75: the time per sample may grow only beyond ``N/8``, so the
+    calibration reaches ``N/4``.  The
     calibration costs about ``7 fraction`` of the run when the time is linear (up to
     twice that when runs are short and timed twice), less when it grows faster; a run on
     few samples is timed whole."""

@@ -275,7 +275,7 @@ def test_the_estimate_follows_its_model_from_three_calibrations(monkeypatch):
     exactly that; the model of ``cli._estimate``): the estimate is that cost at ``N``,
     where one sample times ``N`` would give ``(a + b + c) N`` and a line would miss the
     curvature; a warm-up slower than the rest does not count; the calibration's work on samples costs
-    less than half the run once a run on N/32 takes ``least`` seconds; a run on
+    less than half the run once a run on N/16 takes ``least`` seconds; a run on
     few samples is timed whole; ``N = 1`` is one sample's time."""
     from refprune import cli
 
@@ -292,14 +292,14 @@ def test_the_estimate_follows_its_model_from_three_calibrations(monkeypatch):
 
         cost = lambda k: a + b * k + c * k * min(k, cap)  # noqa: E731
         assert cli._estimate(timed, N, saturates=s) == pytest.approx(cost(N), rel=1e-9)
-        if cost(N / 32) >= 0.5 and N >= 64:
+        if cost(N / 16) >= 0.5 and N >= 64:
             assert sum(cost(k) - a for k in calls[1:]) <= 0.45 * (cost(N) - a)  # each run also pays a
     calls = []
     assert cli._estimate(lambda k: now.__setitem__(0, now[0] + 0.5) or calls.append(k), 1) == 0.5 and calls == [1] * 3
     # noise that makes the curve bend down: a line through the last two points, never below them
     times = iter([9.0, 1.0, 1.9, 2.2])
     assert cli._estimate(lambda k: now.__setitem__(0, now[0] + next(times)), 640) == pytest.approx(
-        1.6 + 0.3 / 40 * 640)
+        1.6 + 0.3 / 80 * 640)
 
 
 def test_the_estimate_grows_with_the_samples(monkeypatch):
