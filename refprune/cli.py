@@ -294,7 +294,7 @@ def _check_resumable(args, partial, model, params, X, y, loss):
                              f"give --shards {shards} to keep its {kept}, or run without "
                              "--resume to start again")
     raise UsageError(f"--resume: {partial} was written for another computation (other data, parameters, loss, "
-                     f"--curvature, --seed or --shards than these); give the options of the interrupted run to keep "
+                     f"--curvature, --seed, --block-rows or --shards than these); give the options of the interrupted run to keep "
                      f"its {kept}, or run without --resume to start again")
 
 

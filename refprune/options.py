@@ -534,6 +534,7 @@ class CliOption(Option):
 
     @property
     def dest(self):
+        """The name of the option's attribute in ``argparse``'s namespace (``block_rows``)."""
         return self.name.lstrip("-").replace("-", "_")
 
     def applies(self, method, curvature, values):
