@@ -1,8 +1,9 @@
 """The ``refprune hessian`` time estimate against the time the run then takes.
 
-The estimate times the computation on ``k`` and ``2k`` samples (``k`` about N/16, after
-a warm-up run), extrapolates the line to ``N`` and adds the measured cost of writing
-and verifying the file (:func:`refprune.cli._estimate`, ``_store_seconds``).  Each case
+The estimate times the computation on about N/16, N/8 and N/4 samples (after a warm-up
+run), fits ``a + b k + c k min(k, samples per chunk)`` through them, extrapolates it to
+``N`` and adds the measured cost of writing and verifying the file
+(:func:`refprune.cli._estimate`, ``_store_seconds``).  Each case
 below runs the command line in a fresh process, as a user would, and compares the
 estimate it prints with the time from that line to the end of the run (``wrote ...``),
 in one process and with 1 and 2 worker processes, over MLPs of several sizes and a conv
