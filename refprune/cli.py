@@ -23,10 +23,11 @@ import os
 import shutil
 import sys
 import time
+import warnings
 
 import numpy as np
 
-from .cli_parsing import OneLineParser, nonnegative_int, positive_int
+from .cli_parsing import OneLineParser, add_options, parse_checked
 
 
 class UsageError(Exception):
@@ -64,10 +65,10 @@ def parse_model(spec):
 
 def _split_layers(spec):
     out, depth, cur = [], 0, ""
-    for ch in spec.replace(" - ", " "):
+    for ch in spec:
         depth += ch == "("
         depth -= ch == ")"
-        if ch.isspace() and depth == 0:
+        if (ch.isspace() or ch == "-") and depth == 0:  # a minus sign belongs inside an argument list
             if cur:
                 out.append(cur)
             cur = ""
@@ -76,22 +77,6 @@ def _split_layers(spec):
     if cur:
         out.append(cur)
     return out
-
-
-def _check_options(args):
-    """Refuse options that would be ignored (one line each)."""
-    if args.data and (args.input_shape or args.samples is not None):
-        given = "--input-shape" if args.input_shape else "--samples"
-        raise UsageError(f"{given} is for random data; --data {args.data} gives the samples and their shape")
-    if args.mc_samples is not None and args.curvature != "mc_fisher":
-        raise UsageError(f"--mc-samples applies only to --curvature mc_fisher, got --curvature {args.curvature}")
-    if args.seed is not None and args.data and args.params and args.curvature != "mc_fisher":
-        raise UsageError("--seed draws random data, initial parameters or Monte Carlo targets; with --data, --params "
-                         f"and --curvature {args.curvature} nothing is drawn")
-    if args.resume and args.dry_run:
-        raise UsageError("--dry-run estimates a new run; --resume continues one: give one of them")
-    if args.resume and not args.out:
-        raise UsageError("--resume continues an interrupted run: give the --out FILE.npy it was writing")
 
 
 def _npz(path, option):
@@ -127,7 +112,7 @@ def _model_and_data(args):
             raise UsageError(f"--model-json {args.model_json}: cannot build the model: {_error_text(err)}") from None
     else:
         model = parse_model(args.model)
-    seed = 0 if args.seed is None else args.seed
+    seed = args.seed
     if args.data:
         d = _npz(args.data, "--data")
         if "X" not in d or "y" not in d:
@@ -137,7 +122,7 @@ def _model_and_data(args):
     else:
         if not args.input_shape:
             raise UsageError("give --data FILE.npz or --input-shape (and --samples) for random data")
-        samples = 32 if args.samples is None else args.samples
+        samples = args.samples
         rng = np.random.default_rng(seed)
         X = rng.standard_normal((samples,) + tuple(args.input_shape))
         c = model.output_shape(tuple(args.input_shape))[0]
@@ -159,7 +144,13 @@ def _model_and_data(args):
     else:
         params = model.init(seed=seed)
     try:
-        rp.loss(model, params, X, y, loss)  # validates everything before any cost
+        # validates everything before any cost; an output that overflows is named by
+        # refprune's FloatingPointError alone, without NumPy's warning from inside the layer
+        with np.errstate(over="ignore", invalid="ignore"):
+            rp.loss(model, params, X, y, loss)
+    except FloatingPointError as err:
+        given = " and ".join(f"{o} {v}" for o, v in (("--data", args.data), ("--params", args.params)) if v)
+        raise UsageError(f"the model at {given or 'its initial parameters'}: {err}") from None
     except (ValueError, TypeError) as err:
         if args.data:
             raise UsageError(f"--data {args.data}: {err}") from None
@@ -178,9 +169,10 @@ def cmd_hessian(args):
 
     from .curvature.exact import available_memory
 
-    _check_options(args)
     model, params, X, y, loss = _model_and_data(args)
     n, N = model.n_params, len(X)
+    if args.shards > N:
+        raise UsageError(f"--shards {args.shards} is more than the {N} samples (a shard holds at least one sample)")
     need = n * n * 8
     partial = args.out + ".partial" if args.out else None
     if args.resume:
@@ -197,14 +189,10 @@ def cmd_hessian(args):
         dest = np.load(partial, mmap_mode="r+")
         if dest.shape != (n, n) or dest.dtype != np.float64:
             raise UsageError(f"{partial} holds a {dest.dtype} array of shape {dest.shape}, not ({n}, {n}) float64")
+        _check_resumable(args, partial, model, params, X, y, loss)
         print(f"{args.curvature}: resuming {partial} (blocks recorded as done are kept)", file=sys.stderr)
     elif args.out:
-        where = os.path.dirname(os.path.abspath(args.out))
-        if not os.path.isdir(where):
-            raise UsageError(f"--out {args.out}: the directory {where} does not exist")
-        if os.path.isdir(args.out):
-            raise UsageError(f"--out {args.out} is a directory; give a file name such as "
-                             f"{os.path.join(args.out, 'H.npy')}")
+        where = os.path.dirname(os.path.abspath(args.out))  # an existing directory (the options table)
         free = shutil.disk_usage(where).free
         if need > free:
             raise UsageError(f"the {n} x {n} matrix needs {need / 2**30:.2f} GiB but the disk has "
@@ -231,7 +219,10 @@ def cmd_hessian(args):
                 # a scratch view: not a memmap of a file, so nothing is recorded for it
                 scratch = dest.view(np.ndarray)
                 est = _estimate(lambda k: _compute(rp, args, model, params, X[:k], y[:k], loss, scratch, False, pool,
-                                                   shards=min(args.shards, k)), N)
+                                                   shards=min(args.shards, k)), N,
+                                saturates=_samples_per_chunk(model, X) * args.shards)
+                if args.out:
+                    est += _store_seconds(dest, n)
                 print(f"{args.curvature}: n = {n} parameters, N = {N} samples: {need / 2**30:.3f} GiB, about "
                       f"{_seconds(est)}", file=sys.stderr)
                 if args.dry_run:
@@ -260,51 +251,162 @@ def cmd_hessian(args):
     return 0
 
 
+def _check_resumable(args, partial, model, params, X, y, loss):
+    """Refuse ``--resume`` when the partial file's record is for another computation
+    and holds finished blocks: the store would compute every block again (the record
+    covers one choice of ``--block-rows`` and ``--shards``, docs/derivations.md §11).
+    With no finished block recorded there is nothing to lose: say so and go on."""
+    from .checks import validate
+    from .curvature import exact, store
+
+    try:
+        with open(partial + ".refprune.json", "rb") as fh:
+            rec = store.parse_record(fh.read(), partial + ".refprune.json", "refprune hessian", n=model.n_params)
+    except (OSError, ValueError) as err:  # IncompleteResultError is a ValueError
+        print(f"{args.curvature}: the record of {partial} cannot be used ({err}); every block is computed again",
+              file=sys.stderr)
+        warnings.filterwarnings("ignore", message=".*every block is computed again", category=RuntimeWarning)
+        return
+    done = sorted(k for k, d in rec["digests"].items() if d is not None)
+    layout = exact._layout(model, args.block_rows)
+    inp = validate(model, params, X, y, loss)
+    mc = dict(samples=args.mc_samples, seed=args.seed, targets=None)
+    want = exact._fingerprint(inp, args.curvature, exact._mc_targets(inp, args.curvature, mc), args.block_rows,
+                              args.shards)
+    same_blocks = rec["layout"] == {k: (o, e, [tuple(r) for r in rows]) for k, (o, e, rows) in layout.items()}
+    if rec["fingerprint"] == want and same_blocks:
+        return
+    kept = f"{len(done)} finished block" + ("s" if len(done) > 1 else "")
+    if not done:  # said here, in one line, rather than by the store's warning
+        print(f"{args.curvature}: {partial} records no finished block; every block is computed", file=sys.stderr)
+        warnings.filterwarnings("ignore", message=".*is for another computation", category=RuntimeWarning)
+        return
+    if not same_blocks:
+        rows = "whole layers" if args.block_rows is None else f"--block-rows {args.block_rows}"
+        theirs = ", ".join(sorted(rec["layout"])[:3]) + (", ..." if len(rec["layout"]) > 3 else "")
+        raise UsageError(f"--resume: {partial} was written in other blocks ({theirs}) than {rows} gives; give the "
+                         f"--block-rows of the interrupted run to keep its {kept}, or run "
+                         "without --resume to start again")
+    for shards in range(1, min(len(X), 64) + 1):  # name the --shards of the interrupted run if that is all
+        if shards != args.shards and exact._fingerprint(inp, args.curvature, exact._mc_targets(
+                inp, args.curvature, mc), args.block_rows, shards) == rec["fingerprint"]:
+            raise UsageError(f"--resume with --shards {args.shards}: {partial} was written with --shards {shards}; "
+                             f"give --shards {shards} to keep its {kept}, or run without "
+                             "--resume to start again")
+    raise UsageError(f"--resume: {partial} was written for another computation (other data, parameters, loss, "
+                     f"--curvature, --seed, --block-rows or --shards than these); give the options of the interrupted run to keep "
+                     f"its {kept}, or run without --resume to start again")
+
+
 def _seconds(t):
     return f"{t:.1f} s" if t < 600 else f"{t / 60:.0f} min"
 
 
-def _estimate(timed, N, least=0.3, share=0.25, fraction=1 / 8):
-    """The time of the whole run from runs on the first ``k`` samples.
+def _estimate(timed, N, least=0.5, fraction=1 / 16, saturates=None):
+    """The seconds of the whole run, from runs of the same computation on the first
+    ``k`` samples (``timed(k)`` runs one).
 
-    The cost is about ``a + b N``: ``a`` writes the ``n x n`` result (and, with workers,
-    sends it back from them) whatever ``N``, ``b`` is the ``O(n^2)`` assembly per
-    sample.  Timing one sample and multiplying by ``N`` counts ``a`` ``N`` times.
-    Instead, after a warm-up run (imports, the workers' first tasks), one sample and then
-    ``k = fraction N`` (at least 2), ``2k``, ``4k``, ... samples are timed until the
-    per-sample part shows clearly (the time of ``k`` at least twice that of one sample
-    and at least ``least`` seconds, above the timer's and the machine's noise), and the
-    line through ``(1, t_1)`` and ``(k, t_k)`` is extrapolated to ``N``.  (A few
-    samples are cheaper per sample than many: their temporaries stay in the processor's
-    caches and their matrix products below the sizes where BLAS starts threads; so the
-    calibration runs on an eighth of the samples, which costs about an eighth of the run,
-    ``benchmarks/bench_cli_estimate.py``.)  The calibration stops earlier once
-    it has cost ``share`` of ``t_k N / k`` (an upper bound of the run: no fixed part),
-    which it then returns if the line is not resolved; at ``k = N`` it is the run's own
-    time."""
+    The arithmetic (docs/derivations.md §4) is a sum over samples: ``b N`` multiply-adds
+    plus a part ``a`` that does not depend on ``N`` (writing the ``n x n`` result, with
+    workers sending it back; Python's work per layer).  But the time per multiply-add
+    is not constant: the assembly takes all samples up to ``CHUNK_FLOATS`` at once, and
+    its contraction (4.2) then runs on operands whose sample axis is ``N`` long, at a
+    speed that falls as ``N`` grows (measured on 2 cores shared with other work, an MLP
+    of 1,415 parameters: 0.83 s for 200 samples, 2.9 s for 400, 11.7 s for 800).
+    So the time is modelled as ``a + b N + c N min(N, saturates)`` (``saturates``: the
+    samples per chunk, beyond which chunks repeat and the time is linear again), with
+    ``a, b, c >= 0`` measured on this network, on this machine, now: after a warm-up
+    (imports, the workers' start), ``k = fraction N`` samples (doubled until a run takes
+    ``least`` seconds, above the timer's and the machine's noise), ``2k`` and ``4k`` are
+    timed (a run shorter than ``2 least`` twice, keeping the faster: other processes
+    sharing the cores slow some runs down).  If the time per sample grows from the
+    first pair to the second by more than 30%, ``8k`` is timed too and the curve is
+    fitted on the three largest; it is extrapolated to ``N``.  Two lines
+    measured worse on benchmarks/bench_cli_estimate.py: one from a single sample to
+    ``N/8`` samples gave 0.52 to 1.77 times the measured time, one through ``N/16`` and
+    ``N/8`` samples 0.26 to 2.42, and the curve through ``N/32``, ``N/16`` and ``N/8``
+    samples 0.28 to 1.75: the time per sample may grow only beyond ``N/8``, so the
+    calibration reaches ``N/4``.  The
+    calibration costs about ``7 fraction`` of the run when the time is linear (up to
+    twice that when runs are short and timed twice), less when it grows faster; a run on
+    few samples is timed whole."""
 
-    def clock(k):
+    def clock(k, again=False):
         t0 = time.perf_counter()
         timed(k)
-        return time.perf_counter() - t0
+        t = time.perf_counter() - t0
+        if again and t < 2 * least:  # a short run is timed twice: the faster is the one not slowed by others
+            t = min(t, clock(k))
+        return t
 
-    warm = clock(1)
-    t1 = min(warm, clock(1))
-    k, tk, spent = 1, t1, warm + t1
-    while k < N:
-        k = min(max(2 * k, int(np.ceil(fraction * N))), N)
-        tk = clock(k)
-        spent += tk
-        if k == N:
-            return tk
-        if (tk >= 2 * t1 and tk >= least) or spent >= share * tk * N / k:
-            break
-    if k == 1:
-        return t1
-    slope = (tk - t1) / (k - 1)
+    clock(min(N, 2))  # warm-up, not counted
+    k = min(N, max(1, int(np.ceil(fraction * N))))
+    t = clock(k, True)
+    while t < least and k < N:
+        k = min(N, 2 * k)
+        t = clock(k, True)
+    points = [(k, t)]
+    while len(points) < 3 and k < N:
+        k = min(N, 2 * k)
+        points.append((k, clock(k, k < N)))
+    if k == N:
+        return points[-1][1]
+    (k1, t1), (k2, t2), (k3, t3) = points
+    if (t3 - t2) / (k3 - k2) > 1.3 * (t2 - t1) / (k2 - k1) and 2 * k < N:
+        # the time per sample grows: one more point, so the curve is fitted on the three
+        # largest (the extrapolation amplifies the noise of a curve fitted far from N)
+        k = 2 * k
+        points = points[1:] + [(k, clock(k))]
+    cap = N if saturates is None else max(1, saturates)
+    ks = np.array([p[0] for p in points], float)
+    ts = np.array([p[1] for p in points])
+    coef = np.linalg.solve(np.stack([np.ones_like(ks), ks, ks * np.minimum(ks, cap)], axis=1), ts)
+    if np.all(coef >= 0):
+        return float(coef @ [1.0, N, N * min(N, cap)])
+    # noise larger than the curvature: a line through the last two points
+    (k1, t1), (k2, t2) = points[-2:]
+    slope = (t2 - t1) / (k2 - k1)
     if slope <= 0:
-        return tk * N / k
-    return max(t1 - slope, 0.0) + slope * N
+        return t2 * N / k2
+    return min(max(t2 - slope * k2, 0.0), t1) + slope * N
+
+
+def _samples_per_chunk(model, X):
+    """Samples the assembly takes at once, in the layer that takes the most
+    (docs/derivations.md §4: temporaries of at most ``CHUNK_FLOATS`` values, ``K_l``
+    tangent directions per sample for layer ``l``, the smaller of its seeds)."""
+    from types import SimpleNamespace
+
+    from . import derivatives as d
+    from .nn import AffineLayer
+
+    width = d.work_width(SimpleNamespace(model=model, X=X))
+    s, most = X.shape[1:], 1
+    for layer in model:
+        out = layer.output_shape(s)
+        if isinstance(layer, AffineLayer):
+            most = max(most, d.chunk_length(min(layer.n_params, int(np.prod(out))), width))
+        s = out
+    return most
+
+
+def _store_seconds(dest, n):
+    """Seconds the run spends on its file besides the computation (docs/derivations.md
+    §11): writing the matrix to disk (timed: the calibration wrote every entry, the
+    flush writes them), and hashing each block's rows and mirror twice (once when it is
+    recorded, once when :func:`refprune.load_matrix` verifies the result), timed on a
+    slice of rows and one of columns and scaled to the whole matrix."""
+    from .curvature import store
+
+    t0 = time.perf_counter()
+    dest.flush()
+    flush = time.perf_counter() - t0
+    m = max(1, min(n, 2**21 // n))  # about 16 MB of rows or columns
+    t0 = time.perf_counter()
+    store.digest(np.asarray(dest[:m]))
+    store.digest(np.asarray(dest[:, :m]).T)
+    hashing = (time.perf_counter() - t0) * n / m
+    return flush + 2 * hashing
 
 
 def _ignore_interrupts():
@@ -415,9 +517,8 @@ def _compute(rp, args, model, params, X, y, loss, out, progress, pool, shards=No
                  executor=pool) if _runs_as_tasks(args) else {}
     if args.curvature in ("hessian", "ggn", "residual"):
         return getattr(rp, args.curvature)(model, params, X, y, loss, out=out, progress=progress, **tasks)
-    mc = 1 if args.mc_samples is None else args.mc_samples
-    return rp.fisher(model, params, X, y, loss, curvature=args.curvature, samples=mc,
-                     seed=0 if args.seed is None else args.seed, out=out, progress=progress, **tasks)
+    return rp.fisher(model, params, X, y, loss, curvature=args.curvature, samples=args.mc_samples, seed=args.seed,
+                     out=out, progress=progress, **tasks)
 
 
 def cmd_fixtures(args):
@@ -446,44 +547,36 @@ def cmd_check(args):
 
 
 def build_parser():
-    """The argument parser with every subcommand."""
+    """The argument parser with every subcommand; the options of each are the rows of
+    :data:`refprune.options.TABLE` (``"refprune hessian"``, ...), read as text and
+    checked by :func:`refprune.cli_parsing.parse_checked`."""
     ap = OneLineParser(prog="refprune", description="Ground-truth second-order quantities for pruning.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     sub.add_parser("demo", help="train, inspect and prune a small net on built-in spirals (--help for options)",
                    add_help=False)
-    h = sub.add_parser("hessian", help="an exact Hessian, GGN, residual or Fisher into an .npy file")
-    src = h.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help='layers, e.g. "Conv2d(1,4,3,padding=1) Tanh Flatten Linear(64,10)"')
-    src.add_argument("--model-json", metavar="FILE", help="a JSON list of layer specifications (as in the "
-                                                           "fixtures' manifest)")
-    h.add_argument("--curvature", default="hessian",
-                   choices=("hessian", "ggn", "residual", "fisher", "mc_fisher", "empirical_fisher"))
-    h.add_argument("--data", metavar="FILE.npz", help="arrays X and y")
-    h.add_argument("--input-shape", type=positive_int, nargs="+", metavar="D", help="per-sample input shape")
-    h.add_argument("--samples", type=positive_int, help="random samples when no --data (default 32)")
-    h.add_argument("--params", metavar="FILE.npz", help="arrays param0, param1, ... (default: PyTorch's init)")
-    h.add_argument("--loss", choices=("ce", "mse"), default="ce")
-    h.add_argument("--reduction", choices=("mean", "sum"), default="mean")
-    h.add_argument("--mc-samples", type=positive_int, help="Monte Carlo targets per sample for --curvature mc_fisher "
-                                                            "(default 1)")
-    h.add_argument("--seed", type=nonnegative_int, help="seed of random data, initial parameters and Monte Carlo "
-                                                        "targets (default 0)")
-    h.add_argument("--out", metavar="FILE.npy", help="write the matrix here (a memory map) instead of printing its "
-                                                     "spectrum; it is written to FILE.npy.partial and renamed once "
-                                                     "complete, with its record FILE.npy.refprune.json")
-    h.add_argument("--dry-run", action="store_true", help="print the estimate and stop")
-    h.add_argument("--workers", type=nonnegative_int, default=0,
-                   help="compute blocks of rows in this many worker processes (docs/derivations.md §11)")
-    h.add_argument("--block-rows", type=positive_int, help="rows per block when run as tasks (default: a layer)")
-    h.add_argument("--shards", type=positive_int, default=1, help="split the samples into this many shards")
-    h.add_argument("--resume", action="store_true", help="continue an interrupted run from FILE.npy.partial, "
-                                                         "computing only the blocks not recorded as done")
-    f = sub.add_parser("fixtures", help="write the golden fixtures (.npz + manifest.json) into DIR")
-    f.add_argument("directory")
-    f.add_argument("--quiet", action="store_true", help="no progress lines")
-    c = sub.add_parser("check", help="run the fast tests (or the built-in self-check) of the installed package")
-    c.add_argument("--builtin", action="store_true", help="the built-in self-check even if the tests are present")
+    ap.commands = {
+        "hessian": sub.add_parser("hessian", help="an exact Hessian, GGN, residual or Fisher into an .npy file"),
+        "fixtures": sub.add_parser("fixtures", help="write the golden fixtures (.npz + manifest.json) into DIR"),
+        "check": sub.add_parser("check", help="run the fast tests (or the built-in self-check) of the installed "
+                                              "package"),
+    }
+    add_options(ap.commands["hessian"], "hessian", group=("--model", "--model-json"))
+    add_options(ap.commands["fixtures"], "fixtures")
+    add_options(ap.commands["check"], "check")
     return ap
+
+
+def hessian_mode(v):
+    """The mode of a ``refprune hessian`` run (:mod:`refprune.options`, CLI section):
+    the words that decide which options apply, from the checked values ``v``."""
+    mode = {f"curvature {v['curvature']}"}
+    mode.update(word for word, on in (("data", v["data"]), ("out", v["out"]), ("dry-run", v["dry_run"])) if on)
+    if not v["data"] or not v["params"] or v["curvature"] == "mc_fisher":
+        mode.add("draws")
+    return frozenset(mode)
+
+
+_MODES = {"hessian": hessian_mode}
 
 
 def main(argv=None):
@@ -494,10 +587,16 @@ def main(argv=None):
         from . import demo
 
         return demo.main(argv[1:])
-    args = parser.parse_args(argv)
+    command = argv[0] if argv and argv[0] in parser.commands else None
+    if command is None:
+        args = parser.parse_args(argv)  # a usage error or --help: argparse's one line
+    else:
+        args = parse_checked(parser, argv, command, _MODES.get(command, lambda v: frozenset()),
+                             sub=parser.commands[command])
     try:
-        return {"hessian": cmd_hessian, "fixtures": cmd_fixtures, "check": cmd_check}[args.command](args)
-    except (UsageError, ValueError, TypeError, OSError, MemoryError) as err:
+        with warnings.catch_warnings():  # filters set by a command end with it
+            return {"hessian": cmd_hessian, "fixtures": cmd_fixtures, "check": cmd_check}[args.command](args)
+    except (UsageError, ValueError, TypeError, OSError, MemoryError, FloatingPointError) as err:
         print(f"refprune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,7 +13,6 @@ conv net on generated 8x8 images of bars.  With ``--plot FILE`` (needs matplotli
 the three spectra are drawn.
 """
 
-import os
 import sys
 import time
 import warnings
@@ -21,7 +20,7 @@ import warnings
 import numpy as np
 
 import refprune as rp
-from refprune.cli_parsing import OneLineParser, nonnegative_int, positive_float, positive_int
+from refprune.cli_parsing import OneLineParser, add_options, parse_checked
 
 
 def spirals(n_per_class=60, classes=3, noise=0.35, seed=0):
@@ -83,54 +82,51 @@ def summarise(name, eig, out=None):
 
 
 def _check_picture(ap, option, path):
-    """Refuse (one line, exit status 2) a picture that could not be saved: matplotlib
-    missing, or a directory that does not exist or cannot be written."""
+    """Refuse (one line, exit status 2) a picture that could not be saved because
+    matplotlib is missing (the path itself is checked by the options table)."""
     from . import plot
 
     try:
         plot.pyplot()
     except ImportError as err:
         ap.error(f"{option} {path}: {err}")
-    where = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        ap.error(f"{option} {path}: is a directory; give a file name such as {os.path.join(path, 'spectra.png')}")
-    if not os.path.isdir(where):
-        ap.error(f"{option} {path}: the directory {where} does not exist")
-    if not os.access(where, os.W_OK):
-        ap.error(f"{option} {path}: the directory {where} is not writable")
 
 
 def main(argv=None):
-    """Run the demo (``--help`` for the options); returns 0."""
+    """Run the demo (``--help`` for the options); returns 0.  The options are the rows
+    ``"refprune demo"`` of :data:`refprune.options.TABLE`."""
     ap = OneLineParser(prog="refprune demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--net", choices=("mlp", "conv"), default="mlp",
-                    help="mlp: two tanh layers on 2-d spirals; conv: a conv net on 8x8 images of bars")
-    ap.add_argument("--hidden", type=positive_int, default=16, help="width of the hidden layers (channels for conv)")
-    ap.add_argument("--steps", type=positive_int, default=500, help="full-batch training steps")
-    ap.add_argument("--lr", type=positive_float, default=0.05)
-    ap.add_argument("--seed", type=nonnegative_int, default=0)
-    ap.add_argument("--plot", metavar="FILE", help="save the spectra as a PNG (needs matplotlib)")
-    ap.add_argument("--heatmaps", metavar="FILE", help="save the Hessian, GGN, K-FAC, EKFAC and diagonal side by "
-                                                       "side as a PNG (needs matplotlib)")
-    args = ap.parse_args(argv)
+    add_options(ap, "demo")
+    args = parse_checked(ap, argv, "demo")
     for option in ("plot", "heatmaps"):  # checked before the run, which takes a while
         if getattr(args, option) is not None:
             _check_picture(ap, f"--{option}", getattr(args, option))
 
     if args.net == "conv":
         X, y = bars(seed=args.seed)
-        c = min(args.hidden, 8)
+        c = 8 if args.hidden is None else args.hidden
         model = rp.Sequential(rp.Conv2d(1, c, 3), rp.Tanh(), rp.AvgPool2d(2), rp.Flatten(), rp.Linear(c * 9, 3))
         what = f"{len(X)} images of bars (8x8), 3 classes"
     else:
         X, y = spirals(seed=args.seed)
-        model = rp.Sequential(rp.Linear(2, args.hidden), rp.Tanh(), rp.Linear(args.hidden, args.hidden), rp.Tanh(),
-                              rp.Linear(args.hidden, 3))
+        h = 16 if args.hidden is None else args.hidden
+        model = rp.Sequential(rp.Linear(2, h), rp.Tanh(), rp.Linear(h, h), rp.Tanh(), rp.Linear(h, 3))
         what = f"{len(X)} spiral points, 3 classes"
     loss = rp.CrossEntropyLoss()
     print(f"refprune demo: {what}\n{model}\nparameters: {model.n_params}")
     print(f"training ({args.steps} full-batch steps, momentum 0.9):")
-    params = train(model, model.init(args.seed), X, y, loss, args.steps, args.lr, 0.9, max(1, args.steps // 5))
+    start = rp.loss(model, model.init(args.seed), X, y, loss)
+    try:
+        # a learning rate too large overflows the forward pass: refprune's
+        # FloatingPointError names it, NumPy's warning from inside a layer would not
+        with np.errstate(over="ignore", invalid="ignore"):
+            params = train(model, model.init(args.seed), X, y, loss, args.steps, args.lr, 0.9, max(1, args.steps // 5))
+            end = rp.loss(model, params, X, y, loss)
+    except FloatingPointError as err:
+        ap.error(f"--lr {args.lr:g}: training diverged ({err}); give a smaller --lr")
+    if not end <= start:  # full-batch descent that ends above its start diverged
+        ap.error(f"--lr {args.lr:g}: training diverged (the loss rose from {start:.4g} to {end:.4g} in {args.steps} "
+                 "steps, and every later result would describe a broken network); give a smaller --lr")
 
     t = time.perf_counter()
     H = rp.hessian(model, params, X, y, loss)

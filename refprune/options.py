@@ -485,6 +485,10 @@ def refuse_inapplicable(function, values, method=None, curvature=None, where=Non
     where = where or function
     ctx = dict(values, __table__=function)
     for o in TABLE[function]:
+        if o.name in values and hasattr(o, "refusal_for"):  # typed on the command line: refused even at its default
+            if not o.applies(method, curvature, ctx):
+                raise ValueError(o.refusal_for(where, method, ctx))
+            continue
         if o.name not in values or is_default(o, values[o.name]) or o.applies(method, curvature, ctx):
             continue
         v = values[o.name]
@@ -531,3 +535,215 @@ def describe(function, method=None):
         lines.append(f"  {o.name} = {o.default!r}: {o.doc}; accepts {o.accepted}"
                      + (f"; applies to {'; '.join(scope)}" if scope else ""))
     return "\n".join(lines)
+
+
+# ================================================================ CLI: the command line
+# (refprune hessian, demo, fixtures, check; checked by refprune.cli and refprune.demo)
+#
+# The command line reads every option as text.  :func:`cli_value` turns the text into
+# the row's kind (an int, a number, a choice, a path checked on disk, a shape), then
+# :func:`convert` checks it against the same row as a keyword option, and
+# :func:`refuse_inapplicable` refuses an option that does not apply to the run.  What
+# applies depends on the run's *mode*: a set of words such as ``"data"`` (``--data``
+# given), ``"out"``, ``"draws"`` (something random is drawn) or ``"curvature ggn"``,
+# formed by the command (refprune.cli.hessian_mode).  A row's ``needs`` lists
+# ``(word, present, reason)``: the option applies only if ``word`` is (or is not) in the
+# mode, and is otherwise refused with ``reason``.  Unlike a keyword option, an option
+# typed on the command line is refused even when it repeats its default: typing it says
+# that it was meant to act.
+
+#: the kinds of command-line value that the command line checks on disk or as a shape
+_CLI_KINDS = ("text", "file", "newfile", "dir", "shape")
+
+
+@dataclass(frozen=True)
+class CliOption(Option):
+    """A row of a command-line option, named as typed (``"--block-rows"``).
+
+    Besides :class:`Option`'s fields: ``needs`` (see above; ``reason`` may name
+    ``{curvature}``, ``{data}`` and any other option by its ``dest``), ``metavar`` and
+    ``nargs`` for ``argparse``, and ``positional`` for an argument without dashes."""
+
+    needs: tuple = ()
+    metavar: str = None
+    nargs: str = None
+    positional: bool = False
+
+    @property
+    def dest(self):
+        """The name of the option's attribute in ``argparse``'s namespace (``block_rows``)."""
+        return self.name.lstrip("-").replace("-", "_")
+
+    def applies(self, method, curvature, values):
+        """``method`` is the run's mode (a set of words)."""
+        return all((word in method) == present for word, present, _ in self.needs)
+
+    def refusal_for(self, where, mode, values):
+        """The one line refusing this option given on the command line in ``mode``."""
+        fill = dict(getattr(mode, "values", {}))  # every option's value, typed or the default
+        fill.update({k.lstrip("-").replace("-", "_"): v for k, v in values.items() if k != "__table__"})
+        for word, present, reason in self.needs:
+            if (word in mode) != present:
+                given = values.get(self.name)
+                text = f"{where}: {self.name} {reason.format_map(_Blank(fill))}"
+                if isinstance(given, bool):
+                    return text
+                shown = " ".join(map(str, given)) if isinstance(given, (list, tuple)) else str(given)
+                return f"{text} (got {self.name} {shown})"
+        return None
+
+
+class _Mode(frozenset):
+    """A run's mode words, with ``values``: every option's value by ``dest``."""
+
+    values = {}
+
+
+class _Blank(dict):
+    def __missing__(self, key):
+        return "(not given)"
+
+
+def _cli(name, kind, default, doc, **kw):
+    return CliOption(name, kind, default, doc, **kw)
+
+
+_RANDOM_DATA = (("data", False, "is for random data; --data {data} gives the samples and their shape"),)
+
+TABLE["refprune hessian"] = (
+    _cli("--model", "text", None, 'the layers, e.g. "Conv2d(1,4,3,padding=1) Tanh Flatten Linear(64,10)"',
+         accepted_text="layers separated by spaces, arguments Python literals", metavar="LAYERS"),
+    _cli("--model-json", "file", None, "a JSON list of layer specifications (as in the fixtures' manifest)",
+         accepted_text="an existing JSON file", metavar="FILE"),
+    _cli("--curvature", "choice", "hessian", "the matrix", choices=("hessian", "ggn", "residual") + CURVATURES[2:]),
+    _cli("--data", "file", None, "arrays X (N, per-sample input shape) and y (N labels or N x outputs)",
+         accepted_text="an existing .npz file", metavar="FILE.npz"),
+    _cli("--input-shape", "shape", None, "per-sample input shape of random data", needs=_RANDOM_DATA, nargs="+",
+         accepted_text="one or more positive ints", metavar="D"),
+    _cli("--samples", "int", 32, "random samples when no --data", low=1, needs=_RANDOM_DATA),
+    _cli("--params", "file", None, "arrays param0, param1, ... (default: PyTorch's init)",
+         accepted_text="an existing .npz file", metavar="FILE.npz"),
+    _cli("--loss", "choice", "ce", "cross-entropy or squared error", choices=("ce", "mse")),
+    _cli("--reduction", "choice", "mean", "the loss's reduction", choices=("mean", "sum")),
+    _cli("--mc-samples", "int", 1, "Monte Carlo targets per sample", low=1,
+         needs=(("curvature mc_fisher", True, "applies only to --curvature mc_fisher, got --curvature {curvature}"),)),
+    _cli("--seed", "seed", 0, "seed of random data, initial parameters and Monte Carlo targets",
+         needs=(("draws", True, "draws random data, initial parameters or Monte Carlo targets; with --data, --params "
+                                "and --curvature {curvature} nothing is drawn"),)),
+    _cli("--out", "newfile", None, "write the matrix here (a memory map) instead of printing its spectrum; it is "
+         "written to FILE.npy.partial and renamed once complete, with its record FILE.npy.refprune.json",
+         accepted_text="a file name in an existing directory", metavar="FILE.npy"),
+    _cli("--dry-run", "flag", False, "print the estimate and stop"),
+    _cli("--workers", "int", 0, "compute blocks of rows in this many worker processes (docs/derivations.md §11)",
+         low=0),
+    _cli("--block-rows", "int", None, "rows per block when run as tasks, rounded down to whole output units of "
+         "each layer, at least one (default: a layer)", low=1, none=True, accepted_text="a positive int"),
+    _cli("--shards", "int", 1, "split the samples into this many shards (at most the number of samples)", low=1),
+    _cli("--resume", "flag", False, "continue an interrupted run from FILE.npy.partial, computing only the blocks "
+         "not recorded as done (with the --block-rows and --shards of that run)",
+         needs=(("out", True, "continues an interrupted run: give the --out FILE.npy it was writing"),
+                ("dry-run", False, "with --dry-run: --dry-run estimates a new run; --resume continues one: give "
+                                   "one of them"))),
+)
+
+TABLE["refprune demo"] = (
+    _cli("--net", "choice", "mlp", "mlp: two tanh layers on 2-d spirals; conv: a conv net on 8x8 images of bars",
+         choices=("mlp", "conv")),
+    _cli("--hidden", "int", None, "width of the hidden layers (mlp, default 16) or channels of the convolution "
+         "(conv, default 8)", low=1, none=True, accepted_text="a positive int"),
+    _cli("--steps", "int", 500, "full-batch training steps", low=1),
+    _cli("--lr", "real", 0.05, "learning rate", low=0.0, low_open=True),
+    _cli("--seed", "seed", 0, "seed of the data and the initial parameters"),
+    _cli("--plot", "newfile", None, "save the spectra as a PNG (needs matplotlib)",
+         accepted_text="a file name in an existing, writable directory", metavar="FILE"),
+    _cli("--heatmaps", "newfile", None, "save the Hessian, GGN, K-FAC, EKFAC and diagonal side by side as a PNG "
+         "(needs matplotlib)", accepted_text="a file name in an existing, writable directory", metavar="FILE"),
+)
+
+TABLE["refprune fixtures"] = (
+    _cli("directory", "dir", None, "where to write the fixtures (created if missing)",
+         accepted_text="a directory, or a path whose parent exists", positional=True),
+    _cli("--quiet", "flag", False, "no progress lines"),
+)
+
+TABLE["refprune check"] = (
+    _cli("--builtin", "flag", False, "the built-in self-check even if the tests are present"),
+)
+
+
+def _cli_path(where, o, text):
+    import os
+
+    if o.kind == "text":
+        return text
+    if o.kind == "file":
+        if os.path.isdir(text):
+            raise ValueError(f"{where}: {o.name} {text} is a directory; it must be {o.accepted}")
+        if not os.path.isfile(text):
+            raise ValueError(f"{where}: {o.name} {text}: no such file; it must be {o.accepted}")
+        return text
+    parent = os.path.dirname(os.path.abspath(text))
+    if o.kind == "dir":
+        if os.path.exists(text) and not os.path.isdir(text):
+            raise ValueError(f"{where}: {o.name} {text} is a file; it must be {o.accepted}")
+        if not os.path.isdir(parent):
+            raise ValueError(f"{where}: {o.name} {text}: the directory {parent} does not exist")
+        return text
+    if os.path.isdir(text):  # newfile
+        example = os.path.join(text, "H.npy" if o.metavar == "FILE.npy" else o.dest + ".png")
+        raise ValueError(f"{where}: {o.name} {text} is a directory; give a file name such as {example}")
+    if not os.path.isdir(parent):
+        raise ValueError(f"{where}: {o.name} {text}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{where}: {o.name} {text}: the directory {parent} is not writable")
+    return text
+
+
+def cli_value(where, o, text):
+    """The value of command-line option ``o`` from its text (a list of texts for
+    ``nargs``; a bool for a flag), of the row's kind; text that is not of the kind
+    raises :class:`OptionTypeError` naming the option, the text and what is accepted.
+    The range is :func:`convert`'s."""
+    if o.kind == "flag" or text is None:
+        return text
+    if o.kind == "shape":
+        dims = []
+        for t in text:
+            try:
+                dims.append(int(t))
+            except ValueError:
+                raise OptionTypeError(f"{where}: {o.name} must be {o.accepted}, got {' '.join(text)!r} "
+                                      f"({t!r} is not an int)") from None
+            if dims[-1] < 1:
+                raise ValueError(f"{where}: {o.name} must be {o.accepted}, got {' '.join(text)!r}")
+        return tuple(dims)
+    if o.kind in _CLI_KINDS:
+        return _cli_path(where, o, text)
+    if o.kind in ("int", "seed"):
+        try:
+            return int(text)
+        except ValueError:
+            raise OptionTypeError(f"{where}: {o.name} must be {o.accepted}, got {text!r} (not an int)") from None
+    if o.kind == "real":
+        try:
+            return float(text)
+        except ValueError:
+            raise OptionTypeError(f"{where}: {o.name} must be {o.accepted}, got {text!r} (not a number)") from None
+    return text  # a choice: convert() checks it
+
+
+def check_command_line(command, given, mode):
+    """Check the options of ``refprune COMMAND`` that were typed: ``given`` maps each
+    option's name (``"--block-rows"``) to its text.  Each is read by :func:`cli_value`,
+    checked by :func:`convert` and, against ``mode(values)`` (the run's set of mode
+    words, from the converted values), by :func:`refuse_inapplicable`.  Returns every
+    option's value by ``dest`` (``block_rows``), the table's default where not typed."""
+    where = f"refprune {command}"
+    rows = TABLE[where]
+    values = {o.name: cli_value(where, o, given[o.name]) for o in rows if o.name in given}
+    values = convert(where, values, where=where)
+    full = {o.dest: values.get(o.name, o.default) for o in rows}
+    words = _Mode(mode(full))
+    words.values = full
+    refuse_inapplicable(where, values, method=words, where=where)
+    return full

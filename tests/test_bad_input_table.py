@@ -1247,8 +1247,93 @@ OPTIMIZER_QUANTITIES_CASES = [
 ]
 
 
+# ---- the command line's options, checked through the options table (refprune.options, CLI section)
+_CLI_RANDOM = ("hessian", "--model", "Linear(3, 4) Tanh Linear(4, 2)", "--input-shape", "3", "--samples", "6")
+CLI_OPTIONS = [
+    # numbers read from text: type, then range, each naming the option and the text
+    ("cli opt --block-rows 0", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--block-rows", "0"), SystemExit, "exit 2: refprune hessian: error: --block-rows must be a positive int, got 0"),
+    ("cli opt --block-rows 2.5", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--block-rows", "2.5"), SystemExit, "--block-rows must be a positive int, got '2.5' (not an int)"),
+    ("cli opt --shards 0", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--shards", "0"), SystemExit, "--shards must be a positive int, got 0"),
+    ("cli opt --shards text", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--shards", "two"), SystemExit, "--shards must be a positive int, got 'two' (not an int)"),
+    ("cli opt --shards above the samples", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--shards", "7"), SystemExit, "--shards 7 is more than the 6 samples"),
+    ("cli opt --workers -1", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--workers", "-1"), SystemExit, "--workers must be a non-negative int, got -1"),
+    ("cli opt --workers 1.0", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--workers", "1.0"), SystemExit, "--workers must be a non-negative int, got '1.0' (not an int)"),
+    ("cli opt --samples 0", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--samples", "0"), SystemExit, "--samples must be a positive int, got 0"),
+    ("cli opt --input-shape with a zero", lambda m, p, X, y, l: _store_cli("hessian", "--model", "Linear(3, 2)", "--input-shape", "3", "0"), SystemExit, "--input-shape must be one or more positive ints, got '3 0'"),
+    ("cli opt --input-shape text", lambda m, p, X, y, l: _store_cli("hessian", "--model", "Linear(3, 2)", "--input-shape", "3x"), SystemExit, "--input-shape must be one or more positive ints, got '3x' ('3x' is not an int)"),
+    ("cli opt --mc-samples 0", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--curvature", "mc_fisher", "--mc-samples", "0"), SystemExit, "--mc-samples must be a positive int, got 0"),
+    ("cli opt --seed -1", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--seed", "-1"), SystemExit, "--seed must be a non-negative int, got -1"),
+    ("cli opt --seed 0.5", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--seed", "0.5"), SystemExit, "--seed must be a non-negative int, got '0.5' (not an int)"),
+    # choices
+    ("cli opt --curvature KFAC", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--curvature", "KFAC"), SystemExit, "--curvature must be one of ('hessian', 'ggn', 'residual', 'fisher', 'mc_fisher', 'empirical_fisher'), got 'KFAC'"),
+    ("cli opt --loss nll", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--loss", "nll"), SystemExit, "--loss must be one of ('ce', 'mse'), got 'nll'"),
+    ("cli opt --reduction none", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--reduction", "none"), SystemExit, "--reduction must be one of ('mean', 'sum'), got 'none'"),
+    # paths
+    ("cli opt --data a directory", lambda m, p, X, y, l: _store_cli("hessian", "--model", "Linear(3, 2)", "--data", "/tmp"), SystemExit, "--data /tmp is a directory; it must be an existing .npz file"),
+    ("cli opt --params no such file", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--params", "/nonexistent_refprune/p.npz"), SystemExit, "--params /nonexistent_refprune/p.npz: no such file; it must be an existing .npz file"),
+    ("cli opt --model-json no such file", lambda m, p, X, y, l: _store_cli("hessian", "--model-json", "/nonexistent_refprune/m.json", "--input-shape", "3"), SystemExit, "--model-json /nonexistent_refprune/m.json: no such file; it must be an existing JSON file"),
+    ("cli opt --model and --model-json", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--model-json", "m.json"), SystemExit, "argument --model-json: not allowed with argument --model"),
+    # options that do not apply to the run: refused by name, even when typed at their default
+    ("cli opt --samples at its default with --data", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--samples", "32"), SystemExit, "--samples is for random data; --data data.npz gives the samples and their shape (got --samples 32)"),
+    ("cli opt --mc-samples 1 for the true Fisher", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--curvature", "fisher", "--mc-samples", "1"), SystemExit, "--mc-samples applies only to --curvature mc_fisher, got --curvature fisher (got --mc-samples 1)"),
+    ("cli opt --seed 0 with nothing drawn", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--seed", "0", "--curvature", "ggn", params={f"param{i}": a for i, a in enumerate(p)}), SystemExit, "--seed draws random data, initial parameters or Monte Carlo targets; with --data, --params and --curvature ggn nothing is drawn (got --seed 0)"),
+    ("cli opt --seed with mc_fisher is used", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--seed", "2", "--curvature", "mc_fisher", "--mc-samples", "2", params={f"param{i}": a for i, a in enumerate(p)}), None, ""),
+    ("cli opt --resume without --out", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--resume", "--block-rows", "3"), SystemExit, "--resume continues an interrupted run: give the --out FILE.npy it was writing"),
+    ("cli opt --resume with --dry-run", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--resume", "--dry-run", "--out", "/tmp/refprune_unused.npy"), SystemExit, "--resume with --dry-run: --dry-run estimates a new run; --resume continues one"),
+    ("cli opt --resume with other --block-rows", lambda m, p, X, y, l: _cli_opt_resume(("--block-rows", "9")), SystemExit, "--resume: H.npy.partial was written in other blocks (layer 0 units 0-1, layer 0 units 1-2, layer 0 units 2-3, ...) than --block-rows 9 gives; give the --block-rows of the interrupted run to keep its 1 finished block"),
+    ("cli opt --resume with other --shards", lambda m, p, X, y, l: _cli_opt_resume(("--block-rows", "3", "--shards", "3")), SystemExit, "--resume with --shards 3: H.npy.partial was written with --shards 2; give --shards 2 to keep its 1 finished block"),
+    ("cli opt --resume with another seed", lambda m, p, X, y, l: _cli_opt_resume(("--block-rows", "3", "--shards", "2", "--seed", "1")), SystemExit, "--resume: H.npy.partial was written for another computation (other data, parameters, loss, --curvature, --seed, --block-rows or --shards than these)"),
+    ("cli opt --resume with other --block-rows, same blocks", lambda m, p, X, y, l: _cli_opt_resume(("--block-rows", "5", "--shards", "2")), SystemExit, "--resume: H.npy.partial was written for another computation (other data, parameters, loss, --curvature, --seed, --block-rows or --shards than these)"),
+    ("cli opt --resume with the same options", lambda m, p, X, y, l: _cli_opt_resume(("--block-rows", "3", "--shards", "2")), None, ""),
+    ("cli opt forward pass overflows", lambda m, p, X, y, l: _store_hessian_cli(m, p, np.full_like(X, 1e300), y, l, params={"param0": np.ones_like(p[0]), "param1": p[1], "param2": np.full_like(p[2], 1e308), "param3": p[3]}), SystemExit, "refprune hessian: error: the model at --data data.npz and --params params.npz: the network's output is not finite"),
+    # refprune demo, fixtures
+    ("cli opt demo --hidden 0", lambda m, p, X, y, l: _store_cli("demo", "--hidden", "0"), SystemExit, "exit 2: refprune demo: error: --hidden must be a positive int, got 0"),
+    ("cli opt demo --net resnet", lambda m, p, X, y, l: _store_cli("demo", "--net", "resnet"), SystemExit, "--net must be one of ('mlp', 'conv'), got 'resnet'"),
+    ("cli opt demo --lr 0", lambda m, p, X, y, l: _store_cli("demo", "--lr", "0"), SystemExit, "--lr must be a finite number > 0, got 0.0 (--lr must be > 0)"),
+    ("cli opt demo --lr inf", lambda m, p, X, y, l: _store_cli("demo", "--lr", "inf"), SystemExit, "--lr must be a finite number > 0, got inf"),
+    ("cli opt demo --lr text", lambda m, p, X, y, l: _store_cli("demo", "--lr", "fast"), SystemExit, "--lr must be a finite number > 0, got 'fast' (not a number)"),
+    ("cli opt demo --steps 0", lambda m, p, X, y, l: _store_cli("demo", "--steps", "0"), SystemExit, "--steps must be a positive int, got 0"),
+    ("cli opt demo --seed -2", lambda m, p, X, y, l: _store_cli("demo", "--seed", "-2"), SystemExit, "--seed must be a non-negative int, got -2"),
+    ("cli opt demo diverges", lambda m, p, X, y, l: _store_cli("demo", "--lr", "1000", "--steps", "10"), SystemExit, "--lr 1000: training diverged (the loss rose from"),
+    ("cli opt demo --plot a directory", lambda m, p, X, y, l: _store_cli("demo", "--plot", "/tmp"), SystemExit, "--plot /tmp is a directory; give a file name such as /tmp/plot.png"),
+    ("cli opt fixtures into no directory", lambda m, p, X, y, l: _store_cli("fixtures", "/nonexistent_refprune/fx"), SystemExit, "refprune fixtures: error: directory /nonexistent_refprune/fx: the directory /nonexistent_refprune does not exist"),
+    ("cli opt fixtures into a file", lambda m, p, X, y, l: _store_cli("fixtures", "/etc/hostname"), SystemExit, "directory /etc/hostname is a file; it must be a directory, or a path whose parent exists"),
+    ("cli opt hessian --plot", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--plot", "x.png"), SystemExit, "unrecognized arguments: --plot x.png"),
+]
+
+
+def _cli_opt_resume(again):
+    """``refprune hessian --out H.npy --block-rows 3 --shards 2`` stopped after its first
+    block, then ``--resume`` with the options ``again``."""
+    import contextlib
+    import io
+    import tempfile
+
+    from refprune.cli import main
+    from refprune.curvature import store
+
+    argv = (*_CLI_RANDOM, "--out", "H.npy")
+    real = store.BlockRecord.mark
+
+    def mark_then_stop(self, key, block):
+        real(self, key, block)
+        if self.persistent:
+            raise KeyboardInterrupt
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        store.BlockRecord.mark = mark_then_stop
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                assert main([*argv, "--block-rows", "3", "--shards", "2"]) == 130
+        finally:
+            store.BlockRecord.mark = real
+        assert err.getvalue().splitlines()[-1].startswith("refprune hessian: interrupted"), err.getvalue()
+        _store_cli(*argv, "--resume", *again)
+
+
 CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES + (
-    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES + HARNESS_QUANTITIES
+    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES + HARNESS_QUANTITIES + CLI_OPTIONS
 
 
 class _NanDiagonal(rp.curvature.operators.CurvatureOperator):

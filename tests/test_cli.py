@@ -22,15 +22,17 @@ def run(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (("demo", "--steps", "-5"), "--steps: expected a positive integer, got '-5'"),
-    (("demo", "--lr", "nan"), "--lr: expected a positive finite number"),
+    (("demo", "--steps", "-5"), "--steps must be a positive int, got -5"),
+    (("demo", "--lr", "nan"), "--lr must be a finite number > 0, got nan"),
     (("hessian",), "one of the arguments --model --model-json is required"),
     (("hessian", "--model", "Linear(3,4) Gelu"), "unknown layer 'Gelu'"),
     (("hessian", "--model", "Linear(3,4) Tanh Linear(5,2)", "--input-shape", "3"), "expects per-sample input"),
     (("hessian", "--model", "Linear(3,"), "cannot read the model"),
     (("hessian", "--model", "Linear(3,2)"), "give --data FILE.npz or --input-shape"),
-    (("hessian", "--model", "Linear(3,2)", "--input-shape", "3", "--curvature", "kfac"), "invalid choice: 'kfac'"),
-    (("hessian", "--model", "Linear(3,2)", "--data", "/nonexistent.npz"), "No such file"),
+    (("hessian", "--model", "Linear(3,2)", "--input-shape", "3", "--curvature", "kfac"),
+     "--curvature must be one of ('hessian', 'ggn', 'residual', 'fisher', 'mc_fisher', 'empirical_fisher'), got 'kfac'"),
+    (("hessian", "--model", "Linear(3,2)", "--data", "/nonexistent.npz"),
+     "--data /nonexistent.npz: no such file; it must be an existing .npz file"),
     (("frobnicate",), "invalid choice: 'frobnicate'"),
 ])
 def test_misuse_is_one_line(capsys, argv, words):
@@ -268,22 +270,45 @@ def test_cli_and_demo_do_not_import_each_other():
     assert "refprune.cli_parsing" in imported(refprune.demo)
 
 
-def test_the_estimate_extrapolates_a_line_not_one_sample_times_n(monkeypatch):
-    """A run costing ``a + b k`` on ``k`` samples (a clock that advances by exactly that):
-    the estimate is ``a + b N``, where one sample times ``N`` would give ``(a + b) N``;
-    a warm-up slower than the rest does not count; ``N = 1`` is one sample's time."""
+def test_the_estimate_follows_its_model_from_three_calibrations(monkeypatch):
+    """A run costing ``a + b k + c k min(k, s)`` on ``k`` samples (a clock that advances by
+    exactly that; the model of ``cli._estimate``): the estimate is that cost at ``N``,
+    where one sample times ``N`` would give ``(a + b + c) N`` and a line would miss the
+    curvature; a warm-up slower than the rest does not count; the calibration's work on samples costs
+    less than half the run once a run on N/16 takes ``least`` seconds; a run on
+    few samples is timed whole; ``N = 1`` is one sample's time."""
     from refprune import cli
 
     now = [0.0]
     monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
-    for a, b, N in ((2.0, 0.01, 1000), (0.05, 0.002, 300), (1.0, 0.5, 7)):
+    for a, b, c, s, N in ((2.0, 0.01, 0.0, None, 1000), (0.05, 0.02, 1e-4, None, 3000), (1.0, 0.5, 0.0, None, 7),
+                          (0.5, 0.01, 1e-3, 400, 5000), (0.3, 0.03, 2e-5, 10**6, 640)):
         calls = []
+        cap = N if s is None else s
 
         def timed(k):
-            now[0] += a + b * k + (3.0 if not calls else 0.0)  # the first run also imports
+            now[0] += a + b * k + c * k * min(k, cap) + (3.0 if not calls else 0.0)  # the first run also imports
             calls.append(k)
 
-        assert cli._estimate(timed, N) == pytest.approx(a + b * N, rel=1e-9)
-        assert sum(calls[1:]) <= N  # the calibration costs less than the run
+        cost = lambda k: a + b * k + c * k * min(k, cap)  # noqa: E731
+        assert cli._estimate(timed, N, saturates=s) == pytest.approx(cost(N), rel=1e-9)
+        if cost(N / 16) >= 0.5 and N >= 64:
+            assert sum(cost(k) - a for k in calls[1:]) <= 0.45 * (cost(N) - a)  # each run also pays a
     calls = []
-    assert cli._estimate(lambda k: now.__setitem__(0, now[0] + 0.5) or calls.append(k), 1) == 0.5 and calls == [1, 1]
+    assert cli._estimate(lambda k: now.__setitem__(0, now[0] + 0.5) or calls.append(k), 1) == 0.5 and calls == [1] * 3
+    # noise that makes the curve bend down: a line through the last two points, never below them
+    times = iter([9.0, 1.0, 1.9, 2.2])
+    assert cli._estimate(lambda k: now.__setitem__(0, now[0] + next(times)), 640) == pytest.approx(
+        1.6 + 0.3 / 80 * 640)
+
+
+def test_the_estimate_grows_with_the_samples(monkeypatch):
+    """The same calibration clock, more samples: never a smaller estimate (the model's
+    terms are all non-negative)."""
+    from refprune import cli
+
+    now = [0.0]
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
+    clock = lambda k: now.__setitem__(0, now[0] + 0.2 + 0.004 * k + 3e-6 * k * k)  # noqa: E731
+    estimates = [cli._estimate(clock, N) for N in (10, 100, 400, 1000, 4000, 16000)]
+    assert all(x < y for x, y in zip(estimates, estimates[1:])), estimates
