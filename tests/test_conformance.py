@@ -66,6 +66,10 @@ def naive_loss(case, stride_bug=False, reduction=None):
         z = x - x.max(axis=1, keepdims=True)
         per = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(z)), case.y]
         return per.mean() if reduction == "mean" else per.sum()
+    if isinstance(case.loss, rp.BCEWithLogitsLoss):
+        # -[y log sigma + (1 - y) log(1 - sigma)] written with log1p, in another form than refprune's
+        el = np.maximum(x, 0) - x * case.y + np.log1p(np.exp(-np.abs(x)))
+        return el.mean() if reduction == "mean" else el.sum()
     sq = (x - case.y) ** 2
     return sq.mean() if reduction == "mean" else sq.sum()
 

@@ -25,7 +25,8 @@ from .diagnosis import constant_factor, diagnose, real_array, relative_error
 from .zoo import Case, zoo
 
 _PARAMS = "theta in PyTorch order (weight.ravel() then bias, layer by layer; docs/conventions.md §1)"
-_LOSS = "L = R sum_n l_n, PyTorch's reductions, R = 1/N (cross-entropy mean), 1/(N C) (squared-error mean), 1 (sum) " \
+_LOSS = "L = R sum_n l_n, PyTorch's reductions, R = 1/N (cross-entropy mean), 1/(N C) (squared-error and " \
+        "binary cross-entropy mean), 1 (sum) " \
         "(docs/conventions.md §2)"
 
 
@@ -111,10 +112,12 @@ QUANTITIES = {
     "hvp": (lambda c: _d.hvp(*c.args(), c.v), "H v for v = case.v"),
     "hessian": (lambda c: _c.hessian(*c.args()), f"d^2 L/dtheta^2, (n, n), {_PARAMS}"),
     "ggn": (lambda c: _c.ggn(*c.args()), "R sum_n J_n^T Lambda_n J_n, Lambda = 2I for squared error, "
-                                         "diag(yhat) - yhat yhat^T for cross-entropy (docs/conventions.md §3)"),
+                                         "diag(yhat) - yhat yhat^T for cross-entropy, diag(p (1 - p)), p = sigmoid(f), "
+                                         "for binary cross-entropy (docs/conventions.md §3)"),
     "residual": (lambda c: _c.residual(*c.args()), "H - GGN"),
     "fisher": (lambda c: _c.fisher(*c.args(), curvature="fisher"),
-               "true Fisher with the likelihoods of docs/conventions.md §3 (Gaussian variance 1/2), = GGN"),
+               "true Fisher with the likelihoods of docs/conventions.md §3 (Gaussian variance 1/2, "
+               "Bernoulli for binary cross-entropy), = GGN"),
     "mc_fisher": (lambda c: _c.fisher(*c.args(), curvature="mc_fisher", targets=c.targets),
                   "R sum_n mean_s g_n(y_s) g_n(y_s)^T over the sampled targets case.targets"),
     "empirical_fisher": (lambda c: _c.fisher(*c.args(), curvature="empirical_fisher"),
