@@ -141,8 +141,9 @@ def _model_and_data(args):
         rng = np.random.default_rng(seed)
         X = rng.standard_normal((samples,) + tuple(args.input_shape))
         c = model.output_shape(tuple(args.input_shape))[0]
-        y = rng.integers(0, c, samples) if args.loss == "ce" else rng.standard_normal((samples, c))
-    loss = (rp.CrossEntropyLoss if args.loss == "ce" else rp.MSELoss)(args.reduction)
+        y = {"ce": lambda: rng.integers(0, c, samples), "mse": lambda: rng.standard_normal((samples, c)),
+             "bce": lambda: rng.integers(0, 2, (samples, c)).astype(np.float64)}[args.loss]()
+    loss = {"ce": rp.CrossEntropyLoss, "mse": rp.MSELoss, "bce": rp.BCEWithLogitsLoss}[args.loss](args.reduction)
     if args.params:
         d, shapes = _npz(args.params, "--params"), [tuple(s) for s in model.param_shapes()]
         names = [f"param{i}" for i in range(len(shapes))]
@@ -462,7 +463,8 @@ def build_parser():
     h.add_argument("--input-shape", type=positive_int, nargs="+", metavar="D", help="per-sample input shape")
     h.add_argument("--samples", type=positive_int, help="random samples when no --data (default 32)")
     h.add_argument("--params", metavar="FILE.npz", help="arrays param0, param1, ... (default: PyTorch's init)")
-    h.add_argument("--loss", choices=("ce", "mse"), default="ce")
+    h.add_argument("--loss", choices=("ce", "mse", "bce"), default="ce",
+                   help="cross-entropy, squared error or binary cross-entropy on logits (default ce)")
     h.add_argument("--reduction", choices=("mean", "sum"), default="mean")
     h.add_argument("--mc-samples", type=positive_int, help="Monte Carlo targets per sample for --curvature mc_fisher "
                                                             "(default 1)")

@@ -287,3 +287,20 @@ def test_the_estimate_extrapolates_a_line_not_one_sample_times_n(monkeypatch):
         assert sum(calls[1:]) <= N  # the calibration costs less than the run
     calls = []
     assert cli._estimate(lambda k: now.__setitem__(0, now[0] + 0.5) or calls.append(k), 1) == 0.5 and calls == [1, 1]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_hessian_subcommand_with_binary_cross_entropy(capsys, tmp_path, reduction):
+    """--loss bce: random 0/1 targets of the outputs' shape drawn after X from the seed, and
+    the Hessian of rp.BCEWithLogitsLoss."""
+    spec = "Linear(3, 4) Tanh Linear(4, 2)"
+    out = tmp_path / "H.npy"
+    code, _, _ = run(capsys, "hessian", "--model", spec, "--input-shape", "3", "--samples", "5", "--loss", "bce",
+                     "--reduction", reduction, "--out", str(out))
+    assert code == 0
+    model = parse_model(spec)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5, 3))
+    y = rng.integers(0, 2, (5, 2)).astype(float)
+    ref = rp.hessian(model, model.init(seed=0), X, y, rp.BCEWithLogitsLoss(reduction))
+    np.testing.assert_array_equal(np.load(out), ref)
