@@ -275,3 +275,29 @@ def test_targets_are_not_modified_and_integers_are_accepted():
     assert np.array_equal(y, before)
     assert a == rp.loss(model, model.init(), X, y.astype(float), rp.BCEWithLogitsLoss())
     assert a == rp.loss(model, model.init(), X, y.astype(bool), rp.BCEWithLogitsLoss())
+
+
+def test_xor_with_one_sigmoid_output_trains_and_prunes():
+    """The papers' XOR (2-2-1, one sigmoid output read as BCEWithLogitsLoss on its
+    logit): training lowers the loss; OBS saliencies equal ``w_q^2 / (2 [H^-1]_qq)``
+    from the dense Hessian; K-FAC of one sample equals the exact GGN blocks."""
+    X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    y = np.array([[0.0], [1.0], [1.0], [0.0]])
+    model = rp.Sequential(rp.Linear(2, 2), rp.Tanh(), rp.Linear(2, 1))
+    loss = rp.BCEWithLogitsLoss("sum")
+    params = [2.0 * p for p in model.init(3)]
+    trained, history = rp.train(model, params, X, y, loss, epochs=300, batch_size=4, lr=0.5)
+    assert history[-1] < 0.5 * history[0]
+    theta = rp.flatten_params(trained)
+    H = rp.hessian(model, trained, X, y, loss) + 1e-3 * np.eye(theta.size)
+    s = rp.saliencies(model, trained, X, y, loss, method="obs", curvature="hessian", damping=1e-3, include_bias=True)
+    ref = theta**2 / (2 * np.diag(np.linalg.inv(H)))
+    assert_close(np.asarray(s), ref, 1e-9, 1e-12, "OBS saliencies")
+    result = rp.prune(model, trained, X, y, loss, method="obs", count=2, damping=1e-3)
+    assert int(np.sum(rp.flatten_params(result.params) == 0)) >= 2
+    one = (X[:1], y[:1])
+    K = rp.kfac(model, trained, *one, loss)
+    G = rp.ggn(model, trained, *one, loss)
+    off = model.param_offsets()
+    for b, j in zip(K.blocks, (0, 2)):
+        assert_close(b.dense(), G[off[j]:off[j + 1], off[j]:off[j + 1]], 1e-12, 1e-15, "K-FAC block, N = 1")

@@ -346,7 +346,7 @@ def check(adapter, cases=None, rtol=None, progress=False):
     ----------
     adapter : Adapter
     cases : list of Case, optional
-        Default :func:`~refprune.conformance.zoo.zoo` (every layer type, both losses,
+        Default :func:`~refprune.conformance.zoo.zoo` (every layer type, every loss,
         both reductions), smallest first; :func:`~refprune.conformance.zoo.drawn_zoo`
         adds random networks.
     rtol : float or dict, optional
