@@ -72,7 +72,7 @@ def test_hessian_subcommand_refuses_what_will_not_fit(capsys, monkeypatch):
 
 def test_fixtures_and_check_subcommands(capsys, tmp_path):
     code, out, _ = run(capsys, "fixtures", str(tmp_path), "--quiet")
-    assert code == 0 and "wrote 14 cases" in out
+    assert code == 0 and "wrote 21 cases" in out
     assert rp.testing.load_fixtures(str(tmp_path))
     from refprune.selfcheck import run as selfcheck
     from refprune.conformance import make_case
