@@ -24,6 +24,8 @@ from .curvature import (
     IncompleteResultError, KroneckerBlock, block_diagonal, curvature_diagonal, ekfac, fisher, fisher_diagonal, ggn,
     ggn_diagonal, hessian, hessian_diagonal, kfac, load_matrix, obd_diagonal, residual,
 )
+# per-layer Kronecker blocks and the flat theta order, both ways
+from .curvature.layout import block_layouts, blocks_to_flat, flat_to_blocks
 # other libraries' K-FAC scalings
 from .library_conventions import LIBRARIES, express_kfac
 # bridges to PyTorch and JAX (imported on first call)
@@ -62,6 +64,8 @@ __all__ = [
     "CurvatureOperator", "ExactCurvature", "BlockDiagonal", "Diagonal", "Dense", "block_diagonal",
     # Kronecker-factored approximations
     "kfac", "KFAC", "KroneckerBlock", "ekfac", "EKFAC",
+    # per-layer Kronecker blocks and the flat theta order
+    "blocks_to_flat", "flat_to_blocks", "block_layouts",
     # other libraries' K-FAC scalings
     "express_kfac", "LIBRARIES",
     # bridges to PyTorch and JAX

@@ -24,7 +24,20 @@ nngeometry      ``FIM(..., representation=PMatKFAC)``: ``(A, G)`` with the bias 
                 ``"classif_binary_logits"`` for binary cross-entropy)
 ASDL            ``fisher.kron``: ``A = A_expand`` (weights only), ``B = c S_expand``;
                 the bias block is ``B``
+KFAC-Pytorch    ``ComputeCovA``/``ComputeCovG`` after one batch (EigenDamage-Pytorch
+                shares the code: ``"eigendamage-pytorch"``): ``A = A_expand / T``
+                (bias folded), ``G = N R T S_expand``
+ACKTR           ``compute_cov_a``/``compute_cov_g`` after one batch, the bias apart (its
+                ``AddBias`` module): weight ``A = A_expand / T`` (weights only),
+                ``G = N R T S_expand``; bias ``A = [1]``, ``G = N R S_reduce``; with
+                ``approx="reduce"`` (its ``fast_cnn=True``) ``A = A_reduce``,
+                ``G = N R S_reduce``
 ==============  ==========================================================================
+
+KFAC-Pytorch, EigenDamage-Pytorch and ACKTR multiply the back-propagated gradients by
+``N`` because they assume a mean loss (``R = 1/N``, so ``N R = 1`` there); on any other loss the factor ``N R``
+remains.  The conv factors are stored as ``(A/T, T S)``: the same Kronecker product as
+refprune's expand variant.
 
 ``c`` converts the loss scaling: nngeometry and ASDL average over the ``N`` data points
 whatever the loss reduction (``R' = 1/N``) and, for squared error, use a unit-variance
@@ -45,7 +58,10 @@ from .checks import validate
 from .curvature.kronecker import kfac
 from .nn import AffineLayer, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 
-LIBRARIES = ("curvlinops", "backpack", "nngeometry", "asdl")
+LIBRARIES = ("curvlinops", "backpack", "nngeometry", "asdl", "kfac-pytorch", "eigendamage-pytorch", "acktr")
+#: libraries whose K-FAC multiplies the back-propagated gradients by N (a mean loss assumed);
+#: KFAC-Pytorch and EigenDamage-Pytorch share one ``utils/kfac_utils.py``
+_BATCH_AVERAGED = ("kfac-pytorch", "eigendamage-pytorch", "acktr")
 
 
 def _locations(model, X):
@@ -89,11 +105,16 @@ def express_kfac(model, params, X, y, loss, library, curvature="ggn", approx="ex
 
     Parameters
     ----------
-    library : {"curvlinops", "backpack", "nngeometry", "asdl"}
+    library : {"curvlinops", "backpack", "nngeometry", "asdl", "kfac-pytorch", "eigendamage-pytorch", "acktr"}
     curvature, samples, seed, targets :
         As for :func:`refprune.kfac`.  nngeometry's ``FIM`` is the true Fisher only.
+        KFAC-Pytorch, EigenDamage-Pytorch and ACKTR back-propagate a loss on targets
+        drawn from the model (``"mc_fisher"`` with one sample; pass their draws as
+        ``targets=``) or on the data's (EigenDamage's ``fisher_type`` other than
+        ``"true"``: ``"empirical_fisher"``).
     approx : {"expand", "reduce"}
-        curvlinops only (the others have one convention each, given above).
+        curvlinops, and acktr (``"reduce"`` is its ``fast_cnn=True``); the others have
+        one convention each, given above.
     bias : {"fold", "separate"}, optional
         curvlinops only (``separate_weight_and_bias``); default ``"separate"``, its own.
 
@@ -103,12 +124,20 @@ def express_kfac(model, params, X, y, loss, library, curvature="ggn", approx="ex
         curvlinops: ``{"input_covariance": A, "gradient_covariance": S}`` (with
         ``bias="separate"``, ``A`` covers the weights and the same ``S`` the bias);
         backpack: ``{"weight": [S, A], "bias": [S] or None}``;
-        nngeometry: ``{"A": A, "G": G}``; asdl: ``{"A": A, "B": B}``.
+        nngeometry: ``{"A": A, "G": G}``; asdl: ``{"A": A, "B": B}``;
+        kfac-pytorch, eigendamage-pytorch: ``{"A": A, "G": G}`` (its ``m_aa``, ``m_gg``
+        after one batch); acktr: ``{"weight": {"A": A, "G": G}, "bias": {"A": [[1]],
+        "G": G_b} or None}`` (the ``m_aa``, ``m_gg`` of the layer and of its
+        ``AddBias``).
     """
     if library not in LIBRARIES:
         raise ValueError(f"express_kfac: library must be one of {LIBRARIES}, got {library!r}")
-    if library != "curvlinops" and (approx != "expand" or bias is not None):
-        raise ValueError(f"express_kfac: {library} has one convention; approx= and bias= apply to curvlinops only")
+    if library not in ("curvlinops", "acktr") and (approx != "expand" or bias is not None):
+        raise ValueError(f"express_kfac: {library} has one convention; approx= applies to curvlinops and acktr, "
+                         "bias= to curvlinops only")
+    if library == "acktr" and bias is not None:
+        raise ValueError("express_kfac: acktr keeps the bias apart (its AddBias module); bias= applies to curvlinops "
+                         "only")
     if library == "nngeometry" and curvature not in ("ggn", "fisher"):
         raise ValueError(f"express_kfac: nngeometry's FIM is the true Fisher; curvature must be 'ggn' or 'fisher', "
                          f"got {curvature!r}")
@@ -128,6 +157,9 @@ def express_kfac(model, params, X, y, loss, library, curvature="ggn", approx="ex
         # the first block of a layer is the folded one or its weights' (every layer has weights)
         return [{"input_covariance": by_layer[offsets[j]][0].A, "gradient_covariance": by_layer[offsets[j]][0].S}
                 for j in layers]
+    if library in _BATCH_AVERAGED:
+        return _batch_averaged(model, params, X, y, loss, library, curvature, approx, mc, layers, T,
+                               inp.n_samples * inp.scale)
     folded = kfac(model, params, X, y, loss, curvature=curvature, approx="expand", **mc).blocks
     out = []
     if library == "backpack":
@@ -143,4 +175,26 @@ def express_kfac(model, params, X, y, loss, library, curvature="ggn", approx="ex
             out.append({"A": t * e.A, "G": c * e.S / t})
         else:
             out.append({"A": e.A[: e.layout.r, : e.layout.r].copy(), "B": c * e.S})
+    return out
+
+
+def _batch_averaged(model, params, X, y, loss, library, curvature, approx, mc, layers, T, nr):
+    """The factors of KFAC-Pytorch, EigenDamage-Pytorch and ACKTR (``docs/conventions.md``
+    §8 cites the lines).  Their input factor averages the patches divided by ``T``,
+    ``(1/N) sum_n (sum_t a_nt/T)...``: ``A_expand / T``; their output factor multiplies the
+    back-propagated ``R g`` by ``N`` (and by ``T`` for a convolution) and divides by the
+    ``N T`` rows, ``G = (1/(N T)) sum (N T R g)(N T R g)^T = N R T S_expand``.  ACKTR's
+    ``AddBias`` sums the bias gradients over the locations, the reduce variant's ``S``."""
+    if library != "acktr":
+        blocks = kfac(model, params, X, y, loss, curvature=curvature, approx="expand", **mc).blocks
+        return [{"A": b.A / T[j], "G": nr * T[j] * b.S} for j, b in zip(layers, blocks)]
+    reduced = kfac(model, params, X, y, loss, curvature=curvature, approx="reduce", **mc).blocks
+    weights = reduced if approx == "reduce" else kfac(model, params, X, y, loss, curvature=curvature,
+                                                      approx="expand", **mc).blocks
+    out = []
+    for j, w, r in zip(layers, weights, reduced):
+        k = w.layout.r
+        t = 1 if approx == "reduce" else T[j]
+        out.append({"weight": {"A": w.A[:k, :k] / t, "G": nr * t * w.S},
+                    "bias": {"A": np.ones((1, 1)), "G": nr * r.S} if model[j].bias else None})
     return out

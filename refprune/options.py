@@ -1,7 +1,8 @@
 """One table of options for pruning, training and minimising: for every keyword option
 of :func:`refprune.prune`, :func:`refprune.obs_trace`, :func:`refprune.saliencies`,
-:func:`refprune.minimize`, :func:`refprune.train` and the optimizers ``SGD``, ``KFAC``,
-``EKFAC`` and ``NaturalGradient``, its type, its range, and the methods and curvatures it
+:func:`refprune.minimize`, :func:`refprune.train`, the optimizers ``SGD``, ``KFAC``,
+``EKFAC`` and ``NaturalGradient`` and the conformance harness (``Adapter``, its
+per-quantity ``"Adapter options"`` and ``check``), its type, its range, and the methods and curvatures it
 applies to.
 
 Every one of these entry points checks its options through this table, in two passes:
@@ -333,6 +334,42 @@ TABLE = {
                accepted_text="a finite number of bytes >= 0 or None (the memory available)"),
     ) + _mc(" (curvature='mc_fisher')", sequence=False)[:2],
 }
+
+
+# ---------------------------------------------------------------- harness block (refprune.conformance)
+# The conformance harness's options: Adapter's and check's keywords, and the options an
+# adapter sets per quantity (Adapter(options={quantity: {option: value}})).  Which
+# quantity takes which option, with its default, is the quantity's own table
+# (refprune.conformance.QUANTITIES[name][2]); these rows give the type and range of each.
+
+#: the per-quantity options of the conformance harness's quantities
+HARNESS_QUANTITY_OPTIONS = (
+    Option("curvature", "choice", "ggn", "the Fisher K-FAC, EKFAC or a structured criterion approximates "
+           "(mc_fisher: over the case's sampled targets case.targets)", choices=FISHER_LIKE),
+    Option("approx", "choice", "expand", "KFC's convolution variant (Eschenhagen et al. 2023)", choices=KFAC_APPROX),
+    Option("bias", "choice", "fold", "the bias folded into A or kept apart (ASDL, curvlinops)",
+           choices=BIAS_TREATMENTS),
+    Option("damping", "real", 1e-3, "factored damping of the Kronecker factors (unit criteria), or added to the "
+           "layer Hessian 2 X X^T / N (layer-wise OBS)", low=0.0),
+    Option("shortcut", "flag", False, "the published code's simplification: row sums in place of w_i^T A w_i "
+           "(Kron-OBD/OBS), summed single-weight updates (C-OBS's unit update)"),
+    Option("eigenvalues", "choice", "ekfac", "EigenDamage's eigenvalues", choices=EIGENVALUES),
+)
+TABLE["Adapter"] = (
+    Option("kfac_options", "dict", None, "curvature, approx and bias of the kfac, kfac_factors and ekfac "
+           "quantities", none=True, accepted_text="a dict with keys among curvature, approx, bias, or None"),
+    Option("options", "dict", None, "per quantity, the options it takes (refprune.conformance.QUANTITIES[name][2])",
+           none=True, accepted_text="a dict {quantity name: {option: value}} or None"),
+)
+TABLE["Adapter options"] = HARNESS_QUANTITY_OPTIONS
+TABLE["check"] = (
+    Option("cases", "cases", None, "the cases to run (default: the zoo)",
+           accepted_text="a list of refprune.conformance.Case or None"),
+    Option("rtol", "rtol", None, "relative tolerance on max |a - b| / max |b| (default 1e-9)",
+           accepted_text="a real number in [0, 1), a dict of them per quantity of the adapter, or None"),
+    Option("progress", "flag", False, "print one line per quantity"),
+)
+# ---------------------------------------------------------------- end of the harness block
 
 
 def _row(function, name):

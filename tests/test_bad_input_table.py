@@ -8,6 +8,7 @@ import pytest
 
 import refprune as rp
 from refprune import conformance as cf
+from refprune.conformance import optimizer_quantities as oq
 from refprune.testing import check_grad, check_hessian, check_hvp, check_jvp, check_vjp, directional_derivative
 
 from cases import make
@@ -1096,7 +1097,218 @@ BCE_CASES = [
     ("size: obd_diagonal with 2**20 binary outputs", lambda m, p, X, y, l: rp.obd_diagonal(*_size_wide_output(rp.BCEWithLogitsLoss())), MemoryError, "obd_diagonal: the square roots of the loss Hessians (1 x 1048576 x 1048576 float64"),
 ]
 
-CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES + BCE_CASES
+
+# ---- the harness's quantities, their per-quantity options and the layout helpers
+def _hq_conforms(options=None, **quantities):
+    return cf.assert_conforms(cf.Adapter(options=options, **quantities), [cf.make_case("mlp-tanh", "ce-mean")])
+
+
+def _hq_pairs(m):
+    return rp.kfac(*problem()).factors()
+
+
+HARNESS_QUANTITIES = [
+    # quantity names and the options argument
+    ("harness quantity misspelt", lambda m, p, X, y, l: cf.Adapter(kron_obs_saliency=len), ValueError, "Adapter: unknown quantities ['kron_obs_saliency']"),
+    ("harness options not a dict", lambda m, p, X, y, l: cf.Adapter(grad=len, options=[("grad", {})]), TypeError, "Adapter: options must be a dict {quantity name: {option: value}}, got list"),
+    ("harness options for a quantity not computed", lambda m, p, X, y, l: cf.Adapter(grad=len, options={"kfac": {}}), ValueError, "Adapter: options names 'kfac', which the adapter does not compute"),
+    ("harness options entry not a dict", lambda m, p, X, y, l: cf.Adapter(unit_updates=len, options={"unit_updates": "shortcut"}), TypeError, "Adapter: options['unit_updates'] must be a dict {option: value}, got str"),
+    ("harness options and kfac_options for one quantity", lambda m, p, X, y, l: cf.Adapter(kfac=len, kfac_options={"approx": "reduce"}, options={"kfac": {"bias": "separate"}}), ValueError, "kfac has options both in kfac_options and in options"),
+    # an option the quantity does not take
+    ("harness shortcut for c_obd", lambda m, p, X, y, l: cf.Adapter(c_obd_saliencies=len, options={"c_obd_saliencies": {"shortcut": True}}), ValueError, "options['c_obd_saliencies'] has unknown keys ['shortcut']; its options: ['curvature']"),
+    ("harness shortcut for c_obs", lambda m, p, X, y, l: cf.Adapter(c_obs_saliencies=len, options={"c_obs_saliencies": {"shortcut": False}}), ValueError, "options['c_obs_saliencies'] has unknown keys ['shortcut']"),
+    ("harness damping for c_obd", lambda m, p, X, y, l: cf.Adapter(c_obd_saliencies=len, options={"c_obd_saliencies": {"damping": 0.1}}), ValueError, "unknown keys ['damping']"),
+    ("harness options for grad", lambda m, p, X, y, l: cf.Adapter(grad=len, options={"grad": {"curvature": "ggn"}}), ValueError, "options['grad'] has unknown keys ['curvature']; it takes no options"),
+    ("harness eigenvalues for kron_obs", lambda m, p, X, y, l: cf.Adapter(kron_obs_saliencies=len, options={"kron_obs_saliencies": {"eigenvalues": "kfac"}}), ValueError, "unknown keys ['eigenvalues']"),
+    ("harness approx for layer_obs_losses", lambda m, p, X, y, l: cf.Adapter(layer_obs_losses=len, options={"layer_obs_losses": {"approx": "reduce"}}), ValueError, "its options: ['damping']"),
+    ("harness kfac_options eigenvalues key", lambda m, p, X, y, l: cf.Adapter(ekfac=len, kfac_options={"eigenvalues": "kfac"}), ValueError, "Adapter: kfac_options has unknown keys ['eigenvalues']"),
+    # values, through the options table
+    ("harness shortcut as text", lambda m, p, X, y, l: cf.Adapter(kron_obd_saliencies=len, options={"kron_obd_saliencies": {"shortcut": "yes"}}), TypeError, "Adapter: options['kron_obd_saliencies']: shortcut must be True or False, got 'yes'"),
+    ("harness shortcut as 1", lambda m, p, X, y, l: cf.Adapter(unit_updates=len, options={"unit_updates": {"shortcut": 1}}), TypeError, "shortcut must be True or False, got 1"),
+    ("harness shortcut np.bool_ accepted", lambda m, p, X, y, l: cf.Adapter(unit_updates=len, options={"unit_updates": {"shortcut": np.True_}}), None, ""),
+    ("harness damping negative", lambda m, p, X, y, l: cf.Adapter(kron_obs_saliencies=len, options={"kron_obs_saliencies": {"damping": -0.1}}), ValueError, "options['kron_obs_saliencies']: damping must be a finite number >= 0, got -0.1"),
+    ("harness damping NaN", lambda m, p, X, y, l: cf.Adapter(layer_obs_weights=len, options={"layer_obs_weights": {"damping": float("nan")}}), ValueError, "damping must be a finite number >= 0, got nan"),
+    ("harness damping as text", lambda m, p, X, y, l: cf.Adapter(c_obs_saliencies=len, options={"c_obs_saliencies": {"damping": "1e-3"}}), TypeError, "damping must be a number, not text"),
+    ("harness damping None", lambda m, p, X, y, l: cf.Adapter(c_obs_saliencies=len, options={"c_obs_saliencies": {"damping": None}}), TypeError, "damping must be a number, not None"),
+    ("harness damping np.float32 accepted", lambda m, p, X, y, l: cf.Adapter(c_obs_saliencies=len, options={"c_obs_saliencies": {"damping": np.float32(0.5)}}), None, ""),
+    ("harness eigenvalues unknown", lambda m, p, X, y, l: cf.Adapter(eigendamage_importances=len, options={"eigendamage_importances": {"eigenvalues": "exact"}}), ValueError, "eigenvalues must be one of ('ekfac', 'kfac'), got 'exact'"),
+    ("harness curvature hessian for a unit criterion", lambda m, p, X, y, l: cf.Adapter(kron_obs_saliencies=len, options={"kron_obs_saliencies": {"curvature": "hessian"}}), ValueError, "curvature must be one of ('ggn', 'fisher', 'mc_fisher', 'empirical_fisher'), got 'hessian'"),
+    ("harness approx unknown in options", lambda m, p, X, y, l: cf.Adapter(ekfac_scales=len, options={"ekfac_scales": {"approx": "both"}}), ValueError, "options['ekfac_scales']: approx must be one of ('expand', 'reduce'), got 'both'"),
+    ("harness bias unknown in options", lambda m, p, X, y, l: cf.Adapter(kfac_factors=len, options={"kfac_factors": {"bias": "none"}}), ValueError, "bias must be one of ('fold', 'separate'), got 'none'"),
+    ("harness check progress via the table", lambda m, p, X, y, l: _bfh_check(progress=1), TypeError, "check: progress must be True or False, got 1"),
+    # what an adapter of a per-layer quantity returns
+    ("harness per-layer quantity one array", lambda m, p, X, y, l: _hq_conforms(layer_hessians=lambda c: np.eye(3)), AssertionError, "layer_hessians for case mlp-tanh/ce-mean must be a list of arrays, one per layer, got ndarray"),
+    ("harness per-layer quantity a dict", lambda m, p, X, y, l: _hq_conforms(ekfac_scales=lambda c: {0: np.ones((4, 4))}), AssertionError, "must be a list of arrays, one per layer, got dict"),
+    ("harness per-layer quantity too few", lambda m, p, X, y, l: _hq_conforms(layer_hessians=lambda c: [np.eye(3)]), AssertionError, "1 entries, refprune has 2 (one per layer"),
+    ("harness per-layer quantity wrong shape", lambda m, p, X, y, l: _hq_conforms(layer_hessians=lambda c: [np.eye(3), np.eye(3)]), AssertionError, "entry 1: shape (3, 3), refprune's is (4, 4)"),
+    ("harness per-layer quantity complex", lambda m, p, X, y, l: _hq_conforms(layer_obs_losses=lambda c: [np.ones((4, 3)) * 1j, np.ones((3, 4))]), AssertionError, "layer_obs_losses for case mlp-tanh/ce-mean: entry 0 is complex"),
+    ("harness unit saliencies per layer dict", lambda m, p, X, y, l: _hq_conforms(kron_obs_saliencies=lambda c: rp.pruning.unit_saliencies(*c.args(), damping=1e-3)), AssertionError, "kron_obs_saliencies for case mlp-tanh/ce-mean must be a real numeric array"),
+    ("harness unit saliencies wrong length", lambda m, p, X, y, l: _hq_conforms(c_obd_saliencies=lambda c: np.ones(3)), AssertionError, "shape (3,), refprune's is (4,)"),
+    # the layout helpers
+    ("blocks_to_flat too few blocks", lambda m, p, X, y, l: rp.blocks_to_flat(m, _hq_pairs(m)[:1]), ValueError, "blocks_to_flat: blocks has 1 entries, the model has 2 blocks with bias='fold' (one per Linear/Conv2d)"),
+    ("blocks_to_flat separate count", lambda m, p, X, y, l: rp.blocks_to_flat(m, _hq_pairs(m), bias="separate"), ValueError, "the model has 4 blocks with bias='separate' (one per Linear/Conv2d, two per layer with a bias: weights, then bias)"),
+    ("blocks_to_flat S and A swapped", lambda m, p, X, y, l: rp.blocks_to_flat(m, [(A, S) for S, A in _hq_pairs(m)]), ValueError, "blocks_to_flat: block 0 (Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=True): c = 2, p = 10) must have S of shape (2, 2) and A of shape (10, 10), got S (10, 10) and A (2, 2)"),
+    ("blocks_to_flat A without the bias row", lambda m, p, X, y, l: rp.blocks_to_flat(m, [(S, A[:-1, :-1]) for S, A in _hq_pairs(m)]), ValueError, "A of shape (10, 10), got S (2, 2) and A (9, 9)"),
+    ("blocks_to_flat a triple", lambda m, p, X, y, l: rp.blocks_to_flat(m, [(S, A, 1.0) for S, A in _hq_pairs(m)]), ValueError, "must be a pair (S, A) or a (20, 20) matrix, got a tuple of length 3"),
+    ("blocks_to_flat matrix of the wrong size", lambda m, p, X, y, l: rp.blocks_to_flat(m, [np.eye(18), np.eye(27)]), ValueError, "block 0 (Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=True): c = 2, p = 10) must be a pair (S, A) or a (20, 20) matrix over vec([W | b]), got shape (18, 18)"),
+    ("blocks_to_flat complex A", lambda m, p, X, y, l: rp.blocks_to_flat(m, [(S, A + 1e-9j) for S, A in _hq_pairs(m)]), TypeError, "blocks_to_flat: A of block 0"),
+    ("blocks_to_flat text S", lambda m, p, X, y, l: rp.blocks_to_flat(m, [("S", A) for S, A in _hq_pairs(m)]), TypeError, "blocks_to_flat: S of block 0"),
+    ("blocks_to_flat blocks a dict", lambda m, p, X, y, l: rp.blocks_to_flat(m, dict(enumerate(_hq_pairs(m)))), TypeError, "blocks_to_flat: blocks must be a list of (S, A) pairs or matrices, one per block, got dict"),
+    ("blocks_to_flat bias misspelt", lambda m, p, X, y, l: rp.blocks_to_flat(m, _hq_pairs(m), bias="seperate"), ValueError, "blocks_to_flat: bias must be one of ('fold', 'separate'), got 'seperate'"),
+    ("blocks_to_flat model a list of layers", lambda m, p, X, y, l: rp.blocks_to_flat(list(m), _hq_pairs(m)), TypeError, "blocks_to_flat: model must be a refprune.Sequential, got list"),
+    ("flat_to_blocks K of the wrong size", lambda m, p, X, y, l: rp.flat_to_blocks(m, np.eye(5)), ValueError, f"flat_to_blocks: K must be ({N_PARAMS}, {N_PARAMS}) for the model's n = {N_PARAMS} parameters, got shape (5, 5)"),
+    ("flat_to_blocks K a vector", lambda m, p, X, y, l: rp.flat_to_blocks(m, np.zeros(N_PARAMS)), ValueError, f"got shape ({N_PARAMS},)"),
+    ("flat_to_blocks K complex", lambda m, p, X, y, l: rp.flat_to_blocks(m, np.eye(N_PARAMS) * 1j), TypeError, "flat_to_blocks: K is complex"),
+    ("flat_to_blocks bias None", lambda m, p, X, y, l: rp.flat_to_blocks(m, np.eye(N_PARAMS), bias=None), ValueError, "flat_to_blocks: bias must be one of ('fold', 'separate'), got None"),
+]
+
+# ---- from a torch training setup: from_torch's loss=, left-out and compiled modules, torch's names
+# (the rows build torch modules when they run; without torch the block is empty)
+TORCH_SETUP = [
+    ("torch setup: CrossEntropyLoss weight=", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("CrossEntropyLoss", weight=_ts_ones(3))), ValueError, "from_torch: loss CrossEntropyLoss: weight= is not implemented by refprune (every sample and class weighs 1)"),
+    ("torch setup: CrossEntropyLoss ignore_index used", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("CrossEntropyLoss", ignore_index=0)), ValueError, "ignore_index=0 is not implemented by refprune (a label in [0, C) would be left out of the loss"),
+    ("torch setup: CrossEntropyLoss ignore_index negative accepted", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("CrossEntropyLoss", ignore_index=-7)), None, ""),
+    ("torch setup: CrossEntropyLoss label_smoothing", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("CrossEntropyLoss", label_smoothing=0.05)), ValueError, "label_smoothing=0.05 is not implemented by refprune (the targets are the labels themselves)"),
+    ("torch setup: CrossEntropyLoss reduction none", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("CrossEntropyLoss", reduction="none")), ValueError, "from_torch: loss CrossEntropyLoss: reduction='none' is not implemented by refprune (the loss is one number"),
+    ("torch setup: MSELoss reduction none", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("MSELoss", reduction="none")), ValueError, "from_torch: loss MSELoss: reduction='none'"),
+    ("torch setup: BCEWithLogitsLoss pos_weight", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("BCEWithLogitsLoss", pos_weight=_ts_ones(1))), ValueError, "from_torch: loss BCEWithLogitsLoss: pos_weight= is not implemented by refprune"),
+    ("torch setup: BCEWithLogitsLoss weight", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("BCEWithLogitsLoss", weight=_ts_ones(1))), ValueError, "from_torch: loss BCEWithLogitsLoss: weight= is not implemented"),
+    ("torch setup: NLLLoss", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("NLLLoss")), TypeError, "got torch.nn.modules.loss.NLLLoss; for log_softmax followed by NLLLoss, end the network with the logits and use CrossEntropyLoss"),
+    ("torch setup: HuberLoss", lambda m, p, X, y, l: _ts_convert(loss=_ts_loss("HuberLoss")), TypeError, "from_torch: loss must be a torch loss module refprune implements (CrossEntropyLoss, MSELoss"),
+    ("torch setup: loss class not instance", lambda m, p, X, y, l: _ts_convert(loss=_ts_torch().nn.CrossEntropyLoss), TypeError, "got the class torch.nn.modules.loss.CrossEntropyLoss: pass an instance, CrossEntropyLoss()"),
+    ("torch setup: loss a string", lambda m, p, X, y, l: _ts_convert(loss="mse"), TypeError, "from_torch: loss must be a torch loss module refprune implements"),
+    ("torch setup: loss subclass of torch's", lambda m, p, X, y, l: _ts_convert(loss=type("MyMSE", (_ts_torch().nn.MSELoss,), {})()), TypeError, "torch.nn's classes exactly, or a refprune loss), got "),
+    ("torch setup: CrossEntropyLoss sum converted", lambda m, p, X, y, l: _ts_same_loss(_ts_convert(loss=_ts_loss("CrossEntropyLoss", reduction="sum"))[2], rp.CrossEntropyLoss("sum")), None, ""),
+    ("torch setup: Dropout in training mode", lambda m, p, X, y, l: _ts_convert(train=True), ValueError, "from_torch: layer 1 (Dropout(p=0.5, inplace=False)): Dropout in training mode is not modelled by refprune"),
+    ("torch setup: Dropout2d in training mode, nested", lambda m, p, X, y, l: rp.from_torch(_ts_seq(("Conv2d", 1, 1, 2), ("Sequential", ("ReLU",), ("Dropout2d", 0.1)))), ValueError, "from_torch: layer 1.1 (Dropout2d(p=0.1, inplace=False)): Dropout2d in training mode"),
+    ("torch setup: Dropout in evaluation mode left out", lambda m, p, X, y, l: _ts_layers(_ts_convert()[0], ["Linear", "Tanh", "Linear"]), None, ""),
+    ("torch setup: Dropout p=0 in training mode left out", lambda m, p, X, y, l: _ts_layers(rp.from_torch(_ts_seq(("Linear", 2, 2), ("Dropout", 0.0)))[0], ["Linear"]), None, ""),
+    ("torch setup: Identity left out", lambda m, p, X, y, l: _ts_layers(rp.from_torch(_ts_seq(("Identity",), ("Linear", 2, 2), ("Identity",)))[0], ["Linear"]), None, ""),
+    ("torch setup: only identities", lambda m, p, X, y, l: rp.from_torch(_ts_seq(("Identity",), ("Dropout", 0.5)).eval()), ValueError, "from_torch: the network has no layer refprune models (only Identity or Dropout)"),
+    ("torch setup: GELU named by its nested name", lambda m, p, X, y, l: rp.from_torch(_ts_seq(("Linear", 2, 2), ("Sequential", ("Tanh",), ("GELU",)))), ValueError, "from_torch: layer 1.1 (GELU) is not a module refprune models"),
+    ("torch setup: dilation named by its nested name", lambda m, p, X, y, l: rp.from_torch(_ts_seq(("Sequential", ("Sequential", ("Conv2d", 1, 1, 2, 1, 0, 2))))), ValueError, "from_torch: layer 0.0.0 (Conv2d"),
+    ("torch setup: tied module in a nested Sequential", lambda m, p, X, y, l: rp.from_torch(_ts_tied()), ValueError, "from_torch: layer 1.0 (Linear(in_features=2, out_features=2, bias=True)) is the same module as layer 0"),
+    ("torch setup: state dict misshapen, torch's layer name", lambda m, p, X, y, l: _ts_bad_state_dict(), ValueError, "'2.1.weight' has shape (2, 2), layer 2.1 Linear(3, 2, bias=True) expects (2, 3) for its weight"),
+    ("torch setup: compiled network unwrapped", lambda m, p, X, y, l: _ts_layers(rp.from_torch(_ts_torch().compile(_ts_seq(("Linear", 2, 3), ("Tanh",))))[0], ["Linear", "Tanh"]), None, ""),
+    ("torch setup: compiled network with a training-mode Dropout", lambda m, p, X, y, l: rp.from_torch(_ts_torch().compile(_ts_seq(("Linear", 2, 3), ("Dropout", 0.2)))), ValueError, "from_torch: layer 1 (Dropout(p=0.2, inplace=False)): Dropout in training mode"),
+    ("torch setup: compiled block named with _orig_mod", lambda m, p, X, y, l: rp.from_torch(_ts_seq(("Linear", 2, 2)).append(_ts_torch().compile(_ts_seq(("ReLU",), ("GELU",))))), ValueError, "from_torch: layer 1._orig_mod.1 (GELU) is not a module refprune models"),
+]
+
+
+def _ts_torch():
+    import torch
+
+    return torch
+
+
+def _ts_ones(k):
+    return _ts_torch().ones(k)
+
+
+def _ts_loss(name, **kw):
+    return getattr(_ts_torch().nn, name)(**kw)
+
+
+def _ts_seq(*specs):
+    """A float64 torch ``Sequential`` from ``(module name, args...)`` specs (nested for
+    ``"Sequential"``), in training mode as torch builds it."""
+    nn = _ts_torch().nn
+
+    def build(spec):
+        name, *args = spec
+        if name == "Sequential":
+            return nn.Sequential(*[build(s) for s in args])
+        return getattr(nn, name)(*args)
+
+    return nn.Sequential(*[build(s) for s in specs]).double()
+
+
+def _ts_convert(loss=None, train=False):
+    """``from_torch`` of Linear -> Dropout -> Tanh -> Linear, in evaluation mode unless ``train``."""
+    net = _ts_seq(("Linear", 3, 4), ("Dropout", 0.5), ("Tanh",), ("Linear", 4, 3))
+    net.train(train)
+    return rp.from_torch(net) if loss is None else rp.from_torch(net, loss=loss)
+
+
+def _ts_layers(model, names):
+    assert [type(layer).__name__ for layer in model] == names, model
+    return model
+
+
+def _ts_same_loss(a, b):
+    assert type(a) is type(b) and a.reduction == b.reduction, (a, b)
+
+
+def _ts_tied():
+    torch = _ts_torch()
+    shared = torch.nn.Linear(2, 2)
+    return torch.nn.Sequential(shared, torch.nn.Sequential(shared))
+
+
+def _ts_bad_state_dict():
+    net = _ts_seq(("Linear", 3, 3), ("Dropout", 0.1), ("Sequential", ("Tanh",), ("Linear", 3, 2))).eval()
+    sd = net.state_dict()
+    sd["2.1.weight"] = sd["2.1.weight"][:, :2]
+    return rp.from_torch(sd, model=net)
+
+
+try:
+    import importlib.util
+
+    _HAVE_TORCH = importlib.util.find_spec("torch") is not None
+except ImportError:  # pragma: no cover
+    _HAVE_TORCH = False
+
+def _oq(name, m, p, X, y, l, **options):
+    """Optimizer quantity ``name`` (refprune.conformance.optimizer_quantities) on the problem as a Case."""
+    return oq.OPTIMIZER_QUANTITIES[name][0](cf.Case("bad-input", m, p, X, y, l), options)
+
+
+def _oq_factors(m, p, X, y, l, drop=0):
+    return [(S, A) for S, A in rp.kfac(m, p, X, y, l).factors()][drop:]
+
+
+OPTIMIZER_QUANTITIES_CASES = [
+    ("optimizer quantity unknown option", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, dampnig=0.1), ValueError, "optimizer quantity kfac_step: unknown options ['dampnig']; it takes"),
+    ("optimizer quantity damping_form for EKFAC", lambda m, p, X, y, l: _oq("ekfac_direction", m, p, X, y, l, damping_form="pi"), ValueError, "optimizer quantity ekfac_direction: unknown options ['damping_form']"),
+    ("optimizer quantity k for one step", lambda m, p, X, y, l: _oq("natural_gradient_step", m, p, X, y, l, k=2), ValueError, "optimizer quantity natural_gradient_step: unknown options ['k']"),
+    ("optimizer quantity damping text", lambda m, p, X, y, l: _oq("kfac_direction", m, p, X, y, l, damping="0.1"), TypeError, "optimizer quantity kfac_direction: damping must be a finite number >= 0, got '0.1'"),
+    ("optimizer quantity damping negative", lambda m, p, X, y, l: _oq("ekfac_step", m, p, X, y, l, damping=-1.0), ValueError, "optimizer quantity ekfac_step: damping must be a finite number >= 0, got -1.0"),
+    ("optimizer quantity lr None", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, lr=None), TypeError, "optimizer quantity kfac_step: lr must be a finite number >= 0, got None"),
+    ("optimizer quantity momentum 1", lambda m, p, X, y, l: _oq("kfac_steps", m, p, X, y, l, momentum=1.0), ValueError, "optimizer quantity kfac_steps: momentum must be a finite number >= 0 and < 1, got 1.0"),
+    ("optimizer quantity kl_clip zero", lambda m, p, X, y, l: _oq("natural_gradient_step", m, p, X, y, l, kl_clip=0.0), ValueError, "optimizer quantity natural_gradient_step: kl_clip must be a finite number > 0 or None (no clipping), got 0.0"),
+    ("optimizer quantity damping_form unknown", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, damping_form="tikhonov"), ValueError, "optimizer quantity kfac_step: damping_form must be one of ('exact', 'factored', 'pi'), got 'tikhonov'"),
+    ("optimizer quantity K-FAC of the Hessian", lambda m, p, X, y, l: _oq("kfac_direction", m, p, X, y, l, curvature="hessian"), ValueError, "optimizer quantity kfac_direction: curvature='hessian' has no Kronecker factorisation"),
+    ("optimizer quantity structure unknown", lambda m, p, X, y, l: _oq("natural_gradient_direction", m, p, X, y, l, structure="diag"), ValueError, "optimizer quantity natural_gradient_direction: structure must be one of ('full', 'layer'), got 'diag'"),
+    ("optimizer quantity ema_start unknown", lambda m, p, X, y, l: _oq("kfac_steps", m, p, X, y, l, ema_start="ones"), ValueError, "optimizer quantity kfac_steps: ema_start must be one of ('first', 'zero', 'zero_debiased', 'identity'), got 'ones'"),
+    ("optimizer quantity ema_decay 1", lambda m, p, X, y, l: _oq("kfac_steps", m, p, X, y, l, ema_decay=1.0), ValueError, "optimizer quantity kfac_steps: ema_decay must be a finite number >= 0 and < 1, got 1.0"),
+    ("optimizer quantity ema_decay without a state", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, ema_decay=0.5), ValueError, "optimizer quantity kfac_step: ema_decay=0.5 does not apply to a first step from the start with ema_start='first'"),
+    ("optimizer quantity ema_decay with the identity start accepted", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, ema_decay=0.5, ema_start="identity"), None, ""),
+    ("optimizer quantity k zero", lambda m, p, X, y, l: _oq("ekfac_steps", m, p, X, y, l, k=0), ValueError, "optimizer quantity ekfac_steps: k must be a positive int, got 0"),
+    ("optimizer quantity k float", lambda m, p, X, y, l: _oq("ekfac_steps", m, p, X, y, l, k=2.0), TypeError, "optimizer quantity ekfac_steps: k must be a positive int, got 2.0"),
+    ("optimizer quantity batches unknown", lambda m, p, X, y, l: _oq("natural_gradient_steps", m, p, X, y, l, batches="shuffle"), ValueError, "optimizer quantity natural_gradient_steps: batches must be one of ('split', 'repeat'), got 'shuffle'"),
+    ("optimizer quantity split into more batches than samples", lambda m, p, X, y, l: _oq("kfac_steps", m, p, X, y, l, k=5), ValueError, "k=5 steps with batches='split' need at least k samples; case bad-input has 4"),
+    ("optimizer quantity refresh_interval zero", lambda m, p, X, y, l: _oq("kfac_steps", m, p, X, y, l, refresh_interval=0), ValueError, "optimizer quantity kfac_steps: refresh_interval must be a positive int, got 0"),
+    ("optimizer quantity updates without factors", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, updates=3), ValueError, "optimizer quantity kfac_step: updates=3 needs the averaged factors they made (factors=)"),
+    ("optimizer quantity updates negative", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, updates=-1), ValueError, "optimizer quantity kfac_step: updates must be a non-negative int, got -1"),
+    ("optimizer quantity updates bool", lambda m, p, X, y, l: _oq("ekfac_step", m, p, X, y, l, updates=True), TypeError, "optimizer quantity ekfac_step: updates must be a non-negative int, got True"),
+    ("optimizer quantity factors with updates 0", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, factors=_oq_factors(m, p, X, y, l)), ValueError, "factors= given with updates=0; with ema_start='first' an average exists only after an update"),
+    ("optimizer quantity factors one pair short", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, factors=_oq_factors(m, p, X, y, l, 1), updates=1), ValueError, "optimizer quantity kfac_step: factors must be a list of 2 (S, A) pairs (one per K-FAC block, bias='fold'), got list of length 1"),
+    ("optimizer quantity factors swapped", lambda m, p, X, y, l: _oq("ekfac_direction", m, p, X, y, l, factors=[(A, S) for S, A in _oq_factors(m, p, X, y, l)], updates=1), ValueError, "optimizer quantity ekfac_direction: factors[0] S must have shape (2, 2), got (10, 10)"),
+    ("optimizer quantity factors accepted", lambda m, p, X, y, l: _oq("kfac_direction", m, p, X, y, l, factors=_oq_factors(m, p, X, y, l), updates=2), None, ""),
+    ("optimizer quantity buf wrong shape", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, buf=np.zeros(3)), ValueError, f"optimizer quantity kfac_step: buf must have shape ({N_PARAMS},), got (3,)"),
+    ("optimizer quantity buf complex", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, buf=np.zeros(N_PARAMS) + 1j), TypeError, "optimizer quantity kfac_step: buf must be a real array"),
+    ("optimizer quantity buf NaN", lambda m, p, X, y, l: _oq("natural_gradient_step", m, p, X, y, l, buf=nan_at(np.zeros(N_PARAMS))), ValueError, "optimizer quantity natural_gradient_step: buf contains NaN or inf"),
+    ("optimizer quantity buf read-only accepted", lambda m, p, X, y, l: _oq("kfac_step", m, p, X, y, l, buf=read_only(np.ones(N_PARAMS)), momentum=0.5), None, ""),
+    ("optimizer quantity matrix wrong shape", lambda m, p, X, y, l: _oq("natural_gradient_direction", m, p, X, y, l, matrix=np.eye(3), updates=1), ValueError, f"optimizer quantity natural_gradient_direction: matrix must have shape ({N_PARAMS}, {N_PARAMS}), got (3, 3)"),
+    ("optimizer quantity case not a Case", lambda m, p, X, y, l: oq.OPTIMIZER_QUANTITIES["kfac_step"][0]((m, p, X, y, l), {}), TypeError, "optimizer quantity kfac_step: case must be a refprune.conformance.Case, got tuple"),
+    ("optimizer quantity options not a dict", lambda m, p, X, y, l: oq.OPTIMIZER_QUANTITIES["kfac_step"][0](cf.Case("bad-input", m, p, X, y, l), [("lr", 1.0)]), TypeError, "optimizer quantity kfac_step: options must be a dict, got list"),
+    ("optimizer quantity neighbours refuse a bad option", lambda m, p, X, y, l: oq.OPTIMIZER_NEIGHBOURS["ekfac_steps"](cf.Case("bad-input", m, p, X, y, l), dict(scale_interval=0)), ValueError, "optimizer quantity ekfac_steps: scale_interval must be a positive int, got 0"),
+]
+
+
+CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES + (
+    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES + HARNESS_QUANTITIES + BCE_CASES
 
 
 class _NanDiagonal(rp.curvature.operators.CurvatureOperator):

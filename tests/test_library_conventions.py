@@ -137,8 +137,130 @@ def test_asdl_kron(arch, lossname, curvature, fisher_type):
 def test_express_kfac_refuses_bad_options():
     args = make("mlp-tanh", "ce-mean", n=3)
     with pytest.raises(ValueError, match="library must be one of"):
-        rp.express_kfac(*args, "kfac-pytorch")
+        rp.express_kfac(*args, "kfac-tensorflow")
     with pytest.raises(ValueError, match="asdl has one convention"):
         rp.express_kfac(*args, "asdl", approx="reduce")
+    with pytest.raises(ValueError, match="kfac-pytorch has one convention; approx= applies to curvlinops and acktr"):
+        rp.express_kfac(*args, "kfac-pytorch", approx="reduce")
+    with pytest.raises(ValueError, match="acktr keeps the bias apart"):
+        rp.express_kfac(*args, "acktr", bias="separate")
     with pytest.raises(ValueError, match="nngeometry's FIM is the true Fisher"):
         rp.express_kfac(*args, "nngeometry", curvature="empirical_fisher")
+
+
+# ---- KFAC-Pytorch, EigenDamage-Pytorch and ACKTR: their factor computations re-implemented
+# with torch hooks (F.unfold for the patches, the loss back-propagated by autograd), one
+# batch; the lines they follow are cited in docs/conventions.md §8
+
+
+def batch_averaged_factors(tm, lf, X, targets, split_bias=False, fast_cnn=False):
+    """Per Linear/Conv2d module of ``tm``, the statistics those libraries store after
+    back-propagating ``lf(tm(X), targets)``: KFAC-Pytorch's ``ComputeCovA``/``ComputeCovG``
+    with ``batch_averaged=True`` (bias folded as a constant 1 appended to the inputs), or
+    with ``split_bias`` ACKTR's ``compute_cov_a``/``compute_cov_g`` of the layer and of its
+    ``AddBias`` (``fast_cnn`` averages the patches and sums the gradients over locations)."""
+    F = torch.nn.functional
+    mods = [m for m in tm.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    saved, out = {}, {}
+
+    def save_input(m, inp):
+        saved[m] = inp[0].detach()
+
+    def save_grad(m, grad_in, grad_out):
+        a, g = saved[m], grad_out[0].detach()
+        n = a.shape[0]
+        if isinstance(m, torch.nn.Conv2d):
+            patches = F.unfold(a, m.kernel_size, padding=m.padding, stride=m.stride)  # (N, k, T)
+            t = patches.shape[-1]
+            g_loc = g.flatten(2)  # (N, c, T)
+            if fast_cnn:
+                a_rows, g_rows = patches.mean(-1), g_loc.sum(-1)
+            else:
+                a_rows = patches.transpose(1, 2).reshape(n * t, -1) / t
+                g_rows = g_loc.transpose(1, 2).reshape(n * t, -1) * t
+        else:
+            a_rows, g_rows = a, g
+        if m.bias is not None and not split_bias:
+            ones = torch.ones(a_rows.shape[0], 1, dtype=a.dtype)
+            a_rows = torch.cat([a_rows, ones / (t if isinstance(m, torch.nn.Conv2d) and not fast_cnn else 1)], 1)
+        A = a_rows.T @ a_rows / n
+        G = (g_rows * n).T @ (g_rows * n) / g_rows.shape[0]
+        if not split_bias:
+            out[m] = {"A": A, "G": G}
+            return
+        bias = None
+        if m.bias is not None:
+            gb = g.flatten(2).sum(-1) * n if g.dim() == 4 else g * n
+            bias = {"A": torch.ones(1, 1, dtype=a.dtype), "G": gb.T @ gb / n}
+        out[m] = {"weight": {"A": A, "G": G}, "bias": bias}
+
+    hooks = [h for m in mods for h in (m.register_forward_pre_hook(save_input), m.register_full_backward_hook(save_grad))]
+    try:
+        lf(tm(torch.from_numpy(X).requires_grad_()), torch.from_numpy(np.asarray(targets))).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return [out[m] for m in mods]
+
+
+def observed_or_drawn(args, curvature, seed=5):
+    """The targets the libraries back-propagate: the data's (``empirical_fisher``) or one
+    draw (``mc_fisher``: the libraries sample from the model; the same draw is passed to
+    refprune as ``targets=``)."""
+    model, params, X, y, loss = args
+    if curvature == "empirical_fisher":
+        return y, {}
+    rng = np.random.default_rng(seed)
+    c = model.output_shape(X.shape[1:])[0]
+    t = rng.integers(0, c, len(X)) if isinstance(loss, rp.CrossEntropyLoss) else rng.standard_normal((len(X), c))
+    return t, {"targets": t[None]}
+
+
+def tensors_close(got, want, what):
+    if want is None or got is None:
+        assert got is None and want is None, what
+        return
+    for k in want:
+        close(got[k], want[k].detach().numpy(), f"{what} {k}")
+
+
+@pytest.mark.parametrize("library", ["kfac-pytorch", "eigendamage-pytorch"])
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("lossname", LOSSES)
+@pytest.mark.parametrize("curvature", ["mc_fisher", "empirical_fisher"])
+def test_kfac_pytorch_and_eigendamage_presets(library, arch, lossname, curvature):
+    args, tm, lf = setup(arch, lossname)
+    targets, kw = observed_or_drawn(args, curvature)
+    ref = batch_averaged_factors(tm, lf, args[2], targets)
+    got = rp.express_kfac(*args, library, curvature=curvature, **kw)
+    assert len(got) == len(ref)
+    for i, (g, r) in enumerate(zip(got, ref)):
+        assert set(g) == {"A", "G"}
+        tensors_close(g, r, f"{library} layer {i}")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("lossname", LOSSES)
+@pytest.mark.parametrize("curvature", ["mc_fisher", "empirical_fisher"])
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_acktr_preset(arch, lossname, curvature, approx):
+    args, tm, lf = setup(arch, lossname)
+    targets, kw = observed_or_drawn(args, curvature)
+    ref = batch_averaged_factors(tm, lf, args[2], targets, split_bias=True, fast_cnn=approx == "reduce")
+    got = rp.express_kfac(*args, "acktr", curvature=curvature, approx=approx, **kw)
+    assert len(got) == len(ref)
+    for i, (g, r) in enumerate(zip(got, ref)):
+        tensors_close(g["weight"], r["weight"], f"acktr layer {i} weight")
+        tensors_close(g["bias"], r["bias"], f"acktr layer {i} bias")
+
+
+def test_batch_averaged_presets_differ_from_refprune_by_n_r_and_t():
+    """On a sum loss the N of the assumed mean remains: the conv factor G is N T times
+    refprune's S, A is refprune's A over T (a check that the presets are not refprune's
+    factors under another name)."""
+    args, _, _ = setup("conv-tanh-avgpool", "ce-sum")
+    n, T = len(args[2]), 16
+    blocks = rp.kfac(*args).blocks
+    got = rp.express_kfac(*args, "kfac-pytorch")
+    close(got[0]["G"], n * T * blocks[0].S, "G = N T S")
+    close(got[0]["A"], blocks[0].A / T, "A = A / T")

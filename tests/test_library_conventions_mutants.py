@@ -207,8 +207,8 @@ def test_asdl(lossname, curvature):
 def test_curvlinops_only_options_refused(library, kw):
     with pytest.raises(ValueError) as e:
         rp.express_kfac(*problem(), library, **kw)
-    assert str(e.value) == (f"express_kfac: {library} has one convention; approx= and bias= apply to "
-                            f"curvlinops only")
+    assert str(e.value) == (f"express_kfac: {library} has one convention; approx= applies to curvlinops and "
+                            "acktr, bias= to curvlinops only")
 
 
 @pytest.mark.parametrize("library", ["backpack", "nngeometry", "asdl"])
@@ -230,7 +230,7 @@ def test_unknown_library_refused():
     with pytest.raises(ValueError) as e:
         rp.express_kfac(*problem(), "laplace")
     assert str(e.value) == ("express_kfac: library must be one of ('curvlinops', 'backpack', 'nngeometry', "
-                            "'asdl'), got 'laplace'")
+                            "'asdl', 'kfac-pytorch', 'eigendamage-pytorch', 'acktr'), got 'laplace'")
 
 
 def test_inputs_validated():

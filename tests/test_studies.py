@@ -21,17 +21,128 @@ import obd_digits  # noqa: E402
 import xor  # noqa: E402
 
 
-def test_xor_minimum_and_first_removals():
-    model, res = next((m, r) for m, r in map(xor.trained, range(20)) if r.at_minimum and xor.solves(m, r.params))
-    assert res.grad_norm < 1e-8 and res.min_eigenvalue > 0
-    out = xor.first_removals(model, res.params)
+def _xor_minimum():
+    return next((m, r) for m, r in map(xor.trained, range(20)) if r.at_minimum and xor.solves(m, r.params))
+
+
+def test_xor_removals_against_independent_quantities():
+    model, res = _xor_minimum()
+    assert res.grad_norm <= res.grad_tol and res.min_eigenvalue > res.eig_tol
     theta = rp.flatten_params(res.params)
-    assert out["magnitude"]["q"] == int(np.argmin(np.abs(theta)))  # biases count as weights
-    s = rp.saliencies(model, res.params, xor.X, xor.Y, xor.LOSS, method="obs", curvature="hessian",
-                      weight_decay=xor.WEIGHT_DECAY, include_bias=True)
-    assert out["OBS"]["q"] == int(np.argmin(s))
-    assert out["OBS"]["predicted"] == pytest.approx(s.min(), rel=1e-10)
-    assert out["OBS"]["solves"]
+    out = xor.removals(model, theta)
+    # the objective's Hessian against central differences of its gradient
+    g = lambda t: rp.grad(model, rp.unflatten_params(model, t), xor.X, xor.Y, xor.LOSS) + xor.WEIGHT_DECAY * t
+    h = 1e-5
+    H_fd = np.column_stack([(g(theta + h * e) - g(theta - h * e)) / (2 * h) for e in np.eye(9)])
+    assert np.allclose(out["H"], H_fd, rtol=1e-6, atol=1e-8)
+    Hinv = np.linalg.inv(H_fd)
+    assert np.array_equal(out["scores"]["magnitude"], np.abs(theta))  # biases count as weights
+    assert np.allclose(out["scores"]["OBS"], theta ** 2 / (2 * np.diag(Hinv)), rtol=1e-6)
+    assert np.allclose(out["scores"]["OBD"], theta ** 2 * np.diag(H_fd) / 2, rtol=1e-6)
+    base = xor.objective(model, theta)
+    for q in range(9):
+        obs = rp.OBS(np.linalg.inv(out["H"]), theta)  # the library's sequential OBS: another code path
+        s = obs.remove([q])
+        assert np.allclose(out["OBS update"]["points"][q], obs.w, rtol=1e-10, atol=1e-12)
+        assert out["OBS update"]["predicted"][q] == pytest.approx(s, rel=1e-10)
+        for u in xor.UPDATES:
+            p = out[u]["points"][q]
+            assert p[q] == 0.0
+            if u == "zeroed":
+                assert np.array_equal(np.delete(p, q), np.delete(theta, q))
+            d = p - theta  # the quadratic model's increase, 0.5 d^T H d (the gradient vanishes)
+            assert out[u]["predicted"][q] == pytest.approx(0.5 * d @ out["H"] @ d, rel=1e-8)
+            assert out[u]["actual"][q] == pytest.approx(
+                float(np.sum((model(rp.unflatten_params(model, p), xor.X) - xor.Y) ** 2))
+                + 0.5 * xor.WEIGHT_DECAY * p @ p - base, rel=1e-10)
+    assert out["OBS update"]["solves"][int(np.argmin(out["scores"]["OBS"]))]
+
+
+def test_xor_symmetries_leave_the_objective_and_sign_flips_the_function():
+    model = xor.network()
+    rng = np.random.default_rng(5)
+    theta = 3 * rng.standard_normal(9)
+    f = lambda t, X=xor.X: model(rp.unflatten_params(model, t), X)
+    for name, perm in xor.SYMMETRIES.items():
+        assert xor.objective(model, theta[perm]) == pytest.approx(xor.objective(model, theta), rel=1e-13), name
+    assert np.allclose(f(theta[xor.HIDDEN_SWAP]), f(theta))  # the same network function
+    assert np.allclose(f(theta[xor.INPUT_SWAP]), f(theta, xor.X[:, ::-1]))  # the inputs exchanged
+    for j in (0, 1):
+        flipped = xor.sign_flip(theta, j)
+        assert np.allclose(f(flipped), f(theta), rtol=1e-13, atol=1e-15)
+        assert not np.isclose(flipped @ flipped, theta @ theta)  # weight decay is not invariant
+    # a minimum and its symmetric images form one class; a different point another
+    starts = [dict(res=type("R", (), dict(at_minimum=True, objective=1.0))(), theta=t, solves=True)
+              for t in (theta, theta[xor.HIDDEN_SWAP], theta[xor.SYMMETRIES["hidden and input swap"]], theta + 1.0)]
+    found = xor.classes(starts)
+    assert sorted(len(c["members"]) for c in found) == [1, 3]
+
+
+def test_xor_ties_go_to_the_lowest_index():
+    q, tied = xor.choose([3.0, 1.0, 1.0 + 1e-9, 2.0])
+    assert q == 1 and tied.tolist() == [1, 2]
+    q, tied = xor.choose([3.0, 1.0, 1.0 + 1e-3, 0.5 + 1e-8, 0.5])
+    assert q == 3 and tied.tolist() == [3, 4]
+    assert xor.choose([2.0, 1.0])[1].tolist() == [1]
+
+
+def _run(args, env_threads="2", cwd=None):
+    import subprocess
+
+    root = os.path.join(os.path.dirname(__file__), os.pardir)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(root), OPENBLAS_NUM_THREADS=env_threads,
+               OMP_NUM_THREADS=env_threads, MKL_NUM_THREADS=env_threads)
+    return subprocess.run([sys.executable] + args, cwd=cwd or root, env=env, capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.parametrize("numpy_first", [False, True])
+def test_report_pins_one_blas_thread(numpy_first):
+    pytest.importorskip("threadpoolctl")
+    code = ("import sys; sys.path.insert(0, 'validation'); " + ("import numpy; " if numpy_first else "")
+            + "import report, numpy; from threadpoolctl import threadpool_info; "
+            "print(report.PINNED, sorted({i['num_threads'] for i in threadpool_info()}))")
+    assert _run(["-c", code]).split() == ["threadpoolctl" if numpy_first else "environment", "[1]"]
+
+
+def test_xor_quick_mode_writes_its_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    _run(["validation/xor.py", "--quick", "--out", str(tmp_path)])
+    import report
+
+    text = (tmp_path / "xor.md").read_text()
+    assert (tmp_path / "xor.png").exists() and "smoke run" in text.splitlines()[0]
+    row = report.read_readme_row(tmp_path / "xor.md")
+    assert row["study"] == xor.PAPER and f"of {xor.QUICK_SEEDS} starts are certified minima" in row["reproduced"]
+
+
+def test_readme_table_is_generated_from_the_reports():
+    import readme_table
+
+    with open(readme_table.README, encoding="utf-8") as fh:
+        text = fh.read()
+    assert readme_table.replace(text, readme_table.render(readme_table.rows())) == text, \
+        "README.md's reproduction table is stale: python validation/readme_table.py"
+    with pytest.raises(ValueError, match="marker"):
+        readme_table.replace("no table here", [])
+
+
+def test_readme_row_round_trip_and_verdicts(tmp_path):
+    import readme_table
+    import report
+
+    line = report.readme_row("a | study", "`cmd`", "x", "")
+    (tmp_path / "r.md").write_text("# title\n\n" + line + "\n")
+    row = report.read_readme_row(tmp_path / "r.md")
+    assert row == {"study": "a | study", "command": "`cmd`", "reproduced": "x", "not reproduced": "—"}
+    assert readme_table.render([tuple(row[f] for f in report.ROW_FIELDS)])[2].startswith("| a \\| study |")
+    with pytest.raises(ValueError, match="one line"):
+        report.readme_row("s", "c", "two\nlines", "")
+    v = report.verdict("weights left", 12.7, 14, report.within(2))
+    assert v.holds and "12.7 here against 14 in the paper" in v.sentence and v.sentence.endswith("; reproduces.")
+    assert not report.verdict("weights left", 18.3, 4, report.within(2)).holds
+    assert report.verdict("n", 3, 4, report.below_paper()).holds
+    assert not report.verdict("who", ("a", "b"), ("b",), report.equal_to_paper()).holds
 
 
 def test_monks_instances_and_rules_against_loops():

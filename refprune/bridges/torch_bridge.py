@@ -1,8 +1,11 @@
 """Bridges to PyTorch (needs ``torch``, any recent version; refprune never installs it).
 
 * :func:`from_torch`: a ``torch.nn.Sequential`` (or a state dict plus the refprune or
-  torch model it belongs to, its entries matched by name) as ``(model, params)``; every
-  option refprune does not model, and complex or tied parameters, are refused by name.
+  torch model it belongs to, its entries matched by name) as ``(model, params)``, and
+  with ``loss=`` the torch criterion as refprune's loss; ``Identity`` and
+  evaluation-mode ``Dropout`` are left out and ``torch.compile``'s wrapper unwrapped;
+  every option refprune does not model, and complex or tied parameters, are refused by
+  name, the module named as torch names it (``"1.1"``).
 * :func:`to_torch`: the ``torch.nn.Sequential`` equal to ``(model, params)``, float64.
 
 Both keep PyTorch's parameter layout (``docs/conventions.md`` §1), so
@@ -14,6 +17,7 @@ import numpy as np
 
 from .. import nn
 from ..checks import check_params, real_array, validate
+from ..nn.losses import Loss
 
 
 def _torch():
@@ -66,80 +70,100 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def _refuse(i, module, option, why):
-    raise ValueError(f"from_torch: layer {i} ({module!r}): {option} is not modelled by refprune ({why})")
+def _refuse(name, module, option, why):
+    """Refuse ``option`` of the module torch names ``name`` (``"1.1"`` in a nested
+    ``Sequential``: the name in ``named_modules()`` and in the state dict's keys)."""
+    raise ValueError(f"from_torch: layer {name} ({module!r}): {option} is not modelled by refprune ({why})")
 
 
-def _conv(i, m):
+def _conv(name, m):
     if tuple(_pair(m.dilation)) != (1, 1):
-        _refuse(i, m, f"dilation={m.dilation}", "only dilation 1")
+        _refuse(name, m, f"dilation={m.dilation}", "only dilation 1")
     if m.groups != 1:
-        _refuse(i, m, f"groups={m.groups}", "only groups=1")
+        _refuse(name, m, f"groups={m.groups}", "only groups=1")
     if m.padding_mode != "zeros":
-        _refuse(i, m, f"padding_mode={m.padding_mode!r}", "only zero padding")
+        _refuse(name, m, f"padding_mode={m.padding_mode!r}", "only zero padding")
     padding = m.padding
     if isinstance(padding, str):
         if padding != "valid":
-            _refuse(i, m, f"padding={padding!r}", "give the padding as numbers")
+            _refuse(name, m, f"padding={padding!r}", "give the padding as numbers")
         padding = (0, 0)
     if getattr(m, "output_padding", (0, 0)) not in ((0, 0), 0) or getattr(m, "transposed", False):
-        _refuse(i, m, "a transposed convolution", "only Conv2d")
+        _refuse(name, m, "a transposed convolution", "only Conv2d")
     return nn.Conv2d(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(_pair(m.stride)),
                      padding=tuple(_pair(padding)), bias=m.bias is not None)
 
 
-def _pool(i, m, cls):
+def _pool(name, m, cls):
     k = _pair(m.kernel_size)
     if k[0] != k[1]:
-        _refuse(i, m, f"kernel_size={m.kernel_size}", "only square pooling windows")
+        _refuse(name, m, f"kernel_size={m.kernel_size}", "only square pooling windows")
     stride = k if m.stride is None else _pair(m.stride)
     if tuple(stride) != tuple(k):
-        _refuse(i, m, f"stride={m.stride}", "pooling stride must equal the kernel size")
+        _refuse(name, m, f"stride={m.stride}", "pooling stride must equal the kernel size")
     if tuple(_pair(m.padding)) != (0, 0):
-        _refuse(i, m, f"padding={m.padding}", "no padding in pooling")
+        _refuse(name, m, f"padding={m.padding}", "no padding in pooling")
     if m.ceil_mode:
-        _refuse(i, m, "ceil_mode=True", "windows are floored, as PyTorch's default")
+        _refuse(name, m, "ceil_mode=True", "windows are floored, as PyTorch's default")
     if cls is nn.MaxPool2d:
         if tuple(_pair(m.dilation)) != (1, 1):
-            _refuse(i, m, f"dilation={m.dilation}", "only dilation 1")
+            _refuse(name, m, f"dilation={m.dilation}", "only dilation 1")
         if m.return_indices:
-            _refuse(i, m, "return_indices=True", "a layer returns one array")
+            _refuse(name, m, "return_indices=True", "a layer returns one array")
     elif getattr(m, "divisor_override", None) is not None:
-        _refuse(i, m, f"divisor_override={m.divisor_override}", "the mean over the window")
+        _refuse(name, m, f"divisor_override={m.divisor_override}", "the mean over the window")
     return cls(int(k[0]))
 
 
-def _layer_of(i, m, torch):
+def _layer_of(name, m, torch):
+    """refprune's layer for the torch module named ``name`` (``None`` for a module that
+    is the identity: ``Identity``, and ``Dropout`` in evaluation mode)."""
     tnn = torch.nn
     t = type(m)
     if t is tnn.Linear:
         return nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
     if t is tnn.Conv2d:
-        return _conv(i, m)
+        return _conv(name, m)
     if t in (tnn.ReLU, tnn.Tanh, tnn.Sigmoid):
         return {tnn.ReLU: nn.ReLU, tnn.Tanh: nn.Tanh, tnn.Sigmoid: nn.Sigmoid}[t]()
     if t is tnn.Softplus:
         if m.beta != 1:
-            _refuse(i, m, f"beta={m.beta}", "only beta=1")
+            _refuse(name, m, f"beta={m.beta}", "only beta=1")
         # PyTorch switches to the identity above `threshold` (a change below e^-threshold);
         # refprune computes log(1 + e^z) everywhere (docs/conventions.md §1)
         return nn.Softplus()
     if t is tnn.AvgPool2d:
-        return _pool(i, m, nn.AvgPool2d)
+        return _pool(name, m, nn.AvgPool2d)
     if t is tnn.MaxPool2d:
-        return _pool(i, m, nn.MaxPool2d)
+        return _pool(name, m, nn.MaxPool2d)
     if t is tnn.Flatten:
         if m.start_dim != 1 or m.end_dim != -1:
-            _refuse(i, m, f"start_dim={m.start_dim}, end_dim={m.end_dim}", "Flatten keeps the batch axis only")
+            _refuse(name, m, f"start_dim={m.start_dim}, end_dim={m.end_dim}", "Flatten keeps the batch axis only")
         return nn.Flatten()
-    if isinstance(m, tnn.modules.batchnorm._BatchNorm):
-        _refuse(i, m, "BatchNorm", "fold it into the preceding Linear/Conv2d before converting")
+    if t is tnn.Identity:
+        return None
     if isinstance(m, tnn.modules.dropout._DropoutNd):
-        _refuse(i, m, "Dropout", "it is the identity in evaluation mode: leave it out of the Sequential")
+        # every dropout module (Dropout, Dropout1d/2d/3d, AlphaDropout) returns its input
+        # unchanged in evaluation mode, and so does p = 0; in training mode it multiplies
+        # by a random mask, a function refprune's deterministic quantities do not have
+        if m.training and m.p > 0:
+            _refuse(name, m, f"{type(m).__name__} in training mode",
+                    "it zeroes random entries; in evaluation mode (call .eval() on the network) it is the identity "
+                    "and from_torch leaves it out")
+        return None
+    if isinstance(m, tnn.modules.batchnorm._BatchNorm):
+        _refuse(name, m, "BatchNorm", "fold it into the preceding Linear/Conv2d before converting")
     raise ValueError(
-        f"from_torch: layer {i} ({type(m).__name__}) is not a module refprune models; supported: Linear, Conv2d, "
-        "ReLU, Tanh, Sigmoid, Softplus, AvgPool2d, MaxPool2d, Flatten (custom modules are refused)"
+        f"from_torch: layer {name} ({type(m).__name__}) is not a module refprune models; supported: Linear, Conv2d, "
+        "ReLU, Tanh, Sigmoid, Softplus, AvgPool2d, MaxPool2d, Flatten, and Identity and Dropout in evaluation mode "
+        "(left out); custom modules are refused"
     )
+
+
+def _is_compiled(module):
+    """Whether ``module`` is the wrapper ``torch.compile`` returns (``OptimizedModule``):
+    it computes what the module it holds as ``_orig_mod`` computes, with its parameters."""
+    return type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")
 
 
 def _flat_modules(seq, torch, prefix="", seen=None):
@@ -153,6 +177,8 @@ def _flat_modules(seq, torch, prefix="", seen=None):
     out = []
     for name, m in seq._modules.items():
         full = f"{prefix}{name}"
+        if _is_compiled(m):  # torch names its parameters "<name>._orig_mod.weight"
+            m, full = m._orig_mod, f"{full}._orig_mod"
         if isinstance(m, torch.nn.Sequential):
             out.extend(_flat_modules(m, torch, full + ".", seen))
             continue
@@ -188,18 +214,27 @@ def _array(t, name, torch):
     return arr
 
 
-def _model_of(module, torch):
+def _model_of(module, torch, prefix=""):
     """``(refprune model, [(parameter name, layer index, part)], [(name, module)])`` of a
-    torch Sequential; the parameter names are the module's state-dict keys."""
+    torch Sequential (or a compiled one); the parameter names are the module's
+    state-dict keys after ``prefix``, and the ``name`` of refprune's layer ``i`` is
+    ``mods[i][0]``.  ``Identity`` and evaluation-mode ``Dropout`` are left out."""
     if not isinstance(module, torch.nn.Sequential):
         raise ValueError(f"from_torch: expected a torch.nn.Sequential, got {type(module).__name__} "
                          "(custom modules are refused: write the network as a Sequential)")
-    mods = _flat_modules(module, torch)
-    model = nn.Sequential(*[_layer_of(i, m, torch) for i, (_, m) in enumerate(mods)])
+    mods, layers = [], []
+    for name, m in _flat_modules(module, torch, prefix):
+        layer = _layer_of(name, m, torch)
+        if layer is not None:
+            mods.append((name, m))
+            layers.append(layer)
+    if not layers:
+        raise ValueError("from_torch: the network has no layer refprune models (only Identity or Dropout)")
+    model = nn.Sequential(*layers)
     names = []
-    for i, ((prefix, m), layer) in enumerate(zip(mods, model)):
+    for i, ((name, m), layer) in enumerate(zip(mods, model)):
         if isinstance(layer, nn.AffineLayer):
-            names += [(f"{prefix}.weight", i, "weight")] + ([(f"{prefix}.bias", i, "bias")] if layer.bias else [])
+            names += [(f"{name}.weight", i, "weight")] + ([(f"{name}.bias", i, "bias")] if layer.bias else [])
     return model, names, mods
 
 
@@ -213,10 +248,12 @@ def _refprune_names(model):
     return names
 
 
-def _from_state_dict(state, model, names, torch, refprune_model=False):
+def _from_state_dict(state, model, names, torch, refprune_model=False, labels=None):
     """Parameters of ``model`` looked up in ``state`` by name (never by position: two
     layers of equal shape would be swapped silently); every missing, unexpected or
-    misshapen key is named in one error."""
+    misshapen key is named in one error, its layer by ``labels[i]`` (torch's dotted
+    module name; refprune's index ``i`` for a refprune model)."""
+    labels = labels or {}
     bad_keys = [k for k in state if not isinstance(k, str)]
     if bad_keys:
         raise TypeError(f"from_torch: state dict keys must be strings such as '0.weight', got {bad_keys[0]!r}")
@@ -229,7 +266,8 @@ def _from_state_dict(state, model, names, torch, refprune_model=False):
     missing = [n for n in expected if n not in state]
     extra = [k for k in state if k not in expected]
     if missing:
-        problems.append("missing " + ", ".join(f"{n!r} (layer {expected[n][0]} {model[expected[n][0]]!r} "
+        problems.append("missing " + ", ".join(f"{n!r} (layer {labels.get(expected[n][0], expected[n][0])} "
+                                                f"{model[expected[n][0]]!r} "
                                                 f"{expected[n][1]})" for n in missing))
     if extra:
         note = ""
@@ -250,7 +288,7 @@ def _from_state_dict(state, model, names, torch, refprune_model=False):
                 i, part = expected[n]
                 fits = [m for m in expected if m != n and shapes[m] == a.shape]
                 where = f"; that is the shape of {fits}: misplaced?" if fits else ""
-                problems.append(f"{n!r} has shape {a.shape}, layer {i} {model[i]!r} expects {shapes[n]} for its "
+                problems.append(f"{n!r} has shape {a.shape}, layer {labels.get(i, i)} {model[i]!r} expects {shapes[n]} for its "
                                 f"{part}{where}")
             arrays[n] = a
     if problems:
@@ -260,39 +298,113 @@ def _from_state_dict(state, model, names, torch, refprune_model=False):
     return model, check_params(model, [arrays[n] for n, _, _ in names])
 
 
-def from_torch(module, model=None):
-    """A PyTorch network as refprune's ``(model, params)``.
+_REDUCTIONS = ("mean", "sum")
+
+
+def _loss_of(tloss, torch):
+    """refprune's loss for a torch loss module, with its reduction; every option refprune
+    does not implement is refused by name (a weighted, smoothed or unreduced loss is
+    another function, and converting it without the option would be a silent wrong
+    answer)."""
+    if isinstance(tloss, Loss):
+        return tloss
+    tnn = torch.nn
+    name = type(tloss).__name__
+    where = f"from_torch: loss {name}"
+
+    def refuse(option, why):
+        raise ValueError(f"{where}: {option} is not implemented by refprune ({why})")
+
+    if type(tloss) not in (tnn.CrossEntropyLoss, tnn.MSELoss, tnn.BCEWithLogitsLoss):
+        hint = ""
+        if isinstance(tloss, tnn.NLLLoss):
+            hint = "; for log_softmax followed by NLLLoss, end the network with the logits and use CrossEntropyLoss"
+        elif isinstance(tloss, tnn.BCELoss):
+            hint = "; for sigmoid followed by BCELoss, end the network with the logits and use BCEWithLogitsLoss"
+        known = "CrossEntropyLoss, MSELoss" + (", BCEWithLogitsLoss" if hasattr(nn, "BCEWithLogitsLoss") else "")
+        if isinstance(tloss, type):
+            kind, hint = f"the class {tloss.__module__}.{tloss.__qualname__}", f": pass an instance, {tloss.__name__}()"
+        elif isinstance(tloss, tnn.Module):
+            kind = f"{type(tloss).__module__}.{type(tloss).__qualname__}"
+        else:
+            kind = f"a {name}"
+        raise TypeError(f"from_torch: loss must be a torch loss module refprune implements ({known}, "
+                        f"torch.nn's classes exactly, or a refprune loss), got {kind}{hint}")
+    if tloss.reduction not in _REDUCTIONS:
+        refuse(f"reduction={tloss.reduction!r}", "the loss is one number: reduction 'mean' or 'sum'")
+    if getattr(tloss, "weight", None) is not None:
+        refuse("weight=", "every sample and class weighs 1")
+    if type(tloss) is tnn.CrossEntropyLoss:
+        # a negative ignore_index (torch's default is -100) never equals a label in [0, C),
+        # which refprune requires, so it changes nothing
+        if tloss.ignore_index >= 0:
+            refuse(f"ignore_index={tloss.ignore_index}", "a label in [0, C) would be left out of the loss; "
+                   "refprune counts every sample (a negative ignore_index never matches a label and is accepted)")
+        if tloss.label_smoothing != 0:
+            refuse(f"label_smoothing={tloss.label_smoothing}", "the targets are the labels themselves")
+        return nn.CrossEntropyLoss(tloss.reduction)
+    if type(tloss) is tnn.MSELoss:
+        return nn.MSELoss(tloss.reduction)
+    if tloss.pos_weight is not None:
+        refuse("pos_weight=", "positive and negative targets weigh 1")
+    bce = getattr(nn, "BCEWithLogitsLoss", None)
+    if bce is None:
+        raise TypeError(f"{where}: this refprune has no BCEWithLogitsLoss (losses: CrossEntropyLoss, MSELoss)")
+    return bce(tloss.reduction)
+
+
+def from_torch(module, model=None, loss=None):
+    """A PyTorch network as refprune's ``(model, params)``, and with ``loss=`` its loss:
+    ``(model, params, loss)``.
 
     Parameters
     ----------
     module : torch.nn.Sequential or state dict
-        A ``Sequential`` (nested ones are flattened) of Linear, Conv2d, ReLU, Tanh,
-        Sigmoid, Softplus, AvgPool2d, MaxPool2d and Flatten; or a state dict (name to
-        tensor or array), together with ``model``.
+        A ``Sequential`` (nested ones are flattened; ``torch.compile``'s wrapper is
+        unwrapped) of Linear, Conv2d, ReLU, Tanh, Sigmoid, Softplus, AvgPool2d,
+        MaxPool2d and Flatten; ``Identity``, and ``Dropout`` (``Dropout1d``/``2d``/
+        ``3d``, ``AlphaDropout``) in evaluation mode or with ``p=0``, are the identity
+        and left out.  Or a state dict (name to tensor or array), together with ``model``.
     model : refprune.Sequential or torch.nn.Sequential, optional
         With a state dict: the network whose parameters it holds.  Entries are matched
         by name, never by position: a refprune model's layer ``i`` has ``"i.weight"``
         and ``"i.bias"`` (the names :func:`to_torch` gives); a torch ``Sequential``'s
         parameters have the names torch gives them (``"0.0.weight"`` in a nested
         ``Sequential``, ``"fc.bias"`` for a named module), and its values are replaced
-        by the state dict's.
+        by the state dict's.  A compiled model's state dict (keys starting with
+        ``"_orig_mod."``) and its original's are both read.
+    loss : torch loss module, optional
+        ``torch.nn.CrossEntropyLoss`` or ``MSELoss`` (and ``BCEWithLogitsLoss`` where
+        refprune has it) with ``reduction="mean"`` or ``"sum"``, converted to refprune's
+        loss of the same semantics (``docs/conventions.md`` §2).  Refused by name:
+        ``weight=``, ``pos_weight=``, a non-negative ``ignore_index``,
+        ``label_smoothing``, ``reduction="none"``, and every other loss class.  It is an
+        argument of ``from_torch`` (not a function of its own) so that a training setup,
+        network and criterion, converts in one call, and the return value says by its
+        length what was converted.
 
     Returns
     -------
-    (refprune.Sequential, list of float64 arrays)
+    (refprune.Sequential, list of float64 arrays[, refprune loss])
         Parameters in PyTorch's order and shapes; float32 values are widened exactly.
 
     Raises
     ------
     ValueError
         For an option refprune does not model (dilation, groups, padding modes,
-        pooling stride other than the kernel, BatchNorm, Dropout, custom modules),
-        naming the layer and the option; for a state dict whose keys do not match the
-        model's, naming every missing, unexpected and misshapen key.
+        pooling stride other than the kernel, BatchNorm, Dropout in training mode,
+        custom modules, the loss options above), naming the layer by torch's dotted
+        module name (``"1.1"``, as in ``named_modules()``) and the option; for a state
+        dict whose keys do not match the model's, naming every missing, unexpected and
+        misshapen key.
     TypeError
-        For complex, boolean or non-numeric parameters (never truncated to floats).
+        For complex, boolean or non-numeric parameters (never truncated to floats), and
+        a loss that is not one of the torch loss modules above.
     """
     torch = _torch()
+    tloss = None if loss is None else _loss_of(loss, torch)
+    if _is_compiled(module):
+        module = module._orig_mod
     if isinstance(module, torch.nn.Module):
         if model is not None:
             raise ValueError("from_torch: pass either a torch module or a state dict with model=, not both")
@@ -304,18 +416,23 @@ def from_torch(module, model=None):
                 raise ValueError(f"from_torch: parameter {name} is the same tensor as {owner[id(t)]}: shared (tied) "
                                  "parameters are not modelled; give each layer its own parameters")
             owner[id(t)], values[name] = name, t
-        return _from_state_dict(values, model, names, torch)
-    if isinstance(module, dict):
+        out = _from_state_dict(values, model, names, torch)
+    elif isinstance(module, dict):
         if isinstance(model, torch.nn.Module):
-            model, names, _ = _model_of(model, torch)
+            if _is_compiled(model):
+                model = model._orig_mod
+                if module and all(isinstance(k, str) and k.startswith("_orig_mod.") for k in module):
+                    module = {k[len("_orig_mod."):]: v for k, v in module.items()}
+            model, names, mods = _model_of(model, torch)
+            out = _from_state_dict(module, model, names, torch, labels={i: n for i, (n, _) in enumerate(mods)})
         elif isinstance(model, nn.Sequential):
-            names = _refprune_names(model)
-            return _from_state_dict(module, model, names, torch, refprune_model=True)
+            out = _from_state_dict(module, model, _refprune_names(model), torch, refprune_model=True)
         else:
             raise TypeError("from_torch: a state dict needs model=, the refprune Sequential or the "
                             f"torch.nn.Sequential it belongs to, got {type(model).__name__}")
-        return _from_state_dict(module, model, names, torch)
-    raise TypeError(f"from_torch: expected a torch.nn.Sequential or a state dict, got {type(module).__name__}")
+    else:
+        raise TypeError(f"from_torch: expected a torch.nn.Sequential or a state dict, got {type(module).__name__}")
+    return out if tloss is None else (*out, tloss)
 
 
 def torch_loss(loss):

@@ -7,6 +7,13 @@ runs every callable on every case, compares with refprune under the conventions 
 ``docs/conventions.md`` and returns a :class:`Report`: per quantity the largest relative
 error, pass or fail at the stated tolerance and, for a failure, the smallest case that
 shows it, the conventions it was compared under and what the difference looks like.
+
+Every quantity is a row of :data:`QUANTITIES`, ``name: (reference(case, options),
+conventions, defaults)``; the pruning quantities come from
+:mod:`refprune.conformance.pruning_quantities`, and a module of further quantities adds
+its own table with one ``QUANTITIES.update(...)``.  An adapter chooses a quantity's
+variant with ``Adapter(options={name: {...}})``, checked against the quantity's
+``defaults`` and the options table (``refprune.options.TABLE["Adapter options"]``).
 """
 
 import time
@@ -17,11 +24,16 @@ import numpy as np
 from .. import derivatives as _d
 from ..curvature import diagonal as _diag
 from ..curvature import exact as _c
-from ..curvature.ekfac import ekfac
+from .. import options as _options
 from ..curvature.kronecker import check_kfac_options, kfac
+from ..curvature.layout import blocks_to_flat
 from ..params import flatten_params
 from ..scalars import is_number
-from .diagnosis import constant_factor, diagnose, real_array, relative_error
+from . import neighbours as _neighbours
+from .diagnosis import compare_pairs, constant_factor, diagnose, real_array, relative_error
+from .optimizer_quantities import OPTIMIZER_NEIGHBOURS, OPTIMIZER_QUANTITIES, optimizer_options
+from .pruning_quantities import (EKFAC_NOT_UNIQUE, PRUNING_QUANTITIES, Grouped, NotCompared, checked_ekfac,  # noqa: F401
+                                 clusters, ekfac_is_well_defined, exact_curvature, monte_carlo)
 from .zoo import Case, zoo
 
 _PARAMS = "theta in PyTorch order (weight.ravel() then bias, layer by layer; docs/conventions.md §1)"
@@ -36,7 +48,7 @@ def _obs(case):
     return np.linalg.inv(G + case.obs_damping * np.eye(len(G)))
 
 
-def _obs_update(case):
+def _obs_update(case, options):
     Hinv = _obs(case)
     q = case.obs_index
     return -(case.theta[q] / Hinv[q, q]) * Hinv[:, q]
@@ -45,106 +57,80 @@ def _obs_update(case):
 def _kfac_kw(case, options):
     """K-FAC's options; with ``curvature="mc_fisher"`` the case's sampled targets, so
     that the adapter can replay them (``case.targets``)."""
-    return dict(options, targets=case.targets) if options["curvature"] == "mc_fisher" else dict(options)
+    return dict(options, **monte_carlo(case, options))
 
 
-def _clusters(w, tol):
-    """Index groups of the sorted eigenvalues ``w`` closer than ``tol`` to a neighbour."""
-    groups, cur = [], [0]
-    for i in range(1, len(w)):
-        if w[i] - w[i - 1] <= tol:
-            cur.append(i)
-        else:
-            groups.append(cur)
-            cur = [i]
-    return groups + [cur]
+_clusters = clusters
+_ekfac_curvature = exact_curvature
 
 
-def ekfac_is_well_defined(op, F, rtol=1e-9, gap=1e-6):
-    """Whether the dense EKFAC matrix of ``op`` does not depend on which eigenvectors
-    ``numpy.linalg.eigh`` picks for K-FAC's factors.
-
-    Within an eigenspace ``E`` of ``S`` (or ``A``) of dimension > 1 any orthonormal basis
-    is as good, and EKFAC's eigenvalues ``diag(U^T F_l U)`` (George et al. 2018, eq. 10)
-    on ``E_S kron E_A`` are independent of that choice only when ``F_l`` compressed to
-    ``E_S kron E_A`` is a multiple of the identity.  ``F`` is the exact curvature matrix
-    the EKFAC approximates (its layer blocks are the ``F_l``); eigenvalues closer than
-    ``gap`` times the largest are taken as one eigenspace.  Such an EKFAC changes with
-    the BLAS kernels (by up to 27 % on the zoo's convolutional 'reduce' cases, where
-    ``A`` is singular and ``F_l`` is not zero on its null space), so it is left out of
-    the fixtures."""
-    for blk in op.blocks:
-        lay = blk.layout
-        s, US, a, UA = blk.kron.eigh()
-        Fl = F[lay.offset : lay.offset + lay.size, lay.offset : lay.offset + lay.size]
-        tol = rtol * max(float(np.abs(Fl).max()), 1e-300)
-        for cs in _clusters(s, gap * max(float(np.abs(s).max()), 1e-300)):
-            for ca in _clusters(a, gap * max(float(np.abs(a).max()), 1e-300)):
-                if len(cs) * len(ca) == 1:
-                    continue
-                M = np.einsum("ci,pj->ijcp", US[:, cs], UA[:, ca]).reshape(-1, lay.c, lay.p)
-                B = lay.from_matrix(M)  # the basis vectors of E_S kron E_A, in flat order
-                C = B.T @ Fl @ B
-                if np.abs(C - np.mean(np.diag(C)) * np.eye(len(C))).max() > tol:
-                    return False
-    return True
+def _kfac_dense(case, options):
+    """The K-FAC matrix in theta order, assembled from its ``(S, A)`` pairs by the public
+    layout helper (and so a check of ``KFAC.to_dense`` in the self-check)."""
+    return blocks_to_flat(case.model, kfac(*case.args(), **_kfac_kw(case, options)).factors(), options["bias"])
 
 
-EKFAC_NOT_UNIQUE = ("not uniquely defined: K-FAC's factors have a repeated eigenvalue and the curvature compressed "
-                    "to that eigenspace is not a multiple of the identity, so EKFAC depends on the eigenvectors "
-                    "chosen (and on the BLAS)")
+def _no_options(fn):
+    """A reference of a quantity without options: ``fn(case)`` as ``reference(case, options)``
+    (``options`` may be left out)."""
+    return lambda case, options=None: fn(case)
 
 
-def _ekfac_curvature(case, options):
-    """The exact curvature matrix an EKFAC with these options approximates."""
-    curv = options["curvature"]
-    if curv == "ggn":
-        return _c.ggn(*case.args())
-    return _c.fisher(*case.args(), curvature=curv, **({"targets": case.targets} if curv == "mc_fisher" else {}))
+_KFAC_DEFAULTS = dict(curvature="ggn", approx="expand", bias="fold")
 
-
-#: ``name: (refprune's computation, conventions it is compared under)``
+#: ``name: (reference(case, options), conventions, defaults)``: refprune's computation, the
+#: conventions it is compared under, and the options the quantity takes with their
+#: defaults (``{}``: none; an adapter sets them with ``Adapter(options={name: {...}})``).
+#: A module of further quantities adds its table in one line (``QUANTITIES.update(...)``).
 QUANTITIES = {
-    "loss": (lambda c: _d.loss(*c.args()), _LOSS),
-    "grad": (lambda c: _d.grad(*c.args()), f"dL/dtheta, {_PARAMS}"),
-    "per_sample_grads": (lambda c: _d.per_sample_grads(*c.args()),
-                         "(N, n), row n is R dl_n/dtheta so that rows sum to grad (docs/conventions.md §2)"),
-    "hvp": (lambda c: _d.hvp(*c.args(), c.v), "H v for v = case.v"),
-    "hessian": (lambda c: _c.hessian(*c.args()), f"d^2 L/dtheta^2, (n, n), {_PARAMS}"),
-    "ggn": (lambda c: _c.ggn(*c.args()), "R sum_n J_n^T Lambda_n J_n, Lambda = 2I for squared error, "
-                                         "diag(yhat) - yhat yhat^T for cross-entropy, diag(p (1 - p)), p = sigmoid(f), "
-                                         "for binary cross-entropy (docs/conventions.md §3)"),
-    "residual": (lambda c: _c.residual(*c.args()), "H - GGN"),
-    "fisher": (lambda c: _c.fisher(*c.args(), curvature="fisher"),
-               "true Fisher with the likelihoods of docs/conventions.md §3 (Gaussian variance 1/2, "
-               "Bernoulli for binary cross-entropy), = GGN"),
-    "mc_fisher": (lambda c: _c.fisher(*c.args(), curvature="mc_fisher", targets=c.targets),
-                  "R sum_n mean_s g_n(y_s) g_n(y_s)^T over the sampled targets case.targets"),
-    "empirical_fisher": (lambda c: _c.fisher(*c.args(), curvature="empirical_fisher"),
-                         "R sum_n g_n g_n^T at the observed targets (g_n = dl_n/dtheta, unscaled)"),
-    "hessian_diagonal": (lambda c: _diag.hessian_diagonal(*c.args()), "diag(H)"),
-    "ggn_diagonal": (lambda c: _diag.ggn_diagonal(*c.args()), "diag(GGN)"),
-    "empirical_fisher_diagonal": (lambda c: _diag.fisher_diagonal(*c.args(), curvature="empirical_fisher"),
-                                  "diag of the empirical Fisher"),
-    "mc_fisher_diagonal": (lambda c: _diag.fisher_diagonal(*c.args(), curvature="mc_fisher", targets=c.targets),
-                           "diag of the MC Fisher over case.targets"),
-    "kfac": (lambda c, o: kfac(*c.args(), **_kfac_kw(c, o)).to_dense(),
-             "the K-FAC matrix (n, n), block diagonal, S kron A per layer over [W | b] (docs/conventions.md §4), "
-             "options {kfac_options}"),
+    "loss": (_no_options(lambda c: _d.loss(*c.args())), _LOSS, {}),
+    "grad": (_no_options(lambda c: _d.grad(*c.args())), f"dL/dtheta, {_PARAMS}", {}),
+    "per_sample_grads": (_no_options(lambda c: _d.per_sample_grads(*c.args())),
+                         "(N, n), row n is R dl_n/dtheta so that rows sum to grad (docs/conventions.md §2)", {}),
+    "hvp": (_no_options(lambda c: _d.hvp(*c.args(), c.v)), "H v for v = case.v", {}),
+    "hessian": (_no_options(lambda c: _c.hessian(*c.args())), f"d^2 L/dtheta^2, (n, n), {_PARAMS}", {}),
+    "ggn": (_no_options(lambda c: _c.ggn(*c.args())),
+            "R sum_n J_n^T Lambda_n J_n, Lambda = 2I for squared error, diag(yhat) - yhat yhat^T for cross-entropy, "
+            "diag(p (1 - p)), p = sigmoid(f), for binary cross-entropy (docs/conventions.md §3)", {}),
+    "residual": (_no_options(lambda c: _c.residual(*c.args())), "H - GGN", {}),
+    "fisher": (_no_options(lambda c: _c.fisher(*c.args(), curvature="fisher")),
+               "true Fisher with the likelihoods of docs/conventions.md §3 (Gaussian variance 1/2, Bernoulli for "
+               "binary cross-entropy), = GGN", {}),
+    "mc_fisher": (_no_options(lambda c: _c.fisher(*c.args(), curvature="mc_fisher", targets=c.targets)),
+                  "R sum_n mean_s g_n(y_s) g_n(y_s)^T over the sampled targets case.targets", {}),
+    "empirical_fisher": (_no_options(lambda c: _c.fisher(*c.args(), curvature="empirical_fisher")),
+                         "R sum_n g_n g_n^T at the observed targets (g_n = dl_n/dtheta, unscaled)", {}),
+    "hessian_diagonal": (_no_options(lambda c: _diag.hessian_diagonal(*c.args())), "diag(H)", {}),
+    "ggn_diagonal": (_no_options(lambda c: _diag.ggn_diagonal(*c.args())), "diag(GGN)", {}),
+    "empirical_fisher_diagonal": (_no_options(lambda c: _diag.fisher_diagonal(*c.args(),
+                                                                              curvature="empirical_fisher")),
+                                  "diag of the empirical Fisher", {}),
+    "mc_fisher_diagonal": (_no_options(lambda c: _diag.fisher_diagonal(*c.args(), curvature="mc_fisher",
+                                                                       targets=c.targets)),
+                           "diag of the MC Fisher over case.targets", {}),
+    "kfac": (_kfac_dense, "the K-FAC matrix (n, n), block diagonal, S kron A per layer over [W | b] "
+                          "(docs/conventions.md §4)", dict(_KFAC_DEFAULTS)),
     "kfac_factors": (lambda c, o: [(b.S, b.A) for b in kfac(*c.args(), **_kfac_kw(c, o)).blocks],
-                     "[(S, A)] per layer, S = R sum g g^T, A = (1/(N T)) sum a a^T with the bias folded as a "
-                     "constant 1 (docs/conventions.md §4), options {kfac_options}"),
-    "ekfac": (lambda c, o: ekfac(*c.args(), **_kfac_kw(c, o)).to_dense(),
-              "EKFAC matrix (n, n): K-FAC's eigenbasis, eigenvalues re-estimated (docs/conventions.md §5), "
-              "options {kfac_options}"),
-    "obd_saliencies": (lambda c: flatten_params(c.params) ** 2 * _diag.hessian_diagonal(*c.args()) / 2,
-                       "theta_q^2 H_qq / 2 for every coordinate, exact Hessian diagonal (docs/conventions.md §7)"),
-    "obs_saliencies": (lambda c: c.theta**2 / (2 * np.diag(_obs(c))),
+                     "[(S, A)] per block, the (G, A) pairs other libraries store: S = R sum g g^T over the layer's "
+                     "outputs, A = (1/(N T)) sum a a^T over its inputs (docs/conventions.md §4); bias='fold': one "
+                     "pair per Linear/Conv2d, A over [inputs; 1]; bias='separate': per layer with a bias two "
+                     "pairs, (S, A_W) over the inputs then the bias block (S, [[1]])", dict(_KFAC_DEFAULTS)),
+    "ekfac": (lambda c, o: checked_ekfac(c, o).to_dense(),
+              "EKFAC matrix (n, n): K-FAC's eigenbasis, eigenvalues re-estimated (docs/conventions.md §5)",
+              dict(_KFAC_DEFAULTS)),
+    "obd_saliencies": (_no_options(lambda c: flatten_params(c.params) ** 2 * _diag.hessian_diagonal(*c.args()) / 2),
+                       "theta_q^2 H_qq / 2 for every coordinate, exact Hessian diagonal (docs/conventions.md §7)", {}),
+    "obs_saliencies": (_no_options(lambda c: c.theta**2 / (2 * np.diag(_obs(c)))),
                        "theta_q^2 / (2 [(G + lambda I)^-1]_qq) for every coordinate, lambda = case.obs_damping, G "
-                       "the GGN (docs/conventions.md §7)"),
+                       "the GGN (docs/conventions.md §7)", {}),
     "obs_update": (_obs_update, "the change of theta when case.obs_index is removed: "
-                                "-(theta_q / [H^-1]_qq) H^-1 e_q, H = GGN + case.obs_damping I"),
+                                "-(theta_q / [H^-1]_qq) H^-1 e_q, H = GGN + case.obs_damping I", {}),
 }
+QUANTITIES.update(PRUNING_QUANTITIES)
+QUANTITIES.update(OPTIMIZER_QUANTITIES)
+for _name, _fn in OPTIMIZER_NEIGHBOURS.items():  # their wrong variants, for the diagnosis of a failure
+    if _name not in _neighbours.NEIGHBOURS:
+        _neighbours.register(_name)(_fn)
 _KFAC_QUANTITIES = ("kfac", "kfac_factors", "ekfac")
 
 #: default relative tolerances; see docs/conventions.md §9 for how they were chosen
@@ -155,17 +141,25 @@ class Adapter:
     """Another implementation, one callable per quantity (any subset of :data:`QUANTITIES`).
 
     Each callable takes a :class:`~refprune.conformance.zoo.Case` and returns the
-    quantity for it.  ``kfac_options`` (a dict of ``curvature``, ``approx``, ``bias``) says
-    which K-FAC variant the ``kfac``, ``kfac_factors`` and ``ekfac`` callables compute
-    (``curvature="mc_fisher"``: over the sampled targets ``case.targets``); it is refused
-    for an adapter without these quantities.
+    quantity for it (a NumPy array, a CPU tensor or a JAX array; a list of them for the
+    per-layer quantities).
+
+    ``options`` says which variant a quantity computes: ``{name: {option: value}}``,
+    each option one of the quantity's (``QUANTITIES[name][2]`` lists them with their
+    defaults; ``refprune.options.describe("Adapter options")`` what each accepts).  An
+    option the quantity does not take is refused by name.  ``kfac_options`` (a dict of
+    ``curvature``, ``approx``, ``bias``) sets the same for every one of ``kfac``,
+    ``kfac_factors`` and ``ekfac`` the adapter has; it is refused for an adapter without
+    these quantities.  With ``curvature="mc_fisher"`` the reference uses the case's
+    sampled targets ``case.targets``: replay them.
 
     Example
     -------
     >>> Adapter(grad=lambda case: my_grad(case.torch()), hessian=my_hessian)  # doctest: +SKIP
+    >>> Adapter(kron_obs_saliencies=mine, options={"kron_obs_saliencies": {"shortcut": True}})  # doctest: +SKIP
     """
 
-    def __init__(self, kfac_options=None, **quantities):
+    def __init__(self, kfac_options=None, options=None, **quantities):
         unknown = sorted(set(quantities) - set(QUANTITIES))
         if unknown:
             raise ValueError(f"Adapter: unknown quantities {unknown}; known: {sorted(QUANTITIES)}")
@@ -175,20 +169,83 @@ class Adapter:
             if not callable(fn):
                 raise TypeError(f"Adapter: {name} must be a callable taking a Case, got {type(fn).__name__}")
         self.quantities = dict(quantities)
-        opts = dict(curvature="ggn", approx="expand", bias="fold")
+        kopts = dict(_KFAC_DEFAULTS)
         if kfac_options is not None:
             if not isinstance(kfac_options, dict):
-                raise TypeError(f"Adapter: kfac_options must be a dict with keys among {sorted(opts)}, got "
+                raise TypeError(f"Adapter: kfac_options must be a dict with keys among {sorted(kopts)}, got "
                                 f"{type(kfac_options).__name__}")
-            unknown = sorted(set(kfac_options) - set(opts), key=str)
+            unknown = sorted(set(kfac_options) - set(kopts), key=str)
             if unknown:
-                raise ValueError(f"Adapter: kfac_options has unknown keys {unknown}; known: {sorted(opts)}")
+                raise ValueError(f"Adapter: kfac_options has unknown keys {unknown}; known: {sorted(kopts)}")
             if not set(quantities) & set(_KFAC_QUANTITIES):
                 raise ValueError(f"Adapter: kfac_options apply to {list(_KFAC_QUANTITIES)}, which the adapter does not "
                                  f"compute (it has {sorted(quantities)})")
-            opts.update(kfac_options)
-            check_kfac_options(opts["curvature"], opts["approx"], opts["bias"], "Adapter: kfac_options")
-        self.kfac_options = opts
+            kopts.update(kfac_options)
+            check_kfac_options(kopts["curvature"], kopts["approx"], kopts["bias"], "Adapter: kfac_options")
+        self.kfac_options = kopts
+        per = {}
+        if options is not None:
+            if not isinstance(options, dict):
+                raise TypeError(f"Adapter: options must be a dict {{quantity name: {{option: value}}}}, got "
+                                f"{type(options).__name__}")
+            for name, given in options.items():
+                if name not in quantities:
+                    raise ValueError(f"Adapter: options names {name!r}, which the adapter does not compute (it has "
+                                     f"{sorted(quantities)})")
+                if not isinstance(given, dict):
+                    raise TypeError(f"Adapter: options[{name!r}] must be a dict {{option: value}}, got "
+                                    f"{type(given).__name__}")
+                if kfac_options is not None and name in _KFAC_QUANTITIES:
+                    raise ValueError(f"Adapter: {name} has options both in kfac_options and in options; give them "
+                                     "in one place")
+                per[name] = given
+        self.options = {}
+        for name in quantities:
+            defaults = QUANTITIES[name][2]
+            opts = dict(defaults)
+            if name in _KFAC_QUANTITIES:
+                opts.update(kopts)
+            given = per.get(name, {})
+            unknown = sorted(set(given) - set(defaults), key=str)
+            if unknown:
+                known = f"its options: {sorted(defaults)}" if defaults else "it takes no options"
+                raise ValueError(f"Adapter: options[{name!r}] has unknown keys {unknown}; {known}")
+            if name in OPTIMIZER_QUANTITIES:  # the optimizers' own rows of the options table check them
+                opts = optimizer_options(name, given)
+            else:
+                opts.update(quantity_options(name, given, defaults))
+            if {"curvature", "approx", "bias"} <= set(opts):
+                check_kfac_options(opts["curvature"], opts["approx"], opts["bias"], f"Adapter: options[{name!r}]")
+            self.options[name] = opts
+
+
+def quantity_options(name, given, defaults):
+    """``given`` options of quantity ``name`` checked through the options table
+    (``refprune.options.TABLE["Adapter options"]``); an option without a row there (a
+    quantity added by another module) must be of its default's kind: a flag, a finite
+    number, a name."""
+    where = f"Adapter: options[{name!r}]"
+    rows = {o.name for o in _options.TABLE["Adapter options"]}
+    out = _options.convert("Adapter options", {k: v for k, v in given.items() if k in rows}, where)
+    for key in given:
+        if key in rows:
+            continue
+        d, v = defaults[key], given[key]
+        if isinstance(d, bool):
+            ok = isinstance(v, (bool, np.bool_))
+            kind = "True or False"
+        elif is_number(d):
+            ok = is_number(v) and np.isfinite(float(v))
+            kind = "a finite number"
+        elif isinstance(d, str):
+            ok = isinstance(v, str)
+            kind = "a name (str)"
+        else:
+            ok, kind = True, ""
+        if not ok:
+            raise TypeError(f"{where}: {key} must be {kind} like its default {d!r}, got {v!r}")
+        out[key] = v
+    return out
 
 
 @dataclass
@@ -297,10 +354,15 @@ def check_rtol(value, name):
     return float(value)
 
 
-def _result(name, raw, case):
-    """The adapter's result as float64 arrays (``kfac_factors``: a list of pairs);
+def _result(name, raw, case, ref=None):
+    """The adapter's result as float64 arrays (``kfac_factors``: a list of pairs; a
+    per-layer quantity, whose reference ``ref`` is a list: a list of arrays);
     ``TypeError`` names a complex, boolean or non-numeric result."""
     what = f"the adapter's {name} for case {case.name}"
+    if name != "kfac_factors" and isinstance(ref, list):
+        if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__iter__") or hasattr(raw, "shape"):
+            raise TypeError(f"{what} must be a list of arrays, one per layer, got {type(raw).__name__}")
+        return [real_array(x, f"{what}: entry {i}") for i, x in enumerate(raw)]
     if name != "kfac_factors":
         return real_array(raw, what)
     try:
@@ -315,28 +377,65 @@ def _result(name, raw, case):
     return out
 
 
-def _compare(name, got, ref, case, tol):
+def _compare(name, got, ref, case, tol, options=None, explain=True):
+    """``(largest relative error, sentences)``; with ``explain`` the sentences name what
+    differs, with refprune's neighbouring quantities tried (only for the smallest
+    failing case: they cost a few of refprune's own computations)."""
     if name == "kfac_factors":
+        return compare_pairs(got, ref, case, tol, options)
+    if isinstance(ref, list):  # per layer: each entry against its own scale
         if len(got) != len(ref):
-            return float("inf"), [f"{len(got)} factor pairs, refprune has {len(ref)} (one per Linear/Conv2d layer)"]
-        errs, notes = [], []
-        for i, ((S, A), (rS, rA)) in enumerate(zip(got, ref)):
-            eS, eA = relative_error(S, rS), relative_error(A, rA)
-            errs += [eS, eA]
-            if eS > tol or eA > tol:
-                notes.append(f"layer pair {i}: S error {eS:.2e}, A error {eA:.2e}")
-                rs = constant_factor(S, rS) if S.shape == rS.shape else None
-                ra = constant_factor(A, rA) if A.shape == rA.shape else None
-                if rs is not None and ra is not None and abs(rs * ra - 1) < 1e-8:
-                    notes.append(f"layer pair {i}: S off by {rs:.6g} and A by {ra:.6g}, the same Kronecker product "
-                                 "split differently (refprune.express_kfac converts between libraries)")
-                elif S.shape == rS.shape and A.shape != rA.shape:
-                    notes.append(f"layer pair {i}: A has shape {A.shape}, refprune's {rA.shape}: the bias row of A "
-                                 "(refprune folds it in) is missing or extra")
-        return max(errs), notes
+            return float("inf"), [f"{len(got)} entries, refprune has {len(ref)} (one per layer; see the conventions)"]
+        errs, notes = [relative_error(a, b) for a, b in zip(got, ref)], []
+        for i, (a, b, e) in enumerate(zip(got, ref, errs)):
+            if e > tol:
+                r = constant_factor(a, b) if a.shape == b.shape else None
+                notes.append(f"entry {i}: " + (f"shape {a.shape}, refprune's is {b.shape}" if a.shape != b.shape else
+                                               f"relative error {e:.2e}" + (f", off by a constant factor {r:.6g}"
+                                                                            if r is not None else "")))
+        return max(errs, default=0.0), notes
     ref = np.asarray(ref, dtype=float)
     err = relative_error(got, ref)
-    return err, (diagnose(got, ref, case, tol) if err > tol else [])
+    if err <= tol:
+        return err, []
+    return err, (diagnose(got, ref, case, tol, quantity=name, options=options) if explain
+                 else diagnose(got, ref, case, tol))
+
+
+_VARIANT_WORDS = {
+    ("shortcut", True): "the published EigenDamage code's shortcut (row sums sum_k W_ik^2 (A 1)_k in place of "
+                        "w_i^T A w_i; for unit_updates the summed single-weight OBS updates)",
+    ("shortcut", False): "the exact w_i^T A w_i (and group update), without the published code's shortcut",
+}
+
+
+def _option_neighbours(name, reference, got, case, opts, tol):
+    """Notes naming the other option values of quantity ``name`` (one option changed at
+    a time, every choice and flag of the options table) whose reference ``got`` matches:
+    the adapter computes a variant other than the one compared."""
+    rows = {o.name: o for o in _options.TABLE["Adapter options"]}
+    notes = []
+    for key, value in opts.items():
+        row = rows.get(key)
+        alternatives = row.choices if row is not None and row.kind == "choice" else (
+            (not value,) if row is not None and row.kind == "flag" else ())
+        for alt in alternatives:
+            if alt == value:
+                continue
+            try:
+                other, mine = reference(case, dict(opts, **{key: alt})), got
+                if isinstance(other, Grouped):
+                    if got.shape != other.values.shape:
+                        continue
+                    mine, other = other.project(got), other.project(other.values)
+                err = _compare(name, mine, other, case, tol, explain=False)[0]
+            except Exception:  # noqa: BLE001 (a variant undefined here names nothing)
+                continue
+            if err <= tol:
+                words = _VARIANT_WORDS.get((key, alt), f"{key}={alt!r}")
+                notes.append(f"matches refprune's {name} with {key}={alt!r}: {words}; it was compared with "
+                             f"{key}={value!r} (set the adapter's options to the variant it computes)")
+    return notes
 
 
 def check(adapter, cases=None, rtol=None, progress=False):
@@ -379,8 +478,7 @@ def check(adapter, cases=None, rtol=None, progress=False):
     cases = zoo() if cases is None else sorted(cases, key=lambda c: (c.n_params, c.name))
     if not cases:
         raise ValueError("check: no cases to check")
-    if not isinstance(progress, (bool, np.bool_)):
-        raise TypeError(f"check: progress must be True or False, got {progress!r}")
+    progress = _options.convert("check", {"progress": progress})["progress"]
     if isinstance(rtol, dict):
         unknown = sorted(set(rtol) - set(adapter.quantities), key=str)
         if unknown:
@@ -396,17 +494,23 @@ def check(adapter, cases=None, rtol=None, progress=False):
     results = []
     for name, fn in adapter.quantities.items():
         res = QuantityResult(name, tols[name])
-        reference, conventions = QUANTITIES[name]
-        if name in _KFAC_QUANTITIES:
-            conventions = conventions.format(kfac_options=adapter.kfac_options)
+        reference, conventions, _ = QUANTITIES[name]
+        opts = adapter.options[name]
+        if "{options}" in conventions:
+            conventions = conventions.format(options=opts)
+        elif opts:
+            conventions = f"{conventions}, options {opts!r}"
         t0 = time.perf_counter()
         for case in cases:
-            if name == "ekfac":
-                op = ekfac(*case.args(), **_kfac_kw(case, adapter.kfac_options))
-                if not ekfac_is_well_defined(op, _ekfac_curvature(case, adapter.kfac_options)):
-                    res.skipped.append((case.name, EKFAC_NOT_UNIQUE))
-                    continue
-            ref = reference(case, adapter.kfac_options) if name in _KFAC_QUANTITIES else reference(case)
+            try:
+                ref = reference(case, opts)
+            except NotCompared as why:  # not defined or not unique on this case: said, not compared
+                res.skipped.append((case.name, str(why)))
+                continue
+            except (np.linalg.LinAlgError, FloatingPointError) as why:  # e.g. a singular damped curvature
+                res.skipped.append((case.name, f"refprune's reference is not defined here ({type(why).__name__}: "
+                                               f"{why})"))
+                continue
             res.cases += 1
             try:
                 raw = fn(case)
@@ -415,15 +519,24 @@ def check(adapter, cases=None, rtol=None, progress=False):
                 res.max_error, res.worst_case = float("inf"), case.name
                 continue
             try:
-                got = _result(name, raw, case)
+                got = _result(name, raw, case, ref)
             except TypeError as err:  # complex, boolean, text: refused by name, never converted
                 res.failures.append(Failure(case, float("inf"), conventions, [str(err)]))
                 res.max_error, res.worst_case = float("inf"), case.name
                 continue
-            err, notes = _compare(name, got, ref, case, tols[name])
+            full, grouped = got, (ref if isinstance(ref, Grouped) else None)
+            if grouped is not None:  # only the sums over its groups are unique: compare those
+                ref = grouped.values
+                if got.shape == ref.shape:
+                    got, ref = grouped.project(got), grouped.project(ref)
+            err, notes = _compare(name, got, ref, case, tols[name], opts, explain=not res.failures)
+            if err > tols[name] and grouped is not None:
+                notes = notes + [grouped.describe()]
             if err > res.max_error or not res.worst_case:
                 res.max_error, res.worst_case = err, case.name
             if err > tols[name]:
+                if not res.failures:  # the smallest failing case: which variant of the quantity it matches
+                    notes = notes + _option_neighbours(name, reference, full, case, opts, tols[name])
                 res.failures.append(Failure(case, err, conventions, notes))
         res.seconds = time.perf_counter() - t0
         if progress:
