@@ -212,7 +212,12 @@ def observed_or_drawn(args, curvature, seed=5):
         return y, {}
     rng = np.random.default_rng(seed)
     c = model.output_shape(X.shape[1:])[0]
-    t = rng.integers(0, c, len(X)) if isinstance(loss, rp.CrossEntropyLoss) else rng.standard_normal((len(X), c))
+    if isinstance(loss, rp.CrossEntropyLoss):
+        t = rng.integers(0, c, len(X))
+    elif isinstance(loss, rp.BCEWithLogitsLoss):
+        t = rng.integers(0, 2, (len(X), c)).astype(float)  # a Bernoulli draw: 0/1 per output
+    else:
+        t = rng.standard_normal((len(X), c))
     return t, {"targets": t[None]}
 
 
