@@ -28,10 +28,6 @@ STUDIES = ("xor.md", "monks.md", "obd_digits.md", "ekfac_distance.md", "natural_
 #: rows of the reports whose study does not write a summary line yet (fixed text, taken
 #: from the committed reports by hand)
 FIXED = {
-    "monks.md": ("MONK's problems 1-3", "`python validation/monks.py`",
-                 "OBS with retraining (3 seeds): MONK-1 58 -> 12.7 weights (paper 14), MONK-2 39 -> 16 (paper 15)",
-                 "MONK-3 39 -> 18.3 (paper 4); stopping at the 5% noise level instead gives 13.0: the papers' "
-                 "stopping rule and training files are not known exactly"),
     "obd_digits.md": ("LeCun et al. 1990, OBD on digits", "`python validation/obd_digits.py`",
                       "per-weight predictions: median relative error of exact-diagonal OBD 0.9%, LeCun's diagonal "
                       "10.2%, Levenberg-Marquardt 31.9%; OBD's one-shot objective below magnitude's at 8 of 9 "
