@@ -7,7 +7,7 @@ Conventions: ``docs/conventions.md``; derivations: ``docs/derivations.md``.
 
 # network stack
 from .nn import (
-    AvgPool2d, Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, MSELoss, ReLU,
+    AvgPool2d, BCEWithLogitsLoss, Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, MSELoss, ReLU,
     Sequential, Sigmoid, Softplus, Tanh,
 )
 # parameters
@@ -47,7 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     # network stack
     "Sequential", "Linear", "Conv2d", "ReLU", "Tanh", "Sigmoid", "Softplus", "AvgPool2d",
-    "MaxPool2d", "Flatten", "CrossEntropyLoss", "MSELoss",
+    "MaxPool2d", "Flatten", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
     # parameters
     "flatten_params", "unflatten_params",
     # names of the curvature matrices

@@ -124,14 +124,22 @@ def validate(model, params, X, y, loss):
         cls = type(loss)
         if cls.__module__.split(".")[0] == "torch":
             # a torch loss module has the same name as refprune's: say whose it is and what to write
-            name = cls.__name__ if cls.__name__ in ("CrossEntropyLoss", "MSELoss") else None
+            name = cls.__name__ if cls.__name__ in ("CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss") else None
             red = getattr(loss, "reduction", "mean")
             red = repr(red) if red in ("mean", "sum") else "'mean' or 'sum'"
             fix = (f"use refprune's rp.{name}(reduction={red})" if name else
-                   "refprune has rp.CrossEntropyLoss(reduction=...) and rp.MSELoss(reduction=...)")
-            raise TypeError(f"loss must be a refprune loss (rp.CrossEntropyLoss or rp.MSELoss), got torch's "
-                            f"{cls.__module__}.{cls.__qualname__}: {fix}")
-        raise TypeError(f"loss must be a refprune loss (rp.CrossEntropyLoss or rp.MSELoss), got "
+                   f"refprune's binary loss takes logits: drop the network's final Sigmoid and use "
+                   f"rp.BCEWithLogitsLoss(reduction={red})" if cls.__name__ == "BCELoss" else
+                   "refprune has rp.CrossEntropyLoss(reduction=...), rp.MSELoss(reduction=...) and "
+                   "rp.BCEWithLogitsLoss(reduction=...)")
+            # per-element and per-output weights change Lambda and the likelihood: no refprune loss has them
+            weighted = [k for k in ("weight", "pos_weight") if getattr(loss, k, None) is not None]
+            if name and weighted:
+                fix += (f"; refprune does not model {' or '.join(k + '=' for k in weighted)} (set on this module), "
+                        "so the weighted loss has no refprune equivalent")
+            raise TypeError(f"loss must be a refprune loss (rp.CrossEntropyLoss, rp.MSELoss or rp.BCEWithLogitsLoss), "
+                            f"got torch's {cls.__module__}.{cls.__qualname__}: {fix}")
+        raise TypeError(f"loss must be a refprune loss (rp.CrossEntropyLoss, rp.MSELoss or rp.BCEWithLogitsLoss), got "
                         f"{cls.__name__}")
     X = check_array(X, "X")
     if X.ndim < 2 or X.shape[0] < 1:

@@ -126,8 +126,9 @@ def _model_and_data(args):
         rng = np.random.default_rng(seed)
         X = rng.standard_normal((samples,) + tuple(args.input_shape))
         c = model.output_shape(tuple(args.input_shape))[0]
-        y = rng.integers(0, c, samples) if args.loss == "ce" else rng.standard_normal((samples, c))
-    loss = (rp.CrossEntropyLoss if args.loss == "ce" else rp.MSELoss)(args.reduction)
+        y = {"ce": lambda: rng.integers(0, c, samples), "mse": lambda: rng.standard_normal((samples, c)),
+             "bce": lambda: rng.integers(0, 2, (samples, c)).astype(np.float64)}[args.loss]()
+    loss = {"ce": rp.CrossEntropyLoss, "mse": rp.MSELoss, "bce": rp.BCEWithLogitsLoss}[args.loss](args.reduction)
     if args.params:
         d, shapes = _npz(args.params, "--params"), [tuple(s) for s in model.param_shapes()]
         names = [f"param{i}" for i in range(len(shapes))]

@@ -6,7 +6,8 @@ language can read.
 (each entry an ``.npy`` array in a plain zip), ``manifest.json`` and ``manifest.sha256``.
 The manifest speaks refprune's own dialect: every layer as ``{"type": <class name>,
 <constructor keyword arguments>}`` so that ``getattr(refprune, type)(**kwargs)`` rebuilds
-it, the loss as ``{"type": "CrossEntropyLoss" | "MSELoss", "reduction": ...}``, the
+it, the loss as ``{"type": "CrossEntropyLoss" | "MSELoss" | "BCEWithLogitsLoss",
+"reduction": ...}``, the
 per-sample ``input_shape`` with ``n_samples`` (as the command line's ``--input-shape``
 and ``--samples``), and for every array its shape, dtype and the SHA-256 of its
 little-endian C-order bytes.  ``manifest.sha256`` holds the SHA-256 of the manifest's
@@ -45,7 +46,7 @@ FORMAT_VERSION = 2
 MANIFEST, MANIFEST_SHA256 = "manifest.json", "manifest.sha256"
 #: layer classes a manifest may name (refprune's own, by class name)
 LAYER_TYPES = ("Linear", "Conv2d", "ReLU", "Tanh", "Sigmoid", "Softplus", "AvgPool2d", "MaxPool2d", "Flatten")
-LOSS_TYPES = ("CrossEntropyLoss", "MSELoss")
+LOSS_TYPES = ("CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss")
 #: K-FAC variants written for every case
 KFAC_CURVATURES = ("ggn", "mc_fisher", "empirical_fisher")
 KFAC_APPROX = ("expand", "reduce")
@@ -58,10 +59,12 @@ CONVENTIONS = {
     "parameters": "theta = concatenation over layers of weight.ravel() (C order, PyTorch shapes) then bias; "
                   "every matrix is indexed in that order",
     "loss": "L = R sum_n l_n; cross-entropy l_n = -log softmax(f_n)[y_n]; squared error l_n = sum_c (f_nc - y_nc)^2; "
-            "R = 1/N (cross-entropy mean), 1/(N C) (squared-error mean), 1 (sum)",
+            "binary cross-entropy on logits l_n = sum_c -[y_nc log sigmoid(f_nc) + (1 - y_nc) log(1 - sigmoid(f_nc))]; "
+            "R = 1/N (cross-entropy mean), 1/(N C) (squared-error and binary cross-entropy mean), 1 (sum)",
     "per_sample_grads": "row n is R dl_n/dtheta (rows sum to grad)",
-    "ggn": "R sum_n J_n^T Lambda_n J_n, Lambda = diag(yhat) - yhat yhat^T, yhat = softmax(f) (cross-entropy), 2 I (squared error)",
-    "fisher": "true Fisher with a categorical / Gaussian (variance 1/2) likelihood; equals the GGN",
+    "ggn": "R sum_n J_n^T Lambda_n J_n, Lambda = diag(yhat) - yhat yhat^T, yhat = softmax(f) (cross-entropy), 2 I (squared error), "
+           "diag(p (1 - p)), p = sigmoid(f) (binary cross-entropy)",
+    "fisher": "true Fisher with a categorical / Gaussian (variance 1/2) / independent Bernoulli likelihood; equals the GGN",
     "mc_fisher": "R sum_n mean_s g_n(y_s) g_n(y_s)^T over the sampled targets stored as 'mc_targets' (n_mc, N[, C])",
     "empirical_fisher": "R sum_n g_n(y_n) g_n(y_n)^T, g_n = dl_n/dtheta",
     "kfac": "per affine layer S kron A over rows of [W | b] (bias folded as a constant input 1, or 'separate': "
@@ -208,12 +211,13 @@ def write_npz(path, arrays):
 
 
 def fixture_cases():
-    """The committed set: every architecture of the zoo with two of the four losses, in
-    rotation so that each loss and reduction appears with dense and convolutional nets."""
+    """The committed set: every architecture of the zoo with each of the three losses,
+    reductions in rotation ("mean" and "sum" on alternate architectures) so that each
+    loss and reduction appears with dense and convolutional nets."""
     from .conformance.zoo import ARCHITECTURES, LOSSES, make_case
 
-    losses = list(LOSSES)
-    cases = [make_case(arch, losses[(i + k) % 4]) for i, arch in enumerate(ARCHITECTURES) for k in (0, 2)]
+    losses = list(LOSSES)  # ce-mean, ce-sum, mse-mean, mse-sum, bce-mean, bce-sum
+    cases = [make_case(arch, losses[(i + 2 * k) % 6]) for i, arch in enumerate(ARCHITECTURES) for k in (0, 1, 2)]
     return sorted(cases, key=lambda c: (c.n_params, c.name))
 
 

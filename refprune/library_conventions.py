@@ -20,7 +20,8 @@ BackPACK        ``KFLR`` (and ``KFAC``'s layout): ``weight.kflr = [S_reduce, T A
 nngeometry      ``FIM(..., representation=PMatKFAC)``: ``(A, G)`` with the bias folded,
                 ``A = T sqrt(K) A_expand``, ``G = c S_expand / (T sqrt(K))``,
                 ``K = C - 1`` (cross-entropy, its Cholesky factor of the categorical
-                covariance) or ``C`` (``variant="regression"``)
+                covariance) or ``C`` (``variant="regression"``, and
+                ``"classif_binary_logits"`` for binary cross-entropy)
 ASDL            ``fisher.kron``: ``A = A_expand`` (weights only), ``B = c S_expand``;
                 the bias block is ``B``
 KFAC-Pytorch    ``ComputeCovA``/``ComputeCovG`` after one batch (EigenDamage-Pytorch
@@ -42,13 +43,20 @@ refprune's expand variant.
 whatever the loss reduction (``R' = 1/N``) and, for squared error, use a unit-variance
 Gaussian (``Lambda' = I``, refprune ``2 I``) except for ASDL's empirical Fisher, whose
 gradients are PyTorch's ``2 (f - y)``: ``c = (R'/R) * (1/2 if that halving applies)``.
+
+Binary cross-entropy on logits (``BCEWithLogitsLoss``): curvlinops has it (same
+factors, its "mean" over ``N C`` elements included); BackPACK only for one output
+(``C = 1``); nngeometry as ``variant="classif_binary_logits"`` (``K = C``, ``c = (1/N)/R``,
+no halving: ``Lambda = diag(p (1 - p))`` in both); ASDL's ``fisher_exact`` and
+``fisher_mc`` know only cross-entropy and squared error, so only its ``fisher_emp``
+compares (``c = (1/N)/R``).  What a library does not support is refused by name.
 """
 
 import numpy as np
 
 from .checks import validate
 from .curvature.kronecker import kfac
-from .nn import AffineLayer, CrossEntropyLoss
+from .nn import AffineLayer, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 
 LIBRARIES = ("curvlinops", "backpack", "nngeometry", "asdl", "kfac-pytorch", "eigendamage-pytorch", "acktr")
 #: libraries whose K-FAC multiplies the back-propagated gradients by N (a mean loss assumed);
@@ -73,9 +81,21 @@ def loss_rescaling(library, loss, n, c, curvature):
     if library in ("curvlinops", "backpack"):
         return 1.0
     ratio = (1.0 / n) / loss.scale(n, c)
-    mse = not isinstance(loss, CrossEntropyLoss)
-    halved = mse and not (library == "asdl" and curvature == "empirical_fisher")
+    # only squared error has a Lambda (2 I) that nngeometry's and ASDL's unit-variance Gaussian halves
+    halved = isinstance(loss, MSELoss) and not (library == "asdl" and curvature == "empirical_fisher")
     return ratio * (0.5 if halved else 1.0)
+
+
+def _check_binary_support(library, curvature, c):
+    """Refuse, by name, a binary cross-entropy comparison that ``library`` cannot make
+    (the sources of BackPACK 1.7 and ASDL, see the module's docstring)."""
+    if library == "backpack" and c != 1:
+        raise ValueError(f"express_kfac: BackPACK supports BCEWithLogitsLoss for one output only (C = 1), the "
+                         f"model has C = {c}")
+    if library == "asdl" and curvature != "empirical_fisher":
+        raise ValueError(f"express_kfac: ASDL's fisher_exact and fisher_mc support loss_type 'cross_entropy' and "
+                         f"'mse' only, not BCEWithLogitsLoss; curvature must be 'empirical_fisher' (fisher_emp), "
+                         f"got {curvature!r}")
 
 
 def express_kfac(model, params, X, y, loss, library, curvature="ggn", approx="expand", samples=1, seed=0,
@@ -122,6 +142,8 @@ def express_kfac(model, params, X, y, loss, library, curvature="ggn", approx="ex
         raise ValueError(f"express_kfac: nngeometry's FIM is the true Fisher; curvature must be 'ggn' or 'fisher', "
                          f"got {curvature!r}")
     inp = validate(model, params, X, y, loss)
+    if isinstance(loss, BCEWithLogitsLoss):
+        _check_binary_support(library, curvature, inp.n_outputs)
     mc = dict(samples=samples, seed=seed, targets=targets)
     layers = [j for j, layer in enumerate(model) if isinstance(layer, AffineLayer)]
     T = _locations(model, inp.X)

@@ -42,7 +42,7 @@ def _checks(case):
 
 def run(verbose=True, cases=None):
     """Run every check; ``True`` if all passed."""
-    cases = zoo(losses=["ce-mean", "mse-sum"]) if cases is None else cases
+    cases = zoo(losses=["ce-mean", "mse-sum", "bce-mean"]) if cases is None else cases
     ok = True
     for case in cases:
         for name, err, tol in _checks(case):

@@ -27,6 +27,8 @@ LOSSES = {
     "ce-sum": lambda: rp.CrossEntropyLoss("sum"),
     "mse-mean": lambda: rp.MSELoss("mean"),
     "mse-sum": lambda: rp.MSELoss("sum"),
+    "bce-mean": lambda: rp.BCEWithLogitsLoss("mean"),
+    "bce-sum": lambda: rp.BCEWithLogitsLoss("sum"),
 }
 
 
@@ -40,7 +42,12 @@ def make(arch, loss, n=3, seed=0):
     X = rng.standard_normal((n,) + in_shape)
     c = model.output_shape(in_shape)[0]
     lf = LOSSES[loss]()
-    y = rng.integers(0, c, n) if isinstance(lf, rp.CrossEntropyLoss) else rng.standard_normal((n, c))
+    if isinstance(lf, rp.CrossEntropyLoss):
+        y = rng.integers(0, c, n)
+    elif isinstance(lf, rp.BCEWithLogitsLoss):
+        y = rng.integers(0, 2, (n, c)).astype(float)  # hard labels: the other libraries refuse soft ones
+    else:
+        y = rng.standard_normal((n, c))
     return model, params, X, y, lf
 
 

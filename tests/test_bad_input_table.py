@@ -1038,6 +1038,66 @@ def _size_ragged_targets():
     rows[3] = rows[3][:2]
     return m, p, X, rows, l
 
+
+
+def bce_problem():
+    return make("mlp-tanh", "bce-mean", n=4)  # 3 outputs, 0/1 targets (4, 3)
+
+
+def _bce(y=None, loss=None):
+    """The binary cross-entropy problem with other targets or another loss."""
+    m, p, X, y0, l = bce_problem()
+    return m, p, X, y0 if y is None else y, l if loss is None else loss
+
+
+def _bce_targets(value, idx=0):
+    y = np.array(bce_problem()[3], dtype=float)
+    y.flat[idx] = value
+    return _bce(y)
+
+
+def _torch_like(name, **attrs):
+    """A stand-in for a torch loss module (its class in ``torch.nn.modules.loss``) with
+    the attributes given, without importing torch."""
+    return type(name, (), {"__module__": "torch.nn.modules.loss", "reduction": "mean", **attrs})()
+
+
+BCE_CASES = [
+    # -- targets: the outputs' shape, numbers in [0, 1]
+    ("bce targets as labels (N,)", lambda m, p, X, y, l: rp.loss(*_bce(np.array([0, 1, 1, 0]))), ValueError, "BCEWithLogitsLoss: targets must have the outputs' shape (4, 3), got (4,)"),
+    ("bce targets transposed", lambda m, p, X, y, l: rp.grad(*_bce(np.zeros((3, 4)))), ValueError, "BCEWithLogitsLoss: targets must have the outputs' shape (4, 3), got (3, 4)"),
+    ("bce target above 1", lambda m, p, X, y, l: rp.hessian(*_bce_targets(1.5)), ValueError, "BCEWithLogitsLoss: targets must lie in [0, 1], got range [0.0, 1.5]"),
+    ("bce target negative", lambda m, p, X, y, l: rp.ggn(*_bce_targets(-0.25, 5)), ValueError, "BCEWithLogitsLoss: targets must lie in [0, 1], got range [-0.25, 1.0]"),
+    ("bce target a label 2", lambda m, p, X, y, l: rp.loss(*_bce(np.full((4, 3), 2))), ValueError, "targets must lie in [0, 1], got range [2.0, 2.0]"),
+    ("bce target NaN", lambda m, p, X, y, l: rp.fisher(*_bce_targets(np.nan)), ValueError, "BCEWithLogitsLoss: targets contain NaN or inf; they must be probabilities in [0, 1]"),
+    ("bce target inf", lambda m, p, X, y, l: rp.kfac(*_bce_targets(np.inf, 3)), ValueError, "BCEWithLogitsLoss: targets contain NaN or inf"),
+    ("bce targets strings", lambda m, p, X, y, l: rp.loss(*_bce(np.full((4, 3), "1"))), ValueError, "BCEWithLogitsLoss: targets must be numeric, got dtype <U1"),
+    ("bce targets complex", lambda m, p, X, y, l: rp.loss(*_bce(np.zeros((4, 3)) + 0.5j)), ValueError, "BCEWithLogitsLoss: targets must be numeric, got dtype complex128"),
+    ("bce targets ragged", lambda m, p, X, y, l: rp.loss(*_bce([[0, 1, 1], [1, 0], [0, 0, 0], [1, 1, 1]])), ValueError, "BCEWithLogitsLoss: targets is a ragged nested list"),
+    ("bce soft targets accepted", lambda m, p, X, y, l: rp.loss(*_bce(np.full((4, 3), 0.3))), None, None),
+    ("bce boolean targets accepted", lambda m, p, X, y, l: rp.loss(*_bce(np.ones((4, 3), dtype=bool))), None, None),
+    ("bce integer targets accepted", lambda m, p, X, y, l: rp.grad(*_bce(np.ones((4, 3), dtype=np.int32))), None, None),
+    ("bce reduction none", lambda m, p, X, y, l: rp.BCEWithLogitsLoss("none"), ValueError, "BCEWithLogitsLoss: reduction must be one of ('mean', 'sum'), got 'none'"),
+    # -- Monte Carlo targets given by the caller: values, not labels
+    ("bce mc targets as labels", lambda m, p, X, y, l: rp.fisher(*bce_problem(), curvature="mc_fisher", targets=np.zeros((2, 4), dtype=int)), ValueError, "BCEWithLogitsLoss: targets must have the outputs' shape (4, 3), got (2, 4)"),
+    ("bce mc targets out of range", lambda m, p, X, y, l: rp.kfac(*bce_problem(), curvature="mc_fisher", targets=np.full((2, 4, 3), 3.0)), ValueError, "BCEWithLogitsLoss: targets must lie in [0, 1], got range [3.0, 3.0]"),
+    # -- torch's modules where refprune's loss is expected
+    ("bce torch module", lambda m, p, X, y, l: rp.loss(*_bce(loss=_torch_like("BCEWithLogitsLoss", weight=None, pos_weight=None))), TypeError, "got torch's torch.nn.modules.loss.BCEWithLogitsLoss: use refprune's rp.BCEWithLogitsLoss(reduction='mean')"),
+    ("bce torch module with pos_weight", lambda m, p, X, y, l: rp.grad(*_bce(loss=_torch_like("BCEWithLogitsLoss", weight=None, pos_weight=np.ones(3)))), TypeError, "refprune does not model pos_weight= (set on this module), so the weighted loss has no refprune equivalent"),
+    ("bce torch module with weight", lambda m, p, X, y, l: rp.hessian(*_bce(loss=_torch_like("BCEWithLogitsLoss", weight=np.ones(3), pos_weight=None))), TypeError, "refprune does not model weight= (set on this module)"),
+    ("bce torch module with both weights", lambda m, p, X, y, l: rp.ggn(*_bce(loss=_torch_like("BCEWithLogitsLoss", weight=np.ones(3), pos_weight=np.ones(3)))), TypeError, "refprune does not model weight= or pos_weight="),
+    ("bce torch BCELoss on probabilities", lambda m, p, X, y, l: rp.loss(*_bce(loss=_torch_like("BCELoss", reduction="sum"))), TypeError, "refprune's binary loss takes logits: drop the network's final Sigmoid and use rp.BCEWithLogitsLoss(reduction='sum')"),
+    ("bce torch_loss of a torch module", lambda m, p, X, y, l: rp.bridges.torch_loss(_torch_like("BCEWithLogitsLoss")), TypeError, "torch_loss: loss must be a refprune loss (rp.CrossEntropyLoss, rp.MSELoss or rp.BCEWithLogitsLoss)"),
+    # -- other libraries without the loss, or without it for C > 1
+    ("bce express_kfac backpack with 3 outputs", lambda m, p, X, y, l: rp.express_kfac(*bce_problem(), "backpack"), ValueError, "express_kfac: BackPACK supports BCEWithLogitsLoss for one output only (C = 1), the model has C = 3"),
+    ("bce express_kfac asdl true Fisher", lambda m, p, X, y, l: rp.express_kfac(*bce_problem(), "asdl", curvature="fisher"), ValueError, "ASDL's fisher_exact and fisher_mc support loss_type 'cross_entropy' and 'mse' only, not BCEWithLogitsLoss; curvature must be 'empirical_fisher' (fisher_emp), got 'fisher'"),
+    ("bce express_kfac asdl empirical accepted", lambda m, p, X, y, l: rp.express_kfac(*bce_problem(), "asdl", curvature="empirical_fisher"), None, None),
+    # -- the zoo's names and sizes
+    ("bce zoo loss name without reduction", lambda m, p, X, y, l: cf.zoo(losses=["bce"]), ValueError, "zoo: losses ['bce'] not known; choose from ('ce-mean', 'ce-sum', 'mse-mean', 'mse-sum', 'bce-mean', 'bce-sum')"),
+    ("size: obd_diagonal with 2**20 binary outputs", lambda m, p, X, y, l: rp.obd_diagonal(*_size_wide_output(rp.BCEWithLogitsLoss())), MemoryError, "obd_diagonal: the square roots of the loss Hessians (1 x 1048576 x 1048576 float64"),
+]
+
+
 # ---- the harness's quantities, their per-quantity options and the layout helpers
 def _hq_conforms(options=None, **quantities):
     return cf.assert_conforms(cf.Adapter(options=options, **quantities), [cf.make_case("mlp-tanh", "ce-mean")])
@@ -1333,7 +1393,7 @@ def _cli_opt_resume(again):
 
 
 CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES + (
-    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES + HARNESS_QUANTITIES + CLI_OPTIONS
+    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES + HARNESS_QUANTITIES + CLI_OPTIONS + BCE_CASES
 
 
 class _NanDiagonal(rp.curvature.operators.CurvatureOperator):

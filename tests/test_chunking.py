@@ -67,10 +67,15 @@ def test_chunk_length_is_the_largest_count_that_fits(monkeypatch):
 
 @pytest.mark.parametrize("curvature, samples, k", [("ggn", 1, C), ("fisher", 1, C), ("empirical_fisher", 1, 1),
                                                    ("mc_fisher", 3, 3)])
-@pytest.mark.parametrize("loss", [rp.MSELoss(), rp.CrossEntropyLoss()])
+@pytest.mark.parametrize("loss", [rp.MSELoss(), rp.CrossEntropyLoss(), rp.BCEWithLogitsLoss()])
 def test_output_factor_knows_its_columns_per_sample(curvature, samples, k, loss):
     model, params, X, Y, _ = conv_case(4)
-    y = np.array([0, 1, 1, 0]) if isinstance(loss, rp.CrossEntropyLoss) else Y
+    if isinstance(loss, rp.CrossEntropyLoss):
+        y = np.array([0, 1, 1, 0])
+    elif isinstance(loss, rp.BCEWithLogitsLoss):
+        y = 1.0 / (1.0 + np.exp(-Y))  # soft labels in (0, 1)
+    else:
+        y = Y
     inp = validate(model, params, X, y, loss)
     factor = OutputFactor(inp, curvature, samples=samples)
     f = _d.forward(inp)[0]

@@ -74,7 +74,7 @@ def test_hessian_subcommand_refuses_what_will_not_fit(capsys, monkeypatch):
 
 def test_fixtures_and_check_subcommands(capsys, tmp_path):
     code, out, _ = run(capsys, "fixtures", str(tmp_path), "--quiet")
-    assert code == 0 and "wrote 14 cases" in out
+    assert code == 0 and "wrote 21 cases" in out
     assert rp.testing.load_fixtures(str(tmp_path))
     from refprune.selfcheck import run as selfcheck
     from refprune.conformance import make_case
@@ -312,3 +312,20 @@ def test_the_estimate_grows_with_the_samples(monkeypatch):
     clock = lambda k: now.__setitem__(0, now[0] + 0.2 + 0.004 * k + 3e-6 * k * k)  # noqa: E731
     estimates = [cli._estimate(clock, N) for N in (10, 100, 400, 1000, 4000, 16000)]
     assert all(x < y for x, y in zip(estimates, estimates[1:])), estimates
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_hessian_subcommand_with_binary_cross_entropy(capsys, tmp_path, reduction):
+    """--loss bce: random 0/1 targets of the outputs' shape drawn after X from the seed, and
+    the Hessian of rp.BCEWithLogitsLoss."""
+    spec = "Linear(3, 4) Tanh Linear(4, 2)"
+    out = tmp_path / "H.npy"
+    code, _, _ = run(capsys, "hessian", "--model", spec, "--input-shape", "3", "--samples", "5", "--loss", "bce",
+                     "--reduction", reduction, "--out", str(out))
+    assert code == 0
+    model = parse_model(spec)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5, 3))
+    y = rng.integers(0, 2, (5, 2)).astype(float)
+    ref = rp.hessian(model, model.init(seed=0), X, y, rp.BCEWithLogitsLoss(reduction))
+    np.testing.assert_array_equal(np.load(out), ref)

@@ -66,6 +66,10 @@ def naive_loss(case, stride_bug=False, reduction=None):
         z = x - x.max(axis=1, keepdims=True)
         per = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(z)), case.y]
         return per.mean() if reduction == "mean" else per.sum()
+    if isinstance(case.loss, rp.BCEWithLogitsLoss):
+        # -[y log sigma + (1 - y) log(1 - sigma)] written with log1p, in another form than refprune's
+        el = np.maximum(x, 0) - x * case.y + np.log1p(np.exp(-np.abs(x)))
+        return el.mean() if reduction == "mean" else el.sum()
     sq = (x - case.y) ** 2
     return sq.mean() if reduction == "mean" else sq.sum()
 
@@ -184,7 +188,9 @@ def test_every_quantity_of_refprune_itself_passes_and_the_obs_step_is_checked_ag
     quantities = {name: (lambda ref, d: (lambda c: ref(c, dict(d))))(ref, d) for name, (ref, _, d) in cf.QUANTITIES.items()
                   if name not in ("kfac", "kfac_factors", "ekfac")}
     quantities["obs_update"] = obs_by_kkt
-    report = cf.check(cf.Adapter(**quantities), ZOO[:6])
+    # the six linear cases (one per loss) and two of the next network, whose hidden units
+    # the structured quantities need
+    report = cf.check(cf.Adapter(**quantities), ZOO[:8])
     assert report.ok, report
     assert report["obs_update"].max_error < 1e-9
 

@@ -86,6 +86,9 @@ def test_ggn_equals_jacobian_form(arch, lossname):
         p = np.exp(f - f.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         Lam = np.stack([np.diag(pi) - np.outer(pi, pi) for pi in p])
+    elif isinstance(loss, rp.BCEWithLogitsLoss):
+        p = 1.0 / (1.0 + np.exp(-f))  # the outputs here are far from overflowing exp
+        Lam = np.stack([np.diag(pi * (1.0 - pi)) for pi in p])
     else:
         Lam = np.stack([2.0 * np.eye(C)] * N)
     ref = loss.scale(N, C) * np.einsum("nci,ncd,ndj->ij", J, Lam, J)
@@ -134,12 +137,13 @@ def test_linear_model_with_mse_has_closed_form_hessian(reduction, bias):
     assert_close(rp.ggn(model, params, X, y, loss), ref, 1e-13, 1e-13, "GGN vs 2R X^T X")
 
 
-@pytest.mark.parametrize("lossname", ["ce-mean", "mse-sum"])
+@pytest.mark.parametrize("lossname", ["ce-mean", "mse-sum", "bce-mean"])
 def test_mc_fisher_converges_to_true_fisher(lossname):
     """For a direction ``v``, ``v^T F_MC v = (1/S) sum_s Z_s`` with ``Z_s = R sum_n
     (g_n(y_ns) . v)^2`` i.i.d. over ``s`` with mean ``v^T F v``.  Its variance is
     ``Var(Z)/S`` with ``Var(Z) = R^2 sum_n Var_y[(g_n(y) . v)^2]``, computed exactly below
-    (all labels for cross-entropy; Gaussian moments ``E[u^4] = 3 s^4`` for squared error).
+    (all labels for cross-entropy; Gaussian moments ``E[u^4] = 3 s^4`` for squared error;
+    independent Bernoulli outputs for binary cross-entropy).
     Chebyshev: ``P(|err| > 6 sd) <= 1/36``; the seed is fixed, so this is a deterministic
     test whose tolerance is justified by that bound, checked at S = 10, 100, 1000."""
     model, params, X, y, loss = make("mlp-tanh", lossname, n=5)
@@ -159,6 +163,17 @@ def test_mc_fisher_converges_to_true_fisher(lossname):
         proj = (p * Jv).sum(1, keepdims=True) - Jv  # (N, C): value for label y
         m2 = (p * proj**2).sum(1)
         m4 = (p * proj**4).sum(1)
+        var_z = R**2 * np.sum(m4 - m2**2)
+    elif isinstance(loss, rp.BCEWithLogitsLoss):
+        # g . v = sum_c u_c, u_c = (p_c - y_c) (Jv)_c independent with mean 0; u_c = -q a or p a
+        # (a = (Jv)_c) with probabilities p, q = 1 - p: E[u^2] = p q a^2, E[u^4] = p q (q^3 + p^3) a^4, and
+        # E[(sum u)^4] = sum E[u^4] + 3 ((sum E[u^2])^2 - sum E[u^2]^2)
+        p = 1.0 / (1.0 + np.exp(-f))
+        q = 1.0 - p
+        e2 = p * q * Jv**2
+        e4 = p * q * (q**3 + p**3) * Jv**4
+        m2 = e2.sum(1)
+        m4 = e4.sum(1) + 3 * (m2**2 - (e2**2).sum(1))
         var_z = R**2 * np.sum(m4 - m2**2)
     else:
         # g . v = -2 (y - f) . Jv with y - f ~ N(0, 1/2 I): a normal with variance 2 |Jv|^2

@@ -40,7 +40,7 @@ def test_hessian_diagonal_property(p):
     assert_close(rp.hessian_diagonal(p.model, p.params, p.X, p.y, p.loss), np.diag(H), 1e-10, tol(H), "diag(H)")
 
 
-@pytest.mark.parametrize("lossname", ["ce-mean", "ce-sum", "mse-mean", "mse-sum"])
+@pytest.mark.parametrize("lossname", ["ce-mean", "ce-sum", "mse-mean", "mse-sum", "bce-mean", "bce-sum"])
 @pytest.mark.parametrize("layer", [lambda: rp.Linear(4, 3), lambda: rp.Linear(4, 3, bias=False)])
 def test_obd_is_exact_for_a_single_linear_layer(layer, lossname):
     """One affine layer: ``H_(c,r),(c,r) = R sum_n Lambda_n[c, c] x_nr^2``, exactly eq. 8
@@ -49,8 +49,13 @@ def test_obd_is_exact_for_a_single_linear_layer(layer, lossname):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((6, 4))
     loss = {"ce-mean": rp.CrossEntropyLoss(), "ce-sum": rp.CrossEntropyLoss("sum"), "mse-mean": rp.MSELoss(),
-            "mse-sum": rp.MSELoss("sum")}[lossname]
-    y = rng.integers(0, 3, 6) if isinstance(loss, rp.CrossEntropyLoss) else rng.standard_normal((6, 3))
+            "mse-sum": rp.MSELoss("sum"), "bce-mean": rp.BCEWithLogitsLoss(), "bce-sum": rp.BCEWithLogitsLoss("sum")}[lossname]
+    if isinstance(loss, rp.CrossEntropyLoss):
+        y = rng.integers(0, 3, 6)
+    elif isinstance(loss, rp.BCEWithLogitsLoss):
+        y = rng.random((6, 3))  # soft labels
+    else:
+        y = rng.standard_normal((6, 3))
     params = model.init(1)
     d = np.diag(rp.hessian(model, params, X, y, loss))
     assert_close(rp.obd_diagonal(model, params, X, y, loss), d, 1e-12, 1e-15, "OBD vs exact")
@@ -83,11 +88,13 @@ def test_obd_differs_from_exact_where_cross_terms_exist(arch, lossname):
     assert np.abs(obd - lm).max() > 1e-6  # the phi'' term is present
 
 
-def test_obd_is_exact_with_one_hidden_layer_and_mse():
+@pytest.mark.parametrize("lossname", ["mse-mean", "bce-mean"])
+def test_obd_is_exact_with_one_hidden_layer_and_mse(lossname):
     """Linear-Tanh-Linear with MSE: ``M_z1 = diag(phi') W2^T 2I W2 diag(phi') +
     diag(phi'' delta)`` and the first layer needs only ``diag(M_z1)``, which eq. 9 gets
-    right because ``Lambda = 2I`` is diagonal; the LM variant is not exact."""
-    model, params, X, y, loss = make("mlp-tanh", "mse-mean", n=5)
+    right because ``Lambda = 2I`` is diagonal; the LM variant is not exact.  So for
+    binary cross-entropy, whose ``Lambda = diag(p (1 - p))`` is diagonal too."""
+    model, params, X, y, loss = make("mlp-tanh", lossname, n=5)
     exact = rp.hessian_diagonal(model, params, X, y, loss)
     assert_close(rp.obd_diagonal(model, params, X, y, loss), exact, 1e-12, 1e-15, "OBD, one hidden layer, MSE")
     lm = rp.obd_diagonal(model, params, X, y, loss, levenberg_marquardt=True)

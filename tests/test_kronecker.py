@@ -48,7 +48,7 @@ DENSE = ["mlp-tanh", "mlp-sigmoid-softplus", "mlp-relu"]
 
 
 @pytest.mark.parametrize("arch", DENSE)
-@pytest.mark.parametrize("lossname", ["ce-mean", "ce-sum", "mse-mean", "mse-sum"])
+@pytest.mark.parametrize("lossname", ["ce-mean", "ce-sum", "mse-mean", "mse-sum", "bce-mean", "bce-sum"])
 @pytest.mark.parametrize("fisher", ["ggn", "fisher", "empirical_fisher", "mc_fisher"])
 def test_kfac_is_exact_for_one_data_point(arch, lossname, fisher):
     model, params, X, y, loss = make(arch, lossname, n=1)
@@ -94,7 +94,7 @@ def test_kfac_is_exact_for_repeated_identical_inputs(arch, approx):
             assert_close(kb, eb, 1e-11, tol(eb), "K-FAC vs GGN block, repeated inputs")
 
 
-@pytest.mark.parametrize("lossname", ["ce-sum", "mse-mean"])
+@pytest.mark.parametrize("lossname", ["ce-sum", "mse-mean", "bce-mean"])
 def test_kfc_with_one_output_location(lossname):
     """Conv whose kernel covers the padded input (``T = 1``): KFC == GGN block for one
     data point, and expand == reduce for any batch."""
@@ -104,7 +104,12 @@ def test_kfc_with_one_output_location(lossname):
     for n in (1, 4):
         X = rng.standard_normal((n, 2, 1, 1))
         _, _, _, _, loss = make("mlp-tanh", lossname)
-        y = rng.integers(0, 2, n) if isinstance(loss, rp.CrossEntropyLoss) else rng.standard_normal((n, 2))
+        if isinstance(loss, rp.CrossEntropyLoss):
+            y = rng.integers(0, 2, n)
+        elif isinstance(loss, rp.BCEWithLogitsLoss):
+            y = rng.random((n, 2))
+        else:
+            y = rng.standard_normal((n, 2))
         Ke = kfac_blocks(rp.kfac(model, params, X, y, loss, approx="expand"))
         Kr = kfac_blocks(rp.kfac(model, params, X, y, loss, approx="reduce"))
         for a, b in zip(Ke, Kr):

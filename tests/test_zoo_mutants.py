@@ -163,7 +163,7 @@ def test_drawn_zoo_space():
     biases mostly on, any of the four activations; convnets of one square Conv2d
     (1-2 input channels, 4-6 pixels, kernel 1-3, stride 1-2, padding 0-1, 1-3 filters),
     an activation and, on outputs of at least 2 x 2, sometimes a 2 x 2 pool; 2-3 outputs;
-    any of the four losses.  Over 150 draws every value appears and no other does."""
+    any of the six losses (three kinds, two reductions).  Over 150 draws every value appears and no other does."""
     s = _space(cf.drawn_zoo(150, seed=0))
     assert s["kind"] == {"mlp", "conv"}
     assert s["depth"] == {2, 3}

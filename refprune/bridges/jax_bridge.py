@@ -121,6 +121,9 @@ def jax_loss_function(model, X, y, loss):
         n, c = x.shape
         if isinstance(loss, nn.CrossEntropyLoss):
             per = -jnp.take_along_axis(jax.nn.log_softmax(x, axis=1), yj[:, None], axis=1)[:, 0]
+        elif isinstance(loss, nn.BCEWithLogitsLoss):
+            # -log sigmoid(x) = softplus(-x), -log(1 - sigmoid(x)) = softplus(x) (docs/derivations.md §3)
+            per = jnp.sum(yj * jax.nn.softplus(-x) + (1.0 - yj) * jax.nn.softplus(x), axis=1)
         else:
             per = jnp.sum((x - yj) ** 2, axis=1)
         return loss.scale(n, c) * jnp.sum(per)

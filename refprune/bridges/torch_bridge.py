@@ -442,7 +442,10 @@ def torch_loss(loss):
         return lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction=loss.reduction)
     if isinstance(loss, nn.MSELoss):
         return lambda out, y: torch.nn.functional.mse_loss(out, y, reduction=loss.reduction)
-    raise TypeError(f"torch_loss: loss must be a refprune loss (rp.CrossEntropyLoss or rp.MSELoss), got "
+    if isinstance(loss, nn.BCEWithLogitsLoss):
+        return lambda out, y: torch.nn.functional.binary_cross_entropy_with_logits(out, y, reduction=loss.reduction)
+    raise TypeError(f"torch_loss: loss must be a refprune loss (rp.CrossEntropyLoss, rp.MSELoss or "
+                    f"rp.BCEWithLogitsLoss), got "
                     f"{type(loss).__module__}.{type(loss).__qualname__}")
 
 

@@ -37,7 +37,8 @@ from .pruning_quantities import (EKFAC_NOT_UNIQUE, PRUNING_QUANTITIES, Grouped, 
 from .zoo import Case, zoo
 
 _PARAMS = "theta in PyTorch order (weight.ravel() then bias, layer by layer; docs/conventions.md §1)"
-_LOSS = "L = R sum_n l_n, PyTorch's reductions, R = 1/N (cross-entropy mean), 1/(N C) (squared-error mean), 1 (sum) " \
+_LOSS = "L = R sum_n l_n, PyTorch's reductions, R = 1/N (cross-entropy mean), 1/(N C) (squared-error and " \
+        "binary cross-entropy mean), 1 (sum) " \
         "(docs/conventions.md §2)"
 
 
@@ -89,11 +90,12 @@ QUANTITIES = {
     "hvp": (_no_options(lambda c: _d.hvp(*c.args(), c.v)), "H v for v = case.v", {}),
     "hessian": (_no_options(lambda c: _c.hessian(*c.args())), f"d^2 L/dtheta^2, (n, n), {_PARAMS}", {}),
     "ggn": (_no_options(lambda c: _c.ggn(*c.args())),
-            "R sum_n J_n^T Lambda_n J_n, Lambda = 2I for squared error, diag(yhat) - yhat yhat^T for cross-entropy "
-            "(docs/conventions.md §3)", {}),
+            "R sum_n J_n^T Lambda_n J_n, Lambda = 2I for squared error, diag(yhat) - yhat yhat^T for cross-entropy, "
+            "diag(p (1 - p)), p = sigmoid(f), for binary cross-entropy (docs/conventions.md §3)", {}),
     "residual": (_no_options(lambda c: _c.residual(*c.args())), "H - GGN", {}),
     "fisher": (_no_options(lambda c: _c.fisher(*c.args(), curvature="fisher")),
-               "true Fisher with the likelihoods of docs/conventions.md §3 (Gaussian variance 1/2), = GGN", {}),
+               "true Fisher with the likelihoods of docs/conventions.md §3 (Gaussian variance 1/2, Bernoulli for "
+               "binary cross-entropy), = GGN", {}),
     "mc_fisher": (_no_options(lambda c: _c.fisher(*c.args(), curvature="mc_fisher", targets=c.targets)),
                   "R sum_n mean_s g_n(y_s) g_n(y_s)^T over the sampled targets case.targets", {}),
     "empirical_fisher": (_no_options(lambda c: _c.fisher(*c.args(), curvature="empirical_fisher")),
@@ -443,7 +445,7 @@ def check(adapter, cases=None, rtol=None, progress=False):
     ----------
     adapter : Adapter
     cases : list of Case, optional
-        Default :func:`~refprune.conformance.zoo.zoo` (every layer type, both losses,
+        Default :func:`~refprune.conformance.zoo.zoo` (every layer type, every loss,
         both reductions), smallest first; :func:`~refprune.conformance.zoo.drawn_zoo`
         adds random networks.
     rtol : float or dict, optional

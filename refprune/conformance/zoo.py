@@ -1,6 +1,7 @@
 """The zoo: small named networks and data on which another implementation is compared
 with refprune.  Every layer type appears in a hidden position (where its second
-derivative matters), with both losses and both reductions; cases are ordered from the
+derivative matters), with every loss (cross-entropy, squared error, binary
+cross-entropy on logits) and both reductions; cases are ordered from the
 fewest parameters to the most, so the first failing case is the smallest that shows a
 difference.
 """
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import nn
-from ..nn import AffineLayer, CrossEntropyLoss, MSELoss
+from ..nn import AffineLayer, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from ..curvature.output_factors import draw_targets
 from ..checks import check_count, validate
 from ..params import flatten_params
@@ -38,7 +39,11 @@ LOSSES = {
     "ce-sum": lambda: CrossEntropyLoss("sum"),
     "mse-mean": lambda: MSELoss("mean"),
     "mse-sum": lambda: MSELoss("sum"),
+    "bce-mean": lambda: BCEWithLogitsLoss("mean"),
+    "bce-sum": lambda: BCEWithLogitsLoss("sum"),
 }
+#: the torch loss module of each refprune loss class (by name, so that torch is imported only when used)
+_TORCH_LOSSES = {CrossEntropyLoss: "CrossEntropyLoss", MSELoss: "MSELoss", BCEWithLogitsLoss: "BCEWithLogitsLoss"}
 
 
 @dataclass
@@ -99,7 +104,7 @@ class Case:
         from ..bridges import to_torch
 
         tm, _ = to_torch(self.model, self.params)
-        cls = torch.nn.CrossEntropyLoss if isinstance(self.loss, CrossEntropyLoss) else torch.nn.MSELoss
+        cls = getattr(torch.nn, _TORCH_LOSSES[type(self.loss)])
         return tm, cls(reduction=self.loss.reduction), torch.from_numpy(self.X.copy()), torch.from_numpy(np.array(self.y))
 
     def jax(self):
@@ -131,13 +136,25 @@ def build_case(arch, model, in_shape, lossname, n=3, seed=0, mc_samples=2):
     X = rng.standard_normal((n,) + tuple(in_shape))
     c = model.output_shape(in_shape)[0]
     loss = LOSSES[lossname]()
-    y = rng.integers(0, c, n) if isinstance(loss, CrossEntropyLoss) else rng.standard_normal((n, c))
+    y = _targets(loss, rng, n, c)
     inp = validate(model, params, X, y, loss)
     targets = draw_targets(inp, model(params, X), mc_samples, seed + 1)
     v = rng.standard_normal(model.n_params)
     weights = np.flatnonzero(_weight_mask(model))
     return Case(f"{arch}/{lossname}", model, params, X, y, loss, v=v, targets=targets,
                 obs_index=int(weights[rng.integers(weights.size)]))
+
+
+def _targets(loss, rng, n, c):
+    """Labels ``(n,)`` for cross-entropy, standard normal values ``(n, c)`` for squared
+    error, and 0/1 values ``(n, c)`` for binary cross-entropy: hard labels, which every
+    library that has the loss accepts (curvlinops' and BackPACK's Monte Carlo Fishers
+    refuse soft ones); the soft labels refprune accepts are tested in tests/test_bce.py."""
+    if isinstance(loss, CrossEntropyLoss):
+        return rng.integers(0, c, n)
+    if isinstance(loss, BCEWithLogitsLoss):
+        return rng.integers(0, 2, (n, c)).astype(np.float64)
+    return rng.standard_normal((n, c))
 
 
 def _weight_mask(model):
@@ -177,7 +194,7 @@ def drawn_zoo(count=8, seed=0, n=3):
     acts = [nn.Tanh, nn.Sigmoid, nn.Softplus, nn.ReLU]
     cases = []
     for i in range(count):
-        lossname = list(LOSSES)[rng.integers(4)]
+        lossname = list(LOSSES)[rng.integers(len(LOSSES))]
         if rng.random() < 0.5:
             widths = [int(w) for w in rng.integers(2, 5, size=rng.integers(2, 4))]
             layers = []

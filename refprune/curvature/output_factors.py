@@ -16,7 +16,10 @@ curvature               columns ``Gamma_n[:, k]``                    count per s
 Square roots: cross-entropy ``Lambda = diag(yhat) - yhat yhat^T = Gamma Gamma^T`` with
 columns ``Gamma[:, k] = sqrt(yhat_k) (e_k - yhat)``, ``yhat = softmax(f)``, which are
 also ``sqrt(yhat_k) g(k)`` up to sign, the columns of the true Fisher's expectation over
-labels; squared error ``Lambda = E[g g^T] = 2 I``, ``Gamma = sqrt(2) I``.
+labels; squared error ``Lambda = E[g g^T] = 2 I``, ``Gamma = sqrt(2) I``; binary
+cross-entropy on logits ``Lambda = diag(p (1 - p))``, ``p = sigmoid(f)``,
+``Gamma = diag(sqrt(p (1 - p)))``, whose column ``k`` is ``sqrt(p_k (1 - p_k))`` times
+``g`` at either value of ``y_k`` up to sign (``docs/derivations.md`` §3).
 
 Monte Carlo targets are drawn by :func:`draw_targets` or supplied by the caller
 (``targets=``), so that another library's own samples can be replayed.
@@ -26,7 +29,8 @@ import numpy as np
 
 from ..memory import check_fits, describe, nbytes
 from ..nested import as_array
-from ..nn import CrossEntropyLoss
+from ..nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from ..nn.losses import sigmoid
 from ..scalars import is_int
 from ..vocabulary import FISHER_LIKE, check_curvature
 
@@ -42,12 +46,19 @@ def hessian_sqrt(loss, f, where="hessian_sqrt"):
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)
         return np.sqrt(p)[:, :, None] * (np.eye(c)[None] - p[:, None, :])
-    return np.broadcast_to(np.sqrt(2.0) * np.eye(c), (n, c, c)).copy()
+    if isinstance(loss, BCEWithLogitsLoss):
+        # 1 - p as sigmoid(-f): no cancellation where p rounds to 1
+        return np.sqrt(sigmoid(f) * sigmoid(-f))[:, :, None] * np.eye(c)[None]
+    if isinstance(loss, MSELoss):
+        return np.broadcast_to(np.sqrt(2.0) * np.eye(c), (n, c, c)).copy()
+    raise TypeError(f"{where}: no square root of the loss Hessian for {type(loss).__name__}; refprune's losses are "
+                    "CrossEntropyLoss, MSELoss and BCEWithLogitsLoss")
 
 
 def check_targets_stack(inp, targets):
     """Caller-supplied Monte Carlo targets as ``(n_mc, N)`` labels (cross-entropy) or
-    ``(n_mc, N, C)`` values (squared error); a single draw may omit the leading axis."""
+    ``(n_mc, N, C)`` values (squared error, binary cross-entropy); a single draw may omit
+    the leading axis."""
     t = as_array(targets, "targets")
     single = t.ndim == (1 if isinstance(inp.loss, CrossEntropyLoss) else 2)
     if single:
@@ -105,7 +116,8 @@ def check_draws(inp, samples, seed, where):
     samples = check_samples(samples, where)
     check_seed(seed, where)
     n, c = inp.n_samples, inp.n_outputs
-    # labels: int64 draws, a uniform per draw and a (C-1)-wide comparison; values: two (S, N, C) arrays
+    # labels: int64 draws, a uniform per draw and a (C-1)-wide comparison; values (squared error, binary
+    # cross-entropy): two (S, N, C) arrays
     need = nbytes((samples, n), 16 + c) if isinstance(inp.loss, CrossEntropyLoss) else 2 * nbytes((samples, n, c))
     check_fits(need, where, f"{samples} Monte Carlo target(s) for each of {n} sample(s) with {c} outputs")
     return samples

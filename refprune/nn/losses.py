@@ -4,6 +4,8 @@
 
 * :class:`CrossEntropyLoss`: ``l_n = -log softmax(f_n)[y_n]``; ``R = 1/N`` ("mean") or 1.
 * :class:`MSELoss`: ``l_n = sum_c (f_nc - y_nc)^2``; ``R = 1/(N C)`` ("mean") or 1.
+* :class:`BCEWithLogitsLoss`: ``l_n = sum_c -[y log sigma(f) + (1 - y) log(1 - sigma(f))]``
+  on logits; ``R = 1/(N C)`` ("mean") or 1.
 
 Each loss also gives the per-sample loss Hessian ``Lambda_n = d^2 l_n / df_n^2`` as a
 matrix product, the Fisher's ``E_y[g g^T]`` for its likelihood, and samples from that
@@ -161,3 +163,72 @@ class MSELoss(Loss):
     def sample(self, f, rng, samples):
         """Targets ``(samples, N, C)`` from ``N(f, variance I)``."""
         return f[None] + np.sqrt(self.variance) * rng.standard_normal((samples,) + f.shape)
+
+
+def softplus(x):
+    """``log(1 + exp(x))`` as ``max(x, 0) + log1p(exp(-|x|))``: no exponential overflows,
+    and the small values (``x`` very negative) keep their relative precision."""
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def sigmoid(x):
+    """``1 / (1 + exp(-x))`` from ``exp(-|x|)``, which never overflows; ``sigmoid(-x)``
+    is ``1 - sigmoid(x)`` without the cancellation of the subtraction."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)
+
+
+class BCEWithLogitsLoss(Loss):
+    """Binary cross-entropy on logits, per output, with targets ``y`` of shape ``(N, C)``
+    in ``[0, 1]`` (soft labels allowed, as in PyTorch) (``docs/derivations.md`` §3).
+
+    ``l_n = sum_c y softplus(-f) + (1 - y) softplus(f)``, since
+    ``-log sigma(f) = softplus(-f)`` and ``-log(1 - sigma(f)) = softplus(f)``: two
+    non-negative terms, so no cancellation for large ``|f|``.  Likelihood: independent
+    Bernoulli outputs with ``p = sigma(f)``; ``grad = p - y``,
+    ``Lambda = diag(p (1 - p))``.  PyTorch's ``weight`` and ``pos_weight`` are not
+    modelled (``docs/conventions.md`` §2).
+    """
+
+    def check_targets(self, y, n, c):
+        y = as_array(y, "BCEWithLogitsLoss: targets", "y")
+        if y.shape != (n, c):
+            raise ValueError(f"BCEWithLogitsLoss: targets must have the outputs' shape ({n}, {c}), got {y.shape}")
+        if y.dtype.kind not in ("f", "i", "u", "b"):
+            raise ValueError(f"BCEWithLogitsLoss: targets must be numeric, got dtype {y.dtype}")
+        y = np.asarray(y, dtype=np.float64)
+        if not np.all(np.isfinite(y)):
+            raise ValueError("BCEWithLogitsLoss: targets contain NaN or inf; they must be probabilities in [0, 1]")
+        if y.size and (y.min() < 0.0 or y.max() > 1.0):
+            raise ValueError(f"BCEWithLogitsLoss: targets must lie in [0, 1], got range [{y.min()}, {y.max()}]")
+        return y
+
+    def scale(self, n, c):
+        # PyTorch's "mean" averages over all N C elements, as MSELoss does
+        return 1.0 / (n * c) if self.reduction == "mean" else 1.0
+
+    def per_sample(self, f, y):
+        return np.sum(y * softplus(-f) + (1.0 - y) * softplus(f), axis=1)
+
+    def grad(self, f, y):
+        return sigmoid(f) - y
+
+    def hessian_matvec(self, f, y, V):
+        """``Lambda_n V_n = p (1 - p) * V`` (diagonal), ``1 - p`` as ``sigmoid(-f)``."""
+        return (sigmoid(f) * sigmoid(-f))[:, None, :] * V
+
+    def fisher_matvec(self, f, V):
+        """``E_{y ~ Bernoulli(p)}[g g^T] V`` from the two values of each output, with
+        ``g = p - y`` independent across outputs: the second moments
+        ``s = p (p - 1)^2 + (1 - p) p^2`` on the diagonal and the products of the means
+        ``m = p (p - 1) + (1 - p) p`` off it (no closed form used, so ``F = GGN`` is a
+        test)."""
+        p, q = sigmoid(f), sigmoid(-f)  # q = 1 - p
+        s = p * q**2 + q * p**2  # E[g_c^2]: y = 1 gives g = -q, y = 0 gives g = p
+        m = p * (-q) + q * p  # E[g_c]; E[g_c g_d] = m_c m_d for c != d
+        return (s - m**2)[:, None, :] * V + m[:, None, :] * np.sum(m[:, None, :] * V, axis=-1, keepdims=True)
+
+    def sample(self, f, rng, samples):
+        """Targets ``(samples, N, C)`` of 0.0 and 1.0 from ``Bernoulli(sigmoid(f))``."""
+        u = rng.random((samples,) + f.shape)
+        return (u < sigmoid(f)[None]).astype(np.float64)

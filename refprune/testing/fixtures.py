@@ -80,7 +80,8 @@ def model_from_spec(specs):
 
 
 def loss_from_spec(spec):
-    """``rp.CrossEntropyLoss`` or ``rp.MSELoss`` from ``{"type": ..., "reduction": ...}``."""
+    """``rp.CrossEntropyLoss``, ``rp.MSELoss`` or ``rp.BCEWithLogitsLoss`` from
+    ``{"type": ..., "reduction": ...}``."""
     if not isinstance(spec, dict):
         raise TypeError(f"loss_from_spec: expected a dict such as {{'type': 'MSELoss', 'reduction': 'mean'}}, "
                         f"got {type(spec).__name__}")

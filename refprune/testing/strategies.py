@@ -28,7 +28,7 @@ except ImportError as err:  # pragma: no cover
     ) from err
 
 from ..nn import (
-    AvgPool2d, Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, MSELoss, ReLU, Sequential,
+    AvgPool2d, BCEWithLogitsLoss, Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, MSELoss, ReLU, Sequential,
     Sigmoid, Softplus, Tanh,
 )
 
@@ -98,9 +98,9 @@ def architectures(activations=ACTIVATIONS):
     return st.one_of(mlps(activations=activations), convnets(activations=activations))
 
 
-def losses(kinds=("cross_entropy", "mse"), reductions=("mean", "sum")):
-    """A loss object of any kind and reduction."""
-    classes = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss}
+def losses(kinds=("cross_entropy", "mse", "bce"), reductions=("mean", "sum")):
+    """A loss object of any kind and reduction (``"bce"``: binary cross-entropy on logits)."""
+    classes = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss, "bce": BCEWithLogitsLoss}
     return st.builds(lambda k, r: classes[k](reduction=r), st.sampled_from(kinds), st.sampled_from(reductions))
 
 
@@ -110,7 +110,8 @@ def problems(draw, architectures=None, losses=None, max_samples=4, param_scale=(
 
     Parameters are PyTorch's default initialisation times a drawn scale (large scales
     saturate activations); inputs are standard normal; targets are uniform labels for
-    cross-entropy and standard normal for squared error.
+    cross-entropy, standard normal for squared error and uniform soft labels in
+    ``[0, 1]`` for binary cross-entropy.
     """
     arch = draw(architectures if architectures is not None else globals()["architectures"]())
     loss = draw(losses if losses is not None else globals()["losses"]())
@@ -122,5 +123,10 @@ def problems(draw, architectures=None, losses=None, max_samples=4, param_scale=(
     params = [scale * p for p in model.init(seed)]
     X = rng.standard_normal((n,) + tuple(arch.input_shape))
     c = model.output_shape(arch.input_shape)[0]
-    y = rng.integers(0, c, size=n) if isinstance(loss, CrossEntropyLoss) else rng.standard_normal((n, c))
+    if isinstance(loss, CrossEntropyLoss):
+        y = rng.integers(0, c, size=n)
+    elif isinstance(loss, BCEWithLogitsLoss):
+        y = rng.random((n, c))
+    else:
+        y = rng.standard_normal((n, c))
     return Problem(model, params, X, y, loss)
