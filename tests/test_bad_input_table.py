@@ -1326,7 +1326,7 @@ CLI_OPTIONS = [
     ("cli opt --seed 0.5", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--seed", "0.5"), SystemExit, "--seed must be a non-negative int, got '0.5' (not an int)"),
     # choices
     ("cli opt --curvature KFAC", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--curvature", "KFAC"), SystemExit, "--curvature must be one of ('hessian', 'ggn', 'residual', 'fisher', 'mc_fisher', 'empirical_fisher'), got 'KFAC'"),
-    ("cli opt --loss nll", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--loss", "nll"), SystemExit, "--loss must be one of ('ce', 'mse'), got 'nll'"),
+    ("cli opt --loss nll", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--loss", "nll"), SystemExit, "--loss must be one of ('ce', 'mse', 'bce'), got 'nll'"),
     ("cli opt --reduction none", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--reduction", "none"), SystemExit, "--reduction must be one of ('mean', 'sum'), got 'none'"),
     # paths
     ("cli opt --data a directory", lambda m, p, X, y, l: _store_cli("hessian", "--model", "Linear(3, 2)", "--data", "/tmp"), SystemExit, "--data /tmp is a directory; it must be an existing .npz file"),
