@@ -92,22 +92,28 @@ def _pairs(c):
 
 
 def test_compare_factor_pairs():
+    """The harness compares factor pairs through diagnosis.compare_pairs; the sentences
+    pinned here are that function's for these planted differences."""
     ref = _pairs(MLP)
     (S0, A0), (S1, A1) = ref
     assert _compare("kfac_factors", [], ref, MLP, 1e-9) == (float("inf"), [
-        "0 factor pairs, refprune has 2 (one per Linear/Conv2d layer)"])
+        "0 factor pairs, refprune has 2 (one per Linear/Conv2d layer, the bias folded into A)"])
     assert _compare("kfac_factors", ref, ref, MLP, 0.0) == (0.0, [])  # exact: no note, even at tol = 0
     # the error is the largest over every pair, not the last: max |2 S - S| / max |S| = 1
+    head = "layer pair 0 (layer 0 Linear(3, 4, bias=True))"
     err, notes = _compare("kfac_factors", [(2.0 * S0, A0), (S1, A1)], ref, MLP, 1e-9)
-    assert err == 1.0 and notes == ["layer pair 0: S error 1.00e+00, A error 0.00e+00"]
-    # 2 x 0.6 = 1.2: not the same Kronecker product
+    assert err == 1.0 and notes == [f"{head}: S error 1.00e+00, A error 0.00e+00",
+                                    "layer pair 0: S alone off by a constant factor 2"]
+    # 2 x 0.6 = 1.2: not the same Kronecker product, each factor named on its own
     err, notes = _compare("kfac_factors", [(2.0 * S0, 0.6 * A0), (S1, A1)], ref, MLP, 1e-9)
-    assert notes == ["layer pair 0: S error 1.00e+00, A error 4.00e-01"]
+    assert notes == [f"{head}: S error 1.00e+00, A error 4.00e-01", "layer pair 0: S off by a constant factor 2",
+                     "layer pair 0: A off by a constant factor 0.6"]
     # S with a wrong shape: no factor is fitted and the bias row of A is not blamed
     err, notes = _compare("kfac_factors", [(S0[:-1, :-1], A0), (S1, A1)], ref, MLP, 1e-9)
-    assert err == float("inf") and notes == ["layer pair 0: S error inf, A error 0.00e+00"]
+    assert err == float("inf") and notes == [f"{head}: S error inf, A error 0.00e+00",
+                                             "layer pair 0: shapes S (3, 3), A (4, 4); refprune's S (4, 4), A (4, 4)"]
     err, notes = _compare("kfac_factors", [(S0, A0[:-1, :-1]), (S1, A1)], ref, MLP, 1e-9)
-    assert notes == ["layer pair 0: S error 0.00e+00, A error inf",
+    assert notes == [f"{head}: S error 0.00e+00, A error inf",
                      "layer pair 0: A has shape (3, 3), refprune's (4, 4): the bias row of A (refprune folds it in) "
                      "is missing or extra"]
 
