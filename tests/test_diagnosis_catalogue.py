@@ -63,6 +63,10 @@ def torch_parts(case):
         p /= p.sum(1, keepdims=True)
         dl = p - np.eye(c)[case.y]
         R = 1 / n if case.loss.reduction == "mean" else 1.0
+    elif isinstance(case.loss, rp.BCEWithLogitsLoss):
+        p = 1 / (1 + np.exp(-fn))  # sigmoids of the logits
+        dl = p - case.y
+        R = 1 / (n * c) if case.loss.reduction == "mean" else 1.0
     else:
         p = None
         dl = 2 * (fn - case.y)
@@ -116,6 +120,41 @@ def test_lambda_identity_against_2i_for_squared_error():
     _, J, _, _, R = torch_parts(c)
     got = R * np.einsum("nci,ncj->ij", J, J)
     assert "Lambda = I for squared error, where refprune (like PyTorch's MSELoss) has 2 I" in named("ggn", c, got)
+
+
+@pytest.mark.parametrize("planted, words", [
+    ("diag_p", "the sigmoid Lambda taken as diag(p) (the (1 - p) of binary cross-entropy's p (1 - p) missing)"),
+    ("quarter", "Lambda = I/4 (the sigmoid's curvature at f = 0 taken for every output)"),
+    ("softmax", "a softmax over the C outputs (diag(p) - p p^T) in place of binary cross-entropy's independent "
+                "sigmoids")])
+def test_binary_cross_entropy_lambda_forms(planted, words):
+    c = cf.make_case("mlp-tanh", "bce-mean")
+    f, J, _, p, R = torch_parts(c)
+    C = f.shape[1]
+    if planted == "diag_p":
+        lam = p[:, :, None] * np.eye(C)
+    elif planted == "quarter":
+        lam = np.broadcast_to(np.eye(C) / 4, (len(f), C, C))
+    else:
+        q = np.exp(f - f.max(1, keepdims=True))
+        q /= q.sum(1, keepdims=True)
+        lam = q[:, :, None] * np.eye(C) - q[:, :, None] * q[:, None, :]
+    text = named("ggn", c, R * np.einsum("nci,ncd,ndj->ij", J, lam, J))
+    assert words in text and "squared error" not in text
+
+
+def test_binary_cross_entropy_factors_are_not_called_squared_error():
+    """BCE 'mean' divides by N C like MSELoss, but has no Lambda = 2 I: a sum over all
+    elements, and nngeometry's mean over samples only, are named as BCE's."""
+    c = cf.make_case("mlp-tanh", "bce-mean", n=4)  # N = 4, C = 3: the two factors are told apart
+    _, _, g, _, R = torch_parts(c)
+    n, C = 4, 3
+    F = R * g.T @ g
+    text = named("empirical_fisher", c, n * C * F)
+    assert "a sum where BCEWithLogitsLoss 'mean' divides by N C" in text and "squared error" not in text
+    text = named("ggn", c, C * rp.ggn(*c.args()))
+    assert "a mean over samples only (nngeometry's and ASDL's convention) where BCEWithLogitsLoss" in text
+    assert "Lambda = I" not in text and "squared error" not in text
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ same for K-FAC's per-layer factor pairs.  The catalogue: ``docs/conventions.md``
 import numpy as np
 
 from ..checks import real_array  # noqa: F401 (re-exported: the harness and fixtures read it here)
-from ..nn import AffineLayer, CrossEntropyLoss
+from ..nn import AffineLayer, BCEWithLogitsLoss, MSELoss
 from . import neighbours as _nb
 
 
@@ -53,20 +53,26 @@ def _explanations(case):
     """Known convention factors for this case: ``[(value, words)]``."""
     n = len(case.X)
     c = case.model.output_shape(case.X.shape[1:])[0]
-    ce = isinstance(case.loss, CrossEntropyLoss)
+    # squared error's Lambda = 2 I and both per-element losses' R = 1/(N C) for "mean"
+    # (docs/conventions.md §2, §3); cross-entropy's R = 1/N
+    mse, bce = isinstance(case.loss, MSELoss), isinstance(case.loss, BCEWithLogitsLoss)
     out = []
-    if not ce:
+    if mse:
         out.append((0.5, "Lambda = I for squared error where refprune (like PyTorch's MSELoss) has 2 I"))
         out.append((2.0, "Lambda = 4 I or a loss with 2 (f - y)^2"))
     if case.loss.reduction == "mean":
         out.append((float(n), "a sum over samples where the loss takes the mean (R = 1/N)"))
-        if not ce:
+        if mse:
             out.append((float(n * c), "a sum where MSELoss 'mean' divides by N C"))
             out.append((float(c), "a mean over samples only where MSELoss 'mean' divides by N C"))
             out.append((0.5 * c, "Lambda = I and a mean over samples only (ASDL, nngeometry)"))
+        if bce:
+            out.append((float(n * c), "a sum where BCEWithLogitsLoss 'mean' divides by N C"))
+            out.append((float(c), "a mean over samples only (nngeometry's and ASDL's convention) where "
+                                  "BCEWithLogitsLoss 'mean' divides by N C"))
     else:
         out.append((1.0 / n, "a mean over samples where the loss takes the sum (R = 1)"))
-        if not ce:
+        if mse:
             out.append((0.5 / n, "Lambda = I and a mean over samples (ASDL, nngeometry)"))
     locations, s = set(), case.X.shape[1:]
     for layer in case.model:
@@ -139,9 +145,13 @@ def factor_explanations(case, quantity=None, options=None):
     n = len(case.X)
     c = case.model.output_shape(case.X.shape[1:])[0]
     R = case.loss.scale(n, c)
-    mse = not isinstance(case.loss, CrossEntropyLoss)
+    mse, bce = isinstance(case.loss, MSELoss), isinstance(case.loss, BCEWithLogitsLoss)
     if _is_lambda_free(quantity, options):
         out = [(v, w) for v, w in out if w not in _LAMBDA_WORDS]
+        if bce and quantity != "loss" and case.loss.reduction == "mean" and c > 1:
+            out.insert(0, (1.0 / c, f"1/C = 1/{c}: per-sample gradients of a loss averaged over the C = {c} "
+                                    "outputs (BCEWithLogitsLoss('mean') on one sample), squared; refprune's l_n "
+                                    "sums over the outputs and R = 1/(N C) is applied once"))
         if mse and quantity != "loss":
             if case.loss.reduction == "mean" and c > 1:
                 out.insert(0, (1.0 / c, f"1/C = 1/{c}: per-sample gradients of a loss averaged over the C = {c} "

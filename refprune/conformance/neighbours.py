@@ -28,7 +28,7 @@ from ..curvature import exact as _c
 from ..curvature.ekfac import EKFACBlock, ekfac
 from ..curvature.kronecker import KFAC_APPROX, kfac, layer_statistics, with_bias_row
 from ..curvature.output_factors import OutputFactor
-from ..nn import AffineLayer, CrossEntropyLoss
+from ..nn import AffineLayer, BCEWithLogitsLoss, CrossEntropyLoss
 
 #: ``quantity name: fn(case, options) -> [(description, array)]``
 NEIGHBOURS = {}
@@ -91,6 +91,20 @@ class _Parts:
         p /= p.sum(axis=1, keepdims=True)
         return p[:, :, None] * np.eye(p.shape[1])[None]
 
+    def lambda_sigmoid_p(self):
+        """``diag(sigmoid(f_n))``: the binary cross-entropy's ``p (1 - p)`` without its
+        ``(1 - p)`` (docs/derivations.md §3)."""
+        p = 0.5 * (1.0 + np.tanh(0.5 * self.f))  # sigmoid without overflow
+        return p[:, :, None] * np.eye(p.shape[1])[None]
+
+    def lambda_softmax(self):
+        """``diag(p) - p p^T`` with ``p = softmax(f_n)``: a softmax over the outputs in
+        place of binary cross-entropy's independent sigmoids."""
+        z = self.f - self.f.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        return p[:, :, None] * np.eye(p.shape[1])[None] - p[:, :, None] * p[:, None, :]
+
     def lambda_identity(self):
         n, c = self.f.shape
         return np.broadcast_to(np.eye(c), (n, c, c))
@@ -135,6 +149,14 @@ def _lambda_forms(case, P):
     if _ce(case):
         return [("the GGN with the softmax Lambda taken as diag(p) (the - p p^T of the cross-entropy Hessian "
                  "missing)", P.curvature(P.lambda_diag_p()))]
+    if isinstance(case.loss, BCEWithLogitsLoss):
+        n, c = P.f.shape
+        return [("the GGN with the sigmoid Lambda taken as diag(p) (the (1 - p) of binary cross-entropy's "
+                 "p (1 - p) missing)", P.curvature(P.lambda_sigmoid_p())),
+                ("the GGN with Lambda = I/4 (the sigmoid's curvature at f = 0 taken for every output)",
+                 P.curvature(np.broadcast_to(np.eye(c) / 4, (n, c, c)))),
+                ("the GGN with a softmax over the C outputs (diag(p) - p p^T) in place of binary cross-entropy's "
+                 "independent sigmoids", P.curvature(P.lambda_softmax()))]
     return [("the GGN with Lambda = I for squared error, where refprune (like PyTorch's MSELoss) has 2 I",
              P.curvature(P.lambda_identity()))]
 
