@@ -321,7 +321,7 @@ def _loss_of(tloss, torch):
             hint = "; for log_softmax followed by NLLLoss, end the network with the logits and use CrossEntropyLoss"
         elif isinstance(tloss, tnn.BCELoss):
             hint = "; for sigmoid followed by BCELoss, end the network with the logits and use BCEWithLogitsLoss"
-        known = "CrossEntropyLoss, MSELoss" + (", BCEWithLogitsLoss" if hasattr(nn, "BCEWithLogitsLoss") else "")
+        known = "CrossEntropyLoss, MSELoss, BCEWithLogitsLoss"
         if isinstance(tloss, type):
             kind, hint = f"the class {tloss.__module__}.{tloss.__qualname__}", f": pass an instance, {tloss.__name__}()"
         elif isinstance(tloss, tnn.Module):
@@ -347,10 +347,7 @@ def _loss_of(tloss, torch):
         return nn.MSELoss(tloss.reduction)
     if tloss.pos_weight is not None:
         refuse("pos_weight=", "positive and negative targets weigh 1")
-    bce = getattr(nn, "BCEWithLogitsLoss", None)
-    if bce is None:
-        raise TypeError(f"{where}: this refprune has no BCEWithLogitsLoss (losses: CrossEntropyLoss, MSELoss)")
-    return bce(tloss.reduction)
+    return nn.BCEWithLogitsLoss(tloss.reduction)
 
 
 def from_torch(module, model=None, loss=None):
@@ -374,8 +371,7 @@ def from_torch(module, model=None, loss=None):
         by the state dict's.  A compiled model's state dict (keys starting with
         ``"_orig_mod."``) and its original's are both read.
     loss : torch loss module, optional
-        ``torch.nn.CrossEntropyLoss`` or ``MSELoss`` (and ``BCEWithLogitsLoss`` where
-        refprune has it) with ``reduction="mean"`` or ``"sum"``, converted to refprune's
+        ``torch.nn.CrossEntropyLoss``, ``MSELoss`` or ``BCEWithLogitsLoss`` with ``reduction="mean"`` or ``"sum"``, converted to refprune's
         loss of the same semantics (``docs/conventions.md`` §2).  Refused by name:
         ``weight=``, ``pos_weight=``, a non-negative ``ignore_index``,
         ``label_smoothing``, ``reduction="none"``, and every other loss class.  It is an
