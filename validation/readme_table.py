@@ -38,9 +38,6 @@ FIXED = {
                       "fractions",
                       "at 80% removed without retraining OBD is worse than magnitude (interacting removals; the paper "
                       "retrains)"),
-    "ekfac_distance.md": ("George et al. 2018, EKFAC", "`python validation/ekfac_distance.py`",
-                          "EKFAC never farther from the Fisher than K-FAC (largest ratio 0.987, every layer and "
-                          "curvature)", "—"),
     "natural_gradient_digits.md": (
         "George et al. 2018, EKFAC as an optimizer", "`python validation/natural_gradient_digits.py`",
         "at the same search budget (6 settings each, 3 seeds) K-FAC and EKFAC end below SGD's training loss in 7 of "
