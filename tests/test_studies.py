@@ -5,7 +5,6 @@ against the quantities they claim to measure."""
 import itertools
 import os
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -308,6 +307,11 @@ def test_eigendamage_seed_files_record_their_configuration(tmp_path):
     import json
 
     assert json.load(open(path))["config"] == {"a": 2}
+    assert eigendamage_digits.cached(path, {"a": 2}, compute, complete=lambda r: "rows" in r) == {"acc": 0.5}
+    assert len(calls) == 3  # incomplete: recomputed
+    with open(path, "w") as fh:
+        fh.write('{"config": {"a"')  # a truncated file
+    assert eigendamage_digits.cached(path, {"a": 2}, compute) == {"acc": 0.5} and len(calls) == 4
 
 
 def test_eigendamage_quick_mode_writes_its_report_and_resumes(tmp_path):
