@@ -97,7 +97,8 @@ def main(argv=None):
     v = verdict(f"the largest ratio ||F - EKFAC|| / ||F - KFAC|| over {count} layer blocks (every layer, network "
                 "and curvature)", worst, 1.0, bound, show=lambda x: f"{x:.3f}")
     lines += ["## Finding (computed from the tables above)", "",
-              "- " + v.sentence.replace(" in the paper", " by construction").replace("; reproduces.", "; the bound holds.")
+              "- " + v.sentence.replace(" in the paper", " by construction")
+              .replace("; reproduces.", "; the bound holds.")
               .replace("; does not reproduce.", "; the bound is violated."),
               "- This checks refprune's EKFAC (its eigenvalues are the Frobenius-closest diagonal in K-FAC's "
               "eigenbasis); it is not evidence for the paper's claim about optimisation, which the optimizer "

@@ -106,7 +106,8 @@ def main(argv=None):
     pw = per_weight(model, params, X, y)
     lines = ["# Optimal Brain Damage on digits (LeCun, Denker & Solla 1990)"
              + (" — a tiny instance, not the study" if args.quick else ""), "",
-             f"MLP 64-{hidden}-10 (tanh), {model.n_params} parameters, {n_train:,} training digits; objective cross-entropy plus "
+             f"MLP 64-{hidden}-10 (tanh), {model.n_params} parameters, {n_train:,} training digits; objective "
+             "cross-entropy plus "
              f"{WEIGHT_DECAY:g}/2 |theta|^2 at a minimum found by `refprune.minimize` (gradient max-norm "
              f"{res.grad_norm:.1e}, smallest Hessian eigenvalue {res.min_eigenvalue:.2e}); test accuracy {acc:.3f} on "
              f"{len(Xte)} held-out digits. Written by `python validation/obd_digits.py`"
