@@ -5,7 +5,6 @@ against the quantities they claim to measure."""
 import itertools
 import os
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -273,19 +272,153 @@ def test_ekfac_study_ratios_never_exceed_one():
 
 
 def test_eigendamage_study_counts_flops_by_hand():
-    model = eigendamage_digits.network()
-    # conv 1->8 3x3 on 8x8 -> 6x6; conv 8->16 3x3 -> 4x4; pool -> 2x2; linear 64 -> 10
-    assert eigendamage_digits.flops(model, (1, 8, 8)) == 8 * 9 * 36 + 16 * 72 * 16 + 64 * 10
-    rng = np.random.default_rng(2)
-    X, y = rng.random((40, 1, 8, 8)), rng.integers(0, 10, 40)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        base, rows = eigendamage_digits.run(X, y, X[:10], y[:10], {m: [0.3] for m in eigendamage_digits.METHODS},
-                                            epochs=1, fine_tune=dict(epochs=1, batch_size=20, lr=0.01))
-    assert len(rows) == len(eigendamage_digits.METHODS)
-    for r in rows:
-        assert r["params"] <= base["params"] and r["flops"] <= base["flops"]
-        assert 0.0 <= r["pruned"] <= 1.0 and 0.0 <= r["tuned"] <= 1.0
+    model = eigendamage_digits.network([4, 6])
+    # conv 1->4 3x3 on 8x8 -> 6x6; conv 4->6 3x3 -> 4x4; pool -> 2x2; linear 24 -> 10
+    assert eigendamage_digits.flops(model) == 4 * 9 * 36 + 6 * 36 * 16 + 24 * 10
+    assert eigendamage_digits.prunable(model) == [0, 2]  # the classifier is never pruned
+
+
+def _patches(x, k):
+    """``(N, H', W', c, kk)``: every k x k window by slicing (not refprune's im2col)."""
+    n, c, h, w = x.shape
+    out = np.empty((n, h - k + 1, w - k + 1, c, k * k))
+    for i in range(h - k + 1):
+        for j in range(w - k + 1):
+            out[:, i, j] = x[:, :, i : i + k, j : j + k].reshape(n, c, k * k)
+    return out
+
+
+def _eigendamage_instance():
+    rng = np.random.default_rng(3)
+    model = eigendamage_digits.network([3, 5])
+    params = model.init(1)
+    X, y = rng.random((30, 1, 8, 8)), rng.integers(0, 10, 30)
+    return model, params, X, y
+
+
+def test_eigendamage_channel_factor_against_patches():
+    """The authors' channel factor: the mean over positions and kernel offsets of
+    [a_o; 1/kk][a_o; 1/kk]^T, from windows cut by hand."""
+    model, params, X, y = _eigendamage_instance()
+    K = rp.kfac(model, params, X, y, rp.CrossEntropyLoss())
+    layer = model[2]
+    h = rp.Sequential(*model.layers[:2])(params[:2], X)
+    P = _patches(h, 3)  # (N, 4, 4, 3, 9)
+    a = np.concatenate([P, np.full(P.shape[:3] + (1, 9), 1 / 9)], axis=3)  # the bias channel, 1/kk per offset
+    a = a.transpose(0, 1, 2, 4, 3).reshape(-1, 4)
+    expected = a.T @ a / len(a)
+    got = eigendamage_digits.channel_factor(layer, K.blocks[1].A)
+    assert np.allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_eigendamage_importances_and_bottleneck():
+    model, params, X, y = _eigendamage_instance()
+    state = eigendamage_digits.eigendamage_state(model, params, X, y)
+    K = rp.kfac(model, params, X, y, rp.CrossEntropyLoss())
+    grouped = model.group_params(params)
+    for d, block in zip(state["layers"], K.blocks):
+        layer = model[d["j"]]
+        # the importances sum to the K-FAC quadratic form in the channel form, computed
+        # without eigenvectors: sum_o tr(M_o^T S M_o A_c) / 2
+        M = eigendamage_digits.per_offset(layer, *grouped[d["j"]])
+        Ac = eigendamage_digits.channel_factor(layer, block.A)
+        quad = sum(np.trace(Mo.T @ block.S @ Mo @ Ac) for Mo in M) / 2
+        assert d["imp"].sum() == pytest.approx(quad, rel=1e-10)
+        # [W_o | b] per offset holds the weights in PyTorch's layout and the bias in every offset
+        W, b = grouped[d["j"]]
+        assert np.array_equal(M[4, :, :-1], W[:, :, 1, 1]) and np.array_equal(M[7, :, -1], b)
+    # every direction kept: the bottleneck computes the network exactly
+    layers, flat = [], []
+    by_j = {d["j"]: d for d in state["layers"]}
+    for j, layer in enumerate(model):
+        if j in by_j:
+            d = by_j[j]
+            b_layers, b_params = eigendamage_digits.bottleneck(layer, d["US"], d["UA"], d["Wstar"])
+            layers += b_layers
+            flat += [p for g in b_params for p in g]
+        else:
+            layers.append(layer)
+            flat += list(grouped[j])
+    assert np.allclose(rp.Sequential(*layers)(flat, X), model(params, X), rtol=1e-10, atol=1e-12)
+    # removal order: lowest importance first, and never the last direction of a side
+    order = state["order"]
+    imp = [state["layers"][li]["imp"].sum(axis=1 - side)[i] for li, side, i in order]
+    assert np.all(np.diff(imp) >= 0)
+    small, small_params, made = eigendamage_digits.eigendamage_prune(state, len(order))
+    assert made and all(o >= 1 for o in (layer.out_units for layer in small if isinstance(layer, rp.nn.AffineLayer)))
+    assert eigendamage_digits.flops(small) < eigendamage_digits.flops(model)
+    same, same_params, none = eigendamage_digits.eigendamage_prune(state, 0)
+    assert none == [] and np.array_equal(same(same_params, X), model(params, X))
+
+
+def test_eigendamage_bisection_and_intervals():
+    steps = [0.0, 0.1, 0.25, 0.26, 0.5, 0.9]
+    assert eigendamage_digits.bisect(lambda k: steps[k], 5, 0.24) == (2, 0.25)
+    assert eigendamage_digits.bisect(lambda k: steps[k], 5, 0.2) == (2, 0.25)
+    assert eigendamage_digits.bisect(lambda k: steps[k], 5, 0.15) == (1, 0.1)  # ties to the smaller amount
+    assert eigendamage_digits.bisect(lambda k: steps[k], 5, 0.95) == (5, 0.9)
+    d = np.array([1.0, 2.5, -0.5, 3.0, 1.2])
+    mean, lo, hi = eigendamage_digits.t_interval(d)
+    ci = __import__("scipy.stats").stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert (mean, lo, hi) == pytest.approx((d.mean(), ci.low, ci.high), rel=1e-12)
+    assert eigendamage_digits.direction(1.0, 0.2, 1.8) == "EigenDamage more accurate"
+    assert eigendamage_digits.direction(-1.0, -1.8, -0.2) == "unit pruning more accurate"
+    assert eigendamage_digits.direction(0.1, -0.2, 0.4) == "no difference resolved"
+
+
+def test_eigendamage_seed_files_record_their_configuration(tmp_path):
+    path = str(tmp_path / "seed_0.json")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"acc": 0.5}
+
+    assert eigendamage_digits.cached(path, {"a": 1}, compute) == {"acc": 0.5}
+    assert eigendamage_digits.cached(path, {"a": 1}, compute) == {"acc": 0.5} and len(calls) == 1
+    assert eigendamage_digits.cached(path, {"a": 2}, compute) == {"acc": 0.5} and len(calls) == 2  # recomputed
+    import json
+
+    assert json.load(open(path))["config"] == {"a": 2}
+    assert eigendamage_digits.cached(path, {"a": 2}, compute, complete=lambda r: "rows" in r) == {"acc": 0.5}
+    assert len(calls) == 3  # incomplete: recomputed
+    with open(path, "w") as fh:
+        fh.write('{"config": {"a"')  # a truncated file
+    assert eigendamage_digits.cached(path, {"a": 2}, compute) == {"acc": 0.5} and len(calls) == 4
+
+
+def test_eigendamage_quick_mode_writes_its_report_and_resumes(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    import report
+
+    args = ["validation/eigendamage_digits.py", "--quick", "--out", str(tmp_path), "--cache", str(tmp_path / "c")]
+    _run(args)
+    text = (tmp_path / "eigendamage_digits.md").read_text()
+    assert "a tiny instance" in text.splitlines()[0] and (tmp_path / "eigendamage_digits.png").exists()
+    assert sorted(os.listdir(tmp_path / "c")) == ["seed_0.json", "seed_1.json", "selection.json"]
+    assert report.read_readme_row(tmp_path / "eigendamage_digits.md")["study"] == eigendamage_digits.PAPER
+    _run(args)  # from the seed files: the same report
+    assert (tmp_path / "eigendamage_digits.md").read_text() == text
+
+
+def test_ekfac_quick_mode_writes_its_report(tmp_path):
+    pytest.importorskip("sklearn")
+    import report
+
+    _run(["validation/ekfac_distance.py", "--quick", "--out", str(tmp_path)])
+    text = (tmp_path / "ekfac_distance.md").read_text()
+    assert "construction check" in text.splitlines()[0] and "a tiny instance" in text.splitlines()[0]
+    row = report.read_readme_row(tmp_path / "ekfac_distance.md")
+    assert row["reproduced"].startswith("construction check") and row["not reproduced"] == "—"
+
+
+def test_obd_quick_mode_writes_its_report(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    _run(["validation/obd_digits.py", "--quick", "--out", str(tmp_path)])
+    assert "a tiny instance" in (tmp_path / "obd_digits.md").read_text().splitlines()[0]
+    assert (tmp_path / "obd_digits_sweep.png").exists() and (tmp_path / "obd_digits_scatter.png").exists()
 
 
 def test_natural_gradient_study_loop_is_trains_loop():

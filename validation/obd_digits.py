@@ -7,7 +7,8 @@ the increase observed when it is removed (zeroed for magnitude and OBD; with OBS
 for OBS), with their correlations; then the loss against the fraction removed, one-shot
 and in five rounds (curvature recomputed each round, no retraining).
 
-    python validation/obd_digits.py     # writes validation/results/obd_digits.md and two PNGs
+    python validation/obd_digits.py            # writes validation/results/obd_digits.md and two PNGs
+    python validation/obd_digits.py --quick    # a tiny instance, to try it (not the study)
 """
 
 import argparse
@@ -20,6 +21,9 @@ from datasets import digits
 
 WEIGHT_DECAY = 1e-3
 LOSS = rp.CrossEntropyLoss()
+#: (training digits, hidden units, SGD epochs, fractions swept): the study's and --quick's
+STUDY = (1000, 16, 30, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+QUICK = (60, 4, 2, [0.5, 0.9])
 
 
 def objective(model, theta, X, y, loss=LOSS):
@@ -85,22 +89,29 @@ def sweep(model, params, X, y, Xte, yte, fractions):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.parse_args(argv)
-    from report import pyplot, save, table, write
+    ap.add_argument("--quick", action="store_true", help="a tiny instance, to try it (not the study)")
+    ap.add_argument("--out", default=None, help="directory for the report and figures (default validation/results)")
+    args = ap.parse_args(argv)
+    from report import RESULTS, pyplot, save, table, write
 
-    X, y, Xte, yte = digits()
-    model = rp.Sequential(rp.Linear(64, 16), rp.Tanh(), rp.Linear(16, 10))
-    params, _ = rp.train(model, model.init(0), X, y, LOSS, epochs=30, batch_size=50, lr=0.1,
+    out = args.out or RESULTS
+    n_train, hidden, epochs, fractions = QUICK if args.quick else STUDY
+    X, y, Xte, yte = digits(n_train=n_train)
+    model = rp.Sequential(rp.Linear(64, hidden), rp.Tanh(), rp.Linear(hidden, 10))
+    params, _ = rp.train(model, model.init(0), X, y, LOSS, epochs=epochs, batch_size=50, lr=0.1,
                          weight_decay=WEIGHT_DECAY, seed=0)
     res = rp.minimize(model, params, X, y, LOSS, weight_decay=WEIGHT_DECAY)
     params = res.params
     acc = float(np.mean(model(params, Xte).argmax(1) == yte))
     pw = per_weight(model, params, X, y)
-    lines = ["# Optimal Brain Damage on digits (LeCun, Denker & Solla 1990)", "",
-             f"MLP 64-16-10 (tanh), {model.n_params} parameters, 1,000 training digits; objective cross-entropy plus "
+    lines = ["# Optimal Brain Damage on digits (LeCun, Denker & Solla 1990)"
+             + (" — a tiny instance, not the study" if args.quick else ""), "",
+             f"MLP 64-{hidden}-10 (tanh), {model.n_params} parameters, {n_train:,} training digits; objective "
+             "cross-entropy plus "
              f"{WEIGHT_DECAY:g}/2 |theta|^2 at a minimum found by `refprune.minimize` (gradient max-norm "
              f"{res.grad_norm:.1e}, smallest Hessian eigenvalue {res.min_eigenvalue:.2e}); test accuracy {acc:.3f} on "
-             f"{len(Xte)} held-out digits. Written by `python validation/obd_digits.py`.", "",
+             f"{len(Xte)} held-out digits. Written by `python validation/obd_digits.py`"
+             + (" with `--quick`" if args.quick else "") + ".", "",
              "## Each weight removed alone", "",
              "Actual: the objective's change when the weight is zeroed (OBS: with its update).", ""]
     body = []
@@ -111,7 +122,6 @@ def main(argv=None):
         body.append((name, pear, f"{spearman(pred, actual):.3f}", rel))
     lines += table(["criterion", "Pearson (predicted, actual)", "Spearman", "median |pred - actual| / actual"],
                    body)
-    fractions = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     sw = sweep(model, params, X, y, Xte, yte, fractions)
     lines += ["", "## Objective and test accuracy against the fraction of weights removed (no retraining)", ""]
     rows = []
@@ -154,7 +164,7 @@ def main(argv=None):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("predicted increase")
     axes[0].set_ylabel("|actual increase|")
-    save(fig, "obd_digits_scatter.png")
+    save(fig, "obd_digits_scatter.png", out)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for (name, steps), (losses, accs) in sw.items():
         ls = "-" if steps == 1 else "--"
@@ -165,8 +175,8 @@ def main(argv=None):
     axes[1].set_xlabel("fraction of weights removed")
     axes[1].set_ylabel("test accuracy")
     axes[0].legend(fontsize=7)
-    save(fig, "obd_digits_sweep.png")
-    print(write("obd_digits.md", lines))
+    save(fig, "obd_digits_sweep.png", out)
+    print(write("obd_digits.md", lines, out))
     return 0
 
 

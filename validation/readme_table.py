@@ -34,9 +34,6 @@ FIXED = {
                       "fractions",
                       "at 80% removed without retraining OBD is worse than magnitude (interacting removals; the paper "
                       "retrains)"),
-    "ekfac_distance.md": ("George et al. 2018, EKFAC", "`python validation/ekfac_distance.py`",
-                          "EKFAC never farther from the Fisher than K-FAC (largest ratio 0.987, every layer and "
-                          "curvature)", "—"),
     "natural_gradient_digits.md": (
         "George et al. 2018, EKFAC as an optimizer", "`python validation/natural_gradient_digits.py`",
         "at the same search budget (6 settings each, 3 seeds) K-FAC and EKFAC end below SGD's training loss in 7 of "
@@ -45,10 +42,6 @@ FIXED = {
         "\"EKFAC at least as fast as K-FAC per epoch\" held in 2 of 4; per second, amortised EKFAC cost 4.5-5.7 "
         "gradients a step against K-FAC's 4.4-5.0: on 65 x 65 factors the eigendecomposition saved is cheaper than "
         "the per-sample projection added"),
-    "eigendamage_digits.md": (
-        "Wang et al. 2019, EigenDamage", "`python validation/eigendamage_digits.py`", "—",
-        "at matched FLOPs, unit pruning (C-OBD/C-OBS/Kron-OBS) kept more accuracy than EigenDamage in 4 of 4 "
-        "comparisons on a 1,898-parameter conv net; bottlenecks save parameters only at high fractions"),
 }
 
 
