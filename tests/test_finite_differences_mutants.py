@@ -1,0 +1,274 @@
+"""The finite-difference checkers against closed forms: the stencils' truncation errors
+(Fornberg 1988: ``h^4 f^(5) / 30`` and ``h^2 f''' / 6``), the step ladder's choice and
+Richardson bound on a function whose fifth derivative dominates, the adjoint check's
+reported error for a transpose wrong by an amount set here, and the checkers' documented
+defaults (3 directions drawn from seed 0, ``rtol = 1e-6``, ``atol = 1e-9``)."""
+
+import numpy as np
+import pytest
+
+from refprune.testing import CheckResult, check_grad, check_hessian, check_hvp, check_jvp, check_vjp
+from refprune.testing.finite_differences import default_step, directional_derivative
+
+EPS = np.finfo(np.float64).eps
+
+
+# ---------------------------------------------------------------- stencils and steps
+
+def test_fourth_order_stencil_error_is_h4_f5_over_30():
+    # f = sum x^5: d/dt f(x + t v) = 5 sum x^4 v; the stencil equals it minus h^4/30 times
+    # the fifth directional derivative 120 sum v^5 (the higher ones vanish)
+    x, v, h = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.5, -2.0]), 0.125
+    est = directional_derivative(lambda t: np.sum(t**5), x, v, step=h)
+    assert est == pytest.approx(5 * np.sum(x**4 * v) - 4 * h**4 * np.sum(v**5), rel=1e-13)
+
+
+def test_second_order_stencil_error_is_h2_f3_over_6():
+    x, v, h = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.5, -2.0]), 0.125
+    est = directional_derivative(lambda t: np.sum(t**3), x, v, step=h, order=2)
+    assert est == pytest.approx(3 * np.sum(x**2 * v) + h**2 * np.sum(v**3), rel=1e-13)
+    # a vector-valued function: every component
+    est = directional_derivative(lambda t: t**3, x, v, step=h, order=2, return_error=True)
+    np.testing.assert_allclose(est[0], 3 * x**2 * v + h**2 * v**3, rtol=1e-13)
+    assert est[1] == h and np.isnan(est[2])
+
+
+@pytest.mark.parametrize("order, power", [(4, 1 / 5), (2, 1 / 3)])
+def test_default_step(order, power):
+    x, v = np.array([3.0, -8.0]), np.array([0.5, -0.25])
+    assert default_step(x, v, order) == pytest.approx(EPS**power * 8.0 / 0.5, rel=1e-15)
+    assert default_step(np.array([0.25]), np.array([2.0]), order) == pytest.approx(EPS**power / 2.0, rel=1e-15)
+    assert default_step(x, np.zeros(2), order) == pytest.approx(EPS**power * 8.0, rel=1e-15)
+    assert default_step(x, v) == pytest.approx(EPS**0.2 * 16.0, rel=1e-15)
+
+
+def test_the_ladder_keeps_the_smallest_step_when_truncation_dominates():
+    # f = exp(c x): truncation h^4 c^5 f / 30 exceeds rounding eps f / h by orders of
+    # magnitude on the whole ladder, so Richardson's bound falls with h and the finest
+    # step, h0 / 4, is kept, its bound its truncation error
+    c, x, v = 40.0, np.array([0.0]), np.array([1.0])
+    h0 = default_step(x, v)
+    est, h, bound = directional_derivative(lambda t: np.exp(c * t[0]), x, v, return_error=True)
+    assert h == h0 / 4
+    truncation = h**4 * c**5 / 30
+    assert est - c == pytest.approx(-truncation, rel=0.02)
+    assert bound == pytest.approx(truncation, rel=0.02)
+    # without return_error: the estimate of the default step itself
+    assert directional_derivative(lambda t: np.exp(c * t[0]), x, v) - c == pytest.approx(-h0**4 * c**5 / 30,
+                                                                                          rel=0.02)
+
+
+def test_the_ladder_of_order_two():
+    c, x, v = 40.0, np.array([0.0]), np.array([1.0])
+    h0 = default_step(x, v, order=2)
+    est, h, bound = directional_derivative(lambda t: np.exp(c * t[0]), x, v, order=2, return_error=True)
+    assert h == h0 / 4
+    assert est - c == pytest.approx(h**2 * c**3 / 6, rel=0.02)
+    assert bound == pytest.approx(h**2 * c**3 / 6, rel=0.02)  # |D(2h) - D(h)| / (2^2 - 1)
+
+
+# ---------------------------------------------------------------- defaults
+
+class Spy:
+    """A linear map ``x -> A x`` that records the directions it is asked about."""
+
+    def __init__(self, A):
+        self.A, self.seen = A, []
+
+    def fun(self, x):
+        return self.A @ x
+
+    def jvp(self, x, v):
+        self.seen.append(v.copy())
+        return self.A @ v
+
+
+def _draws(n, count=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(n) for _ in range(count)]
+
+
+def test_jvp_and_hvp_draw_three_directions_from_seed_zero():
+    A = np.array([[2.0, 1.0], [1.0, 3.0]])
+    for check in (check_jvp, check_hvp):
+        s = Spy(A)
+        res = check(s.fun, s.jvp, np.array([0.5, 1.5]))
+        assert res.checked == 3 and len(s.seen) == 3
+        for got, want in zip(s.seen, _draws(2)):
+            np.testing.assert_array_equal(got, want)
+    assert check_hvp(Spy(A).fun, Spy(A).jvp, np.ones(2)).what == "Hessian-vector product"
+    assert check_jvp(Spy(A).fun, Spy(A).jvp, np.ones(2)).what == "Jacobian-vector product"
+
+
+def _wrong_by(rel):
+    """A linear map whose Jacobian-vector product is off by ``rel`` relative."""
+    A = np.array([[2.0, 1.0], [1.0, 3.0]])
+    return (lambda x: A @ x), (lambda x, v: (1 + rel) * (A @ v))
+
+
+@pytest.mark.parametrize("check", [check_jvp, check_hvp])
+def test_default_rtol_is_1e_minus_6(check):
+    x = np.array([0.5, 1.5])
+    check(*_wrong_by(1e-8), x)  # within 1e-6
+    with pytest.raises(AssertionError):
+        check(*_wrong_by(1e-4), x)
+
+
+@pytest.mark.parametrize("check", [check_jvp, check_hvp])
+def test_default_atol_is_1e_minus_9(check):
+    # a zero map: only atol (times the scale max(1, |jvp|) = 1) bounds an error of 1e-7
+    x = np.array([0.5, 1.5])
+    with pytest.raises(AssertionError):
+        check(lambda t: np.zeros(2), lambda t, v: np.full(2, 1e-7), x)
+    check(lambda t: np.zeros(2), lambda t, v: np.full(2, 1e-10), x)
+
+
+@pytest.mark.parametrize("check", [check_jvp, check_hvp])
+def test_order_is_handed_on(check):
+    # a cubic map: the fourth-order stencil is exact, the second-order one is off by h^2 v^3
+    x = np.array([0.5, -1.0])
+    with pytest.raises(AssertionError):
+        check(lambda t: t**3, lambda t, v: 3 * t**2 * v, x, step=0.1, order=2)
+    check(lambda t: t**3, lambda t, v: 3 * t**2 * v, x, step=0.1, order=4)
+    with pytest.raises(ValueError, match=rf"^{check.__name__}: order must be 2 or 4, got 3$"):
+        check(lambda t: t**3, lambda t, v: 3 * t**2 * v, x, order=3)
+
+
+# ---------------------------------------------------------------- the adjoint check
+
+class Adjoint:
+    """``jvp(x, v) = J(x) v`` and a ``vjp`` that is ``J(x)^T u`` plus ``d / |v|^2 v`` for
+    the ``v`` of the same pair, so that ``<J^T u, v> - <u, J v>`` is ``d`` (set per pair);
+    ``J(x) = diag(x) A`` depends on ``x``."""
+
+    def __init__(self, A, d):
+        self.A, self.d, self.k, self.pairs = A, d, 0, []
+
+    def J(self, x):
+        return x[:, None] * self.A
+
+    def jvp(self, x, v):
+        self.v = v.copy()
+        return self.J(x) @ v
+
+    def vjp(self, x, u):
+        v = self.v
+        lhs = float(np.sum(u * (self.J(x) @ v)))
+        extra = self.d[self.k] / float(v @ v) * v
+        self.k += 1
+        out = self.J(x).T @ u + extra
+        self.pairs.append((lhs, float(np.sum(out * v))))
+        return out
+
+
+def _expected_error(pairs, rtol, atol):
+    return max(abs(lhs - rhs) / (atol * max(1.0, abs(rhs)) + rtol * abs(rhs)) for lhs, rhs in pairs)
+
+
+def test_adjoint_reports_its_worst_pair_relative_to_its_tolerance():
+    x = np.array([2.0, -3.0])
+    adj = Adjoint(np.array([[1.0, 2.0], [-1.0, 0.25]]), d=[1e-14, 3e-14, 2e-14])
+    res = check_vjp(adj.jvp, adj.vjp, x, 2)
+    assert isinstance(res, CheckResult) and res.what == "adjoint identity" and res.checked == 3
+    assert np.isnan(res.step) and res.fd_error == 0.0
+    assert res.error == pytest.approx(_expected_error(adj.pairs, 1e-12, 1e-12), rel=1e-6)
+    assert 0 < res.error < 1
+
+
+def test_adjoint_default_draws_and_tolerances():
+    # seed 0 by default: the same pairs as seed=0, other pairs with seed=1
+    runs = []
+    for kwargs in ({}, {"seed": 0}, {"seed": 1}):
+        adj = Adjoint(np.array([[1.0, 2.0], [-1.0, 0.25]]), d=[0.0] * 4)
+        check_vjp(adj.jvp, adj.vjp, np.array([2.0, -3.0]), (2,), **kwargs)
+        runs.append(adj.pairs)
+        assert len(adj.pairs) == 3
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+@pytest.mark.parametrize("scale, d, passes", [
+    # |rhs| > 2: the bound is atol |rhs| (rtol 0), passed at half of it
+    (100.0, 0.5, True),
+    # |rhs| < 1: the bound is atol, failed at 1.5 atol
+    (1e-4, 1.5, False),
+    (1e-4, 0.5, True),
+])
+def test_adjoint_bound_is_atol_times_max_1_rhs(scale, d, passes):
+    atol = 1e-6
+    probe = Adjoint(scale * np.array([[1.0, 2.0], [-1.0, 0.25]]), d=[0.0])
+    check_vjp(probe.jvp, probe.vjp, np.array([2.0, -3.0]), 2, directions=1, rtol=0.0, atol=atol)
+    rhs = probe.pairs[0][1]
+    assert (abs(rhs) > 2) == (scale > 1) and (abs(rhs) < 1) == (scale < 1)
+    adj = Adjoint(probe.A, d=[d * atol * max(1.0, abs(rhs))])
+    if passes:
+        res = check_vjp(adj.jvp, adj.vjp, np.array([2.0, -3.0]), 2, directions=1, rtol=0.0, atol=atol)
+        assert res.error == pytest.approx(_expected_error(adj.pairs, 0.0, atol), rel=1e-6)
+        assert res.error == pytest.approx(d, rel=1e-3)
+    else:
+        with pytest.raises(AssertionError, match=r"^adjoint identity, pair 0: mismatch"):
+            check_vjp(adj.jvp, adj.vjp, np.array([2.0, -3.0]), 2, directions=1, rtol=0.0, atol=atol)
+
+
+def test_adjoint_rtol_counts_relative_to_rhs():
+    probe = Adjoint(np.array([[30.0, 20.0], [-10.0, 25.0]]), d=[0.0])
+    check_vjp(probe.jvp, probe.vjp, np.array([2.0, -3.0]), 2, directions=1)
+    rhs = probe.pairs[0][1]
+    adj = Adjoint(probe.A, d=[0.25 * 1e-3 * abs(rhs)])
+    res = check_vjp(adj.jvp, adj.vjp, np.array([2.0, -3.0]), 2, directions=1, rtol=1e-3, atol=0.0)
+    assert res.error == pytest.approx(_expected_error(adj.pairs, 1e-3, 0.0), rel=1e-6)
+    assert res.error == pytest.approx(0.25, rel=1e-3)
+
+
+def test_adjoint_failure_names_the_pair():
+    adj = Adjoint(np.array([[1.0, 2.0], [-1.0, 0.25]]), d=[0.0, 1e-3, 0.0])
+    with pytest.raises(AssertionError, match=r"^adjoint identity, pair 1: mismatch at index \(\)"):
+        check_vjp(adj.jvp, adj.vjp, np.array([2.0, -3.0]), 2)
+
+
+@pytest.mark.parametrize("out_shape", [(0,), [2, 0], 0])
+def test_adjoint_accepts_empty_outputs(out_shape):
+    shape = (out_shape,) if isinstance(out_shape, int) else tuple(out_shape)
+    res = check_vjp(lambda x, v: np.zeros(shape), lambda x, u: np.zeros(2), np.ones(2), out_shape)
+    assert res.error == 0.0 and res.checked == 3
+
+
+@pytest.mark.parametrize("out_shape", [3.5, (2.5,), (-1,), (2, True)])
+def test_adjoint_refuses_out_shapes_that_are_not_counts(out_shape):
+    with pytest.raises(ValueError, match=r"^check_vjp: out_shape must be a tuple of non-negative ints, got "):
+        check_vjp(lambda x, v: v, lambda x, u: u, np.ones(2), out_shape)
+
+
+def test_adjoint_names_its_input():
+    with pytest.raises(ValueError, match=r"^check_vjp: x contains 1 NaN"):
+        check_vjp(lambda x, v: v, lambda x, u: u, np.array([1.0, np.nan]), 2)
+
+
+def test_checker_results_of_gradient_and_hessian():
+    A = np.array([[2.0, 1.0], [1.0, 3.0]])
+    x = np.array([0.5, 1.5])
+    res = check_grad(lambda t: 0.5 * t @ A @ t, lambda t: A @ t, x)
+    assert res.what == "gradient" and res.checked == 3 and res.error < 1e-3
+    res = check_hessian(lambda t: A @ t, A, x)
+    assert res.what == "Hessian column" and res.checked == 2
+    # a column wrong by 1e-3: the error relative to atol + rtol |fd| is about 1e-3 / (1e-6 * 3)
+    B = A.copy()
+    B[1, 1] += 1e-3
+    with pytest.raises(AssertionError, match=r"^Hessian column along direction 1: "):
+        check_hessian(lambda t: A @ t, B, x)
+
+
+@pytest.mark.parametrize("check", [check_jvp, check_hvp])
+def test_atol_scale_is_max_1_and_the_largest_product(check):
+    x = np.array([0.5, 1.5])
+    # a zero map: the scale is 1, so an error of 1.5 atol fails
+    with pytest.raises(AssertionError):
+        check(lambda t: np.zeros(2), lambda t, v: np.full(2, 1.5e-9), x, rtol=0.0)
+    # a map of size 1e3: the scale is the largest |product|, so 1e-7 passes against atol 1e-9
+    A = 1e3 * np.array([[2.0, 1.0], [1.0, 3.0]])
+    check(lambda t: A @ t, lambda t, v: A @ v + 1e-7, x, rtol=0.0)
+
+
+@pytest.mark.parametrize("check", [check_jvp, check_hvp])
+def test_the_input_is_named_by_the_checker(check):
+    with pytest.raises(ValueError, match=rf"^{check.__name__}: x contains 1 NaN"):
+        check(lambda t: t, lambda t, v: v, np.array([1.0, np.nan]))
