@@ -272,3 +272,54 @@ def test_atol_scale_is_max_1_and_the_largest_product(check):
 def test_the_input_is_named_by_the_checker(check):
     with pytest.raises(ValueError, match=rf"^{check.__name__}: x contains 1 NaN"):
         check(lambda t: t, lambda t, v: v, np.array([1.0, np.nan]))
+
+
+# ---------------------------------------------------------------- check_grad
+
+def _quadratic():
+    A = np.array([[2.0, 1.0], [1.0, 3.0]])
+    return (lambda t: 0.5 * t @ A @ t), (lambda t: A @ t)
+
+
+def test_gradient_one_direction_is_a_check():
+    f, g = _quadratic()
+    assert check_grad(f, g, np.array([0.5, 1.5]), directions=1).checked == 1
+
+
+def test_gradient_directions_follow_the_seed():
+    f, g = _quadratic()
+    wrong = lambda t: g(t) * np.array([1.0, 1.001])  # noqa: E731 (an error that depends on the direction)
+    errs = {}
+    for seed in (None, 0, 1, 5, "5 again"):
+        kwargs = {} if seed is None else {"seed": 5 if seed == "5 again" else seed}
+        errs[seed] = check_grad(f, wrong, np.array([0.5, 1.5]), rtol=1e-2, **kwargs).error
+    assert errs[None] == errs[0] and errs[0] != errs[1] and errs[5] == errs["5 again"]
+
+
+def test_gradient_step_and_order_are_handed_on():
+    # a cubic: the fourth-order stencil is exact, the second-order one with h = 0.1 is not
+    f, g, x = (lambda t: np.sum(t**3)), (lambda t: 3 * t**2), np.array([0.5, -1.0])
+    check_grad(f, g, x, step=0.1, order=4, rtol=1e-9)
+    with pytest.raises(AssertionError, match=r"^gradient along direction 0: "):
+        check_grad(f, g, x, step=0.1, order=2, rtol=1e-9)
+    with pytest.raises(ValueError, match=r"^check_grad: order must be 2 or 4, got 3$"):
+        check_grad(f, g, x, order=3)
+
+
+def test_gradient_atol_scale_is_max_1_and_the_loss():
+    x = np.array([0.5, 1.5])
+    # a zero loss: the scale is 1, so an error of 1.5 atol fails
+    with pytest.raises(AssertionError):
+        check_grad(lambda t: 0.0, lambda t: np.full(2, 1.5e-9), x, rtol=0.0)
+    # a loss of 1e6: atol counts 1e6 times, so a gradient error of 1e-5 passes against atol 1e-9
+    c = np.array([1e-4, -1e-4]) / 4
+    res = check_grad(lambda t: 1e6 + c @ t, lambda t: c + 1e-5, x, rtol=0.0)
+    assert res.error < 1
+
+
+@pytest.mark.parametrize("step, error, words", [(-0.1, ValueError, "step must be a positive finite number, got -0.1"),
+                                                ("0.1", TypeError, "step must be a positive finite number or None")])
+def test_gradient_step_is_checked(step, error, words):
+    f, g = _quadratic()
+    with pytest.raises(error, match=rf"^check_grad: {words}"):
+        check_grad(f, g, np.array([0.5, 1.5]), step=step)
