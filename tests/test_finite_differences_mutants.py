@@ -323,3 +323,58 @@ def test_gradient_step_is_checked(step, error, words):
     f, g = _quadratic()
     with pytest.raises(error, match=rf"^check_grad: {words}"):
         check_grad(f, g, np.array([0.5, 1.5]), step=step)
+
+
+# ---------------------------------------------------------------- check_hessian
+
+def _linear_gradient():
+    A = np.array([[2.0, 1.0], [1.0, 3.0]])
+    return A, (lambda t: A @ t)
+
+
+@pytest.mark.parametrize("columns, checked", [(1, 1), ([1], 1), ((0,), 1), (np.array([1, 0]), 2), ([0, 1], 2)])
+def test_hessian_columns_given_as_int_list_tuple_or_array(columns, checked):
+    A, g = _linear_gradient()
+    assert check_hessian(g, A, np.array([0.5, 1.5]), columns=columns).checked == checked
+    # the column checked is the one asked for: a wrong other column goes unnoticed
+    B = A.copy()
+    B[:, 1 - np.atleast_1d(columns)[0]] += 1.0
+    if checked == 1:
+        check_hessian(g, B, np.array([0.5, 1.5]), columns=columns)
+
+
+@pytest.mark.parametrize("columns, shown", [([2], "2"), ([-1], "-1"), ([0.5], "0.5"), ([True], "True")])
+def test_hessian_refuses_columns_outside_the_range(columns, shown):
+    A, g = _linear_gradient()
+    with pytest.raises(ValueError, match=rf"^check_hessian: columns must be ints in \[0, 2\), got {shown}$"):
+        check_hessian(g, A, np.array([0.5, 1.5]), columns=columns)
+
+
+def test_hessian_messages():
+    A, g = _linear_gradient()
+    x = np.array([0.5, 1.5])
+    with pytest.raises(ValueError, match=r"^check_hessian: no columns to check \(a check of nothing\)$"):
+        check_hessian(g, A, x, columns=[])
+    with pytest.raises(ValueError, match=r"^check_hessian: x contains 1 NaN"):
+        check_hessian(g, A, np.array([np.nan, 1.0]))
+    with pytest.raises(ValueError, match=r"^check_hessian: H contains 1 NaN"):
+        check_hessian(g, np.array([[1.0, np.nan], [0.0, 1.0]]), x)
+    with pytest.raises(ValueError, match=r"^check_hessian: grad\(x\) must return an array of shape \(2,\) \(the shape "
+                                         r"of x\), got \(3,\)$"):
+        check_hessian(lambda t: np.ones(3), A, x)
+    with pytest.raises(ValueError, match=r"^check_hessian: step must be a positive finite number, got -0.1$"):
+        check_hessian(g, A, x, step=-0.1)
+
+
+def test_hessian_step_and_atol_scale():
+    # grad = t^3: the second-order stencil with h = 0.1 is off by h^2 = 0.01 in each column
+    g, H, x = (lambda t: t**3), (lambda t: np.diag(3 * t**2)), np.array([0.5, -1.0])
+    with pytest.raises(AssertionError, match=r"^Hessian column along direction 0: "):
+        check_hessian(g, H(x), x, step=0.1, order=2)
+    check_hessian(g, H(x), x, step=0.1, order=4, rtol=1e-12)
+    # a zero Hessian: the scale is 1, so a column error of 1.5 atol fails (rtol plays no part)
+    with pytest.raises(AssertionError):
+        check_hessian(lambda t: 1.5e-9 * t, np.zeros((2, 2)), x, rtol=0.0)
+    # entries of 1e6: atol counts 1e6 times, so an error of 1e-5 passes against atol 1e-9
+    A = 1e6 * np.array([[2.0, 1.0], [1.0, 3.0]])
+    check_hessian(lambda t: A @ t, A + 1e-5, x, rtol=0.0)
