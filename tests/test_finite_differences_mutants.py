@@ -378,3 +378,42 @@ def test_hessian_step_and_atol_scale():
     # entries of 1e6: atol counts 1e6 times, so an error of 1e-5 passes against atol 1e-9
     A = 1e6 * np.array([[2.0, 1.0], [1.0, 3.0]])
     check_hessian(lambda t: A @ t, A + 1e-5, x, rtol=0.0)
+
+
+# ---------------------------------------------------------------- the tolerance and its slack
+
+def _exp_column():
+    """``grad = exp(40 t)`` at 0: the ladder's estimate and its Richardson bound ``b``
+    along the unit vector (check_hessian's own direction)."""
+    g, x = (lambda t: np.exp(40.0 * t)), np.array([0.0])
+    est, _, b = directional_derivative(g, x, np.array([1.0]), return_error=True)
+    assert b > 0
+    return g, x, float(est[0]), b
+
+
+def test_ten_times_the_finite_difference_error_widens_the_bound():
+    g, x, est, b = _exp_column()
+    check_hessian(g, np.array([[est + 9.5 * b]]), x, rtol=0.0, atol=1e-300)
+    with pytest.raises(AssertionError):
+        check_hessian(g, np.array([[est + 10.5 * b]]), x, rtol=0.0, atol=1e-300)
+
+
+def test_the_reported_error_is_relative_to_atol_plus_rtol_fd():
+    g, x, est, b = _exp_column()
+    H = est + 9.5 * b
+    rtol, atol = 1e-10, 1e-12
+    res = check_hessian(g, np.array([[H]]), x, rtol=rtol, atol=atol)
+    # atol is scaled by max(1, max |H|) = H (about 40)
+    assert res.error == pytest.approx(9.5 * b / (atol * H + rtol * abs(est)), rel=1e-6)
+    assert res.step == default_step(x, np.array([1.0])) / 4  # the ladder's finest step for this function
+    assert res.fd_error == pytest.approx(b / (atol * H), rel=1e-12)
+
+
+def test_a_shape_that_changes_away_from_x_is_named():
+    x = np.array([0.5, 1.5])
+
+    def f(t):
+        return 0.0 if np.array_equal(t, x) else np.zeros(2)
+
+    with pytest.raises(AssertionError, match=r"^gradient along direction 0: shape \(\) != finite difference \(2,\)$"):
+        check_grad(f, lambda t: np.zeros(2), x)
