@@ -417,3 +417,45 @@ def test_a_shape_that_changes_away_from_x_is_named():
 
     with pytest.raises(AssertionError, match=r"^gradient along direction 0: shape \(\) != finite difference \(2,\)$"):
         check_grad(f, lambda t: np.zeros(2), x)
+
+
+def test_an_error_equal_to_the_bound_passes():
+    # grad = t, order 2, h = 0.5 at 0: the difference is exactly 1; a column 1 - 2^-10 with
+    # atol 2^-10 and rtol 0 sits exactly on the bound (max(1, |H|) = 1), which passes
+    res = check_hessian(lambda t: t, np.array([[1.0 - 2.0**-10]]), np.array([0.0]), rtol=0.0, atol=2.0**-10,
+                        step=0.5, order=2)
+    assert res.error == 1.0
+
+
+@pytest.mark.parametrize("wrong", [0, 1])
+def test_the_worst_column_is_reported(wrong):
+    A = np.array([[2.0, 1.0], [1.0, 3.0]])
+    H = A.copy()
+    H[:, wrong] += np.array([3e-7, 0.0]) if wrong == 0 else np.array([0.0, 6e-7])
+    H[:, 1 - wrong] += np.array([1e-7, 0.0])
+    res = check_hessian(lambda t: A @ t, H, np.array([0.5, 1.5]), rtol=1e-6, atol=1e-12, step=0.25, order=2)
+    # exact differences along unit vectors of a linear map: the error is |dH| / (atol |H|max + rtol |A|)
+    scale = 1e-12 * H.max()
+    expected = max(3e-7 / (scale + 1e-6 * 2.0), 6e-7 / (scale + 1e-6 * 3.0)) if wrong else 3e-7 / (scale + 2e-6)
+    assert res.error == pytest.approx(expected, rel=1e-6) and res.checked == 2
+
+
+def test_values_numpy_converts_to_float64_are_accepted():
+    # decimal.Decimal: float64 after conversion, but not with float arithmetic before it
+    from decimal import Decimal
+
+    f = lambda t: Decimal(repr(0.5 * float(t @ t)))  # noqa: E731
+    g = lambda t: [Decimal(repr(float(s))) for s in t]  # noqa: E731
+    assert check_grad(f, g, np.array([0.5, 1.5]), rtol=1e-8).checked == 3
+
+
+def test_a_value_that_is_not_numeric_is_named():
+    with pytest.raises(TypeError, match=r"^check_grad: fun\(x\) must return a numeric array, got dict$"):
+        check_grad(lambda t: {"loss": 1.0}, lambda t: t, np.array([0.5, 1.5]))
+
+
+def test_directional_derivative_names_itself():
+    with pytest.raises(ValueError, match=r"^directional_derivative: step must be a positive finite number, got 0$"):
+        directional_derivative(np.sum, np.ones(2), np.ones(2), step=0)
+    with pytest.raises(ValueError, match=r"^directional_derivative: x contains 1 NaN"):
+        directional_derivative(np.sum, np.array([1.0, np.nan]), np.ones(2))
