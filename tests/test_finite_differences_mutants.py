@@ -459,3 +459,25 @@ def test_directional_derivative_names_itself():
         directional_derivative(np.sum, np.ones(2), np.ones(2), step=0)
     with pytest.raises(ValueError, match=r"^directional_derivative: x contains 1 NaN"):
         directional_derivative(np.sum, np.array([1.0, np.nan]), np.ones(2))
+
+
+def test_on_a_tie_the_ladder_keeps_the_coarser_step():
+    # a constant: every estimate is exactly 0, so every bound is 0; rounding error grows as
+    # the step shrinks (eps |f| / h, module docstring), so of equal bounds the coarsest
+    # estimate that has one, h0 * 2, is the one to keep
+    x, v = np.array([0.5, 1.5]), np.array([1.0, -2.0])
+    est, h, bound = directional_derivative(lambda t: 3.0, x, v, return_error=True)
+    assert (est, h, bound) == (0.0, 2 * default_step(x, v), 0.0)
+
+
+def test_order_two_without_a_ladder_uses_its_own_step():
+    # f = sum x^3 at the order-2 default step h ~ eps^(1/3): truncation h^2 sum v^3 ~ 1e-10,
+    # where the order-4 step eps^(1/5) would give ~1e-6
+    x, v = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.5, -2.0])
+    est = directional_derivative(lambda t: np.sum(t**3), x, v, order=2)
+    assert abs(est - 3 * np.sum(x**2 * v)) < 1e-8
+
+
+def test_directional_derivative_names_its_direction():
+    with pytest.raises(ValueError, match=r"^directional_derivative: v contains 1 NaN"):
+        directional_derivative(np.sum, np.ones(2), np.array([np.nan, 1.0]))
