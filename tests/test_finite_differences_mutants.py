@@ -481,3 +481,31 @@ def test_order_two_without_a_ladder_uses_its_own_step():
 def test_directional_derivative_names_its_direction():
     with pytest.raises(ValueError, match=r"^directional_derivative: v contains 1 NaN"):
         directional_derivative(np.sum, np.ones(2), np.array([np.nan, 1.0]))
+
+
+# ---------------------------------------------------------------- assert_close
+
+def test_assert_close_names_the_entry_furthest_beyond_its_bound():
+    from refprune.testing import assert_close
+
+    # errors 0.5 and 0.9, bounds 0.05 and 1.09: only entry 0 fails, although entry 1's error is larger
+    with pytest.raises(AssertionError, match=r"^v: mismatch at index \(0,\): .*0\.0.* vs expected .*0\.5.* "
+                                             r"\(\|diff\| 5\.000e-01 > 5\.000e-02; max \|diff\| 9\.000e-01\)$"):
+        assert_close([0.0, 10.9], [0.5, 10.0], 0.1, 0.0, "v")
+    with pytest.raises(AssertionError, match=r"^m: mismatch at index \(1, 0\): .*3\.0.* vs expected .*3\.5.* "
+                                             r"\(\|diff\| 5\.000e-01 > 3\.500e-01; max \|diff\| 5\.000e-01\)$"):
+        assert_close(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 2.0], [3.5, 4.0]]), 0.1, 0.0, "m")
+    with pytest.raises(AssertionError, match=r"^s: mismatch at index \(\): .*1\.0.* vs expected .*2\.0.* "
+                                             r"\(\|diff\| 1\.000e\+00 > 2\.000e-01; max \|diff\| 1\.000e\+00\)$"):
+        assert_close(1.0, 2.0, 0.1, 0.0, "s")
+    with pytest.raises(AssertionError, match=r"^v: shape \(2,\) != expected \(3,\)$"):
+        assert_close(np.ones(2), np.ones(3), 0.1, 0.0, "v")
+
+
+def test_assert_close_converts_to_float64_first():
+    from decimal import Decimal
+
+    from refprune.testing import assert_close
+
+    assert_close([Decimal("1.5")], [1.5], 0.0, 0.0, "v")
+    assert_close([1.5], [Decimal("1.5")], 0.0, 0.0, "v")
