@@ -509,3 +509,13 @@ def test_assert_close_converts_to_float64_first():
 
     assert_close([Decimal("1.5")], [1.5], 0.0, 0.0, "v")
     assert_close([1.5], [Decimal("1.5")], 0.0, 0.0, "v")
+
+
+def test_the_ladder_evaluates_the_documented_steps():
+    # module docstring: steps h0 * 2^k, k = 2, 1, ..., -2, each with the stencil's offsets
+    seen = []
+    x, v = np.array([0.0]), np.array([1.0])
+    directional_derivative(lambda t: seen.append(float(t[0])) or float(t[0]) ** 2, x, v, return_error=True)
+    h0 = default_step(x, v)
+    want = sorted(o * (h0 * 2.0**k) for k in (2, 1, 0, -1, -2) for o in (-2.0, -1.0, 1.0, 2.0))
+    assert sorted(seen) == want
