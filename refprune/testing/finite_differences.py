@@ -147,6 +147,9 @@ def _check_options(where, directions=None, seed=0, rtol=0.0, atol=0.0, step=None
     _check_step_order(step, order, where)
     check_number(rtol, f"{where}: rtol")
     check_number(atol, f"{where}: atol")
+    if rtol == 0 and atol == 0:  # the error is measured in units of atol + rtol |fd|: 0/0 otherwise
+        raise ValueError(f"{where}: rtol and atol are both 0; give at least one a positive value (the error is "
+                         "measured in units of atol + rtol |finite difference|)")
     check_seed(seed, where)
     return None if directions is None else _check_count(f"{where}: directions", directions)
 
@@ -226,6 +229,8 @@ def check_jvp(fun, jvp, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=None
     directions = _check_options(where, directions, seed, rtol, atol, step, order)
     x = _input(x, where)
     out_shape = np.shape(fun(x.copy()))
+    if 0 in out_shape:
+        raise ValueError(f"{where}: {names[0]}(x) is empty (shape {out_shape}); there is nothing to check")
     vs = _directions(x.shape, directions, seed)
     jv = [_output(jvp(x.copy(), v), where, f"{names[1]}(x, v)", out_shape, f"the shape of {names[0]}(x)")
           for v in vs]
