@@ -433,16 +433,15 @@ def from_torch(module, model=None, loss=None):
 
 def torch_loss(loss):
     """The PyTorch loss function with the same semantics as a refprune loss."""
-    torch = _torch()
+    if not isinstance(loss, (nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss)):  # named before torch is needed
+        raise TypeError(f"torch_loss: loss must be a refprune loss (rp.CrossEntropyLoss, rp.MSELoss or "
+                        f"rp.BCEWithLogitsLoss), got {type(loss).__module__}.{type(loss).__qualname__}")
+    F = _torch().nn.functional
     if isinstance(loss, nn.CrossEntropyLoss):
-        return lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction=loss.reduction)
+        return lambda out, y: F.cross_entropy(out, y, reduction=loss.reduction)
     if isinstance(loss, nn.MSELoss):
-        return lambda out, y: torch.nn.functional.mse_loss(out, y, reduction=loss.reduction)
-    if isinstance(loss, nn.BCEWithLogitsLoss):
-        return lambda out, y: torch.nn.functional.binary_cross_entropy_with_logits(out, y, reduction=loss.reduction)
-    raise TypeError(f"torch_loss: loss must be a refprune loss (rp.CrossEntropyLoss, rp.MSELoss or "
-                    f"rp.BCEWithLogitsLoss), got "
-                    f"{type(loss).__module__}.{type(loss).__qualname__}")
+        return lambda out, y: F.mse_loss(out, y, reduction=loss.reduction)
+    return lambda out, y: F.binary_cross_entropy_with_logits(out, y, reduction=loss.reduction)
 
 
 def torch_hessian(model, params, X, y, loss):
