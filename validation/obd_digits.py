@@ -92,7 +92,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a tiny instance, to try it (not the study)")
     ap.add_argument("--out", default=None, help="directory for the report and figures (default validation/results)")
     args = ap.parse_args(argv)
-    from report import RESULTS, pyplot, save, table, write
+    from report import RESULTS, pyplot, readme_row, save, table, write
 
     out = args.out or RESULTS
     n_train, hidden, epochs, fractions = QUICK if args.quick else STUDY
@@ -114,11 +114,12 @@ def main(argv=None):
              + (" with `--quick`" if args.quick else "") + ".", "",
              "## Each weight removed alone", "",
              "Actual: the objective's change when the weight is zeroed (OBS: with its update).", ""]
-    body = []
+    body, median = [], {}
     for name, (pred, actual) in pw.items():
         pear = "n/a" if name == "magnitude" else f"{np.corrcoef(pred, actual)[0, 1]:.3f}"
         nz = actual != 0
-        rel = "n/a" if name == "magnitude" else f"{np.median(np.abs(pred - actual)[nz] / np.abs(actual[nz])):.3f}"
+        median[name] = None if name == "magnitude" else float(np.median(np.abs(pred - actual)[nz] / np.abs(actual[nz])))
+        rel = "n/a" if name == "magnitude" else f"{median[name]:.3f}"
         body.append((name, pear, f"{spearman(pred, actual):.3f}", rel))
     lines += table(["criterion", "Pearson (predicted, actual)", "Spearman", "median |pred - actual| / actual"],
                    body)
@@ -153,6 +154,18 @@ def main(argv=None):
               + " The per-weight estimate itself is good (first row of findings). The paper retrains between "
               "rounds, which this study does not.",
               "", "![per-weight prediction](obd_digits_scatter.png)", "", "![sweep](obd_digits_sweep.png)", ""]
+    # the README's row, from the numbers above (validation/readme_table.py)
+    losing = [f"{f:.0%}" for f, o, m in zip(fractions, sw[("OBD (exact diagonal)", 1)][0], mag) if o > m]
+    lecun = median["OBD, LeCun's diagonal"]
+    reproduced = (f"per-weight predictions: median relative error of exact-diagonal OBD "
+                  f"{median['OBD, exact diagonal']:.1%}, LeCun's diagonal {lecun:.1%}, "
+                  f"Levenberg-Marquardt {median['OBD, Levenberg-Marquardt']:.1%}; OBD's one-shot objective at or "
+                  f"below magnitude's at {obd_wins} of {len(fractions)} fractions")
+    not_reproduced = ("" if not losing else
+                      f"at {', '.join(losing)} removed without retraining OBD is worse than magnitude (interacting "
+                      "removals; the paper retrains)")
+    lines += [readme_row("LeCun et al. 1990, OBD on digits", "`python validation/obd_digits.py`", reproduced,
+                         not_reproduced)]
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))

@@ -28,12 +28,6 @@ STUDIES = ("xor.md", "monks.md", "obd_digits.md", "ekfac_distance.md", "natural_
 #: rows of the reports whose study does not write a summary line yet (fixed text, taken
 #: from the committed reports by hand)
 FIXED = {
-    "obd_digits.md": ("LeCun et al. 1990, OBD on digits", "`python validation/obd_digits.py`",
-                      "per-weight predictions: median relative error of exact-diagonal OBD 0.9%, LeCun's diagonal "
-                      "10.2%, Levenberg-Marquardt 31.9%; OBD's one-shot objective below magnitude's at 8 of 9 "
-                      "fractions",
-                      "at 80% removed without retraining OBD is worse than magnitude (interacting removals; the paper "
-                      "retrains)"),
     "natural_gradient_digits.md": (
         "George et al. 2018, EKFAC as an optimizer", "`python validation/natural_gradient_digits.py`",
         "at the same search budget (6 settings each, 3 seeds) K-FAC and EKFAC end below SGD's training loss in 7 of "
