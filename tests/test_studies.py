@@ -421,6 +421,20 @@ def test_obd_quick_mode_writes_its_report(tmp_path):
     assert (tmp_path / "obd_digits_sweep.png").exists() and (tmp_path / "obd_digits_scatter.png").exists()
 
 
+def test_natural_gradient_quick_mode_keeps_wall_times_out_of_its_report(tmp_path):
+    """The report holds what the seeds determine; the machine's wall times go to a timing
+    file of their own (the committed report regenerates byte for byte)."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    _run(["validation/natural_gradient_digits.py", "--quick", "--out", str(tmp_path)])
+    text = (tmp_path / "natural_gradient_digits.md").read_text()
+    assert "a smoke run, not the study" in text.splitlines()[0]
+    assert " ms." not in text and "step / gradient" not in text and "seconds to reach" not in text
+    assert "<!-- readme-row " in text and ("does not reproduce" in text or "; reproduces" in text)
+    timing = (tmp_path / "natural_gradient_digits_timing.md").read_text()
+    assert "seconds to reach target" in timing and "One mini-batch gradient" in timing
+
+
 def test_natural_gradient_study_loop_is_trains_loop():
     import natural_gradient_digits as ngd
 

@@ -27,16 +27,7 @@ STUDIES = ("xor.md", "monks.md", "obd_digits.md", "ekfac_distance.md", "natural_
 
 #: rows of the reports whose study does not write a summary line yet (fixed text, taken
 #: from the committed reports by hand)
-FIXED = {
-    "natural_gradient_digits.md": (
-        "George et al. 2018, EKFAC as an optimizer", "`python validation/natural_gradient_digits.py`",
-        "at the same search budget (6 settings each, 3 seeds) K-FAC and EKFAC end below SGD's training loss in 7 of "
-        "8 runs on a digits autoencoder and classifier (the exception: amortised K-FAC on the autoencoder, one seed "
-        "of which diverged)",
-        "\"EKFAC at least as fast as K-FAC per epoch\" held in 2 of 4; per second, amortised EKFAC cost 4.5-5.7 "
-        "gradients a step against K-FAC's 4.4-5.0: on 65 x 65 factors the eigendecomposition saved is cheaper than "
-        "the per-sample projection added"),
-}
+FIXED = {}
 
 
 def rows(results=RESULTS):
