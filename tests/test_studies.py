@@ -450,3 +450,19 @@ def test_natural_gradient_study_loop_is_trains_loop():
     assert ngd.epochs_to_reach(np.array([3.0, 2.0, 1.0, 0.5]), 1.0) == 2
     assert ngd.epochs_to_reach(np.array([3.0, 2.0]), 1.0) is None
     assert all(len(s) == 6 for s in ngd.optimizers().values())  # the same search budget for each
+
+
+def test_a_quick_run_never_writes_over_a_committed_report():
+    """Without ``--out`` a smoke run writes into validation/out/quick; the committed
+    report keeps its bytes (a quick run used to overwrite the natural-gradient report)."""
+    import report
+
+    root = os.path.join(os.path.dirname(__file__), os.pardir)
+    assert report.output_dir(None, True) == os.path.join(os.path.dirname(report.RESULTS), "out", "quick")
+    assert report.output_dir(None, False) == report.RESULTS and report.output_dir("x", True) == "x"
+    committed = os.path.join(root, "validation", "results", "ekfac_distance.md")
+    before = open(committed, "rb").read()
+    _run(["validation/ekfac_distance.py", "--quick"])
+    assert open(committed, "rb").read() == before
+    quick = os.path.join(root, "validation", "out", "quick", "ekfac_distance.md")
+    assert open(quick).read().splitlines()[0].endswith("a tiny instance, not the study")

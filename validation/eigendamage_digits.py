@@ -90,7 +90,7 @@ import scipy.stats
 
 import refprune as rp
 from datasets import digits
-from report import RESULTS, equal_to_paper, readme_row, table, verdict, write
+from report import equal_to_paper, output_dir, readme_row, table, verdict, write
 
 LOSS = rp.CrossEntropyLoss()
 UNIT_METHODS = ("c_obd", "c_obs", "kron_obd", "kron_obs")
@@ -703,7 +703,8 @@ def figure(config, seeds, out, name="eigendamage_digits.png"):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a tiny instance, to try it (not the study)")
-    ap.add_argument("--out", default=RESULTS, help="directory for the report and figure (default validation/results)")
+    ap.add_argument("--out", default=None, help="directory for the report and figure (default validation/results; "
+                                                "validation/out/quick with --quick)")
     ap.add_argument("--cache", default=None, help="directory of the per-seed files (default "
                     "validation/out/eigendamage_digits[/quick])")
     args = ap.parse_args(argv)
@@ -712,8 +713,8 @@ def main(argv=None):
                                        *(["quick"] if args.quick else []))
     chosen, seeds = run(config, cache)
     lines = summarise(config, chosen, seeds, quick=args.quick)
-    figure(config, seeds, args.out)
-    print(write("eigendamage_digits.md", lines, out=args.out))
+    figure(config, seeds, output_dir(args.out, args.quick))
+    print(write("eigendamage_digits.md", lines, out=output_dir(args.out, args.quick)))
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 import refprune as rp
 from datasets import digits
-from report import RESULTS, Criterion, readme_row, table, verdict, write
+from report import Criterion, output_dir, readme_row, table, verdict, write
 
 CURVATURES = ("ggn", "mc_fisher", "empirical_fisher")
 PAPER = "George et al. 2018, EKFAC (distance to the Fisher)"
@@ -63,7 +63,8 @@ def nets():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a tiny instance, to try it (not the study)")
-    ap.add_argument("--out", default=RESULTS, help="directory for the report (default validation/results)")
+    ap.add_argument("--out", default=None, help="directory for the report (default validation/results; "
+                                                "validation/out/quick with --quick)")
     args = ap.parse_args(argv)
     n_train, epochs = (QUICK_N_TRAIN, QUICK_EPOCHS) if args.quick else (N_TRAIN, EPOCHS)
     X, y = digits(n_train=n_train, images=True)[:2]
@@ -108,7 +109,7 @@ def main(argv=None):
     lines += [readme_row(PAPER, f"`{COMMAND}`", check if v.holds else "",
                          "" if v.holds else f"construction check failed: largest ratio {worst:.3f} > 1, a bug in "
                          "EKFAC's eigenvalues")]
-    print(write("ekfac_distance.md", lines, out=args.out))
+    print(write("ekfac_distance.md", lines, out=output_dir(args.out, args.quick)))
     return 0
 
 

@@ -58,7 +58,7 @@ import warnings
 import numpy as np
 
 import refprune as rp
-from report import RESULTS, equal_to_paper, readme_row, table, verdict, within, write
+from report import RESULTS, equal_to_paper, output_dir, readme_row, table, verdict, within, write
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "monks")
 VALUES = (3, 3, 2, 3, 4, 2)
@@ -483,7 +483,8 @@ def figure(rows, problems, out=RESULTS, name="monks.png"):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="MONK-3 only, one starting net: a smoke run, not the study")
-    ap.add_argument("--out", default=RESULTS, help="directory for the report and figure (default validation/results)")
+    ap.add_argument("--out", default=None, help="directory for the report and figure (default validation/results; "
+                                                "validation/out/quick with --quick)")
     args = ap.parse_args(argv)
     problems, seeds = ((3,), 1) if args.quick else ((1, 2, 3), SEEDS)
     decays, max_starts = (QUICK_DECAYS, 3) if args.quick else (DECAYS, MAX_STARTS)
@@ -492,8 +493,8 @@ def main(argv=None):
     rows = run(problems, nets, decay) if chosen else []
     lines, _ = summarise(calib, decay, nets, rows, problems, seeds, decays, quick=args.quick)
     if rows:
-        figure(rows, problems, args.out)
-    print(write("monks.md", lines, out=args.out))
+        figure(rows, problems, output_dir(args.out, args.quick))
+    print(write("monks.md", lines, out=output_dir(args.out, args.quick)))
     return 0
 
 

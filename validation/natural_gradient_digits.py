@@ -169,9 +169,9 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="directory for the report (default validation/results; with "
                                                 "--quick validation/out/quick, so the committed report is kept)")
     args = ap.parse_args(argv)
-    from report import RESULTS, equal_to_paper, pyplot, readme_row, save, table, verdict, write
+    from report import RESULTS, equal_to_paper, output_dir, pyplot, readme_row, save, table, verdict, write
 
-    out = args.out or (os.path.join(os.path.dirname(RESULTS), "out", "quick") if args.quick else RESULTS)
+    out = output_dir(args.out, args.quick)
     timing_dir = args.out or os.path.join(os.path.dirname(RESULTS), "out")  # never beside the committed report
     plt = pyplot()
     epochs, seeds = (3, (0,)) if args.quick else (30, (0, 1, 2))

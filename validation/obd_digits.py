@@ -90,11 +90,12 @@ def sweep(model, params, X, y, Xte, yte, fractions):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a tiny instance, to try it (not the study)")
-    ap.add_argument("--out", default=None, help="directory for the report and figures (default validation/results)")
+    ap.add_argument("--out", default=None, help="directory for the report and figures (default validation/results; "
+                                                "validation/out/quick with --quick)")
     args = ap.parse_args(argv)
-    from report import RESULTS, pyplot, readme_row, save, table, write
+    from report import output_dir, pyplot, readme_row, save, table, write
 
-    out = args.out or RESULTS
+    out = output_dir(args.out, args.quick)
     n_train, hidden, epochs, fractions = QUICK if args.quick else STUDY
     X, y, Xte, yte = digits(n_train=n_train)
     model = rp.Sequential(rp.Linear(64, hidden), rp.Tanh(), rp.Linear(hidden, 10))

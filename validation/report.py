@@ -40,6 +40,15 @@ def pin_blas_threads():
 PINNED = None if "pytest" in sys.modules else pin_blas_threads()
 
 
+def output_dir(out, quick):
+    """Where a study writes: ``out`` when given, else ``validation/out/quick`` for a
+    ``--quick`` run (so that a smoke run never overwrites a committed report), else
+    ``validation/results``."""
+    if out is not None:
+        return out
+    return os.path.join(os.path.dirname(RESULTS), "out", "quick") if quick else RESULTS
+
+
 def pyplot():
     """matplotlib's pyplot with a file backend, or a clear exit when it is missing."""
     try:
