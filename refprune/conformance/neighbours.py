@@ -29,6 +29,7 @@ from ..curvature.ekfac import EKFACBlock, ekfac
 from ..curvature.kronecker import KFAC_APPROX, kfac, layer_statistics, with_bias_row
 from ..curvature.output_factors import OutputFactor
 from ..nn import AffineLayer, BCEWithLogitsLoss, CrossEntropyLoss
+from ..nn.losses import log_softmax, sigmoid
 
 #: ``quantity name: fn(case, options) -> [(description, array)]``
 NEIGHBOURS = {}
@@ -86,24 +87,21 @@ class _Parts:
 
     def lambda_diag_p(self):
         """``diag(softmax(f_n))``: the softmax Hessian without its ``- p p^T``."""
-        z = self.f - self.f.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
+        p = np.exp(log_softmax(self.f))
         return p[:, :, None] * np.eye(p.shape[1])[None]
 
     def lambda_sigmoid_p(self):
         """``diag(sigmoid(f_n))``: the binary cross-entropy's ``p (1 - p)`` without its
         ``(1 - p)`` (docs/derivations.md §3)."""
-        p = 0.5 * (1.0 + np.tanh(0.5 * self.f))  # sigmoid without overflow
+        p = sigmoid(self.f)
         return p[:, :, None] * np.eye(p.shape[1])[None]
 
     def lambda_softmax(self):
         """``diag(p) - p p^T`` with ``p = softmax(f_n)``: a softmax over the outputs in
         place of binary cross-entropy's independent sigmoids."""
-        z = self.f - self.f.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        return p[:, :, None] * np.eye(p.shape[1])[None] - p[:, :, None] * p[:, None, :]
+        P = self.lambda_diag_p()
+        p = np.exp(log_softmax(self.f))
+        return P - p[:, :, None] * p[:, None, :]
 
     def lambda_identity(self):
         n, c = self.f.shape

@@ -89,6 +89,13 @@ class LayerLayout:
         """A ``(c p, c p)`` matrix over ``vec(M)`` re-indexed to flat parameter order."""
         return K[np.ix_(self.perm, self.perm)]
 
+    def from_flat_order(self, B):
+        """The inverse of :meth:`to_flat_order`: a block in flat parameter order
+        re-indexed to ``vec(M)``."""
+        K = np.empty_like(B)
+        K[np.ix_(self.perm, self.perm)] = B
+        return K
+
 
 class EigenBlock:
     """What a layer's block derives from its ``eigenvalues(damping, form)`` and

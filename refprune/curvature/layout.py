@@ -108,9 +108,8 @@ def blocks_to_flat(model, blocks, bias="fold"):
     out = np.zeros((n, n))
     for j, (entry, lay) in enumerate(zip(blocks, lays)):
         K = _block_matrix(entry, lay, _label(j, lay), "blocks_to_flat")
-        idx = lay.offset + np.arange(lay.size)
-        # flat index lay.offset + f sits at vec position lay.perm[f]
-        out[np.ix_(idx, idx)] = K[np.ix_(lay.perm, lay.perm)]
+        s = slice(lay.offset, lay.offset + lay.size)
+        out[s, s] = lay.to_flat_order(K)
     return out
 
 
@@ -128,10 +127,5 @@ def flat_to_blocks(model, K, bias="fold"):
     if K.shape != (n, n):
         raise ValueError(f"flat_to_blocks: K must be ({n}, {n}) for the model's n = {n} parameters, got shape "
                          f"{K.shape}")
-    out = []
-    for lay in lays:
-        block = K[lay.offset : lay.offset + lay.size, lay.offset : lay.offset + lay.size]
-        B = np.empty_like(block)
-        B[np.ix_(lay.perm, lay.perm)] = block
-        out.append(B)
-    return out
+    return [lay.from_flat_order(K[lay.offset : lay.offset + lay.size, lay.offset : lay.offset + lay.size])
+            for lay in lays]

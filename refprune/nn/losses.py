@@ -40,6 +40,20 @@ class Loss:
         """``R``: ``L = R sum_n l_n`` (docs/conventions.md §2)."""
         raise NotImplementedError
 
+    def _float_targets(self, y, n, c, shape_words="", nan_hint=""):
+        """Targets of shape ``(n, c)``, numeric and finite, as float64 (the squared-error
+        and binary cross-entropy losses); every refusal names this loss."""
+        name = type(self).__name__
+        y = as_array(y, f"{name}: targets", "y")
+        if y.shape != (n, c):
+            raise ValueError(f"{name}: targets must have {shape_words}shape ({n}, {c}), got {y.shape}")
+        if y.dtype.kind not in ("f", "i", "u", "b"):
+            raise ValueError(f"{name}: targets must be numeric, got dtype {y.dtype}")
+        y = np.asarray(y, dtype=np.float64)
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"{name}: targets contain NaN or inf{nan_hint}")
+        return y
+
     def per_sample(self, f, y):
         """``l_n`` for outputs ``f (N, C)``, ``(N,)``."""
         raise NotImplementedError
@@ -134,15 +148,7 @@ class MSELoss(Loss):
     variance = 0.5
 
     def check_targets(self, y, n, c):
-        y = as_array(y, "MSELoss: targets", "y")
-        if y.shape != (n, c):
-            raise ValueError(f"MSELoss: targets must have shape ({n}, {c}), got {y.shape}")
-        if y.dtype.kind not in ("f", "i", "u", "b"):
-            raise ValueError(f"MSELoss: targets must be numeric, got dtype {y.dtype}")
-        y = np.asarray(y, dtype=np.float64)
-        if not np.all(np.isfinite(y)):
-            raise ValueError("MSELoss: targets contain NaN or inf")
-        return y
+        return self._float_targets(y, n, c)
 
     def scale(self, n, c):
         return 1.0 / (n * c) if self.reduction == "mean" else 1.0
@@ -191,14 +197,7 @@ class BCEWithLogitsLoss(Loss):
     """
 
     def check_targets(self, y, n, c):
-        y = as_array(y, "BCEWithLogitsLoss: targets", "y")
-        if y.shape != (n, c):
-            raise ValueError(f"BCEWithLogitsLoss: targets must have the outputs' shape ({n}, {c}), got {y.shape}")
-        if y.dtype.kind not in ("f", "i", "u", "b"):
-            raise ValueError(f"BCEWithLogitsLoss: targets must be numeric, got dtype {y.dtype}")
-        y = np.asarray(y, dtype=np.float64)
-        if not np.all(np.isfinite(y)):
-            raise ValueError("BCEWithLogitsLoss: targets contain NaN or inf; they must be probabilities in [0, 1]")
+        y = self._float_targets(y, n, c, "the outputs' ", "; they must be probabilities in [0, 1]")
         if y.size and (y.min() < 0.0 or y.max() > 1.0):
             raise ValueError(f"BCEWithLogitsLoss: targets must lie in [0, 1], got range [{y.min()}, {y.max()}]")
         return y
