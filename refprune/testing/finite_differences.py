@@ -193,7 +193,7 @@ def _directions(shape, count, seed):
 
 
 def check_grad(fun, grad, x, directions=3, seed=0, rtol=1e-6, atol=1e-9, step=None, order=4):
-    """Check ``grad(x) . v`` against the central difference of scalar ``fun`` along
+    """Check ``grad(x) @ v`` against the central difference of scalar ``fun`` along
     ``directions`` random ``v``; returns a :class:`CheckResult`, raises
     ``AssertionError`` on mismatch."""
     directions = _check_options("check_grad", directions, seed, rtol, atol, step, order)
