@@ -75,7 +75,7 @@ html_theme_options = {"description": refprune.__doc__.splitlines()[0], "fixed_si
 # which GitHub renders as an anchor.  For Sphinx the same raw HTML becomes a labelled
 # target, so [$\theta$](conventions.md#notation-theta) is a checked cross-reference
 # (an unknown anchor is a warning, hence an error under -W).
-_ANCHOR = re.compile(r'^<a id="([A-Za-z0-9_-]+)"></a>$')
+_ANCHOR = re.compile(r'^<a id="([A-Za-z0-9_-]+)">(</a>)?$')
 
 
 class HtmlAnchors(SphinxTransform):
@@ -83,11 +83,21 @@ class HtmlAnchors(SphinxTransform):
 
     def apply(self):
         for raw in list(self.document.findall(nodes.raw)):
-            m = _ANCHOR.match(raw.astext().strip())
-            if m is None or "html" not in raw.get("format", ""):
+            if "html" not in raw.get("format", "") or raw.parent is None:
                 continue
+            m = _ANCHOR.match(raw.astext().strip())
+            if m is None:
+                continue
+            # MyST reads <a id="x"></a> as two raw pieces: drop the closing tag
+            siblings = raw.parent.children
+            k = siblings.index(raw)
+            if m.group(2) is None:
+                after = siblings[k + 1] if k + 1 < len(siblings) else None
+                if not (isinstance(after, nodes.raw) and after.astext().strip() == "</a>"):
+                    continue
+                after.parent.remove(after)
             name = m.group(1)
-            target = nodes.target("", "", ids=[name], names=[name])
+            target = nodes.target("", "", ids=[name], names=[name.lower()])
             raw.replace_self(target)
             self.document.note_explicit_target(target, target)
 
