@@ -23,6 +23,20 @@ import refprune as rp
 from refprune.cli_parsing import OneLineParser, add_options, parse_checked
 
 
+# what the columns of the pruning table mean (README "Demo" repeats it)
+LEGEND = """\
+  removed: weights (Kron-OBS: units; EigenDamage: eigen-directions) removed in one step.
+  predicted: the loss increase the criterion's quadratic model predicts for its step
+    (layer-wise OBS: its layer-wise objective, not the loss; magnitude has no loss model: nan).
+  actual: the loss increase observed after the step, with the criterion's update of the
+    remaining weights (OBS, WoodFisher, layer-wise OBS and Kron-OBS move them to compensate).
+  no update: the loss increase observed when the removed weights are only set to zero and
+    every other weight keeps its trained value; equal to actual for magnitude and OBD,
+    which update nothing (EigenDamage removes eigen-directions: the column repeats actual).
+  accuracy: training accuracy after the step; params: parameters of the pruned network
+    (fewer only where whole units or directions are cut out)."""
+
+
 def spirals(n_per_class=60, classes=3, noise=0.35, seed=0):
     """``classes`` interleaved spiral arms in 2-d: ``X (N, 2)``, labels ``y (N,)``."""
     rng = np.random.default_rng(seed)
@@ -162,9 +176,10 @@ def main(argv=None):
             continue
         st = r.steps[-1]
         acc = np.mean(r.model(r.params, X).argmax(1) == y)
-        print(f"  {name:22s} {len(st.removed):8d} {st.predicted:10.4f} {st.actual:10.4f} "
-              f"{st.actual_without_update:10.4f} {acc:8.3f} {r.model.n_params:6d}")
-    print("  (layer-wise OBS predicts its layer-wise objective, not the loss; magnitude has no loss model)")
+        # %.3g: a prediction of 2e-05 (EigenDamage's, say) stays visible instead of printing as 0.0000
+        print(f"  {name:22s} {len(st.removed):8d} {st.predicted:10.3g} {st.actual:10.3g} "
+              f"{st.actual_without_update:10.3g} {acc:8.3f} {r.model.n_params:6d}")
+    print(LEGEND)
 
     if args.plot or args.heatmaps:
         from . import plot

@@ -100,3 +100,38 @@ def test_readme_pytorch_example_runs_and_agrees_with_torch():
 def test_readme_conformance_example_is_one_assertion():
     block = _readme_block("**The conformance harness**")
     assert "cf.assert_conforms(cf.Adapter(hessian=my_hessian))" in block
+
+
+def test_demo_pruning_table_shows_small_values_and_explains_its_columns(monkeypatch):
+    """Every printed prediction and change equals the pruning step's value to the 3
+    significant digits printed (a prediction of 2e-05 must not read 0.0000), and the
+    legend under the table explains each column."""
+    from refprune import demo
+
+    steps = []
+    real_prune = demo.rp.prune
+
+    def recording_prune(*args, **kwargs):
+        result = real_prune(*args, **kwargs)
+        steps.append(result.steps[-1] if result.steps else None)
+        return result
+
+    monkeypatch.setattr(demo.rp, "prune", recording_prune)
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        demo.main(["--steps", "60", "--hidden", "6"])
+    out = buf.getvalue()
+    table = out[out.index("one-shot pruning"):]
+    rows = [line for line in table.splitlines()[2:] if re.match(r"^  \S.*\s\d+\s+\S+\s+\S+\s+\S+\s+[\d.]+\s+\d+$", line)]
+    recorded = [s for s in steps if s is not None]
+    assert len(rows) == len(recorded) >= 6, table
+    for line, step in zip(rows, recorded):
+        predicted, actual, no_update = (float(v) for v in line.split()[-5:-2])
+        for shown, value in ((predicted, step.predicted), (actual, step.actual),
+                             (no_update, step.actual_without_update)):
+            if np.isnan(value):
+                assert np.isnan(shown), line
+            else:
+                assert abs(shown - value) <= 5e-3 * abs(value), (line, value)
+    for column in ("removed:", "predicted:", "actual:", "no update:", "accuracy:", "params:"):
+        assert re.search(rf"(^  |; ){column}", table, re.M), column

@@ -8,7 +8,7 @@ from .base import Layer
 
 
 class Sequential:
-    """A feed-forward chain ``f = layer_L(... layer_1(x))``.
+    """A feed-forward chain ``f = layer_L(…(layer_1(x)))``.
 
     Parameters are not stored: :meth:`init` returns them as a list of float64 arrays in
     PyTorch's order (layer by layer, ``weight`` then ``bias``), the order of
