@@ -21,7 +21,12 @@ _REDUCTIONS = ("mean", "sum")
 
 class Loss:
     """A loss ``L = R sum_n l_n`` with PyTorch's reduction (``"mean"`` or ``"sum"``);
-    subclasses give ``l_n``, its derivatives, its likelihood's Fisher and samples."""
+    subclasses give ``l_n``, its derivatives, its likelihood's Fisher and samples.
+
+    The reduction is the first (and only) positional argument: ``MSELoss("sum")``.
+    PyTorch's first positional arguments are others (``size_average`` for ``MSELoss``,
+    ``weight`` for ``CrossEntropyLoss``), so ``torch.nn.MSELoss(reduction="sum")`` is
+    ``MSELoss(reduction="sum")`` here (docs/conventions.md §2)."""
 
     def __init__(self, reduction="mean"):
         if reduction not in _REDUCTIONS:
@@ -139,6 +144,9 @@ class CrossEntropyLoss(Loss):
 
 class MSELoss(Loss):
     """Squared error on targets ``y`` of shape ``(N, C)``, no factor 1/2 (PyTorch).
+
+    ``MSELoss("sum")`` or ``MSELoss(reduction="sum")``: the reduction is the first
+    positional argument, where ``torch.nn.MSELoss``'s is ``size_average`` (docs/conventions.md §2).
 
     Likelihood: Gaussian with variance ``1/2`` per output, so that
     ``-log p(y | f) = (f - y)^2 + const``.  ``grad = 2 (f - y)``, ``Lambda = 2 I``.
