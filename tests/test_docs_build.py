@@ -34,6 +34,51 @@ def test_notation_links_point_at_existing_anchors():
     assert links >= 30
 
 
+# symbols whose first standalone use ($\\theta$ alone, not inside a longer formula) in each
+# document must link to their row of the notation table
+FIRST_USE = {"theta": [r"\theta"], "Lambda-cap": [r"\Lambda_n", r"\Lambda"], "Phi-cap": [r"\Phi_n"],
+             "kappa": [r"\kappa_{ij}", r"\kappa"], "USA": [r"U_{SA}"], "nmc": [r"n_{\mathrm{mc}}"],
+             "delta": [r"\delta_m", r"\delta_j"], "H-cap": ["H"], "R-cap": ["R"], "S-cap": ["S"], "A-cap": ["A"]}
+
+
+def _prose(text):
+    """The lines outside code blocks, display mathematics and headings, inline code removed."""
+    keep, fence, display = [], False, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif line.strip() == "$$":
+            display = not display
+        elif not (fence or display or line.startswith(("#", "    "))):
+            keep.append(re.sub(r"`[^`]*`", "", line))
+    return "\n".join(keep)
+
+
+@pytest.mark.parametrize("name", ["derivations.md", "pruning_explained.md", "optimizers.md"])
+def test_first_use_of_a_symbol_links_to_the_notation_table(name):
+    text = _prose((DOCS / name).read_text())
+    checked = 0
+    for anchor, forms in FIRST_USE.items():
+        uses = [m for m in re.finditer(r"(\[?)\$([^$\n]+)\$", text) if m.group(2) in forms]
+        if not uses:
+            continue
+        first = uses[0]
+        assert first.group(1) == "[" and text[first.end():].startswith(f"](conventions.md#notation-{anchor})"), \
+            f"{name}: the first ${first.group(2)}$ does not link to conventions.md#notation-{anchor}"
+        checked += 1
+    assert checked >= 2
+
+
+def test_losses_take_the_reduction_first_as_the_conventions_say():
+    # docs/conventions.md §2: the reduction is the first positional argument, and PyTorch's
+    # positional size_average (a bool) is refused by name
+    assert refprune.MSELoss("sum").reduction == "sum" == refprune.CrossEntropyLoss("sum").reduction
+    for loss in (refprune.MSELoss, refprune.CrossEntropyLoss, refprune.BCEWithLogitsLoss):
+        with pytest.raises(ValueError, match=rf"{loss.__name__}: reduction must be one of .*got False"):
+            loss(False)
+    assert "first positional argument" in (DOCS / "conventions.md").read_text()
+
+
 def test_the_api_pages_list_every_public_name():
     api = (DOCS / "api.md").read_text()
     listed = set(re.findall(r"^   ([A-Za-z_][A-Za-z0-9_.]*)$", api, re.M))
@@ -43,6 +88,7 @@ def test_the_api_pages_list_every_public_name():
         assert sub in listed, sub
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # numpydoc's notes on section names
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in NEEDED),
                     reason="needs the docs extra (sphinx, myst-parser, numpydoc, sphinx-gallery, matplotlib)")
 def test_site_builds_without_warnings(tmp_path):
