@@ -1,10 +1,11 @@
+# %% [markdown]
 """
 Quickstart: the exact Hessian of a tiny network
 ===============================================
 
 A 2-3-2 tanh network with a cross-entropy loss has 17 parameters; ``rp.hessian`` returns
-its exact 17 x 17 Hessian (float64, in PyTorch's parameter order). We check one
-Hessian-vector product against it and draw the matrix.
+its exact 17 x 17 Hessian (float64, in PyTorch's parameter order). We check it against a
+Hessian-vector product, which refprune computes by another route, and draw the matrix.
 """
 
 # %%
@@ -22,8 +23,11 @@ H = rp.hessian(model, params, X, y, loss)
 v = np.random.default_rng(1).standard_normal(model.n_params)
 print(H.shape, "symmetric:", np.allclose(H, H.T), " |Hv - hvp(v)|_max =", np.abs(H @ v - rp.hvp(model, params, X, y, loss, v)).max())
 
+# %% [markdown]
+# Each layer's weights and bias form a diagonal block; the off-diagonal blocks couple the
+# two layers.
+
 # %%
-# The blocks of the two layers' weights and biases are visible; the Hessian couples them.
 lim = np.abs(H).max()
 plt.imshow(H, cmap="RdBu_r", vmin=-lim, vmax=lim)
 plt.colorbar(label="$H_{ij}$")
