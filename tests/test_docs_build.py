@@ -97,8 +97,9 @@ def test_site_builds_without_warnings(tmp_path):
     out = tmp_path / "html"
     # -W: a warning (a broken reference, an unknown anchor, a failing example) fails the build;
     # -E and a fresh doctree folder: no state from an earlier build
+    # run_stale_examples: run every example even if an earlier build left its output
     status = build_main(["-W", "--keep-going", "-q", "-E", "-b", "html", "-d", str(tmp_path / "doctrees"),
-                         str(DOCS), str(out)])
+                         "-D", "sphinx_gallery_conf.run_stale_examples=True", str(DOCS), str(out)])
     assert status == 0
     # every name of refprune.__all__ has its page, and the page documents that object
     generated = DOCS / "generated"
