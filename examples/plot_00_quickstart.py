@@ -21,7 +21,8 @@ y = np.array([0, 1] * 4)
 loss = rp.CrossEntropyLoss()
 H = rp.hessian(model, params, X, y, loss)
 v = np.random.default_rng(1).standard_normal(model.n_params)
-print(H.shape, "symmetric:", np.allclose(H, H.T), " |Hv - hvp(v)|_max =", np.abs(H @ v - rp.hvp(model, params, X, y, loss, v)).max())
+err = np.abs(H @ v - rp.hvp(model, params, X, y, loss, v)).max()
+print(f"H {H.shape}, symmetric: {np.allclose(H, H.T)}, max |H v - hvp(v)| = {err:.1e}")
 
 # %% [markdown]
 # Each layer's weights and bias form a diagonal block; the off-diagonal blocks couple the
@@ -31,5 +32,7 @@ print(H.shape, "symmetric:", np.allclose(H, H.T), " |Hv - hvp(v)|_max =", np.abs
 lim = np.abs(H).max()
 plt.imshow(H, cmap="RdBu_r", vmin=-lim, vmax=lim)
 plt.colorbar(label="$H_{ij}$")
+plt.xticks(range(0, 17, 4))
+plt.yticks(range(0, 17, 4))
 plt.title("exact Hessian of a 2-3-2 tanh net")
 plt.show()
