@@ -343,12 +343,12 @@ STORE_CLI_CASES = [
     ("cli --input-shape with --data", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--input-shape", "1", "4", "4"), SystemExit, "--input-shape is for random data"),
     ("cli --samples with --data", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--samples", "9"), SystemExit, "--samples is for random data"),
     ("cli --seed with --data and --params", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--seed", "3", params={f"param{i}": a for i, a in enumerate(p)}), SystemExit, "--seed draws random data, initial parameters or Monte Carlo targets"),
-    ("cli --out in no directory", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "/nonexistent_refprune/H.npy"), SystemExit, "--out /nonexistent_refprune/H.npy: the directory /nonexistent_refprune does not exist"),
+    ("cli --out in no directory", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "/proc/nonexistent_refprune/H.npy"), SystemExit, "--out /proc/nonexistent_refprune/H.npy: the directory /proc/nonexistent_refprune does not exist"),
     ("cli --out a directory", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "."), SystemExit, "--out . is a directory"),
     ("cli result written with its record", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "H.npy", "--block-rows", "9", check=_store_check_written), None, ""),
     # the command line: refprune demo
     ("cli demo --plot without matplotlib", lambda m, p, X, y, l: _store_without_matplotlib(_store_cli, "demo", "--steps", "1", "--plot", "x.png"), SystemExit, "exit 2: refprune demo: error: --plot x.png: refprune.plot needs matplotlib"),
-    ("cli demo --plot into no directory", lambda m, p, X, y, l: _store_cli("demo", "--steps", "1", "--plot", "/nonexistent_refprune/x.png"), SystemExit, "exit 2: refprune demo: error: --plot /nonexistent_refprune/x.png"),
+    ("cli demo --plot into no directory", lambda m, p, X, y, l: _store_cli("demo", "--steps", "1", "--plot", "/proc/nonexistent_refprune/x.png"), SystemExit, "exit 2: refprune demo: error: --plot /proc/nonexistent_refprune/x.png"),
     ("cli demo --heatmaps a directory", lambda m, p, X, y, l: _store_cli("demo", "--steps", "1", "--heatmaps", "/tmp"), SystemExit, "exit 2: refprune demo: error: --heatmaps /tmp"),
 ]
 
@@ -1330,8 +1330,8 @@ CLI_OPTIONS = [
     ("cli opt --reduction none", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--reduction", "none"), SystemExit, "--reduction must be one of ('mean', 'sum'), got 'none'"),
     # paths
     ("cli opt --data a directory", lambda m, p, X, y, l: _store_cli("hessian", "--model", "Linear(3, 2)", "--data", "/tmp"), SystemExit, "--data /tmp is a directory; it must be an existing .npz file"),
-    ("cli opt --params no such file", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--params", "/nonexistent_refprune/p.npz"), SystemExit, "--params /nonexistent_refprune/p.npz: no such file; it must be an existing .npz file"),
-    ("cli opt --model-json no such file", lambda m, p, X, y, l: _store_cli("hessian", "--model-json", "/nonexistent_refprune/m.json", "--input-shape", "3"), SystemExit, "--model-json /nonexistent_refprune/m.json: no such file; it must be an existing JSON file"),
+    ("cli opt --params no such file", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--params", "/proc/nonexistent_refprune/p.npz"), SystemExit, "--params /proc/nonexistent_refprune/p.npz: no such file; it must be an existing .npz file"),
+    ("cli opt --model-json no such file", lambda m, p, X, y, l: _store_cli("hessian", "--model-json", "/proc/nonexistent_refprune/m.json", "--input-shape", "3"), SystemExit, "--model-json /proc/nonexistent_refprune/m.json: no such file; it must be an existing JSON file"),
     ("cli opt --model and --model-json", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--model-json", "m.json"), SystemExit, "argument --model-json: not allowed with argument --model"),
     # options that do not apply to the run: refused by name, even when typed at their default
     ("cli opt --samples at its default with --data", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--samples", "32"), SystemExit, "--samples is for random data; --data data.npz gives the samples and their shape (got --samples 32)"),
@@ -1356,7 +1356,7 @@ CLI_OPTIONS = [
     ("cli opt demo --seed -2", lambda m, p, X, y, l: _store_cli("demo", "--seed", "-2"), SystemExit, "--seed must be a non-negative int, got -2"),
     ("cli opt demo diverges", lambda m, p, X, y, l: _store_cli("demo", "--lr", "1000", "--steps", "10"), SystemExit, "--lr 1000: training diverged (the loss rose from"),
     ("cli opt demo --plot a directory", lambda m, p, X, y, l: _store_cli("demo", "--plot", "/tmp"), SystemExit, "--plot /tmp is a directory; give a file name such as /tmp/plot.png"),
-    ("cli opt fixtures into no directory", lambda m, p, X, y, l: _store_cli("fixtures", "/nonexistent_refprune/fx"), SystemExit, "refprune fixtures: error: directory /nonexistent_refprune/fx: the directory /nonexistent_refprune does not exist"),
+    ("cli opt fixtures into no directory", lambda m, p, X, y, l: _store_cli("fixtures", "/proc/nonexistent_refprune/fx"), SystemExit, "refprune fixtures: error: directory /proc/nonexistent_refprune/fx: the directory /proc/nonexistent_refprune does not exist"),
     ("cli opt fixtures into a file", lambda m, p, X, y, l: _store_cli("fixtures", "/etc/hostname"), SystemExit, "directory /etc/hostname is a file; it must be a directory, or a path whose parent exists"),
     ("cli opt hessian --plot", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--plot", "x.png"), SystemExit, "unrecognized arguments: --plot x.png"),
 ]
