@@ -162,7 +162,9 @@ for k in range(9):
           f"{actual_obs[k]:.4f}   |w|^2/2 {magnitude[k]:7.3f}")
 
 # %%
-# Points on the line :math:`y = x` are exact predictions.  Here every point lies far
+# Points on the line :math:`y = x` are exact predictions (weights 0 and 1, and 2 and 3,
+# are equal at this minimum, which is symmetric in the two inputs: their points
+# coincide).  Here every point lies far
 # above it: the actual increase is 6 to 110 times the prediction, for OBD and OBS alike.
 # The minimum has large weights (:math:`|w_q|` from 2 to 10) and saturated sigmoids, so
 # removing any weight is a large step, and the quadratic model is exact only for small
