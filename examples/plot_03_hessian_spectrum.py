@@ -60,8 +60,8 @@ def keep(epoch, p, value):
         snapshots[epoch] = [a.copy() for a in p]
 
 
-params, history = rp.train(model, params, X, y, loss, epochs=EPOCHS[-1], batch_size=len(X), lr=0.1, momentum=0.9,
-                           callback=keep)
+params, history = rp.train(model, params, X, y, loss, epochs=EPOCHS[-1], batch_size=len(X), lr=0.1,
+                           momentum=0.9, callback=keep)
 
 # %%
 # Three exact matrices per snapshot
