@@ -84,8 +84,8 @@ for epoch, p in snapshots.items():
     # for a direction v of negative curvature, v^T H v = v^T G v + v^T Res v with v^T G v >= 0,
     # so the residual's share v^T Res v / lambda is at least 1: it supplies all the negativity
     share = np.einsum("ij,ik,kj->j", V[:, neg], Res, V[:, neg]) / eh[neg]
-    spectra[epoch] = dict(H=eh, G=np.linalg.eigvalsh(G), Res=np.linalg.eigvalsh(Res), share=share, n_negative=int(neg.sum()),
-                          loss=history[epoch], accuracy=np.mean(model(p, X).argmax(1) == y),
+    spectra[epoch] = dict(H=eh, G=np.linalg.eigvalsh(G), Res=np.linalg.eigvalsh(Res), share=share,
+                          n_negative=int(neg.sum()), loss=history[epoch], accuracy=np.mean(model(p, X).argmax(1) == y),
                           res_norm=np.linalg.norm(Res), ggn_norm=np.linalg.norm(G))
 
 print("epoch   loss  accuracy  min eig H  min eig G  min eig (H-G)  negative eigs of H: count, sum  "
