@@ -24,6 +24,14 @@ convention of code written in the style of KFAC-Pytorch (gradients multiplied by
 # Everything is float64: the harness compares at a relative tolerance of
 # :math:`10^{-9}` (``docs/conventions.md`` §9), far below float32's rounding.
 
+import os
+
+# One BLAS thread, as the studies do (validation/report.py), unless you set otherwise: the
+# matrices here are small, where threads on a busy machine cost more than they save, and the
+# printed numbers are then the same bits whatever the machine's thread count.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -169,6 +177,47 @@ try:
     cf.assert_conforms(adapter_for(fold_bias=False), cases=cases[:4])
 except AssertionError as err:
     print(str(err)[:1200])
+
+# %%
+# Diagnosing one matrix: ``cf.diagnose``
+# --------------------------------------
+#
+# Outside the harness, ``cf.diagnose(mine, refprune's, case, tol, quantity=...)`` gives
+# the same sentences for one pair of arrays.  Here the user's K-FAC as an
+# :math:`n \times n` matrix in ``theta`` order (``rp.blocks_to_flat`` places each layer's
+# :math:`S \otimes A` there), on the network above, against refprune's:
+
+model, params, loss = rp.from_torch(net, loss=lossfn)
+case = cf.Case("my-mlp", model, params, X.numpy(), y.numpy(), loss)
+kfac_opts = dict(curvature="empirical_fisher", approx="expand", bias="fold")
+reference = rp.blocks_to_flat(model, rp.kfac(*case.args(), curvature="empirical_fisher").factors())
+for label, bugs in [("correct", {}), ("no 1/N in A", dict(average_inputs=False))]:
+    mine = rp.blocks_to_flat(model, [(S.numpy(), A.numpy()) for S, A in my_kfac(net, lossfn, X, y, **bugs)])
+    err = cf.relative_error(mine, reference)
+    words = cf.diagnose(mine, reference, case, cf.DEFAULT_RTOL, quantity="kfac", options=kfac_opts) \
+        if err > cf.DEFAULT_RTOL else ["agrees"]
+    print(f"{label}: relative error {err:.1e}; {' '.join(words)}")
+
+# %%
+# A K-FAC of another curvature is named too: the pairs of the GGN (for cross-entropy
+# the true Fisher, ``docs/conventions.md`` §3) passed off as the empirical Fisher.
+# The diagnosis has a catalogue of such neighbouring quantities
+# (``docs/conventions.md`` §9a).  A difference outside it is only located: the
+# layer blocks written as ``np.kron(S, A)`` directly, in the order of
+# :math:`\mathrm{vec}([W \mid b])` rather than ``theta``'s (where every bias of a layer
+# comes after all its weights, ``docs/conventions.md`` §4), is reported by the parameter
+# arrays that differ, not by its cause.
+
+ggn_pairs = rp.kfac(*case.args(), curvature="ggn").factors()
+print("GGN's K-FAC:", cf.diagnose(rp.blocks_to_flat(model, ggn_pairs), reference, case, cf.DEFAULT_RTOL,
+                                  quantity="kfac", options=kfac_opts))
+naive = np.zeros_like(reference)
+start = 0
+for S, A in rp.kfac(*case.args(), curvature="empirical_fisher").factors():
+    block = np.kron(S, A)
+    naive[start:start + len(block), start:start + len(block)] = block
+    start += len(block)
+print("np.kron layout:", cf.diagnose(naive, reference, case, cf.DEFAULT_RTOL, quantity="kfac", options=kfac_opts))
 
 # %%
 # Another library's convention: gradients times :math:`N`

@@ -29,6 +29,14 @@ hidden biases, 6-7 the output weights, 8 the output bias.
 # gradient norm and smallest Hessian eigenvalue, as the XOR study (``validation/xor.py``)
 # does for 100 random starts.
 
+import os
+
+# One BLAS thread, as the studies do (validation/report.py), unless you set otherwise: the
+# matrices here are small, where threads on a busy machine cost more than they save, and the
+# printed numbers are then the same bits whatever the machine's thread count.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -82,9 +90,9 @@ print("eigenvalues of H:", np.linalg.eigvalsh(H))
 # --------------------
 #
 # OBD removes weight :math:`q` and changes nothing else, :math:`d = -w_q e_q`, and keeps
-# only the diagonal of the Hessian (``docs/pruning_explained.md`` §2; LeCun et al. 1990,
-# the saliency :math:`s_k = h_{kk} u_k^2 / 2`, cited in ``docs/derivations.md`` §9 as their
-# eq. 6):
+# only the diagonal of the Hessian (LeCun et al. 1990, their saliency
+# :math:`s_k = h_{kk} u_k^2 / 2`; derived in ``docs/pruning_explained.md`` §2, and
+# ``docs/derivations.md`` §9):
 #
 # .. math::
 #
