@@ -12,9 +12,9 @@ networks and compares every result with refprune's float64 reference
 This example needs **PyTorch** (any release from 2.0, a CPU build is enough) and
 matplotlib.  It writes a small K-FAC with forward and backward hooks, checks it, then
 plants two classic bugs (a missing :math:`1/N` and a forgotten bias column) and shows the
-harness's diagnosis of each, and finally shows how ``rp.express_kfac`` names the
-convention of code written in the style of KFAC-Pytorch (gradients multiplied by
-:math:`N`).
+harness's diagnosis of each, uses ``cf.diagnose`` on single matrices, and finally shows
+how ``rp.express_kfac`` states the convention of code written in the style of
+KFAC-Pytorch (gradients multiplied by :math:`N`).
 """
 
 # %%

@@ -160,9 +160,11 @@ for epoch, res in results.items():
 #   loss at 35% and 50%.
 # * **At the end of training** (epoch 1500) the order turns round: the unit methods keep
 #   the loss lower than EigenDamage at every budget.  The bottlenecks pay for
-#   :math:`U_A'` and :math:`U_S'`, so a 32-wide layer saves parameters only once about
-#   half of its directions are gone; on the longer-trained network that many directions
-#   carry more of the function.
+#   :math:`U_A'` and :math:`U_S'`: the 32-by-33 middle layer (1056 parameters) becomes
+#   a bottleneck of :math:`33 k + k^2 + 32 k` parameters when it keeps :math:`k` input
+#   and :math:`k` output directions, smaller only for :math:`k \le 13`, so it saves
+#   parameters only once more than half of its directions on both sides are gone; on the
+#   longer-trained network that many directions carry more of the function.
 #
 # So on a network this small neither method wins in general, and a comparison of
 # pruning methods has to say at which point of training it pruned.  The paper's gains
