@@ -236,12 +236,13 @@ for label, score in [("magnitude", np.abs(w)), ("OBD", obd), ("OBS", obs)]:
 # update (``docs/pruning_explained.md`` §4).  ``rp.obs_trace`` records the whole sweep
 # from one inverse; the step predictions add up along it, and the actual objective is
 # evaluated after every step (``skip_emptied=True`` stops a layer from being emptied:
-# 7 of the 9 weights can go).  The sum of the predictions stays one to two orders of
-# magnitude below the actual increase all along the sweep.
+# 7 of the 9 weights can go).  The sum of the predictions stays 8 to 90 times below the
+# actual increase all along the sweep.
 
 t = rp.obs_trace(model, res.params, X, Y, loss, curvature="hessian", weight_decay=wd, include_bias=True,
                  skip_emptied=True)
 print("removal order:", t.order)
+print("actual / predicted along the sweep:", (np.asarray(t.loss[1:]) - t.loss[0]) / t.predicted)
 fig, ax = plt.subplots(figsize=(6, 4))
 k = np.arange(1, len(t.order) + 1)
 ax.plot(k, t.predicted, "o-", label="predicted (sum of the step saliencies)")
