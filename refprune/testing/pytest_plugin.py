@@ -58,6 +58,7 @@ _DRAWN = "drawn"
 
 
 def pytest_addoption(parser):
+    """The options ``--refprune-drawn``, ``--refprune-seed`` and their ini keys."""
     group = parser.getgroup("refprune", "refprune conformance cases (refprune_case fixture)")
     group.addoption("--refprune-drawn", dest="refprune_drawn", metavar="N", default=None,
                     help="add N drawn cases (refprune.conformance.drawn_zoo) to refprune_case; default 0 "
@@ -97,15 +98,19 @@ def settings(config):
 
 
 def pytest_configure(config):
+    """Register the ``refprune`` marker; read and check the options (a usage error here,
+    before any test runs)."""
     config.addinivalue_line("markers", f"{_MARKER}(architectures=None, losses=None): the refprune_case cases of "
                                        "these zoo architectures ('drawn': the drawn cases) and losses")
     config.stash[_SETTINGS] = settings(config)
 
 
 def pytest_report_header(config):
+    """With drawn cases: how many and their seed (to rerun the same ones)."""
     s = config.stash.get(_SETTINGS, None)
     if s and s["drawn"]:
-        return f"refprune: refprune_case adds {s['drawn']} drawn cases (refprune.conformance.drawn_zoo, seed {s['seed']})"
+        return (f"refprune: refprune_case adds {s['drawn']} drawn cases (refprune.conformance.drawn_zoo, "
+                f"seed {s['seed']})")
     return None
 
 
@@ -162,6 +167,8 @@ def _selected(names, marker):
 
 
 def pytest_generate_tests(metafunc):
+    """Parametrize a test that needs ``refprune_case`` over the cases' names (only
+    such tests: any other test is left as it is)."""
     if "refprune_case" not in metafunc.fixturenames:
         return
     for mark in metafunc.definition.iter_markers("parametrize"):
