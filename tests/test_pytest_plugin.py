@@ -4,6 +4,7 @@ item per zoo case, ``-k``, ``--lf``, ``-x``, the drawn cases, bad option values,
 diagnosis in a failure's report, the README's example file."""
 
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
@@ -184,16 +185,28 @@ def test_the_plugin_module_imports_only_pytest():
     assert out.stdout.strip() == "['refprune.testing.pytest_plugin']", out
 
 
-def test_the_entry_point_metadata_names_the_plugin_module(tmp_path):
+def test_the_entry_point_metadata_names_the_plugin_module_and_pytest_loads_it(tmp_path):
     # the metadata an install writes from setup.cfg, built afresh (the installed copy may
     # come from another checkout)
+    meta = tmp_path / "meta"
+    meta.mkdir()
     subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "egg_info", "--egg-base",
-                    str(tmp_path)], cwd=ROOT, capture_output=True, check=True)
-    dist = importlib.metadata.PathDistribution(tmp_path / "refprune.egg-info")
+                    str(meta)], cwd=ROOT, capture_output=True, check=True)
+    dist = importlib.metadata.PathDistribution(meta / "refprune.egg-info")
     eps = dist.entry_points.select(group="pytest11")
     assert [(e.name, e.value) for e in eps] == [("refprune", PLUGIN)]
     plugin = eps["refprune"].load()
     assert plugin is pytest_plugin and callable(plugin.pytest_generate_tests)
+    # a plain pytest run with that metadata on the path: no -p, the entry point loads the plugin
+    (tmp_path / "test_user.py").write_text(RIGHT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(meta), str(ROOT)]))
+    env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
+    env.pop("PYTEST_ADDOPTS", None)
+    others = ["-p", "no:zarr", "-p", "no:hypothesispytest"]  # other packages' entry points: slow, not under test
+    out = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", *others,
+                          "test_user.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    ids = [line.split("[", 1)[1][:-1] for line in out.stdout.splitlines() if line.startswith("test_user.py::")]
+    assert out.returncode == 0 and sorted(ids) == sorted(NAMES), out.stdout + out.stderr
 
 
 # ---------------------------------------------------------------- the drawn cases and options
