@@ -418,6 +418,24 @@ def test_cases_keep_to_their_limits(case):
         assert all(conv.out_channels == 1 for conv in case.model if isinstance(conv, rp.Conv2d))
 
 
+def test_cases_shrink_to_the_smallest_network_and_rebuild_the_same_bits():
+    from hypothesis import find, settings
+
+    once = settings(database=None)
+    # the smallest draw of every part: one Linear(1, 2) without bias, N = 1, the first loss
+    first = find(cases(), lambda c: True, settings=once)
+    assert first.describe() == ("hypothesis-mlp/ce-mean: Linear(1, 2, bias=False); X (1, 1), "
+                                "CrossEntropyLoss(reduction='mean') (R = 1), n = 2 parameters")
+    again = find(cases(), lambda c: True, settings=once)
+    for a, b in zip(first.params + [first.X, first.y, first.v, first.targets],
+                    again.params + [again.X, again.y, again.v, again.targets]):
+        assert a.tobytes() == b.tobytes()
+    # a property that needs a convolution shrinks to a 1x1 kernel on a 3x3 image
+    conv = find(cases(), lambda c: any(isinstance(layer, rp.Conv2d) for layer in c.model), settings=once)
+    assert [type(layer) for layer in conv.model] == [rp.Conv2d, rp.Flatten, rp.Linear]
+    assert conv.X.shape == (1, 1, 3, 3) and conv.n_params == 1 + 9 * 2
+
+
 @given(case=cases(architectures=mlps(max_depth=1, in_features=2, out_features=3), kinds=("mse",)))
 def test_cases_take_an_architecture_strategy(case):
     assert [type(layer) for layer in case.model] == [rp.Linear] and case.X.shape[1:] == (2,)
