@@ -3,6 +3,10 @@
 Hand-derived gradients, Hessian-vector products, exact Hessians, GGN and Fisher
 matrices for a small PyTorch-compatible network stack, in NumPy (float64).
 Conventions: ``docs/conventions.md``; derivations: ``docs/derivations.md``.
+
+The package holds no tests of its own: PYTEST_DONT_REWRITE keeps pytest, which loads
+refprune's plugin (``refprune.testing.pytest_plugin``) at start-up, from rewriting its
+modules' asserts, and from warning when refprune was imported before pytest started.
 """
 
 # network stack

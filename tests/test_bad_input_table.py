@@ -343,12 +343,12 @@ STORE_CLI_CASES = [
     ("cli --input-shape with --data", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--input-shape", "1", "4", "4"), SystemExit, "--input-shape is for random data"),
     ("cli --samples with --data", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--samples", "9"), SystemExit, "--samples is for random data"),
     ("cli --seed with --data and --params", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--seed", "3", params={f"param{i}": a for i, a in enumerate(p)}), SystemExit, "--seed draws random data, initial parameters or Monte Carlo targets"),
-    ("cli --out in no directory", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "/nonexistent_refprune/H.npy"), SystemExit, "--out /nonexistent_refprune/H.npy: the directory /nonexistent_refprune does not exist"),
+    ("cli --out in no directory", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "/proc/nonexistent_refprune/H.npy"), SystemExit, "--out /proc/nonexistent_refprune/H.npy: the directory /proc/nonexistent_refprune does not exist"),
     ("cli --out a directory", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "."), SystemExit, "--out . is a directory"),
     ("cli result written with its record", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--out", "H.npy", "--block-rows", "9", check=_store_check_written), None, ""),
     # the command line: refprune demo
     ("cli demo --plot without matplotlib", lambda m, p, X, y, l: _store_without_matplotlib(_store_cli, "demo", "--steps", "1", "--plot", "x.png"), SystemExit, "exit 2: refprune demo: error: --plot x.png: refprune.plot needs matplotlib"),
-    ("cli demo --plot into no directory", lambda m, p, X, y, l: _store_cli("demo", "--steps", "1", "--plot", "/nonexistent_refprune/x.png"), SystemExit, "exit 2: refprune demo: error: --plot /nonexistent_refprune/x.png"),
+    ("cli demo --plot into no directory", lambda m, p, X, y, l: _store_cli("demo", "--steps", "1", "--plot", "/proc/nonexistent_refprune/x.png"), SystemExit, "exit 2: refprune demo: error: --plot /proc/nonexistent_refprune/x.png"),
     ("cli demo --heatmaps a directory", lambda m, p, X, y, l: _store_cli("demo", "--steps", "1", "--heatmaps", "/tmp"), SystemExit, "exit 2: refprune demo: error: --heatmaps /tmp"),
 ]
 
@@ -1330,8 +1330,8 @@ CLI_OPTIONS = [
     ("cli opt --reduction none", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--reduction", "none"), SystemExit, "--reduction must be one of ('mean', 'sum'), got 'none'"),
     # paths
     ("cli opt --data a directory", lambda m, p, X, y, l: _store_cli("hessian", "--model", "Linear(3, 2)", "--data", "/tmp"), SystemExit, "--data /tmp is a directory; it must be an existing .npz file"),
-    ("cli opt --params no such file", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--params", "/nonexistent_refprune/p.npz"), SystemExit, "--params /nonexistent_refprune/p.npz: no such file; it must be an existing .npz file"),
-    ("cli opt --model-json no such file", lambda m, p, X, y, l: _store_cli("hessian", "--model-json", "/nonexistent_refprune/m.json", "--input-shape", "3"), SystemExit, "--model-json /nonexistent_refprune/m.json: no such file; it must be an existing JSON file"),
+    ("cli opt --params no such file", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--params", "/proc/nonexistent_refprune/p.npz"), SystemExit, "--params /proc/nonexistent_refprune/p.npz: no such file; it must be an existing .npz file"),
+    ("cli opt --model-json no such file", lambda m, p, X, y, l: _store_cli("hessian", "--model-json", "/proc/nonexistent_refprune/m.json", "--input-shape", "3"), SystemExit, "--model-json /proc/nonexistent_refprune/m.json: no such file; it must be an existing JSON file"),
     ("cli opt --model and --model-json", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--model-json", "m.json"), SystemExit, "argument --model-json: not allowed with argument --model"),
     # options that do not apply to the run: refused by name, even when typed at their default
     ("cli opt --samples at its default with --data", lambda m, p, X, y, l: _store_hessian_cli(m, p, X, y, l, "--samples", "32"), SystemExit, "--samples is for random data; --data data.npz gives the samples and their shape (got --samples 32)"),
@@ -1356,7 +1356,7 @@ CLI_OPTIONS = [
     ("cli opt demo --seed -2", lambda m, p, X, y, l: _store_cli("demo", "--seed", "-2"), SystemExit, "--seed must be a non-negative int, got -2"),
     ("cli opt demo diverges", lambda m, p, X, y, l: _store_cli("demo", "--lr", "1000", "--steps", "10"), SystemExit, "--lr 1000: training diverged (the loss rose from"),
     ("cli opt demo --plot a directory", lambda m, p, X, y, l: _store_cli("demo", "--plot", "/tmp"), SystemExit, "--plot /tmp is a directory; give a file name such as /tmp/plot.png"),
-    ("cli opt fixtures into no directory", lambda m, p, X, y, l: _store_cli("fixtures", "/nonexistent_refprune/fx"), SystemExit, "refprune fixtures: error: directory /nonexistent_refprune/fx: the directory /nonexistent_refprune does not exist"),
+    ("cli opt fixtures into no directory", lambda m, p, X, y, l: _store_cli("fixtures", "/proc/nonexistent_refprune/fx"), SystemExit, "refprune fixtures: error: directory /proc/nonexistent_refprune/fx: the directory /proc/nonexistent_refprune does not exist"),
     ("cli opt fixtures into a file", lambda m, p, X, y, l: _store_cli("fixtures", "/etc/hostname"), SystemExit, "directory /etc/hostname is a file; it must be a directory, or a path whose parent exists"),
     ("cli opt hessian --plot", lambda m, p, X, y, l: _store_cli(*_CLI_RANDOM, "--plot", "x.png"), SystemExit, "unrecognized arguments: --plot x.png"),
 ]
@@ -1392,8 +1392,82 @@ def _cli_opt_resume(again):
         _store_cli(*argv, "--resume", *again)
 
 
+# ---- one case at a time (check_case), whole drawn cases (strategies.cases()), the pytest plugin's options
+def _pl_case(m, p, X, y, l):
+    return cf.Case("t", m, p, X, y, l)
+
+
+def _pl_check(m, p, X, y, l, fn=None, **kw):
+    return cf.check_case(fn if fn is not None else (lambda c: rp.loss(*c.args())), _pl_case(m, p, X, y, l), **kw)
+
+
+def _pl_cases(**kw):
+    from refprune.testing.strategies import cases
+
+    return cases(**kw)
+
+
+def _pl_mlps():
+    from refprune.testing.strategies import mlps
+
+    return mlps()
+
+
+def _pl_equal(got, expected):
+    assert got == expected and type(got) is type(expected), (got, expected)
+
+
+def _pl_count(value):
+    from refprune.testing.pytest_plugin import parse_count
+
+    return parse_count(value, "--refprune-drawn")
+
+
+PLUGIN_CASES = [
+    ("check_case case a tuple", lambda m, p, X, y, l: cf.check_case(lambda c: 0.0, (m, p, X, y, l), quantity="loss"), TypeError, "check_case: case must be a refprune.conformance.Case"),
+    ("check_case implementation a name", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, fn="grad", quantity="grad"), TypeError, "check_case: implementation must be a refprune.conformance.Adapter or a function"),
+    ("check_case function without quantity", lambda m, p, X, y, l: _pl_check(m, p, X, y, l), TypeError, "check_case: give quantity="),
+    ("check_case function with two quantities", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, quantity=["loss", "grad"]), TypeError, "check_case: a function computes one quantity"),
+    ("check_case unknown quantity", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, quantity="gradient"), ValueError, "check_case: unknown quantity 'gradient'"),
+    ("check_case options a list", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, quantity="kfac", options=["bias"]), TypeError, "check_case: options must be a dict {option: value} of kfac"),
+    ("check_case option the quantity lacks", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, quantity="loss", options={"bias": "fold"}), ValueError, "options['loss'] has unknown keys ['bias']; it takes no options"),
+    ("check_case options with an Adapter", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, fn=cf.Adapter(loss=lambda c: 0.0), options={}), ValueError, "check_case: options apply to a function; an Adapter holds its own"),
+    ("check_case quantity the Adapter lacks", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, fn=cf.Adapter(loss=lambda c: 0.0), quantity="grad"), ValueError, "check_case: quantity ['grad'] is not computed by the adapter"),
+    ("check_case quantity an empty list", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, fn=cf.Adapter(loss=lambda c: 0.0), quantity=[]), TypeError, "check_case: quantity must be a name or a non-empty list"),
+    ("check_case rtol text", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, quantity="loss", rtol="1e-6"), TypeError, "check_case: rtol must be a real number in [0, 1)"),
+    ("check_case rtol negative", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, quantity="loss", rtol=-1e-3), ValueError, "rtol for loss must be a number in [0, 1)"),
+    ("check_case rtol names a quantity of no adapter", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, fn=cf.Adapter(loss=lambda c: 0.0), rtol={"grad": 1e-6}), ValueError, "check_case: rtol names ['grad'], which the adapter does not compute"),
+    ("check_case a result off by 2 fails with its factor", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, fn=lambda c: 2 * rp.loss(*c.args()), quantity="loss"), AssertionError, "loss on case t (rtol 1e-09)"),
+    ("check_case a matching function passes", lambda m, p, X, y, l: _pl_check(m, p, X, y, l, quantity="loss"), None, ""),
+    ("cases kinds a string", lambda m, p, X, y, l: _pl_cases(kinds="mse"), TypeError, "cases: kinds must be a non-empty tuple of names"),
+    ("cases kinds unknown", lambda m, p, X, y, l: _pl_cases(kinds=("hinge",)), ValueError, "cases: kinds ['hinge'] not known"),
+    ("cases reductions empty", lambda m, p, X, y, l: _pl_cases(reductions=()), TypeError, "cases: reductions must be a non-empty tuple"),
+    ("cases reductions unknown", lambda m, p, X, y, l: _pl_cases(reductions=("none",)), ValueError, "cases: reductions ['none'] not known"),
+    ("cases max_samples 0", lambda m, p, X, y, l: _pl_cases(max_samples=0), ValueError, "cases: max_samples must be an int >= 1, got 0"),
+    ("cases max_width 1", lambda m, p, X, y, l: _pl_cases(max_width=1), ValueError, "cases: max_width must be an int >= 2, got 1"),
+    ("cases max_size 2", lambda m, p, X, y, l: _pl_cases(max_size=2), ValueError, "cases: max_size must be an int >= 3, got 2"),
+    ("cases max_depth True", lambda m, p, X, y, l: _pl_cases(max_depth=True), ValueError, "cases: max_depth must be an int >= 1, got True"),
+    ("cases max_channels a float", lambda m, p, X, y, l: _pl_cases(max_channels=2.0), ValueError, "cases: max_channels must be an int >= 1, got 2.0"),
+    ("cases size limit with architectures", lambda m, p, X, y, l: _pl_cases(architectures=_pl_mlps(), max_width=3), ValueError, "cases: ['max_width'] do not apply with architectures="),
+    ("cases activations with architectures", lambda m, p, X, y, l: _pl_cases(architectures=_pl_mlps(), activations=(rp.Tanh,)), ValueError, "cases: ['activations'] do not apply with architectures="),
+    ("cases architectures a list", lambda m, p, X, y, l: _pl_cases(architectures=[_pl_mlps()]), TypeError, "cases: architectures must be a hypothesis strategy"),
+    ("cases activations a class", lambda m, p, X, y, l: _pl_cases(activations=rp.ReLU), ValueError, "cases: activations must be a non-empty tuple of"),
+    ("cases activations empty", lambda m, p, X, y, l: _pl_cases(activations=()), ValueError, "cases: activations must be a non-empty tuple of"),
+    ("cases activations a layer", lambda m, p, X, y, l: _pl_cases(activations=(rp.Linear,)), ValueError, "cases: activations must be a non-empty tuple of"),
+    ("plugin count negative", lambda m, p, X, y, l: _pl_count("-1"), pytest.UsageError, "--refprune-drawn must be a non-negative integer, got '-1'"),
+    ("plugin count decimal text", lambda m, p, X, y, l: _pl_count("1.5"), pytest.UsageError, "got '1.5'"),
+    ("plugin count exponent text", lambda m, p, X, y, l: _pl_count("1e3"), pytest.UsageError, "got '1e3'"),
+    ("plugin count empty text", lambda m, p, X, y, l: _pl_count(""), pytest.UsageError, "got ''"),
+    ("plugin count superscript digit", lambda m, p, X, y, l: _pl_count("\u00b2"), pytest.UsageError, "non-negative integer"),
+    ("plugin count a bool", lambda m, p, X, y, l: _pl_count(True), pytest.UsageError, "got bool True"),
+    ("plugin count a float", lambda m, p, X, y, l: _pl_count(2.0), pytest.UsageError, "got float 2.0"),
+    ("plugin count an int accepted", lambda m, p, X, y, l: _pl_equal(_pl_count(3), 3), None, ""),
+    ("plugin count padded text accepted", lambda m, p, X, y, l: _pl_equal(_pl_count(" 4 "), 4), None, ""),
+]
+
+
 CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES + (
-    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES + HARNESS_QUANTITIES + CLI_OPTIONS + BCE_CASES
+    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES + HARNESS_QUANTITIES + CLI_OPTIONS + BCE_CASES + PLUGIN_CASES
 
 
 class _NanDiagonal(rp.curvature.operators.CurvatureOperator):

@@ -16,3 +16,8 @@ __all__ = ["Adapter", "check", "assert_conforms", "Report", "QuantityResult", "F
            "DEFAULT_RTOL", "Case", "zoo", "drawn_zoo", "make_case", "build_case", "ARCHITECTURES", "LOSSES",
            "diagnose", "diagnose_pairs", "compare_pairs", "relative_error", "OPTIMIZER_QUANTITIES",
            "OPTIMIZER_NEIGHBOURS", "optimizer_options", "PRUNING_QUANTITIES", "NotCompared"]
+
+# one case per call (a test item per case: the pytest plugin, refprune.testing.strategies.cases())
+from .case_check import check_case  # noqa: E402
+
+__all__ += ["check_case"]

@@ -27,6 +27,7 @@ except ImportError as err:  # pragma: no cover
         "refprune.testing.strategies needs hypothesis: pip install 'refprune[test]'"
     ) from err
 
+from ..conformance.zoo import build_case
 from ..nn import (
     AvgPool2d, BCEWithLogitsLoss, Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, MSELoss, ReLU, Sequential,
     Sigmoid, Softplus, Tanh,
@@ -130,3 +131,99 @@ def problems(draw, architectures=None, losses=None, max_samples=4, param_scale=(
     else:
         y = rng.standard_normal((n, c))
     return Problem(model, params, X, y, loss)
+
+
+#: the prefix of the zoo's loss names (``refprune.conformance.LOSSES``: "ce-mean", ...) per kind of :func:`losses`
+_LOSS_PREFIX = {"cross_entropy": "ce", "mse": "mse", "bce": "bce"}
+
+
+def cases(kinds=("cross_entropy", "mse", "bce"), reductions=("mean", "sum"), max_samples=4, max_depth=None,
+          max_width=None, max_channels=None, max_size=None, activations=None, architectures=None):
+    """A whole conformance case: a :class:`refprune.conformance.Case` (network,
+    parameters, data, loss, targets, the HVP direction, the Monte Carlo targets and the
+    OBS index), the type the zoo and the pytest plugin's ``refprune_case`` give, so one
+    test body takes either::
+
+        @given(case=cases(kinds=("cross_entropy",)))
+        def test_my_grad(case):
+            refprune.conformance.check_case(my_grad, case, quantity="grad")
+
+    The case is built by :func:`refprune.conformance.build_case` from a drawn seed (the
+    zoo's recipe: parameters at twice PyTorch's initial scale, standard normal inputs,
+    hard labels), so the same draw gives the same bits and hypothesis shrinks the
+    network, the number of samples and the seed towards the smallest.
+
+    Parameters
+    ----------
+    kinds, reductions : sequences of names
+        The losses drawn, as in :func:`losses`: ``"cross_entropy"``, ``"mse"``,
+        ``"bce"`` and ``"mean"``, ``"sum"``.
+    max_samples : int
+        Data points ``N`` are drawn from ``1 .. max_samples``.
+    max_depth, max_width : int, optional
+        The MLPs' limits (default 3 layers, 4 units; :func:`mlps`).
+    max_channels, max_size : int, optional
+        The convnets' limits (default 2 channels, images up to 5 x 5; :func:`convnets`).
+    activations : tuple of classes, optional
+        Default :data:`ACTIVATIONS`; :data:`SMOOTH_ACTIVATIONS` keeps away from kinks
+        (max pooling is then left out as well).
+    architectures : strategy of :class:`Architecture`, optional
+        In place of the MLPs and convnets above; the size limits and ``activations``
+        do not apply to it and are refused with it.
+    """
+    kinds = _choice_names(kinds, "kinds", tuple(_LOSS_PREFIX))
+    reductions = _choice_names(reductions, "reductions", ("mean", "sum"))
+    max_samples = _limit(max_samples, "max_samples", 1)
+    limits = dict(max_depth=max_depth, max_width=max_width, max_channels=max_channels, max_size=max_size,
+                  activations=activations)
+    if architectures is not None:
+        given = sorted(k for k, v in limits.items() if v is not None)
+        if given:
+            raise ValueError(f"cases: {given} do not apply with architectures= (they shape the default MLPs and "
+                             "convnets); give one or the other")
+        if not isinstance(architectures, st.SearchStrategy):
+            raise TypeError(f"cases: architectures must be a hypothesis strategy of Architecture (e.g. mlps()), got "
+                            f"{type(architectures).__name__}")
+        arch = architectures
+    else:
+        acts = ACTIVATIONS if activations is None else activations
+        if isinstance(acts, type) or not isinstance(acts, (tuple, list)) or not acts or not all(
+                isinstance(a, type) and a in ACTIVATIONS for a in acts):
+            raise ValueError(f"cases: activations must be a non-empty tuple of {[a.__name__ for a in ACTIVATIONS]}, "
+                             f"got {activations!r}")
+        pools = (AvgPool2d, MaxPool2d) if ReLU in acts else (AvgPool2d,)  # max pooling has kinks too
+        arch = st.one_of(
+            mlps(max_depth=_limit(3 if max_depth is None else max_depth, "max_depth", 1),
+                 max_width=_limit(4 if max_width is None else max_width, "max_width", 2), activations=tuple(acts)),
+            convnets(max_channels=_limit(2 if max_channels is None else max_channels, "max_channels", 1),
+                     max_size=_limit(5 if max_size is None else max_size, "max_size", 3), activations=tuple(acts),
+                     pools=pools))
+    lossnames = [f"{_LOSS_PREFIX[k]}-{r}" for k in kinds for r in reductions]
+    return _cases(arch, lossnames, max_samples)
+
+
+@st.composite
+def _cases(draw, arch, lossnames, max_samples):
+    a = draw(arch)
+    lossname = draw(st.sampled_from(lossnames))
+    n = draw(st.integers(1, max_samples))
+    seed = draw(st.integers(0, 2**31 - 1))
+    kind = "convnet" if any(isinstance(layer, Conv2d) for layer in a.model) else "mlp"
+    return build_case(f"hypothesis-{kind}", a.model, a.input_shape, lossname, n=n, seed=seed)
+
+
+def _choice_names(given, what, known):
+    """A non-empty list of names from ``known`` (one string is refused: it is not a list)."""
+    if isinstance(given, str) or not isinstance(given, (tuple, list)) or not given:
+        raise TypeError(f"cases: {what} must be a non-empty tuple of names from {known}, got {given!r}")
+    unknown = [x for x in given if x not in known]
+    if unknown:
+        raise ValueError(f"cases: {what} {unknown} not known; choose from {known}")
+    return list(dict.fromkeys(given))
+
+
+def _limit(value, name, minimum):
+    """An integer ``>= minimum`` (a bool is not a size)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"cases: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
