@@ -10,6 +10,7 @@ Needs the ``docs`` extra: ``pip install -e '.[docs]'``.
 import os
 import re
 import sys
+import warnings
 
 from docutils import nodes
 from sphinx.transforms import SphinxTransform
@@ -119,6 +120,12 @@ def numpydoc_sections(app, what, name, obj, options, lines):
             rest = ["    " + line if line.strip() else "" for line in lines[i + 2:]]
             lines[i:] = ["Notes", "-----", "Options by method::", ""] + rest
             break
+
+
+# numpydoc also reads the docstrings while autosummary writes the stubs, before
+# numpydoc_sections renames these two sections, and says so each time
+warnings.filterwarnings("ignore", message=r"Unknown section (Example|Options By Method) in the docstring",
+                        category=UserWarning)
 
 
 def setup(app):
