@@ -1,3 +1,4 @@
+# %% [markdown]
 """
 Checking a PyTorch K-FAC with the conformance harness
 =====================================================
@@ -17,12 +18,14 @@ how ``rp.express_kfac`` states the convention of code written in the style of
 KFAC-Pytorch (gradients multiplied by :math:`N`).
 """
 
-# %%
+# %% [markdown]
 # Set-up
 # ------
 #
 # Everything is float64: the harness compares at a relative tolerance of
 # :math:`10^{-9}` (``docs/conventions.md`` §9), far below float32's rounding.
+
+# %%
 
 import os
 
@@ -42,7 +45,7 @@ from refprune import conformance as cf
 torch.manual_seed(0)
 torch.set_default_dtype(torch.float64)
 
-# %%
+# %% [markdown]
 # The K-FAC under test
 # --------------------
 #
@@ -63,6 +66,8 @@ torch.set_default_dtype(torch.float64)
 #
 # ``my_kfac`` is written the way such code usually is: hooks on every ``Linear``, the
 # bias folded in as a constant input 1.  Two switches plant the bugs shown below.
+
+# %%
 
 
 def loss_scale(lossfn, output):
@@ -97,7 +102,7 @@ def my_kfac(net, lossfn, X, y, average_inputs=True, fold_bias=True):
     return pairs
 
 
-# %%
+# %% [markdown]
 # Your network first: the README's glue
 # -------------------------------------
 #
@@ -106,6 +111,8 @@ def my_kfac(net, lossfn, X, y, average_inputs=True, fold_bias=True):
 # ``cf.assert_conforms`` is one assertion that raises with the report when anything
 # differs.  The adapter's ``kfac_options`` say which K-FAC the code computes: here the
 # empirical Fisher with the bias folded (the default ``bias="fold"``).
+
+# %%
 
 net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
                           torch.nn.Linear(8, 3))
@@ -120,13 +127,15 @@ adapter = cf.Adapter(kfac_factors=lambda c: my_kfac(net, lossfn, X, y),
 report = cf.assert_conforms(adapter, cases=[case])
 print(report.table())
 
-# %%
+# %% [markdown]
 # One network is one data point.  The zoo varies the architecture (no bias, ReLU,
 # sigmoid, softplus), the loss (cross-entropy and squared error) and the reduction (mean
 # and sum), smallest network first, so that a failure is shown on the smallest case
 # that has it.  ``case.torch()`` rebuilds each case as a float64 PyTorch network with its
 # loss module.  The zoo also has convolutions; this K-FAC handles ``Linear`` only, so we
 # choose the multilayer perceptrons.
+
+# %%
 
 cases = cf.zoo(["linear", "mlp-tanh", "mlp-relu", "mlp-sigmoid-softplus-nobias"],
                ["ce-mean", "ce-sum", "mse-mean", "mse-sum"])
@@ -140,7 +149,7 @@ def adapter_for(**bugs):
 correct = cf.check(adapter_for(), cases)
 print(correct.table())
 
-# %%
+# %% [markdown]
 # Bug 1: the missing :math:`1/N`
 # ------------------------------
 #
@@ -150,11 +159,13 @@ print(correct.table())
 # give the same matrix; the pairs are compared factor by factor because libraries store
 # and invert them separately.)  The harness names the factor and where it comes from.
 
+# %%
+
 no_mean = cf.check(adapter_for(average_inputs=False), cases)
 print(no_mean.table())
 print("\n".join(no_mean["kfac_factors"].smallest_failure.diagnosis))
 
-# %%
+# %% [markdown]
 # Bug 2: the forgotten bias column
 # --------------------------------
 #
@@ -164,21 +175,25 @@ print("\n".join(no_mean["kfac_factors"].smallest_failure.diagnosis))
 # ``mlp-sigmoid-softplus-nobias`` has none, and there the pair is right); the diagnosis
 # of the smallest case says what is missing.
 
+# %%
+
 no_bias = cf.check(adapter_for(fold_bias=False), cases)
 print(no_bias.table())
 print(f"failed on {len(no_bias['kfac_factors'].failures)} of {no_bias['kfac_factors'].cases} cases")
 print("\n".join(no_bias["kfac_factors"].smallest_failure.diagnosis))
 
-# %%
+# %% [markdown]
 # ``assert_conforms`` is what goes into a test suite: it raises ``AssertionError`` with
 # the whole report (table, smallest failing case, diagnosis, conventions compared under).
+
+# %%
 
 try:
     cf.assert_conforms(adapter_for(fold_bias=False), cases=cases[:4])
 except AssertionError as err:
     print(str(err)[:1200])
 
-# %%
+# %% [markdown]
 # Diagnosing one matrix: ``cf.diagnose``
 # --------------------------------------
 #
@@ -186,6 +201,8 @@ except AssertionError as err:
 # the same sentences for one pair of arrays.  Here the user's K-FAC as an
 # :math:`n \times n` matrix in ``theta`` order (``rp.blocks_to_flat`` places each layer's
 # :math:`S \otimes A` there), on the network above, against refprune's:
+
+# %%
 
 model, params, loss = rp.from_torch(net, loss=lossfn)
 case = cf.Case("my-mlp", model, params, X.numpy(), y.numpy(), loss)
@@ -198,7 +215,7 @@ for label, bugs in [("correct", {}), ("no 1/N in A", dict(average_inputs=False))
         if err > cf.DEFAULT_RTOL else ["agrees"]
     print(f"{label}: relative error {err:.1e}; {' '.join(words)}")
 
-# %%
+# %% [markdown]
 # A K-FAC of another curvature is named too: the pairs of the GGN (for cross-entropy
 # the true Fisher, ``docs/conventions.md`` §3) passed off as the empirical Fisher.
 # The diagnosis has a catalogue of such neighbouring quantities
@@ -207,6 +224,8 @@ for label, bugs in [("correct", {}), ("no 1/N in A", dict(average_inputs=False))
 # :math:`\mathrm{vec}([W \mid b])` rather than ``theta``'s (where every bias of a layer
 # comes after all its weights, ``docs/conventions.md`` §4), is reported by the parameter
 # arrays that differ, not by its cause.
+
+# %%
 
 ggn_pairs = rp.kfac(*case.args(), curvature="ggn").factors()
 print("GGN's K-FAC:", cf.diagnose(rp.blocks_to_flat(model, ggn_pairs), reference, case, cf.DEFAULT_RTOL,
@@ -219,7 +238,7 @@ for S, A in rp.kfac(*case.args(), curvature="empirical_fisher").factors():
     start += len(block)
 print("np.kron layout:", cf.diagnose(naive, reference, case, cf.DEFAULT_RTOL, quantity="kfac", options=kfac_opts))
 
-# %%
+# %% [markdown]
 # Another library's convention: gradients times :math:`N`
 # -------------------------------------------------------
 #
@@ -229,6 +248,8 @@ print("np.kron layout:", cf.diagnose(naive, reference, case, cf.DEFAULT_RTOL, qu
 # refprune's on a mean cross-entropy (:math:`NR = 1`), off by :math:`N` on a sum.
 # ``rp.express_kfac(..., "kfac-pytorch")`` gives refprune's factors in that convention,
 # so such code is compared entry by entry, on any loss.
+
+# %%
 
 
 def kfac_times_n(net, lossfn, X, y):
@@ -266,7 +287,7 @@ sum_check = cf.check(cf.Adapter(kfac_factors=lambda c: kfac_times_n(*c.torch()),
 print(sum_check.table())
 print("\n".join(sum_check["kfac_factors"].smallest_failure.diagnosis))
 
-# %%
+# %% [markdown]
 # The errors at a glance
 # ----------------------
 #
@@ -274,6 +295,8 @@ print("\n".join(sum_check["kfac_factors"].smallest_failure.diagnosis))
 # is an error of infinity: a factor of the wrong shape).  The "times N" code passes on
 # the mean loss and fails on the sum.  The dashed line is the
 # tolerance :math:`10^{-9}`; the correct K-FAC sits at rounding, :math:`10^{-16}`.
+
+# %%
 
 labels = ["correct", "no 1/N in A", "no bias column", "times N\n(mean and sum)"]
 errors = [correct["kfac_factors"].max_error, no_mean["kfac_factors"].max_error,

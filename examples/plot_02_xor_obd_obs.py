@@ -1,3 +1,4 @@
+# %% [markdown]
 """
 OBD and OBS step by step on the 2-2-1 XOR network
 =================================================
@@ -16,7 +17,7 @@ row, then its ``bias``; ``docs/conventions.md`` §1): 0-3 the hidden weights, 4-
 hidden biases, 6-7 the output weights, 8 the output bias.
 """
 
-# %%
+# %% [markdown]
 # The network and its certified minimum
 # -------------------------------------
 #
@@ -28,6 +29,8 @@ hidden biases, 6-7 the output weights, 8 the output bias.
 # solve XOR (hidden unit 1 an AND, unit 2 an OR) and certifies the point it reaches by its
 # gradient norm and smallest Hessian eigenvalue, as the XOR study (``validation/xor.py``)
 # does for 100 random starts.
+
+# %%
 
 import os
 
@@ -64,7 +67,7 @@ def objective(theta):
     return rp.loss(model, rp.unflatten_params(model, theta), X, Y, loss) + wd / 2 * theta @ theta
 
 
-# %%
+# %% [markdown]
 # The exact Hessian
 # -----------------
 #
@@ -74,6 +77,8 @@ def objective(theta):
 # its eigenvalues are all positive: a true minimum, where the gradient term of the
 # Taylor model vanishes and :math:`\Delta L \approx \frac12 d^\top H d`
 # (``docs/pruning_explained.md`` §1).
+
+# %%
 
 H = rp.hessian(model, res.params, X, Y, loss) + wd * np.eye(9)
 
@@ -85,7 +90,7 @@ def gradient(theta):
 print("finite-difference check:", check_hessian(gradient, H, w, rtol=1e-6))
 print("eigenvalues of H:", np.linalg.eigvalsh(H))
 
-# %%
+# %% [markdown]
 # Optimal Brain Damage
 # --------------------
 #
@@ -103,12 +108,14 @@ print("eigenvalues of H:", np.linalg.eigvalsh(H))
 # fail is the quadratic model itself.  The library's ``rp.saliencies`` gives the same
 # numbers (``include_bias=True`` lets biases be removed, as Hassibi & Stork do).
 
+# %%
+
 obd = w**2 * np.diag(H) / 2
 lib_obd = rp.saliencies(model, res.params, X, Y, loss, method="obd", curvature="hessian", weight_decay=wd,
                         include_bias=True)
 print("OBD saliencies:", obd, " equal to the library's:", np.allclose(obd, lib_obd, rtol=1e-12, atol=0))
 
-# %%
+# %% [markdown]
 # Optimal Brain Surgeon
 # ---------------------
 #
@@ -127,6 +134,8 @@ print("OBD saliencies:", obd, " equal to the library's:", np.allclose(obd, lib_o
 # :math:`L_q` are *half* of refprune's for a summed loss (the update :math:`d` is the
 # same).  With the weight decay halved as well, the check below is exact.
 
+# %%
+
 P = np.linalg.inv(H)
 obs = w**2 / (2 * np.diag(P))
 updates = -(w / np.diag(P)) * P  # column q is the OBS update d for removing weight q
@@ -137,9 +146,11 @@ H_hs = rp.hessian(model, res.params, X, Y, rp.MSELoss("sum")) / 2 + wd / 2 * np.
 L_hs = w**2 / (2 * np.diag(np.linalg.inv(H_hs)))
 print("Hassibi & Stork's L_q / refprune's s_q:", L_hs / obs)
 
-# %%
+# %% [markdown]
 # The library's ``rp.prune`` removes the weight with the lowest OBS saliency and applies
 # the same update:
+
+# %%
 
 r = rp.prune(model, res.params, X, Y, loss, method="obs", curvature="hessian", count=1, include_bias=True,
              weight_decay=wd)
@@ -148,7 +159,7 @@ print(f"OBS removes weight {q} ({names[q]}); same update as by hand:",
       np.allclose(rp.flatten_params(r.params), w + updates[:, q], rtol=1e-9, atol=1e-12))
 print(r.summary())
 
-# %%
+# %% [markdown]
 # Predicted against actual, one weight at a time
 # ----------------------------------------------
 #
@@ -158,6 +169,8 @@ print(r.summary())
 # (refprune records ``predicted = nan``); its ranking by :math:`|w_q|` is the ranking of
 # :math:`\frac12 w_q^2`, OBD's formula with :math:`H` replaced by the identity, and that
 # is what we plot as its "prediction" (in the objective's units only by accident).
+
+# %%
 
 base = objective(w)
 zeroed = np.where(np.eye(9, dtype=bool), 0.0, w)  # row q: theta with weight q set to zero
@@ -169,7 +182,7 @@ for k in range(9):
     print(f"{k}  {names[k]:10s}  OBD {obd[k]:.4f} -> {actual_zeroed[k]:.4f}   OBS {obs[k]:.4f} -> "
           f"{actual_obs[k]:.4f}   |w|^2/2 {magnitude[k]:7.3f}")
 
-# %%
+# %% [markdown]
 # Points on the line :math:`y = x` are exact predictions (weights 0 and 1, and 2 and 3,
 # are equal at this minimum, which is symmetric in the two inputs: their points
 # coincide).  Here every point lies far
@@ -180,17 +193,21 @@ for k in range(9):
 # criterion needs is the right *order*; the rank correlation between each criterion's
 # score and the actual increase of its own removal:
 
+# %%
+
 from scipy.stats import spearmanr
 
 for label, score, act in [("OBD", obd, actual_zeroed), ("OBS", obs, actual_obs),
                           ("magnitude", magnitude, actual_zeroed)]:
     print(f"{label:9s} Spearman rank correlation with the actual increase: {spearmanr(score, act)[0]:.2f}")
 
-# %%
+# %% [markdown]
 # On this minimum magnitude orders the zeroing costs best, OBD next, and OBS's
 # predictions hardly order its own actual costs.  OBS's strength shows elsewhere: for the
 # weight all three remove first, its update makes the removal three times cheaper than
 # zeroing (0.098 against 0.327).
+
+# %%
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 4))
 panels = [("OBD (zeroed)", obd, actual_zeroed, "tab:blue"),
@@ -212,12 +229,14 @@ axes[0].set_ylabel("actual increase of the objective")
 fig.suptitle("XOR 2-2-1 at a certified minimum: each weight removed on its own (labels: index in theta)")
 fig.tight_layout()
 
-# %%
+# %% [markdown]
 # Which weight does each criterion choose?  Here all three choose weight 5, the OR unit's
 # bias, and only OBS's update leaves a network that still solves XOR.  Across 58
 # XOR-solving minima the study ``validation/xor.py`` finds the same: magnitude chooses
 # OBS's weight at every one, and the difference comes from OBS's update, not its choice
 # (see the README's reproduction table).
+
+# %%
 
 for label, score in [("magnitude", np.abs(w)), ("OBD", obd), ("OBS", obs)]:
     k = int(np.argmin(score))
@@ -227,7 +246,7 @@ for label, score in [("magnitude", np.abs(w)), ("OBD", obd), ("OBS", obs)]:
     print(f"{label:9s} removes {k} ({names[k]}): objective +{after:.4f}, outputs {out}, "
           f"solves XOR: {bool(np.all((out > 0.5) == (Y.ravel() > 0.5)))}")
 
-# %%
+# %% [markdown]
 # One weight after another
 # ------------------------
 #
@@ -238,6 +257,8 @@ for label, score in [("magnitude", np.abs(w)), ("OBD", obd), ("OBS", obs)]:
 # evaluated after every step (``skip_emptied=True`` stops a layer from being emptied:
 # 7 of the 9 weights can go).  The sum of the predictions stays 8 to 90 times below the
 # actual increase all along the sweep.
+
+# %%
 
 t = rp.obs_trace(model, res.params, X, Y, loss, curvature="hessian", weight_decay=wd, include_bias=True,
                  skip_emptied=True)

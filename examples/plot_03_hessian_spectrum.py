@@ -1,3 +1,4 @@
+# %% [markdown]
 r"""
 The exact Hessian's spectrum through training
 =============================================
@@ -25,7 +26,7 @@ loss's gradient in the output, :math:`p - \text{onehot}(y)`, which shrinks as th
 improves.
 """
 
-# %%
+# %% [markdown]
 # Data, network, training
 # -----------------------
 #
@@ -33,6 +34,8 @@ improves.
 # a 2-16-16-3 tanh network (371 parameters) with a mean cross-entropy, trained
 # full-batch by SGD with momentum (``rp.train``).  A callback keeps the parameters at the
 # epochs we want to look at.
+
+# %%
 
 import os
 
@@ -67,7 +70,7 @@ def keep(epoch, p, value):
 params, history = rp.train(model, params, X, y, loss, epochs=EPOCHS[-1], batch_size=len(X), lr=0.1,
                            momentum=0.9, callback=keep)
 
-# %%
+# %% [markdown]
 # Three exact matrices per snapshot
 # ---------------------------------
 #
@@ -75,6 +78,8 @@ params, history = rp.train(model, params, X, y, loss, epochs=EPOCHS[-1], batch_s
 # derivatives (no autodiff, no finite differences); ``residual`` is assembled from the
 # network's second derivatives, not as a difference, so :math:`H = G + (H - G)` is a check
 # that holds to rounding.
+
+# %%
 
 spectra = {}
 for epoch, p in snapshots.items():
@@ -99,7 +104,7 @@ for epoch, s in spectra.items():
           f"{s['Res'].min():13.2e}  {s['n_negative']:25d}, {s['H'][s['H'] < 0].sum():9.2e}  "
           f"{s['share'].min():16.3f}  {s['res_norm'] / s['ggn_norm']:13.3f}")
 
-# %%
+# %% [markdown]
 # What the table shows:
 #
 # * The GGN's smallest eigenvalue is zero to rounding (about :math:`-10^{-16}`) at every
@@ -120,12 +125,14 @@ for epoch, s in spectra.items():
 #   :math:`p - \text{onehot}(y)` falls, while the network's second derivatives grow
 #   with the weights.
 
-# %%
+# %% [markdown]
 # The spectra
 # -----------
 #
 # Sorted eigenvalues, on a symmetric-log axis (linear within :math:`\pm 10^{-4}`) so that
 # the negative and the positive ones are both visible.
+
+# %%
 
 shown = [e for e in EPOCHS if e in spectra]
 fig, axes = plt.subplots(1, len(shown), figsize=(3.0 * len(shown), 3.6), sharey=True)
@@ -141,9 +148,11 @@ axes[0].set_ylabel("eigenvalue")
 axes[0].legend(loc="upper left", fontsize=8)
 fig.tight_layout()
 
-# %%
+# %% [markdown]
 # The negative curvature against the loss
 # ---------------------------------------
+
+# %%
 
 fig, ax = plt.subplots(figsize=(6, 4))
 losses = [spectra[e]["loss"] for e in shown]

@@ -1,3 +1,4 @@
+# %% [markdown]
 r"""
 EigenDamage against unit pruning at the same budget
 ===================================================
@@ -13,7 +14,7 @@ what the code does, in ``docs/derivations.md`` §9.  All curvature is K-FAC's
 :math:`S \otimes A` of the GGN (for cross-entropy, the Fisher), ``docs/conventions.md`` §4.
 """
 
-# %%
+# %% [markdown]
 # The network, at two stages of training
 # --------------------------------------
 #
@@ -22,6 +23,8 @@ what the code does, in ``docs/derivations.md`` §9.  All curvature is K-FAC's
 # draw of the spirals (``seed=1``) serves as held-out data for the accuracy.  We prune it
 # twice: part-way through training (epoch 300) and at the end (epoch 1500), because, as
 # we will see, the answer depends on which.
+
+# %%
 
 import os
 
@@ -65,7 +68,7 @@ for epoch, p in trained.items():
     print(f"epoch {epoch}: training loss {rp.loss(model, p, X, y, loss):.4f}, held-out accuracy "
           f"{accuracy(model, p):.3f}")
 
-# %%
+# %% [markdown]
 # The criteria
 # ------------
 #
@@ -93,7 +96,7 @@ for epoch, p in trained.items():
 # Unit pruning never removes an output unit of the last layer (that would remove a
 # class); EigenDamage prunes every layer, the last one included (a low-rank classifier).
 
-# %%
+# %% [markdown]
 # The budget rule
 # ---------------
 #
@@ -105,6 +108,8 @@ for epoch, p in trained.items():
 # replaces; otherwise refprune stores the pruned (low-rank) layer densely
 # (``docs/derivations.md`` §9), so EigenDamage's first directions change the function
 # but save no parameter, and count as zero.  All results are one-shot: no fine-tuning.
+
+# %%
 
 warnings.simplefilter("ignore", rp.PruningWarning)  # e.g. "nothing removed" at count 0 is not news here
 sweeps = {"C-OBD": "c_obd", "Kron-OBD": "kron_obd", "Kron-OBS": "kron_obs", "EigenDamage": "eigendamage"}
@@ -130,7 +135,7 @@ results = {epoch: sweep(p) for epoch, p in trained.items()}
 for label, a in results[STAGES[-1]].items():
     print(f"{label}: {len(a)} amounts, up to {int(a[-1, 0])} removed ({int(a[-1, 1])} parameters)")
 
-# %%
+# %% [markdown]
 # At matched budgets
 # ------------------
 #
@@ -139,6 +144,8 @@ for label, a in results[STAGES[-1]].items():
 # training loss and its held-out accuracy (a unit costs 35 or 36 parameters, so budgets
 # are met to within one unit; EigenDamage's steps are uneven, since a bottleneck appears
 # all at once and a larger one can replace it).
+
+# %%
 
 for epoch, res in results.items():
     p = trained[epoch]
@@ -152,7 +159,7 @@ for epoch, res in results.items():
                          else "not reached")
         print(f"{fraction:8.0%}  " + "  ".join(f"{c:>26s}" for c in cells))
 
-# %%
+# %% [markdown]
 # What the tables show:
 #
 # * **Part-way through training** (epoch 300) all four are level at small budgets
@@ -173,9 +180,11 @@ for epoch, res in results.items():
 # README's reproduction table) compares them at matched FLOPs with fine-tuning on a conv
 # net.
 
-# %%
+# %% [markdown]
 # Loss and accuracy against parameters removed
 # --------------------------------------------
+
+# %%
 
 styles = {"C-OBD": ("tab:blue", "o"), "Kron-OBD": ("tab:orange", "v"), "Kron-OBS": ("tab:green", "s"),
           "EigenDamage": ("tab:red", "D")}

@@ -1,3 +1,4 @@
+# %% [markdown]
 r"""
 Property-testing your own function against refprune
 ===================================================
@@ -17,7 +18,7 @@ bug is caught.  This example needs hypothesis (``pip install 'refprune[test]'``)
 matplotlib.
 """
 
-# %%
+# %% [markdown]
 # The user's OBD diagonal
 # -----------------------
 #
@@ -39,6 +40,8 @@ matplotlib.
 # :math:`R` is PyTorch's scaling: 1 for ``reduction="sum"``, :math:`1/(NC)` for
 # ``"mean"`` (``docs/conventions.md`` §2).  The derivatives of the three smooth
 # activations are written out below; ``square`` is the switch that plants the bug.
+
+# %%
 
 import os
 
@@ -95,7 +98,7 @@ def my_obd_diagonal(model, params, X, y, loss, square=True):
     return np.concatenate([a.ravel() for layer_pieces in reversed(pieces) for a in layer_pieces])
 
 
-# %%
+# %% [markdown]
 # The property
 # ------------
 #
@@ -105,6 +108,8 @@ def my_obd_diagonal(model, params, X, y, loss, square=True):
 # without biases, parameter scales that saturate the units or not, and squared error with
 # either reduction.  ``settings(derandomize=True)`` makes the run deterministic.  The
 # ``@given`` function is an ordinary function: calling it runs the whole test.
+
+# %%
 
 mse_mlps = problems(architectures=mlps(activations=SMOOTH_ACTIVATIONS), losses=losses(kinds=("mse",)))
 errors = {"correct": [], "W instead of W**2": []}
@@ -131,7 +136,7 @@ def property_test(square):
 property_test(square=True)()  # passes: no output
 print(f"{len(errors['correct'])} drawn networks, largest relative error {max(errors['correct']):.1e}")
 
-# %%
+# %% [markdown]
 # A second, independent check
 # ---------------------------
 #
@@ -142,6 +147,8 @@ print(f"{len(errors['correct'])} drawn networks, largest relative error {max(err
 # exact Hessian diagonal, ``rp.hessian_diagonal``, computed by a different algorithm
 # (Hessian back-propagation with all cross terms, ``docs/derivations.md`` §7), and
 # itself tested against finite differences.
+
+# %%
 
 
 @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None)
@@ -155,7 +162,7 @@ def test_exact_with_one_hidden_layer(p):
 test_exact_with_one_hidden_layer()
 print("with at most one hidden layer, the user's OBD diagonal is the exact Hessian diagonal")
 
-# %%
+# %% [markdown]
 # A planted bug
 # -------------
 #
@@ -165,6 +172,8 @@ print("with at most one hidden layer, the user's OBD diagonal is the exact Hessi
 # not, shrinks it, and re-raises the failure with the smallest example it found attached
 # ("Falsifying example", in the exception's notes).  We catch and print both.
 
+# %%
+
 try:
     property_test(square=False)()
 except (AssertionError, HypothesisException) as err:
@@ -173,7 +182,7 @@ except (AssertionError, HypothesisException) as err:
 else:
     raise RuntimeError("the planted bug was not caught")
 
-# %%
+# %% [markdown]
 # The errors on every drawn network
 # ---------------------------------
 #
@@ -181,6 +190,8 @@ else:
 # first failure and then only shrinks, so it has fewer; those at rounding are networks
 # without a hidden layer, where the bug is invisible).  The correct function sits at
 # rounding on every one; the dashed line is the test's tolerance.
+
+# %%
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
 bins = np.logspace(-17, 2, 39)

@@ -114,3 +114,17 @@ def test_site_builds_without_warnings(tmp_path):
     pruning = (out / "pruning_explained.html").read_text()
     assert "mathjax" in pruning.lower() and r"\theta" in pruning
     assert (out / "auto_examples" / "plot_00_quickstart.html").exists()
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("examples/plot_*.py")), ids=lambda p: p.name)
+def test_examples_open_as_notebooks_with_markdown_text(path):
+    """jupytext reads each example as a notebook whose first cell (the title) and every
+    cell of comment lines are Markdown, and writes the same file back byte for byte."""
+    jupytext = pytest.importorskip("jupytext")
+    nb = jupytext.read(path)
+    assert nb.cells[0].cell_type == "markdown"
+    for cell in nb.cells:
+        lines = [line for line in cell.source.splitlines() if line.strip()]
+        if cell.cell_type == "code" and lines:
+            assert not all(line.startswith("#") for line in lines), cell.source[:80]
+    assert jupytext.writes(nb, fmt="py:percent") == path.read_text()
