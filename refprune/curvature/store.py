@@ -18,6 +18,7 @@ when every block is recorded.  So:
 
 import hashlib
 import json
+import mmap as _mmap
 import os
 import re
 import warnings
@@ -288,6 +289,20 @@ class BlockRecord:
         self.done[key] = got
         self._save(complete=False)
 
+    def mark_written(self, key, digests, verify=False):
+        """Record block ``key`` as written by a worker, which read its rows and mirror back
+        and sent their ``digests``; with ``verify`` the driver reads them back too (a store
+        that the workers see but the driver does not, e.g. a path on another machine's
+        disk, is caught at the first block instead of by :func:`load_matrix` at the end)."""
+        o, end, rows = self.layout[key]
+        digests = tuple(digests)
+        if verify and self._read(key) != digests:
+            raise ValueError(f"{self.name}: the block {describe(key, rows)} that a worker wrote is not in the store "
+                             f"as the driver reads it ({self.label}): do the workers write the same file or "
+                             "directory as this process?")
+        self.done[key] = digests
+        self._save(complete=False)
+
     def mark_from_store(self):
         """Record every block as the store holds it (after a computation that wrote the
         whole matrix in one pass)."""
@@ -384,3 +399,177 @@ def _read_text(path):
         return None
     with open(path, "rb") as fh:
         return fh.read()
+
+
+# ---- blocks written by the workers themselves (docs/derivations.md §11.1) -------------
+
+
+def write_block(out, o, end, rows, block, lock=None):
+    """Write a block's rows ``out[a:b, o:]`` and their mirror ``out[end:, a:b]``.
+
+    ``lock`` (``None``: write at once) is a :class:`_ChunkLocks`: the writes are then cut
+    at the boundaries of the store's chunks and each piece is written while holding that
+    chunk's lock, so that the read-modify-write of a chunk shared with another block
+    written at the same time by another process cannot lose that block's entries."""
+    n = out.shape[0]
+    i = 0
+    for a, b in rows:
+        part = block[i : i + b - a]
+        _put(out, a, o, part, lock)
+        if end < n:
+            _put(out, end, a, part[:, end - o :].T, lock)
+        i += b - a
+
+
+def _put(out, r0, c0, values, lock):
+    r1, c1 = r0 + values.shape[0], c0 + values.shape[1]
+    if lock is None:
+        out[r0:r1, c0:c1] = values
+        return
+    cr, cc = lock.unit
+    for i in range(r0 // cr, -(-r1 // cr)):
+        a, b = max(r0, i * cr), min(r1, (i + 1) * cr)
+        for j in range(c0 // cc, -(-c1 // cc)):
+            p, q = max(c0, j * cc), min(c1, (j + 1) * cc)
+            with lock(i, j):  # one lock held at a time: no order between them, no deadlock
+                out[a:b, p:q] = values[a - r0 : b - r0, p - c0 : q - c0]
+
+
+def block_digests(out, o, end, rows):
+    """``(digest of the rows, digest of the mirror)`` as the store holds them."""
+    return digest(read_rows(out, o, rows)), digest(read_mirror(out, end, rows))
+
+
+class _ChunkLocks:
+    """Exclusive locks on the chunks of one array, between processes and between threads.
+
+    Chunk ``(i, j)`` of a grid with ``m`` chunk columns is byte ``i m + j`` of the lock file,
+    locked with ``fcntl.lockf`` (POSIX record locks: the kernel releases them when the
+    process dies, so a killed worker leaves no lock behind).  Record locks belong to a
+    process, not to a thread, so a ``threading.Lock`` per chunk also excludes the threads
+    of one process; and since closing any descriptor of the file releases all of the
+    process's locks on it, each process keeps one descriptor per lock file, open for good."""
+
+    _fds, _threads, _guard = {}, {}, None
+
+    def __init__(self, path, unit, columns):
+        self.path, self.unit, self.columns = path, tuple(int(u) for u in unit), int(columns)
+
+    @classmethod
+    def _state(cls):
+        import threading
+
+        if cls._guard is None:
+            cls._guard = threading.Lock()
+        return cls._guard
+
+    def __call__(self, i, j):
+        import contextlib
+        import fcntl
+        import threading
+
+        index = i * self.columns + j
+        with self._state():
+            fd = self._fds.get(self.path)
+            if fd is None:
+                fd = self._fds[self.path] = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            tl = self._threads.setdefault((self.path, index), threading.Lock())
+
+        @contextlib.contextmanager
+        def held():
+            with tl:
+                fcntl.lockf(fd, fcntl.LOCK_EX, 1, index)
+                try:
+                    yield
+                finally:
+                    fcntl.lockf(fd, fcntl.LOCK_UN, 1, index)
+
+        return held()
+
+
+def _forget_locks_after_fork():
+    # a forked child owns none of its parent's record locks and must not reuse its thread locks
+    _ChunkLocks._fds, _ChunkLocks._threads, _ChunkLocks._guard = {}, {}, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_after_fork)
+
+
+class BlockWriter:
+    """What a worker needs to write its own blocks into the store ``out`` and check them:
+    the file of a ``numpy.memmap`` (reopened by name, mode ``r+``) or the Zarr array on a
+    local directory with the lock file of its chunks.  Pickled to the workers; the
+    driver then receives only each block's two digests."""
+
+    def __init__(self, out, where):
+        self.n = int(out.shape[0])
+        if isinstance(out, np.memmap):
+            if not isinstance(out.base, _mmap.mmap) or not out.flags.c_contiguous:
+                raise ValueError(f"{where}: out is a view of a numpy.memmap of {os.fspath(out.filename)}, which "
+                                 "workers cannot reopen by its file name; pass the numpy.memmap of the whole "
+                                 "matrix (numpy.lib.format.open_memmap(path, mode='w+', ...) or numpy.load(path, "
+                                 "mmap_mode='r+'))")
+            if out.mode == "c":
+                raise ValueError(f"{where}: out is a copy-on-write numpy.memmap (mode 'c') of "
+                                 f"{os.fspath(out.filename)}: what it holds never reaches the file, which the "
+                                 "workers write; open it with mode 'r+'")
+            self.file, self.offset, self.array, self.lock = os.fspath(out.filename), int(out.offset), None, None
+        else:
+            self.file, self.offset, self.array = None, 0, out
+            unit = chunk_unit(out)
+            self.lock = _ChunkLocks(zarr_lock_path(out), unit, -(-self.n // unit[1]))
+
+    def open(self):
+        if self.file is None:
+            return self.array
+        return np.memmap(self.file, dtype=np.float64, mode="r+", offset=self.offset, shape=(self.n, self.n))
+
+    def write(self, o, end, rows, block):
+        """Write ``block`` (rows and mirror), read both back and return their digests, or
+        raise if the store did not keep what was written."""
+        out = self.open()
+        write_block(out, o, end, rows, block, self.lock)
+        if self.file is not None:
+            out.flush()  # on disk before the driver records the block
+        got = block_digests(out, o, end, rows)
+        want = digest(block), digest(None if end >= self.n else block[:, end - o :])
+        if got != want:
+            raise ValueError(f"the store did not keep the bytes written to rows {rows} (columns from {o}): "
+                             f"{self.file or 'the Zarr array'}")
+        return got
+
+
+def chunk_unit(out):
+    """The unit a Zarr array reads and rewrites whole: its shards if it has any, else its
+    chunks."""
+    return tuple(getattr(out, "shards", None) or out.chunks)
+
+
+def zarr_lock_path(out):
+    """The lock file of a Zarr array on a local directory: ``<array directory>.refprune.lock``
+    beside the array (``None`` if the array is not on a local directory)."""
+    store = getattr(out, "store", None)
+    root = getattr(store, "root", None)
+    if root is None or not isinstance(root, (str, os.PathLike)) or not os.path.isdir(os.fspath(root)):
+        return None
+    path = os.path.join(os.fspath(root), getattr(out, "path", "") or "")
+    return os.path.normpath(path) + ".refprune.lock"
+
+
+def workers_can_write(out):
+    """True if worker processes can write ``out`` themselves: a ``numpy.memmap`` of a file
+    or a Zarr array on a local directory.  An array in the driver's memory (a NumPy array,
+    a Zarr array in memory or on a remote store) is written by the driver."""
+    if isinstance(out, np.memmap):
+        return bool(out.filename)
+    return is_array_store(out) and hasattr(out, "chunks") and zarr_lock_path(out) is not None \
+        and _has_fcntl()
+
+
+def _has_fcntl():
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:  # not on Windows: the driver writes
+        return False
+    return True
