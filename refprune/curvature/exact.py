@@ -489,7 +489,7 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
     def consume(key, block):
         o, end, rows = layout[key]
         if writer is not None:  # written by the worker; ``block`` is its two digests
-            record.mark_written(key, block, verify=first[0])
+            record.mark_written(key, block, verify=first[0], lock=writer.lock)
             first[0] = False
             return
         _store.write_block(out, o, end, rows, block)

@@ -16,6 +16,7 @@ when every block is recorded.  So:
   ``complete``.  A record that is not valid JSON, or has other keys, is refused.
 """
 
+import contextlib
 import hashlib
 import json
 import mmap as _mmap
@@ -67,17 +68,63 @@ def digest(a):
     return None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def read_rows(out, o, rows):
-    """The rows of a block as the store holds them, ``(rows, n - o)``."""
-    return np.concatenate([np.asarray(out[a:b, o:]) for a, b in rows])
+def read_rows(out, o, rows, lock=None):
+    """The rows of a block as the store holds them, ``(rows, n - o)`` (with ``lock``, a
+    :class:`_ChunkLocks`, each chunk is read under its lock)."""
+    n = out.shape[1]
+    return np.concatenate([_get(out, a, b, o, n, lock) for a, b in rows])
 
 
-def read_mirror(out, end, rows):
+def read_mirror(out, end, rows, lock=None):
     """The mirror of a block as the store holds it, transposed back to ``(rows, n - end)``
     (``None`` for the last layer, which has none)."""
-    if end >= out.shape[0]:
+    n = out.shape[0]
+    if end >= n:
         return None
-    return np.concatenate([np.asarray(out[end:, a:b]) for a, b in rows], axis=1).T
+    return np.concatenate([_get(out, end, n, a, b, lock) for a, b in rows], axis=1).T
+
+
+def _get(out, r0, r1, c0, c1, lock):
+    """``out[r0:r1, c0:c1]``.  With ``lock``, for a sharded Zarr array, one band of chunk rows
+    at a time under the locks of its chunks: such an array reads a shard's index and then
+    its chunks in separate reads, which a writer replacing the shard in between would
+    tear.  (An unsharded chunk is one file, read at once and replaced whole by a rename.)"""
+    if lock is None or not lock.sharded:
+        return np.asarray(out[r0:r1, c0:c1])
+    res = np.empty((r1 - r0, c1 - c0))
+    for a, b, held in _bands(r0, r1, c0, c1, lock):
+        with held:
+            res[a - r0 : b - r0] = out[a:b, c0:c1]
+    return res
+
+
+def _bands(r0, r1, c0, c1, lock):
+    """The rows ``[a, b)`` of ``[r0, r1)`` in each band of chunk rows, with a context that
+    holds the locks of the band's chunks met by the columns ``[c0, c1)``, taken in
+    increasing order (every process takes them in this order and holds those of one band
+    at a time, so no two wait on each other)."""
+    cr, cc = lock.unit
+    for i in range(r0 // cr, -(-r1 // cr)):
+        yield max(r0, i * cr), min(r1, (i + 1) * cr), _Held(lock, i, range(c0 // cc, -(-c1 // cc)))
+
+
+class _Held:
+    """Holds the locks ``(i, j)`` for ``j`` in ``columns`` (in increasing order) while open."""
+
+    def __init__(self, lock, i, columns):
+        self.lock, self.i, self.columns, self.stack = lock, i, columns, None
+
+    def __enter__(self):
+        self.stack = contextlib.ExitStack()
+        with self.stack as stack:
+            for j in self.columns:
+                stack.enter_context(self.lock(self.i, j))
+            self.stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc):
+        self.stack.close()
+        return False
 
 
 def describe(key, rows):
@@ -289,14 +336,15 @@ class BlockRecord:
         self.done[key] = got
         self._save(complete=False)
 
-    def mark_written(self, key, digests, verify=False):
+    def mark_written(self, key, digests, verify=False, lock=None):
         """Record block ``key`` as written by a worker, which read its rows and mirror back
         and sent their ``digests``; with ``verify`` the driver reads them back too (a store
         that the workers see but the driver does not, e.g. a path on another machine's
-        disk, is caught at the first block instead of by :func:`load_matrix` at the end)."""
+        disk, is caught at the first block instead of by :func:`load_matrix` at the end;
+        ``lock``: the store's chunk locks, since workers may be writing other blocks)."""
         o, end, rows = self.layout[key]
         digests = tuple(digests)
-        if verify and self._read(key) != digests:
+        if verify and self._read(key, lock) != digests:
             raise ValueError(f"{self.name}: the block {describe(key, rows)} that a worker wrote is not in the store "
                              f"as the driver reads it ({self.label}): do the workers write the same file or "
                              "directory as this process?")
@@ -309,9 +357,9 @@ class BlockRecord:
         for key in self.layout:
             self.done[key] = self._read(key)
 
-    def _read(self, key):
+    def _read(self, key, lock=None):
         o, end, rows = self.layout[key]
-        return digest(read_rows(self.out, o, rows)), digest(read_mirror(self.out, end, rows))
+        return block_digests(self.out, o, end, rows, lock)
 
     def finish(self):
         """Mark the record complete if every block is recorded; returns whether it is."""
@@ -426,18 +474,14 @@ def _put(out, r0, c0, values, lock):
     if lock is None:
         out[r0:r1, c0:c1] = values
         return
-    cr, cc = lock.unit
-    for i in range(r0 // cr, -(-r1 // cr)):
-        a, b = max(r0, i * cr), min(r1, (i + 1) * cr)
-        for j in range(c0 // cc, -(-c1 // cc)):
-            p, q = max(c0, j * cc), min(c1, (j + 1) * cc)
-            with lock(i, j):  # one lock held at a time: no order between them, no deadlock
-                out[a:b, p:q] = values[a - r0 : b - r0, p - c0 : q - c0]
+    for a, b, held in _bands(r0, r1, c0, c1, lock):
+        with held:
+            out[a:b, c0:c1] = values[a - r0 : b - r0]
 
 
-def block_digests(out, o, end, rows):
+def block_digests(out, o, end, rows, lock=None):
     """``(digest of the rows, digest of the mirror)`` as the store holds them."""
-    return digest(read_rows(out, o, rows)), digest(read_mirror(out, end, rows))
+    return digest(read_rows(out, o, rows, lock)), digest(read_mirror(out, end, rows, lock))
 
 
 class _ChunkLocks:
@@ -448,12 +492,15 @@ class _ChunkLocks:
     process dies, so a killed worker leaves no lock behind).  Record locks belong to a
     process, not to a thread, so a ``threading.Lock`` per chunk also excludes the threads
     of one process; and since closing any descriptor of the file releases all of the
-    process's locks on it, each process keeps one descriptor per lock file, open for good."""
+    process's locks on it, each process keeps one descriptor per lock file, open for good
+    (and the file is never removed: a worker still holding the old one and a new worker
+    opening a new one at the same path would not exclude each other)."""
 
     _fds, _threads, _guard = {}, {}, None
 
-    def __init__(self, path, unit, columns):
+    def __init__(self, path, unit, columns, sharded=False):
         self.path, self.unit, self.columns = path, tuple(int(u) for u in unit), int(columns)
+        self.sharded = bool(sharded)
 
     @classmethod
     def _state(cls):
@@ -464,7 +511,6 @@ class _ChunkLocks:
         return cls._guard
 
     def __call__(self, i, j):
-        import contextlib
         import fcntl
         import threading
 
@@ -503,7 +549,7 @@ class BlockWriter:
     driver then receives only each block's two digests."""
 
     def __init__(self, out, where):
-        self.n = int(out.shape[0])
+        self.n, self.where = int(out.shape[0]), where
         if isinstance(out, np.memmap):
             if not isinstance(out.base, _mmap.mmap) or not out.flags.c_contiguous:
                 raise ValueError(f"{where}: out is a view of a numpy.memmap of {os.fspath(out.filename)}, which "
@@ -518,7 +564,8 @@ class BlockWriter:
         else:
             self.file, self.offset, self.array = None, 0, out
             unit = chunk_unit(out)
-            self.lock = _ChunkLocks(zarr_lock_path(out), unit, -(-self.n // unit[1]))
+            self.lock = _ChunkLocks(zarr_lock_path(out), unit, -(-self.n // unit[1]),
+                                    sharded=getattr(out, "shards", None) is not None)
 
     def open(self):
         if self.file is None:
@@ -532,11 +579,12 @@ class BlockWriter:
         write_block(out, o, end, rows, block, self.lock)
         if self.file is not None:
             out.flush()  # on disk before the driver records the block
-        got = block_digests(out, o, end, rows)
+        got = block_digests(out, o, end, rows, self.lock)
         want = digest(block), digest(None if end >= self.n else block[:, end - o :])
         if got != want:
-            raise ValueError(f"the store did not keep the bytes written to rows {rows} (columns from {o}): "
-                             f"{self.file or 'the Zarr array'}")
+            raise ValueError(f"{self.where}: the store did not keep the bytes written to rows "
+                             f"{', '.join(f'{a}:{b}' for a, b in rows)} (columns from {o}) in "
+                             f"{self.file or self.lock.path[: -len('.refprune.lock')]}")
         return got
 
 
