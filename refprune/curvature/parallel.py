@@ -83,8 +83,7 @@ class WorkerPool(cf.ProcessPoolExecutor):
 
     def __init__(self, workers, threads=None, initializer=None, initargs=()):
         check_count(workers, "WorkerPool: workers")
-        self.threads = worker_threads(workers) if threads is None else threads
-        check_count(self.threads, "WorkerPool: threads")
+        self.threads = worker_threads(workers) if threads is None else check_count(threads, "WorkerPool: threads")
         self.pid_queue, self.worker_pids = mp.get_context().SimpleQueue(), set()
         super().__init__(int(workers), initializer=_start_worker,
                          initargs=(self.pid_queue, self.threads, initializer, tuple(initargs)))

@@ -50,6 +50,9 @@ def check_store(out, n, where):
     if shape != (n, n) or dtype != np.float64:
         raise ValueError(f"{where}: out must be a float64 store of shape ({n}, {n}), got shape {shape} and dtype "
                          f"{dtype}")
+    if getattr(out, "read_only", False) is True:
+        raise ValueError(f"{where}: out is a read-only {type(out).__name__} (opened with mode 'r'); open it with "
+                         "mode 'r+' or 'a' to write the matrix into it")
     return out
 
 
