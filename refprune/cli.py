@@ -480,7 +480,7 @@ class _Interrupts:
         import signal
 
         self.count += 1
-        self.pids.update(p.pid for p in self.pool.processes())  # gone from the pool once it shuts down
+        self.pids.update(self.pool.worker_pids())  # lock-free: the main thread may be anywhere
         if self.count == 1:
             raise KeyboardInterrupt
         for pid in self.pids:

@@ -67,8 +67,12 @@ def limit_blas_threads(threads):
     return "threadpoolctl"
 
 
-def _start_worker(pids, threads, initializer, initargs):
-    pids.put(os.getpid())
+def _start_worker(slots, count, threads, initializer, initargs):
+    with count.get_lock():
+        i = count.value
+        count.value += 1
+    if i < len(slots):
+        slots[i] = os.getpid()
     limit_blas_threads(threads)
     if initializer is not None:
         initializer(*initargs)
@@ -78,21 +82,28 @@ class WorkerPool(cf.ProcessPoolExecutor):
     """A ``ProcessPoolExecutor`` of ``workers`` processes whose BLAS each use ``threads``
     threads (default :func:`worker_threads`: ``workers x threads <= cores``, so that the
     workers do not oversubscribe the cores), and which knows its processes
-    (:meth:`stop`), through public interfaces only: each worker sends its process id
-    when it starts.  ``initializer(*initargs)`` then runs in each worker as usual."""
+    (:meth:`worker_pids`, :meth:`stop`) through public interfaces only: each worker
+    writes its process id into a shared array when it starts.  ``initializer(*initargs)``
+    then runs in each worker as usual."""
 
     def __init__(self, workers, threads=None, initializer=None, initargs=()):
         check_count(workers, "WorkerPool: workers")
         self.threads = worker_threads(workers) if threads is None else check_count(threads, "WorkerPool: threads")
-        self.pid_queue, self.worker_pids = mp.get_context().SimpleQueue(), set()
+        ctx = mp.get_context()
+        # a worker that dies is not replaced (the pool breaks), so twice the slots is room enough
+        self.pid_slots, self.started = ctx.RawArray("q", 2 * int(workers)), ctx.Value("i", 0)
         super().__init__(int(workers), initializer=_start_worker,
-                         initargs=(self.pid_queue, self.threads, initializer, tuple(initargs)))
+                         initargs=(self.pid_slots, self.started, self.threads, initializer, tuple(initargs)))
+
+    def worker_pids(self):
+        """Process ids of the workers started so far.  Takes no lock (the array is read
+        as it is), so that a signal handler may call it."""
+        return [int(p) for p in self.pid_slots[:] if p]
 
     def processes(self):
         """The worker processes started so far and still alive."""
-        while not self.pid_queue.empty():
-            self.worker_pids.add(self.pid_queue.get())
-        return [p for p in mp.active_children() if p.pid in self.worker_pids]
+        pids = set(self.worker_pids())
+        return [p for p in mp.active_children() if p.pid in pids]
 
     def stop(self, wait=True):
         """Shut down; with ``wait=False`` (after an interrupt: a task may run for minutes)

@@ -68,7 +68,8 @@ def fingerprint(*parts):
 
 def digest(a):
     """SHA-256 of an array's bytes in C order (``None`` for ``None``: no mirror)."""
-    return None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    # the buffer of a C-ordered array is hashed in place (``tobytes`` would copy it once more)
+    return None if a is None else hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
 
 
 def read_rows(out, o, rows, lock=None):
@@ -571,6 +572,7 @@ class BlockWriter:
                                     sharded=getattr(out, "shards", None) is not None)
 
     def open(self):
+        """The store as this process sees it (a memmap of the file is opened afresh)."""
         if self.file is None:
             return self.array
         return np.memmap(self.file, dtype=np.float64, mode="r+", offset=self.offset, shape=(self.n, self.n))
