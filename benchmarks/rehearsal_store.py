@@ -165,6 +165,7 @@ def main(argv=None):
     pool.sample()
     workers = dict(pool.last)
     driver1 = proc_numbers(os.getpid())  # before the workers are reaped: Linux adds a reaped child's I/O to its parent's
+    tasks, sent, received = pool.tasks, pool.sent, pool.received  # the computation's, not the probes' below
     split = dict(pool.map(_split, range(4 * args.workers)))
     pool.stop()
 
@@ -200,8 +201,8 @@ def main(argv=None):
         worker_compute_s=[round(v["compute_s"], 1) for v in split.values()],
         worker_write_s=[round(v["write_s"], 1) for v in split.values()],
         worker_blocks=[v["blocks"] for v in split.values()],
-        tasks=pool.tasks, driver_sent_bytes=pool.sent, driver_received_bytes=pool.received,
-        driver_received_per_block=round(pool.received / len(blocks)),
+        tasks=tasks, driver_sent_bytes=sent, driver_received_bytes=received,
+        driver_received_per_block=round(received / len(blocks)),
         rows_per_block_bytes_if_driver_wrote=round(sum(rows_bytes) / len(blocks)),
         rows_total_bytes_if_driver_wrote=sum(rows_bytes),
         driver_rchar=driver1[0] - driver0[0], driver_wchar=driver1[1] - driver0[1],
