@@ -91,7 +91,7 @@ class CountingPool(parallel.WorkerPool):
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
-        self.sent = self.received = self.tasks = 0
+        self.sent = self.received = self.tasks = self.finished = 0
         self.last = {}
         self.lock = threading.Lock()
 
@@ -103,9 +103,10 @@ class CountingPool(parallel.WorkerPool):
         return fut
 
     def _count(self, fut):
-        if fut.exception() is None:
-            with self.lock:
+        with self.lock:
+            if fut.exception() is None:
                 self.received += len(pickle.dumps(fut.result()))
+            self.finished += 1
         self.sample()
 
     def sample(self):
@@ -165,6 +166,8 @@ def main(argv=None):
     pool.sample()
     workers = dict(pool.last)
     driver1 = proc_numbers(os.getpid())  # before the workers are reaped: Linux adds a reaped child's I/O to its parent's
+    while pool.finished < pool.tasks:  # a future's callbacks may run just after its waiter wakes
+        time.sleep(0.01)
     tasks, sent, received = pool.tasks, pool.sent, pool.received  # the computation's, not the probes' below
     split = dict(pool.map(_split, range(4 * args.workers)))
     pool.stop()
