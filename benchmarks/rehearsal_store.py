@@ -213,7 +213,7 @@ def main(argv=None):
         workers_rchar=[v[0] for v in workers.values()], workers_wchar=[v[1] for v in workers.values()],
         workers_write_bytes=[v[3] for v in workers.values()], workers_peak_rss=[v[4] for v in workers.values()],
         matrix_bytes=need, store_bytes_on_disk=disk, zlib1_ratio_of_one_chunk=round(ratio, 3),
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_before=os.getloadavg(),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load_at_end=os.getloadavg(),
         command=" ".join([os.path.basename(sys.executable), *sys.argv]),
     )
     print(json.dumps(res, indent=1))
