@@ -12,8 +12,11 @@ The exact matrices split two ways without any new mathematics:
 This module holds what the decompositions share: the executor (``None`` runs the tasks
 in this process, any ``concurrent.futures.Executor`` such as a process pool, or a
 ``dask.distributed.Client``), the loop that hands each finished result to the caller
-in a fixed order per block.  The record that a store keeps of the blocks already written
-(so that a restarted computation does only the missing ones) is :mod:`.store`.
+in a fixed order per block, and :class:`WorkerPool`, a process pool whose workers each
+use ``cores // workers`` BLAS threads and whose processes are known without private
+attributes (``docs/derivations.md`` §11.1).  The record that a store keeps of the blocks
+already written (so that a restarted computation does only the missing ones), and the
+writer with which workers write their own blocks into it, are :mod:`.store`.
 """
 
 import concurrent.futures as cf
