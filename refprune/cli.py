@@ -418,35 +418,20 @@ def _ignore_interrupts():
 
 
 def _pool(workers):
+    """``--workers`` processes, each with ``cores // workers`` BLAS threads (at least one;
+    docs/derivations.md §11.1), ignoring Ctrl-C."""
     if not workers:
         return None
-    from concurrent.futures import ProcessPoolExecutor
+    from .curvature.parallel import WorkerPool
 
-    return ProcessPoolExecutor(workers, initializer=_ignore_interrupts)
+    return WorkerPool(workers, initializer=_ignore_interrupts)
 
 
 def _stop(pool, force=True):
-    """Shut the pool down without waiting on its tasks; ``force`` ends its processes
-    (after an interrupt: a task may run for minutes).
-
-    Python before 3.14 has no public way to end a pool's processes: they are taken from
-    ``_processes``, and the feeder thread of ``_call_queue``, which may be blocked
-    writing to a pipe that no worker will read any more, is not waited for (otherwise
-    the pool's management thread, and the interpreter's exit after it, would hang)."""
-    if pool is None:
-        return
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    calls = getattr(pool, "_call_queue", None)
-    if force and calls is not None:
-        calls.cancel_join_thread()
-    pool.shutdown(wait=not force, cancel_futures=True)
-    if force:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.join(2)
-            if p.is_alive():
-                p.kill()
+    """Shut the pool down; ``force`` (after an interrupt: a task may run for minutes)
+    cancels the queued tasks and ends the workers at once (:meth:`WorkerPool.stop`)."""
+    if pool is not None:
+        pool.stop(wait=not force)
 
 
 class _Interrupts:
@@ -495,7 +480,7 @@ class _Interrupts:
         import signal
 
         self.count += 1
-        self.pids.update(getattr(self.pool, "_processes", None) or {})  # gone from the pool once it shuts down
+        self.pids.update(self.pool.worker_pids())  # lock-free: the main thread may be anywhere
         if self.count == 1:
             raise KeyboardInterrupt
         for pid in self.pids:

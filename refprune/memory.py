@@ -54,16 +54,20 @@ def describe(shape):
     return " x ".join(str(int(s)) for s in shape)
 
 
-def check_fits(need, where, what, hint="", error=ArrayTooLargeError):
+def check_fits(need, where, what, hint="", error=ArrayTooLargeError, limit=None):
     """Refuse (``error``, an :class:`ArrayTooLargeError`) ``need`` bytes for ``what``
     when they exceed the memory available; ``where`` names the function.  ``where`` and
     ``what`` may be functions returning the text, called only for a refusal (the check
     runs in every layer's pass, where formatting a message each time would cost more
-    than the check)."""
-    if need <= ALWAYS_FITS:
-        return
-    limit = available_memory()
-    if need > limit:
+    than the check).  ``limit=(bytes, name)`` replaces the memory available by a
+    caller's own limit (e.g. ``(max_bytes, "max_bytes")``), checked at any size."""
+    if limit is None:
+        if need <= ALWAYS_FITS:
+            return
+        allowed, said = available_memory(), "are available"
+    else:
+        allowed, said = limit[0], f"may be used ({limit[1]})"
+    if need > allowed:
         where, what = (s() if callable(s) else s for s in (where, what))
-        raise error(f"{where}: {what} would need {need / 2**30:.2f} GiB but only {max(limit, 0) / 2**30:.2f} "
-                    f"GiB are available{hint}")
+        raise error(f"{where}: {what} would need {need / 2**30:.2f} GiB but only {max(allowed, 0) / 2**30:.2f} "
+                    f"GiB {said}{hint}")

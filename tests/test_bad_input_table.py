@@ -110,9 +110,9 @@ CASES = [
     ("ggn out wrong shape", lambda m, p, X, y, l: rp.ggn(m, p, X, y, l, out=np.empty((2, 2))), ValueError, "out must be a float64 array"),
     ("residual out wrong shape", lambda m, p, X, y, l: rp.residual(m, p, X, y, l, out=np.empty((2, 2))), ValueError, "out must be a float64 array"),
     ("fisher out wrong shape", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, out=np.empty((2, 2))), ValueError, "out must be a float64 array"),
-    ("hessian max_bytes", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, max_bytes=100), rp.CurvatureTooLargeError, "needs"),
-    ("ggn max_bytes", lambda m, p, X, y, l: rp.ggn(m, p, X, y, l, max_bytes=100), rp.CurvatureTooLargeError, "needs"),
-    ("fisher max_bytes", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, max_bytes=100), rp.CurvatureTooLargeError, "needs"),
+    ("hessian max_bytes", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, max_bytes=100), rp.CurvatureTooLargeError, "would need 0.00 GiB but only 0.00 GiB may be used (max_bytes)"),
+    ("ggn max_bytes", lambda m, p, X, y, l: rp.ggn(m, p, X, y, l, max_bytes=100), rp.CurvatureTooLargeError, "would need 0.00 GiB but only 0.00 GiB may be used (max_bytes)"),
+    ("fisher max_bytes", lambda m, p, X, y, l: rp.fisher(m, p, X, y, l, max_bytes=100), rp.CurvatureTooLargeError, "would need 0.00 GiB but only 0.00 GiB may be used (max_bytes)"),
     ("hessian progress not bool", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, progress="yes"), TypeError, "progress must be True or False"),
     ("hessian max_bytes negative", lambda m, p, X, y, l: rp.hessian(m, p, X, y, l, max_bytes=-1), ValueError, "max_bytes must be"),
     ("block_diagonal curvature", lambda m, p, X, y, l: rp.block_diagonal(m, p, X, y, l, curvature="kfac"), ValueError, "curvature must be one of"),
@@ -1466,8 +1466,59 @@ PLUGIN_CASES = [
 ]
 
 
+
+
+# ---- workers that write the store themselves (docs/derivations.md §11.1)
+def _sw_memmap(kind):
+    """A memmap of the problem's size in a fresh directory: the whole map (``"whole"``), a
+    view of a larger one (``"view"``) or a copy-on-write map (``"c"``)."""
+    import os
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(), "h.npy")
+    big = N_PARAMS + (1 if kind == "view" else 0)
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(big, big))
+    if kind == "view":
+        return np.load(path, mmap_mode="r+")[:N_PARAMS, :N_PARAMS]
+    return np.load(path, mmap_mode="c" if kind == "c" else "r+")
+
+
+def _sw_zarr(mode=None, memory=False):
+    import os
+    import tempfile
+
+    zarr = pytest.importorskip("zarr")
+    store = zarr.storage.MemoryStore() if memory else os.path.join(tempfile.mkdtemp(), "h.zarr")
+    z = zarr.create_array(store=store, shape=(N_PARAMS, N_PARAMS), chunks=(7, 5), dtype="f8")
+    return z if mode is None else zarr.open_array(store=store, mode=mode)
+
+
+def _sw_run(m, p, X, y, l, out, **kw):
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        H = rp.hessian(m, p, X, y, l, out=out, executor=ex, block_rows=5, **kw)
+    _store_same(H, rp.hessian(m, p, X, y, l))
+
+
+STORE_WORKER_CASES = [
+    ("store workers memmap view", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_memmap("view")), ValueError, "hessian: out is a view of a numpy.memmap of"),
+    ("store workers memmap copy-on-write", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_memmap("c")), ValueError, "hessian: out is a copy-on-write numpy.memmap (mode 'c')"),
+    ("store workers memmap whole", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_memmap("whole")), None, ""),
+    ("store workers memmap view, shards (driver writes)", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_memmap("view"), shards=2), None, ""),
+    ("store workers Zarr read-only", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_zarr(mode="r")), ValueError, "hessian: out is a read-only Array (opened with mode 'r'); open it with mode 'r+' or 'a'"),
+    ("store workers Zarr chunks 7x5", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_zarr()), None, ""),
+    ("store workers Zarr in memory (driver writes)", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_zarr(memory=True)), None, ""),
+    ("store workers WorkerPool workers 0", lambda m, p, X, y, l: rp.curvature.parallel.WorkerPool(0), ValueError, "WorkerPool: workers must be a positive int, got 0"),
+    ("store workers WorkerPool threads 0", lambda m, p, X, y, l: rp.curvature.parallel.WorkerPool(1, threads=0), ValueError, "WorkerPool: threads must be a positive int, got 0"),
+    ("store workers WorkerPool threads True", lambda m, p, X, y, l: rp.curvature.parallel.WorkerPool(1, threads=True), ValueError, "WorkerPool: threads must be a positive int, got True"),
+    ("store workers worker_threads -1", lambda m, p, X, y, l: rp.curvature.parallel.worker_threads(-1), ValueError, "worker_threads: workers must be a positive int, got -1"),
+    ("store workers limit_blas_threads 0", lambda m, p, X, y, l: rp.curvature.parallel.limit_blas_threads(0), ValueError, "limit_blas_threads: threads must be a positive int, got 0"),
+]
+
 CASES += STORE_CLI_CASES + BRIDGE_FIXTURE_HARNESS_CASES + OPTION_CASES + SIZE_NUMBER_CASES + (
-    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES + HARNESS_QUANTITIES + CLI_OPTIONS + BCE_CASES + PLUGIN_CASES
+    TORCH_SETUP if _HAVE_TORCH else []) + OPTIMIZER_QUANTITIES_CASES + HARNESS_QUANTITIES + CLI_OPTIONS + BCE_CASES + \
+    PLUGIN_CASES + STORE_WORKER_CASES
 
 
 class _NanDiagonal(rp.curvature.operators.CurvatureOperator):

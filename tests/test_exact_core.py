@@ -171,27 +171,32 @@ def test_available_memory_reads_meminfo_then_sysconf(monkeypatch):
 
 
 def test_the_memory_limit_keeps_room_for_the_temporaries(monkeypatch):
-    # the limit is the memory available less 4 chunks of CHUNK_FLOATS float64 temporaries
-    from refprune import derivatives
+    # the limit is the memory available less 4 chunks of CHUNK_FLOATS float64 temporaries;
+    # the refusal is memory.check_fits's (function, what, GiB needed, GiB available)
+    from refprune import derivatives, memory
 
     m, p, X, y, l = problem()
-    need = m.n_params ** 2 * 8
+    n = m.n_params
+    need = n ** 2 * 8
     room = 8 * 4 * derivatives.CHUNK_FLOATS
-    monkeypatch.setattr(exact, "available_memory", lambda: need + room)
-    assert rp.hessian(m, p, X, y, l).shape == (m.n_params,) * 2  # exactly enough
-    monkeypatch.setattr(exact, "available_memory", lambda: need + room - 1)
-    with pytest.raises(rp.CurvatureTooLargeError, match=rf"needs 0.00 GiB but only {(need - 1) / 2**30:.2f} GiB"):
+    monkeypatch.setattr(memory, "available_memory", lambda: need + room)
+    assert rp.hessian(m, p, X, y, l).shape == (n,) * 2  # exactly enough
+    monkeypatch.setattr(memory, "available_memory", lambda: need + room - 1)
+    with pytest.raises(rp.CurvatureTooLargeError, match=rf"^hessian: the {n} x {n} float64 matrix and 256 MiB of "
+                       rf"temporaries would need {(need + room) / 2**30:.2f} GiB but only "
+                       rf"{(need + room - 1) / 2**30:.2f} GiB are available; pass out=numpy.memmap"):
         rp.hessian(m, p, X, y, l)
     # a 16,385-parameter layer: its Hessian needs 2.0002 GiB, refused before any work
     big = rp.Sequential(rp.Linear(16384, 1))
     args = (big, [np.zeros((1, 16384)), np.zeros(1)], np.zeros((1, 16384)), np.zeros((1, 1)), rp.MSELoss())
-    monkeypatch.setattr(exact, "available_memory", lambda: 2**31 + room)
-    with pytest.raises(rp.CurvatureTooLargeError, match=r"needs 2.00 GiB but only 2.00 GiB may be used"):
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**31 + room)
+    with pytest.raises(rp.CurvatureTooLargeError, match=r"would need 2.25 GiB but only 2.25 GiB are available"):
         rp.hessian(*args)
-    with pytest.raises(rp.CurvatureTooLargeError, match=r"needs 2.00 GiB but only 1.50 GiB may be used"):
+    with pytest.raises(rp.CurvatureTooLargeError, match=r"^hessian: the 16385 x 16385 float64 matrix would need "
+                       r"2.00 GiB but only 1.50 GiB may be used \(max_bytes\)"):
         rp.hessian(*args, max_bytes=3 * 2**29)  # max_bytes wins over the memory available
-    monkeypatch.setattr(exact, "available_memory", lambda: room - 2**30)
-    with pytest.raises(rp.CurvatureTooLargeError, match="but only 0.00 GiB may be used"):
+    monkeypatch.setattr(memory, "available_memory", lambda: room - 2**30)
+    with pytest.raises(rp.CurvatureTooLargeError, match="but only 0.00 GiB are available"):
         rp.hessian(m, p, X, y, l)
 
 

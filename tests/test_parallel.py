@@ -241,6 +241,20 @@ def test_dask_local_cluster(dask_client, name):
     assert rel(MATRICES[name](m, p, X, y, l, executor=dask_client, block_rows=3, shards=2), H) <= RTOL
 
 
+def test_dask_workers_write_a_zarr_store_themselves(dask_client, tmp_path, monkeypatch):
+    """On a cluster the workers write their blocks into the Zarr store (chunks that follow
+    neither layers nor blocks) and the driver records digests only (docs §11.1)."""
+    zarr = pytest.importorskip("zarr")
+    m, p, X, y, l = make("conv-conv-softplus", "ce-mean", n=10)
+    n = m.n_params
+    z = zarr.create_array(store=str(tmp_path / "h.zarr"), shape=(n, n), chunks=(7, 9), dtype="f8")
+    ref = rp.hessian(m, p, X, y, l, block_rows=3)
+    monkeypatch.setattr(store.BlockRecord, "mark", lambda *a: pytest.fail("the driver received a block's rows"))
+    rp.hessian(m, p, X, y, l, executor=dask_client, block_rows=3, out=z)
+    assert np.array_equal(z[:], ref)
+    assert np.array_equal(rp.load_matrix(str(tmp_path / "h.zarr"))[:], ref)
+
+
 def test_dask_worker_killed_mid_run(dask_client, monkeypatch):
     m, p, X, y, l = make("conv-tanh-avgpool", "ce-mean", n=12)
     H = rp.hessian(m, p, X, y, l)

@@ -36,7 +36,7 @@ from . import parallel as _par
 from . import store as _store
 from ..checks import check_flag, check_number, validate
 # the refusal of an array too large lives in ..memory, shared with every module that allocates;
-# both names stay importable from here (``exact.available_memory`` is what _output_array reads)
+# both names stay importable from here
 from ..memory import CurvatureTooLargeError, available_memory  # noqa: F401
 from ..memory import check_fits, nbytes
 from ..nn import AffineLayer
@@ -53,14 +53,13 @@ def _output_array(n, out, name, max_bytes):
         if not out.flags.writeable:
             raise ValueError(f"{name}: out is read-only")
         return out
-    need = n * n * 8
-    limit = max_bytes if max_bytes is not None else available_memory() - 8 * 4 * _d.CHUNK_FLOATS
-    if need > limit:
-        raise CurvatureTooLargeError(
-            f"{name}: the {n} x {n} float64 matrix needs {need / 2**30:.2f} GiB but only "
-            f"{max(limit, 0) / 2**30:.2f} GiB may be used; pass out=numpy.memmap(path, "
-            f"dtype='float64', mode='w+', shape=({n}, {n})) to write it to disk"
-        )
+    # without max_bytes the assembly's temporaries (4 chunks of CHUNK_FLOATS floats) must fit too
+    room = 0 if max_bytes is not None else 8 * 4 * _d.CHUNK_FLOATS
+    what = f"the {n} x {n} float64 matrix" + (f" and {room / 2**20:.0f} MiB of temporaries" if room else "")
+    check_fits(nbytes((n, n)) + room, name, what, error=CurvatureTooLargeError,
+               limit=None if max_bytes is None else (max_bytes, "max_bytes"),
+               hint=f"; pass out=numpy.memmap(path, dtype='float64', mode='w+', shape=({n}, {n})) to write it to "
+                    "disk")
     return np.empty((n, n))
 
 
@@ -417,15 +416,22 @@ class _RowsSink:
         return self.rows
 
 
-def rows_task(model, params, X, y, loss, scale, name, targets, layer, units):
+def rows_task(model, params, X, y, loss, scale, name, targets, layer, units, writer=None, geometry=None):
     """One task of the block decomposition, a plain function that any worker can run:
     the rows of ``layer`` (of output units ``units``, or all) of matrix ``name`` against
     the columns from that layer on, over the samples ``(X, y)`` with the whole batch's
-    loss scale ``scale`` and, for ``"mc_fisher"``, the shard's slice of the targets."""
+    loss scale ``scale`` and, for ``"mc_fisher"``, the shard's slice of the targets.
+
+    With a ``writer`` (:class:`refprune.curvature.store.BlockWriter`) and the block's
+    ``geometry`` ``(o, end, rows)`` the task writes the rows and their mirror into the
+    store itself and returns only their two digests (``docs/derivations.md`` §11.1)."""
     inp = validate(model, params, X, y, loss)._replace(scale=scale)
     kind, second_order = _KINDS[name]
     matvec = _d.loss_curvature_matvec(inp, kind, targets=targets)
-    return _assemble(inp, matvec, second_order, _RowsSink(model, layer, units), False, name, rows_of=(layer, units))
+    block = _assemble(inp, matvec, second_order, _RowsSink(model, layer, units), False, name, rows_of=(layer, units))
+    if writer is None:
+        return block
+    return writer.write(*geometry, block)
 
 
 def row_blocks(model, block_rows=None):
@@ -447,12 +453,21 @@ def row_blocks(model, block_rows=None):
 
 
 def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, shards):
-    """The matrix from independent tasks: blocks of rows times shards of samples."""
+    """The matrix from independent tasks: blocks of rows times shards of samples.
+
+    Who writes a block (``docs/derivations.md`` §11.1): with an executor, one shard and a
+    store that other processes can open (a ``numpy.memmap`` of a file, a Zarr array on a
+    local directory), each task writes its own rows and mirror and returns two digests;
+    otherwise (no executor, several shards to sum in order, an array in the driver's
+    memory) the task returns its rows and the driver writes them."""
     model, n = inp.model, inp.model.n_params
     ex = _par.resolve_executor(executor, name)
     ranges = _par.shard_ranges(inp.n_samples, shards, name)
     targets = _mc_targets(inp, name, mc)
     out = _store.check_store(out, n, name) if _store.is_array_store(out) else _output_array(n, out, name, max_bytes)
+    writer = None
+    if ex is not None and len(ranges) == 1 and _store.workers_can_write(out):
+        writer = _store.BlockWriter(out, name)
     params = [p for group in inp.grouped for p in group]
     layout = _layout(model, block_rows)
     record = _store.BlockRecord(out, _fingerprint(inp, name, targets, block_rows, shards), name, layout)
@@ -464,18 +479,20 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
         key = _block_key(l, units)
         if record.is_done(key):  # its rows and its mirror still hold the recorded bytes
             continue
-        parts = [(rows_task, (model, params, Xs, ys, inp.loss, inp.scale, name, ts, l, units)) for Xs, ys, ts in data]
+        extra = () if writer is None else (writer, layout[key])
+        parts = [(rows_task, (model, params, Xs, ys, inp.loss, inp.scale, name, ts, l, units) + extra)
+                 for Xs, ys, ts in data]
         jobs.append((key, parts))
     record.begin()
+    first = [True]
 
     def consume(key, block):
         o, end, rows = layout[key]
-        i = 0
-        for a, b in rows:
-            out[a:b, o:] = block[i : i + b - a]
-            if end < n:
-                out[end:, a:b] = block[i : i + b - a, end - o :].T
-            i += b - a
+        if writer is not None:  # written by the worker; ``block`` is its two digests
+            record.mark_written(key, block, verify=first[0], lock=writer.lock)
+            first[0] = False
+            return
+        _store.write_block(out, o, end, rows, block)
         record.mark(key, block)
 
     if record.persistent:

@@ -12,12 +12,17 @@ The exact matrices split two ways without any new mathematics:
 This module holds what the decompositions share: the executor (``None`` runs the tasks
 in this process, any ``concurrent.futures.Executor`` such as a process pool, or a
 ``dask.distributed.Client``), the loop that hands each finished result to the caller
-in a fixed order per block.  The record that a store keeps of the blocks already written
-(so that a restarted computation does only the missing ones) is :mod:`.store`.
+in a fixed order per block, and :class:`WorkerPool`, a process pool whose workers each
+use ``cores // workers`` BLAS threads and whose processes are known without private
+attributes (``docs/derivations.md`` §11.1).  The record that a store keeps of the blocks
+already written (so that a restarted computation does only the missing ones), and the
+writer with which workers write their own blocks into it, are :mod:`.store`.
 """
 
 import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
+import multiprocessing as mp
+import os
 import sys
 import time
 
@@ -25,6 +30,97 @@ import numpy as np
 
 from ..checks import check_count
 from .store import is_array_store
+
+
+#: environment variables that set the thread count of the BLAS and OpenMP libraries NumPy may load
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                         "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def available_cores():
+    """Cores this process may run on (its CPU affinity where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def worker_threads(workers, cores=None):
+    """BLAS threads per worker process: ``max(1, cores // workers)``, so that ``workers x
+    threads <= cores`` (``docs/derivations.md`` §11.1); ``cores`` defaults to
+    :func:`available_cores`."""
+    check_count(workers, "worker_threads: workers")
+    return max(1, (available_cores() if cores is None else int(cores)) // int(workers))
+
+
+def limit_blas_threads(threads):
+    """Limit this process's BLAS and OpenMP thread pools to ``threads``: meant for the
+    initializer of a worker process.  With ``threadpoolctl`` installed the limit reaches
+    the libraries already loaded (a forked worker inherits its parent's NumPy); the
+    environment variables :data:`BLAS_THREAD_VARIABLES` are set as well, which only
+    libraries loaded later read.  Returns ``"threadpoolctl"`` or ``"environment"``."""
+    check_count(threads, "limit_blas_threads: threads")
+    for var in BLAS_THREAD_VARIABLES:
+        os.environ[var] = str(int(threads))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return "environment"
+    threadpool_limits(limits=int(threads))  # not used as a context: the limit stays for the process's life
+    return "threadpoolctl"
+
+
+def _start_worker(slots, count, threads, initializer, initargs):
+    with count.get_lock():
+        i = count.value
+        count.value += 1
+    if i < len(slots):
+        slots[i] = os.getpid()
+    limit_blas_threads(threads)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+class WorkerPool(cf.ProcessPoolExecutor):
+    """A ``ProcessPoolExecutor`` of ``workers`` processes whose BLAS each use ``threads``
+    threads (default :func:`worker_threads`: ``workers x threads <= cores``, so that the
+    workers do not oversubscribe the cores), and which knows its processes
+    (:meth:`worker_pids`, :meth:`stop`) through public interfaces only: each worker
+    writes its process id into a shared array when it starts.  ``initializer(*initargs)``
+    then runs in each worker as usual."""
+
+    def __init__(self, workers, threads=None, initializer=None, initargs=()):
+        check_count(workers, "WorkerPool: workers")
+        self.threads = worker_threads(workers) if threads is None else check_count(threads, "WorkerPool: threads")
+        ctx = mp.get_context()
+        # a worker that dies is not replaced (the pool breaks), so twice the slots is room enough
+        self.pid_slots, self.started = ctx.RawArray("q", 2 * int(workers)), ctx.Value("i", 0)
+        super().__init__(int(workers), initializer=_start_worker,
+                         initargs=(self.pid_slots, self.started, self.threads, initializer, tuple(initargs)))
+
+    def worker_pids(self):
+        """Process ids of the workers started so far.  Takes no lock (the array is read
+        as it is), so that a signal handler may call it."""
+        return [int(p) for p in self.pid_slots[:] if p]
+
+    def processes(self):
+        """The worker processes started so far and still alive."""
+        pids = set(self.worker_pids())
+        return [p for p in mp.active_children() if p.pid in pids]
+
+    def stop(self, wait=True):
+        """Shut down; with ``wait=False`` (after an interrupt: a task may run for minutes)
+        cancel the queued tasks and end the workers at once.  A worker ended mid-write
+        leaves its block unrecorded (``docs/derivations.md`` §11.1)."""
+        if wait:
+            self.shutdown(wait=True, cancel_futures=True)
+            return
+        procs = self.processes()
+        for p in procs:
+            p.kill()
+        self.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.join(2)
 
 
 class WorkerLostError(RuntimeError):

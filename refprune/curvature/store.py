@@ -16,8 +16,10 @@ when every block is recorded.  So:
   ``complete``.  A record that is not valid JSON, or has other keys, is refused.
 """
 
+import contextlib
 import hashlib
 import json
+import mmap as _mmap
 import os
 import re
 import warnings
@@ -48,6 +50,9 @@ def check_store(out, n, where):
     if shape != (n, n) or dtype != np.float64:
         raise ValueError(f"{where}: out must be a float64 store of shape ({n}, {n}), got shape {shape} and dtype "
                          f"{dtype}")
+    if getattr(out, "read_only", False) is True:
+        raise ValueError(f"{where}: out is a read-only {type(out).__name__} (opened with mode 'r'); open it with "
+                         "mode 'r+' or 'a' to write the matrix into it")
     return out
 
 
@@ -63,20 +68,67 @@ def fingerprint(*parts):
 
 def digest(a):
     """SHA-256 of an array's bytes in C order (``None`` for ``None``: no mirror)."""
-    return None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    # the buffer of a C-ordered array is hashed in place (``tobytes`` would copy it once more)
+    return None if a is None else hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
 
 
-def read_rows(out, o, rows):
-    """The rows of a block as the store holds them, ``(rows, n - o)``."""
-    return np.concatenate([np.asarray(out[a:b, o:]) for a, b in rows])
+def read_rows(out, o, rows, lock=None):
+    """The rows of a block as the store holds them, ``(rows, n - o)`` (with ``lock``, a
+    :class:`_ChunkLocks`, each chunk is read under its lock)."""
+    n = out.shape[1]
+    return np.concatenate([_get(out, a, b, o, n, lock) for a, b in rows])
 
 
-def read_mirror(out, end, rows):
+def read_mirror(out, end, rows, lock=None):
     """The mirror of a block as the store holds it, transposed back to ``(rows, n - end)``
     (``None`` for the last layer, which has none)."""
-    if end >= out.shape[0]:
+    n = out.shape[0]
+    if end >= n:
         return None
-    return np.concatenate([np.asarray(out[end:, a:b]) for a, b in rows], axis=1).T
+    return np.concatenate([_get(out, end, n, a, b, lock) for a, b in rows], axis=1).T
+
+
+def _get(out, r0, r1, c0, c1, lock):
+    """``out[r0:r1, c0:c1]``.  With ``lock``, for a sharded Zarr array, one band of chunk rows
+    at a time under the locks of its chunks: such an array reads a shard's index and then
+    its chunks in separate reads, which a writer replacing the shard in between would
+    tear.  (An unsharded chunk is one file, read at once and replaced whole by a rename.)"""
+    if lock is None or not lock.sharded:
+        return np.asarray(out[r0:r1, c0:c1])
+    res = np.empty((r1 - r0, c1 - c0))
+    for a, b, held in _bands(r0, r1, c0, c1, lock):
+        with held:
+            res[a - r0 : b - r0] = out[a:b, c0:c1]
+    return res
+
+
+def _bands(r0, r1, c0, c1, lock):
+    """The rows ``[a, b)`` of ``[r0, r1)`` in each band of chunk rows, with a context that
+    holds the locks of the band's chunks met by the columns ``[c0, c1)``, taken in
+    increasing order (every process takes them in this order and holds those of one band
+    at a time, so no two wait on each other)."""
+    cr, cc = lock.unit
+    for i in range(r0 // cr, -(-r1 // cr)):
+        yield max(r0, i * cr), min(r1, (i + 1) * cr), _Held(lock, i, range(c0 // cc, -(-c1 // cc)))
+
+
+class _Held:
+    """Holds the locks ``(i, j)`` for ``j`` in ``columns`` (in increasing order) while open."""
+
+    def __init__(self, lock, i, columns):
+        self.lock, self.i, self.columns, self.stack = lock, i, columns, None
+
+    def __enter__(self):
+        self.stack = contextlib.ExitStack()
+        with self.stack as stack:
+            for j in self.columns:
+                stack.enter_context(self.lock(self.i, j))
+            self.stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc):
+        self.stack.close()
+        return False
 
 
 def describe(key, rows):
@@ -288,15 +340,30 @@ class BlockRecord:
         self.done[key] = got
         self._save(complete=False)
 
+    def mark_written(self, key, digests, verify=False, lock=None):
+        """Record block ``key`` as written by a worker, which read its rows and mirror back
+        and sent their ``digests``; with ``verify`` the driver reads them back too (a store
+        that the workers see but the driver does not, e.g. a path on another machine's
+        disk, is caught at the first block instead of by :func:`load_matrix` at the end;
+        ``lock``: the store's chunk locks, since workers may be writing other blocks)."""
+        o, end, rows = self.layout[key]
+        digests = tuple(digests)
+        if verify and self._read(key, lock) != digests:
+            raise ValueError(f"{self.name}: the block {describe(key, rows)} that a worker wrote is not in the store "
+                             f"as the driver reads it ({self.label}): do the workers write the same file or "
+                             "directory as this process?")
+        self.done[key] = digests
+        self._save(complete=False)
+
     def mark_from_store(self):
         """Record every block as the store holds it (after a computation that wrote the
         whole matrix in one pass)."""
         for key in self.layout:
             self.done[key] = self._read(key)
 
-    def _read(self, key):
+    def _read(self, key, lock=None):
         o, end, rows = self.layout[key]
-        return digest(read_rows(self.out, o, rows)), digest(read_mirror(self.out, end, rows))
+        return block_digests(self.out, o, end, rows, lock)
 
     def finish(self):
         """Mark the record complete if every block is recorded; returns whether it is."""
@@ -384,3 +451,178 @@ def _read_text(path):
         return None
     with open(path, "rb") as fh:
         return fh.read()
+
+
+# ---- blocks written by the workers themselves (docs/derivations.md §11.1) -------------
+
+
+def write_block(out, o, end, rows, block, lock=None):
+    """Write a block's rows ``out[a:b, o:]`` and their mirror ``out[end:, a:b]``.
+
+    ``lock`` (``None``: write at once) is a :class:`_ChunkLocks`: the writes are then cut
+    at the boundaries of the store's chunks and each piece is written while holding that
+    chunk's lock, so that the read-modify-write of a chunk shared with another block
+    written at the same time by another process cannot lose that block's entries."""
+    n = out.shape[0]
+    i = 0
+    for a, b in rows:
+        part = block[i : i + b - a]
+        _put(out, a, o, part, lock)
+        if end < n:
+            _put(out, end, a, part[:, end - o :].T, lock)
+        i += b - a
+
+
+def _put(out, r0, c0, values, lock):
+    r1, c1 = r0 + values.shape[0], c0 + values.shape[1]
+    if lock is None:
+        out[r0:r1, c0:c1] = values
+        return
+    for a, b, held in _bands(r0, r1, c0, c1, lock):
+        with held:
+            out[a:b, c0:c1] = values[a - r0 : b - r0]
+
+
+def block_digests(out, o, end, rows, lock=None):
+    """``(digest of the rows, digest of the mirror)`` as the store holds them."""
+    return digest(read_rows(out, o, rows, lock)), digest(read_mirror(out, end, rows, lock))
+
+
+class _ChunkLocks:
+    """Exclusive locks on the chunks of one array, between processes and between threads.
+
+    Chunk ``(i, j)`` of a grid with ``m`` chunk columns is byte ``i m + j`` of the lock file,
+    locked with ``fcntl.lockf`` (POSIX record locks: the kernel releases them when the
+    process dies, so a killed worker leaves no lock behind).  Record locks belong to a
+    process, not to a thread, so a ``threading.Lock`` per chunk also excludes the threads
+    of one process; and since closing any descriptor of the file releases all of the
+    process's locks on it, each process keeps one descriptor per lock file, open for good
+    (and the file is never removed: a worker still holding the old one and a new worker
+    opening a new one at the same path would not exclude each other)."""
+
+    _fds, _threads, _guard = {}, {}, None
+
+    def __init__(self, path, unit, columns, sharded=False):
+        self.path, self.unit, self.columns = path, tuple(int(u) for u in unit), int(columns)
+        self.sharded = bool(sharded)
+
+    @classmethod
+    def _state(cls):
+        import threading
+
+        if cls._guard is None:
+            cls._guard = threading.Lock()
+        return cls._guard
+
+    def __call__(self, i, j):
+        import fcntl
+        import threading
+
+        index = i * self.columns + j
+        with self._state():
+            fd = self._fds.get(self.path)
+            if fd is None:
+                fd = self._fds[self.path] = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            tl = self._threads.setdefault((self.path, index), threading.Lock())
+
+        @contextlib.contextmanager
+        def held():
+            with tl:
+                fcntl.lockf(fd, fcntl.LOCK_EX, 1, index)
+                try:
+                    yield
+                finally:
+                    fcntl.lockf(fd, fcntl.LOCK_UN, 1, index)
+
+        return held()
+
+
+def _forget_locks_after_fork():
+    # a forked child owns none of its parent's record locks and must not reuse its thread locks
+    _ChunkLocks._fds, _ChunkLocks._threads, _ChunkLocks._guard = {}, {}, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_after_fork)
+
+
+class BlockWriter:
+    """What a worker needs to write its own blocks into the store ``out`` and check them:
+    the file of a ``numpy.memmap`` (reopened by name, mode ``r+``) or the Zarr array on a
+    local directory with the lock file of its chunks.  Pickled to the workers; the
+    driver then receives only each block's two digests."""
+
+    def __init__(self, out, where):
+        self.n, self.where = int(out.shape[0]), where
+        if isinstance(out, np.memmap):
+            if not isinstance(out.base, _mmap.mmap) or not out.flags.c_contiguous:
+                raise ValueError(f"{where}: out is a view of a numpy.memmap of {os.fspath(out.filename)}, which "
+                                 "workers cannot reopen by its file name; pass the numpy.memmap of the whole "
+                                 "matrix (numpy.lib.format.open_memmap(path, mode='w+', ...) or numpy.load(path, "
+                                 "mmap_mode='r+'))")
+            if out.mode == "c":
+                raise ValueError(f"{where}: out is a copy-on-write numpy.memmap (mode 'c') of "
+                                 f"{os.fspath(out.filename)}: what it holds never reaches the file, which the "
+                                 "workers write; open it with mode 'r+'")
+            self.file, self.offset, self.array, self.lock = os.fspath(out.filename), int(out.offset), None, None
+        else:
+            self.file, self.offset, self.array = None, 0, out
+            unit = chunk_unit(out)
+            self.lock = _ChunkLocks(zarr_lock_path(out), unit, -(-self.n // unit[1]),
+                                    sharded=getattr(out, "shards", None) is not None)
+
+    def open(self):
+        """The store as this process sees it (a memmap of the file is opened afresh)."""
+        if self.file is None:
+            return self.array
+        return np.memmap(self.file, dtype=np.float64, mode="r+", offset=self.offset, shape=(self.n, self.n))
+
+    def write(self, o, end, rows, block):
+        """Write ``block`` (rows and mirror), read both back and return their digests, or
+        raise if the store did not keep what was written."""
+        out = self.open()
+        write_block(out, o, end, rows, block, self.lock)
+        if self.file is not None:
+            out.flush()  # on disk before the driver records the block
+        got = block_digests(out, o, end, rows, self.lock)
+        want = digest(block), digest(None if end >= self.n else block[:, end - o :])
+        if got != want:
+            raise ValueError(f"{self.where}: the store did not keep the bytes written to rows "
+                             f"{', '.join(f'{a}:{b}' for a, b in rows)} (columns from {o}) in "
+                             f"{self.file or self.lock.path[: -len('.refprune.lock')]}")
+        return got
+
+
+def chunk_unit(out):
+    """The unit a Zarr array reads and rewrites whole: its shards if it has any, else its
+    chunks."""
+    return tuple(getattr(out, "shards", None) or out.chunks)
+
+
+def zarr_lock_path(out):
+    """The lock file of a Zarr array on a local directory: ``<array directory>.refprune.lock``
+    beside the array (``None`` if the array is not on a local directory)."""
+    store = getattr(out, "store", None)
+    root = getattr(store, "root", None)
+    if root is None or not isinstance(root, (str, os.PathLike)) or not os.path.isdir(os.fspath(root)):
+        return None
+    path = os.path.join(os.fspath(root), getattr(out, "path", "") or "")
+    return os.path.normpath(path) + ".refprune.lock"
+
+
+def workers_can_write(out):
+    """True if worker processes can write ``out`` themselves: a ``numpy.memmap`` of a file
+    or a Zarr array on a local directory.  An array in the driver's memory (a NumPy array,
+    a Zarr array in memory or on a remote store) is written by the driver."""
+    if isinstance(out, np.memmap):
+        return bool(out.filename)
+    return is_array_store(out) and hasattr(out, "chunks") and zarr_lock_path(out) is not None \
+        and _has_fcntl()
+
+
+def _has_fcntl():
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:  # not on Windows: the driver writes
+        return False
+    return True
