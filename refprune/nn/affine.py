@@ -139,6 +139,22 @@ class AffineLayer(Layer):
         out = self.to_output(merge_tangent_axis(dz), cache[1])
         return split_tangent_axis(out, U.shape[0])
 
+    def param_jacobian(self, cache, rows=None):
+        """Output tangents ``dz/dtheta_k`` for the flat parameter directions ``rows`` (all
+        for ``None``): ``param_jvp`` of the identity's rows, written as the copies of the
+        features they are (the weight ``(c, r)`` moves only ``z[c, :]``, by ``U[r, :]``; the
+        bias ``c`` moves it by one) instead of a product with the identity.  Returns
+        ``(N, K, *out)``."""
+        U = cache[0]
+        n, r, t = U.shape
+        rows = np.arange(self.n_params)[slice(None) if rows is None else rows]
+        out = np.zeros((n, len(rows), self.out_units, t))
+        k = np.arange(len(rows))
+        weight = rows < self.n_weight
+        out[:, k[weight], rows[weight] // r, :] = U[:, rows[weight] % r, :]
+        out[:, k[~weight], rows[~weight] - self.n_weight, :] = 1.0
+        return split_tangent_axis(self.to_output(merge_tangent_axis(out), cache[1]), n)
+
     def param_vjp_tangent(self, params, cache, dparams, dy0):
         """``dW_r^T dy0`` mapped back to the input layout: the parameter part of the
         backward R-operator.  ``dy0`` is ``(N, 1, *out)``; returns ``(N, K, *in)``."""
