@@ -167,7 +167,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
                           else None)
                     target = lambda a, b: sink.target(l, j, a, b)  # noqa: E731
                     if jacobian_seed:
-                        block = layer.param_grad(caches[j], D)
+                        block = layer.param_grad_rows(caches[j], D)
                         if dU is not None:
                             block += layer.param_grad_input_tangent(dU, douts[j])
                         _accumulate(target(0, layer.n_params), block, inp.scale, first)
