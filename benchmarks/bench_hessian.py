@@ -14,8 +14,10 @@ before NumPy is imported; ``--threads`` changes it)::
 Each net's time is compared with the machine's own matrix product in the same run: ``A @ B``
 for random ``A (n, N)`` and ``B (N, n)`` in float64 (best of ``--repeat``), the work of
 ``sum_n g_n g_n^T`` for ``N`` vectors of length ``n`` and the lower bound of the problem
-(``docs/derivations.md`` §12).  ``--profile`` prints a breakdown by phase (``cProfile``
-time inside the functions listed in ``PHASES``).  Results: ``benchmarks/results/hessian.md``.
+(``docs/derivations.md`` §12).  ``cpu ratio`` is the same ratio in CPU time (summed over
+threads, so with ``--threads 1`` it is less disturbed by other jobs on the machine).
+``--profile`` prints a breakdown by phase (``cProfile`` time inside the functions listed in
+``PHASES``).  Results: ``benchmarks/results/hessian.md``.
 
 Peak memory beyond the n x n result is read from ``tracemalloc`` (NumPy reports its
 allocations to it).  ``--torch`` / ``--jax`` time (where installed) ``torch.func.hessian`` and
@@ -60,12 +62,12 @@ def nets():
     ]
 
 
-def best_of(fn, repeat):
+def best_of(fn, repeat, clock=time.perf_counter):
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return min(times)
 
 
@@ -121,11 +123,11 @@ def profile(fn):
     return f"profiled {total:.3f} s: " + ", ".join(parts)
 
 
-def product_time(n, N, repeat):
+def product_time(n, N, repeat, clock=time.perf_counter):
     """Best time of ``A @ B`` for random ``A (n, N)``, ``B (N, n)`` (float64)."""
     rng = np.random.default_rng(1)
     A, B = rng.normal(size=(n, N)), rng.normal(size=(N, n))
-    return best_of(lambda: A @ B, repeat)
+    return best_of(lambda: A @ B, repeat, clock)
 
 
 def main():
@@ -146,13 +148,17 @@ def main():
         n = model.n_params
         t = best_of(lambda: rp.hessian(model, params, X, y, loss), args.repeat)
         prod = product_time(n, len(X), args.repeat)
+        # CPU time (all threads): with --threads 1 a check of the ratio that other jobs on
+        # the machine disturb less than the wall clock
+        cpu = best_of(lambda: rp.hessian(model, params, X, y, loss), args.repeat, time.process_time)
+        cpu_prod = product_time(n, len(X), args.repeat, time.process_time)
         tracemalloc.start()
         rp.hessian(model, params, X, y, loss)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         extra = (peak - 8 * n * n) / 2**20
         line = (f"({name}) n={n:5d} N={len(X)}  refprune hessian {t:7.3f} s  A@B {prod:7.3f} s  ratio {t / prod:5.2f}  "
-                f"peak beyond result {extra:7.1f} MiB (result {8 * n * n / 2**20:.0f} MiB)")
+                f"cpu ratio {cpu / cpu_prod:5.2f}  peak beyond result {extra:7.1f} MiB (result {8 * n * n / 2**20:.0f} MiB)")
         if args.torch:
             line += f"  torch.func.hessian {torch_time(model, params, X, y, 1):7.2f} s"
         if args.jax:
