@@ -158,7 +158,8 @@ def main():
         tracemalloc.stop()
         extra = (peak - 8 * n * n) / 2**20
         line = (f"({name}) n={n:5d} N={len(X)}  refprune hessian {t:7.3f} s  A@B {prod:7.3f} s  ratio {t / prod:5.2f}  "
-                f"cpu ratio {cpu / cpu_prod:5.2f}  peak beyond result {extra:7.1f} MiB (result {8 * n * n / 2**20:.0f} MiB)")
+                f"cpu ratio {cpu / cpu_prod:5.2f}  peak beyond result {extra:7.1f} MiB "
+                f"(result {8 * n * n / 2**20:.0f} MiB)")
         if args.torch:
             line += f"  torch.func.hessian {torch_time(model, params, X, y, 1):7.2f} s"
         if args.jax:

@@ -217,7 +217,8 @@ class AffineLayer(Layer):
         w = out[:, : self.n_weight].reshape(k, self.out_units, r)
         if t == 1:
             # w[k, c, r] = sum_n dz[n, k, c] U[n, r]: (k c x n) @ (n x r)
-            w[...] = np.matmul(dz[:, :, :, 0].reshape(n, k * self.out_units).T, U[:, :, 0]).reshape(k, self.out_units, r)
+            lhs = dz[:, :, :, 0].reshape(n, k * self.out_units).T
+            w[...] = np.matmul(lhs, U[:, :, 0]).reshape(k, self.out_units, r)
         else:
             Tc = dz.transpose(2, 0, 3, 1).reshape(self.out_units, n * t, k)
             Ur = U.transpose(1, 0, 2).reshape(r, n * t)
