@@ -29,8 +29,12 @@ ARCHS = {
     "mixed-maxpool-stride": lambda: rp.Sequential(rp.Conv2d(1, 2, 2, stride=2, padding=1), rp.ReLU(), rp.MaxPool2d(2),
                                                   rp.Flatten(), rp.Linear(2, 3, bias=False), rp.Softplus(),
                                                   rp.Linear(3, 3)),
+    # convolutions with one output location are dense pairs too; the second one's features
+    # are im2col patches with padding, so dU is not the identity even with only Tanh between
+    "conv-one-location": lambda: rp.Sequential(rp.Conv2d(1, 2, 3), rp.Tanh(), rp.Conv2d(2, 2, 3, padding=1),
+                                               rp.Tanh(), rp.Flatten(), rp.Linear(2, 2)),
 }
-IN_SHAPES = {"dense-bias": (3,), "dense-nobias-flatten": (3,), "conv-only": (1, 4, 4), "mixed-avgpool": (1, 4, 4),
+IN_SHAPES = {"conv-one-location": (1, 3, 3), "dense-bias": (3,), "dense-nobias-flatten": (3,), "conv-only": (1, 4, 4), "mixed-avgpool": (1, 4, 4),
              "mixed-maxpool-stride": (1, 4, 4)}
 LOSSES = {"ce": rp.CrossEntropyLoss, "mse": rp.MSELoss, "bce": rp.BCEWithLogitsLoss}
 MATRICES = ["hessian", "ggn", "residual", "fisher", "mc_fisher", "empirical_fisher"]

@@ -172,7 +172,10 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
                             block += layer.param_grad_input_tangent(dU, douts[j])
                         _accumulate(target(0, layer.n_params), block, inp.scale, first)
                     elif dense:
-                        diagonal = all(isinstance(model[k], (Elementwise, Flatten)) for k in range(l + 1, j))
+                        # dU_m is diagonal only if U_m is m's input itself (not im2col patches)
+                        # and only elementwise layers lie between (docs §12)
+                        diagonal = not layer.features_copy and all(
+                            isinstance(model[k], (Elementwise, Flatten)) for k in range(l + 1, j))
                         _dp.dense_rows(target(0, layer.n_params), layer_l, caches[l], layer, caches[j], D,
                                        xdots[j] if (second_order and j > l) else None, diagonal, douts[j],
                                        inp.scale, first, units, symmetric=(j == l and units is None))
