@@ -206,3 +206,16 @@ def test_seed_costs_counted_by_hand():
     shapes = exact._in_shapes(model, (1, 3, 3))
     assert exact.seed_costs(model, 0, shapes) == (3936, 2760)
     assert exact._jacobian_seed(model, 0, shapes) and not exact._jacobian_seed(model, 2, shapes)
+
+
+@pytest.mark.parametrize("arch", ["dense-bias", "mixed-avgpool"])
+@pytest.mark.parametrize("name", ["hessian", "ggn", "mc_fisher"])
+def test_layer_blocks_are_the_diagonal_blocks_of_the_matrix(route, arch, name):
+    model, params, X, y, loss = case(arch)
+    H = compute(name, model, params, X, y, loss)
+    blocks = exact.layer_blocks(validate(model, params, X, y, loss), name, MC.get(name, {}).get("samples", 1),
+                                MC.get(name, {}).get("seed", 0), None)
+    o = model.param_offsets()
+    assert [l for l, _ in blocks] == exact._param_layers(model)
+    for l, block in blocks:
+        assert_rel(block, H[o[l]:o[l + 1], o[l]:o[l + 1]])
