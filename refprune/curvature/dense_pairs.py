@@ -129,8 +129,10 @@ def _pairs(views, Ul, Um, D, symmetric, add):
         for i in range(c if symmetric else 0, Km):
             np.multiply(Ul_w, D[:, c, i, None], out=scaled)
             dst = views.ww[c, :, i, :]
-            if add:
-                dst += np.matmul(scaled.T, Um_w)
+            if add:  # a later chunk of samples: the product's rows a budget at a time
+                step = max(1, _budget() // max(1, rm))
+                for r0 in range(0, rl, step):
+                    dst[r0 : r0 + step] += np.matmul(scaled[:, r0 : r0 + step].T, Um_w)
             else:
                 np.matmul(scaled.T, Um_w, out=dst)
             if symmetric and i > c:
