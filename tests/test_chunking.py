@@ -126,12 +126,18 @@ def test_ggn_diagonal_passes_have_no_residual_columns(monkeypatch, passes):
     assert passes == expected(N, 3)
 
 
-def test_exact_hessian_passes_seed_the_smaller_side(monkeypatch, passes):
-    # conv: 57 parameters > 27 outputs, identity seed (27 directions); Linear(27, 4): 112
-    # parameters > 4 outputs (4); Linear(4, 2): 10 > 2 (2)
+def test_exact_hessian_passes_follow_the_seed_cost_model_and_the_rows_width(monkeypatch, passes):
+    # docs/derivations.md §12.  Conv2d(2, 3, 3): 57 parameters, 27 outputs over T = 9
+    # locations; contracting the identity seed's tangents with U over (n, t) costs
+    # 2 T n_l sum_m n_m = 2*9*57*179 per sample, more than the Jacobian seed's whole rows,
+    # so it seeds its 57 parameter directions.  Linear(27, 4) and Linear(4, 2): the identity
+    # (4 and 2 directions).  Each layer's rows are chunked by the widest place from its
+    # output on: 27 for the conv (its output, Flatten, Linear(27, 4)'s features), 4 and 2
+    # for the Linear layers (the conv's im2col width 162 is never reached).
     monkeypatch.setattr(_d, "CHUNK_FLOATS", 27 * WIDTH * 2)
     rp.hessian(*conv_case())
-    assert passes == expected(N, 2) + expected(N, 27 * 2 // 4) + expected(N, 27 * 2 // 2)
+    assert passes == expected(N, 27 * WIDTH * 2 // (57 * 27)) + expected(N, 27 * WIDTH * 2 // (4 * 4)) + expected(
+        N, 27 * WIDTH * 2 // (2 * 2))
 
 
 def test_hvp_directions_are_chunked_by_samples_times_width(monkeypatch):
@@ -155,10 +161,11 @@ def test_hvp_directions_are_chunked_by_samples_times_width(monkeypatch):
 def test_sampled_targets_follow_their_samples_into_every_chunk(monkeypatch, passes, curvature, mc):
     model, params, X, y, loss = conv_case()
     whole = rp.fisher(model, params, X, y, loss, curvature=curvature, **mc)
-    monkeypatch.setattr(_d, "CHUNK_FLOATS", 27 * WIDTH * 2)  # two samples a pass in the first layer
+    # the conv's rows: 57 Jacobian directions of width 27, five samples a pass (see above)
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", 27 * WIDTH * 2)
     passes.clear()
     chunked = rp.fisher(model, params, X, y, loss, curvature=curvature, **mc)
-    assert passes[:4] == expected(N, 2)
+    assert passes[:2] == expected(N, 5)
     np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-15)
 
 

@@ -26,6 +26,7 @@ emp. Fisher    ``g_obs g_obs^T``         no
 =============  ========================  ==========================================
 """
 
+import math
 import sys
 import time
 
@@ -39,7 +40,9 @@ from ..checks import check_flag, check_number, validate
 # both names stay importable from here
 from ..memory import CurvatureTooLargeError, available_memory  # noqa: F401
 from ..memory import check_fits, nbytes
-from ..nn import AffineLayer
+from ..nn import AffineLayer, Flatten
+from ..nn.activations import Elementwise
+from . import dense_pairs as _dp
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
 from .output_factors import check_draws, check_seed, refuse_monte_carlo_options
 
@@ -83,8 +86,11 @@ class _FullSink:
             for m in self.param_layers[i + 1 :]:
                 src = out[o[l] : o[l + 1], o[m] : o[m + 1]]
                 dst = out[o[m] : o[m + 1], o[l] : o[l + 1]]
-                for r in range(0, dst.shape[0], 256):  # row tiles stay cache friendly
-                    dst[r : r + 256] = src[:, r : r + 256].T
+                # square tiles: both the rows read and the rows written stay in cache
+                # (half the time of whole-row strips for 4160-wide blocks)
+                for r in range(0, dst.shape[0], 128):
+                    for c in range(0, dst.shape[1], 128):
+                        dst[r : r + 128, c : c + 128] = src[c : c + 128, r : r + 128].T
         return out
 
 
@@ -110,11 +116,8 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
     check_flag(progress, "progress")
     model, n_samples = inp.model, inp.n_samples
     L = len(model)
-    out_shapes, s = [], inp.X.shape[1:]
-    for layer in model:
-        s = layer.output_shape(s)
-        out_shapes.append(tuple(s))
-    width = _d.work_width(inp)
+    in_shapes = _in_shapes(model, inp.X.shape[1:])
+    out_shapes = in_shapes[1:]
     param_layers = _param_layers(model)
     t_start = time.perf_counter()
 
@@ -124,13 +127,13 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
         layer_l, out_l = model[l], out_shapes[l]
         n_l = layer_l.n_params
         units = None if rows_of is None else rows_of[1]
-        # Seed choice (docs §4): the identity on z_l (K = |z_l| directions per sample,
+        # Seed choice (docs §12): the identity on z_l (K = |z_l| directions per sample,
         # contracted with U_l at the end) or the parameter Jacobian dz_l/dtheta_l
-        # (K = n_l directions, giving the rows directly); the smaller K wins.  Rows of
-        # some output units only: the identity directions of those units, or the
-        # Jacobian directions of their parameters.
+        # (K = n_l directions, giving the rows directly), whichever the cost model finds
+        # cheaper.  Rows of some output units only: the identity directions of those
+        # units, or the Jacobian directions of their parameters.
         K_id = int(np.prod(out_l))
-        jacobian_seed = n_l < K_id
+        jacobian_seed = _jacobian_seed(model, l, in_shapes)
         if units is None:
             eye_rows = slice(None)
         elif jacobian_seed:
@@ -139,13 +142,13 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
             per_unit = K_id // layer_l.out_units
             eye_rows = slice(units[0] * per_unit, units[1] * per_unit)
         K = len(np.arange(n_l if jacobian_seed else K_id)[eye_rows])
-        nc = _d.chunk_length(K, width)
+        nc = _d.chunk_length(K, _rows_width(model, l, in_shapes))
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
             first = s0 == 0
             f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
             if jacobian_seed:
-                seed = layer_l.param_jvp(inp.grouped[l], caches[l], layer_l.split_flat(np.eye(n_l)[eye_rows]))
+                seed = layer_l.param_jacobian(caches[l], eye_rows)
             else:
                 eye = np.eye(K_id)[eye_rows].reshape((1, K) + out_l)
                 seed = np.broadcast_to(eye, (s1 - s0, K) + out_l)
@@ -158,13 +161,23 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
             for j in range(L - 1, l - 1, -1):
                 layer = model[j]
                 if isinstance(layer, AffineLayer) and sink.wants(l, j):
-                    dU = layer.input_tangent_features(xdots[j]) if (second_order and j > l) else None
+                    dense = not jacobian_seed and _dense_pair(caches[l], caches[j])
+                    dU = (layer.input_tangent_features(xdots[j]) if (second_order and j > l and not dense)
+                          else None)
                     target = lambda a, b: sink.target(l, j, a, b)  # noqa: E731
                     if jacobian_seed:
-                        block = layer.param_grad(caches[j], D)
+                        block = layer.param_grad_rows(caches[j], D)
                         if dU is not None:
                             block += layer.param_grad_input_tangent(dU, douts[j])
                         _accumulate(target(0, layer.n_params), block, inp.scale, first)
+                    elif dense:
+                        # dU_m is diagonal only if U_m is m's input itself (not im2col patches)
+                        # and only elementwise layers lie between (docs §12)
+                        diagonal = not layer.features_copy and all(
+                            isinstance(model[k], (Elementwise, Flatten)) for k in range(l + 1, j))
+                        _dp.dense_rows(target(0, layer.n_params), layer_l, caches[l], layer, caches[j], D,
+                                       xdots[j] if (second_order and j > l) else None, diagonal, douts[j],
+                                       inp.scale, first, units, symmetric=(j == l and units is None))
                     else:
                         _rows_from_identity_seed(target, layer_l, caches[l], layer, caches[j], D, dU, douts[j],
                                                  inp.scale, first, units)
@@ -183,6 +196,75 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
                 file=sys.stderr,
             )
     return sink.finish()
+
+
+#: private switches for tests: force the seed ("identity" or "jacobian") of every layer, and
+#: route dense pairs through the per-sample gradient tangents (the general reference route)
+_FORCE_SEED = None
+_T_ROUTE = False
+
+
+def _in_shapes(model, s):
+    """Per-sample input shape of every layer, then the network's output shape."""
+    shapes = [tuple(s)]
+    for layer in model:
+        shapes.append(tuple(layer.output_shape(shapes[-1])))
+    return shapes
+
+
+def _rows_width(model, l, in_shapes):
+    """Floats one seeded direction needs per sample in the widest place the rows of layer
+    ``l`` reach: its output, and every later layer's input, output and (affine) features
+    (the tangents start at ``z_l``, so the layers before it do not count; compare
+    :func:`refprune.derivatives.work_width`)."""
+    sizes = [math.prod(in_shapes[l + 1])]
+    for j in range(l + 1, len(model)):
+        layer = model[j]
+        sizes += [math.prod(in_shapes[j]), math.prod(in_shapes[j + 1])]
+        if isinstance(layer, AffineLayer):
+            sizes.append(layer.n_weight // layer.out_units * (math.prod(in_shapes[j + 1]) // layer.out_units))
+    return max(sizes)
+
+
+def _dense_pair(cache_l, cache_m):
+    """Both layers have one location (``T = 1``): their blocks are products of the
+    features (``refprune.curvature.dense_pairs``, docs §12)."""
+    return not _T_ROUTE and cache_l[0].shape[2] == 1 and cache_m[0].shape[2] == 1
+
+
+def seed_costs(model, l, in_shapes):
+    """Per-sample multiply-adds of layer ``l``'s rows with the identity seed on ``z_l`` and
+    with the parameter-Jacobian seed: ``(identity, jacobian)`` (docs §12)."""
+    def locations(j):
+        return math.prod(in_shapes[j + 1]) // model[j].out_units
+
+    # one direction through every later layer, forward (jvp) and back (vjp)
+    prop = 0
+    for j in range(l + 1, len(model)):
+        layer = model[j]
+        if isinstance(layer, AffineLayer):
+            prop += 4 * layer.n_weight * locations(j)
+        else:
+            prop += 2 * (math.prod(in_shapes[j]) + math.prod(in_shapes[j + 1]))
+    layer_l = model[l]
+    n_l, t_l, k_id = layer_l.n_params, locations(l), math.prod(in_shapes[l + 1])
+    later = [j for j in range(l, len(model)) if isinstance(model[j], AffineLayer)]
+    identity, jacobian = k_id * prop, n_l * prop + 2 * n_l * layer_l.n_weight * t_l
+    for m in later:
+        n_m, t_m = model[m].n_params, locations(m)
+        jacobian += 2 * n_l * n_m * t_m
+        if t_l == 1 and t_m == 1:
+            identity += 2 * n_l * n_m  # one product of the features
+        else:
+            identity += 2 * k_id * n_m * t_m + 2 * t_l * n_l * n_m  # form T, then contract with U_l
+    return identity, jacobian
+
+
+def _jacobian_seed(model, l, in_shapes):
+    if _FORCE_SEED is not None:
+        return _FORCE_SEED == "jacobian"
+    identity, jacobian = seed_costs(model, l, in_shapes)
+    return jacobian < identity
 
 
 def _param_layers(model):
@@ -208,18 +290,19 @@ def layer_blocks(inp, curvature, samples, seed, targets):
 
 def check_blocks_fit(inp, where):
     """Refuse the diagonal blocks ``(n_l, n_l)`` of every layer, and the identity seed of
-    the largest (``min(n_l, |z_l|)`` square, see :func:`_assemble`), if they would not fit."""
-    model, s = inp.model, inp.X.shape[1:]
+    the largest (``K`` square for the ``K`` directions chosen by :func:`_assemble`), if
+    they would not fit."""
+    model = inp.model
+    shapes = _in_shapes(model, inp.X.shape[1:])
     total, seed, largest = 0, 0, None
-    for layer in model:
-        out = layer.output_shape(s)
-        if isinstance(layer, AffineLayer):
-            n_l = layer.n_params
-            total += nbytes((n_l, n_l))
-            seed = max(seed, nbytes((min(n_l, nbytes(out, 1)),) * 2))
-            if largest is None or n_l > largest.n_params:
-                largest = layer
-        s = out
+    for l in _param_layers(model):
+        layer = model[l]
+        n_l = layer.n_params
+        total += nbytes((n_l, n_l))
+        k = n_l if _jacobian_seed(model, l, shapes) else math.prod(shapes[l + 1])
+        seed = max(seed, nbytes((k, k)))
+        if largest is None or n_l > largest.n_params:
+            largest = layer
     if largest is not None:
         n_l = largest.n_params
         check_fits(total + seed, where, f"the diagonal blocks of every layer (the largest, of {largest!r}, "

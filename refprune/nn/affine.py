@@ -139,6 +139,22 @@ class AffineLayer(Layer):
         out = self.to_output(merge_tangent_axis(dz), cache[1])
         return split_tangent_axis(out, U.shape[0])
 
+    def param_jacobian(self, cache, rows=None):
+        """Output tangents ``dz/dtheta_k`` for the flat parameter directions ``rows`` (all
+        for ``None``): ``param_jvp`` of the identity's rows, written as the copies of the
+        features they are (the weight ``(c, r)`` moves only ``z[c, :]``, by ``U[r, :]``; the
+        bias ``c`` moves it by one) instead of a product with the identity.  Returns
+        ``(N, K, *out)``."""
+        U = cache[0]
+        n, r, t = U.shape
+        rows = np.arange(self.n_params)[slice(None) if rows is None else rows]
+        out = np.zeros((n, len(rows), self.out_units, t))
+        k = np.arange(len(rows))
+        weight = rows < self.n_weight
+        out[:, k[weight], rows[weight] // r, :] = U[:, rows[weight] % r, :]
+        out[:, k[~weight], rows[~weight] - self.n_weight, :] = 1.0
+        return split_tangent_axis(self.to_output(merge_tangent_axis(out), cache[1]), n)
+
     def param_vjp_tangent(self, params, cache, dparams, dy0):
         """``dW_r^T dy0`` mapped back to the input layout: the parameter part of the
         backward R-operator.  ``dy0`` is ``(N, 1, *out)``; returns ``(N, K, *in)``."""
@@ -188,6 +204,31 @@ class AffineLayer(Layer):
         returns ``(K, n_params)``."""
         return self.param_contract(cache, np.moveaxis(dy, 1, -1)).T
 
+    def param_grad_rows(self, cache, dy):
+        """:meth:`param_grad` for many directions, laid out for them: ``(K, n_params)``
+        C-contiguous, with one reordering copy of ``dy`` (to ``((n, t), (c, K))``) for a
+        convolution and none for ``Linear`` (whose ``(n, K, c)`` cotangents already have
+        ``n`` outermost: one product per unit over the samples)."""
+        U = cache[0]
+        n, r, t = U.shape
+        k = dy.shape[1]
+        dz = self.from_output(merge_tangent_axis(dy)).reshape(n, k, self.out_units, t)
+        out = np.empty((k, self.n_params))
+        w = out[:, : self.n_weight].reshape(k, self.out_units, r)
+        if t == 1:
+            # w[k, c, r] = sum_n dz[n, k, c] U[n, r]: (k c x n) @ (n x r)
+            lhs = dz[:, :, :, 0].reshape(n, k * self.out_units).T
+            w[...] = np.matmul(lhs, U[:, :, 0]).reshape(k, self.out_units, r)
+        else:
+            # one product (r x n t) @ (n t x c K) rather than c of them: faster with either
+            # one or two BLAS threads
+            Tc = dz.transpose(0, 3, 2, 1).reshape(n * t, self.out_units * k)
+            Ur = U.transpose(1, 0, 2).reshape(r, n * t)
+            w[...] = np.matmul(Ur, Tc).reshape(r, self.out_units, k).transpose(2, 1, 0)
+        if self.bias:
+            dz.sum(axis=(0, 3), out=out[:, self.n_weight :])
+        return out
+
     def param_grad_squared_features(self, cache, h):
         """``sum_{n,t} h[n,c,t] U[n,r,t]^2`` (and ``sum h`` for the bias): OBD's weight
         second derivatives from the pre-activation ones (LeCun et al. 1990, eq. 8, summed
@@ -202,6 +243,12 @@ class AffineLayer(Layer):
         Returns ``(K, n_params)`` (zero for the bias, which has no input factor)."""
         n, k, r, t = dU.shape
         dz0 = self.from_output(dy0[:, 0])  # (N, c_out, T)
+        if t == 1:
+            # one product over the samples, without reordering dU: (c x n) @ (n x k r)
+            out = np.zeros((k, self.n_params))
+            prod = np.matmul(dz0[:, :, 0].T, dU.reshape(n, k * r)).reshape(self.out_units, k, r)
+            out[:, : self.n_weight].reshape(k, self.out_units, r)[...] = prod.transpose(1, 0, 2)
+            return out
         lhs = dU.transpose(1, 2, 0, 3).reshape(k, r, n * t)
         rhs = dz0.transpose(0, 2, 1).reshape(n * t, self.out_units)
         out = np.zeros((k, self.n_params))

@@ -1,0 +1,221 @@
+"""The routes of the exact assembly (docs/derivations.md §12) against references that do
+not use them: the R-operator applied to every unit vector (``curvature_products``, which
+pushes parameter tangents through the whole network and never forms a block), the
+per-sample gradient tangents of §4 (``_T_ROUTE``, the general route), finite differences
+of the gradient, and hand-counted cost-model values.
+
+Every route is forced in turn: the Khatri-Rao product and the one-product-per-pair route
+of dense pairs, the general route, and the identity and Jacobian seeds."""
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune import derivatives as _d
+from refprune.checks import validate
+from refprune.curvature import dense_pairs, exact
+from refprune.testing.finite_differences import check_hessian
+
+ARCHS = {
+    # non-adjacent dense pairs (0, 4) and (0, 2)-(4): a Linear between, so dU is dense
+    "dense-bias": lambda: rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 3), rp.Sigmoid(), rp.Linear(3, 2)),
+    # no bias on two layers; Flatten of a vector and an activation between dense layers
+    "dense-nobias-flatten": lambda: rp.Sequential(rp.Linear(3, 4, bias=False), rp.Softplus(), rp.Flatten(),
+                                                  rp.Linear(4, 3, bias=False), rp.Tanh(), rp.Linear(3, 2)),
+    "conv-only": lambda: rp.Sequential(rp.Conv2d(1, 2, 3, padding=1), rp.Tanh(), rp.Conv2d(2, 1, 2), rp.Flatten()),
+    # pooling and Flatten between a conv and the dense layers
+    "mixed-avgpool": lambda: rp.Sequential(rp.Conv2d(1, 2, 3, padding=1), rp.Tanh(), rp.AvgPool2d(2), rp.Flatten(),
+                                           rp.Linear(8, 4), rp.Tanh(), rp.Linear(4, 3)),
+    "mixed-maxpool-stride": lambda: rp.Sequential(rp.Conv2d(1, 2, 2, stride=2, padding=1), rp.ReLU(), rp.MaxPool2d(2),
+                                                  rp.Flatten(), rp.Linear(2, 3, bias=False), rp.Softplus(),
+                                                  rp.Linear(3, 3)),
+    # convolutions with one output location are dense pairs too; the second one's features
+    # are im2col patches with padding, so dU is not the identity even with only Tanh between
+    "conv-one-location": lambda: rp.Sequential(rp.Conv2d(1, 2, 3), rp.Tanh(), rp.Conv2d(2, 2, 3, padding=1),
+                                               rp.Tanh(), rp.Flatten(), rp.Linear(2, 2)),
+}
+IN_SHAPES = {"conv-one-location": (1, 3, 3), "dense-bias": (3,), "dense-nobias-flatten": (3,), "conv-only": (1, 4, 4), "mixed-avgpool": (1, 4, 4),
+             "mixed-maxpool-stride": (1, 4, 4)}
+LOSSES = {"ce": rp.CrossEntropyLoss, "mse": rp.MSELoss, "bce": rp.BCEWithLogitsLoss}
+MATRICES = ["hessian", "ggn", "residual", "fisher", "mc_fisher", "empirical_fisher"]
+ROUTES = ["default", "khatri-rao", "pairs", "t-route", "identity-seed", "jacobian-seed"]
+
+
+def case(arch, loss="ce", n=5, seed=0):
+    model = ARCHS[arch]()
+    rng = np.random.default_rng(seed)
+    params = [2.0 * p for p in model.init(seed)]  # well inside the activations' curvature
+    X = rng.standard_normal((n,) + IN_SHAPES[arch])
+    c = model.output_shape(IN_SHAPES[arch])[0]
+    lf = LOSSES[loss]()
+    if loss == "ce":
+        y = rng.integers(0, c, n)
+    elif loss == "bce":
+        y = rng.integers(0, 2, (n, c)).astype(float)
+    else:
+        y = rng.standard_normal((n, c))
+    return model, params, X, y, lf
+
+
+MC = {"mc_fisher": dict(samples=2, seed=3)}
+
+
+def compute(name, *args, **kwargs):
+    if name in ("hessian", "ggn", "residual"):
+        return getattr(rp, name)(*args, **kwargs)
+    return rp.fisher(*args, curvature=name, **MC.get(name, {}), **kwargs)
+
+
+def reference(name, model, params, X, y, loss):
+    """``R sum_n`` of the R-operator on every unit vector of theta (docs §5): no blocks,
+    no seeds at a layer, no features products."""
+    inp = validate(model, params, X, y, loss)
+    kind, second_order = exact._KINDS[name]
+    f, caches, douts = _d.gradient_pass(inp)
+    phi = _d.loss_curvature_matvec(inp, kind, **MC.get(name, {}))
+    return inp.scale * _d.curvature_products(inp, caches, douts, f, np.eye(model.n_params), phi, second_order)
+
+
+@pytest.fixture(params=ROUTES)
+def route(request, monkeypatch):
+    if request.param == "khatri-rao":
+        monkeypatch.setattr(dense_pairs, "per_pair", lambda *a: False)
+    elif request.param == "pairs":
+        monkeypatch.setattr(dense_pairs, "per_pair", lambda *a: True)
+    elif request.param == "t-route":
+        monkeypatch.setattr(exact, "_T_ROUTE", True)
+    elif request.param == "identity-seed":
+        monkeypatch.setattr(exact, "_FORCE_SEED", "identity")
+    elif request.param == "jacobian-seed":
+        monkeypatch.setattr(exact, "_FORCE_SEED", "jacobian")
+    return request.param
+
+
+def assert_rel(A, B, rtol=1e-12):
+    scale = max(np.max(np.abs(B)), 1e-300)
+    assert np.max(np.abs(A - B)) <= rtol * scale, f"max |A - B| / max |B| = {np.max(np.abs(A - B)) / scale:.3g}"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_route_gives_the_hessian_of_the_r_operator(route, arch):
+    args = case(arch)
+    assert_rel(rp.hessian(*args), reference("hessian", *args))
+
+
+@pytest.mark.parametrize("name", MATRICES)
+@pytest.mark.parametrize("arch", ["dense-bias", "dense-nobias-flatten", "mixed-avgpool"])
+@pytest.mark.parametrize("route_name", ["khatri-rao", "pairs"])
+def test_dense_routes_give_every_matrix(monkeypatch, name, arch, route_name):
+    monkeypatch.setattr(dense_pairs, "per_pair", lambda *a: route_name == "pairs")
+    args = case(arch, "mse" if name == "residual" else "ce")
+    assert_rel(compute(name, *args), reference(name, *args))
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("name", ["hessian", "ggn", "residual"])
+def test_every_loss(route, loss, name):
+    args = case("dense-bias", loss)
+    assert_rel(compute(name, *args), reference(name, *args))
+
+
+@pytest.mark.parametrize("arch", ["dense-bias", "mixed-maxpool-stride"])
+def test_hessian_against_finite_differences_of_the_gradient(arch):
+    model, params, X, y, loss = case(arch)
+    H = rp.hessian(model, params, X, y, loss)
+    theta = rp.flatten_params(params)
+
+    def grad(t):
+        return rp.grad(model, rp.unflatten_params(model, t), X, y, loss)
+
+    check_hessian(grad, H, theta, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["dense-bias", "dense-nobias-flatten", "mixed-avgpool"])
+@pytest.mark.parametrize("name", ["hessian", "ggn", "residual"])
+def test_rows_of_some_units_are_those_rows_of_the_matrix(route, arch, name):
+    model, params, X, y, loss = case(arch, "mse" if name == "residual" else "ce")
+    H = compute(name, model, params, X, y, loss)
+    inp = validate(model, params, X, y, loss)
+    offsets = model.param_offsets()
+    for l in exact._param_layers(model):
+        layer = model[l]
+        for units in [(0, 1), (1, layer.out_units)]:
+            rows = exact.rows_task(model, params, X, y, loss, inp.scale, name, None, l, units)
+            idx = offsets[l] + layer.unit_rows(units)
+            assert_rel(rows, H[idx, offsets[l]:])
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("name", ["hessian", "ggn"])
+def test_chunked_samples_and_temporaries_agree(route, monkeypatch, arch, name):
+    args = case(arch, n=7)
+    whole = compute(name, *args)
+    # a budget this small splits every layer's samples and the dense products' columns
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", 40)
+    assert_rel(compute(name, *args), whole)
+
+
+@pytest.mark.parametrize("route_name", ["khatri-rao", "pairs"])
+def test_dense_diagonal_blocks_are_exactly_symmetric(monkeypatch, route_name):
+    monkeypatch.setattr(dense_pairs, "per_pair", lambda *a: route_name == "pairs")
+    model, params, X, y, loss = case("dense-bias")
+    H = rp.hessian(model, params, X, y, loss)
+    o = model.param_offsets()
+    for l in exact._param_layers(model):
+        block = H[o[l]:o[l + 1], o[l]:o[l + 1]]
+        if route_name == "khatri-rao":
+            assert np.array_equal(block, block.T)
+        else:  # the bias rows and columns come from two different small products
+            assert_rel(block, block.T, 1e-15)
+
+
+def test_a_memmap_is_written_in_place(tmp_path):
+    args = case("dense-bias")
+    H = rp.hessian(*args)
+    n = H.shape[0]
+    out = np.lib.format.open_memmap(tmp_path / "h.npy", mode="w+", dtype=np.float64, shape=(n, n))
+    assert rp.hessian(*args, out=out) is out
+    assert np.array_equal(np.load(tmp_path / "h.npy"), H)
+
+
+@pytest.mark.parametrize("layer, x_shape", [(rp.Conv2d(2, 3, 3, stride=2, padding=1), (4, 2, 5, 6)),
+                                            (rp.Conv2d(2, 3, 2, bias=False), (4, 2, 4, 4)),
+                                            (rp.Linear(5, 3), (4, 5))])
+def test_param_jacobian_is_param_jvp_of_the_identity(layer, x_shape):
+    rng = np.random.default_rng(0)
+    params = layer.init(rng)
+    _, cache = layer.forward(params, rng.standard_normal(x_shape))
+    for rows in (None, layer.unit_rows((1, 3))):
+        eye = np.eye(layer.n_params) if rows is None else np.eye(layer.n_params)[rows]
+        assert np.array_equal(layer.param_jacobian(cache, rows), layer.param_jvp(params, cache, layer.split_flat(eye)))
+
+
+def test_seed_costs_counted_by_hand():
+    # Linear(3, 4) - Tanh - Linear(4, 2), rows of layer 0 (n_0 = 16, n_2 = 10, one location):
+    # propagation per direction: Tanh 2 (4 + 4) + Linear 4 * 8 = 48;
+    # identity (4 directions): 4 * 48 + 2 * 16 * (16 + 10) = 1024;
+    # Jacobian (16 directions): 16 * 48 + 2 * 16 * 12 (the seed) + 2 * 16 * (16 + 10) = 1984
+    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 2))
+    shapes = exact._in_shapes(model, (3,))
+    assert exact.seed_costs(model, 0, shapes) == (1024, 1984)
+    # Conv2d(1, 2, 2) on 1x3x3 (T = 4, n_l = 10, K_id = 8) then Flatten - Linear(8, 2) (n = 18):
+    # propagation: Flatten 2 (8 + 8) + Linear 4 * 16 = 96; identity: 8 * 96 + (2 * 8 * 10 * 4 +
+    # 2 * 4 * 10 * 10) + (2 * 8 * 18 + 2 * 4 * 10 * 18) = 768 + 1440 + 1728 = 3936;
+    # Jacobian: 10 * 96 + 2 * 10 * 8 * 4 + 2 * 10 * 10 * 4 + 2 * 10 * 18 = 960 + 640 + 800 + 360 = 2760
+    model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.Flatten(), rp.Linear(8, 2))
+    shapes = exact._in_shapes(model, (1, 3, 3))
+    assert exact.seed_costs(model, 0, shapes) == (3936, 2760)
+    assert exact._jacobian_seed(model, 0, shapes) and not exact._jacobian_seed(model, 2, shapes)
+
+
+@pytest.mark.parametrize("arch", ["dense-bias", "mixed-avgpool"])
+@pytest.mark.parametrize("name", ["hessian", "ggn", "mc_fisher"])
+def test_layer_blocks_are_the_diagonal_blocks_of_the_matrix(route, arch, name):
+    model, params, X, y, loss = case(arch)
+    H = compute(name, model, params, X, y, loss)
+    blocks = exact.layer_blocks(validate(model, params, X, y, loss), name, MC.get(name, {}).get("samples", 1),
+                                MC.get(name, {}).get("seed", 0), None)
+    o = model.param_offsets()
+    assert [l for l, _ in blocks] == exact._param_layers(model)
+    for l, block in blocks:
+        assert_rel(block, H[o[l]:o[l + 1], o[l]:o[l + 1]])
