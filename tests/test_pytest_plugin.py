@@ -489,3 +489,13 @@ def test_the_readme_example_catches_the_mistake_it_describes(torch_first, run):
     readme = (ROOT / "README.md").read_text()
     shown = [line[4:] for line in readme.splitlines() if line.startswith("E   ")]
     assert shown and all(line in text for line in shown), (shown, text)
+
+
+def test_a_case_prints_on_one_line_with_its_arrays_by_shape():
+    import refprune.conformance as cf
+
+    for case in cf.zoo():
+        text = repr(case)
+        assert "\n" not in text and "array(" not in text, text
+        assert text.startswith(f"Case({case.name!r}: ") and f"n={case.model.n_params}" in text
+        assert f"X {case.X.shape}" in text and f"y {case.y.shape}" in text and repr(case.loss) in text

@@ -76,6 +76,13 @@ class Case:
     obs_index: int = 0
     obs_damping: float = 1e-3
 
+    def __repr__(self):
+        # short on purpose: pytest prints a failing item's arguments, and the arrays'
+        # values would bury the diagnosis; the arrays are named by shape only
+        layers = " ".join(repr(layer) for layer in self.model)
+        return (f"Case({self.name!r}: {layers}, n={self.model.n_params}, X {self.X.shape}, "
+                f"y {self.y.shape}, {self.loss!r})")
+
     @property
     def theta(self):
         """The flat parameter vector (docs/conventions.md §1)."""
