@@ -219,11 +219,11 @@ for label, bugs in [("correct", {}), ("no 1/N in A", dict(average_inputs=False))
 # A K-FAC of another curvature is named too: the pairs of the GGN (for cross-entropy
 # the true Fisher, ``docs/conventions.md`` §3) passed off as the empirical Fisher.
 # The diagnosis has a catalogue of such neighbouring quantities
-# (``docs/conventions.md`` §9a).  A difference outside it is only located: the
-# layer blocks written as ``np.kron(S, A)`` directly, in the order of
+# (``docs/conventions.md`` §9a), which also names a layout mistake: the layer blocks
+# written as ``np.kron(S, A)`` directly, in the order of
 # :math:`\mathrm{vec}([W \mid b])` rather than ``theta``'s (where every bias of a layer
-# comes after all its weights, ``docs/conventions.md`` §4), is reported by the parameter
-# arrays that differ, not by its cause.
+# comes after all its weights, ``docs/conventions.md`` §1 and §4).  A difference outside
+# the catalogue is only located, by the parameter arrays that differ.
 
 # %%
 

@@ -415,3 +415,19 @@ def test_register_refuses_a_second_registration_and_helpers():
     assert np.allclose(ms[-1], 0.25 * np.eye(2) + 0.75 * 4)
     assert diagnose_pairs(ref_of("kfac_factors", c := cf.make_case("linear", "ce-mean")),
                           ref_of("kfac_factors", c), c, TOL, KFAC) == []
+
+
+def test_kron_blocks_left_in_the_row_major_order_of_w_and_b():
+    # np.kron(S, A) written into theta's block as it is: the rows of [W | b] row-major,
+    # each unit's bias right after its weights (built here from the pairs alone, with
+    # no re-indexing helper of refprune)
+    for arch in (CONV, ("mlp-tanh", "ce-mean")):
+        c = cf.make_case(*arch)
+        M = np.zeros((c.n_params, c.n_params))
+        start = 0
+        for S, A in rp.kfac(*c.args()).factors():
+            K = np.kron(S, A)
+            M[start:start + len(K), start:start + len(K)] = K
+            start += len(K)
+        assert start == c.n_params
+        assert "S kron A left in the row-major order of [W | b]" in named("kfac", c, M)

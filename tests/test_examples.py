@@ -29,6 +29,7 @@ EXPECTED_OUTPUT = {
                                       r"conformance with refprune failed",
                                       r"correct: relative error \S+e-1[6-7]; agrees",
                                       r"matches refprune's K-FAC of the GGN",
+                                      r"np.kron layout: .*matches each layer's S kron A left in the row-major order",
                                       r"gradients multiplied by N as if the loss took the mean"],
     "plot_02_xor_obd_obs.py": [r"certified minimum: True", r"equal to the library's: True.*\n.*equal to the "
                                r"library's: True", r"Hassibi & Stork's L_q / refprune's s_q: \[(0\.5 *){9}\]",

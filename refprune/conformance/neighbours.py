@@ -487,6 +487,10 @@ def _kfac_neighbours(case, options):
     out.append(("S and A swapped: A kron S per layer in place of S kron A (refprune's blocks are S kron A over the "
                 "rows of [W | b], the output factor first)",
                 _assemble(op.blocks, n, lambda b: b.layout.to_flat_order(np.kron(b.A, b.S)))))
+    out.append(("each layer's S kron A left in the row-major order of [W | b] (every output unit's bias right after "
+                "its weights), not re-indexed to the flat order of theta (all of a layer's weights, then its biases; "
+                "docs/conventions.md §1 and §4): np.kron(S, A) written into the block as it is",
+                _assemble(op.blocks, n, lambda b: np.kron(b.S, b.A))))
     out.append(("the exact curvature's diagonal blocks per layer (no Kronecker factorisation)",
                 np.where(block_mask(case.model, "array" if opts["bias"] == "separate" else "layer"),
                          _exact_of(case, opts), 0.0)))
