@@ -431,3 +431,23 @@ def test_kron_blocks_left_in_the_row_major_order_of_w_and_b():
             start += len(K)
         assert start == c.n_params
         assert "S kron A left in the row-major order of [W | b]" in named("kfac", c, M)
+
+
+def test_a_factor_with_two_causes_on_the_case_names_both():
+    # mlp-tanh/mse-mean has N = C = 3: a sum over samples (factor N) and a mean over the
+    # samples only (factor C) give the same result there, so both must be named; on a
+    # case with N != C only the true one is
+    same = [c for c in cf.zoo() if c.name == "mlp-tanh/mse-mean"][0]
+    assert same.X.shape[0] == same.y.shape[1] == 3
+    ref = ref_of("grad", same)
+    words = " | ".join(diagnose(3 * ref, ref, same, TOL, quantity="grad"))
+    assert "a sum over samples where the loss takes the mean" in words
+    assert "a mean over samples only where MSELoss 'mean' divides by N C" in words
+    assert "these coincide on this case" in words
+    apart = cf.make_case("mlp-tanh", "mse-mean", n=5)
+    assert apart.X.shape[0] == 5 and apart.y.shape[1] == 3
+    ref = ref_of("grad", apart)
+    words = " | ".join(diagnose(5 * ref, ref, apart, TOL, quantity="grad"))
+    assert "a sum over samples where the loss takes the mean" in words and "coincide" not in words
+    words = " | ".join(diagnose(3 * ref, ref, apart, TOL, quantity="grad"))
+    assert "divides by N C" in words and "sum over samples" not in words

@@ -89,10 +89,18 @@ def _explanations(case):
 
 
 def _name_factor(r, case, explanations=None):
+    # every known cause with this value is named: on a case where two of them coincide
+    # (N = C, or N = 1) the case cannot tell them apart, and naming one would be a guess
+    found = []
     for value, words in (_explanations(case) if explanations is None else explanations):
-        if abs(r / value - 1) < 1e-6:
-            return f"off by a constant factor {r:.6g}: {words}"
-    return f"off by a constant factor {r:.6g}"
+        if abs(r / value - 1) < 1e-6 and words not in found:
+            found.append(words)
+    if not found:
+        return f"off by a constant factor {r:.6g}"
+    if len(found) == 1:
+        return f"off by a constant factor {r:.6g}: {found[0]}"
+    return (f"off by a constant factor {r:.6g}: " + "; or ".join(found)
+            + " (these coincide on this case; a case where they differ tells them apart)")
 
 
 def _segments(model):
