@@ -216,6 +216,7 @@ def test_quadratic_forms_and_the_shortcut_in_float64():
     assert q.tolist() == [2.0**64 + 1] and s.tolist() == [2.0**64 + 1]
     big = [[2**70]]  # a Python int beyond int64: an object array unless converted
     assert nb.quadratic_forms([[1.0]], big).dtype == np.float64
+    assert nb.quadratic_forms(big, [[1.0]]).dtype == np.float64
     assert nb.row_sum_shortcut([[1.0]], big).dtype == np.float64
 
 
@@ -350,3 +351,84 @@ def test_factor_statistics_by_hand_and_chunk_by_chunk(monkeypatch):
     chunked, _ = nb.factor_statistics(case, opts)
     for (l1, a1, g1), (l2, a2, g2) in zip(stats, chunked):
         assert l1 is l2 and np.array_equal(a1, a2) and np.array_equal(g1, g2)
+
+
+def test_neighbours_in_float64_and_none_for_an_unchanged_layout():
+    case = cf.make_case(*CE)
+    for _, a in nb.generic_neighbours(case, np.eye(case.n_params, dtype=int)):
+        assert a.dtype == np.float64
+    # Linear(3, 1): W^T has the same flat order as W, so no column-major neighbour
+    one = cf.build_case("one output", rp.Sequential(rp.Linear(3, 1)), (3,), "mse-mean")
+    assert nb.generic_neighbours(one, np.ones(one.n_params)) == []
+
+
+def test_block_mask_refuses_an_unknown_grouping():
+    # before: any per= other than "array" silently gave the per-layer mask
+    model = rp.Sequential(rp.Linear(2, 2))
+    with pytest.raises(ValueError) as e:
+        nb.block_mask(model, per="arrays")
+    assert str(e.value) == "block_mask: per must be 'layer' or 'array', got 'arrays'"
+
+
+def test_block_mask_of_three_layers():
+    case = cf.make_case("mlp-sigmoid-softplus-nobias", "ce-mean")  # Linear(3, 3), Linear(3, 3, no bias), Linear(3, 2)
+    sizes = [(0, 12, [(0, 9), (9, 12)]), (12, 21, [(12, 21)]), (21, 29, [(21, 27), (27, 29)])]
+    assert case.n_params == 29
+    layer = np.zeros((29, 29), bool)
+    array = np.zeros((29, 29), bool)
+    for a, b, arrays in sizes:
+        layer[a:b, a:b] = True
+        for c, d in arrays:
+            array[c:d, c:d] = True
+    assert np.array_equal(nb.block_mask(case.model), layer)
+    assert np.array_equal(nb.block_mask(case.model, "array"), array)
+
+
+def test_moving_average_is_float64_whatever_it_is_given():
+    # decay 0 keeps only the latest value: still converted to float64
+    assert nb.moving_average([np.array([3])], 0)[0].dtype == np.float64
+    assert nb.moving_average([np.ones(1)], 0.5, start=[2**70])[0].dtype == np.float64
+    # only the first value must be square for start='identity'; later ones broadcast against it
+    got = nb.moving_average([np.ones((2, 2)), np.ones((2, 1))], 0.5, start="identity")
+    assert got[1].tolist() == [[1.0, 0.75], [0.75, 1.0]]
+
+
+def _centred_by_hand(case, opts):
+    """docs §8's factors with the uncentred second moments replaced by np.cov, one
+    sample per row: a location of a sample for "expand", a sample for "reduce"."""
+    stats, inp = nb.factor_statistics(case, opts)
+    out = []
+    for layer, a, g in stats:
+        n, p, T = a.shape
+        k = g.shape[1]
+        if opts["approx"] == "expand":
+            ra = [a[i, :, t] for i in range(n) for t in range(T)]
+            rg = [g[i, j, :, t] for i in range(n) for j in range(k) for t in range(T)]
+        else:
+            ra = [a[i].mean(axis=1) for i in range(n)]
+            rg = [g[i, j].sum(axis=1) for i in range(n) for j in range(k)]
+        A = np.cov(np.array(ra).T) if len(ra) > 1 else np.zeros((p, p))
+        S = inp.scale * len(rg) * np.cov(np.array(rg).T) if len(rg) > 1 else np.zeros((g.shape[2],) * 2)
+        if opts["bias"] == "separate" and layer.bias:
+            out += [(S, A[:-1, :-1]), (S, A[-1:, -1:])]
+        else:
+            out.append((S, A))
+    return out
+
+
+@pytest.mark.parametrize("arch, n, opts", [
+    (CONV[0], 3, dict(curvature="ggn", approx="expand", bias="fold")),
+    (CONV[0], 3, dict(curvature="empirical_fisher", approx="reduce", bias="separate")),
+    (CONV[0], 1, dict(curvature="ggn", approx="reduce", bias="fold")),  # one sample: A's covariance is zero
+    (CONV[0], 1, dict(curvature="empirical_fisher", approx="reduce", bias="fold")),  # one column: S's as well
+    (CONV[0], 2, dict(curvature="empirical_fisher", approx="reduce", bias="fold")),  # two: both covariances
+    ("mlp-sigmoid-softplus-nobias", 3, dict(curvature="mc_fisher", approx="expand", bias="separate")),
+])
+def test_centred_factor_pairs_by_hand(arch, n, opts):
+    case = cf.make_case(arch, "ce-mean", n=n)
+    got = nb.centred_factor_pairs(case, opts)
+    want = _centred_by_hand(case, opts)
+    assert len(got) == len(want)
+    for (S, A), (S2, A2) in zip(got, want):
+        assert S.shape == S2.shape and A.shape == A2.shape
+        assert np.allclose(S, S2, **TOL) and np.allclose(A, A2, **TOL)
