@@ -76,3 +76,34 @@ def test_a_singular_layer_hessian_is_named_by_its_layer():
     with pytest.raises(rp.SingularCurvatureError, match=r"^the layer Hessian of layer 2 \(damping 0\.0\) is not "
                                                         r"positive definite: smallest eigenvalue "):
         pq.PRUNING_QUANTITIES["layer_obs_losses"][0](cf.make_case("mlp-tanh", "ce-mean"), {"damping": 0.0})
+
+
+def _degenerate_case():
+    """Linear(2, 3), Tanh, Linear(3, 2) on the four inputs +-e1, +-e2: the first layer's
+    A = mean [x, 1][x, 1]^T = diag(1/2, 1/2, 1) has the eigenvalue 1/2 twice."""
+    import dataclasses
+
+    model = rp.Sequential(rp.Linear(2, 3), rp.Tanh(), rp.Linear(3, 2))
+    base = cf.build_case("degenerate", model, (2,), "ce-mean", n=4)
+    return dataclasses.replace(base, X=np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
+
+
+def test_eigendamage_on_a_repeated_eigenvalue():
+    case = _degenerate_case()
+    got = pq.PRUNING_QUANTITIES["eigendamage_importances"][0](case, {"eigenvalues": "kfac"})
+    assert isinstance(got, pq.Grouped)
+    # entries: layer 1's 3 S-side then 3 A-side directions (A's eigenvalues 1/2, 1/2, 1), layer 2's 2 then 4
+    assert [g.tolist() for g in got.groups] == [[0], [1], [2], [3, 4], [5], [6], [7], [8], [9], [10], [11]]
+    assert got.describe() == ("compared as sums over each repeated eigenvalue's directions (2 of 12 entries merged): "
+                              "their split depends on the eigenvectors chosen")
+    # the pair's sum does not depend on the basis: 1/2 sum_i s_i |(U_S^T M)_i restricted to span(e1, e2)|^2 / 2
+    b = rp.kfac(*case.args()).blocks[0]
+    s, US, _, _ = b.eigh()
+    M = b.layout.to_matrix(case.theta[b.layout.offset : b.layout.offset + b.layout.size][:, None])[0]
+    pair = 0.5 * (s * ((US.T @ M)[:, :2] ** 2).sum(axis=1)).sum() / 2
+    assert np.isclose(np.asarray(got)[3:5].sum(), pair, rtol=1e-10)
+    with pytest.raises(pq.NotCompared) as e:
+        pq.PRUNING_QUANTITIES["eigendamage_importances"][0](case, {"eigenvalues": "ekfac"})
+    assert str(e.value) == ("not uniquely defined: a K-FAC factor has a repeated eigenvalue, and the importances of "
+                            "the directions in that eigenspace depend on the eigenvectors chosen")
+
