@@ -180,6 +180,8 @@ def weight_transpose_permutation(model):
 def block_mask(model, per="layer"):
     """``(n, n)`` boolean mask of the diagonal blocks, one per affine layer
     (``per="layer"``) or one per parameter array (``per="array"``: weight and bias apart)."""
+    if per not in ("layer", "array"):
+        raise ValueError(f"block_mask: per must be 'layer' or 'array', got {per!r}")
     n = model.n_params
     labels = np.full(n, -1)
     off = model.param_offsets()
