@@ -264,7 +264,9 @@ for label, score in [("magnitude", np.abs(w)), ("OBD", obd), ("OBS", obs)]:
 # from one inverse; the step predictions add up along it, and the actual objective is
 # evaluated after every step (``skip_emptied=True`` stops a layer from being emptied:
 # 7 of the 9 weights can go).  The sum of the predictions stays 8 to 90 times below the
-# actual increase all along the sweep.
+# actual increase all along the sweep.  Weights 0 and 1 are equal at this symmetric
+# minimum, so their saliencies tie up to rounding, and which of the two goes first
+# depends on the last bits of the Hessian; either order gives the same losses.
 
 # %%
 
