@@ -41,6 +41,7 @@ from ..checks import check_flag, check_number, validate
 from ..memory import CurvatureTooLargeError, available_memory  # noqa: F401
 from ..memory import check_fits, nbytes
 from ..nn import AffineLayer, Flatten
+from ..nn.base import Layer
 from ..nn.activations import Elementwise
 from . import dense_pairs as _dp
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
@@ -155,6 +156,11 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
             per_unit = K_id // layer_l.out_units
             eye_rows = slice(units[0] * per_unit, units[1] * per_unit)
         K = len(np.arange(n_l if jacobian_seed else K_id)[eye_rows])
+        # the Jacobian seed's tangents reach the output as J_l = df/dtheta_l; where nothing
+        # after l has second-order terms of its own, the rows are products of J_l with the
+        # output Jacobians of the later layers, without pulling the n_l tangents back (docs §12)
+        back_by_outputs = (jacobian_seed and units is None and _FORCE_SEED != "jacobian"
+                           and _output_jacobians_eligible(model, l, second_order))
         nc = _d.chunk_length(K, _rows_width(model, l, in_shapes))
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
@@ -171,6 +177,9 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
                 xdots[j] = t
                 t = model[j].jvp(inp.grouped[j], caches[j], t)
             D = loss_matvec(f, inp.y[s0:s1], t, slice(s0, s1))
+            if back_by_outputs:
+                _rows_from_output_jacobians(inp, l, caches, douts, t, D, xdots, second_order, sink, first)
+                continue
             for j in range(L - 1, l - 1, -1):
                 layer = model[j]
                 if isinstance(layer, AffineLayer) and sink.wants(l, j):
@@ -295,6 +304,54 @@ def _output_factor_eligible(model, l, second_order):
         if not isinstance(layer, Elementwise) or (second_order and not layer.zero_second_derivative):
             return False
     return True
+
+
+def _output_jacobians_eligible(model, l, second_order):
+    """After layer ``l`` come only layers without second-order terms of their own
+    (``vjp_curvature`` of the base class: affine, Flatten, pooling; activations only with
+    ``phi'' = 0`` when those terms count), the last a ``Linear``: then ``d delta_j / d theta_l
+    = (df/dz_j)^T Phi J_l`` for every later layer ``j`` (docs §12)."""
+    L = len(model)
+    if l >= L - 1 or not isinstance(model[L - 1], AffineLayer) or model[L - 1].features_copy:
+        return False
+    for j in range(l + 1, L - 1):
+        layer = model[j]
+        if isinstance(layer, Elementwise):
+            if second_order and not layer.zero_second_derivative:
+                return False
+        elif type(layer).vjp_curvature is not Layer.vjp_curvature:
+            return False
+    return True
+
+
+def _rows_from_output_jacobians(inp, l, caches, douts, J, D, xdots, second_order, sink, first):
+    """Rows of layer ``l`` from its output Jacobian ``J (N, n_l, C)`` (the Jacobian seed's
+    tangents at the output) and ``D = Phi J``: against a later affine layer ``j`` the first
+    term is ``sum_n D_n^T (df_n/dtheta_j)``, with ``df/dtheta_j`` the per-sample gradients
+    of the ``C`` outputs' cotangents pulled back to ``z_j`` (``param_grad_rows`` for the
+    last layer, whose features are shared by the outputs); the second term is the
+    ``dU_j`` term of §4 from the forward tangents; the diagonal block is ``sum_n D_n^T J_n``."""
+    model = inp.model
+    L = len(model)
+    n, K, C = J.shape
+    Dt = D.transpose(1, 0, 2).reshape(K, n * C)
+    B = np.broadcast_to(np.eye(C), (n, C, C))  # cotangents of the C outputs at z_j
+    for j in range(L - 1, l, -1):
+        layer = model[j]
+        if isinstance(layer, AffineLayer) and sink.wants(l, j):
+            if j == L - 1:
+                block = layer.param_grad_rows(caches[j], D)
+            else:
+                P = layer.per_sample_param_grad(caches[j], B)  # (n, C, n_j)
+                block = np.matmul(Dt, P.reshape(n * C, layer.n_params))
+            if second_order:
+                block += layer.param_grad_input_tangent(layer.input_tangent_features(xdots[j]), douts[j])
+            _accumulate(sink.target(l, j, 0, layer.n_params), block, inp.scale, first)
+        if j > l + 1 and any(isinstance(model[k], AffineLayer) for k in range(l + 1, j)):
+            B = layer.vjp(inp.grouped[j], caches[j], B)
+    if sink.wants(l, l):
+        Jt = J.transpose(1, 0, 2).reshape(K, n * C)
+        _accumulate(sink.target(l, l, 0, K), np.matmul(Dt, Jt.T), inp.scale, first)
 
 
 def output_factor_cost(model, l, in_shapes):
