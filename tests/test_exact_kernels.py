@@ -152,6 +152,26 @@ def test_output_factor_cost_counted_by_hand():
     assert exact.output_factor_cost(model, 0, exact._in_shapes(model, (1, 3, 3))) == 1160
 
 
+def test_back_costs_counted_by_hand():
+    # Conv2d(1, 2, 2) on 1x3x3 (n_0 = 10, T = 4), ReLU, Flatten, Linear(8, 2) (n = 18, C = 2):
+    # one direction back: ReLU 8 + 8, Flatten 8 + 8, Linear 2 * 16 = 64;
+    # pull back: 10 * 64 + 2 * 10 * 10 * 4 (layer 0) + 2 * 10 * 18 (the Linear) = 1800;
+    # output Jacobians: 2 * 64 + 2 * 100 * 2 (diagonal) + 2 * 10 * 18 = 888
+    model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.ReLU(), rp.Flatten(), rp.Linear(8, 2))
+    shapes = exact._in_shapes(model, (1, 3, 3))
+    assert exact.back_costs(model, 0, shapes) == (1800, 888)
+    # a Conv2d(2, 1, 2) between (on 2x2: T = 1, n = 9): it adds 2 * 8 to the direction (80),
+    # 2 * 10 * 9 to the pull back and 2 * 2 * 9 + 2 * 10 * 2 * 9 to the output Jacobians;
+    # Linear(1, 2): 2 * 2 back, n = 4
+    model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.ReLU(), rp.Conv2d(2, 1, 2), rp.Flatten(), rp.Linear(1, 2))
+    shapes = exact._in_shapes(model, (1, 3, 3))
+    # direction back: ReLU 8 + 8, Conv 2 * 8 * 1, Flatten 1 + 1, Linear 2 * 2 = 38
+    # pull: 10 * 38 + 800 + 2 * 10 * 9 + 2 * 10 * 4 = 1440; out: 2 * 38 + 400 + (36 + 360) + 2 * 10 * 4 = 952
+    assert exact.back_costs(model, 0, shapes) == (1440, 952)
+    assert exact._back_by_outputs(model, 0, shapes, True)
+    assert not exact._back_by_outputs(ARCHS["dense-bias"](), 0, exact._in_shapes(ARCHS["dense-bias"](), (3,)), True)
+
+
 @pytest.mark.parametrize("loss", list(LOSSES))
 @pytest.mark.parametrize("name", ["hessian", "ggn", "residual"])
 def test_every_loss(route, loss, name):

@@ -159,8 +159,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
         # the Jacobian seed's tangents reach the output as J_l = df/dtheta_l; where nothing
         # after l has second-order terms of its own, the rows are products of J_l with the
         # output Jacobians of the later layers, without pulling the n_l tangents back (docs §12)
-        back_by_outputs = (jacobian_seed and units is None and _FORCE_SEED != "jacobian"
-                           and _output_jacobians_eligible(model, l, second_order))
+        back_by_outputs = jacobian_seed and units is None and _back_by_outputs(model, l, in_shapes, second_order)
         nc = _d.chunk_length(K, _rows_width(model, l, in_shapes))
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
@@ -322,6 +321,44 @@ def _output_jacobians_eligible(model, l, second_order):
         elif type(layer).vjp_curvature is not Layer.vjp_curvature:
             return False
     return True
+
+
+def back_costs(model, l, in_shapes):
+    """Per-sample multiply-adds of the part of the Jacobian-seeded rows of layer ``l`` after
+    the forward tangents: pulling the ``n_l`` tangents back (``vjp`` and ``param_grad_rows``
+    at every affine layer from ``l`` on), or the output Jacobians of
+    :func:`_rows_from_output_jacobians` (``C`` cotangents pulled back, the per-sample
+    gradients of the later affine layers, one product per layer):
+    ``(pull back, output Jacobians)`` (docs §12)."""
+    L = len(model)
+    C = model[L - 1].out_units
+    n_l = model[l].n_params
+
+    def locations(j):
+        return math.prod(in_shapes[j + 1]) // model[j].out_units
+
+    half = 0  # one direction back through every later layer
+    for j in range(l + 1, L):
+        layer = model[j]
+        half += (2 * layer.n_weight * locations(j) if isinstance(layer, AffineLayer)
+                 else math.prod(in_shapes[j]) + math.prod(in_shapes[j + 1]))
+    pull = n_l * half + 2 * n_l * n_l * locations(l)
+    out = C * half + 2 * n_l * n_l * C
+    for j in range(l + 1, L):
+        layer = model[j]
+        if not isinstance(layer, AffineLayer):
+            continue
+        n_j, t_j = layer.n_params, locations(j)
+        pull += 2 * n_l * n_j * t_j
+        out += 2 * n_l * n_j if j == L - 1 else 2 * C * n_j * t_j + 2 * n_l * C * n_j
+    return pull, out
+
+
+def _back_by_outputs(model, l, in_shapes, second_order):
+    if _FORCE_SEED == "jacobian" or not _output_jacobians_eligible(model, l, second_order):
+        return False
+    pull, out = back_costs(model, l, in_shapes)
+    return out < pull
 
 
 def _rows_from_output_jacobians(inp, l, caches, douts, J, D, xdots, second_order, sink, first):
