@@ -5,7 +5,8 @@ per-sample gradient tangents of §4 (``_T_ROUTE``, the general route), finite di
 of the gradient, and hand-counted cost-model values.
 
 Every route is forced in turn: the Khatri-Rao product and the one-product-per-pair route
-of dense pairs, the general route, and the identity and Jacobian seeds."""
+of dense pairs, the general route, the identity and Jacobian seeds, and the rows through
+the network output of a layer followed only by ReLU/Flatten and the last Linear."""
 
 import numpy as np
 import pytest
@@ -33,12 +34,19 @@ ARCHS = {
     # are im2col patches with padding, so dU is not the identity even with only Tanh between
     "conv-one-location": lambda: rp.Sequential(rp.Conv2d(1, 2, 3), rp.Tanh(), rp.Conv2d(2, 2, 3, padding=1),
                                                rp.Tanh(), rp.Flatten(), rp.Linear(2, 2)),
+    # net (c) of the benchmark in small: the second convolution's rows go through the output
+    # (only ReLU and Flatten before the last Linear); the first's do not (a convolution between)
+    "conv-relu-linear": lambda: rp.Sequential(rp.Conv2d(1, 2, 3, padding=1), rp.ReLU(), rp.Conv2d(2, 3, 3, padding=1),
+                                              rp.ReLU(), rp.Flatten(), rp.Linear(48, 3)),
+    # ReLU after Flatten, no biases, and a stride: the mask is read in the flat order
+    "conv-flatten-relu": lambda: rp.Sequential(rp.Conv2d(1, 2, 2, stride=2, padding=1, bias=False), rp.Flatten(),
+                                               rp.ReLU(), rp.Linear(18, 3, bias=False)),
 }
 IN_SHAPES = {"conv-one-location": (1, 3, 3), "dense-bias": (3,), "dense-nobias-flatten": (3,), "conv-only": (1, 4, 4), "mixed-avgpool": (1, 4, 4),
-             "mixed-maxpool-stride": (1, 4, 4)}
+             "mixed-maxpool-stride": (1, 4, 4), "conv-relu-linear": (1, 4, 4), "conv-flatten-relu": (1, 4, 4)}
 LOSSES = {"ce": rp.CrossEntropyLoss, "mse": rp.MSELoss, "bce": rp.BCEWithLogitsLoss}
 MATRICES = ["hessian", "ggn", "residual", "fisher", "mc_fisher", "empirical_fisher"]
-ROUTES = ["default", "khatri-rao", "pairs", "t-route", "identity-seed", "jacobian-seed"]
+ROUTES = ["default", "khatri-rao", "pairs", "t-route", "identity-seed", "jacobian-seed", "output-factor"]
 
 
 def case(arch, loss="ce", n=5, seed=0):
@@ -88,6 +96,8 @@ def route(request, monkeypatch):
         monkeypatch.setattr(exact, "_FORCE_SEED", "identity")
     elif request.param == "jacobian-seed":
         monkeypatch.setattr(exact, "_FORCE_SEED", "jacobian")
+    elif request.param == "output-factor":  # wherever the layers after allow it
+        monkeypatch.setattr(exact, "_FORCE_SEED", "output")
     return request.param
 
 
@@ -109,6 +119,57 @@ def test_dense_routes_give_every_matrix(monkeypatch, name, arch, route_name):
     monkeypatch.setattr(dense_pairs, "per_pair", lambda *a: route_name == "pairs")
     args = case(arch, "mse" if name == "residual" else "ce")
     assert_rel(compute(name, *args), reference(name, *args))
+
+
+@pytest.mark.parametrize("name", MATRICES)
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("arch", ["conv-relu-linear", "conv-flatten-relu", "dense-bias"])
+@pytest.mark.parametrize("force", [None, "output", "jacobian"])
+def test_rows_through_the_output_give_every_matrix(monkeypatch, name, loss, arch, force):
+    # "dense-bias" with the GGN and the Fishers: Tanh's phi'' does not count there, so its
+    # first layer may go through the output too; with the Hessian it must not
+    monkeypatch.setattr(exact, "_FORCE_SEED", force)
+    args = case(arch, "mse" if name == "residual" and loss == "ce" else loss)
+    assert_rel(compute(name, *args), reference(name, *args))
+
+
+def test_rows_through_the_output_only_where_no_second_order_term_is_lost():
+    relu = ARCHS["conv-relu-linear"]()
+    shapes = exact._in_shapes(relu, IN_SHAPES["conv-relu-linear"])
+    assert [exact._output_factor_eligible(relu, l, True) for l in (0, 2)] == [False, True]
+    assert exact._through_output(relu, 2, shapes, True)  # the cost model picks it there
+    tanh = ARCHS["dense-bias"]()
+    assert not exact._output_factor_eligible(tanh, 2, True) and exact._output_factor_eligible(tanh, 2, False)
+    pool = ARCHS["mixed-maxpool-stride"]()
+    assert not exact._output_factor_eligible(pool, 0, False)
+
+
+def test_output_factor_cost_counted_by_hand():
+    # Conv2d(1, 2, 2) on 1x3x3 (T = 4, r = 4, n_l = 10), Flatten, Linear(8, 2) (n_m = 18, C = 2):
+    # J: 2 * (r + 1) T c_out C = 2 * 5 * 4 * 2 * 2 = 160, twice (J and the dU term) = 320;
+    # loss 2 * 10 * 4 = 80; diagonal 2 * 100 * 2 = 400; against the Linear 2 * 10 * 18 = 360
+    model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.Flatten(), rp.Linear(8, 2))
+    assert exact.output_factor_cost(model, 0, exact._in_shapes(model, (1, 3, 3))) == 1160
+
+
+def test_back_costs_counted_by_hand():
+    # Conv2d(1, 2, 2) on 1x3x3 (n_0 = 10, T = 4), ReLU, Flatten, Linear(8, 2) (n = 18, C = 2):
+    # one direction back: ReLU 8 + 8, Flatten 8 + 8, Linear 2 * 16 = 64;
+    # pull back: 10 * 64 + 2 * 10 * 10 * 4 (layer 0) + 2 * 10 * 18 (the Linear) = 1800;
+    # output Jacobians: 2 * 64 + 2 * 100 * 2 (diagonal) + 2 * 10 * 18 = 888
+    model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.ReLU(), rp.Flatten(), rp.Linear(8, 2))
+    shapes = exact._in_shapes(model, (1, 3, 3))
+    assert exact.back_costs(model, 0, shapes) == (1800, 888)
+    # a Conv2d(2, 1, 2) between (on 2x2: T = 1, n = 9): it adds 2 * 8 to the direction (80),
+    # 2 * 10 * 9 to the pull back and 2 * 2 * 9 + 2 * 10 * 2 * 9 to the output Jacobians;
+    # Linear(1, 2): 2 * 2 back, n = 4
+    model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.ReLU(), rp.Conv2d(2, 1, 2), rp.Flatten(), rp.Linear(1, 2))
+    shapes = exact._in_shapes(model, (1, 3, 3))
+    # direction back: ReLU 8 + 8, Conv 2 * 8 * 1, Flatten 1 + 1, Linear 2 * 2 = 38
+    # pull: 10 * 38 + 800 + 2 * 10 * 9 + 2 * 10 * 4 = 1440; out: 2 * 38 + 400 + (36 + 360) + 2 * 10 * 4 = 952
+    assert exact.back_costs(model, 0, shapes) == (1440, 952)
+    assert exact._back_by_outputs(model, 0, shapes, True)
+    assert not exact._back_by_outputs(ARCHS["dense-bias"](), 0, exact._in_shapes(ARCHS["dense-bias"](), (3,)), True)
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))

@@ -41,6 +41,7 @@ from ..checks import check_flag, check_number, validate
 from ..memory import CurvatureTooLargeError, available_memory  # noqa: F401
 from ..memory import check_fits, nbytes
 from ..nn import AffineLayer, Flatten
+from ..nn.base import Layer
 from ..nn.activations import Elementwise
 from . import dense_pairs as _dp
 from ..vocabulary import CURVATURES, FISHERS, check_curvature, renamed_options
@@ -132,6 +133,19 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
         # (K = n_l directions, giving the rows directly), whichever the cost model finds
         # cheaper.  Rows of some output units only: the identity directions of those
         # units, or the Jacobian directions of their parameters.
+        if units is None and _through_output(model, l, in_shapes, second_order):
+            # only activations with phi'' = 0 and Flatten before the last (dense) layer:
+            # the rows factor through the network output (docs §12)
+            nc = _d.chunk_length(layer_l.n_params, _output_factor_width(model, l, in_shapes))
+            for s0 in range(0, n_samples, nc):
+                s1 = min(n_samples, s0 + nc)
+                f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
+                _rows_through_output(inp, in_shapes, l, caches, douts, f, inp.y[s0:s1], slice(s0, s1), loss_matvec,
+                                     second_order, sink, s0 == 0)
+            if progress:
+                print(f"{name}: rows of layer {l} ({layer_l!r}) done through the output "
+                      f"[{count + 1}/{len(param_layers)}, {time.perf_counter() - t_start:.1f} s]", file=sys.stderr)
+            continue
         K_id = int(np.prod(out_l))
         jacobian_seed = _jacobian_seed(model, l, in_shapes)
         if units is None:
@@ -142,6 +156,10 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
             per_unit = K_id // layer_l.out_units
             eye_rows = slice(units[0] * per_unit, units[1] * per_unit)
         K = len(np.arange(n_l if jacobian_seed else K_id)[eye_rows])
+        # the Jacobian seed's tangents reach the output as J_l = df/dtheta_l; where nothing
+        # after l has second-order terms of its own, the rows are products of J_l with the
+        # output Jacobians of the later layers, without pulling the n_l tangents back (docs §12)
+        back_by_outputs = jacobian_seed and units is None and _back_by_outputs(model, l, in_shapes, second_order)
         nc = _d.chunk_length(K, _rows_width(model, l, in_shapes))
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
@@ -158,6 +176,9 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
                 xdots[j] = t
                 t = model[j].jvp(inp.grouped[j], caches[j], t)
             D = loss_matvec(f, inp.y[s0:s1], t, slice(s0, s1))
+            if back_by_outputs:
+                _rows_from_output_jacobians(inp, l, caches, douts, t, D, xdots, second_order, sink, first)
+                continue
             for j in range(L - 1, l - 1, -1):
                 layer = model[j]
                 if isinstance(layer, AffineLayer) and sink.wants(l, j):
@@ -265,6 +286,194 @@ def _jacobian_seed(model, l, in_shapes):
         return _FORCE_SEED == "jacobian"
     identity, jacobian = seed_costs(model, l, in_shapes)
     return jacobian < identity
+
+
+def _output_factor_eligible(model, l, second_order):
+    """Layer ``l`` is followed only by Flatten and activations (with ``phi'' = 0`` when the
+    second-order terms count) and then by a ``Linear`` that is the last layer: the map from
+    ``theta_l`` to the output is ``f = W_m (s * z_l(theta_l)) + b_m`` with a mask ``s`` that
+    does not depend on ``theta`` to second order."""
+    L = len(model)
+    if l >= L - 1 or not isinstance(model[L - 1], AffineLayer) or model[L - 1].features_copy:
+        return False
+    for j in range(l + 1, L - 1):
+        layer = model[j]
+        if isinstance(layer, Flatten):
+            continue
+        if not isinstance(layer, Elementwise) or (second_order and not layer.zero_second_derivative):
+            return False
+    return True
+
+
+def _output_jacobians_eligible(model, l, second_order):
+    """After layer ``l`` come only layers without second-order terms of their own
+    (``vjp_curvature`` of the base class: affine, Flatten, pooling; activations only with
+    ``phi'' = 0`` when those terms count), the last a ``Linear``: then ``d delta_j / d theta_l
+    = (df/dz_j)^T Phi J_l`` for every later layer ``j`` (docs §12)."""
+    L = len(model)
+    if l >= L - 1 or not isinstance(model[L - 1], AffineLayer) or model[L - 1].features_copy:
+        return False
+    for j in range(l + 1, L - 1):
+        layer = model[j]
+        if isinstance(layer, Elementwise):
+            if second_order and not layer.zero_second_derivative:
+                return False
+        elif type(layer).vjp_curvature is not Layer.vjp_curvature:
+            return False
+    return True
+
+
+def back_costs(model, l, in_shapes):
+    """Per-sample multiply-adds of the part of the Jacobian-seeded rows of layer ``l`` after
+    the forward tangents: pulling the ``n_l`` tangents back (``vjp`` and ``param_grad_rows``
+    at every affine layer from ``l`` on), or the output Jacobians of
+    :func:`_rows_from_output_jacobians` (``C`` cotangents pulled back, the per-sample
+    gradients of the later affine layers, one product per layer):
+    ``(pull back, output Jacobians)`` (docs §12)."""
+    L = len(model)
+    C = model[L - 1].out_units
+    n_l = model[l].n_params
+
+    def locations(j):
+        return math.prod(in_shapes[j + 1]) // model[j].out_units
+
+    half = 0  # one direction back through every later layer
+    for j in range(l + 1, L):
+        layer = model[j]
+        half += (2 * layer.n_weight * locations(j) if isinstance(layer, AffineLayer)
+                 else math.prod(in_shapes[j]) + math.prod(in_shapes[j + 1]))
+    pull = n_l * half + 2 * n_l * n_l * locations(l)
+    out = C * half + 2 * n_l * n_l * C
+    for j in range(l + 1, L):
+        layer = model[j]
+        if not isinstance(layer, AffineLayer):
+            continue
+        n_j, t_j = layer.n_params, locations(j)
+        pull += 2 * n_l * n_j * t_j
+        out += 2 * n_l * n_j if j == L - 1 else 2 * C * n_j * t_j + 2 * n_l * C * n_j
+    return pull, out
+
+
+def _back_by_outputs(model, l, in_shapes, second_order):
+    if _FORCE_SEED == "jacobian" or not _output_jacobians_eligible(model, l, second_order):
+        return False
+    pull, out = back_costs(model, l, in_shapes)
+    return out < pull
+
+
+def _rows_from_output_jacobians(inp, l, caches, douts, J, D, xdots, second_order, sink, first):
+    """Rows of layer ``l`` from its output Jacobian ``J (N, n_l, C)`` (the Jacobian seed's
+    tangents at the output) and ``D = Phi J``: against a later affine layer ``j`` the first
+    term is ``sum_n D_n^T (df_n/dtheta_j)``, with ``df/dtheta_j`` the per-sample gradients
+    of the ``C`` outputs' cotangents pulled back to ``z_j`` (``param_grad_rows`` for the
+    last layer, whose features are shared by the outputs); the second term is the
+    ``dU_j`` term of §4 from the forward tangents; the diagonal block is ``sum_n D_n^T J_n``."""
+    model = inp.model
+    L = len(model)
+    n, K, C = J.shape
+    Dt = D.transpose(1, 0, 2).reshape(K, n * C)
+    B = np.broadcast_to(np.eye(C), (n, C, C))  # cotangents of the C outputs at z_j
+    for j in range(L - 1, l, -1):
+        layer = model[j]
+        if isinstance(layer, AffineLayer) and sink.wants(l, j):
+            if j == L - 1:
+                block = layer.param_grad_rows(caches[j], D)
+            else:
+                P = layer.per_sample_param_grad(caches[j], B)  # (n, C, n_j)
+                block = np.matmul(Dt, P.reshape(n * C, layer.n_params))
+            if second_order:
+                block += layer.param_grad_input_tangent(layer.input_tangent_features(xdots[j]), douts[j])
+            _accumulate(sink.target(l, j, 0, layer.n_params), block, inp.scale, first)
+        if j > l + 1 and any(isinstance(model[k], AffineLayer) for k in range(l + 1, j)):
+            B = layer.vjp(inp.grouped[j], caches[j], B)
+    if sink.wants(l, l):
+        Jt = J.transpose(1, 0, 2).reshape(K, n * C)
+        _accumulate(sink.target(l, l, 0, K), np.matmul(Dt, Jt.T), inp.scale, first)
+
+
+def output_factor_cost(model, l, in_shapes):
+    """Per-sample multiply-adds of layer ``l``'s rows through the output (docs §12): the
+    Jacobian ``J_n = df_n / dtheta_l`` (``n_l x C``), the diagonal block ``J^T Phi J``, the
+    block against the last layer and the ``dU`` term of the latter."""
+    layer_l, layer_m = model[l], model[len(model) - 1]
+    n_l, c = layer_l.n_params, layer_m.out_units
+    r1 = layer_l.n_weight // layer_l.out_units + 1
+    t_l = math.prod(in_shapes[l + 1]) // layer_l.out_units
+    jac = 2 * r1 * t_l * layer_l.out_units * c
+    return 2 * jac + 2 * n_l * c * c + 2 * n_l * n_l * c + 2 * n_l * layer_m.n_params
+
+
+def _through_output(model, l, in_shapes, second_order):
+    if _FORCE_SEED in ("identity", "jacobian") or not _output_factor_eligible(model, l, second_order):
+        return False
+    if _FORCE_SEED == "output":
+        return True
+    return output_factor_cost(model, l, in_shapes) < min(seed_costs(model, l, in_shapes))
+
+
+def _output_factor_width(model, l, in_shapes):
+    """Floats per sample and row of layer ``l`` that :func:`_rows_through_output` holds:
+    ``J``, ``Phi J`` and the output's rows of one parameter (``C`` each), and the mask
+    times the last weight (``|z_l| C / n_l``, at least one)."""
+    c = model[len(model) - 1].out_units
+    return 3 * c + max(1, math.prod(in_shapes[l + 1]) * c // model[l].n_params)
+
+
+def _rows_through_output(inp, in_shapes, l, caches, douts, f, y, idx, loss_matvec, second_order, sink, first):
+    """Rows of layer ``l`` when only Flatten and activations lie between it and the last
+    layer ``m`` (``Linear``), from the per-sample output Jacobian ``J_n`` (docs §12):
+
+        H[theta_l, theta_l] = R sum_n J_n^T Phi_n J_n
+        H[theta_l, theta_m] = R sum_n J_n^T Phi_n (df_n/dtheta_m) + R sum_n delta0_n (x) s_n dz_l/dtheta_l
+
+    ``J_n[(c, q), i] = sum_t W_m[i, (c, t)] s[n, c, t] U_l[n, q, t]`` (``q`` a feature of
+    ``l``, a ones feature for its bias): the Jacobian seed's tangents of ``z_l`` are never
+    formed.  The second term (Hessian and residual only) is nonzero only where the
+    weight column of ``m`` reads unit ``c`` of ``z_l``."""
+    model = inp.model
+    m = len(model) - 1
+    layer_l, layer_m = model[l], model[m]
+    U = caches[l][0]
+    n, r, T = U.shape
+    C, Km = layer_l.out_units, layer_m.out_units
+    n_wl, n_l = layer_l.n_weight, layer_l.n_params
+    # s = d(input of m)/d z_l, diagonal: ones pushed through the layers between
+    s = np.ones((n, 1) + in_shapes[l + 1])
+    for j in range(l + 1, m):
+        s = model[j].jvp(inp.grouped[j], caches[j], s)
+    s = s.reshape(n, C, T)
+    U1 = np.concatenate([U, np.ones((n, 1, T))], axis=1) if layer_l.bias else U  # (n, r1, T)
+    r1 = U1.shape[1]
+    Wm = inp.grouped[m][0].reshape(Km, C, T)
+    # V[n, t, (c, i)] = s[n, c, t] W_m[i, c, t];  J1[n, q, (c, i)] = sum_t U1[n, q, t] V[n, t, (c, i)]
+    V = (s[:, :, None, :] * Wm.transpose(1, 0, 2)[None]).reshape(n, C * Km, T)
+    J1 = np.matmul(U1, V.transpose(0, 2, 1)).reshape(n, r1, C, Km)
+    J = np.empty((n, n_l, Km))
+    J[:, :n_wl].reshape(n, C, r, Km)[...] = J1[:, :r].transpose(0, 2, 1, 3)
+    if layer_l.bias:
+        J[:, n_wl:] = J1[:, r]
+    D = loss_matvec(f, y, J, idx)  # Phi_n J_n, (n, n_l, Km)
+    if sink.wants(l, l):
+        Dt = D.transpose(1, 0, 2).reshape(n_l, n * Km)
+        Jt = J.transpose(1, 0, 2).reshape(n_l, n * Km)
+        _accumulate(sink.target(l, l, 0, n_l), np.matmul(Dt, Jt.T), inp.scale, first)
+    if not sink.wants(l, m):
+        return
+    block = layer_m.param_grad_rows(caches[m], D)
+    if second_order:
+        # E[t, q, (c, i)] = sum_n U1[n, q, t] s[n, c, t] delta0[n, i], added at row (c, q),
+        # weight column (i, (c, t)) of m
+        d0 = layer_m.from_output(douts[m][:, 0])[:, :, 0]  # (n, Km)
+        M = (s[:, :, None, :] * d0[:, None, :, None]).reshape(n, C * Km, T)
+        E = np.matmul(U1.transpose(2, 1, 0), M.transpose(2, 0, 1)).reshape(T, r1, C, Km).transpose(2, 1, 3, 0)
+        n_wm = layer_m.n_weight
+        ci = np.arange(C)
+        bw = block[:n_wl, :n_wm].reshape(C, r, Km, C, T)
+        bw[ci, :, :, ci, :] += E[:, :r]
+        if layer_l.bias:
+            bb = block[n_wl:, :n_wm].reshape(C, Km, C, T)
+            bb[ci, :, ci, :] += E[:, r]
+    _accumulate(sink.target(l, m, 0, layer_m.n_params), block, inp.scale, first)
 
 
 def _param_layers(model):

@@ -16,6 +16,10 @@ from .base import Layer
 class Elementwise(Layer):
     """Base for activations: subclasses give ``phi``, ``phi'`` and ``phi''``."""
 
+    #: ``phi''`` is zero wherever it is defined (its ``derivatives`` return ``None`` for it),
+    #: so the activation adds no second-order term (docs/derivations.md §12)
+    zero_second_derivative = False
+
     def output_shape(self, in_shape):
         return tuple(in_shape)
 
@@ -45,6 +49,8 @@ class Elementwise(Layer):
 class ReLU(Elementwise):
     """``max(z, 0)``; ``phi'`` is taken as 0 at ``z = 0`` (PyTorch's choice), ``phi'' = 0``
     away from the kink."""
+
+    zero_second_derivative = True
 
     def derivatives(self, z):
         return np.maximum(z, 0.0), (z > 0).astype(np.float64), None  # relu'(0) = 0, as in PyTorch

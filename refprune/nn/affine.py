@@ -249,10 +249,11 @@ class AffineLayer(Layer):
             prod = np.matmul(dz0[:, :, 0].T, dU.reshape(n, k * r)).reshape(self.out_units, k, r)
             out[:, : self.n_weight].reshape(k, self.out_units, r)[...] = prod.transpose(1, 0, 2)
             return out
-        lhs = dU.transpose(1, 2, 0, 3).reshape(k, r, n * t)
-        rhs = dz0.transpose(0, 2, 1).reshape(n * t, self.out_units)
+        # one product per sample over its locations, (k r x t) @ (t x c), then the sum over
+        # the samples: dU is read in place instead of reordered to (k, r, (n, t)) first
+        per_sample = np.matmul(dU.reshape(n, k * r, t), dz0.transpose(0, 2, 1))
         out = np.zeros((k, self.n_params))
-        out[:, : self.n_weight] = np.matmul(lhs, rhs).transpose(0, 2, 1).reshape(k, -1)
+        out[:, : self.n_weight] = per_sample.sum(axis=0).reshape(k, r, self.out_units).transpose(0, 2, 1).reshape(k, -1)
         return out
 
     def per_sample_param_grad(self, cache, dy, dU=None, dy0=None, units=None):
