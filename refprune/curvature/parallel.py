@@ -119,8 +119,12 @@ class WorkerPool(cf.ProcessPoolExecutor):
         for p in procs:
             p.kill()
         self.shutdown(wait=False, cancel_futures=True)
+        # the executor's own thread reaps its processes too, and a poll that loses that
+        # race reports a killed process as alive once: ask again until none is, for 2 s
+        deadline = time.monotonic() + 2.0
         for p in procs:
-            p.join(2)
+            while p.is_alive() and time.monotonic() < deadline:
+                p.join(0.02)
 
 
 class WorkerLostError(RuntimeError):
