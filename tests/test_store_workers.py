@@ -319,3 +319,26 @@ def test_worker_pool_pins_blas_threads_and_knows_its_processes():
 def lambda_free_blas(_):
     time.sleep(0.05)  # both workers get tasks
     return _blas_threads()
+
+
+def test_a_forced_stop_keeps_the_pools_own_thread_quiet(monkeypatch):
+    """After ``stop(wait=False)`` an exception of the pool's management thread (a class of
+    ``concurrent.futures.process``) is not printed; one of any other thread still is."""
+    import threading
+    import types
+
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.thread))
+    with parallel.WorkerPool(1, threads=1) as pool:
+        pool.submit(time.sleep, 0.01).result()
+        pool.stop(wait=False)
+    manager = type("_ExecutorManagerThread", (), {"__module__": "concurrent.futures.process"})()
+    other = threading.Thread(target=None)
+    for thread in (manager, other):
+        threading.excepthook(types.SimpleNamespace(thread=thread, exc_type=RuntimeError, exc_value=None,
+                                                   exc_traceback=None))
+    assert seen == [other]
+    hook = threading.excepthook
+    with parallel.WorkerPool(1, threads=1) as pool:  # a second stop does not wrap the hook again
+        pool.stop(wait=False)
+    assert threading.excepthook is hook

@@ -24,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -116,6 +117,7 @@ class WorkerPool(cf.ProcessPoolExecutor):
             self.shutdown(wait=True, cancel_futures=True)
             return
         procs = self.processes()
+        _quiet_pool_threads()
         for p in procs:
             p.kill()
         self.shutdown(wait=False, cancel_futures=True)
@@ -125,6 +127,24 @@ class WorkerPool(cf.ProcessPoolExecutor):
         for p in procs:
             while p.is_alive() and time.monotonic() < deadline:
                 p.join(0.02)
+
+
+def _quiet_pool_threads():
+    """Keep the traceback of a process pool's own management thread off stderr from now
+    on.  Killing the workers on purpose breaks the pool, and that thread may then raise
+    while it fails the cancelled tasks; on the command line this printed about a dozen
+    lines of traceback before the one line naming ``--resume``.  Exceptions of every other
+    thread still reach the previous hook."""
+    previous = threading.excepthook
+    if getattr(previous, "refprune_quiet", False):
+        return
+
+    def hook(args):
+        if type(args.thread).__module__ != "concurrent.futures.process":
+            previous(args)
+
+    hook.refprune_quiet = True
+    threading.excepthook = hook
 
 
 class WorkerLostError(RuntimeError):
