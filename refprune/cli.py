@@ -319,7 +319,7 @@ def _estimate(timed, N, least=0.5, fraction=1 / 16, saturates=None):
     ``a, b, c >= 0`` measured on this network, on this machine, now: after a warm-up
     (imports, the workers' start), ``k = fraction N`` samples (doubled until a run takes
     ``least`` seconds, above the timer's and the machine's noise), ``2k`` and ``4k`` are
-    timed (a run shorter than ``2 least`` twice, keeping the faster: other processes
+    timed (a run on fewer than ``N`` samples shorter than ``2 least`` twice, keeping the faster: other processes
     sharing the cores slow some runs down).  If the time per sample grows from the
     first pair to the second by more than 30%, ``8k`` is timed too and the curve is
     fitted on the three largest; it is extrapolated to ``N``.  Two lines
@@ -342,10 +342,11 @@ def _estimate(timed, N, least=0.5, fraction=1 / 16, saturates=None):
 
     clock(min(N, 2))  # warm-up, not counted
     k = min(N, max(1, int(np.ceil(fraction * N))))
-    t = clock(k, True)
+    # a run on all N samples is timed once: a second would cost as much as the run itself
+    t = clock(k, k < N)
     while t < least and k < N:
         k = min(N, 2 * k)
-        t = clock(k, True)
+        t = clock(k, k < N)
     points = [(k, t)]
     while len(points) < 3 and k < N:
         k = min(N, 2 * k)

@@ -295,7 +295,11 @@ def test_the_estimate_follows_its_model_from_three_calibrations(monkeypatch):
         if cost(N / 16) >= 0.5 and N >= 64:
             assert sum(cost(k) - a for k in calls[1:]) <= 0.45 * (cost(N) - a)  # each run also pays a
     calls = []
-    assert cli._estimate(lambda k: now.__setitem__(0, now[0] + 0.5) or calls.append(k), 1) == 0.5 and calls == [1] * 3
+    # N = 1: the warm-up, then the whole run timed once (a second would cost another whole run)
+    assert cli._estimate(lambda k: now.__setitem__(0, now[0] + 0.5) or calls.append(k), 1) == 0.5 and calls == [1] * 2
+    calls = []
+    assert cli._estimate(lambda k: now.__setitem__(0, now[0] + 0.01 * k) or calls.append(k), 32) == pytest.approx(0.32)
+    assert calls == [2, 2, 2, 4, 4, 8, 8, 16, 16, 32]  # short runs below N twice, the run on all N once
     # noise that makes the curve bend down: a line through the last two points, never below them
     times = iter([9.0, 1.0, 1.9, 2.2])
     assert cli._estimate(lambda k: now.__setitem__(0, now[0] + next(times)), 640) == pytest.approx(
