@@ -280,3 +280,14 @@ def test_layer_blocks_are_the_diagonal_blocks_of_the_matrix(route, arch, name):
     assert [l for l, _ in blocks] == exact._param_layers(model)
     for l, block in blocks:
         assert_rel(block, H[o[l]:o[l + 1], o[l]:o[l + 1]])
+
+
+def test_the_route_rule_counts_and_refuses_small_pair_products():
+    # the count of docs §12 (N < 2 r_m + N r_m / (K_l K_m)) worked by hand, and the
+    # product size below which a pair's product is never chosen
+    assert dense_pairs.per_pair(128, 10, 10, 513, 513)          # 128 < 1026 + 656.64
+    assert dense_pairs.per_pair(1000, 64, 64, 513, 513)         # 1000 < 1026 + 125.24
+    assert not dense_pairs.per_pair(2000, 64, 64, 513, 513)     # 2000 > 1026 + 250.49
+    assert dense_pairs.per_pair(8, 64, 64, 65)                  # the count alone: 8 < 130 + 0.13
+    assert not dense_pairs.per_pair(8, 64, 64, 65, 65)          # but 65 x 65 < 128 x 128 results
+    assert dense_pairs.per_pair(8, 64, 64, 128, 128) and not dense_pairs.per_pair(8, 64, 64, 128, 127)

@@ -78,11 +78,20 @@ def _budget():
     return max(1, _d.CHUNK_FLOATS // 4)
 
 
-def per_pair(n, K, Km, rm1):
+#: results of one pair's product below which that product runs far from the BLAS's speed
+#: (docs §12: with 65 x 65 products, net (b)'s, the Khatri-Rao route was 15-20% faster
+#: at every N from 8 to 128, where the count below chose the products per pair)
+PAIR_PRODUCT_MIN = 128 * 128
+
+
+def per_pair(n, K, Km, rm1, rl1=None):
     """Whether one product per pair ``(c, i)`` (scaled ``U_l^T`` times ``U_m``, written
     straight into the block) beats the Khatri-Rao product: per pair it forms ``N r_l``
     values where the Khatri-Rao route writes and reorders ``r_l r_m`` results and forms
-    ``N r_l r_m / (K_l K_m)`` (docs §12)."""
+    ``N r_l r_m / (K_l K_m)`` (docs §12), provided each pair's ``r_l x r_m`` product is
+    large enough to run at the BLAS's speed (``PAIR_PRODUCT_MIN``)."""
+    if rl1 is not None and rl1 * rm1 < PAIR_PRODUCT_MIN:
+        return False
     return n < 2 * rm1 + n * rm1 / (K * Km)
 
 
@@ -92,7 +101,7 @@ def first_term(views, Ul, Um, D, symmetric, add):
     only ``c <= i`` is multiplied."""
     n, K, Km = D.shape
     rl1, rm1 = Ul.shape[1], Um.shape[1]
-    if per_pair(n, K, Km, rm1):
+    if per_pair(n, K, Km, rm1, rl1):
         _pairs(views, Ul, Um, D, symmetric, add)
         return
     budget = _budget()
