@@ -36,7 +36,11 @@ import tracemalloc
 def _pin_threads(argv):
     n = "2"
     if "--threads" in argv:
-        n = argv[argv.index("--threads") + 1]
+        i = argv.index("--threads") + 1
+        n = argv[i] if i < len(argv) else ""
+        # 0 would leave BLAS at its own default: the ratio would then be measured unpinned
+        if not (n.isascii() and n.isdigit() and int(n) > 0):
+            sys.exit(f"bench_hessian.py: --threads must be a positive integer, got {n!r}")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = n
     return int(n)

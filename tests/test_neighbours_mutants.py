@@ -12,7 +12,7 @@ import pytest
 import refprune as rp
 from refprune import conformance as cf
 from refprune.conformance import neighbours as nb
-from test_diagnosis_catalogue import _fd_jacobian
+from test_diagnosis_catalogue import _fd_jacobian, col_major
 
 TOL = dict(rtol=1e-9, atol=1e-12)
 
@@ -127,19 +127,6 @@ def test_lambda_forms_of_bce_and_mse():
     got = nb.NEIGHBOURS["ggn"](case, None)[2:3]
     assert_list(got, [("the GGN with Lambda = I for squared error, where refprune (like PyTorch's MSELoss) has 2 I",
                        curv(J, [np.eye(f.shape[1])] * len(f), R))])
-
-
-def col_major(model):
-    P = list(range(model.n_params))
-    off = model.param_offsets()
-    for j, layer in enumerate(model):
-        if type(layer).__name__ in ("Linear", "Conv2d"):
-            c = layer.out_units
-            r = layer.n_weight // c
-            for i_in in range(r):
-                for o in range(c):
-                    P[off[j] + i_in * c + o] = off[j] + o * r + i_in
-    return np.array(P)
 
 
 COLS = ("refprune's result with every weight in column-major order (W^T stored, or a Fortran-order ravel; refprune "

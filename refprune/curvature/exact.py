@@ -288,13 +288,21 @@ def _jacobian_seed(model, l, in_shapes):
     return jacobian < identity
 
 
+def _ends_in_linear(model, l):
+    """Some layer follows ``l``, and the network ends in an affine layer whose features
+    are its input itself (a ``Linear``: ``features_copy`` is false), the common ground of
+    the two routes through the output Jacobians (docs §12)."""
+    last = model[len(model) - 1]
+    return l < len(model) - 1 and isinstance(last, AffineLayer) and not last.features_copy
+
+
 def _output_factor_eligible(model, l, second_order):
     """Layer ``l`` is followed only by Flatten and activations (with ``phi'' = 0`` when the
     second-order terms count) and then by a ``Linear`` that is the last layer: the map from
     ``theta_l`` to the output is ``f = W_m (s * z_l(theta_l)) + b_m`` with a mask ``s`` that
     does not depend on ``theta`` to second order."""
     L = len(model)
-    if l >= L - 1 or not isinstance(model[L - 1], AffineLayer) or model[L - 1].features_copy:
+    if not _ends_in_linear(model, l):
         return False
     for j in range(l + 1, L - 1):
         layer = model[j]
@@ -311,7 +319,7 @@ def _output_jacobians_eligible(model, l, second_order):
     ``phi'' = 0`` when those terms count), the last a ``Linear``: then ``d delta_j / d theta_l
     = (df/dz_j)^T Phi J_l`` for every later layer ``j`` (docs §12)."""
     L = len(model)
-    if l >= L - 1 or not isinstance(model[L - 1], AffineLayer) or model[L - 1].features_copy:
+    if not _ends_in_linear(model, l):
         return False
     for j in range(l + 1, L - 1):
         layer = model[j]
