@@ -6,9 +6,7 @@ shard, and the restart after it; memmap and Zarr (skipped without zarr)."""
 
 import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
-import multiprocessing as mp
 import os
-import pickle
 import signal
 
 import numpy as np

@@ -577,7 +577,8 @@ def hessian(model, params, X, y, loss, out=None, max_bytes=None, progress=False,
         about this many rows each (default: one block per layer).
     shards : int
         Split the samples into this many contiguous shards, assembled separately and
-        summed in order.
+        summed in order (by the workers, in the store, when they write it:
+        ``docs/derivations.md`` §11.1).
     out : also a Zarr array (or any store with ``attrs``); written block by block, and
         it records the blocks done, rows and mirror, so a call with the same ``out``
         after an interruption computes only the missing or overwritten ones (as does a
@@ -808,7 +809,9 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
     if writer is None:
         _par.run(ex, jobs, consume, progress, name, on_lost)
     else:  # chained: each block's shards add themselves to the store in order
-        _par.run(ex, jobs, consume, progress, name, on_lost, True, _par.chain_window(executor))
+        # (one shard: every task is a whole block and all are submitted at once, as before)
+        window = None if len(data) == 1 else _par.chain_window(executor)
+        _par.run(ex, jobs, consume, progress, name, on_lost, True, window)
     record.finish()
     return out
 
