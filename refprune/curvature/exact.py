@@ -760,11 +760,10 @@ def row_blocks(model, block_rows=None):
 def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, shards):
     """The matrix from independent tasks: blocks of rows times shards of samples.
 
-    Who writes a block is decided here by ``writer`` and stated in ``docs/derivations.md``
-    §11.1: the tasks themselves when there is an executor and a store that other
-    processes can open, whatever the number of shards (the shards of a block run one
-    after the other, each adding its rows to the store in shard order, and return only
-    digests); the driver otherwise, summing the shards' rows in shard order."""
+    Who writes a block is the rule "Who writes" of ``docs/derivations.md`` §11.1, applied
+    here once: with a ``writer`` the tasks write, each block's shards chained in shard
+    order (``parallel.run(..., chained=True)``) and returning digests; without one they
+    return their rows and ``consume`` writes them."""
     model, n = inp.model, inp.model.n_params
     ex = _par.resolve_executor(executor, name)
     ranges = _par.shard_ranges(inp.n_samples, shards, name)
