@@ -6,7 +6,8 @@ The problem: an MLP 64-h-h-10 (tanh), softmax cross-entropy, ``--samples`` Gauss
 computed by ``--workers`` processes (:class:`refprune.curvature.parallel.WorkerPool`,
 ``cores // workers`` BLAS threads each) in blocks of about ``--block-rows`` rows, each
 worker writing its rows and their mirror into an uncompressed Zarr array of square
-``--chunk`` chunks at ``--out`` (deleted at the end unless ``--keep``).
+``--chunk`` chunks at ``--out`` (deleted at the end unless ``--keep``); with ``--shards``
+the samples are split into shards whose rows each block's workers add up in the store.
 
 Measured: wall time (the run, then the check), bytes between the driver and the workers
 (pickled task arguments and results, counted by the driver), bytes the workers read and
@@ -31,7 +32,7 @@ import time
 import numpy as np
 
 import refprune as rp
-from refprune.curvature import exact, parallel
+from refprune.curvature import exact, parallel, store
 
 
 def width_for(n):
@@ -62,21 +63,28 @@ def proc_numbers(pid):
 
 
 _REAL_ROWS_TASK = exact.rows_task
+_REAL_WRITE = store.BlockWriter.write
 _SPLIT = {"compute_s": 0.0, "write_s": 0.0, "blocks": 0}
 
 
 def timed_rows_task(*args):
     """``exact.rows_task`` with the worker's seconds split between the assembly (today's
-    kernel) and writing, reading back and hashing the block (kept in the worker)."""
-    *head, writer, geometry = args
+    kernel) and writing, reading back and hashing the block (kept in the worker; a task
+    that returns its rows to the driver has no write)."""
     t0 = time.perf_counter()
-    block = _REAL_ROWS_TASK(*head)
-    t1 = time.perf_counter()
-    digests = writer.write(*geometry, block)
-    _SPLIT["compute_s"] += t1 - t0
-    _SPLIT["write_s"] += time.perf_counter() - t1
+    w0 = _SPLIT["write_s"]
+    result = _REAL_ROWS_TASK(*args)
+    _SPLIT["compute_s"] += time.perf_counter() - t0 - (_SPLIT["write_s"] - w0)
     _SPLIT["blocks"] += 1
-    return digests
+    return result
+
+
+def timed_write(self, *args, **kwargs):
+    t0 = time.perf_counter()
+    try:
+        return _REAL_WRITE(self, *args, **kwargs)
+    finally:
+        _SPLIT["write_s"] += time.perf_counter() - t0
 
 
 def _split(_):
@@ -120,16 +128,16 @@ class CountingPool(parallel.WorkerPool):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=50_000, help="parameters wanted (default 50,000)")
-    ap.add_argument("--out", required=True, help="the Zarr store to write (a directory; must not exist)")
+    ap.add_argument("--out", required=True, help="the Zarr store to write (a directory; must not exist), or a "
+                                                 "file ending in .npy for a numpy.memmap")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--shards", type=int, default=1, help="shards of samples (each block's shards add up in the store)")
     ap.add_argument("--block-rows", type=int, default=None, help="default: about n / 25, at most 2,000")
     ap.add_argument("--chunk", type=int, default=128, help="side of the square chunks (default 128, the fastest of 64, 128 and 256 measured at n = 14,950)")
     ap.add_argument("--keep", action="store_true", help="keep the store (default: delete it at the end)")
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args(argv)
-    import zarr
-
     if os.path.exists(args.out):
         ap.error(f"{args.out} exists; give a new path")
     h = width_for(args.n)
@@ -145,12 +153,18 @@ def main(argv=None):
           f"chunks {args.chunk} x {args.chunk}, {need / 2**30:.2f} GiB", file=sys.stderr)
     # uncompressed: a curvature matrix has no zero chunks and its mantissas do not compress
     # (measured below on one chunk), and both cores are busy computing
-    z = zarr.create_array(store=args.out, shape=(n, n), chunks=(args.chunk, args.chunk), dtype="f8",
-                          compressors=None)
+    if args.out.endswith(".npy"):  # a numpy.memmap of a file instead of a Zarr store
+        z = np.lib.format.open_memmap(args.out, mode="w+", dtype=np.float64, shape=(n, n))
+    else:
+        import zarr
+
+        z = zarr.create_array(store=args.out, shape=(n, n), chunks=(args.chunk, args.chunk), dtype="f8",
+                              compressors=None)
     offsets = model.param_offsets()
     rows_bytes = [sum(b - a for a, b in rows) * (n - int(offsets[l])) * 8 for l, _, rows in blocks]
     driver0 = proc_numbers(os.getpid())
     exact.rows_task = timed_rows_task  # looked up by the driver when it submits the tasks
+    store.BlockWriter.write = timed_write
     pool = CountingPool(args.workers)  # forked (Linux default): the workers see the patched rows_task
     sampler_stop = threading.Event()
 
@@ -160,7 +174,8 @@ def main(argv=None):
 
     threading.Thread(target=sampler, daemon=True).start()
     t0 = time.perf_counter()
-    rp.hessian(model, params, X, y, loss, out=z, executor=pool, block_rows=block_rows, progress=True)
+    rp.hessian(model, params, X, y, loss, out=z, executor=pool, block_rows=block_rows, shards=args.shards,
+               progress=True)
     wall = time.perf_counter() - t0
     sampler_stop.set()
     pool.sample()
@@ -196,9 +211,10 @@ def main(argv=None):
 
     sample = np.asarray(z[: args.chunk, n - args.chunk :]).tobytes()
     ratio = len(sample) / len(zlib.compress(sample, 1))
-    disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out) for f in fs)
+    disk = os.path.getsize(args.out) if os.path.isfile(args.out) else \
+        sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.out) for f in fs)
     res = dict(
-        n=n, width=h, samples=args.samples, workers=args.workers, threads_per_worker=pool.threads,
+        n=n, width=h, samples=args.samples, shards=args.shards, workers=args.workers, threads_per_worker=pool.threads,
         block_rows=block_rows, blocks=len(blocks), chunk=args.chunk, wall_s=round(wall, 1),
         hvp_check_rel=float(f"{worst:.2e}"), check_s=round(check, 1), load_matrix_verify_s=round(verify, 1),
         worker_compute_s=[round(v["compute_s"], 1) for v in split.values()],
@@ -221,7 +237,12 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)
     if not args.keep:
-        shutil.rmtree(args.out)
+        if os.path.isfile(args.out):
+            del z
+            os.remove(args.out)
+            os.remove(args.out + ".refprune.json")
+        else:
+            shutil.rmtree(args.out)
         lock = os.path.normpath(args.out) + ".refprune.lock"
         if os.path.exists(lock):
             os.remove(lock)

@@ -1505,7 +1505,7 @@ STORE_WORKER_CASES = [
     ("store workers memmap view", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_memmap("view")), ValueError, "hessian: out is a view of a numpy.memmap of"),
     ("store workers memmap copy-on-write", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_memmap("c")), ValueError, "hessian: out is a copy-on-write numpy.memmap (mode 'c')"),
     ("store workers memmap whole", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_memmap("whole")), None, ""),
-    ("store workers memmap view, shards (driver writes)", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_memmap("view"), shards=2), None, ""),
+    ("store workers memmap view, shards (workers write them too)", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_memmap("view"), shards=2), ValueError, "hessian: out is a view of a numpy.memmap of"),
     ("store workers Zarr read-only", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_zarr(mode="r")), ValueError, "hessian: out is a read-only Array (opened with mode 'r'); open it with mode 'r+' or 'a'"),
     ("store workers Zarr chunks 7x5", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_zarr()), None, ""),
     ("store workers Zarr in memory (driver writes)", lambda m, p, X, y, l: _sw_run(m, p, X, y, l, _sw_zarr(memory=True)), None, ""),

@@ -23,10 +23,12 @@ class FakeClient:
         self.scattered = []
         self.pool = cf.ThreadPoolExecutor(2)
 
-    def get_executor(self):
+    def get_executor(self, **kwargs):
+        assert kwargs == {"pure": False}  # tasks that write the store must run each time
         return self.pool
 
-    def scatter(self, a, broadcast=False):
+    def scatter(self, a, broadcast=False, hash=True):
+        assert hash is False  # a key of its own for each call
         self.scattered.append((a.shape, broadcast))
         return a
 

@@ -272,10 +272,14 @@ def test_the_driver_receives_digests_instead_of_rows(tmp_path):
         H = rp.hessian(m, p, X, y, l, executor=digests, block_rows=4, out=out)
         assert len(digests.sizes) == len(blocks) and max(digests.sizes) < 200
         assert np.abs(np.asarray(H[:]) - rp.hessian(m, p, X, y, l)).max() <= RTOL * np.abs(H[:]).max()
-    # several shards are summed in shard order by the driver, which then writes
+    # several shards add up in the store, in shard order: each returns a digest or two
+    # (tests/test_store_shards.py); summed by the driver only when it must write
     shards = PicklingExecutor()
     rp.hessian(m, p, X, y, l, executor=shards, block_rows=4, shards=2, out=memmap(tmp_path, n, "s.npy"))
-    assert min(shards.sizes) > 1000
+    assert len(shards.sizes) == 2 * len(blocks) and max(shards.sizes) < 200
+    shards = PicklingExecutor()
+    rp.hessian(m, p, X, y, l, executor=shards, block_rows=4, shards=2)
+    assert len(shards.sizes) == 2 * len(blocks) and min(shards.sizes) > 1000
 
 
 def test_a_store_the_driver_does_not_see_is_caught_at_the_first_block(tmp_path, monkeypatch):

@@ -577,7 +577,8 @@ def hessian(model, params, X, y, loss, out=None, max_bytes=None, progress=False,
         about this many rows each (default: one block per layer).
     shards : int
         Split the samples into this many contiguous shards, assembled separately and
-        summed in order.
+        summed in order (by the workers, in the store, when they write it:
+        ``docs/derivations.md`` §11.1).
     out : also a Zarr array (or any store with ``attrs``); written block by block, and
         it records the blocks done, rows and mirror, so a call with the same ``out``
         after an interruption computes only the missing or overwritten ones (as does a
@@ -716,22 +717,26 @@ class _RowsSink:
         return self.rows
 
 
-def rows_task(model, params, X, y, loss, scale, name, targets, layer, units, writer=None, geometry=None):
+def rows_task(model, params, X, y, loss, scale, name, targets, layer, units, writer=None, geometry=None, final=True,
+              after=None):
     """One task of the block decomposition, a plain function that any worker can run:
     the rows of ``layer`` (of output units ``units``, or all) of matrix ``name`` against
     the columns from that layer on, over the samples ``(X, y)`` with the whole batch's
     loss scale ``scale`` and, for ``"mc_fisher"``, the shard's slice of the targets.
 
     With a ``writer`` (:class:`refprune.curvature.store.BlockWriter`) and the block's
-    ``geometry`` ``(o, end, rows)`` the task writes the rows and their mirror into the
-    store itself and returns only their two digests (``docs/derivations.md`` §11.1)."""
+    ``geometry`` ``(o, end, rows)`` the task writes into the store itself
+    (``docs/derivations.md`` §11.1): it adds its rows to those the earlier shards left
+    there, checked against their digest ``after`` (``None``: the first shard, which
+    assigns), and returns the digest of the rows, or for the ``final`` shard the two
+    digests of the rows and their mirror."""
     inp = validate(model, params, X, y, loss)._replace(scale=scale)
     kind, second_order = _KINDS[name]
     matvec = _d.loss_curvature_matvec(inp, kind, targets=targets)
     block = _assemble(inp, matvec, second_order, _RowsSink(model, layer, units), False, name, rows_of=(layer, units))
     if writer is None:
         return block
-    return writer.write(*geometry, block)
+    return writer.write(*geometry, block, final=final, after=after)
 
 
 def row_blocks(model, block_rows=None):
@@ -755,18 +760,17 @@ def row_blocks(model, block_rows=None):
 def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, shards):
     """The matrix from independent tasks: blocks of rows times shards of samples.
 
-    Who writes a block (``docs/derivations.md`` §11.1): with an executor, one shard and a
-    store that other processes can open (a ``numpy.memmap`` of a file, a Zarr array on a
-    local directory), each task writes its own rows and mirror and returns two digests;
-    otherwise (no executor, several shards to sum in order, an array in the driver's
-    memory) the task returns its rows and the driver writes them."""
+    Who writes a block is the rule "Who writes" of ``docs/derivations.md`` §11.1, applied
+    here once: with a ``writer`` the tasks write, each block's shards chained in shard
+    order (``parallel.run(..., chained=True)``) and returning digests; without one they
+    return their rows and ``consume`` writes them."""
     model, n = inp.model, inp.model.n_params
     ex = _par.resolve_executor(executor, name)
     ranges = _par.shard_ranges(inp.n_samples, shards, name)
     targets = _mc_targets(inp, name, mc)
     out = _store.check_store(out, n, name) if _store.is_array_store(out) else _output_array(n, out, name, max_bytes)
     writer = None
-    if ex is not None and len(ranges) == 1 and _store.workers_can_write(out):
+    if ex is not None and _store.workers_can_write(out):
         writer = _store.BlockWriter(out, name)
     params = [p for group in inp.grouped for p in group]
     layout = _layout(model, block_rows)
@@ -779,9 +783,9 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
         key = _block_key(l, units)
         if record.is_done(key):  # its rows and its mirror still hold the recorded bytes
             continue
-        extra = () if writer is None else (writer, layout[key])
-        parts = [(rows_task, (model, params, Xs, ys, inp.loss, inp.scale, name, ts, l, units) + extra)
-                 for Xs, ys, ts in data]
+        parts = [(rows_task, (model, params, Xs, ys, inp.loss, inp.scale, name, ts, l, units)
+                  + (() if writer is None else (writer, layout[key], k == len(data) - 1)))
+                 for k, (Xs, ys, ts) in enumerate(data)]
         jobs.append((key, parts))
     record.begin()
     first = [True]
@@ -801,7 +805,12 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
     else:
         on_lost = (f"nothing was kept (out= is not a Zarr array or a numpy.memmap of a file, which record the "
                    f"finished blocks): call {name} again with a new executor")
-    _par.run(ex, jobs, consume, progress, name, on_lost)
+    if writer is None:
+        _par.run(ex, jobs, consume, progress, name, on_lost)
+    else:  # chained: each block's shards add themselves to the store in order
+        # (one shard: every task is a whole block and all are submitted at once, as before)
+        window = None if len(data) == 1 else _par.chain_window(executor)
+        _par.run(ex, jobs, consume, progress, name, on_lost, True, window)
     record.finish()
     return out
 

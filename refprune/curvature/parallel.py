@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from ..checks import check_count
-from .store import is_array_store
+from .store import StaleBlockError, is_array_store
 
 
 #: environment variables that set the thread count of the BLAS and OpenMP libraries NumPy may load
@@ -157,7 +157,10 @@ def resolve_executor(executor, where):
     if executor is None or isinstance(executor, cf.Executor):
         return executor
     if type(executor).__module__.startswith("distributed") and hasattr(executor, "get_executor"):
-        return executor.get_executor()
+        # impure: a task that writes the store must run each time it is submitted (a
+        # pure task's key is a hash of its arguments, so a block's chain started again
+        # after a StaleBlockError could get its first run's result back without running)
+        return executor.get_executor(pure=False)
     raise TypeError(f"{where}: executor must be None, a concurrent.futures.Executor or a dask.distributed.Client, "
                     f"got {type(executor).__name__}")
 
@@ -176,7 +179,10 @@ def sharer(executor):
     each worker, so that losing one loses no data); otherwise it is the array itself,
     passed with each task."""
     if type(executor).__module__.startswith("distributed") and hasattr(executor, "scatter"):
-        return lambda a: None if a is None else executor.scatter(a, broadcast=True)
+        # hash=False: a key of its own for each call; with keys from the contents, a second
+        # call with the same data could scatter a key that the first call's release then
+        # deletes (the cluster reported "computation on lost data" and cancelled the tasks)
+        return lambda a: None if a is None else executor.scatter(a, broadcast=True, hash=False)
     return lambda a: a
 
 
@@ -196,11 +202,46 @@ def _sum_in_order(parts):
     return total
 
 
-def run(executor, jobs, consume, progress, name, on_lost=None):
+#: times a block's chain of shards is started again after a :class:`StaleBlockError`
+#: before the run gives up (a lost worker's task run twice needs one)
+CHAIN_RESTARTS = 3
+
+
+def _chain_here(parts):
+    result = None
+    for i, (fn, args) in enumerate(parts):
+        result = fn(*args) if i == 0 else fn(*args, result)
+    return result
+
+
+def chain_window(executor):
+    """How many blocks a chained run keeps in flight: the executor's workers plus one, so
+    that a worker that finishes finds a task waiting, while the blocks still finish about
+    in order (a run interrupted leaves at most this many blocks half accumulated, to be
+    computed again).  The workers are a dask ``Client``'s threads, or a
+    ``concurrent.futures`` pool's ``max_workers``; ``None`` (no limit) for an executor
+    that tells neither."""
+    if type(executor).__module__.startswith("distributed") and hasattr(executor, "nthreads"):
+        workers = sum(executor.nthreads().values())
+    else:
+        # the pools of concurrent.futures keep max_workers only in this attribute
+        workers = getattr(executor, "_max_workers", None)
+    return None if not isinstance(workers, int) or workers < 1 else workers + 1
+
+
+def run(executor, jobs, consume, progress, name, on_lost=None, chained=False, window=None):
     """Run ``jobs`` (``[(key, [(fn, args), ...]), ...]``: the parts of each block, one per
     shard) and call ``consume(key, block)`` once every part of a block is back, with
     ``block`` the sum of the parts in their listed order whatever order they finished in,
     so the result does not depend on scheduling.
+
+    ``chained``: the parts of a block add themselves to the store in their listed order
+    (``docs/derivations.md`` §11.1).  Part ``i + 1`` is submitted only once part ``i`` is
+    back, and is called as ``fn(*args, result of part i)``; ``consume`` receives the last
+    part's result.  A part raising :class:`StaleBlockError` (it found the store not as its
+    predecessor left it) starts its block's chain again from the first part, at most
+    :data:`CHAIN_RESTARTS` times.  At most ``window`` blocks (``None``: all) are in
+    flight; the next block's chain starts when one ends (:func:`chain_window`).
 
     A lost worker process raises :class:`WorkerLostError` naming ``name`` (the caller's
     function) with the advice ``on_lost`` (default: call ``name`` again with a new
@@ -220,28 +261,55 @@ def run(executor, jobs, consume, progress, name, on_lost=None):
 
     if executor is None:
         for key, parts in jobs:
-            consume(key, _sum_in_order([fn(*args) for fn, args in parts]))
+            consume(key, _chain_here(parts) if chained else _sum_in_order([fn(*args) for fn, args in parts]))
             done += 1
             report(key)
         return
-    pending, results = {}, {}
-    for key, parts in jobs:
-        results[key] = [None] * len(parts)
-        for i, (fn, args) in enumerate(parts):
-            pending[executor.submit(fn, *args)] = (key, i)
+    pending, results, parts_of, restarts = {}, {}, dict(jobs), {}
+
+    def submit(key, i, previous=None):
+        fn, args = parts_of[key][i]
+        fut = executor.submit(fn, *args) if i == 0 or not chained else executor.submit(fn, *args, previous)
+        pending[fut] = (key, i)
+
+    waiting = list(jobs)[::-1]  # blocks not started, the next one last
+
+    def start_blocks():
+        while waiting and not (chained and window is not None and len(pending) >= window):
+            key, parts = waiting.pop()
+            results[key] = [None] * len(parts)
+            for i in range(1 if chained else len(parts)):
+                submit(key, i)
+
     try:
-        for fut in cf.as_completed(list(pending)):
-            key, i = pending.pop(fut)
-            results[key][i] = fut.result()
-            if all(r is not None for r in results[key]):
-                consume(key, _sum_in_order(results.pop(key)))
-                done += 1
-                report(key)
+        start_blocks()
+        while pending:
+            finished, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+            for fut in [f for f in pending if f in finished]:  # in the order submitted: no set's order
+                key, i = pending.pop(fut)
+                try:
+                    result = fut.result()
+                except StaleBlockError:
+                    restarts[key] = restarts.get(key, 0) + 1
+                    if restarts[key] > CHAIN_RESTARTS:
+                        raise
+                    submit(key, 0)
+                    continue
+                if chained and i + 1 < len(parts_of[key]):
+                    submit(key, i + 1, result)
+                    continue
+                results[key][i] = result
+                if chained or all(r is not None for r in results[key]):
+                    parts = results.pop(key)
+                    consume(key, parts[-1] if chained else _sum_in_order(parts))
+                    done += 1
+                    report(key)
+                    start_blocks()
     except BrokenProcessPool:
         for fut in pending:
             fut.cancel()
         raise WorkerLostError(f"{name}: a worker process died after {done} of {total} blocks; {on_lost}") from None
-    except KeyboardInterrupt:
-        for fut in pending:  # queued tasks would otherwise still run after the interrupt
+    except BaseException:
+        for fut in pending:  # queued tasks would otherwise still run after the interrupt or error
             fut.cancel()
         raise

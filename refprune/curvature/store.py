@@ -38,6 +38,14 @@ class IncompleteResultError(ValueError):
     complete, or a record that is missing or damaged."""
 
 
+class StaleBlockError(RuntimeError):
+    """A worker was to add its shard to a block whose rows in the store are not the sum
+    of the earlier shards that the driver saw completed (``docs/derivations.md`` §11.1):
+    a task run a second time after a lost worker, a write torn by a worker's death, or a
+    store changed meanwhile.  Nothing was written; the driver computes the block again
+    from its first shard."""
+
+
 def is_array_store(out):
     """A chunked array store (a Zarr array, or anything with ``shape``, ``dtype``,
     ``attrs`` and item assignment) rather than a NumPy array."""
@@ -550,7 +558,8 @@ class BlockWriter:
     """What a worker needs to write its own blocks into the store ``out`` and check them:
     the file of a ``numpy.memmap`` (reopened by name, mode ``r+``) or the Zarr array on a
     local directory with the lock file of its chunks.  Pickled to the workers; the
-    driver then receives only each block's two digests."""
+    driver then receives only each block's two digests (and, with several shards, one
+    digest for each shard before the last)."""
 
     def __init__(self, out, where):
         self.n, self.where = int(out.shape[0]), where
@@ -577,10 +586,36 @@ class BlockWriter:
             return self.array
         return np.memmap(self.file, dtype=np.float64, mode="r+", offset=self.offset, shape=(self.n, self.n))
 
-    def write(self, o, end, rows, block):
+    def write(self, o, end, rows, block, final=True, after=None):
         """Write ``block`` (rows and mirror), read both back and return their digests, or
-        raise if the store did not keep what was written."""
+        raise if the store did not keep what was written.
+
+        Several shards of samples (``docs/derivations.md`` §11.1): ``after`` (``None``: the
+        first shard, which assigns) is the digest of the rows that the earlier shards left
+        in the store; they are read, checked against it (else :class:`StaleBlockError`,
+        writing nothing) and ``block`` is added to them, in the driver's order
+        ``earlier + this``.  A shard that is not ``final`` writes only the rows, flushes
+        them and returns their digest (a string) for the next shard to check; the
+        ``final`` one writes the rows and the mirror and returns both digests as above."""
         out = self.open()
+        if after is not None:
+            held = read_rows(out, o, rows, self.lock)
+            if digest(held) != after:
+                raise StaleBlockError(f"{self.where}: rows {', '.join(f'{a}:{b}' for a, b in rows)} (columns from "
+                                      f"{o}) of {self.label} do not hold the sum of the earlier shards that this "
+                                      "shard adds to (a task run twice after a lost worker, a torn write, or the "
+                                      "store changed meanwhile)")
+            # the same operands in the same order as the driver's sum in shard order
+            # (``parallel._sum_in_order``), into ``block``'s memory so that ``held`` can go
+            np.add(held, block, out=block)
+            del held
+        if not final:
+            # only the rows: the mirror is written once, by the last shard (``end = n``
+            # writes no mirror, as for the last layer)
+            write_block(out, o, self.n, rows, block, self.lock)
+            if self.file is not None:
+                out.flush()  # a worker on another machine reads the file, not this page cache
+            return digest(block)
         write_block(out, o, end, rows, block, self.lock)
         if self.file is not None:
             out.flush()  # on disk before the driver records the block
@@ -588,9 +623,13 @@ class BlockWriter:
         want = digest(block), digest(None if end >= self.n else block[:, end - o :])
         if got != want:
             raise ValueError(f"{self.where}: the store did not keep the bytes written to rows "
-                             f"{', '.join(f'{a}:{b}' for a, b in rows)} (columns from {o}) in "
-                             f"{self.file or self.lock.path[: -len('.refprune.lock')]}")
+                             f"{', '.join(f'{a}:{b}' for a, b in rows)} (columns from {o}) in {self.label}")
         return got
+
+    @property
+    def label(self):
+        """The store as messages name it: the file, or the Zarr array's directory."""
+        return self.file or self.lock.path[: -len(".refprune.lock")]
 
 
 def chunk_unit(out):
