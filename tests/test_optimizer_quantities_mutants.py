@@ -183,6 +183,16 @@ def test_the_other_batching_of_k_steps():
         _expect(CASE, name, o, [(d, dict(o, **v)) for d, v in starts])
         o = dict(k=1)  # one step: both batchings are the whole batch
         _expect(CASE, name, o, [(d, dict(o, **v)) for d, v in starts])
+        o = dict(k=2, batches="repeat")  # two steps: parts of 2 and 1 samples
+        _expect(CASE, name, o, [(d, dict(o, **v)) for d, v in starts]
+                + [("batches='split' instead of 'repeat'", dict(o, batches="split"))])
+        # from another start, 'first' keeps the decay given: k steps start from no state, and the
+        # first step's estimate is the batch's own whatever the decay
+        o = dict(ema_start="zero", ema_decay=0.8)
+        _expect(CASE, name, o, [(_start("first", "zero"), dict(o, ema_start="first")),
+                                (_start("zero_debiased", "zero"), dict(o, ema_start="zero_debiased")),
+                                (_start("identity", "zero"), dict(o, ema_start="identity")),
+                                ("batches='repeat' instead of 'split'", dict(o, batches="repeat"))])
 
 
 def test_other_damping_forms():
@@ -222,6 +232,15 @@ def test_option_refusals_word_for_word():
             f"{where}: unknown options [3, 'aa', 'zz']; it takes {sorted(DOCUMENTED['kfac_step'])}")
     refused("kfac_step", dict(ema_start="ones"), ValueError,
             f"{where}: ema_start must be one of ('first', 'zero', 'zero_debiased', 'identity'), got 'ones'")
+    # damping_form is a row of KFAC's table, which refuses it (EKFAC does not take it at all)
+    refused("kfac_step", dict(damping_form="x"), ValueError,
+            f"{where}: damping_form must be one of ('exact', 'factored', 'pi'), got 'x'")
+    refused("natural_gradient_direction", dict(curvature="ggm"), ValueError,
+            "optimizer quantity natural_gradient_direction: curvature must be one of ('hessian', 'ggn', 'fisher', "
+            "'mc_fisher', 'empirical_fisher'), got 'ggm'")
+    refused("kfac_step", dict(curvature="hessian"), ValueError,
+            f"{where}: curvature='hessian' has no Kronecker factorisation here (its residual term is not a sum of "
+            "outer products); choose one of ('ggn', 'fisher', 'mc_fisher', 'empirical_fisher')")
     w = "optimizer quantity ekfac_steps"
     refused("ekfac_steps", dict(k=2.0), TypeError, f"{w}: k must be a positive int, got 2.0")
     refused("ekfac_steps", dict(k=0), ValueError, f"{w}: k must be a positive int, got 0")

@@ -143,8 +143,6 @@ def optimizer_options(name, given=None):
         check_curvature(o["curvature"], CURVATURES, where)
     else:
         check_kfac_options(o["curvature"], o["approx"], o["bias"], where)
-    if "damping_form" in o and o["damping_form"] not in DAMPING_FORMS:
-        raise ValueError(f"{where}: damping_form must be one of {DAMPING_FORMS}, got {o['damping_form']!r}")
     if o["ema_start"] not in EMA_STARTS:
         raise ValueError(f"{where}: ema_start must be one of {EMA_STARTS}, got {o['ema_start']!r}")
     if "k" in o:
