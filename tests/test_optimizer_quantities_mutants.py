@@ -290,3 +290,73 @@ def test_option_conversions():
     assert oq.optimizer_options("kfac_direction", dict(ema_start="zero", ema_decay=0.5))["ema_decay"] == 0.5
     assert oq.optimizer_options("kfac_direction", dict(ema_decay=0.95))["ema_decay"] == 0.95
     assert oq.optimizer_options("kfac_steps", dict(ema_decay=0.5))["ema_decay"] == 0.5  # k steps: no state
+
+
+def test_state_refusals_word_for_word():
+    """The state arrays are checked against the case: ``buf (n,)``, ``matrix (n, n)``,
+    ``factors`` one ``(S, A)`` per block of ``rp.kfac(..., bias=bias)``, every array real
+    and finite."""
+    shapes = [(S.shape, A.shape) for S, A in rp.kfac(*CASE.args()).factors()]
+    assert shapes == [((4, 4), (4, 4)), ((3, 3), (5, 5))] and CASE.n_params == 31  # Linear(3, 4), Linear(4, 3)
+    good = [(np.eye(4), np.eye(4)), (np.eye(3), np.eye(5))]
+
+    def refused(name, given, exc, message):
+        with pytest.raises(exc) as e:
+            oq.run(CASE, name, given)
+        assert str(e.value) == message
+
+    w = "optimizer quantity kfac_step"
+    lst = "factors must be a list of 2 (S, A) pairs (one per K-FAC block, bias='fold'), got"
+    refused("kfac_step", dict(factors="ab", updates=1), ValueError, f"{w}: {lst} str")
+    refused("kfac_step", dict(factors=good[:1], updates=1), ValueError, f"{w}: {lst} list of length 1")
+    refused("kfac_step", dict(factors=tuple(good) + (good[0],), updates=1), ValueError, f"{w}: {lst} tuple of length 3")
+    refused("kfac_step", dict(factors=[good[0] + (np.eye(4),), good[1]], updates=1), ValueError,
+            f"{w}: factors[0] must be a pair (S, A), got tuple")
+    refused("kfac_step", dict(factors=[good[0], "ab"], updates=1), ValueError,
+            f"{w}: factors[1] must be a pair (S, A), got str")
+    refused("kfac_step", dict(factors=[good[0], (np.eye(3),)], updates=1), ValueError,
+            f"{w}: factors[1] must be a pair (S, A), got tuple")
+    refused("kfac_step", dict(factors=[(np.eye(2), np.eye(4)), good[1]], updates=1), ValueError,
+            f"{w}: factors[0] S must have shape (4, 4), got (2, 2)")
+    refused("kfac_step", dict(factors=[good[0], (np.eye(3), np.eye(4))], updates=1), ValueError,
+            f"{w}: factors[1] A must have shape (5, 5), got (4, 4)")
+    refused("kfac_step", dict(factors=[(np.eye(4), np.eye(4) * 1j), good[1]], updates=1), TypeError,
+            f"{w}: factors[0] A must be a real array of shape (4, 4), got ndarray of dtype complex128")
+    refused("kfac_step", dict(factors=[good[0], (np.full((3, 3), np.nan), np.eye(5))], updates=1), ValueError,
+            f"{w}: factors[1] S contains NaN or inf")
+    refused("kfac_step", dict(buf=np.zeros(3)), ValueError, f"{w}: buf must have shape (31,), got (3,)")
+    refused("kfac_step", dict(buf=object()), TypeError,
+            f"{w}: buf must be a real array of shape (31,), got object of dtype object")
+    refused("kfac_step", dict(buf=np.full(31, np.inf)), ValueError, f"{w}: buf contains NaN or inf")
+    refused("natural_gradient_step", dict(matrix=np.zeros((3, 3)), updates=1), ValueError,
+            "optimizer quantity natural_gradient_step: matrix must have shape (31, 31), got (3, 3)")
+    refused("ekfac_direction", dict(factors=good[:1], updates=1, bias="separate"), ValueError,
+            "optimizer quantity ekfac_direction: factors must be a list of 4 (S, A) pairs (one per K-FAC block, "
+            "bias='separate'), got list of length 1")
+    # accepted: lists and integer arrays, read as float64 (the same step as from float arrays)
+    ints = [(np.eye(4, dtype=int), np.eye(4, dtype=int).tolist()), (np.eye(3, dtype=int), np.eye(5, dtype=int))]
+    assert np.array_equal(oq.run(CASE, "kfac_step", dict(factors=ints, updates=1, buf=[0] * 31)),
+                          oq.run(CASE, "kfac_step", dict(factors=good, updates=1, buf=np.zeros(31))))
+
+
+def test_state_read_as_float64():
+    """An object NumPy cannot read is refused by its type; float32 state arrays are read as
+    float64 (exactly), so the step is the one from the same values in float64."""
+    with pytest.raises(TypeError) as e:
+        oq.run(CASE, "kfac_step", dict(buf=[[1.0, 2.0], [3.0]]))
+    assert str(e.value) == ("optimizer quantity kfac_step: buf must be a real array of shape (31,), got list of "
+                            "dtype object")
+    rng = np.random.default_rng(4)
+    buf = rng.standard_normal(31).astype(np.float32)
+    factors = [(S + np.eye(len(S)), A + np.eye(len(A))) for S, A in rp.kfac(*CASE.args()).factors()]
+    f32 = [(S.astype(np.float32), A.astype(np.float32)) for S, A in factors]
+    f64 = [(S.astype(np.float32).astype(np.float64), A.astype(np.float32).astype(np.float64)) for S, A in factors]
+    o = dict(momentum=0.3, ema_start="zero", ema_decay=0.7, updates=2)
+    assert np.array_equal(oq.run(CASE, "kfac_step", dict(o, buf=buf, factors=f32)),
+                          oq.run(CASE, "kfac_step", dict(o, buf=buf.astype(np.float64), factors=f64)))
+    M = rng.standard_normal((31, 31))
+    M = (M @ M.T / 31).astype(np.float32)
+    o = dict(momentum=0.3, ema_decay=0.7, updates=2)
+    assert np.array_equal(oq.run(CASE, "natural_gradient_step", dict(o, buf=buf, matrix=M)),
+                          oq.run(CASE, "natural_gradient_step", dict(o, buf=buf.astype(np.float64),
+                                                                     matrix=M.astype(np.float64))))
