@@ -360,3 +360,45 @@ def test_state_read_as_float64():
     assert np.array_equal(oq.run(CASE, "natural_gradient_step", dict(o, buf=buf, matrix=M)),
                           oq.run(CASE, "natural_gradient_step", dict(o, buf=buf.astype(np.float64),
                                                                      matrix=M.astype(np.float64))))
+
+
+def test_moving_average_bugs_on_scalars():
+    """The planted average bugs of NEIGHBOUR_BUGS on X_(u-1) = 1, X_u = 3: "ema_constant"
+    takes eps_u = decay from the second update on (0.9 * 1 + 0.1 * 3 = 1.2 where
+    min(0.9, 1 - 1/2) = 0.5 gives 2); with decay 0, eps_u = 0 under 'first' whatever the
+    update, the estimate is the batch's own, and neither bug applies (NEIGHBOUR_BUGS says
+    so), so both leave it at 3."""
+    one, three = [np.array([[1.0]])], [np.array([[3.0]])]
+    for bugs, want in ((frozenset(), 2.0), (frozenset({"ema_constant"}), 1.2)):
+        assert oq._fold(one, three, 2, 0.9, "first", bugs)[1][0][0, 0] == pytest.approx(want, rel=1e-15)
+    for bug in ("ema_constant", "ema_swapped"):
+        assert not oq.NEIGHBOUR_BUGS[bug][1]("kfac", "step", dict(ema_start="first", ema_decay=0.0))
+        for u in (2, 3):
+            assert oq._fold(one, three, u, 0.0, "first", frozenset({bug}))[1][0][0, 0] == 3.0
+
+
+def test_swapped_average_against_the_dense_computation():
+    """The "ema_swapped" neighbour from a state that does not commute with the batch's
+    statistics (random factors; a matrix far from singular), under damping forms whose
+    inverse exists for any factor, against test_optimizer_quantities' dense computation
+    (np.kron blocks, averages in closed form).  The neighbour tests there start from
+    states that are functions of the batch's own factors, where EKFAC's basis cannot tell
+    the weights apart, and their K-FAC 'pi' and natural-gradient variants refuse."""
+    from test_optimizer_quantities import close, dense_run
+
+    rng = np.random.default_rng(11)
+
+    def spd(n):
+        B = rng.standard_normal((n, n))
+        return B @ B.T / n + np.eye(n)
+
+    factors = [(spd(len(S)), spd(len(A))) for S, A in rp.kfac(*CASE.args()).factors()]
+    M = 10 * spd(CASE.n_params)
+    for name, o in (("kfac_step", dict(factors=factors, updates=2, damping_form="exact", damping=0.1)),
+                    ("kfac_direction", dict(factors=factors, updates=1, ema_start="zero", ema_decay=0.6,
+                                            damping_form="factored", damping=0.1)),
+                    ("ekfac_step", dict(factors=factors, updates=2, damping=0.1)),
+                    ("natural_gradient_step", dict(matrix=M, updates=2, ema_decay=0.3, damping=0.1))):
+        got = oq.run(CASE, name, o, bugs=["ema_swapped"])
+        assert close(got, dense_run(CASE, name, o, bugs=["ema_swapped"])), name
+        assert not close(got, oq.run(CASE, name, o), 1e-6), name  # the bug shows
