@@ -252,7 +252,7 @@ def _fold(raw, batch, u, decay, start, bugs):
 
 def _batches(case, o, k):
     n = len(case.X)
-    if k == 1 or o.get("batches", "repeat") == "repeat":
+    if k == 1 or o["batches"] == "repeat":  # only k steps have batches (and k > 1)
         return [np.arange(n)] * k
     if k > n:
         raise ValueError(f"optimizer quantities: k={k} steps with batches='split' need at least k samples; case "
