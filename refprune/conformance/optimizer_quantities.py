@@ -297,19 +297,18 @@ class _Kron:
         op = kfac(model, params, X, y, loss, curvature=curvature, approx=approx, bias=o["bias"], **kw)
         layouts = [b.layout for b in op.blocks]
         batch = [m for b in op.blocks for m in (b.S, b.A)]
-        if "state_ignored" in self.bugs:
-            self.raw, self.updates = None, 0
+        if "state_ignored" in self.bugs:  # one call: a direction or a step (the state is never read again)
             avg = batch
         else:
             self.raw, avg = _fold(self.raw, batch, self.updates + u, o["ema_decay"], self.start, self.bugs)
         averaged = [(avg[2 * i], avg[2 * i + 1], lay) for i, lay in enumerate(layouts)]
-        interval = o.get("refresh_interval", 1)
+        # the intervals are read from the second step on, which only k steps (which have them) take
         if self.family == "kfac":
-            if self.blocks is None or self._due(u, interval):
+            if self.blocks is None or self._due(u, o["refresh_interval"]):
                 self.blocks = [KroneckerBlock(S.copy(), A.copy(), lay) for S, A, lay in averaged]
             return self._kfac_direction(g)
-        refresh = self.basis is None or self._due(u, interval)
-        rescale = refresh or (u - 1) % o.get("scale_interval", 1) == 0
+        refresh = self.basis is None or self._due(u, o["refresh_interval"])
+        rescale = refresh or (u - 1) % o["scale_interval"] == 0
         if refresh:
             self.basis = [KroneckerBlock(S.copy(), A.copy(), lay) for S, A, lay in averaged]
             if "basis_transposed" in self.bugs:
@@ -386,8 +385,7 @@ class _Natural:
             F = block_diagonal(model, params, X, y, loss, curvature=curvature, **kw).to_dense()
         else:
             F = exact_matrix(model, params, X, y, loss, curvature=curvature, **kw)
-        if "state_ignored" in bugs:
-            self.raw, self.updates = None, 0
+        if "state_ignored" in bugs:  # one call: a direction or a step (the state is never read again)
             avg = F
         else:
             self.raw, est = _fold(self.raw, [F], self.updates + u, o["ema_decay"], o["ema_start"], bugs)
