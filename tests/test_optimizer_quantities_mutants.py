@@ -404,15 +404,19 @@ def test_swapped_average_against_the_dense_computation():
         assert not close(got, oq.run(CASE, name, o), 1e-6), name  # the bug shows
 
 
-def test_ekfac_rescaled_every_third_step():
+@pytest.mark.parametrize("scale_decay", [0.3, 0.8])
+def test_ekfac_rescaled_every_third_step(scale_decay):
     """EKFAC re-estimates kappa at steps 1, 1 + scale_interval, ... (docs/optimizers.md §6):
     with scale_interval=3 and no refresh of the basis after the first step, at steps 1 and 4
-    of 5, against the dense computation (an interval of 2 cannot tell u - 1 from u + 1)."""
+    of 5, against the dense computation (an interval of 2 cannot tell u - 1 from u + 1).  The
+    second estimate is averaged with eps = min(scale_decay, 1 - 1/2): 0.3 and 0.5 tell the
+    decay from the default 0.95, 0.8 the update count from another."""
     from test_optimizer_quantities import close, dense_run
 
-    o = dict(k=5, batches="repeat", refresh_interval=5, scale_interval=3, scale_decay=0.5, ema_decay=0.8,
+    o = dict(k=5, batches="repeat", refresh_interval=5, scale_interval=3, scale_decay=scale_decay, ema_decay=0.8,
              damping=0.1, lr=0.3)
     case = cf.make_case("mlp-sigmoid-softplus-nobias", "mse-sum")  # an EKFAC that is unique (check_unique)
     got = oq.run(case, "ekfac_steps", o)
     assert close(got, dense_run(case, "ekfac_steps", o))
     assert not close(got, oq.run(case, "ekfac_steps", dict(o, scale_interval=2)), 1e-6)
+    assert not close(got, oq.run(case, "ekfac_steps", dict(o, scale_decay=0.0)), 1e-6)  # the decay shows

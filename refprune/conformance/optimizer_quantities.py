@@ -317,7 +317,7 @@ class _Kron:
                     b._eig = (s, US.T.copy(), a, UA.T.copy())
             self.scale_raw, self.scale_updates = None, 0
         if rescale:
-            scales = self._scales(model, params, X, y, loss, curvature, approx, kw, g)
+            scales = self._scales(model, params, X, y, loss, curvature, kw, g)
             self.scale_updates += 1
             self.scale_raw, est = _fold(self.scale_raw, scales, self.scale_updates, o.get("scale_decay", 0.95),
                                         "first", frozenset())
@@ -329,7 +329,7 @@ class _Kron:
             d[sl] = b.inverse_matmat(g[sl, None], lam)[:, 0]
         return d
 
-    def _scales(self, model, params, X, y, loss, curvature, approx, kw, g):
+    def _scales(self, model, params, X, y, loss, curvature, kw, g):
         if "kfac_eigenvalues" in self.bugs:  # no re-estimation: K-FAC's sigma_i alpha_j
             return [b.eigenvalues() for b in self.basis]
         if "scales_from_batch_gradient" in self.bugs:  # (U_S^T G U_A)^2 of the mini-batch gradient G
