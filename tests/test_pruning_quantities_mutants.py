@@ -107,3 +107,90 @@ def test_eigendamage_on_a_repeated_eigenvalue():
     assert str(e.value) == ("not uniquely defined: a K-FAC factor has a repeated eigenvalue, and the importances of "
                             "the directions in that eigenspace depend on the eigenvectors chosen")
 
+
+
+def _spectrum_block(s, a, rng):
+    """A K-FAC block of layer 1 of the degenerate case with factors of eigenvalues ``s``, ``a``."""
+    lay = rp.kfac(*_degenerate_case().args()).blocks[0].layout
+    Q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    P, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    return rp.curvature.kronecker.KroneckerBlock(Q @ np.diag(s) @ Q.T, P @ np.diag(a) @ P.T, lay)
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e-4])
+def test_repeated_eigenvalues_are_found_relative_to_the_largest(scale):
+    """Two eigenvalues closer than 1e-6 of the factor's largest are one eigenvalue, at any
+    scale: (1, 1 + 1e-7, 3) x scale is a pair and a single one; (1, 1 + 1e-4, 3) x scale
+    three single ones (1e-4 / 3 > 1e-6)."""
+    rng = np.random.default_rng(5)
+    a = np.array([1.0, 2.0, 3.0]) * scale
+    pair = _spectrum_block(np.array([1.0, 1.0 + 1e-7, 3.0]) * scale, a, rng)
+    apart = _spectrum_block(np.array([1.0, 1.0 + 1e-4, 3.0]) * scale, a, rng)
+    assert [g.tolist() for g in pq._direction_groups([pair])] == [[0, 1], [2], [3], [4], [5]]
+    assert [g.tolist() for g in pq._direction_groups([apart])] == [[0], [1], [2], [3], [4], [5]]
+    # the rotated copy turns the pair's eigenvectors within their plane and leaves every other one
+    s, US, a_, UA = pair.eigh()
+    s2, US2, a2, UA2 = pq._rotated([pair], np.random.default_rng(0))[0].eigh()
+    assert np.array_equal(s2, s) and np.array_equal(a2, a_) and np.array_equal(UA2, UA)
+    assert np.array_equal(US2[:, 2], US[:, 2])
+    assert np.abs(US2[:, :2] - US[:, :2]).max() > 1e-3  # turned
+    assert np.allclose(US2[:, :2] @ US2[:, :2].T, US[:, :2] @ US[:, :2].T, atol=1e-12)  # in the same plane
+    _, US, _, UA = apart.eigh()
+    _, US2, _, UA2 = pq._rotated([apart], np.random.default_rng(0))[0].eigh()
+    assert np.array_equal(US2, US) and np.array_equal(UA2, UA)
+
+
+@pytest.mark.parametrize("c", [1e-12, 1e12])
+def test_eigendamage_verdict_does_not_depend_on_the_importances_scale(monkeypatch, c):
+    """The tolerances that decide between an array, a Grouped reference and a refusal are
+    relative to the largest importance: every importance multiplied by ``c`` (the same
+    eigenvectors, the same comparison) gives the same verdict and ``c`` times the values."""
+    case = _degenerate_case()
+    f = pq.PRUNING_QUANTITIES["eigendamage_importances"][0]
+    want = f(case, {"eigenvalues": "kfac"})
+    assert isinstance(want, pq.Grouped)
+    plain = pq._importances
+    monkeypatch.setattr(pq, "_importances", lambda *a: c * plain(*a))
+    got = f(case, {"eigenvalues": "kfac"})
+    assert isinstance(got, pq.Grouped)
+    assert [g.tolist() for g in got.groups] == [g.tolist() for g in want.groups]
+    assert np.array_equal(np.asarray(got), c * np.asarray(want))
+    with pytest.raises(pq.NotCompared):
+        f(case, {"eigenvalues": "ekfac"})
+
+
+def test_ekfac_importances_refused_when_the_eigenvalue_estimate_depends_on_the_basis():
+    """Inputs (+-1, +-1): layer 1's A = mean [x, 1][x, 1]^T is the identity, one eigenvalue
+    three times.  In eigh's basis (e1, e2, e3) the curvature's diagonal entries of a row
+    are equal (x_1^2 = x_2^2 = 1 for every sample), so EKFAC's eigenvalues there are
+    equal too, but the off-diagonal entries (sum of x_1 x_2 ...) are not zero: in another
+    basis of the same eigenspace the re-estimated eigenvalues, and the importances' sums,
+    differ (computed here from the dense GGN), so the reference must refuse."""
+    import dataclasses
+
+    model = rp.Sequential(rp.Linear(2, 3), rp.Tanh(), rp.Linear(3, 2))
+    base = cf.build_case("isotropic", model, (2,), "ce-mean", n=4)
+    case = dataclasses.replace(base, X=np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]]))
+    b = rp.kfac(*case.args()).blocks[0]
+    assert np.allclose(b.A, np.eye(3), rtol=0, atol=1e-15)
+    lay = b.layout
+    F = rp.ggn(*case.args())[lay.offset : lay.offset + lay.size, lay.offset : lay.offset + lay.size]
+    M = lay.to_matrix(case.theta[lay.offset : lay.offset + lay.size][:, None])[0]
+    _, US, _, _ = b.eigh()
+
+    def row_sums(V):
+        """Wang et al. 2019, eq. 9 summed per S-side direction, kappa re-estimated in (US, V)."""
+        out = []
+        for i in range(3):
+            tot = 0.0
+            for j in range(3):
+                v = lay.from_matrix(np.outer(US[:, i], V[:, j])[None])[:, 0]
+                tot += (US[:, i] @ M @ V[:, j]) ** 2 * (v @ F @ v) / 2
+            out.append(tot)
+        return np.array(out)
+
+    R, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((3, 3)))
+    assert np.abs(row_sums(R) - row_sums(np.eye(3))).max() > 1e-6 * np.abs(row_sums(np.eye(3))).max()
+    with pytest.raises(pq.NotCompared) as e:
+        pq.PRUNING_QUANTITIES["eigendamage_importances"][0](case, {"eigenvalues": "ekfac"})
+    assert str(e.value) == pq.EIGENDAMAGE_NOT_UNIQUE

@@ -143,8 +143,6 @@ def optimizer_options(name, given=None):
         check_curvature(o["curvature"], CURVATURES, where)
     else:
         check_kfac_options(o["curvature"], o["approx"], o["bias"], where)
-    if "damping_form" in o and o["damping_form"] not in DAMPING_FORMS:
-        raise ValueError(f"{where}: damping_form must be one of {DAMPING_FORMS}, got {o['damping_form']!r}")
     if o["ema_start"] not in EMA_STARTS:
         raise ValueError(f"{where}: ema_start must be one of {EMA_STARTS}, got {o['ema_start']!r}")
     if "k" in o:
@@ -254,7 +252,7 @@ def _fold(raw, batch, u, decay, start, bugs):
 
 def _batches(case, o, k):
     n = len(case.X)
-    if k == 1 or o.get("batches", "repeat") == "repeat":
+    if k == 1 or o["batches"] == "repeat":  # only k steps have batches (and k > 1)
         return [np.arange(n)] * k
     if k > n:
         raise ValueError(f"optimizer quantities: k={k} steps with batches='split' need at least k samples; case "
@@ -299,19 +297,18 @@ class _Kron:
         op = kfac(model, params, X, y, loss, curvature=curvature, approx=approx, bias=o["bias"], **kw)
         layouts = [b.layout for b in op.blocks]
         batch = [m for b in op.blocks for m in (b.S, b.A)]
-        if "state_ignored" in self.bugs:
-            self.raw, self.updates = None, 0
+        if "state_ignored" in self.bugs:  # one call: a direction or a step (the state is never read again)
             avg = batch
         else:
             self.raw, avg = _fold(self.raw, batch, self.updates + u, o["ema_decay"], self.start, self.bugs)
         averaged = [(avg[2 * i], avg[2 * i + 1], lay) for i, lay in enumerate(layouts)]
-        interval = o.get("refresh_interval", 1)
+        # the intervals are read from the second step on, which only k steps (which have them) take
         if self.family == "kfac":
-            if self.blocks is None or self._due(u, interval):
+            if self.blocks is None or self._due(u, o["refresh_interval"]):
                 self.blocks = [KroneckerBlock(S.copy(), A.copy(), lay) for S, A, lay in averaged]
             return self._kfac_direction(g)
-        refresh = self.basis is None or self._due(u, interval)
-        rescale = refresh or (u - 1) % o.get("scale_interval", 1) == 0
+        refresh = self.basis is None or self._due(u, o["refresh_interval"])
+        rescale = refresh or (u - 1) % o["scale_interval"] == 0
         if refresh:
             self.basis = [KroneckerBlock(S.copy(), A.copy(), lay) for S, A, lay in averaged]
             if "basis_transposed" in self.bugs:
@@ -320,7 +317,7 @@ class _Kron:
                     b._eig = (s, US.T.copy(), a, UA.T.copy())
             self.scale_raw, self.scale_updates = None, 0
         if rescale:
-            scales = self._scales(model, params, X, y, loss, curvature, approx, kw, g)
+            scales = self._scales(model, params, X, y, loss, curvature, kw, g)
             self.scale_updates += 1
             self.scale_raw, est = _fold(self.scale_raw, scales, self.scale_updates, o.get("scale_decay", 0.95),
                                         "first", frozenset())
@@ -332,7 +329,7 @@ class _Kron:
             d[sl] = b.inverse_matmat(g[sl, None], lam)[:, 0]
         return d
 
-    def _scales(self, model, params, X, y, loss, curvature, approx, kw, g):
+    def _scales(self, model, params, X, y, loss, curvature, kw, g):
         if "kfac_eigenvalues" in self.bugs:  # no re-estimation: K-FAC's sigma_i alpha_j
             return [b.eigenvalues() for b in self.basis]
         if "scales_from_batch_gradient" in self.bugs:  # (U_S^T G U_A)^2 of the mini-batch gradient G
@@ -388,8 +385,7 @@ class _Natural:
             F = block_diagonal(model, params, X, y, loss, curvature=curvature, **kw).to_dense()
         else:
             F = exact_matrix(model, params, X, y, loss, curvature=curvature, **kw)
-        if "state_ignored" in bugs:
-            self.raw, self.updates = None, 0
+        if "state_ignored" in bugs:  # one call: a direction or a step (the state is never read again)
             avg = F
         else:
             self.raw, est = _fold(self.raw, [F], self.updates + u, o["ema_decay"], o["ema_start"], bugs)
