@@ -40,7 +40,7 @@ from ..checks import check_flag, check_number, validate
 # both names stay importable from here
 from ..memory import CurvatureTooLargeError, available_memory  # noqa: F401
 from ..memory import check_fits, nbytes
-from ..nn import AffineLayer, Flatten
+from ..nn import AffineLayer, Conv2d, Flatten
 from ..nn.base import Layer
 from ..nn.activations import Elementwise
 from . import dense_pairs as _dp
@@ -160,24 +160,32 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
         # after l has second-order terms of its own, the rows are products of J_l with the
         # output Jacobians of the later layers, without pulling the n_l tangents back (docs §12)
         back_by_outputs = jacobian_seed and units is None and _back_by_outputs(model, l, in_shapes, second_order)
+        # the seed's tangents live in one channel each up to the next convolution: there
+        # they are pushed through from that channel alone (docs §12)
+        by_channel = _channel_conv(model, l) if back_by_outputs else None
         nc = _d.chunk_length(K, _rows_width(model, l, in_shapes))
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
             first = s0 == 0
             f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
-            if jacobian_seed:
-                seed = layer_l.param_jacobian(caches[l], eye_rows)
+            xdots = [None] * L
+            input_terms = {}
+            start = l + 1
+            if by_channel is not None:
+                t, input_terms = _seed_by_channel(inp, l, by_channel, caches, douts, in_shapes, second_order)
+                start = by_channel + 1
+            elif jacobian_seed:
+                t = layer_l.param_jacobian(caches[l], eye_rows)
             else:
                 eye = np.eye(K_id)[eye_rows].reshape((1, K) + out_l)
-                seed = np.broadcast_to(eye, (s1 - s0, K) + out_l)
-            xdots = [None] * L
-            t = seed
-            for j in range(l + 1, L):
+                t = np.broadcast_to(eye, (s1 - s0, K) + out_l)
+            for j in range(start, L):
                 xdots[j] = t
                 t = model[j].jvp(inp.grouped[j], caches[j], t)
             D = loss_matvec(f, inp.y[s0:s1], t, slice(s0, s1))
             if back_by_outputs:
-                _rows_from_output_jacobians(inp, l, caches, douts, t, D, xdots, second_order, sink, first)
+                _rows_from_output_jacobians(inp, l, caches, douts, t, D, xdots, second_order, sink, first,
+                                            input_terms)
                 continue
             for j in range(L - 1, l - 1, -1):
                 layer = model[j]
@@ -219,10 +227,56 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
     return sink.finish()
 
 
-#: private switches for tests: force the seed ("identity" or "jacobian") of every layer, and
-#: route dense pairs through the per-sample gradient tangents (the general reference route)
+#: private switches for tests: force the seed ("identity" or "jacobian") of every layer,
+#: route dense pairs through the per-sample gradient tangents (the general reference route),
+#: and push the Jacobian seed's tangents through every channel of the next convolution
 _FORCE_SEED = None
 _T_ROUTE = False
+_ALL_CHANNELS = False
+
+
+def _channel_conv(model, l):
+    """The next affine layer after the convolution ``l`` when it is a convolution reached
+    through elementwise layers alone (``None`` otherwise): up to its input, a tangent of
+    the Jacobian seed of ``l`` lives in the one channel of ``z_l`` its parameter moves
+    (docs §12)."""
+    if _ALL_CHANNELS or not isinstance(model[l], Conv2d):
+        return None
+    for j in range(l + 1, len(model)):
+        if isinstance(model[j], Conv2d):
+            return j
+        if not isinstance(model[j], Elementwise):
+            return None
+    return None
+
+
+def _seed_by_channel(inp, l, j, caches, douts, in_shapes, second_order):
+    """The Jacobian seed of all parameters of the convolution ``l`` pushed to the output of
+    the convolution ``j`` (only elementwise layers between), one channel per direction
+    (docs §12): direction ``(c, q)`` (weight ``(c, q)``, or bias ``c`` with the ones
+    feature ``q = r``) is ``U_l[q, :]`` in channel ``c`` of ``z_l``, times the product
+    ``s`` of the activations' ``phi'`` there, and its im2col features at ``j`` are those
+    of that channel alone, ``c_in`` times fewer than :meth:`AffineLayer.features` forms.
+    Returns the tangents ``(N, n_l, *out_j)`` and, for the second-order terms, ``{j: the
+    dU term of j's rows (n_l, n_j)}``."""
+    model = inp.model
+    layer_l, layer_j = model[l], model[j]
+    U = caches[l][0]
+    n, r, T = U.shape
+    rows = np.arange(layer_l.n_params)
+    weight = rows < layer_l.n_weight
+    channels = np.where(weight, rows // r, rows - layer_l.n_weight)
+    U1 = np.concatenate([U, np.ones((n, 1, T))], axis=1) if layer_l.bias else U
+    spatial = in_shapes[l + 1][1:]
+    s = np.ones((n, 1) + in_shapes[l + 1])
+    for k in range(l + 1, j):
+        s = model[k].jvp(inp.grouped[k], caches[k], s)
+    v = U1[:, np.where(weight, rows % r, r), :].reshape((n, len(rows)) + spatial)
+    v *= s[:, 0, channels]
+    F = layer_j.channel_features(v.reshape((-1,) + spatial))
+    F = F.reshape((n, len(rows)) + F.shape[1:])
+    t = layer_j.channel_jvp(inp.grouped[j], F, channels, in_shapes[j])
+    return t, ({j: layer_j.channel_input_tangent(F, channels, douts[j])} if second_order else {})
 
 
 def _in_shapes(model, s):
@@ -369,13 +423,14 @@ def _back_by_outputs(model, l, in_shapes, second_order):
     return out < pull
 
 
-def _rows_from_output_jacobians(inp, l, caches, douts, J, D, xdots, second_order, sink, first):
+def _rows_from_output_jacobians(inp, l, caches, douts, J, D, xdots, second_order, sink, first, input_terms):
     """Rows of layer ``l`` from its output Jacobian ``J (N, n_l, C)`` (the Jacobian seed's
     tangents at the output) and ``D = Phi J``: against a later affine layer ``j`` the first
     term is ``sum_n D_n^T (df_n/dtheta_j)``, with ``df/dtheta_j`` the per-sample gradients
     of the ``C`` outputs' cotangents pulled back to ``z_j`` (``param_grad_rows`` for the
     last layer, whose features are shared by the outputs); the second term is the
-    ``dU_j`` term of §4 from the forward tangents; the diagonal block is ``sum_n D_n^T J_n``."""
+    ``dU_j`` term of §4 from the forward tangents (``input_terms[j]`` where the forward
+    pass formed it already); the diagonal block is ``sum_n D_n^T J_n``."""
     model = inp.model
     L = len(model)
     n, K, C = J.shape
@@ -390,7 +445,8 @@ def _rows_from_output_jacobians(inp, l, caches, douts, J, D, xdots, second_order
                 P = layer.per_sample_param_grad(caches[j], B)  # (n, C, n_j)
                 block = np.matmul(Dt, P.reshape(n * C, layer.n_params))
             if second_order:
-                block += layer.param_grad_input_tangent(layer.input_tangent_features(xdots[j]), douts[j])
+                block += (input_terms[j] if j in input_terms else
+                          layer.param_grad_input_tangent(layer.input_tangent_features(xdots[j]), douts[j]))
             _accumulate(sink.target(l, j, 0, layer.n_params), block, inp.scale, first)
         if j > l + 1 and any(isinstance(model[k], AffineLayer) for k in range(l + 1, j)):
             B = layer.vjp(inp.grouped[j], caches[j], B)
