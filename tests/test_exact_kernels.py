@@ -342,3 +342,20 @@ def test_the_route_rule_counts_and_refuses_small_pair_products():
     assert dense_pairs.per_pair(8, 64, 64, 65)                  # the count alone: 8 < 130 + 0.13
     assert not dense_pairs.per_pair(8, 64, 64, 65, 65)          # but 65 x 65 < 128 x 128 results
     assert dense_pairs.per_pair(8, 64, 64, 128, 128) and not dense_pairs.per_pair(8, 64, 64, 128, 127)
+
+
+@pytest.mark.parametrize("layer, x_shape", [(rp.Conv2d(2, 3, 2, stride=2, padding=1), (4, 2, 5, 6)),
+                                            (rp.Linear(5, 3), (4, 5))])
+def test_param_grad_rows_into_rows_of_a_larger_array(layer, x_shape):
+    rng = np.random.default_rng(2)
+    params = layer.init(rng)
+    y, cache = layer.forward(params, rng.standard_normal(x_shape))
+    dy = rng.standard_normal((x_shape[0], 6) + y.shape[1:])
+    big = np.full((9, layer.n_params + 4), np.nan)
+    dest = big[2:8, 3 : 3 + layer.n_params]
+    assert layer.param_grad_rows(cache, dy, out=dest) is dest
+    assert np.array_equal(dest, layer.param_grad_rows(cache, dy))
+    assert np.isnan(big[:2]).all() and np.isnan(big[8:]).all() and np.isnan(big[:, :3]).all()
+    # rows that cannot be viewed as (K, units, features): refused, not written into a copy
+    with pytest.raises(ValueError, match="param_grad_rows: out"):
+        layer.param_grad_rows(cache, dy, out=np.empty((layer.n_params, 6)).T)

@@ -434,25 +434,40 @@ def _rows_from_output_jacobians(inp, l, caches, douts, J, D, xdots, second_order
     model = inp.model
     L = len(model)
     n, K, C = J.shape
+    # the loss scale on D (N n_l C values), not on the blocks; the first chunk of samples
+    # is written straight into the result
+    D = inp.scale * D
     Dt = D.transpose(1, 0, 2).reshape(K, n * C)
     B = np.broadcast_to(np.eye(C), (n, C, C))  # cotangents of the C outputs at z_j
     for j in range(L - 1, l, -1):
         layer = model[j]
         if isinstance(layer, AffineLayer) and sink.wants(l, j):
+            dest = sink.target(l, j, 0, layer.n_params)
             if j == L - 1:
-                block = layer.param_grad_rows(caches[j], D)
+                block = layer.param_grad_rows(caches[j], D, out=dest if first else None)
             else:
                 P = layer.per_sample_param_grad(caches[j], B)  # (n, C, n_j)
-                block = np.matmul(Dt, P.reshape(n * C, layer.n_params))
+                block = np.matmul(Dt, P.reshape(n * C, layer.n_params), out=dest if first else None)
             if second_order:
-                block += (input_terms[j] if j in input_terms else
-                          layer.param_grad_input_tangent(layer.input_tangent_features(xdots[j]), douts[j]))
-            _accumulate(sink.target(l, j, 0, layer.n_params), block, inp.scale, first)
+                term = (input_terms[j] if j in input_terms else
+                        layer.param_grad_input_tangent(layer.input_tangent_features(xdots[j]), douts[j]))
+                block += inp.scale * term
+            if not first:
+                dest += block
         if j > l + 1 and any(isinstance(model[k], AffineLayer) for k in range(l + 1, j)):
             B = layer.vjp(inp.grouped[j], caches[j], B)
     if sink.wants(l, l):
         Jt = J.transpose(1, 0, 2).reshape(K, n * C)
-        _accumulate(sink.target(l, l, 0, K), np.matmul(Dt, Jt.T), inp.scale, first)
+        _product_into(sink.target(l, l, 0, K), Dt, Jt.T, first)
+
+
+def _product_into(dest, A, B, first):
+    """``dest = A @ B`` (the first chunk of samples: written in place, BLAS given the
+    leading dimension of the view) or ``dest += A @ B``."""
+    if first:
+        np.matmul(A, B, out=dest)
+    else:
+        dest += np.matmul(A, B)
 
 
 def output_factor_cost(model, l, in_shapes):
@@ -516,28 +531,32 @@ def _rows_through_output(inp, in_shapes, l, caches, douts, f, y, idx, loss_matve
     J[:, :n_wl].reshape(n, C, r, Km)[...] = J1[:, :r].transpose(0, 2, 1, 3)
     if layer_l.bias:
         J[:, n_wl:] = J1[:, r]
-    D = loss_matvec(f, y, J, idx)  # Phi_n J_n, (n, n_l, Km)
+    # the loss scale on Phi J (N n_l C values), not on the blocks; the first chunk of
+    # samples is written straight into the result
+    D = inp.scale * loss_matvec(f, y, J, idx)  # R Phi_n J_n, (n, n_l, Km)
     if sink.wants(l, l):
         Dt = D.transpose(1, 0, 2).reshape(n_l, n * Km)
         Jt = J.transpose(1, 0, 2).reshape(n_l, n * Km)
-        _accumulate(sink.target(l, l, 0, n_l), np.matmul(Dt, Jt.T), inp.scale, first)
+        _product_into(sink.target(l, l, 0, n_l), Dt, Jt.T, first)
     if not sink.wants(l, m):
         return
-    block = layer_m.param_grad_rows(caches[m], D)
+    dest = sink.target(l, m, 0, layer_m.n_params)
+    block = layer_m.param_grad_rows(caches[m], D, out=dest if first else None)
     if second_order:
-        # E[t, q, (c, i)] = sum_n U1[n, q, t] s[n, c, t] delta0[n, i], added at row (c, q),
+        # E[t, q, (c, i)] = sum_n U1[n, q, t] s[n, c, t] R delta0[n, i], added at row (c, q),
         # weight column (i, (c, t)) of m
-        d0 = layer_m.from_output(douts[m][:, 0])[:, :, 0]  # (n, Km)
+        d0 = inp.scale * layer_m.from_output(douts[m][:, 0])[:, :, 0]  # (n, Km)
         M = (s[:, :, None, :] * d0[:, None, :, None]).reshape(n, C * Km, T)
         E = np.matmul(U1.transpose(2, 1, 0), M.transpose(2, 0, 1)).reshape(T, r1, C, Km).transpose(2, 1, 3, 0)
         n_wm = layer_m.n_weight
         ci = np.arange(C)
-        bw = block[:n_wl, :n_wm].reshape(C, r, Km, C, T)
+        bw = _dp.view(block[:n_wl, :n_wm], (C, r, Km, C, T))
         bw[ci, :, :, ci, :] += E[:, :r]
         if layer_l.bias:
-            bb = block[n_wl:, :n_wm].reshape(C, Km, C, T)
+            bb = _dp.view(block[n_wl:, :n_wm], (C, Km, C, T))
             bb[ci, :, ci, :] += E[:, r]
-    _accumulate(sink.target(l, m, 0, layer_m.n_params), block, inp.scale, first)
+    if not first:
+        dest += block
 
 
 def _param_layers(model):
