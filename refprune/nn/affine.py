@@ -216,10 +216,7 @@ class AffineLayer(Layer):
         dz = self.from_output(merge_tangent_axis(dy)).reshape(n, k, self.out_units, t)
         if out is None:
             out = np.empty((k, self.n_params))
-        w = out[:, : self.n_weight].reshape(k, self.out_units, r)
-        if not np.shares_memory(w, out):  # a copy: what is written into it must reach out
-            raise ValueError(f"{self!r}.param_grad_rows: out (strides {out.strides}) cannot hold the weight rows "
-                             f"as ({k}, {self.out_units}, {r})")
+        w = out[:, : self.n_weight].reshape(k, self.out_units, r)  # splits one axis: always a view
         if t == 1:
             # w[k, c, r] = sum_n dz[n, k, c] U[n, r]: (k c x n) @ (n x r)
             lhs = dz[:, :, :, 0].reshape(n, k * self.out_units).T
