@@ -121,6 +121,16 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
     out_shapes = in_shapes[1:]
     param_layers = _param_layers(model)
     t_start = time.perf_counter()
+    whole = []
+
+    def gradient_pass(s0, s1):
+        # the pass over the whole batch (one chunk) is shared by every layer's rows
+        if s0 > 0 or s1 < n_samples:
+            return _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
+        if not whole:
+            whole.append(_d.gradient_pass(inp, inp.X, inp.y))
+            _read_only(whole[0])  # shared: no layer's rows may write into it
+        return whole[0]
 
     for count, l in enumerate(param_layers):
         if rows_of is not None and l != rows_of[0]:
@@ -139,7 +149,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
             nc = _d.chunk_length(layer_l.n_params, _output_factor_width(model, l, in_shapes))
             for s0 in range(0, n_samples, nc):
                 s1 = min(n_samples, s0 + nc)
-                f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
+                f, caches, douts = gradient_pass(s0, s1)
                 _rows_through_output(inp, in_shapes, l, caches, douts, f, inp.y[s0:s1], slice(s0, s1), loss_matvec,
                                      second_order, sink, s0 == 0)
             if progress:
@@ -163,11 +173,11 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
         # the seed's tangents live in one channel each up to the next convolution: there
         # they are pushed through from that channel alone (docs §12)
         by_channel = _channel_conv(model, l) if back_by_outputs else None
-        nc = _d.chunk_length(K, _rows_width(model, l, in_shapes))
+        nc = _d.chunk_length(K, _rows_width(model, l, in_shapes, by_channel))
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
             first = s0 == 0
-            f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
+            f, caches, douts = gradient_pass(s0, s1)
             xdots = [None] * L
             input_terms = {}
             start = l + 1
@@ -287,17 +297,27 @@ def _in_shapes(model, s):
     return shapes
 
 
-def _rows_width(model, l, in_shapes):
+def _rows_width(model, l, in_shapes, by_channel=None):
     """Floats one seeded direction needs per sample in the widest place the rows of layer
     ``l`` reach: its output, and every later layer's input, output and (affine) features
     (the tangents start at ``z_l``, so the layers before it do not count; compare
-    :func:`refprune.derivatives.work_width`)."""
+    :func:`refprune.derivatives.work_width`).  Up to the convolution ``by_channel`` the
+    tangents live in one channel (:func:`_seed_by_channel`): one channel's maps and
+    features."""
     sizes = [math.prod(in_shapes[l + 1])]
     for j in range(l + 1, len(model)):
         layer = model[j]
-        sizes += [math.prod(in_shapes[j]), math.prod(in_shapes[j + 1])]
+        ins = math.prod(in_shapes[j])
+        if by_channel is not None and j <= by_channel:
+            ins //= in_shapes[j][0]
+        sizes.append(ins)
+        if by_channel is None or j >= by_channel:
+            sizes.append(math.prod(in_shapes[j + 1]))
         if isinstance(layer, AffineLayer):
-            sizes.append(layer.n_weight // layer.out_units * (math.prod(in_shapes[j + 1]) // layer.out_units))
+            r = layer.n_weight // layer.out_units
+            if j == by_channel:
+                r //= layer.in_channels
+            sizes.append(r * (math.prod(in_shapes[j + 1]) // layer.out_units))
     return max(sizes)
 
 
@@ -546,8 +566,10 @@ def _rows_through_output(inp, in_shapes, l, caches, douts, f, y, idx, loss_matve
         # E[t, q, (c, i)] = sum_n U1[n, q, t] s[n, c, t] R delta0[n, i], added at row (c, q),
         # weight column (i, (c, t)) of m
         d0 = inp.scale * layer_m.from_output(douts[m][:, 0])[:, :, 0]  # (n, Km)
-        M = (s[:, :, None, :] * d0[:, None, :, None]).reshape(n, C * Km, T)
-        E = np.matmul(U1.transpose(2, 1, 0), M.transpose(2, 0, 1)).reshape(T, r1, C, Km).transpose(2, 1, 3, 0)
+        # one product per location, both factors laid out (T, ., n) and (T, n, .) so that
+        # each is a BLAS matrix (strided ones would take NumPy's loop, several times slower)
+        M = (s.transpose(2, 0, 1)[:, :, :, None] * d0[None, :, None, :]).reshape(T, n, C * Km)
+        E = np.matmul(np.ascontiguousarray(U1.transpose(2, 1, 0)), M).reshape(T, r1, C, Km).transpose(2, 1, 3, 0)
         n_wm = layer_m.n_weight
         ci = np.arange(C)
         bw = _dp.view(block[:n_wl, :n_wm], (C, r, Km, C, T))
@@ -599,6 +621,15 @@ def check_blocks_fit(inp, where):
         n_l = largest.n_params
         check_fits(total + seed, where, f"the diagonal blocks of every layer (the largest, of {largest!r}, "
                    f"{n_l} x {n_l} float64)", error=CurvatureTooLargeError)
+
+
+def _read_only(obj):
+    """Mark every array in ``obj`` (nested tuples and lists) read-only."""
+    if isinstance(obj, np.ndarray):
+        obj.flags.writeable = False
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            _read_only(item)
 
 
 def _accumulate(target, block, scale, first):
