@@ -360,3 +360,19 @@ def test_param_grad_rows_into_rows_of_a_larger_array(layer, x_shape):
     column_major = np.empty((layer.n_params, 6)).T
     layer.param_grad_rows(cache, dy, out=column_major)
     assert np.array_equal(column_major, dest)
+
+
+@pytest.mark.parametrize("arch", ["conv-relu-linear", "conv-channels-stride", "conv-channels-sigmoid", "dense-bias"])
+@pytest.mark.parametrize("name", ["hessian", "ggn", "fisher"])
+def test_same_inputs_same_bits(arch, name):
+    # the whole batch's gradient pass is shared by the layers' rows and the channel route
+    # forms its tangents afresh: a second call, and the rows one layer at a time, agree bit for bit
+    args = case(arch, n=6)
+    first = compute(name, *args)
+    assert np.array_equal(compute(name, *args), first)
+    model, params, X, y, loss = args
+    inp = validate(model, params, X, y, loss)
+    o = model.param_offsets()
+    for l in exact._param_layers(model):
+        rows = exact.rows_task(model, params, X, y, loss, inp.scale, name, None, l, None)
+        assert np.array_equal(rows, first[o[l]:o[l + 1], o[l]:])
