@@ -133,11 +133,13 @@ def test_exact_hessian_passes_follow_the_seed_cost_model_and_the_rows_width(monk
     # so it seeds its 57 parameter directions.  Linear(27, 4) and Linear(4, 2): the identity
     # (4 and 2 directions).  Each layer's rows are chunked by the widest place from its
     # output on: 27 for the conv (its output, Flatten, Linear(27, 4)'s features), 4 and 2
-    # for the Linear layers (the conv's im2col width 162 is never reached).
+    # for the Linear layers (the conv's im2col width 162 is never reached).  The pass over the
+    # whole batch (one chunk: both Linear layers here) is made once and shared.
     monkeypatch.setattr(_d, "CHUNK_FLOATS", 27 * WIDTH * 2)
     rp.hessian(*conv_case())
-    assert passes == expected(N, 27 * WIDTH * 2 // (57 * 27)) + expected(N, 27 * WIDTH * 2 // (4 * 4)) + expected(
-        N, 27 * WIDTH * 2 // (2 * 2))
+    conv = expected(N, 27 * WIDTH * 2 // (57 * 27))
+    assert conv == [5, 2] and expected(N, 27 * WIDTH * 2 // (4 * 4)) == expected(N, 27 * WIDTH * 2 // (2 * 2)) == [N]
+    assert passes == conv + [N]
 
 
 def test_hvp_directions_are_chunked_by_samples_times_width(monkeypatch):

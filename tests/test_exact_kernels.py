@@ -38,15 +38,27 @@ ARCHS = {
     # (only ReLU and Flatten before the last Linear); the first's do not (a convolution between)
     "conv-relu-linear": lambda: rp.Sequential(rp.Conv2d(1, 2, 3, padding=1), rp.ReLU(), rp.Conv2d(2, 3, 3, padding=1),
                                               rp.ReLU(), rp.Flatten(), rp.Linear(48, 3)),
+    # the first convolution's Jacobian-seeded tangents go through the second one channel by
+    # channel: two input channels, a stride, a bias only on the first convolution
+    "conv-channels-stride": lambda: rp.Sequential(rp.Conv2d(2, 3, 2, stride=2, padding=1), rp.ReLU(),
+                                                  rp.Conv2d(3, 4, 3, padding=1, bias=False), rp.Flatten(),
+                                                  rp.Linear(64, 3)),
+    # the same with two activations between and no bias first (channel by channel only
+    # for the GGN and the Fishers: Sigmoid's phi'' counts for the Hessian)
+    "conv-channels-sigmoid": lambda: rp.Sequential(rp.Conv2d(2, 3, 3, stride=2, padding=1, bias=False), rp.Sigmoid(),
+                                                   rp.ReLU(), rp.Conv2d(3, 4, 2, padding=1), rp.ReLU(), rp.Flatten(),
+                                                   rp.Linear(64, 3)),
     # ReLU after Flatten, no biases, and a stride: the mask is read in the flat order
     "conv-flatten-relu": lambda: rp.Sequential(rp.Conv2d(1, 2, 2, stride=2, padding=1, bias=False), rp.Flatten(),
                                                rp.ReLU(), rp.Linear(18, 3, bias=False)),
 }
 IN_SHAPES = {"conv-one-location": (1, 3, 3), "dense-bias": (3,), "dense-nobias-flatten": (3,), "conv-only": (1, 4, 4), "mixed-avgpool": (1, 4, 4),
-             "mixed-maxpool-stride": (1, 4, 4), "conv-relu-linear": (1, 4, 4), "conv-flatten-relu": (1, 4, 4)}
+             "mixed-maxpool-stride": (1, 4, 4), "conv-relu-linear": (1, 4, 4), "conv-flatten-relu": (1, 4, 4),
+             "conv-channels-stride": (2, 6, 6), "conv-channels-sigmoid": (2, 6, 6)}
 LOSSES = {"ce": rp.CrossEntropyLoss, "mse": rp.MSELoss, "bce": rp.BCEWithLogitsLoss}
 MATRICES = ["hessian", "ggn", "residual", "fisher", "mc_fisher", "empirical_fisher"]
-ROUTES = ["default", "khatri-rao", "pairs", "t-route", "identity-seed", "jacobian-seed", "output-factor"]
+ROUTES = ["default", "khatri-rao", "pairs", "t-route", "identity-seed", "jacobian-seed", "output-factor",
+          "all-channels"]
 
 
 def case(arch, loss="ce", n=5, seed=0):
@@ -98,6 +110,8 @@ def route(request, monkeypatch):
         monkeypatch.setattr(exact, "_FORCE_SEED", "jacobian")
     elif request.param == "output-factor":  # wherever the layers after allow it
         monkeypatch.setattr(exact, "_FORCE_SEED", "output")
+    elif request.param == "all-channels":  # the seed's tangents through every channel of the next convolution
+        monkeypatch.setattr(exact, "_ALL_CHANNELS", True)
     return request.param
 
 
@@ -123,12 +137,16 @@ def test_dense_routes_give_every_matrix(monkeypatch, name, arch, route_name):
 
 @pytest.mark.parametrize("name", MATRICES)
 @pytest.mark.parametrize("loss", list(LOSSES))
-@pytest.mark.parametrize("arch", ["conv-relu-linear", "conv-flatten-relu", "dense-bias"])
-@pytest.mark.parametrize("force", [None, "output", "jacobian"])
+@pytest.mark.parametrize("arch", ["conv-relu-linear", "conv-flatten-relu", "dense-bias", "conv-channels-stride",
+                                  "conv-channels-sigmoid"])
+@pytest.mark.parametrize("force", [None, "output", "jacobian", "all-channels"])
 def test_rows_through_the_output_give_every_matrix(monkeypatch, name, loss, arch, force):
     # "dense-bias" with the GGN and the Fishers: Tanh's phi'' does not count there, so its
     # first layer may go through the output too; with the Hessian it must not
-    monkeypatch.setattr(exact, "_FORCE_SEED", force)
+    if force == "all-channels":
+        monkeypatch.setattr(exact, "_ALL_CHANNELS", True)
+    else:
+        monkeypatch.setattr(exact, "_FORCE_SEED", force)
     args = case(arch, "mse" if name == "residual" and loss == "ce" else loss)
     assert_rel(compute(name, *args), reference(name, *args))
 
@@ -142,6 +160,39 @@ def test_rows_through_the_output_only_where_no_second_order_term_is_lost():
     assert not exact._output_factor_eligible(tanh, 2, True) and exact._output_factor_eligible(tanh, 2, False)
     pool = ARCHS["mixed-maxpool-stride"]()
     assert not exact._output_factor_eligible(pool, 0, False)
+
+
+def test_the_channel_route_is_taken_where_it_applies():
+    for arch, expected in [("conv-relu-linear", 2), ("conv-channels-stride", 2), ("conv-channels-sigmoid", 3),
+                           ("mixed-avgpool", None), ("conv-flatten-relu", None)]:
+        assert exact._channel_conv(ARCHS[arch](), 0) == expected, arch
+    model = ARCHS["conv-channels-stride"]()
+    assert exact._back_by_outputs(model, 0, exact._in_shapes(model, IN_SHAPES["conv-channels-stride"]), True)
+
+
+@pytest.mark.parametrize("conv, shape", [(rp.Conv2d(3, 4, 3, stride=2, padding=1), (3, 6, 5)),
+                                         (rp.Conv2d(2, 3, 2, bias=False), (2, 4, 4))])
+def test_one_channel_tangents_against_the_full_features(conv, shape):
+    # tangents that are zero outside one input channel each, put into the full input shape
+    # and sent through features / jvp / param_grad_input_tangent
+    rng = np.random.default_rng(1)
+    params = conv.init(rng)
+    n, k = 3, 5
+    _, cache = conv.forward(params, rng.standard_normal((n,) + shape))
+    channels = rng.integers(0, shape[0], k)
+    v = rng.standard_normal((n, k) + shape[1:])
+    full = np.zeros((n, k) + shape)
+    full[:, np.arange(k), channels] = v
+    dU = conv.input_tangent_features(full)  # (n, k, c_in kh kw, T)
+    F = conv.channel_features(v.reshape((n * k,) + shape[1:]))
+    F = F.reshape((n, k) + F.shape[1:])
+    q = F.shape[2]
+    assert F.shape[2:] == (dU.shape[2] // shape[0], dU.shape[3])
+    for j in range(k):
+        assert np.array_equal(F[:, j], dU[:, j, channels[j] * q : (channels[j] + 1) * q])
+    assert_rel(conv.channel_jvp(params, F, channels, shape), conv.jvp(params, cache, full))
+    dy0 = rng.standard_normal((n, 1) + conv.output_shape(shape))
+    assert_rel(conv.channel_input_tangent(F, channels, dy0), conv.param_grad_input_tangent(dU, dy0))
 
 
 def test_output_factor_cost_counted_by_hand():
@@ -291,3 +342,37 @@ def test_the_route_rule_counts_and_refuses_small_pair_products():
     assert dense_pairs.per_pair(8, 64, 64, 65)                  # the count alone: 8 < 130 + 0.13
     assert not dense_pairs.per_pair(8, 64, 64, 65, 65)          # but 65 x 65 < 128 x 128 results
     assert dense_pairs.per_pair(8, 64, 64, 128, 128) and not dense_pairs.per_pair(8, 64, 64, 128, 127)
+
+
+@pytest.mark.parametrize("layer, x_shape", [(rp.Conv2d(2, 3, 2, stride=2, padding=1), (4, 2, 5, 6)),
+                                            (rp.Linear(5, 3), (4, 5))])
+def test_param_grad_rows_into_rows_of_a_larger_array(layer, x_shape):
+    rng = np.random.default_rng(2)
+    params = layer.init(rng)
+    y, cache = layer.forward(params, rng.standard_normal(x_shape))
+    dy = rng.standard_normal((x_shape[0], 6) + y.shape[1:])
+    big = np.full((9, layer.n_params + 4), np.nan)
+    dest = big[2:8, 3 : 3 + layer.n_params]
+    assert layer.param_grad_rows(cache, dy, out=dest) is dest
+    assert np.array_equal(dest, layer.param_grad_rows(cache, dy))
+    assert np.isnan(big[:2]).all() and np.isnan(big[8:]).all() and np.isnan(big[:, :3]).all()
+    assert np.isnan(big[:, 3 + layer.n_params :]).all()
+    column_major = np.empty((layer.n_params, 6)).T
+    layer.param_grad_rows(cache, dy, out=column_major)
+    assert np.array_equal(column_major, dest)
+
+
+@pytest.mark.parametrize("arch", ["conv-relu-linear", "conv-channels-stride", "conv-channels-sigmoid", "dense-bias"])
+@pytest.mark.parametrize("name", ["hessian", "ggn", "fisher"])
+def test_same_inputs_same_bits(arch, name):
+    # the whole batch's gradient pass is shared by the layers' rows and the channel route
+    # forms its tangents afresh: a second call, and the rows one layer at a time, agree bit for bit
+    args = case(arch, n=6)
+    first = compute(name, *args)
+    assert np.array_equal(compute(name, *args), first)
+    model, params, X, y, loss = args
+    inp = validate(model, params, X, y, loss)
+    o = model.param_offsets()
+    for l in exact._param_layers(model):
+        rows = exact.rows_task(model, params, X, y, loss, inp.scale, name, None, l, None)
+        assert np.array_equal(rows, first[o[l]:o[l + 1], o[l]:])

@@ -30,7 +30,7 @@ def _with_ones(U, bias):
     return np.concatenate([U, np.ones((U.shape[0], 1))], axis=1)
 
 
-def _view(a, shape):
+def view(a, shape):
     """``a`` reshaped to ``shape`` as a view: writing through it must reach ``a``."""
     v = a.reshape(shape)
     if v.size and not np.shares_memory(v, a):
@@ -48,9 +48,9 @@ class _BlockViews:
         self.bl, self.bm = layer_l.bias, layer_m.bias
         Km = layer_m.out_units
         nwl, nwm = K * self.rl, layer_m.n_weight
-        self.ww = _view(target[:nwl, :nwm], (K, self.rl, Km, self.rm))
-        self.wb = _view(target[:nwl, nwm:], (K, self.rl, Km)) if self.bm else None
-        self.bw = _view(target[nwl:, :nwm], (K, Km, self.rm)) if self.bl else None
+        self.ww = view(target[:nwl, :nwm], (K, self.rl, Km, self.rm))
+        self.wb = view(target[:nwl, nwm:], (K, self.rl, Km)) if self.bm else None
+        self.bw = view(target[nwl:, :nwm], (K, Km, self.rm)) if self.bl else None
         self.bb = target[nwl:, nwm:] if (self.bl and self.bm) else None
 
     def put(self, c, r0, r1, i, V, add):

@@ -40,7 +40,7 @@ from ..checks import check_flag, check_number, validate
 # both names stay importable from here
 from ..memory import CurvatureTooLargeError, available_memory  # noqa: F401
 from ..memory import check_fits, nbytes
-from ..nn import AffineLayer, Flatten
+from ..nn import AffineLayer, Conv2d, Flatten
 from ..nn.base import Layer
 from ..nn.activations import Elementwise
 from . import dense_pairs as _dp
@@ -121,6 +121,16 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
     out_shapes = in_shapes[1:]
     param_layers = _param_layers(model)
     t_start = time.perf_counter()
+    whole = []
+
+    def gradient_pass(s0, s1):
+        # the pass over the whole batch (one chunk) is shared by every layer's rows
+        if s0 > 0 or s1 < n_samples:
+            return _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
+        if not whole:
+            whole.append(_d.gradient_pass(inp, inp.X, inp.y))
+            _read_only(whole[0])  # shared: no layer's rows may write into it
+        return whole[0]
 
     for count, l in enumerate(param_layers):
         if rows_of is not None and l != rows_of[0]:
@@ -139,7 +149,7 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
             nc = _d.chunk_length(layer_l.n_params, _output_factor_width(model, l, in_shapes))
             for s0 in range(0, n_samples, nc):
                 s1 = min(n_samples, s0 + nc)
-                f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
+                f, caches, douts = gradient_pass(s0, s1)
                 _rows_through_output(inp, in_shapes, l, caches, douts, f, inp.y[s0:s1], slice(s0, s1), loss_matvec,
                                      second_order, sink, s0 == 0)
             if progress:
@@ -160,24 +170,32 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
         # after l has second-order terms of its own, the rows are products of J_l with the
         # output Jacobians of the later layers, without pulling the n_l tangents back (docs §12)
         back_by_outputs = jacobian_seed and units is None and _back_by_outputs(model, l, in_shapes, second_order)
-        nc = _d.chunk_length(K, _rows_width(model, l, in_shapes))
+        # the seed's tangents live in one channel each up to the next convolution: there
+        # they are pushed through from that channel alone (docs §12)
+        by_channel = _channel_conv(model, l) if back_by_outputs else None
+        nc = _d.chunk_length(K, _rows_width(model, l, in_shapes, by_channel))
         for s0 in range(0, n_samples, nc):
             s1 = min(n_samples, s0 + nc)
             first = s0 == 0
-            f, caches, douts = _d.gradient_pass(inp, inp.X[s0:s1], inp.y[s0:s1])
-            if jacobian_seed:
-                seed = layer_l.param_jacobian(caches[l], eye_rows)
+            f, caches, douts = gradient_pass(s0, s1)
+            xdots = [None] * L
+            input_terms = {}
+            start = l + 1
+            if by_channel is not None:
+                t, input_terms = _seed_by_channel(inp, l, by_channel, caches, douts, in_shapes, second_order)
+                start = by_channel + 1
+            elif jacobian_seed:
+                t = layer_l.param_jacobian(caches[l], eye_rows)
             else:
                 eye = np.eye(K_id)[eye_rows].reshape((1, K) + out_l)
-                seed = np.broadcast_to(eye, (s1 - s0, K) + out_l)
-            xdots = [None] * L
-            t = seed
-            for j in range(l + 1, L):
+                t = np.broadcast_to(eye, (s1 - s0, K) + out_l)
+            for j in range(start, L):
                 xdots[j] = t
                 t = model[j].jvp(inp.grouped[j], caches[j], t)
             D = loss_matvec(f, inp.y[s0:s1], t, slice(s0, s1))
             if back_by_outputs:
-                _rows_from_output_jacobians(inp, l, caches, douts, t, D, xdots, second_order, sink, first)
+                _rows_from_output_jacobians(inp, l, caches, douts, t, D, xdots, second_order, sink, first,
+                                            input_terms)
                 continue
             for j in range(L - 1, l - 1, -1):
                 layer = model[j]
@@ -219,10 +237,56 @@ def _assemble(inp, loss_matvec, second_order, sink, progress, name, rows_of=None
     return sink.finish()
 
 
-#: private switches for tests: force the seed ("identity" or "jacobian") of every layer, and
-#: route dense pairs through the per-sample gradient tangents (the general reference route)
+#: private switches for tests: force the seed ("identity" or "jacobian") of every layer,
+#: route dense pairs through the per-sample gradient tangents (the general reference route),
+#: and push the Jacobian seed's tangents through every channel of the next convolution
 _FORCE_SEED = None
 _T_ROUTE = False
+_ALL_CHANNELS = False
+
+
+def _channel_conv(model, l):
+    """The next affine layer after the convolution ``l`` when it is a convolution reached
+    through elementwise layers alone (``None`` otherwise): up to its input, a tangent of
+    the Jacobian seed of ``l`` lives in the one channel of ``z_l`` its parameter moves
+    (docs §12)."""
+    if _ALL_CHANNELS or not isinstance(model[l], Conv2d):
+        return None
+    for j in range(l + 1, len(model)):
+        if isinstance(model[j], Conv2d):
+            return j
+        if not isinstance(model[j], Elementwise):
+            return None
+    return None
+
+
+def _seed_by_channel(inp, l, j, caches, douts, in_shapes, second_order):
+    """The Jacobian seed of all parameters of the convolution ``l`` pushed to the output of
+    the convolution ``j`` (only elementwise layers between), one channel per direction
+    (docs §12): direction ``(c, q)`` (weight ``(c, q)``, or bias ``c`` with the ones
+    feature ``q = r``) is ``U_l[q, :]`` in channel ``c`` of ``z_l``, times the product
+    ``s`` of the activations' ``phi'`` there, and its im2col features at ``j`` are those
+    of that channel alone, ``c_in`` times fewer than :meth:`AffineLayer.features` forms.
+    Returns the tangents ``(N, n_l, *out_j)`` and, for the second-order terms, ``{j: the
+    dU term of j's rows (n_l, n_j)}``."""
+    model = inp.model
+    layer_l, layer_j = model[l], model[j]
+    U = caches[l][0]
+    n, r, T = U.shape
+    rows = np.arange(layer_l.n_params)
+    weight = rows < layer_l.n_weight
+    channels = np.where(weight, rows // r, rows - layer_l.n_weight)
+    U1 = np.concatenate([U, np.ones((n, 1, T))], axis=1) if layer_l.bias else U
+    spatial = in_shapes[l + 1][1:]
+    s = np.ones((n, 1) + in_shapes[l + 1])
+    for k in range(l + 1, j):
+        s = model[k].jvp(inp.grouped[k], caches[k], s)
+    v = U1[:, np.where(weight, rows % r, r), :].reshape((n, len(rows)) + spatial)
+    v *= s[:, 0, channels]
+    F = layer_j.channel_features(v.reshape((-1,) + spatial))
+    F = F.reshape((n, len(rows)) + F.shape[1:])
+    t = layer_j.channel_jvp(inp.grouped[j], F, channels, in_shapes[j])
+    return t, ({j: layer_j.channel_input_tangent(F, channels, douts[j])} if second_order else {})
 
 
 def _in_shapes(model, s):
@@ -233,17 +297,27 @@ def _in_shapes(model, s):
     return shapes
 
 
-def _rows_width(model, l, in_shapes):
+def _rows_width(model, l, in_shapes, by_channel=None):
     """Floats one seeded direction needs per sample in the widest place the rows of layer
     ``l`` reach: its output, and every later layer's input, output and (affine) features
     (the tangents start at ``z_l``, so the layers before it do not count; compare
-    :func:`refprune.derivatives.work_width`)."""
+    :func:`refprune.derivatives.work_width`).  Up to the convolution ``by_channel`` the
+    tangents live in one channel (:func:`_seed_by_channel`): one channel's maps and
+    features."""
     sizes = [math.prod(in_shapes[l + 1])]
     for j in range(l + 1, len(model)):
         layer = model[j]
-        sizes += [math.prod(in_shapes[j]), math.prod(in_shapes[j + 1])]
+        ins = math.prod(in_shapes[j])
+        if by_channel is not None and j <= by_channel:
+            ins //= in_shapes[j][0]
+        sizes.append(ins)
+        if by_channel is None or j >= by_channel:
+            sizes.append(math.prod(in_shapes[j + 1]))
         if isinstance(layer, AffineLayer):
-            sizes.append(layer.n_weight // layer.out_units * (math.prod(in_shapes[j + 1]) // layer.out_units))
+            r = layer.n_weight // layer.out_units
+            if j == by_channel:
+                r //= layer.in_channels
+            sizes.append(r * (math.prod(in_shapes[j + 1]) // layer.out_units))
     return max(sizes)
 
 
@@ -369,34 +443,51 @@ def _back_by_outputs(model, l, in_shapes, second_order):
     return out < pull
 
 
-def _rows_from_output_jacobians(inp, l, caches, douts, J, D, xdots, second_order, sink, first):
+def _rows_from_output_jacobians(inp, l, caches, douts, J, D, xdots, second_order, sink, first, input_terms):
     """Rows of layer ``l`` from its output Jacobian ``J (N, n_l, C)`` (the Jacobian seed's
     tangents at the output) and ``D = Phi J``: against a later affine layer ``j`` the first
     term is ``sum_n D_n^T (df_n/dtheta_j)``, with ``df/dtheta_j`` the per-sample gradients
     of the ``C`` outputs' cotangents pulled back to ``z_j`` (``param_grad_rows`` for the
     last layer, whose features are shared by the outputs); the second term is the
-    ``dU_j`` term of §4 from the forward tangents; the diagonal block is ``sum_n D_n^T J_n``."""
+    ``dU_j`` term of §4 from the forward tangents (``input_terms[j]`` where the forward
+    pass formed it already); the diagonal block is ``sum_n D_n^T J_n``."""
     model = inp.model
     L = len(model)
     n, K, C = J.shape
+    # the loss scale on D (N n_l C values), not on the blocks; the first chunk of samples
+    # is written straight into the result
+    D = inp.scale * D
     Dt = D.transpose(1, 0, 2).reshape(K, n * C)
     B = np.broadcast_to(np.eye(C), (n, C, C))  # cotangents of the C outputs at z_j
     for j in range(L - 1, l, -1):
         layer = model[j]
         if isinstance(layer, AffineLayer) and sink.wants(l, j):
+            dest = sink.target(l, j, 0, layer.n_params)
             if j == L - 1:
-                block = layer.param_grad_rows(caches[j], D)
+                block = layer.param_grad_rows(caches[j], D, out=dest if first else None)
             else:
                 P = layer.per_sample_param_grad(caches[j], B)  # (n, C, n_j)
-                block = np.matmul(Dt, P.reshape(n * C, layer.n_params))
+                block = np.matmul(Dt, P.reshape(n * C, layer.n_params), out=dest if first else None)
             if second_order:
-                block += layer.param_grad_input_tangent(layer.input_tangent_features(xdots[j]), douts[j])
-            _accumulate(sink.target(l, j, 0, layer.n_params), block, inp.scale, first)
+                term = (input_terms[j] if j in input_terms else
+                        layer.param_grad_input_tangent(layer.input_tangent_features(xdots[j]), douts[j]))
+                block += inp.scale * term
+            if not first:
+                dest += block
         if j > l + 1 and any(isinstance(model[k], AffineLayer) for k in range(l + 1, j)):
             B = layer.vjp(inp.grouped[j], caches[j], B)
     if sink.wants(l, l):
         Jt = J.transpose(1, 0, 2).reshape(K, n * C)
-        _accumulate(sink.target(l, l, 0, K), np.matmul(Dt, Jt.T), inp.scale, first)
+        _product_into(sink.target(l, l, 0, K), Dt, Jt.T, first)
+
+
+def _product_into(dest, A, B, first):
+    """``dest = A @ B`` (the first chunk of samples: written in place, BLAS given the
+    leading dimension of the view) or ``dest += A @ B``."""
+    if first:
+        np.matmul(A, B, out=dest)
+    else:
+        dest += np.matmul(A, B)
 
 
 def output_factor_cost(model, l, in_shapes):
@@ -460,28 +551,34 @@ def _rows_through_output(inp, in_shapes, l, caches, douts, f, y, idx, loss_matve
     J[:, :n_wl].reshape(n, C, r, Km)[...] = J1[:, :r].transpose(0, 2, 1, 3)
     if layer_l.bias:
         J[:, n_wl:] = J1[:, r]
-    D = loss_matvec(f, y, J, idx)  # Phi_n J_n, (n, n_l, Km)
+    # the loss scale on Phi J (N n_l C values), not on the blocks; the first chunk of
+    # samples is written straight into the result
+    D = inp.scale * loss_matvec(f, y, J, idx)  # R Phi_n J_n, (n, n_l, Km)
     if sink.wants(l, l):
         Dt = D.transpose(1, 0, 2).reshape(n_l, n * Km)
         Jt = J.transpose(1, 0, 2).reshape(n_l, n * Km)
-        _accumulate(sink.target(l, l, 0, n_l), np.matmul(Dt, Jt.T), inp.scale, first)
+        _product_into(sink.target(l, l, 0, n_l), Dt, Jt.T, first)
     if not sink.wants(l, m):
         return
-    block = layer_m.param_grad_rows(caches[m], D)
+    dest = sink.target(l, m, 0, layer_m.n_params)
+    block = layer_m.param_grad_rows(caches[m], D, out=dest if first else None)
     if second_order:
-        # E[t, q, (c, i)] = sum_n U1[n, q, t] s[n, c, t] delta0[n, i], added at row (c, q),
+        # E[t, q, (c, i)] = sum_n U1[n, q, t] s[n, c, t] R delta0[n, i], added at row (c, q),
         # weight column (i, (c, t)) of m
-        d0 = layer_m.from_output(douts[m][:, 0])[:, :, 0]  # (n, Km)
-        M = (s[:, :, None, :] * d0[:, None, :, None]).reshape(n, C * Km, T)
-        E = np.matmul(U1.transpose(2, 1, 0), M.transpose(2, 0, 1)).reshape(T, r1, C, Km).transpose(2, 1, 3, 0)
+        d0 = inp.scale * layer_m.from_output(douts[m][:, 0])[:, :, 0]  # (n, Km)
+        # one product per location, both factors laid out (T, ., n) and (T, n, .) so that
+        # each is a BLAS matrix (strided ones would take NumPy's loop, several times slower)
+        M = (s.transpose(2, 0, 1)[:, :, :, None] * d0[None, :, None, :]).reshape(T, n, C * Km)
+        E = np.matmul(np.ascontiguousarray(U1.transpose(2, 1, 0)), M).reshape(T, r1, C, Km).transpose(2, 1, 3, 0)
         n_wm = layer_m.n_weight
         ci = np.arange(C)
-        bw = block[:n_wl, :n_wm].reshape(C, r, Km, C, T)
+        bw = _dp.view(block[:n_wl, :n_wm], (C, r, Km, C, T))
         bw[ci, :, :, ci, :] += E[:, :r]
         if layer_l.bias:
-            bb = block[n_wl:, :n_wm].reshape(C, Km, C, T)
+            bb = _dp.view(block[n_wl:, :n_wm], (C, Km, C, T))
             bb[ci, :, ci, :] += E[:, r]
-    _accumulate(sink.target(l, m, 0, layer_m.n_params), block, inp.scale, first)
+    if not first:
+        dest += block
 
 
 def _param_layers(model):
@@ -524,6 +621,15 @@ def check_blocks_fit(inp, where):
         n_l = largest.n_params
         check_fits(total + seed, where, f"the diagonal blocks of every layer (the largest, of {largest!r}, "
                    f"{n_l} x {n_l} float64)", error=CurvatureTooLargeError)
+
+
+def _read_only(obj):
+    """Mark every array in ``obj`` (nested tuples and lists) read-only."""
+    if isinstance(obj, np.ndarray):
+        obj.flags.writeable = False
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            _read_only(item)
 
 
 def _accumulate(target, block, scale, first):

@@ -204,17 +204,19 @@ class AffineLayer(Layer):
         returns ``(K, n_params)``."""
         return self.param_contract(cache, np.moveaxis(dy, 1, -1)).T
 
-    def param_grad_rows(self, cache, dy):
+    def param_grad_rows(self, cache, dy, out=None):
         """:meth:`param_grad` for many directions, laid out for them: ``(K, n_params)``
-        C-contiguous, with one reordering copy of ``dy`` (to ``((n, t), (c, K))``) for a
-        convolution and none for ``Linear`` (whose ``(n, K, c)`` cotangents already have
-        ``n`` outermost: one product per unit over the samples)."""
+        C-contiguous (or written into ``out``, a ``(K, n_params)`` array or view whose
+        rows may be strided), with one reordering copy of ``dy`` (to ``((n, t), (c, K))``)
+        for a convolution and none for ``Linear`` (whose ``(n, K, c)`` cotangents already
+        have ``n`` outermost: one product per unit over the samples)."""
         U = cache[0]
         n, r, t = U.shape
         k = dy.shape[1]
         dz = self.from_output(merge_tangent_axis(dy)).reshape(n, k, self.out_units, t)
-        out = np.empty((k, self.n_params))
-        w = out[:, : self.n_weight].reshape(k, self.out_units, r)
+        if out is None:
+            out = np.empty((k, self.n_params))
+        w = out[:, : self.n_weight].reshape(k, self.out_units, r)  # splits one axis: always a view
         if t == 1:
             # w[k, c, r] = sum_n dz[n, k, c] U[n, r]: (k c x n) @ (n x r)
             lhs = dz[:, :, :, 0].reshape(n, k * self.out_units).T

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..scalars import is_int
 from .affine import AffineLayer
+from .base import merge_tangent_axis, split_tangent_axis
 
 
 def _pair(v, name):
@@ -109,6 +110,39 @@ class Conv2d(AffineLayer):
     def to_output(self, z, in_shape):
         _, ho, wo = self.output_shape(in_shape)
         return z.reshape(z.shape[0], z.shape[1], ho, wo)
+
+    # -- input tangents that live in one input channel each (docs/derivations.md §12) --------
+    # The parameter-Jacobian seed of a convolution before this one moves one channel of its
+    # output per direction, and elementwise layers keep it there: the im2col features of
+    # such a tangent are zero outside the kh kw rows of that channel.
+
+    def channel_features(self, v):
+        """The features of one-channel input tangents ``v (B, H, W)``: ``(B, kh kw, T)``,
+        the rows ``(c, kh, kw)`` of :meth:`features` for the channel ``c`` they live in."""
+        return im2col(v[:, None], self.kernel_size, self.stride, self.padding)
+
+    def channel_jvp(self, params, F, channels, in_shape):
+        """Output tangents ``(N, K, *out)`` of input tangents that live in channel
+        ``channels[k]`` of direction ``k``, from their :meth:`channel_features`
+        ``F (N, K, kh kw, T)``: ``sum_q W[:, channels[k], q] F[n, k, q, t]`` (the other
+        ``c_in - 1`` channels' products are zero)."""
+        n, k, q, _ = F.shape
+        Wk = params[0].reshape(self.out_channels, self.in_channels, q)[:, channels].transpose(1, 0, 2)
+        z = np.matmul(Wk, F)  # (N, K, c_out, T): one (c_out x kh kw) @ (kh kw x T) per sample and direction
+        return split_tangent_axis(self.to_output(merge_tangent_axis(z), in_shape), n)
+
+    def channel_input_tangent(self, F, channels, dy0):
+        """:meth:`param_grad_input_tangent` of the same tangents, ``(K, n_params)``: nonzero
+        only at the weights ``(c', channels[k], kh, kw)`` of direction ``k``."""
+        n, k, q, t = F.shape
+        dz0 = self.from_output(dy0[:, 0])  # (N, c_out, T)
+        # one product per sample over its locations, then the sum over the samples, as
+        # param_grad_input_tangent does (F read in place, not reordered)
+        per_sample = np.matmul(F.reshape(n, k * q, t), dz0.transpose(0, 2, 1))  # (N, K q, c_out)
+        out = np.zeros((k, self.n_params))
+        w = out[:, : self.n_weight].reshape(k, self.out_channels, self.in_channels, q)
+        w[np.arange(k), :, channels, :] = per_sample.sum(axis=0).reshape(k, q, self.out_channels).transpose(0, 2, 1)
+        return out
 
     def __repr__(self):
         return (
