@@ -155,3 +155,52 @@ def test_threads_write_a_stand_in_zarr_array_themselves(tmp_path, monkeypatch, c
         monkeypatch.setattr(parallel, "run", lambda e, jobs, *a: (submitted.append(len(jobs)), real(e, jobs, *a))[1])
         rp.hessian(model, params, X, y, rp.CrossEntropyLoss(), out=z, executor=ex, block_rows=4)
     assert submitted == [0]
+
+
+class Bare:
+    """An array store with only what every Zarr version has: no ``shards``, no ``path``
+    (the array at its store's root)."""
+
+    def __init__(self, root, chunks):
+        self.chunks, self.store = chunks, LocalStore(root)
+
+
+def test_arrays_without_shards_path_or_store(tmp_path):
+    bare = Bare(str(tmp_path), (2, 5))
+    assert store.chunk_unit(bare) == (2, 5)
+    assert store.zarr_lock_path(bare) == str(tmp_path) + ".refprune.lock"
+    del bare.store
+    assert store.zarr_lock_path(bare) is None
+
+
+class Watched(FakeZarr):
+    """Asserts that every write, and every read of a sharded array, holds the locks (as
+    far as this process's threads see them) of all the chunks that it meets."""
+
+    def _check(self, idx):
+        unit = self.shards or self.chunks
+        columns = -(-self.shape[1] // unit[1])
+        path = store.zarr_lock_path(self)
+        rs, cs = idx
+        for i in range(rs.start // unit[0], -(-rs.stop // unit[0])):
+            for j in range(cs.start // unit[1], -(-cs.stop // unit[1])):
+                held = store._ChunkLocks._threads.get((path, i * columns + j))
+                assert held is not None and held.locked(), (idx, i, j)
+        self.checked += 1
+
+    def __setitem__(self, idx, values):
+        self._check(idx)
+        super().__setitem__(idx, values)
+
+    def __getitem__(self, idx):
+        if self.shards is not None:
+            self._check(idx)
+        return super().__getitem__(idx)
+
+
+def test_a_writer_holds_the_chunk_locks_while_it_writes_and_reads_back(tmp_path):
+    z = Watched(str(tmp_path), 10, (2, 2), shards=(4, 6))
+    z.checked = 0
+    block = np.arange(3 * 8, dtype=np.float64).reshape(3, 8)
+    assert store.BlockWriter(z, "ggn").write(2, 6, [(2, 5)], block) == (sha(block), sha(block[:, 4:]))
+    assert z.checked >= 4  # the rows and the mirror, written and read back
