@@ -162,13 +162,15 @@ class Bare:
     (the array at its store's root)."""
 
     def __init__(self, root, chunks):
-        self.chunks, self.store = chunks, LocalStore(root)
+        self.chunks, self.store, self.shape = chunks, LocalStore(root), (6, 6)
 
 
 def test_arrays_without_shards_path_or_store(tmp_path):
     bare = Bare(str(tmp_path), (2, 5))
     assert store.chunk_unit(bare) == (2, 5)
     assert store.zarr_lock_path(bare) == str(tmp_path) + ".refprune.lock"
+    w = store.BlockWriter(bare, "hessian")
+    assert (w.lock.unit, w.lock.columns, w.lock.sharded) == ((2, 5), 2, False)
     del bare.store
     assert store.zarr_lock_path(bare) is None
 
