@@ -247,3 +247,21 @@ def test_a_forked_child_starts_with_no_lock_state(tmp_path, monkeypatch):
     finally:
         for fd in opened:
             os.close(fd)
+
+
+# ---- progress lines ---------------------------------------------------------------------
+
+
+def test_progress_counts_the_time_since_the_start(monkeypatch, capsys):
+    """A clock far from zero that moves one second per reading: after block ``i`` of 2,
+    ``i`` seconds have passed and about ``i / i * (2 - i)`` are left."""
+    import itertools
+
+    clock = itertools.count(1000)
+    monkeypatch.setattr(parallel.time, "perf_counter", lambda: float(next(clock)))
+    got = []
+    parallel.run(None, [("a", [(int, (1,))]), ("b", [(int, (2,)), (int, (3,))])],
+                 lambda key, block: got.append((key, block)), True, "f")
+    assert got == [("a", 1), ("b", 5)]
+    assert capsys.readouterr().err.splitlines() == ["f: block 1/2 (a) done [1.0 s, about 1 s left]",
+                                                     "f: block 2/2 (b) done [2.0 s, about 0 s left]"]
