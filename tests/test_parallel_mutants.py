@@ -1,0 +1,267 @@
+"""``refprune.curvature.parallel``'s process-pool parts without any process: the core
+count's fall-back, the BLAS thread limit (``threadpoolctl`` replaced by a stand-in
+module, or made absent), a worker's start-up routine called here as the pool would call
+it in each worker, :class:`WorkerPool`'s construction with the process pool's own
+constructor replaced, and :meth:`WorkerPool.stop` against stand-in processes and a
+stand-in clock (docs/derivations.md §11.1).  The tests that start real workers are in
+``tests/test_store_workers.py``; these run under mutmut too."""
+
+import concurrent.futures as cf
+import inspect
+import multiprocessing as mp
+import os
+import sys
+import threading
+import types
+
+import pytest
+
+from refprune.curvature import parallel, store
+
+
+# ---- cores and BLAS threads ----------------------------------------------------------
+
+
+def test_available_cores_is_the_affinity_else_the_cpu_count_else_one(monkeypatch):
+    if hasattr(os, "sched_getaffinity"):
+        assert parallel.available_cores() == len(os.sched_getaffinity(0))
+
+    def no_affinity(pid):
+        raise OSError("not supported here")
+
+    monkeypatch.setattr(os, "sched_getaffinity", no_affinity, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert parallel.available_cores() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # "undetermined"
+    assert parallel.available_cores() == 1
+    monkeypatch.delattr(os, "sched_getaffinity")  # a system without affinity at all
+    monkeypatch.setattr(os, "cpu_count", lambda: 5)
+    assert parallel.available_cores() == 5
+
+
+def test_worker_threads_default_to_the_available_cores(monkeypatch):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    assert parallel.worker_threads(1) == cores
+    monkeypatch.setattr(parallel, "available_cores", lambda: 8)
+    assert parallel.worker_threads(3) == 2 and parallel.worker_threads(9) == 1
+
+
+@pytest.fixture
+def blas_environment(monkeypatch):
+    """The BLAS variables as they are now, restored after the test."""
+    for var in parallel.BLAS_THREAD_VARIABLES:
+        monkeypatch.setenv(var, "untouched")
+    return monkeypatch
+
+
+def test_blas_limit_through_threadpoolctl(blas_environment):
+    calls = []
+    fake = types.ModuleType("threadpoolctl")
+    fake.threadpool_limits = lambda limits=None, user_api=None: calls.append((limits, user_api))
+    blas_environment.setitem(sys.modules, "threadpoolctl", fake)
+    assert parallel.limit_blas_threads(3) == "threadpoolctl"
+    assert calls == [(3, None)]  # every library, kept for the process's life
+    assert {v: os.environ[v] for v in parallel.BLAS_THREAD_VARIABLES} == dict.fromkeys(
+        ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+         "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"), "3")
+
+
+def test_blas_limit_without_threadpoolctl_sets_the_environment_only(blas_environment):
+    blas_environment.setitem(sys.modules, "threadpoolctl", None)  # import raises ImportError
+    assert parallel.limit_blas_threads(2) == "environment"
+    assert all(os.environ[v] == "2" for v in parallel.BLAS_THREAD_VARIABLES)
+
+
+# ---- a worker's start-up ---------------------------------------------------------------
+
+
+def test_each_worker_records_its_process_id_in_the_next_slot(monkeypatch):
+    """The routine every worker runs first: its process id in the next free slot (none
+    once the slots are used up, without failing), then the thread limit, then the
+    caller's initializer with its arguments."""
+    limits, inits = [], []
+    monkeypatch.setattr(parallel, "limit_blas_threads", limits.append)
+    slots, count = mp.RawArray("q", 2), mp.Value("i", 0)
+    pid = os.getpid()
+    parallel._start_worker(slots, count, 3, None, ())
+    assert list(slots) == [pid, 0] and count.value == 1 and limits == [3]
+    parallel._start_worker(slots, count, 3, lambda *a: inits.append(a), ("x", 1))
+    assert list(slots) == [pid, pid] and count.value == 2 and inits == [("x", 1)]
+    parallel._start_worker(slots, count, 3, lambda *a: inits.append(a), ())
+    assert list(slots) == [pid, pid] and count.value == 3 and inits == [("x", 1), ()] and limits == [3, 3, 3]
+
+
+@pytest.fixture
+def no_processes(monkeypatch):
+    """Replace the process pool's constructor: what it was given is recorded and no
+    process (nor the pool's thread) is ever started."""
+    given = {}
+
+    def init(self, max_workers=None, mp_context=None, initializer=None, initargs=(), **kw):
+        given.update(max_workers=max_workers, mp_context=mp_context, initializer=initializer, initargs=initargs,
+                     **kw)
+
+    monkeypatch.setattr(cf.ProcessPoolExecutor, "__init__", init)
+    monkeypatch.setattr(parallel, "limit_blas_threads", lambda threads: given.setdefault("limits", []).append(threads))
+    return given
+
+
+def test_worker_pool_hands_its_start_up_to_the_process_pool(no_processes, monkeypatch):
+    monkeypatch.setattr(parallel, "available_cores", lambda: 7)
+    inits = []
+    pool = parallel.WorkerPool(3, initializer=lambda *a: inits.append(a), initargs=["a", 2])
+    assert pool.threads == 2  # 7 cores // 3 workers
+    assert no_processes["max_workers"] == 3 and type(no_processes["max_workers"]) is int
+    assert no_processes["initializer"] is parallel._start_worker and no_processes.get("mp_context") is None
+    assert pool.worker_pids() == []
+    for _ in range(3):  # what each of the 3 workers runs when it starts
+        no_processes["initializer"](*no_processes["initargs"])
+    assert pool.worker_pids() == [os.getpid()] * 3
+    assert no_processes["limits"] == [2, 2, 2] and inits == [("a", 2)] * 3
+    assert parallel.WorkerPool(2, threads=5).threads == 5
+
+
+# ---- stop ------------------------------------------------------------------------------
+
+
+class Clock:
+    """``time.monotonic`` that moves only when a stand-in process is waited for, by
+    ``step`` seconds a wait (a loaded machine: more than asked; binary fractions, so
+    that the readings are exact)."""
+
+    def __init__(self, step=0.25):
+        self.now, self.step = 100.0, step
+
+    def __call__(self):
+        return self.now
+
+
+class Process:
+    """A worker: ``lives`` polls of ``is_alive`` report it alive after its kill (``None``:
+    it never dies); ``join(t)`` lets the clock's step pass."""
+
+    def __init__(self, clock, lives=0):
+        self.clock, self.lives, self.killed, self.joins = clock, lives, 0, []
+
+    def kill(self):
+        self.killed += 1
+
+    def is_alive(self):
+        if not self.killed:
+            return True
+        if self.lives is None:
+            return True
+        self.lives -= 1
+        return self.lives >= 0
+
+    def join(self, timeout=None):
+        if timeout is None:
+            raise AssertionError("join without a timeout would wait for as long as the process lives")
+        if len(self.joins) > 10_000:
+            raise AssertionError("still polling")
+        self.joins.append(timeout)
+        self.clock.now += self.clock.step
+
+
+def _stub_pool(no_processes, monkeypatch, procs):
+    calls = []
+    real = inspect.signature(cf.ProcessPoolExecutor.shutdown)
+
+    def shutdown(self, *a, **k):
+        bound = real.bind(self, *a, **k)
+        bound.apply_defaults()
+        calls.append((bool(bound.arguments["wait"]), bool(bound.arguments["cancel_futures"])))
+
+    monkeypatch.setattr(cf.ProcessPoolExecutor, "shutdown", shutdown)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # stop(wait=False) installs its own
+    pool = parallel.WorkerPool(2, threads=1)
+    pool.processes = lambda: list(procs)
+    return pool, calls
+
+
+def test_stop_waits_for_the_running_tasks_and_cancels_the_queued_ones(no_processes, monkeypatch):
+    """``stop()`` and ``stop(wait=True)``: the pool's own shutdown that waits, with the
+    queued tasks cancelled; no process is killed."""
+    clock = Clock()
+    procs = [Process(clock), Process(clock)]
+    pool, calls = _stub_pool(no_processes, monkeypatch, procs)
+    pool.stop()
+    pool.stop(wait=True)
+    assert calls == [(True, True), (True, True)]
+    assert [p.killed for p in procs] == [0, 0]
+
+
+def test_a_forced_stop_kills_then_polls_each_process_for_2_s_at_most(no_processes, monkeypatch):
+    """``stop(wait=False)``: every worker killed, the shutdown that does not wait (queued
+    tasks cancelled), then each process polled in short waits until it is seen dead,
+    for 2 s in all: a process seen dead is not waited for, one reported alive a few
+    times more is polled until it is not, one that never dies gives up after 2 s."""
+    clock = Clock()
+    monkeypatch.setattr(parallel.time, "monotonic", clock)
+    dead, late, stuck = Process(clock), Process(clock, lives=3), Process(clock, lives=None)
+    pool, calls = _stub_pool(no_processes, monkeypatch, [dead, late, stuck])
+    pool.stop(wait=False)
+    assert calls == [(False, True)]
+    assert (dead.killed, late.killed, stuck.killed) == (1, 1, 1)
+    assert dead.joins == [] and len(late.joins) == 3
+    assert all(0 < t <= 0.05 for t in late.joins + stuck.joins)  # a poll is short: the process is dead by now
+    # polled while less than 2 s have passed since the stop began (at 100 s), not after
+    assert clock.now == 102.0 and len(stuck.joins) == 8 - 3
+
+
+def test_a_forced_stop_with_every_process_dead_at_once_does_not_wait(no_processes, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(parallel.time, "monotonic", clock)
+    procs = [Process(clock), Process(clock)]
+    pool, calls = _stub_pool(no_processes, monkeypatch, procs)
+    pool.stop(wait=False)
+    assert calls == [(False, True)] and clock.now == 100.0 and all(p.joins == [] for p in procs)
+
+
+# ---- a forked child's chunk locks (refprune.curvature.store) ---------------------------
+
+
+def test_a_forked_child_starts_with_no_lock_state(tmp_path, monkeypatch):
+    """What ``os.register_at_fork`` runs in a child, called here: the parent's
+    descriptors and thread locks are forgotten, so the next lock opens its own
+    descriptor and makes a new thread lock."""
+    monkeypatch.setattr(store._ChunkLocks, "_fds", {})
+    monkeypatch.setattr(store._ChunkLocks, "_threads", {})
+    monkeypatch.setattr(store._ChunkLocks, "_guard", None)
+    path = str(tmp_path / "locks")
+    locks = store._ChunkLocks(path, (2, 2), 3)
+    opened = []
+    try:
+        with locks(1, 2):
+            pass
+        before = (dict(store._ChunkLocks._fds), dict(store._ChunkLocks._threads), store._ChunkLocks._guard)
+        opened.append(before[0][path])
+        store._forget_locks_after_fork()
+        assert (store._ChunkLocks._fds, store._ChunkLocks._threads, store._ChunkLocks._guard) == ({}, {}, None)
+        with locks(1, 2):
+            pass
+        opened.append(store._ChunkLocks._fds[path])
+        assert opened[1] != opened[0]
+        assert store._ChunkLocks._threads[(path, 5)] is not before[1][(path, 5)]
+        assert store._ChunkLocks._guard is not before[2]
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+# ---- progress lines ---------------------------------------------------------------------
+
+
+def test_progress_counts_the_time_since_the_start(monkeypatch, capsys):
+    """A clock far from zero that moves one second per reading: after block ``i`` of 2,
+    ``i`` seconds have passed and about ``i / i * (2 - i)`` are left."""
+    import itertools
+
+    clock = itertools.count(1000)
+    monkeypatch.setattr(parallel.time, "perf_counter", lambda: float(next(clock)))
+    got = []
+    parallel.run(None, [("a", [(int, (1,))]), ("b", [(int, (2,)), (int, (3,))])],
+                 lambda key, block: got.append((key, block)), True, "f")
+    assert got == [("a", 1), ("b", 5)]
+    assert capsys.readouterr().err.splitlines() == ["f: block 1/2 (a) done [1.0 s, about 1 s left]",
+                                                     "f: block 2/2 (b) done [2.0 s, about 0 s left]"]

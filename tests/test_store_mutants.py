@@ -1,0 +1,208 @@
+"""``refprune.curvature.store`` against records written by hand from the documented format
+(``docs/derivations.md`` §11: the keys, each block's rows, ``column_start``,
+``layer_end`` and the SHA-256 of its rows and mirror), with the messages written out in
+full; Zarr arrays are stood in for by small classes, so that these run under mutmut."""
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune.curvature import store
+
+
+def sha(a):
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()
+
+
+def record(n, blocks, complete=False, matrix="hessian", fingerprint="0" * 64):
+    """A record as docs/derivations.md §11 describes it; ``blocks``: key -> (o, end, rows,
+    digest, mirror_digest)."""
+    return {"format": "refprune block record", "version": 2, "matrix": matrix, "n": n, "fingerprint": fingerprint,
+            "complete": complete,
+            "blocks": {k: {"rows": [list(r) for r in rows], "column_start": o, "layer_end": end, "digest": d,
+                           "mirror_digest": m} for k, (o, end, rows, d, m) in blocks.items()}}
+
+
+def memmap_with_record(tmp_path, n, rec, name="h.npy"):
+    path = tmp_path / name
+    out = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float64, shape=(n, n))
+    out[:] = np.arange(n * n, dtype=np.float64).reshape(n, n)
+    out.flush()
+    (tmp_path / (name + ".refprune.json")).write_text(json.dumps(rec))
+    return str(path)
+
+
+@pytest.mark.parametrize("count", [1, 7, 8, 9, 10, 12])
+def test_missing_blocks_are_listed_up_to_eight_then_counted(tmp_path, count):
+    """One layer of ``count`` one-row blocks, none recorded: the message names the first
+    eight in the record's order and counts the others."""
+    n = count
+    keys = [f"b{i}" for i in range(count)]
+    rec = record(n, {k: (0, n, [(i, i + 1)], None, None) for i, k in enumerate(keys)})
+    path = memmap_with_record(tmp_path, n, rec)
+    shown = ", ".join(f"{k} (rows {i}:{i + 1})" for i, k in enumerate(keys[:8]))
+    more = f" and {count - 8} more" if count > 8 else ""
+    with pytest.raises(store.IncompleteResultError, match="^" + re.escape(
+            f"load_matrix: the hessian matrix recorded in {path}.refprune.json is incomplete: blocks missing: "
+            f"{shown}{more}; run the same computation again with this store as out= to compute them") + "$"):
+        rp.load_matrix(path)
+
+
+# ---- a Zarr array on a local directory, stood in for ---------------------------------
+
+
+class LocalStore:
+    def __init__(self, root):
+        self.root = root
+
+
+class FakeZarr:
+    """What the store code reads of a ``zarr.Array``: ``shape``, ``dtype``, ``chunks``,
+    ``shards``, ``attrs``, ``store.root``, ``path`` and item access."""
+
+    def __init__(self, root, n, chunks, shards=None, path="h"):
+        self.shape, self.dtype, self.chunks, self.shards = (n, n), np.dtype(np.float64), chunks, shards
+        self.attrs, self.store, self.path = {}, LocalStore(root), path
+        self.a = np.full((n, n), np.nan)
+
+    def __setitem__(self, idx, values):
+        self.a[idx] = values
+
+    def __getitem__(self, idx):
+        return self.a[idx].copy()
+
+
+def test_a_local_zarr_array_gets_a_lock_file_beside_it(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    z = FakeZarr(str(root), 10, (4, 3))
+    assert store.zarr_lock_path(z) == str(root / "h") + ".refprune.lock"
+    z.path = "group/../h2"
+    assert store.zarr_lock_path(z) == str(root / "h2") + ".refprune.lock"
+    z.path = ""  # the array at the store's root
+    assert store.zarr_lock_path(z) == str(root) + ".refprune.lock"
+    z.path = None
+    assert store.zarr_lock_path(z) == str(root) + ".refprune.lock"
+    assert store.workers_can_write(z)
+    assert store.chunk_unit(z) == (4, 3)
+    z.shards = (8, 6)
+    assert store.chunk_unit(z) == (8, 6)
+    for root_of in (None, 3, str(tmp_path / "nowhere")):  # in memory, remote, or not a directory here
+        z.store = LocalStore(root_of)
+        assert store.zarr_lock_path(z) is None and not store.workers_can_write(z)
+    z.store = None
+    assert store.zarr_lock_path(z) is None and not store.workers_can_write(z)
+
+
+def test_a_writer_of_a_zarr_array_locks_its_chunks(tmp_path):
+    n = 10
+    z = FakeZarr(str(tmp_path), n, (4, 3))
+    w = store.BlockWriter(z, "hessian")
+    assert (w.n, w.where, w.file, w.offset, w.array) == (n, "hessian", None, 0, z) and w.open() is z
+    assert (w.lock.path, w.lock.unit, w.lock.columns, w.lock.sharded) == (str(tmp_path / "h.refprune.lock"),
+                                                                          (4, 3), 4, False)
+    z2 = FakeZarr(str(tmp_path), n, (2, 2), shards=(4, 6))
+    w2 = store.BlockWriter(z2, "ggn")
+    assert (w2.lock.unit, w2.lock.columns, w2.lock.sharded) == ((4, 6), 2, True)
+    block = np.arange(3 * 8, dtype=np.float64).reshape(3, 8) + 0.5
+    # rows 2:5 of a layer at columns 2:6: the rows from column 2 on, the mirror below row 6
+    got = w2.write(2, 6, [(2, 5)], block)
+    assert got == (sha(block), sha(block[:, 4:]))
+    assert np.array_equal(z2.a[2:5, 2:], block) and np.array_equal(z2.a[6:, 2:5], block[:, 4:].T)
+    assert np.isnan(z2.a[:2]).all() and np.isnan(z2.a[5:6]).all()
+    last = np.ones((2, 4))
+    assert w2.write(6, 10, [(6, 8)], last) == (sha(last), None)  # the last layer has no mirror
+
+
+class Forgetful(FakeZarr):
+    def __setitem__(self, idx, values):
+        self.a[idx] = np.asarray(values) + 1.0
+
+
+def test_a_writer_refuses_a_store_that_does_not_keep_the_bytes(tmp_path):
+    z = Forgetful(str(tmp_path), 6, (3, 3))
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"ggn: the store did not keep the bytes written to rows 0:2, 3:4 (columns from 0) in {tmp_path / 'h'}")
+            + "$"):
+        store.BlockWriter(z, "ggn").write(0, 4, [(0, 2), (3, 4)], np.zeros((3, 6)))
+
+
+@pytest.mark.parametrize("chunks, shards", [((5, 7), None), ((3, 4), (6, 8))])
+def test_threads_write_a_stand_in_zarr_array_themselves(tmp_path, monkeypatch, chunks, shards):
+    """Workers (threads here) write their blocks through the chunk locks; the result is
+    the one-process matrix to rounding, verified by load_matrix, and a second call with
+    the same store recomputes nothing."""
+    import concurrent.futures as cf
+
+    from refprune.curvature import parallel
+
+    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 2))
+    params = model.init(seed=1)
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((5, 3)), rng.integers(0, 2, 5)
+    H = rp.hessian(model, params, X, y, rp.CrossEntropyLoss())
+    z = FakeZarr(str(tmp_path), model.n_params, chunks, shards)
+    with cf.ThreadPoolExecutor(2) as ex:
+        rp.hessian(model, params, X, y, rp.CrossEntropyLoss(), out=z, executor=ex, block_rows=4)
+        assert np.abs(z.a - H).max() <= 1e-12 * np.abs(H).max()
+        assert rp.load_matrix(z) is z and z.attrs["refprune"]["complete"] is True
+        submitted = []
+        real = parallel.run
+        monkeypatch.setattr(parallel, "run", lambda e, jobs, *a: (submitted.append(len(jobs)), real(e, jobs, *a))[1])
+        rp.hessian(model, params, X, y, rp.CrossEntropyLoss(), out=z, executor=ex, block_rows=4)
+    assert submitted == [0]
+
+
+class Bare:
+    """An array store with only what every Zarr version has: no ``shards``, no ``path``
+    (the array at its store's root)."""
+
+    def __init__(self, root, chunks):
+        self.chunks, self.store, self.shape = chunks, LocalStore(root), (6, 6)
+
+
+def test_arrays_without_shards_path_or_store(tmp_path):
+    bare = Bare(str(tmp_path), (2, 5))
+    assert store.chunk_unit(bare) == (2, 5)
+    assert store.zarr_lock_path(bare) == str(tmp_path) + ".refprune.lock"
+    w = store.BlockWriter(bare, "hessian")
+    assert (w.lock.unit, w.lock.columns, w.lock.sharded) == ((2, 5), 2, False)
+    del bare.store
+    assert store.zarr_lock_path(bare) is None
+
+
+class Watched(FakeZarr):
+    """Asserts that every write, and every read of a sharded array, holds the locks (as
+    far as this process's threads see them) of all the chunks that it meets."""
+
+    def _check(self, idx):
+        unit = self.shards or self.chunks
+        columns = -(-self.shape[1] // unit[1])
+        path = store.zarr_lock_path(self)
+        rs, cs = idx
+        for i in range(rs.start // unit[0], -(-rs.stop // unit[0])):
+            for j in range(cs.start // unit[1], -(-cs.stop // unit[1])):
+                held = store._ChunkLocks._threads.get((path, i * columns + j))
+                assert held is not None and held.locked(), (idx, i, j)
+        self.checked += 1
+
+    def __setitem__(self, idx, values):
+        self._check(idx)
+        super().__setitem__(idx, values)
+
+    def __getitem__(self, idx):
+        if self.shards is not None:
+            self._check(idx)
+        return super().__getitem__(idx)
+
+
+def test_a_writer_holds_the_chunk_locks_while_it_writes_and_reads_back(tmp_path):
+    z = Watched(str(tmp_path), 10, (2, 2), shards=(4, 6))
+    z.checked = 0
+    block = np.arange(3 * 8, dtype=np.float64).reshape(3, 8)
+    assert store.BlockWriter(z, "ggn").write(2, 6, [(2, 5)], block) == (sha(block), sha(block[:, 4:]))
+    assert z.checked >= 4  # the rows and the mirror, written and read back
