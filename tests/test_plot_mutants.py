@@ -192,3 +192,15 @@ def test_predicted_vs_actual_with_a_given_floor_and_with_only_zeros():
     fig = plot.predicted_vs_actual({"a": ([0.0], [0.0])})  # nothing positive: a floor of 1e-12
     a, diagonal = fig.axes[0].lines
     assert list(a.get_xdata()) == [1e-12] and list(diagonal.get_ydata()) == [1e-12, 2e-12]
+
+
+def test_integer_arrays_are_taken_as_numbers():
+    # |-128| of an int8 is 128, not the int8 -128 it wraps to
+    p, a = np.array([-128, 0], dtype=np.int8), np.array([0, -128], dtype=np.int8)
+    fig = plot.predicted_vs_actual({"i": (p, a)})
+    line, diagonal = fig.axes[0].lines
+    assert list(line.get_xdata()) == [128.0, 64.0] and list(line.get_ydata()) == [64.0, 128.0]
+    assert list(diagonal.get_xdata()) == [64.0, 256.0]
+    fig = plot.spectra({"given": np.array([2, -1], dtype=np.int8)})
+    y = fig.axes[0].lines[0].get_ydata()
+    assert y.dtype == np.float64 and list(y) == [2.0, -1.0]

@@ -1,0 +1,196 @@
+"""Pieces of refprune.cli called in-process (the subprocess tests of test_cli.py are
+invisible to a mutation run): ``check`` with pytest and the self-check replaced by
+recorders, the Ctrl-C handler with a stand-in pool and ``os`` calls recorded, the
+small helpers against their documented rules."""
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+import refprune
+from refprune import cli
+
+
+def _run(capsys, *argv):
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_runs_the_fast_profile_of_the_tests_next_to_the_package(capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pytest, "main", lambda args: calls.append(args) or pytest.ExitCode.TESTS_FAILED)
+    code, _, _ = _run(capsys, "check")
+    tests = str(Path(refprune.__file__).resolve().parent.parent / "tests")
+    assert code == 1 and type(cli.cmd_check(argparse.Namespace(builtin=False))) is int
+    assert calls[0] == ["-q", "-p", "no:cacheprovider", "--hypothesis-profile=ci", tests]
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_check_builtin_runs_the_self_check(capsys, monkeypatch, passed):
+    from refprune import selfcheck
+
+    calls = []
+    monkeypatch.setattr(selfcheck, "run", lambda **kw: calls.append(kw) or passed)
+    monkeypatch.setattr(pytest, "main", lambda args: pytest.fail("the test suite must not run"))
+    code, _, _ = _run(capsys, "check", "--builtin")
+    assert code == (0 if passed else 1) and calls == [{"verbose": True}]
+    # without the tests next to the package: the self-check too
+    real_isdir = os.path.isdir
+    tests = str(Path(refprune.__file__).resolve().parent.parent / "tests")
+    monkeypatch.setattr(os.path, "isdir", lambda p: False if os.path.abspath(p) == tests else real_isdir(p))
+    code, _, _ = _run(capsys, "check")
+    assert code == (0 if passed else 1) and calls == [{"verbose": True}] * 2
+
+
+def test_check_without_pytest_says_what_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytest", None)
+    code, _, err = _run(capsys, "check")
+    assert code == 2
+    assert err == ("refprune check: error: the test suite needs pytest and hypothesis: pip install "
+                   "'refprune[test]' (or run refprune check --builtin)\n")
+
+
+class _Pool:
+    def __init__(self, pids=()):
+        self.pids, self.stops = list(pids), []
+
+    def worker_pids(self):
+        return list(self.pids)
+
+    def stop(self, wait=True):
+        self.stops.append(wait)
+
+
+class _Exit(BaseException):
+    pass
+
+
+@pytest.fixture
+def recorded_os(monkeypatch):
+    rec = {"kill": [], "write": [], "exit": []}
+
+    def kill(pid, sig):
+        rec["kill"].append((pid, sig))
+        if pid == 111:
+            raise ProcessLookupError(pid)  # already gone: the others are still killed
+
+    def _exit(code):
+        rec["exit"].append(code)
+        raise _Exit
+
+    monkeypatch.setattr(os, "kill", kill)
+    monkeypatch.setattr(os, "write", lambda fd, data: rec["write"].append((fd, data)))
+    monkeypatch.setattr(os, "_exit", _exit)
+    return rec
+
+
+def test_the_first_ctrl_c_raises_and_the_second_kills_the_workers(recorded_os):
+    pool = _Pool([111, 222])
+    it = cli._Interrupts(pool, "the line")
+    assert (it.count, it.reported, it.previous, it.pids) == (0, False, None, set())
+    with pytest.raises(KeyboardInterrupt):
+        it._handler(signal.SIGINT, None)
+    assert it.count == 1 and it.pids == {111, 222} and recorded_os["kill"] == []
+    pool.pids = [333]  # a worker started since: killed too
+    with pytest.raises(_Exit):
+        it._handler(signal.SIGINT, None)
+    assert it.count == 2
+    assert sorted(recorded_os["kill"]) == [(111, signal.SIGKILL), (222, signal.SIGKILL), (333, signal.SIGKILL)]
+    assert recorded_os["write"] == [(2, b"the line\n")] and recorded_os["exit"] == [130]
+    # once reported, the line is not written again
+    it.reported = True
+    with pytest.raises(_Exit):
+        it._handler(signal.SIGINT, None)
+    assert it.count == 3 and recorded_os["write"] == [(2, b"the line\n")] and recorded_os["exit"] == [130, 130]
+
+
+def test_report_once_and_leave_only_after_a_real_ctrl_c(capsys, recorded_os):
+    it = cli._Interrupts(_Pool(), "stopped; resume with --resume")
+    it.report()
+    it.report()
+    assert capsys.readouterr().err == "stopped; resume with --resume\n" and it.reported is True
+    it.leave()  # no Ctrl-C was pressed: the command returns normally
+    assert recorded_os["exit"] == []
+    it.count = 1
+    with pytest.raises(_Exit):
+        it.leave()
+    assert recorded_os["exit"] == [130]
+
+
+def test_the_handler_is_installed_only_with_a_pool_and_restored_unless_pressed():
+    before = signal.getsignal(signal.SIGINT)
+    it = cli._Interrupts(_Pool(), "x")
+    with it as entered:
+        assert entered is it and signal.getsignal(signal.SIGINT) == it._handler and it.previous is before
+    assert signal.getsignal(signal.SIGINT) is before
+    with cli._Interrupts(None, "x") as it:
+        assert signal.getsignal(signal.SIGINT) is before and it.previous is None
+    it = cli._Interrupts(_Pool(), "x")
+    try:
+        with it:
+            it.count = 1  # pressed: the handler stays for the rest of the process
+        assert signal.getsignal(signal.SIGINT) == it._handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert it.__exit__(None, None, None) is False
+
+
+def test_workers_ignore_ctrl_c():
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        cli._ignore_interrupts()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_stop_waits_only_when_not_forced():
+    pool = _Pool()
+    cli._stop(pool)
+    cli._stop(pool, force=False)
+    cli._stop(None)
+    assert pool.stops == [False, True]
+    assert cli._pool(0) is None and cli._pool(None) is None
+
+
+def test_small_helpers():
+    assert cli._error_text(KeyError("network")) == "missing key 'network'"
+    assert cli._error_text(ValueError("bad value")) == "bad value"
+    assert cli._error_text(IndexError(3)) == "3"
+    assert cli._seconds(0.04) == "0.0 s" and cli._seconds(599.94) == "599.9 s"
+    assert cli._seconds(600) == "10 min" and cli._seconds(3000) == "50 min"
+    ns = dict(workers=0, block_rows=None, shards=1, resume=False)
+    assert cli._runs_as_tasks(argparse.Namespace(**ns)) is False
+    for k, v in (("workers", 2), ("block_rows", 5), ("shards", 2), ("resume", True)):
+        assert cli._runs_as_tasks(argparse.Namespace(**{**ns, k: v})) is True
+
+
+def test_split_layers_at_spaces_and_dashes_outside_parentheses():
+    assert cli._split_layers("Linear(3, -4)-Tanh  Conv2d(1,2,3,padding=(1, 1))\tFlatten") == [
+        "Linear(3, -4)", "Tanh", "Conv2d(1,2,3,padding=(1, 1))", "Flatten"]
+    assert cli._split_layers(" - ") == [] and cli._split_layers("ReLU") == ["ReLU"]
+
+
+def test_the_subcommands_and_their_help(capsys):
+    ap = cli.build_parser()
+    assert ap.prog == "refprune" and set(ap.commands) == {"hessian", "fixtures", "check"}
+    help_ = ap.format_help()
+    for line in ("train, inspect and prune a small net on built-in spirals (--help for options)",
+                 "an exact Hessian, GGN, residual or Fisher into an .npy file",
+                 "write the golden fixtures (.npz + manifest.json) into DIR",
+                 "run the fast tests (or the built-in self-check) of the installed package"):
+        assert " ".join(line.split()) in " ".join(help_.split()), line
+    assert "Ground-truth second-order quantities for pruning." in help_
+    code, _, err = _run(capsys)
+    assert code == 2 and err == ("refprune: error: the following arguments are required: COMMAND "
+                                 "(see refprune --help)\n")
+    for name, sub in ap.commands.items():
+        assert isinstance(sub, cli.OneLineParser) and sub.prog == f"refprune {name}"
