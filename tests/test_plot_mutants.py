@@ -204,3 +204,9 @@ def test_integer_arrays_are_taken_as_numbers():
     fig = plot.spectra({"given": np.array([2, -1], dtype=np.int8)})
     y = fig.axes[0].lines[0].get_ydata()
     assert y.dtype == np.float64 and list(y) == [2.0, -1.0]
+
+
+def test_the_diagonal_reaches_twice_the_largest_value_of_any_series():
+    fig = plot.predicted_vs_actual({"big": ([10.0], [1.0]), "small": ([1e-3], [2e-3])})
+    diagonal = fig.axes[0].lines[-1]
+    assert list(diagonal.get_xdata()) == [0.5e-3, 20.0] and list(diagonal.get_ydata()) == [0.5e-3, 20.0]
