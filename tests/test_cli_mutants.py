@@ -194,3 +194,105 @@ def test_the_subcommands_and_their_help(capsys):
                                  "(see refprune --help)\n")
     for name, sub in ap.commands.items():
         assert isinstance(sub, cli.OneLineParser) and sub.prog == f"refprune {name}"
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "mc_fisher"])
+@pytest.mark.parametrize("data", [None, "d.npz"])
+@pytest.mark.parametrize("params", [None, "p.npz"])
+@pytest.mark.parametrize("out, dry_run", [(None, False), ("H.npy", False), ("H.npy", True)])
+def test_hessian_mode_words(curvature, data, params, out, dry_run):
+    """The mode of refprune.options' CLI section, written out: the curvature, "data",
+    "out", "dry-run" when given, and "draws" when something is drawn at random (the data,
+    the parameters or the Monte Carlo targets)."""
+    v = dict(curvature=curvature, data=data, params=params, out=out, dry_run=dry_run, samples=32)
+    want = {f"curvature {curvature}"}
+    want |= {"data"} if data else set()
+    want |= {"out"} if out else set()
+    want |= {"dry-run"} if dry_run else set()
+    if data is None or params is None or curvature == "mc_fisher":
+        want.add("draws")
+    got = cli.hessian_mode(v)
+    assert got == frozenset(want) and isinstance(got, frozenset)
+
+
+def test_parse_model_builds_the_layers_named():
+    model = cli.parse_model("Conv2d(1, 2, 3, padding=1)-Tanh AvgPool2d(2) Flatten Linear(8, 3)")
+    by_hand = refprune.Sequential(refprune.Conv2d(1, 2, 3, padding=1), refprune.Tanh(), refprune.AvgPool2d(2),
+                                  refprune.Flatten(), refprune.Linear(8, 3))
+    assert str(model) == str(by_hand) and model.param_shapes() == by_hand.param_shapes()
+    assert isinstance(model, refprune.Sequential)
+    for name in cli._LAYER_NAMES:  # each name is a layer of refprune.nn
+        assert name in dir(refprune.nn)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("Linear(3,", "cannot read the model 'Linear(3,': "),
+    ("Gelu", "unknown layer 'Gelu' in the model; known: Linear, Conv2d, ReLU, Tanh, Sigmoid, Softplus, AvgPool2d, "
+             "MaxPool2d, Flatten"),
+    ("nn.Linear(2, 3)", "unknown layer 'nn.Linear' in the model; known: Linear, Conv2d, ReLU, Tanh, Sigmoid, "
+                        "Softplus, AvgPool2d, MaxPool2d, Flatten"),
+    ("", "the model has no layers"),
+    ("Linear(2, bias=3, nope=1)", "layer Linear(2, bias=3, nope=1): "),
+    ("Linear(x, 2)", "layer Linear(x, 2): malformed node or string"),
+])
+def test_parse_model_refusals(spec, message):
+    with pytest.raises(cli.UsageError) as e:
+        cli.parse_model(spec)
+    assert str(e.value).startswith(message), str(e.value)
+    assert e.value.__cause__ is None and (e.value.__context__ is None or e.value.__suppress_context__)
+
+
+def test_npz_reads_named_arrays_and_refuses_the_rest(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "a.npz", X=np.arange(3.0), y=np.array([1, 2]))
+    got = cli._npz(str(tmp_path / "a.npz"), "--data")
+    assert sorted(got) == ["X", "y"] and np.array_equal(got["X"], np.arange(3.0)) and type(got) is dict
+    np.save(tmp_path / "b.npy", np.arange(3.0))
+    with pytest.raises(cli.UsageError) as e:
+        cli._npz(str(tmp_path / "b.npy"), "--params")
+    assert str(e.value) == f"--params {tmp_path / 'b.npy'}: expected an .npz file of named arrays, got an .npy array"
+    (tmp_path / "c.npz").write_bytes(b"not a zip file")
+    with pytest.raises(cli.UsageError) as e:
+        cli._npz(str(tmp_path / "c.npz"), "--data")
+    assert str(e.value).startswith(f"--data {tmp_path / 'c.npz'}: cannot be read as an .npz file (")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_fixtures_subcommand_reports_what_was_written(capsys, monkeypatch, tmp_path, quiet):
+    from refprune import fixtures
+
+    calls = []
+    monkeypatch.setattr(fixtures, "write_fixtures",
+                        lambda d, progress: calls.append((d, progress)) or {"cases": [{}, {}, {}]})
+    code, out, _ = _run(capsys, "fixtures", str(tmp_path), *(["--quiet"] if quiet else []))
+    assert code == 0 and out == f"wrote 3 cases and manifest.json to {tmp_path}\n"
+    assert calls == [(str(tmp_path), not quiet)]
+
+
+def test_store_seconds_times_the_flush_and_two_hashings_of_the_whole_matrix(monkeypatch):
+    """docs/derivations.md §11: the flush once, every row and column hashed twice,
+    timed on about 16 MB (2**21 doubles) of rows and of columns and scaled to n."""
+    import numpy as np
+
+    from refprune.curvature import store
+
+    now, digested = [0.0], []
+
+    class Dest:
+        def flush(self):
+            now[0] += 0.25
+
+        def __getitem__(self, index):
+            return np.zeros((n, n))[index]
+
+    def digest(a):
+        digested.append(a.shape)
+        now[0] += 0.125
+
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(store, "digest", digest)
+    for n, m in ((6, 6), (1600, 2**21 // 1600), (3000, 2**21 // 3000)):
+        digested.clear()
+        assert cli._store_seconds(Dest(), n) == pytest.approx(0.25 + 2 * 0.25 * n / m)
+        assert digested == [(m, n), (m, n)]
