@@ -296,3 +296,38 @@ def test_store_seconds_times_the_flush_and_two_hashings_of_the_whole_matrix(monk
         digested.clear()
         assert cli._store_seconds(Dest(), n) == pytest.approx(0.25 + 2 * 0.25 * n / m)
         assert digested == [(m, n), (m, n)]
+
+
+def test_the_subcommands_exactly():
+    ap = cli.build_parser()
+    assert ap.description == "Ground-truth second-order quantities for pruning."
+    (action,) = ap._subparsers._group_actions
+    assert action.dest == "command" and action.required is True and action.metavar == "COMMAND"
+    assert [(a.dest, a.help) for a in action._choices_actions] == [
+        ("demo", "train, inspect and prune a small net on built-in spirals (--help for options)"),
+        ("hessian", "an exact Hessian, GGN, residual or Fisher into an .npy file"),
+        ("fixtures", "write the golden fixtures (.npz + manifest.json) into DIR"),
+        ("check", "run the fast tests (or the built-in self-check) of the installed package")]
+    # the demo's options are its own parser's (refprune.demo): no -h of the command line's
+    assert action.choices["demo"]._actions == [] and isinstance(action.choices["demo"], cli.OneLineParser)
+    assert ap.commands == {k: action.choices[k] for k in ("hessian", "fixtures", "check")}
+    (group,) = ap.commands["hessian"]._mutually_exclusive_groups
+    assert group.required is True and [a.option_strings for a in group._group_actions] == [["--model"],
+                                                                                            ["--model-json"]]
+
+
+def test_main_reads_sys_argv_hands_the_demo_its_arguments_and_reports_ctrl_c(capsys, monkeypatch, tmp_path):
+    from refprune import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "main", lambda argv: seen.append(argv) or 7)
+    assert cli.main(["demo", "--steps", "3"]) == 7 and seen == [["--steps", "3"]]
+    monkeypatch.setattr(sys, "argv", ["refprune", "demo", "--lr", "0.1"])
+    assert cli.main() == 7 and seen[-1] == ["--lr", "0.1"]
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_fixtures", interrupted)
+    code, _, err = _run(capsys, "fixtures", str(tmp_path))
+    assert code == 130 and err == "refprune fixtures: interrupted\n"
