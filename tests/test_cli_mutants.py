@@ -331,3 +331,86 @@ def test_main_reads_sys_argv_hands_the_demo_its_arguments_and_reports_ctrl_c(cap
     monkeypatch.setattr(cli, "cmd_fixtures", interrupted)
     code, _, err = _run(capsys, "fixtures", str(tmp_path))
     assert code == 130 and err == "refprune fixtures: interrupted\n"
+
+
+def _interrupted(capsys, monkeypatch, argv, after):
+    """Run ``argv`` and stop it with Ctrl-C once ``after`` blocks are recorded (0: before any)."""
+    from refprune.curvature import store
+
+    real, marked = store.BlockRecord.mark, []
+
+    def mark_then_stop(self, key, block):
+        if self.persistent and len(marked) == after:
+            raise KeyboardInterrupt
+        real(self, key, block)
+        if self.persistent:
+            marked.append(key)
+
+    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_stop)
+    assert _run(capsys, *argv)[0] == 130
+    monkeypatch.setattr(store.BlockRecord, "mark", real)
+
+
+def _reference(seed=0):
+    import numpy as np
+
+    model = cli.parse_model("Linear(4, 5) Tanh Linear(5, 3)")
+    rng = np.random.default_rng(seed)
+    X, y = rng.standard_normal((8, 4)), rng.integers(0, 3, 8)
+    return refprune.hessian(model, model.init(seed=seed), X, y, refprune.CrossEntropyLoss())
+
+
+def test_resume_names_what_differs_from_the_interrupted_run(capsys, monkeypatch, tmp_path):
+    import json
+    import warnings
+
+    import numpy as np
+
+    out = tmp_path / "H.npy"
+    partial = f"{out}.partial"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out))
+    _interrupted(capsys, monkeypatch, (*common, "--block-rows", "5", "--shards", "2"), after=2)
+    layout = sorted(json.loads(open(partial + ".refprune.json").read())["blocks"])
+    assert layout == sorted(f"layer {l} units {u}-{u + 1}" for l, units in ((0, 5), (2, 3)) for u in range(units))
+    theirs = ", ".join(layout[:3]) + (", ..." if len(layout) > 3 else "")
+    tail = "to keep its 2 finished blocks, or run without --resume to start again\n"
+    code, _, err = _run(capsys, *common, "--resume", "--block-rows", "5", "--shards", "1")
+    assert code == 2 and err == (f"refprune hessian: error: --resume with --shards 1: {partial} was written with "
+                                 f"--shards 2; give --shards 2 {tail}")
+    code, _, err = _run(capsys, *common, "--resume", "--block-rows", "10", "--shards", "2")
+    assert code == 2 and err == (f"refprune hessian: error: --resume: {partial} was written in other blocks "
+                                 f"({theirs}) than --block-rows 10 gives; give the --block-rows of the interrupted "
+                                 f"run {tail}")
+    code, _, err = _run(capsys, *common, "--resume", "--shards", "2")
+    assert code == 2 and f"than whole layers gives; give the --block-rows of the interrupted run {tail}" in err
+    code, _, err = _run(capsys, *common, "--resume", "--block-rows", "5", "--shards", "2", "--seed", "1")
+    assert code == 2 and err == (f"refprune hessian: error: --resume: {partial} was written for another computation "
+                                 "(other data, parameters, loss, --curvature, --seed, --block-rows or --shards than "
+                                 f"these); give the options of the interrupted run {tail}")
+    # a record that cannot be read: said in one line, every block computed again, no warning besides
+    with open(partial + ".refprune.json", "w") as fh:
+        fh.write("{not json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = _run(capsys, *common, "--resume", "--block-rows", "5", "--shards", "2")
+    assert code == 0 and [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert f"hessian: the record of {partial} cannot be used (" in err and "); every block is computed again\n" in err
+    assert np.abs(np.load(out) - _reference()).max() <= 1e-12 * np.abs(_reference()).max()
+
+
+def test_resume_of_a_run_stopped_before_its_first_block(capsys, monkeypatch, tmp_path):
+    import warnings
+
+    import numpy as np
+
+    out = tmp_path / "H.npy"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out))
+    _interrupted(capsys, monkeypatch, (*common, "--block-rows", "2"), after=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = _run(capsys, *common, "--resume", "--seed", "1", "--block-rows", "2")
+    assert code == 0 and [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert f"hessian: {out}.partial records no finished block; every block is computed\n" in err
+    assert np.abs(np.load(out) - _reference(1)).max() <= 1e-12 * np.abs(_reference(1)).max()
