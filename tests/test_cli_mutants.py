@@ -414,3 +414,46 @@ def test_resume_of_a_run_stopped_before_its_first_block(capsys, monkeypatch, tmp
     assert code == 0 and [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
     assert f"hessian: {out}.partial records no finished block; every block is computed\n" in err
     assert np.abs(np.load(out) - _reference(1)).max() <= 1e-12 * np.abs(_reference(1)).max()
+
+
+@pytest.mark.parametrize("curvature", ["residual", "mc_fisher"])
+def test_hessian_subcommand_prints_the_spectrum_of_the_library_matrix(capsys, curvature):
+    import numpy as np
+
+    code, out, _ = _run(capsys, "hessian", "--model", "Linear(3, 4) Tanh Linear(4, 2)", "--input-shape", "3",
+                        "--samples", "6", "--seed", "2", "--curvature", curvature,
+                        *(["--mc-samples", "3"] if curvature == "mc_fisher" else []))
+    model = cli.parse_model("Linear(3, 4) Tanh Linear(4, 2)")
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((6, 3)), rng.integers(0, 2, 6)
+    args = (model, model.init(seed=2), X, y, refprune.CrossEntropyLoss())
+    M = refprune.residual(*args) if curvature == "residual" else refprune.fisher(
+        *args, curvature="mc_fisher", samples=3, seed=2)
+    ev = np.linalg.eigvalsh(M)
+    assert code == 0 and out == f"trace {ev.sum():.6g}, eigenvalues from {ev[0]:.6g} to {ev[-1]:.6g}\n"
+
+
+def test_compute_hands_the_pool_to_the_library_as_its_executor():
+    import concurrent.futures
+
+    import numpy as np
+
+    submitted = []
+
+    class Recording(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, fn, *a, **k):
+            submitted.append(fn)
+            return super().submit(fn, *a, **k)
+
+    model = cli.parse_model("Linear(3, 4) Tanh Linear(4, 2)")
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 3)), rng.integers(0, 2, 6)
+    loss = refprune.CrossEntropyLoss()
+    params = model.init(seed=0)
+    ref = refprune.hessian(model, params, X, y, loss)
+    for tasks in (dict(workers=0, block_rows=4, shards=1), dict(workers=0, block_rows=None, shards=2)):
+        args = argparse.Namespace(curvature="hessian", resume=False, mc_samples=1, seed=0, **tasks)
+        with Recording(1) as pool:
+            submitted.clear()
+            M = cli._compute(refprune, args, model, params, X, y, loss, np.empty((model.n_params,) * 2), False, pool)
+        assert submitted and np.abs(M - ref).max() <= 1e-12 * np.abs(ref).max()
