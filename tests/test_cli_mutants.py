@@ -395,7 +395,12 @@ def test_resume_names_what_differs_from_the_interrupted_run(capsys, monkeypatch,
         warnings.simplefilter("always")
         code, _, err = _run(capsys, *common, "--resume", "--block-rows", "5", "--shards", "2")
     assert code == 0 and [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
-    assert f"hessian: the record of {partial} cannot be used (" in err and "); every block is computed again\n" in err
+    from refprune.curvature import store
+
+    with pytest.raises(ValueError) as e:
+        store.parse_record(b"{not json", partial + ".refprune.json", "refprune hessian", n=43)
+    assert f"hessian: the record of {partial} cannot be used ({e.value}); every block is computed again\n" in err
+    assert partial + ".refprune.json" in str(e.value) and "refprune hessian" in str(e.value)
     assert np.abs(np.load(out) - _reference()).max() <= 1e-12 * np.abs(_reference()).max()
 
 
