@@ -20,7 +20,7 @@ def test_spirals_lie_on_their_arms():
     X, y = demo.spirals(n_per_class=7, classes=4, noise=0.0, seed=2)
     assert X.shape == (28, 2) and y.tolist() == [k for k in range(4) for _ in range(7)]
     t = np.hypot(X[:, 0], X[:, 1])
-    assert np.all((t >= np.sqrt(0.05) - 1e-12) & (t <= 1.0))
+    assert np.all((t >= np.sqrt(0.05) - 1e-12) & (t <= 1.0)) and t.min() < 0.6 and t.max() > 0.9
     # the angle is 3.5 t + 2 pi k / classes, up to whole turns
     diff = np.arctan2(X[:, 1], X[:, 0]) - (3.5 * t + 2 * np.pi * y / 4)
     assert np.allclose(np.angle(np.exp(1j * diff)), 0.0, atol=1e-12)
@@ -30,6 +30,10 @@ def test_spirals_lie_on_their_arms():
     za, zb = (Xa - X) / (0.2 * t[:, None]), (Xb - X) / (0.5 * t[:, None])
     assert np.allclose(za, zb, rtol=1e-9, atol=1e-9) and 0.3 < za.std() < 2.0
     assert not np.allclose(za[:, 0], za[:, 1])  # each coordinate its own draw
+    # added (not subtracted): the generator's normal draws that follow the radii
+    rng = np.random.default_rng(2)
+    rng.uniform(size=(4, 7))
+    assert np.allclose(za, rng.standard_normal((28, 2)), rtol=1e-9, atol=1e-9)
 
 
 def test_spirals_defaults():
