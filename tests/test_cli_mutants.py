@@ -462,3 +462,23 @@ def test_compute_hands_the_pool_to_the_library_as_its_executor():
             submitted.clear()
             M = cli._compute(refprune, args, model, params, X, y, loss, np.empty((model.n_params,) * 2), False, pool)
         assert submitted and np.abs(M - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+def test_resume_of_a_monte_carlo_fisher_keeps_its_one_block(capsys, monkeypatch, tmp_path):
+    import numpy as np
+
+    out = tmp_path / "F.npy"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out), "--curvature", "mc_fisher", "--mc-samples", "2", "--seed", "3", "--block-rows", "5")
+    _interrupted(capsys, monkeypatch, common, after=1)
+    code, _, err = _run(capsys, *common, "--resume", "--shards", "2")
+    assert code == 2 and err.endswith(f"{out}.partial was written with --shards 1; give --shards 1 to keep its "
+                                      "1 finished block, or run without --resume to start again\n")
+    code, _, err = _run(capsys, *common, "--resume")  # the same draws: the record is this computation's
+    assert code == 0 and "resuming" in err
+    model = cli.parse_model("Linear(4, 5) Tanh Linear(5, 3)")
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((8, 4)), rng.integers(0, 3, 8)
+    ref = refprune.fisher(model, model.init(seed=3), X, y, refprune.CrossEntropyLoss(), curvature="mc_fisher",
+                          samples=2, seed=3)
+    assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()

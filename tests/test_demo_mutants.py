@@ -68,6 +68,7 @@ def test_bars_defaults_positions_and_noise():
     noisy, _ = demo.bars(n_per_class=30, size=6, noise=0.5, seed=3)
     z = (noisy - clean) / 0.5
     assert abs(z.std() - 1.0) < 0.1 and abs(z.mean()) < 0.1
+    assert np.all(z[clean == 1.0] != 0.0)  # the bar is added to the noise, not written over it
 
 
 def _heavy_ball(model, theta, X, y, loss, steps, lr, momentum):
@@ -115,6 +116,9 @@ def test_summarise_counts_negative_and_zero_eigenvalues():
         demo.summarise("GGN", eig)
     assert out.getvalue() == ("  GGN       trace    0.1000  largest    0.1000  smallest   -0.0000  "
                               "negative    0 (sum   0.0000)  zero    3\n")
+    buf = io.StringIO()
+    demo.summarise("y", np.array([-1.5e-10, 0.5]), out=buf)  # largest below 1: the threshold is 1e-10
+    assert "negative    1" in buf.getvalue() and "zero    0" in buf.getvalue()
     buf = io.StringIO()
     demo.summarise("x", np.array([-1e-10, 1.0]), out=buf)  # exactly at the threshold: zero
     assert "negative    0" in buf.getvalue() and "zero    1" in buf.getvalue()
