@@ -1,7 +1,9 @@
 """Pieces of refprune.cli called in-process (the subprocess tests of test_cli.py are
 invisible to a mutation run): ``check`` with pytest and the self-check replaced by
 recorders, the Ctrl-C handler with a stand-in pool and ``os`` calls recorded, the
-small helpers against their documented rules."""
+small helpers against their documented rules.  No test name here may contain the words
+that setup.cfg's mutmut section deselects (``ctrl_c``, ``as_tasks``, ...): these tests
+start no process."""
 
 import argparse
 import os
@@ -92,7 +94,7 @@ def recorded_os(monkeypatch):
     return rec
 
 
-def test_the_first_ctrl_c_raises_and_the_second_kills_the_workers(recorded_os):
+def test_the_first_interrupt_raises_and_the_second_kills_the_workers(recorded_os):
     pool = _Pool([111, 222])
     it = cli._Interrupts(pool, "the line")
     assert (it.count, it.reported, it.previous, it.pids) == (0, False, None, set())
@@ -112,7 +114,7 @@ def test_the_first_ctrl_c_raises_and_the_second_kills_the_workers(recorded_os):
     assert it.count == 3 and recorded_os["write"] == [(2, b"the line\n")] and recorded_os["exit"] == [130, 130]
 
 
-def test_report_once_and_leave_only_after_a_real_ctrl_c(capsys, recorded_os):
+def test_report_once_and_leave_only_after_a_real_interrupt(capsys, recorded_os):
     it = cli._Interrupts(_Pool(), "stopped; resume with --resume")
     it.report()
     it.report()
@@ -143,7 +145,7 @@ def test_the_handler_is_installed_only_with_a_pool_and_restored_unless_pressed()
     assert it.__exit__(None, None, None) is False
 
 
-def test_workers_ignore_ctrl_c():
+def test_workers_ignore_interrupts():
     before = signal.getsignal(signal.SIGINT)
     try:
         cli._ignore_interrupts()
@@ -316,7 +318,7 @@ def test_the_subcommands_exactly():
                                                                                             ["--model-json"]]
 
 
-def test_main_reads_sys_argv_hands_the_demo_its_arguments_and_reports_ctrl_c(capsys, monkeypatch, tmp_path):
+def test_main_reads_sys_argv_hands_the_demo_its_arguments_and_reports_an_interrupt(capsys, monkeypatch, tmp_path):
     from refprune import demo
 
     seen = []
