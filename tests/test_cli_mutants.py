@@ -484,3 +484,9 @@ def test_resume_of_a_monte_carlo_fisher_keeps_its_one_block(capsys, monkeypatch,
     ref = refprune.fisher(model, model.init(seed=3), X, y, refprune.CrossEntropyLoss(), curvature="mc_fisher",
                           samples=2, seed=3)
     assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+def test_a_refused_value_is_reported_by_the_subcommand(capsys):
+    code, _, err = _run(capsys, "hessian", "--model", "Linear(3,2)", "--input-shape", "3", "--samples", "0")
+    assert code == 2 and err.startswith("refprune hessian: error: --samples ") and err.endswith(
+        " (see refprune hessian --help)\n")
