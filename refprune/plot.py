@@ -9,6 +9,16 @@
   with the diagonal of a perfect quadratic model.
 
 Each returns the ``matplotlib`` figure; nothing is shown or saved unless asked (``path=``).
+
+The look is fixed, so that pictures made at different times compare (tests/test_plot_mutants.py
+holds the figures to it).  Files are written at 120 dpi without a ``Software`` entry (the
+bytes do not depend on the matplotlib version).  :func:`heatmaps`: 3.6 in square per matrix
+plus 0.8 in for the colour bar, colour map ``RdBu_r`` (red positive, blue negative), one
+cell per entry (``nearest``), no ticks, the colour bar at 0.8 of the height, the file
+cropped to the drawing.  :func:`spectra`: 7 x 4 in.  :func:`accuracy_vs_sparsity`: 6 x 4 in,
+dots of size 3 joined by lines.  :func:`predicted_vs_actual`: 5 x 4.5 in, dots of size 4 at
+opacity 0.7, the line predicted = actual black, dashed, of width 1.  Legends of the last two
+at font size 8.
 """
 
 import numpy as np

@@ -1,0 +1,492 @@
+"""Pieces of refprune.cli called in-process (the subprocess tests of test_cli.py are
+invisible to a mutation run): ``check`` with pytest and the self-check replaced by
+recorders, the Ctrl-C handler with a stand-in pool and ``os`` calls recorded, the
+small helpers against their documented rules.  No test name here may contain the words
+that setup.cfg's mutmut section deselects (``ctrl_c``, ``as_tasks``, ...): these tests
+start no process."""
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+import refprune
+from refprune import cli
+
+
+def _run(capsys, *argv):
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_runs_the_fast_profile_of_the_tests_next_to_the_package(capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pytest, "main", lambda args: calls.append(args) or pytest.ExitCode.TESTS_FAILED)
+    code, _, _ = _run(capsys, "check")
+    tests = str(Path(refprune.__file__).resolve().parent.parent / "tests")
+    assert code == 1 and type(cli.cmd_check(argparse.Namespace(builtin=False))) is int
+    assert calls[0] == ["-q", "-p", "no:cacheprovider", "--hypothesis-profile=ci", tests]
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_check_builtin_runs_the_self_check(capsys, monkeypatch, passed):
+    from refprune import selfcheck
+
+    calls = []
+    monkeypatch.setattr(selfcheck, "run", lambda **kw: calls.append(kw) or passed)
+    monkeypatch.setattr(pytest, "main", lambda args: pytest.fail("the test suite must not run"))
+    code, _, _ = _run(capsys, "check", "--builtin")
+    assert code == (0 if passed else 1) and calls == [{"verbose": True}]
+    # without the tests next to the package: the self-check too
+    real_isdir = os.path.isdir
+    tests = str(Path(refprune.__file__).resolve().parent.parent / "tests")
+    monkeypatch.setattr(os.path, "isdir", lambda p: False if os.path.abspath(p) == tests else real_isdir(p))
+    code, _, _ = _run(capsys, "check")
+    assert code == (0 if passed else 1) and calls == [{"verbose": True}] * 2
+
+
+def test_check_without_pytest_says_what_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytest", None)
+    code, _, err = _run(capsys, "check")
+    assert code == 2
+    assert err == ("refprune check: error: the test suite needs pytest and hypothesis: pip install "
+                   "'refprune[test]' (or run refprune check --builtin)\n")
+
+
+class _Pool:
+    def __init__(self, pids=()):
+        self.pids, self.stops = list(pids), []
+
+    def worker_pids(self):
+        return list(self.pids)
+
+    def stop(self, wait=True):
+        self.stops.append(wait)
+
+
+class _Exit(BaseException):
+    pass
+
+
+@pytest.fixture
+def recorded_os(monkeypatch):
+    rec = {"kill": [], "write": [], "exit": []}
+
+    def kill(pid, sig):
+        rec["kill"].append((pid, sig))
+        if pid == 111:
+            raise ProcessLookupError(pid)  # already gone: the others are still killed
+
+    def _exit(code):
+        rec["exit"].append(code)
+        raise _Exit
+
+    monkeypatch.setattr(os, "kill", kill)
+    monkeypatch.setattr(os, "write", lambda fd, data: rec["write"].append((fd, data)))
+    monkeypatch.setattr(os, "_exit", _exit)
+    return rec
+
+
+def test_the_first_interrupt_raises_and_the_second_kills_the_workers(recorded_os):
+    pool = _Pool([111, 222])
+    it = cli._Interrupts(pool, "the line")
+    assert (it.count, it.reported, it.previous, it.pids) == (0, False, None, set())
+    with pytest.raises(KeyboardInterrupt):
+        it._handler(signal.SIGINT, None)
+    assert it.count == 1 and it.pids == {111, 222} and recorded_os["kill"] == []
+    pool.pids = [333]  # a worker started since: killed too
+    with pytest.raises(_Exit):
+        it._handler(signal.SIGINT, None)
+    assert it.count == 2
+    assert sorted(recorded_os["kill"]) == [(111, signal.SIGKILL), (222, signal.SIGKILL), (333, signal.SIGKILL)]
+    assert recorded_os["write"] == [(2, b"the line\n")] and recorded_os["exit"] == [130]
+    # once reported, the line is not written again
+    it.reported = True
+    with pytest.raises(_Exit):
+        it._handler(signal.SIGINT, None)
+    assert it.count == 3 and recorded_os["write"] == [(2, b"the line\n")] and recorded_os["exit"] == [130, 130]
+
+
+def test_report_once_and_leave_only_after_a_real_interrupt(capsys, recorded_os):
+    it = cli._Interrupts(_Pool(), "stopped; resume with --resume")
+    it.report()
+    it.report()
+    assert capsys.readouterr().err == "stopped; resume with --resume\n" and it.reported is True
+    it.leave()  # no Ctrl-C was pressed: the command returns normally
+    assert recorded_os["exit"] == []
+    it.count = 1
+    with pytest.raises(_Exit):
+        it.leave()
+    assert recorded_os["exit"] == [130]
+
+
+def test_the_handler_is_installed_only_with_a_pool_and_restored_unless_pressed():
+    before = signal.getsignal(signal.SIGINT)
+    it = cli._Interrupts(_Pool(), "x")
+    with it as entered:
+        assert entered is it and signal.getsignal(signal.SIGINT) == it._handler and it.previous is before
+    assert signal.getsignal(signal.SIGINT) is before
+    with cli._Interrupts(None, "x") as it:
+        assert signal.getsignal(signal.SIGINT) is before and it.previous is None
+    it = cli._Interrupts(_Pool(), "x")
+    try:
+        with it:
+            it.count = 1  # pressed: the handler stays for the rest of the process
+        assert signal.getsignal(signal.SIGINT) == it._handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert it.__exit__(None, None, None) is False
+
+
+def test_workers_ignore_interrupts():
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        cli._ignore_interrupts()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_stop_waits_only_when_not_forced():
+    pool = _Pool()
+    cli._stop(pool)
+    cli._stop(pool, force=False)
+    cli._stop(None)
+    assert pool.stops == [False, True]
+    assert cli._pool(0) is None and cli._pool(None) is None
+
+
+def test_small_helpers():
+    assert cli._error_text(KeyError("network")) == "missing key 'network'"
+    assert cli._error_text(ValueError("bad value")) == "bad value"
+    assert cli._error_text(IndexError(3)) == "3"
+    assert cli._seconds(0.04) == "0.0 s" and cli._seconds(599.94) == "599.9 s"
+    assert cli._seconds(600) == "10 min" and cli._seconds(3000) == "50 min"
+    ns = dict(workers=0, block_rows=None, shards=1, resume=False)
+    assert cli._runs_as_tasks(argparse.Namespace(**ns)) is False
+    for k, v in (("workers", 2), ("block_rows", 5), ("shards", 2), ("resume", True)):
+        assert cli._runs_as_tasks(argparse.Namespace(**{**ns, k: v})) is True
+
+
+def test_split_layers_at_spaces_and_dashes_outside_parentheses():
+    assert cli._split_layers("Linear(3, -4)-Tanh  Conv2d(1,2,3,padding=(1, 1))\tFlatten") == [
+        "Linear(3, -4)", "Tanh", "Conv2d(1,2,3,padding=(1, 1))", "Flatten"]
+    assert cli._split_layers(" - ") == [] and cli._split_layers("ReLU") == ["ReLU"]
+
+
+def test_the_subcommands_and_their_help(capsys):
+    ap = cli.build_parser()
+    assert ap.prog == "refprune" and set(ap.commands) == {"hessian", "fixtures", "check"}
+    help_ = ap.format_help()
+    for line in ("train, inspect and prune a small net on built-in spirals (--help for options)",
+                 "an exact Hessian, GGN, residual or Fisher into an .npy file",
+                 "write the golden fixtures (.npz + manifest.json) into DIR",
+                 "run the fast tests (or the built-in self-check) of the installed package"):
+        assert " ".join(line.split()) in " ".join(help_.split()), line
+    assert "Ground-truth second-order quantities for pruning." in help_
+    code, _, err = _run(capsys)
+    assert code == 2 and err == ("refprune: error: the following arguments are required: COMMAND "
+                                 "(see refprune --help)\n")
+    for name, sub in ap.commands.items():
+        assert isinstance(sub, cli.OneLineParser) and sub.prog == f"refprune {name}"
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "mc_fisher"])
+@pytest.mark.parametrize("data", [None, "d.npz"])
+@pytest.mark.parametrize("params", [None, "p.npz"])
+@pytest.mark.parametrize("out, dry_run", [(None, False), ("H.npy", False), ("H.npy", True)])
+def test_hessian_mode_words(curvature, data, params, out, dry_run):
+    """The mode of refprune.options' CLI section, written out: the curvature, "data",
+    "out", "dry-run" when given, and "draws" when something is drawn at random (the data,
+    the parameters or the Monte Carlo targets)."""
+    v = dict(curvature=curvature, data=data, params=params, out=out, dry_run=dry_run, samples=32)
+    want = {f"curvature {curvature}"}
+    want |= {"data"} if data else set()
+    want |= {"out"} if out else set()
+    want |= {"dry-run"} if dry_run else set()
+    if data is None or params is None or curvature == "mc_fisher":
+        want.add("draws")
+    got = cli.hessian_mode(v)
+    assert got == frozenset(want) and isinstance(got, frozenset)
+
+
+def test_parse_model_builds_the_layers_named():
+    model = cli.parse_model("Conv2d(1, 2, 3, padding=1)-Tanh AvgPool2d(2) Flatten Linear(8, 3)")
+    by_hand = refprune.Sequential(refprune.Conv2d(1, 2, 3, padding=1), refprune.Tanh(), refprune.AvgPool2d(2),
+                                  refprune.Flatten(), refprune.Linear(8, 3))
+    assert str(model) == str(by_hand) and model.param_shapes() == by_hand.param_shapes()
+    assert isinstance(model, refprune.Sequential)
+    for name in cli._LAYER_NAMES:  # each name is a layer of refprune.nn
+        assert name in dir(refprune.nn)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("Linear(3,", "cannot read the model 'Linear(3,': "),
+    ("Gelu", "unknown layer 'Gelu' in the model; known: Linear, Conv2d, ReLU, Tanh, Sigmoid, Softplus, AvgPool2d, "
+             "MaxPool2d, Flatten"),
+    ("nn.Linear(2, 3)", "unknown layer 'nn.Linear' in the model; known: Linear, Conv2d, ReLU, Tanh, Sigmoid, "
+                        "Softplus, AvgPool2d, MaxPool2d, Flatten"),
+    ("", "the model has no layers"),
+    ("Linear(2, bias=3, nope=1)", "layer Linear(2, bias=3, nope=1): "),
+    ("Linear(x, 2)", "layer Linear(x, 2): malformed node or string"),
+])
+def test_parse_model_refusals(spec, message):
+    with pytest.raises(cli.UsageError) as e:
+        cli.parse_model(spec)
+    assert str(e.value).startswith(message), str(e.value)
+    assert e.value.__cause__ is None and (e.value.__context__ is None or e.value.__suppress_context__)
+
+
+def test_npz_reads_named_arrays_and_refuses_the_rest(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "a.npz", X=np.arange(3.0), y=np.array([1, 2]))
+    got = cli._npz(str(tmp_path / "a.npz"), "--data")
+    assert sorted(got) == ["X", "y"] and np.array_equal(got["X"], np.arange(3.0)) and type(got) is dict
+    np.save(tmp_path / "b.npy", np.arange(3.0))
+    with pytest.raises(cli.UsageError) as e:
+        cli._npz(str(tmp_path / "b.npy"), "--params")
+    assert str(e.value) == f"--params {tmp_path / 'b.npy'}: expected an .npz file of named arrays, got an .npy array"
+    (tmp_path / "c.npz").write_bytes(b"not a zip file")
+    with pytest.raises(cli.UsageError) as e:
+        cli._npz(str(tmp_path / "c.npz"), "--data")
+    assert str(e.value).startswith(f"--data {tmp_path / 'c.npz'}: cannot be read as an .npz file (")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_fixtures_subcommand_reports_what_was_written(capsys, monkeypatch, tmp_path, quiet):
+    from refprune import fixtures
+
+    calls = []
+    monkeypatch.setattr(fixtures, "write_fixtures",
+                        lambda d, progress: calls.append((d, progress)) or {"cases": [{}, {}, {}]})
+    code, out, _ = _run(capsys, "fixtures", str(tmp_path), *(["--quiet"] if quiet else []))
+    assert code == 0 and out == f"wrote 3 cases and manifest.json to {tmp_path}\n"
+    assert calls == [(str(tmp_path), not quiet)]
+
+
+def test_store_seconds_times_the_flush_and_two_hashings_of_the_whole_matrix(monkeypatch):
+    """docs/derivations.md §11: the flush once, every row and column hashed twice,
+    timed on about 16 MB (2**21 doubles) of rows and of columns and scaled to n."""
+    import numpy as np
+
+    from refprune.curvature import store
+
+    now, digested = [0.0], []
+
+    class Dest:
+        def flush(self):
+            now[0] += 0.25
+
+        def __getitem__(self, index):
+            return np.zeros((n, n))[index]
+
+    def digest(a):
+        digested.append(a.shape)
+        now[0] += 0.125
+
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(store, "digest", digest)
+    for n, m in ((6, 6), (1600, 2**21 // 1600), (3000, 2**21 // 3000)):
+        digested.clear()
+        assert cli._store_seconds(Dest(), n) == pytest.approx(0.25 + 2 * 0.25 * n / m)
+        assert digested == [(m, n), (m, n)]
+
+
+def test_the_subcommands_exactly():
+    ap = cli.build_parser()
+    assert ap.description == "Ground-truth second-order quantities for pruning."
+    (action,) = ap._subparsers._group_actions
+    assert action.dest == "command" and action.required is True and action.metavar == "COMMAND"
+    assert [(a.dest, a.help) for a in action._choices_actions] == [
+        ("demo", "train, inspect and prune a small net on built-in spirals (--help for options)"),
+        ("hessian", "an exact Hessian, GGN, residual or Fisher into an .npy file"),
+        ("fixtures", "write the golden fixtures (.npz + manifest.json) into DIR"),
+        ("check", "run the fast tests (or the built-in self-check) of the installed package")]
+    # the demo's options are its own parser's (refprune.demo): no -h of the command line's
+    assert action.choices["demo"]._actions == [] and isinstance(action.choices["demo"], cli.OneLineParser)
+    assert ap.commands == {k: action.choices[k] for k in ("hessian", "fixtures", "check")}
+    (group,) = ap.commands["hessian"]._mutually_exclusive_groups
+    assert group.required is True and [a.option_strings for a in group._group_actions] == [["--model"],
+                                                                                            ["--model-json"]]
+
+
+def test_main_reads_sys_argv_hands_the_demo_its_arguments_and_reports_an_interrupt(capsys, monkeypatch, tmp_path):
+    from refprune import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "main", lambda argv: seen.append(argv) or 7)
+    assert cli.main(["demo", "--steps", "3"]) == 7 and seen == [["--steps", "3"]]
+    monkeypatch.setattr(sys, "argv", ["refprune", "demo", "--lr", "0.1"])
+    assert cli.main() == 7 and seen[-1] == ["--lr", "0.1"]
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_fixtures", interrupted)
+    code, _, err = _run(capsys, "fixtures", str(tmp_path))
+    assert code == 130 and err == "refprune fixtures: interrupted\n"
+
+
+def _interrupted(capsys, monkeypatch, argv, after):
+    """Run ``argv`` and stop it with Ctrl-C once ``after`` blocks are recorded (0: before any)."""
+    from refprune.curvature import store
+
+    real, marked = store.BlockRecord.mark, []
+
+    def mark_then_stop(self, key, block):
+        if self.persistent and len(marked) == after:
+            raise KeyboardInterrupt
+        real(self, key, block)
+        if self.persistent:
+            marked.append(key)
+
+    monkeypatch.setattr(store.BlockRecord, "mark", mark_then_stop)
+    assert _run(capsys, *argv)[0] == 130
+    monkeypatch.setattr(store.BlockRecord, "mark", real)
+
+
+def _reference(seed=0):
+    import numpy as np
+
+    model = cli.parse_model("Linear(4, 5) Tanh Linear(5, 3)")
+    rng = np.random.default_rng(seed)
+    X, y = rng.standard_normal((8, 4)), rng.integers(0, 3, 8)
+    return refprune.hessian(model, model.init(seed=seed), X, y, refprune.CrossEntropyLoss())
+
+
+def test_resume_names_what_differs_from_the_interrupted_run(capsys, monkeypatch, tmp_path):
+    import json
+    import warnings
+
+    import numpy as np
+
+    out = tmp_path / "H.npy"
+    partial = f"{out}.partial"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out))
+    _interrupted(capsys, monkeypatch, (*common, "--block-rows", "5", "--shards", "2"), after=2)
+    layout = sorted(json.loads(open(partial + ".refprune.json").read())["blocks"])
+    assert layout == sorted(f"layer {l} units {u}-{u + 1}" for l, units in ((0, 5), (2, 3)) for u in range(units))
+    theirs = ", ".join(layout[:3]) + (", ..." if len(layout) > 3 else "")
+    tail = "to keep its 2 finished blocks, or run without --resume to start again\n"
+    code, _, err = _run(capsys, *common, "--resume", "--block-rows", "5", "--shards", "1")
+    assert code == 2 and err == (f"refprune hessian: error: --resume with --shards 1: {partial} was written with "
+                                 f"--shards 2; give --shards 2 {tail}")
+    code, _, err = _run(capsys, *common, "--resume", "--block-rows", "10", "--shards", "2")
+    assert code == 2 and err == (f"refprune hessian: error: --resume: {partial} was written in other blocks "
+                                 f"({theirs}) than --block-rows 10 gives; give the --block-rows of the interrupted "
+                                 f"run {tail}")
+    code, _, err = _run(capsys, *common, "--resume", "--shards", "2")
+    assert code == 2 and f"than whole layers gives; give the --block-rows of the interrupted run {tail}" in err
+    code, _, err = _run(capsys, *common, "--resume", "--block-rows", "5", "--shards", "2", "--seed", "1")
+    assert code == 2 and err == (f"refprune hessian: error: --resume: {partial} was written for another computation "
+                                 "(other data, parameters, loss, --curvature, --seed, --block-rows or --shards than "
+                                 f"these); give the options of the interrupted run {tail}")
+    # a record that cannot be read: said in one line, every block computed again, no warning besides
+    with open(partial + ".refprune.json", "w") as fh:
+        fh.write("{not json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = _run(capsys, *common, "--resume", "--block-rows", "5", "--shards", "2")
+    assert code == 0 and [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    from refprune.curvature import store
+
+    with pytest.raises(ValueError) as e:
+        store.parse_record(b"{not json", partial + ".refprune.json", "refprune hessian", n=43)
+    assert f"hessian: the record of {partial} cannot be used ({e.value}); every block is computed again\n" in err
+    assert partial + ".refprune.json" in str(e.value) and "refprune hessian" in str(e.value)
+    assert np.abs(np.load(out) - _reference()).max() <= 1e-12 * np.abs(_reference()).max()
+
+
+def test_resume_of_a_run_stopped_before_its_first_block(capsys, monkeypatch, tmp_path):
+    import warnings
+
+    import numpy as np
+
+    out = tmp_path / "H.npy"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out))
+    _interrupted(capsys, monkeypatch, (*common, "--block-rows", "2"), after=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = _run(capsys, *common, "--resume", "--seed", "1", "--block-rows", "2")
+    assert code == 0 and [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert f"hessian: {out}.partial records no finished block; every block is computed\n" in err
+    assert np.abs(np.load(out) - _reference(1)).max() <= 1e-12 * np.abs(_reference(1)).max()
+
+
+@pytest.mark.parametrize("curvature", ["residual", "mc_fisher"])
+def test_hessian_subcommand_prints_the_spectrum_of_the_library_matrix(capsys, curvature):
+    import numpy as np
+
+    code, out, _ = _run(capsys, "hessian", "--model", "Linear(3, 4) Tanh Linear(4, 2)", "--input-shape", "3",
+                        "--samples", "6", "--seed", "2", "--curvature", curvature,
+                        *(["--mc-samples", "3"] if curvature == "mc_fisher" else []))
+    model = cli.parse_model("Linear(3, 4) Tanh Linear(4, 2)")
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((6, 3)), rng.integers(0, 2, 6)
+    args = (model, model.init(seed=2), X, y, refprune.CrossEntropyLoss())
+    M = refprune.residual(*args) if curvature == "residual" else refprune.fisher(
+        *args, curvature="mc_fisher", samples=3, seed=2)
+    ev = np.linalg.eigvalsh(M)
+    assert code == 0 and out == f"trace {ev.sum():.6g}, eigenvalues from {ev[0]:.6g} to {ev[-1]:.6g}\n"
+
+
+def test_compute_hands_the_pool_to_the_library_as_its_executor():
+    import concurrent.futures
+
+    import numpy as np
+
+    submitted = []
+
+    class Recording(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, fn, *a, **k):
+            submitted.append(fn)
+            return super().submit(fn, *a, **k)
+
+    model = cli.parse_model("Linear(3, 4) Tanh Linear(4, 2)")
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 3)), rng.integers(0, 2, 6)
+    loss = refprune.CrossEntropyLoss()
+    params = model.init(seed=0)
+    ref = refprune.hessian(model, params, X, y, loss)
+    for tasks in (dict(workers=0, block_rows=4, shards=1), dict(workers=0, block_rows=None, shards=2)):
+        args = argparse.Namespace(curvature="hessian", resume=False, mc_samples=1, seed=0, **tasks)
+        with Recording(1) as pool:
+            submitted.clear()
+            M = cli._compute(refprune, args, model, params, X, y, loss, np.empty((model.n_params,) * 2), False, pool)
+        assert submitted and np.abs(M - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+def test_resume_of_a_monte_carlo_fisher_keeps_its_one_block(capsys, monkeypatch, tmp_path):
+    import numpy as np
+
+    out = tmp_path / "F.npy"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out), "--curvature", "mc_fisher", "--mc-samples", "2", "--seed", "3", "--block-rows", "5")
+    _interrupted(capsys, monkeypatch, common, after=1)
+    code, _, err = _run(capsys, *common, "--resume", "--shards", "2")
+    assert code == 2 and err.endswith(f"{out}.partial was written with --shards 1; give --shards 1 to keep its "
+                                      "1 finished block, or run without --resume to start again\n")
+    code, _, err = _run(capsys, *common, "--resume")  # the same draws: the record is this computation's
+    assert code == 0 and "resuming" in err
+    model = cli.parse_model("Linear(4, 5) Tanh Linear(5, 3)")
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((8, 4)), rng.integers(0, 3, 8)
+    ref = refprune.fisher(model, model.init(seed=3), X, y, refprune.CrossEntropyLoss(), curvature="mc_fisher",
+                          samples=2, seed=3)
+    assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+def test_a_refused_value_is_reported_by_the_subcommand(capsys):
+    code, _, err = _run(capsys, "hessian", "--model", "Linear(3,2)", "--input-shape", "3", "--samples", "0")
+    assert code == 2 and err.startswith("refprune hessian: error: --samples ") and err.endswith(
+        " (see refprune hessian --help)\n")
