@@ -1,0 +1,124 @@
+"""``refprune.curvature.dense_pairs`` against its documented contracts: the one-product-per-pair
+route gives exactly symmetric weight and bias sub-blocks on the diagonal (it multiplies only
+the pairs ``c <= i`` of a symmetrized ``D``), adds a later chunk of samples in row strips of
+the largest size the budget allows (``max(1, budget // r_m)`` rows), and its symmetric
+product does the multiply-adds counted by hand below (4 strips, docs/derivations.md §12);
+``_view`` refuses a reshape that would copy.  Values are checked against ``einsum`` of the
+defining sums, the block formula of the module docstring."""
+
+import types
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune import derivatives as _d
+from refprune.curvature import dense_pairs, exact
+
+
+class _CountingNumpy(types.SimpleNamespace):
+    """``numpy`` for ``dense_pairs`` with every ``matmul`` recorded as (rows, inner, columns)."""
+
+    def __init__(self):
+        super().__init__(products=[])
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def matmul(self, a, b, out=None):
+        self.products.append((a.shape[-2], a.shape[-1], b.shape[-1]))
+        return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
+
+
+def _dense_bias_net():
+    # the layer before two more nonlinear layers: its D[n] = J^T H J is symmetric only up
+    # to rounding, so symmetry of the result comes from the route, not from the input
+    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 3), rp.Sigmoid(), rp.Linear(3, 2))
+    rng = np.random.default_rng(0)
+    params = [2.0 * p for p in model.init(0)]
+    X = rng.standard_normal((5, 3))
+    y = rng.integers(0, 2, 5)
+    return model, params, X, y, rp.CrossEntropyLoss()
+
+
+@pytest.mark.parametrize("chunk", [None, 40])
+def test_pairs_route_diagonal_blocks_exactly_symmetric_with_biases(monkeypatch, chunk):
+    monkeypatch.setattr(dense_pairs, "per_pair", lambda *a: True)
+    if chunk is not None:
+        monkeypatch.setattr(_d, "CHUNK_FLOATS", chunk)
+    model, params, X, y, loss = _dense_bias_net()
+    H = rp.hessian(model, params, X, y, loss)
+    o = model.param_offsets()
+    for l in exact._param_layers(model):
+        block = H[o[l]:o[l + 1], o[l]:o[l + 1]]
+        nw = model[l].n_weight
+        # weights x weights: W[c, r, i, j] = sum_n D[n, c, i] U[n, r] U[n, j] = W[i, r, c, j]
+        # holds exactly (the (i, c) sub-block is the (c, i) product), the transposes only to
+        # rounding (a later chunk of samples adds a full product per pair)
+        K = model[l].out_units
+        W = block[:nw, :nw].reshape(K, nw // K, K, nw // K)
+        for c in range(K):
+            for i in range(c + 1, K):
+                assert np.array_equal(W[i, :, c, :], W[c, :, i, :]), (l, c, i)
+        # bias x bias: sum_n D[n, c, i] over the symmetrized D, the same sum for (c, i) and (i, c)
+        assert np.array_equal(block[nw:, nw:], block[nw:, nw:].T), l
+        assert np.max(np.abs(block - block.T)) <= 1e-15 * np.max(np.abs(block))
+
+
+def _views_for(layer_l, layer_m, K):
+    target = np.zeros((K * (layer_l.n_weight // layer_l.out_units) + (K if layer_l.bias else 0), layer_m.n_params))
+    return target, dense_pairs._BlockViews(target, K, layer_l, layer_m)
+
+
+@pytest.mark.parametrize("rl, rm, chunk", [(5, 3, 20), (5, 3, 4), (6, 1, 12), (6, 1, 4), (4, 1, 100)])
+def test_a_later_chunk_is_added_in_the_largest_row_strips_that_fit(monkeypatch, rl, rm, chunk):
+    # budget = CHUNK_FLOATS // 4; each added product is (rows, r_m) with rows = max(1, budget // r_m)
+    # (at least one row), never more than r_l
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", chunk)
+    budget = max(1, chunk // 4)
+    layer_l, layer_m = rp.Linear(rl, 2, bias=False), rp.Linear(rm, 3, bias=False)
+    n, K, Km = 4, 2, 3
+    rng = np.random.default_rng(1)
+    Ul, Um, D = rng.standard_normal((n, rl)), rng.standard_normal((n, rm)), rng.standard_normal((n, K, Km))
+    target, views = _views_for(layer_l, layer_m, K)
+    start = rng.standard_normal(target.shape)
+    target[...] = start
+    counting = _CountingNumpy()
+    monkeypatch.setattr(dense_pairs, "np", counting)
+    dense_pairs._pairs(views, Ul, Um, D, False, True)
+    monkeypatch.undo()
+    rows = min(rl, max(1, budget // rm))
+    expected = [(rows if r0 + rows <= rl else rl - r0, n, rm) for _ in range(K * Km) for r0 in range(0, rl, rows)]
+    assert counting.products == expected
+    added = np.einsum("nci,nr,nj->crij", D, Ul, Um).reshape(K * rl, Km * rm)
+    assert np.allclose(target - start, added, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("r", [10, 8, 3, 1])
+def test_symmetric_product_multiply_adds_counted_by_hand(monkeypatch, r):
+    # 4 strips of ceil(r / 4) rows, each from its diagonal on: for r = 10 rows 0-2 x 10 columns,
+    # 3-5 x 7, 6-8 x 4, 9 x 1 = 64 of the 100 row-column pairs (about (4 + 1) / 8)
+    by_hand = {10: 3 * 10 + 3 * 7 + 3 * 4 + 1 * 1, 8: 2 * (8 + 6 + 4 + 2), 3: 3 + 2 + 1, 1: 1}
+    n = 7
+    rng = np.random.default_rng(2)
+    U, d = rng.standard_normal((n, r)), rng.standard_normal(n)
+    scaled = U * d[:, None]
+    dst = np.full((r, r), np.nan)
+    counting = _CountingNumpy()
+    monkeypatch.setattr(dense_pairs, "np", counting)
+    dense_pairs._symmetric_product(scaled, U, dst)
+    monkeypatch.undo()
+    assert sum(a * c for a, inner, c in counting.products) == by_hand[r]
+    assert all(inner == n for _, inner, _ in counting.products)
+    assert np.allclose(dst, np.einsum("n,nr,nj->rj", d, U, U), rtol=1e-13, atol=1e-13)
+
+
+def test_view_refuses_a_reshape_that_copies_and_accepts_empty_blocks():
+    a = np.zeros((4, 6))
+    with pytest.raises(AssertionError, match=r"dense_pairs: a \(\(4, 4\), strides \(48, 8\)\) cannot be viewed as \(16,\)"):
+        dense_pairs._view(a[:, :4], (16,))  # rows of 4 in a row stride of 6: only a copy
+    v = dense_pairs._view(a[:2], (2, 2, 3))
+    v[1, 0, 2] = 5.0
+    assert a[1, 2] == 5.0
+    # a block with no columns (a layer pair with nothing to write) has no memory to share
+    assert dense_pairs._view(np.zeros((3, 0)), (3, 1, 0)).shape == (3, 1, 0)
