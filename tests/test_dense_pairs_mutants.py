@@ -122,3 +122,30 @@ def test_view_refuses_a_reshape_that_copies_and_accepts_empty_blocks():
     assert a[1, 2] == 5.0
     # a block with no columns (a layer pair with nothing to write) has no memory to share
     assert dense_pairs._view(np.zeros((3, 0)), (3, 1, 0)).shape == (3, 1, 0)
+
+
+def test_the_route_rule_between_its_two_terms():
+    # N < 2 r_m + N r_m / (K_l K_m) worked by hand where each term decides
+    assert not dense_pairs.per_pair(1200, 64, 64, 513, 513)  # 1200 > 1026 + 150.3 (3 r_m would pass)
+    assert dense_pairs.per_pair(1100, 64, 64, 513, 513)      # 1100 < 1026 + 137.8
+    assert dense_pairs.per_pair(2000, 4, 4, 513, 513)        # 2000 < 1026 + 64125 (N r_m, not N / r_m)
+    assert not dense_pairs.per_pair(2000, 64, 64, 513)       # the count alone: 2000 > 1026 + 250.5
+
+
+@pytest.mark.parametrize("n, r, expect_pairs", [(4, 128, True), (4, 10, False)])
+def test_first_term_takes_the_route_the_rule_chooses(monkeypatch, n, r, expect_pairs):
+    # (4, 128): 4 < 2 * 128 + 4 * 128 / 6 with 128 x 128 results per pair; (4, 10): the count
+    # would choose pairs too, but 10 x 10 results are below PAIR_PRODUCT_MIN
+    K, Km = 2, 3
+    assert dense_pairs.per_pair(n, K, Km, r, r) == expect_pairs
+    rng = np.random.default_rng(3)
+    Ul, Um, D = rng.standard_normal((n, r)), rng.standard_normal((n, r)), rng.standard_normal((n, K, Km))
+    layer_l, layer_m = rp.Linear(r, K, bias=False), rp.Linear(r, Km, bias=False)
+    target, views = _views_for(layer_l, layer_m, K)
+    calls = []
+    pairs = dense_pairs._pairs
+    monkeypatch.setattr(dense_pairs, "_pairs", lambda *a: calls.append(a[0]) or pairs(*a))
+    dense_pairs.first_term(views, Ul, Um, D, False, False)
+    assert (calls == [views]) == expect_pairs
+    expected = np.einsum("nci,nr,nj->crij", D, Ul, Um).reshape(target.shape)
+    assert np.allclose(target, expected, rtol=1e-12, atol=1e-12)
