@@ -149,3 +149,63 @@ def test_first_term_takes_the_route_the_rule_chooses(monkeypatch, n, r, expect_p
     assert (calls == [views]) == expect_pairs
     expected = np.einsum("nci,nr,nj->crij", D, Ul, Um).reshape(target.shape)
     assert np.allclose(target, expected, rtol=1e-12, atol=1e-12)
+
+
+def _largest(limit, fits):
+    """The largest k in 1..limit with fits(k), or 1 (a chunk is never empty)."""
+    return max([k for k in range(1, limit + 1) if fits(k)], default=1)
+
+
+@pytest.mark.parametrize("n, rl1, rm1, K, Km, chunk", [(3, 4, 3, 2, 2, 40), (1, 8, 1, 2, 3, 40), (2, 5, 2, 3, 2, 4000),
+                                                       (4, 3, 3, 2, 2, 4)])
+def test_khatri_rao_products_in_the_largest_chunks_that_fit(monkeypatch, n, rl1, rm1, K, Km, chunk):
+    # docs §12: the Khatri-Rao factor KR (N x rows r_m) and each product's result (units K_m x
+    # its columns) hold at most budget = CHUNK_FLOATS // 4 values, in the largest chunks that fit
+    monkeypatch.setattr(dense_pairs, "per_pair", lambda *a: False)
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", chunk)
+    budget = max(1, chunk // 4)
+    rng = np.random.default_rng(4)
+    Ul, Um, D = rng.standard_normal((n, rl1)), rng.standard_normal((n, rm1)), rng.standard_normal((n, K, Km))
+    target, views = _views_for(rp.Linear(rl1, K, bias=False), rp.Linear(rm1, Km, bias=False), K)
+    counting = _CountingNumpy()
+    monkeypatch.setattr(dense_pairs, "np", counting)
+    dense_pairs.first_term(views, Ul, Um, D, False, False)
+    monkeypatch.setattr(dense_pairs, "np", np)
+    rc = _largest(rl1, lambda k: n * k * rm1 <= budget)
+    expected = []
+    for r0 in range(0, rl1, rc):
+        cols = (min(rl1, r0 + rc) - r0) * rm1
+        cc = _largest(K, lambda k: k * Km * cols <= budget)
+        expected += [((min(K, c0 + cc) - c0) * Km, n, cols) for c0 in range(0, K, cc)]
+    assert counting.products == expected
+    assert np.allclose(target, np.einsum("nci,nr,nj->crij", D, Ul, Um).reshape(target.shape), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n, r1, K, chunk", [(3, 3, 3, 40), (2, 2, 4, 60), (1, 1, 3, 4000), (3, 4, 2, 4)])
+def test_symmetric_khatri_rao_pairs_grouped_by_unit_within_the_budget(monkeypatch, n, r1, K, chunk):
+    # a diagonal block: only the pairs c <= i, units c taken together while their K - c pairs
+    # times the columns fit the budget (at least one unit)
+    monkeypatch.setattr(dense_pairs, "per_pair", lambda *a: False)
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", chunk)
+    budget = max(1, chunk // 4)
+    rng = np.random.default_rng(5)
+    U = rng.standard_normal((n, r1))
+    D = rng.standard_normal((n, K, K))
+    D = D + D.transpose(0, 2, 1)
+    layer = rp.Linear(r1, K, bias=False)
+    target, views = _views_for(layer, layer, K)
+    counting = _CountingNumpy()
+    monkeypatch.setattr(dense_pairs, "np", counting)
+    dense_pairs.first_term(views, U, U, D, True, False)
+    monkeypatch.setattr(dense_pairs, "np", np)
+    rc = _largest(r1, lambda k: n * k * r1 <= budget)
+    expected = []
+    for r0 in range(0, r1, rc):
+        cols = (min(r1, r0 + rc) - r0) * r1
+        c0 = 0
+        while c0 < K:
+            c1 = c0 + _largest(K - c0, lambda k: sum(K - c for c in range(c0, c0 + k)) * cols <= budget)
+            expected.append((sum(K - c for c in range(c0, c1)), n, cols))
+            c0 = c1
+    assert counting.products == expected
+    assert np.allclose(target, np.einsum("nci,nr,nj->crij", D, U, U).reshape(target.shape), rtol=1e-12, atol=1e-12)
