@@ -157,7 +157,7 @@ def _largest(limit, fits):
 
 
 @pytest.mark.parametrize("n, rl1, rm1, K, Km, chunk", [(3, 4, 3, 2, 2, 40), (1, 8, 1, 2, 3, 40), (2, 5, 2, 3, 2, 4000),
-                                                       (4, 3, 3, 2, 2, 4)])
+                                                       (4, 3, 3, 2, 2, 4), (1, 1, 1, 8, 1, 40)])
 def test_khatri_rao_products_in_the_largest_chunks_that_fit(monkeypatch, n, rl1, rm1, K, Km, chunk):
     # docs §12: the Khatri-Rao factor KR (N x rows r_m) and each product's result (units K_m x
     # its columns) hold at most budget = CHUNK_FLOATS // 4 values, in the largest chunks that fit
@@ -181,7 +181,8 @@ def test_khatri_rao_products_in_the_largest_chunks_that_fit(monkeypatch, n, rl1,
     assert np.allclose(target, np.einsum("nci,nr,nj->crij", D, Ul, Um).reshape(target.shape), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("n, r1, K, chunk", [(3, 3, 3, 40), (2, 2, 4, 60), (1, 1, 3, 4000), (3, 4, 2, 4)])
+@pytest.mark.parametrize("n, r1, K, chunk", [(3, 3, 3, 40), (2, 2, 4, 60), (1, 1, 3, 4000), (3, 4, 2, 4),
+                                            (1, 1, 3, 20), (1, 1, 4, 36)])  # 3 + 2 = 5 and 4 + 3 + 2 = 9 fit exactly
 def test_symmetric_khatri_rao_pairs_grouped_by_unit_within_the_budget(monkeypatch, n, r1, K, chunk):
     # a diagonal block: only the pairs c <= i, units c taken together while their K - c pairs
     # times the columns fit the budget (at least one unit)
