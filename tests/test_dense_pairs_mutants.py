@@ -210,3 +210,30 @@ def test_symmetric_khatri_rao_pairs_grouped_by_unit_within_the_budget(monkeypatc
             c0 = c1
     assert counting.products == expected
     assert np.allclose(target, np.einsum("nci,nr,nj->crij", D, U, U).reshape(target.shape), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [100, 60, 4000])
+def test_diagonal_second_term_in_the_largest_unit_chunks_that_fit(monkeypatch, chunk):
+    # docs §12: E[r, c, i] = sum_n U_l[n, r] s[n, c] d0[n, i] added at (c, r, i, j = c); per chunk
+    # of units the factor (N x units K_m) and the result (r_l x units K_m) hold at most budget values
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", chunk)
+    budget = max(1, chunk // 4)
+    n, rl, K, Km = 3, 2, 4, 2
+    layer_l, layer_m = rp.Linear(rl, K), rp.Linear(K, Km)  # m's input: the K units of l
+    rng = np.random.default_rng(6)
+    Ul = dense_pairs._with_ones(rng.standard_normal((n, rl)), True)
+    s, dz0 = rng.standard_normal((n, K)), rng.standard_normal((n, Km))
+    target, views = _views_for(layer_l, layer_m, K)
+    counting = _CountingNumpy()
+    monkeypatch.setattr(dense_pairs, "np", counting)
+    dense_pairs.second_term_diagonal(views, Ul, s, dz0, 0)
+    monkeypatch.setattr(dense_pairs, "np", np)
+    cc = _largest(K, lambda k: (n + rl + 1) * k * Km <= budget)
+    assert counting.products == [(rl + 1, n, (min(K, c0 + cc) - c0) * Km) for c0 in range(0, K, cc)]
+    E = np.einsum("nr,nc,ni->cri", Ul, s, dz0)
+    expected = np.zeros((K, rl + 1, Km, K + 1))  # (c, r', i, j') with r' = rl and j' = K the biases
+    expected[np.arange(K), :, :, np.arange(K)] = E
+    dense = np.zeros_like(target)
+    dense[: K * rl, : Km * K] = expected[:, :rl, :, :K].reshape(K * rl, Km * K)
+    dense[K * rl :, : Km * K] = expected[:, rl, :, :K].reshape(K, Km * K)
+    assert np.allclose(target, dense, rtol=1e-12, atol=1e-12)
