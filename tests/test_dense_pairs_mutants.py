@@ -237,3 +237,29 @@ def test_diagonal_second_term_in_the_largest_unit_chunks_that_fit(monkeypatch, c
     dense[: K * rl, : Km * K] = expected[:, :rl, :, :K].reshape(K * rl, Km * K)
     dense[K * rl :, : Km * K] = expected[:, rl, :, :K].reshape(K, Km * K)
     assert np.allclose(target, dense, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n, rl, K, rm, Km, chunk", [(3, 2, 2, 3, 2, 100), (3, 4, 2, 3, 2, 200), (1, 6, 1, 1, 1, 16),
+                                                     (2, 3, 2, 2, 3, 4000), (3, 2, 2, 3, 2, 60)])
+def test_dense_second_term_in_the_largest_row_chunks_that_fit(monkeypatch, n, rl, K, rm, Km, chunk):
+    # docs §12: sum_n U_l[n, r] d0[n, i] dU[n, c, j] added at (c, r, i, j), weights of m only; per
+    # chunk of rows r the factor KR2 (N x rows K_m) and the result (rows K_m x K r_m) fit the budget
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", chunk)
+    budget = max(1, chunk // 4)
+    layer_l, layer_m = rp.Linear(rl, K), rp.Linear(rm, Km)
+    rng = np.random.default_rng(7)
+    Ul = dense_pairs._with_ones(rng.standard_normal((n, rl)), True)
+    dz0, dU = rng.standard_normal((n, Km)), rng.standard_normal((n, K, rm))
+    target, views = _views_for(layer_l, layer_m, K)
+    counting = _CountingNumpy()
+    monkeypatch.setattr(dense_pairs, "np", counting)
+    dense_pairs.second_term_dense(views, Ul, dz0, dU)
+    monkeypatch.setattr(dense_pairs, "np", np)
+    rl1 = rl + 1
+    rc = _largest(rl1, lambda k: k * Km * max(n, K * rm) <= budget)
+    assert counting.products == [((min(rl1, r0 + rc) - r0) * Km, n, K * rm) for r0 in range(0, rl1, rc)]
+    G = np.einsum("nr,ni,ncj->crij", Ul, dz0, dU)
+    dense = np.zeros_like(target)
+    dense[: K * rl, : Km * rm] = G[:, :rl].reshape(K * rl, Km * rm)
+    dense[K * rl :, : Km * rm] = G[:, rl].reshape(K, Km * rm)
+    assert np.allclose(target, dense, rtol=1e-12, atol=1e-12)
