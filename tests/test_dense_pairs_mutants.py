@@ -240,7 +240,8 @@ def test_diagonal_second_term_in_the_largest_unit_chunks_that_fit(monkeypatch, c
 
 
 @pytest.mark.parametrize("n, rl, K, rm, Km, chunk", [(3, 2, 2, 3, 2, 100), (3, 4, 2, 3, 2, 200), (1, 6, 1, 1, 1, 16),
-                                                     (2, 3, 2, 2, 3, 4000), (3, 2, 2, 3, 2, 60)])
+                                                     (2, 3, 2, 2, 3, 4000), (3, 2, 2, 3, 2, 60),
+                                                     (3, 4, 2, 3, 2, 150)])  # rows 0-2, then 3 and the bias
 def test_dense_second_term_in_the_largest_row_chunks_that_fit(monkeypatch, n, rl, K, rm, Km, chunk):
     # docs §12: sum_n U_l[n, r] d0[n, i] dU[n, c, j] added at (c, r, i, j), weights of m only; per
     # chunk of rows r the factor KR2 (N x rows K_m) and the result (rows K_m x K r_m) fit the budget
