@@ -3,7 +3,7 @@ route gives exactly symmetric weight and bias sub-blocks on the diagonal (it mul
 the pairs ``c <= i`` of a symmetrized ``D``), adds a later chunk of samples in row strips of
 the largest size the budget allows (``max(1, budget // r_m)`` rows), and its symmetric
 product does the multiply-adds counted by hand below (4 strips, docs/derivations.md §12);
-``_view`` refuses a reshape that would copy.  Values are checked against ``einsum`` of the
+``view`` refuses a reshape that would copy.  Values are checked against ``einsum`` of the
 defining sums, the block formula of the module docstring."""
 
 import types
@@ -116,12 +116,12 @@ def test_symmetric_product_multiply_adds_counted_by_hand(monkeypatch, r):
 def test_view_refuses_a_reshape_that_copies_and_accepts_empty_blocks():
     a = np.zeros((4, 6))
     with pytest.raises(AssertionError, match=r"dense_pairs: a \(\(4, 4\), strides \(48, 8\)\) cannot be viewed as \(16,\)"):
-        dense_pairs._view(a[:, :4], (16,))  # rows of 4 in a row stride of 6: only a copy
-    v = dense_pairs._view(a[:2], (2, 2, 3))
+        dense_pairs.view(a[:, :4], (16,))  # rows of 4 in a row stride of 6: only a copy
+    v = dense_pairs.view(a[:2], (2, 2, 3))
     v[1, 0, 2] = 5.0
     assert a[1, 2] == 5.0
     # a block with no columns (a layer pair with nothing to write) has no memory to share
-    assert dense_pairs._view(np.zeros((3, 0)), (3, 1, 0)).shape == (3, 1, 0)
+    assert dense_pairs.view(np.zeros((3, 0)), (3, 1, 0)).shape == (3, 1, 0)
 
 
 def test_the_route_rule_between_its_two_terms():
