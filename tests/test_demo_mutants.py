@@ -184,6 +184,8 @@ def test_a_whole_tiny_run_prints_what_the_library_computes(monkeypatch, tmp_path
     from refprune import plot
 
     drawn = {}
+    # the figures are recorded, not drawn: the run must not need matplotlib (CI has none)
+    monkeypatch.setattr(plot, "pyplot", lambda: None)
     monkeypatch.setattr(plot, "spectra", lambda eigs, path, linthresh: drawn.update(spectra=(eigs, path, linthresh)))
     monkeypatch.setattr(plot, "heatmaps", lambda mats, path: drawn.update(heatmaps=(mats, path)))
     pic, heat = str(tmp_path / "s.png"), str(tmp_path / "h.png")
@@ -210,6 +212,7 @@ def test_a_tiny_conv_run_and_one_with_only_heatmaps(monkeypatch, tmp_path):
     from refprune import plot
 
     drawn = {}
+    monkeypatch.setattr(plot, "pyplot", lambda: None)  # recorded, not drawn: no matplotlib needed
     monkeypatch.setattr(plot, "spectra", lambda *a, **k: drawn.update(spectra=True))
     monkeypatch.setattr(plot, "heatmaps", lambda mats, path: drawn.update(heatmaps=path))
     code, lines = _run(["--net", "conv", "--steps", "2", "--hidden", "1", "--seed", "1",
