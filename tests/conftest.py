@@ -1,6 +1,7 @@
 import os
 import sys
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 # "ci": fast and derandomised (the same examples on every run);
@@ -33,3 +34,15 @@ if "mutmut" in sys.modules and not os.environ.get("REFPRUNE_MUTATION_FRESH_PROCE
 
     if not any(type(f).__name__ == "_Absent" for f in sys.meta_path):
         sys.meta_path.insert(0, _Absent())
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A local dask cluster of two one-thread worker processes, one per test module that
+    asks for it (skips without ``distributed``)."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()

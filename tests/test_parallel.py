@@ -223,16 +223,6 @@ def test_zarr_store_written_block_by_block(tmp_path, monkeypatch):
         rp.hessian(m, p, X, y, l, out=wrong)
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 @pytest.mark.parametrize("name", ["hessian", "ggn", "mc_fisher"])
 def test_dask_local_cluster(dask_client, name):
     m, p, X, y, l = make("conv-conv-softplus", "ce-mean", n=10)

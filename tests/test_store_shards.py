@@ -349,16 +349,6 @@ def test_a_worker_killed_while_adding_leaves_its_block_unrecorded(tmp_path, monk
     assert np.array_equal(np.asarray(rp.load_matrix(out)[:]), ref)
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 @pytest.mark.parametrize("kind", ["memmap", "zarr"])
 def test_dask_workers_add_the_shards_and_survive_a_killed_worker(dask_client, tmp_path, monkeypatch, kind):
     """On a real cluster: the workers add the shards in the store with the bits of the

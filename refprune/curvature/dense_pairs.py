@@ -130,7 +130,9 @@ def _pairs(views, Ul, Um, D, symmetric, add):
     Ul_w, Um_w = Ul[:, :rl], Um[:, :rm]
     if symmetric:
         # D[n] is symmetric: take its upper triangle, so that the (i, c) results are the
-        # (c, i) ones and the block comes out exactly symmetric
+        # (c, i) ones and each (i, c) sub-block is a copy of its (c, i) twin (a (c, c)
+        # sub-block is symmetric only to rounding: the diagonal tiles of its strips, and a
+        # later chunk's rows, add in another order; docs §12)
         upper = np.triu(np.ones((K, K), dtype=bool))
         D = np.where(upper, D, D.transpose(0, 2, 1))
     scaled = np.empty((n, rl))
