@@ -1,8 +1,8 @@
 """``refprune.curvature.dense_pairs`` against its documented contracts: the one-product-per-pair
 route gives exactly symmetric weight and bias sub-blocks on the diagonal (it multiplies only
-the pairs ``c <= i`` of a symmetrized ``D``), adds a later chunk of samples in row strips of
-the largest size the budget allows (``max(1, budget // r_m)`` rows), and its symmetric
-product does the multiply-adds counted by hand below (4 strips, docs/derivations.md §12);
+the pairs ``c <= i`` of a symmetrized ``D``), takes one product per group of pairs of one
+unit ``c`` (as many as the budget allows) and adds a later chunk of samples in row strips of
+the largest size the budget allows (docs/derivations.md §12);
 ``view`` refuses a reshape that would copy.  Values are checked against ``einsum`` of the
 defining sums, the block formula of the module docstring."""
 
@@ -70,10 +70,19 @@ def _views_for(layer_l, layer_m, K):
     return target, dense_pairs._BlockViews(target, K, layer_l, layer_m)
 
 
-@pytest.mark.parametrize("rl, rm, chunk", [(5, 3, 20), (5, 3, 4), (6, 1, 12), (6, 1, 4), (4, 1, 100)])
+def _pair_groups(n, K, Km, rm, budget, symmetric):
+    """The groups ``(c, a, b)`` of pairs ``(c, a:b)`` that take one product each: as many
+    pairs ``i`` as keep the scaled right factor (``n x (b - a) r_m``) within the budget, at
+    least one, from ``i = c`` on for a diagonal block."""
+    g = _largest(Km, lambda k: n * k * rm <= budget)
+    return [(c, a, min(Km, a + g)) for c in range(K) for a in range(c if symmetric else 0, Km, g)]
+
+
+@pytest.mark.parametrize("rl, rm, chunk", [(5, 3, 20), (5, 3, 4), (6, 1, 12), (6, 1, 4), (4, 1, 100), (4, 2, 400)])
 def test_a_later_chunk_is_added_in_the_largest_row_strips_that_fit(monkeypatch, rl, rm, chunk):
-    # budget = CHUNK_FLOATS // 4; each added product is (rows, r_m) with rows = max(1, budget // r_m)
-    # (at least one row), never more than r_l
+    # budget = CHUNK_FLOATS // 4; the pairs of one c go in groups whose scaled right factor
+    # (n x group r_m) fits, and each group's product is added (rows, group r_m) at a time with
+    # rows = max(1, budget // (group r_m)) (at least one row), never more than r_l
     monkeypatch.setattr(_d, "CHUNK_FLOATS", chunk)
     budget = max(1, chunk // 4)
     layer_l, layer_m = rp.Linear(rl, 2, bias=False), rp.Linear(rm, 3, bias=False)
@@ -87,30 +96,42 @@ def test_a_later_chunk_is_added_in_the_largest_row_strips_that_fit(monkeypatch, 
     monkeypatch.setattr(dense_pairs, "np", counting)
     dense_pairs._pairs(views, Ul, Um, D, False, True)
     monkeypatch.undo()
-    rows = min(rl, max(1, budget // rm))
-    expected = [(rows if r0 + rows <= rl else rl - r0, n, rm) for _ in range(K * Km) for r0 in range(0, rl, rows)]
+    expected = []
+    for c, a, b in _pair_groups(n, K, Km, rm, budget, False):
+        cols = (b - a) * rm
+        rows = min(rl, max(1, budget // cols))
+        expected += [(min(rows, rl - r0), n, cols) for r0 in range(0, rl, rows)]
     assert counting.products == expected
     added = np.einsum("nci,nr,nj->crij", D, Ul, Um).reshape(K * rl, Km * rm)
     assert np.allclose(target - start, added, rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize("r", [10, 8, 3, 1])
-def test_symmetric_product_multiply_adds_counted_by_hand(monkeypatch, r):
-    # 4 strips of ceil(r / 4) rows, each from its diagonal on: for r = 10 rows 0-2 x 10 columns,
-    # 3-5 x 7, 6-8 x 4, 9 x 1 = 64 of the 100 row-column pairs (about (4 + 1) / 8)
-    by_hand = {10: 3 * 10 + 3 * 7 + 3 * 4 + 1 * 1, 8: 2 * (8 + 6 + 4 + 2), 3: 3 + 2 + 1, 1: 1}
-    n = 7
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("r, chunk", [(3, 4000), (3, 40), (3, 4), (5, 100)])
+def test_the_first_chunk_takes_one_product_per_group_of_pairs(monkeypatch, symmetric, r, chunk):
+    # each group (c, a:b) is one product (r_l x n) @ (n x (b - a) r_m) written into the row
+    # strip of c; a diagonal block multiplies only i >= c and copies sub-block (c, i) to (i, c)
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", chunk)
+    budget = max(1, chunk // 4)
+    n, K = 4, 3
     rng = np.random.default_rng(2)
-    U, d = rng.standard_normal((n, r)), rng.standard_normal(n)
-    scaled = U * d[:, None]
-    dst = np.full((r, r), np.nan)
+    U = rng.standard_normal((n, r))
+    D = rng.standard_normal((n, K, K))
+    D = D + D.transpose(0, 2, 1)
+    layer = rp.Linear(r, K, bias=False)
+    target, views = _views_for(layer, layer, K)
+    target[...] = np.nan
     counting = _CountingNumpy()
     monkeypatch.setattr(dense_pairs, "np", counting)
-    dense_pairs._symmetric_product(scaled, U, dst)
+    dense_pairs._pairs(views, U, U, D, symmetric, False)
     monkeypatch.undo()
-    assert sum(a * c for a, inner, c in counting.products) == by_hand[r]
-    assert all(inner == n for _, inner, _ in counting.products)
-    assert np.allclose(dst, np.einsum("n,nr,nj->rj", d, U, U), rtol=1e-13, atol=1e-13)
+    assert counting.products == [(r, n, (b - a) * r) for _, a, b in _pair_groups(n, K, K, r, budget, symmetric)]
+    assert np.allclose(target, np.einsum("nci,nr,nj->crij", D, U, U).reshape(target.shape), rtol=1e-13, atol=1e-13)
+    if symmetric:
+        W = target.reshape(K, r, K, r)
+        for c in range(K):
+            for i in range(c + 1, K):
+                assert np.array_equal(W[i, :, c, :], W[c, :, i, :]), (c, i)
 
 
 def test_view_refuses_a_reshape_that_copies_and_accepts_empty_blocks():

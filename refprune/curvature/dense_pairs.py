@@ -122,34 +122,40 @@ def first_term(views, Ul, Um, D, symmetric, add):
 
 
 def _pairs(views, Ul, Um, D, symmetric, add):
-    """One product ``(U_l * D[:, c, i])^T U_m`` per pair, into the strided view of the
-    block's ``(c, i)`` weight sub-block (``np.matmul`` hands BLAS its leading dimension);
-    the bias rows and columns are three small products over all pairs."""
+    """The weight sub-blocks of the pairs ``(c, i)`` of one ``c`` as one product
+    ``U_l^T (N x r_l)^T @ [U_m * D[:, c, i]]_i (N x (i's) r_m)``, written into the block's row
+    strip of ``c`` (a strided view: ``np.matmul`` hands BLAS its leading dimension); the bias
+    rows and columns are three small products over all pairs."""
     n, K, Km = D.shape
     rl, rm = views.rl, views.rm
     Ul_w, Um_w = Ul[:, :rl], Um[:, :rm]
     if symmetric:
         # D[n] is symmetric: take its upper triangle, so that the (i, c) results are the
-        # (c, i) ones and each (i, c) sub-block is a copy of its (c, i) twin (a (c, c)
-        # sub-block is symmetric only to rounding: the diagonal tiles of its strips, and a
-        # later chunk's rows, add in another order; docs §12)
+        # (c, i) ones and each (i, c) sub-block is a copy of its (c, i) twin (each
+        # U^T diag(d) U itself is symmetric only to rounding: the product computes both of
+        # its triangles; docs §12)
         upper = np.triu(np.ones((K, K), dtype=bool))
         D = np.where(upper, D, D.transpose(0, 2, 1))
-    scaled = np.empty((n, rl))
+    budget = _budget()
+    # pairs per product: the scaled right factor (N x g r_m) within the budget.  One product
+    # per row strip rather than per pair: with 2 BLAS threads net (c)'s 10 products of
+    # 512 x 128 x 5120 .. 512 x 128 x 512 ran 20% faster than its 55 per-pair products
+    # that skip half of each symmetric sub-block (docs §12)
+    g = max(1, min(Km, budget // max(1, n * rm)))
     for c in range(K):
-        for i in range(c if symmetric else 0, Km):
-            np.multiply(Ul_w, D[:, c, i, None], out=scaled)
-            dst = views.ww[c, :, i, :]
+        for a in range(c if symmetric else 0, Km, g):
+            b = min(Km, a + g)
+            right = (Um_w[:, None, :] * D[:, c, a:b, None]).reshape(n, (b - a) * rm)
+            dst = view(views.ww[c, :, a:b, :], (rl, (b - a) * rm))
             if add:  # a later chunk of samples: the product's rows a budget at a time
-                step = max(1, _budget() // max(1, rm))
+                step = max(1, budget // ((b - a) * rm))
                 for r0 in range(0, rl, step):
-                    dst[r0 : r0 + step] += np.matmul(scaled[:, r0 : r0 + step].T, Um_w)
-            elif symmetric:
-                _symmetric_product(scaled, Um_w, dst)
+                    dst[r0 : r0 + step] += np.matmul(Ul_w[:, r0 : r0 + step].T, right)
             else:
-                np.matmul(scaled.T, Um_w, out=dst)
-            if symmetric and i > c:
-                views.ww[i, :, c, :] = dst  # (U^T diag(d) U) is symmetric: the (i, c) sub-block
+                np.matmul(Ul_w.T, right, out=dst)
+        if symmetric:
+            for i in range(c + 1, Km):
+                views.ww[i, :, c, :] = views.ww[c, :, i, :]  # the (i, c) sub-block
     D2 = D.reshape(n, K * Km)
     if views.bm:
         _set(views.wb, np.matmul(Ul_w.T, D2).reshape(rl, K, Km).transpose(1, 0, 2), add)
@@ -157,20 +163,6 @@ def _pairs(views, Ul, Um, D, symmetric, add):
         _set(views.bw, np.matmul(D2.T, Um_w).reshape(K, Km, rm), add)
         if views.bm:
             _set(views.bb, D2.sum(axis=0).reshape(K, Km), add)
-
-
-def _symmetric_product(scaled, U, dst, strips=4):
-    """``dst = scaled^T U`` for ``scaled = U * d`` (a symmetric ``U^T diag(d) U``): each strip
-    of rows from its diagonal on, the part left of the diagonal copied from the strips above
-    (``(strips + 1) / (2 strips)`` of the multiply-adds; 4 strips measured fastest for
-    ``512 x 512`` over 128 samples, docs §12)."""
-    r = dst.shape[0]
-    step = -(-r // strips)
-    for s0 in range(0, r, step):
-        s1 = min(r, s0 + step)
-        np.matmul(scaled[:, s0:s1].T, U[:, s0:], out=dst[s0:s1, s0:])
-        if s0:
-            dst[s0:s1, :s0] = dst[:s0, s0:s1].T
 
 
 def _symmetric_rows(views, D, KR, r0, r1, rm1, budget, add):
