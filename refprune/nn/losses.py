@@ -120,9 +120,14 @@ class CrossEntropyLoss(Loss):
         return g
 
     def hessian_matvec(self, f, y, V):
-        """``Lambda_n V_n = p * V - p (p . V)`` for ``V`` of shape ``(N, K, C)``."""
-        p = np.exp(log_softmax(f))[:, None]
-        return p * V - p * np.sum(p * V, axis=-1, keepdims=True)
+        """``Lambda_n V_n`` for ``V`` of shape ``(N, K, C)``, with the softmax Hessian
+        ``Lambda_n = diag(p) - p p^T`` (docs/derivations.md §3) applied as a ``C x C``
+        matrix: one batched product instead of four elementwise passes over ``V`` and a
+        sum along its short last axis (9 times faster for ``K = 296``, ``C = 10``;
+        docs §12).  ``Lambda[i, j] = p_i ([i = j] - p_j)`` is exactly symmetric."""
+        p = np.exp(log_softmax(f))
+        lam = p[:, :, None] * (np.eye(p.shape[1]) - p[:, None, :])
+        return np.matmul(V, lam)
 
     def fisher_matvec(self, f, V):
         """``E_{y ~ p}[g(y) g(y)^T] V`` evaluated as the sum over all ``C`` labels of
