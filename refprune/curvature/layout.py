@@ -84,7 +84,10 @@ def blocks_to_flat(model, blocks, bias="fold"):
     -------
     ndarray (n, n)
         Entry ``K[a, b]`` for flat parameters ``a``, ``b`` of the same block is the
-        block's entry at their ``vec([W_r | b])`` positions; zero across blocks.
+        block's entry at their ``vec([W_r | b])`` positions; zero across blocks.  NaN or
+        inf entries are carried over, not refused: the blocks are usually another
+        implementation's, and the comparison that follows names them
+        (:func:`refprune.conformance.relative_error` fails a result with NaN or inf).
 
     Example
     -------
