@@ -173,13 +173,27 @@ def test_worker_lost_in_a_process_pool_then_restart(tmp_path, monkeypatch):
     out = memmap(tmp_path, m.n_params)
     submitted = counting_run(monkeypatch)
     total = len(exact.row_blocks(m, 2))
+    marks = []
+    for method in ("mark", "mark_written"):  # the driver's record of a block written by itself or a worker
+        real = getattr(store.BlockRecord, method)
+
+        def recording(self, key, *args, _real=real, **kwargs):
+            _real(self, key, *args, **kwargs)
+            marks.append(key)
+
+        monkeypatch.setattr(store.BlockRecord, method, recording)
     with CrashingPool(crash_at=4) as pool, \
             pytest.raises(parallel.WorkerLostError, match="call ggn again with the same out="):
         rp.ggn(m, p, X, y, l, out=out, executor=pool, block_rows=2)
+    # the worker runs the tasks in order, so at most the three before the crash finished;
+    # a finished task whose result was still in the pool's queue when the pool broke is
+    # lost and not recorded (concurrent.futures fails every pending future at once)
+    assert 1 <= len(marks) <= 3
+    recorded = len(marks)
     with cf.ProcessPoolExecutor(2) as ex:
         rp.ggn(m, p, X, y, l, out=out, executor=ex, block_rows=2)
-    # the three blocks finished before the crash were kept
-    assert submitted == [total, total - 3]
+    # the restart skips exactly the blocks recorded before the crash
+    assert submitted == [total, total - recorded]
     assert rel(out, H) <= RTOL
 
 
