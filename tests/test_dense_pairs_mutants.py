@@ -107,13 +107,14 @@ def test_a_later_chunk_is_added_in_the_largest_row_strips_that_fit(monkeypatch, 
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
-@pytest.mark.parametrize("r, chunk", [(3, 4000), (3, 40), (3, 4), (5, 100)])
-def test_the_first_chunk_takes_one_product_per_group_of_pairs(monkeypatch, symmetric, r, chunk):
+@pytest.mark.parametrize("n, r, chunk", [(4, 3, 4000), (4, 3, 40), (4, 3, 4), (4, 5, 100), (1, 1, 12)])
+def test_the_first_chunk_takes_one_product_per_group_of_pairs(monkeypatch, symmetric, n, r, chunk):
     # each group (c, a:b) is one product (r_l x n) @ (n x (b - a) r_m) written into the row
     # strip of c; a diagonal block multiplies only i >= c and copies sub-block (c, i) to (i, c)
+    # (n = r = 1 with a budget of 3: one product of all three pairs, budget // (n r_m) = 3)
     monkeypatch.setattr(_d, "CHUNK_FLOATS", chunk)
     budget = max(1, chunk // 4)
-    n, K = 4, 3
+    K = 3
     rng = np.random.default_rng(2)
     U = rng.standard_normal((n, r))
     D = rng.standard_normal((n, K, K))
