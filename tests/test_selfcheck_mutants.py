@@ -105,3 +105,32 @@ def test_a_failing_finite_difference_check_is_reported_not_raised(monkeypatch, c
     failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
     assert any("gradient vs finite differences" in line and "inf (<= 1): gradient along direction 0" in line
                for line in failed), failed
+
+
+def test_finite_difference_errors_are_over_the_documented_allowances():
+    # the docstring's rtol: 1e-6 for the gradient, 1e-5 for the Hessian and the HVP (each
+    # error is max |exact - fd| / (atol + rtol |fd|), so another rtol reports another number)
+    from refprune.testing.finite_differences import check_grad, check_hessian, check_hvp
+
+    model, params, X, y, loss = SMOOTH.args()
+    theta = rp.flatten_params(params)
+
+    def grad(t):
+        return D.grad(model, rp.unflatten_params(model, t), X, y, loss)
+
+    expected = {
+        "gradient vs finite differences": check_grad(
+            lambda t: D.loss(model, rp.unflatten_params(model, t), X, y, loss), grad, theta, rtol=1e-6).error,
+        "Hessian vs finite differences": check_hessian(grad, rp.hessian(*SMOOTH.args()), theta, rtol=1e-5).error,
+        "HVP vs finite differences": check_hvp(
+            grad, lambda t, v: D.hvp(model, rp.unflatten_params(model, t), X, y, loss, v), theta, rtol=1e-5).error,
+    }
+    got = {name: err for name, err, _, _ in selfcheck._checks(SMOOTH) if name in expected}
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_run_prints_every_check_by_default(capsys):
+    case = make_case("linear", "ce-mean")
+    assert selfcheck.run(cases=[case])
+    ok = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ok   " + case.name)]
+    assert len(ok) == len(IDENTITIES) + len(FINITE_DIFFERENCES)
