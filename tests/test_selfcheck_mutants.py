@@ -134,3 +134,15 @@ def test_run_prints_every_check_by_default(capsys):
     assert selfcheck.run(cases=[case])
     ok = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ok   " + case.name)]
     assert len(ok) == len(IDENTITIES) + len(FINITE_DIFFERENCES)
+
+
+def test_run_defaults_to_the_zoo_with_three_losses(monkeypatch, capsys):
+    asked = []
+
+    def spy_zoo(**kwargs):
+        asked.append(kwargs)
+        return [make_case("linear", "ce-mean")]
+
+    monkeypatch.setattr(selfcheck, "zoo", spy_zoo)
+    assert selfcheck.run(verbose=False)
+    assert asked == [{"losses": ["ce-mean", "mse-sum", "bce-mean"]}]
