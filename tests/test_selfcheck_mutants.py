@@ -146,3 +146,17 @@ def test_run_defaults_to_the_zoo_with_three_losses(monkeypatch, capsys):
     monkeypatch.setattr(selfcheck, "zoo", spy_zoo)
     assert selfcheck.run(verbose=False)
     assert asked == [{"losses": ["ce-mean", "mse-sum", "bce-mean"]}]
+
+
+def test_an_error_equal_to_its_tolerance_passes(monkeypatch, capsys):
+    # "within" the tolerance: err <= tol, for the zoo's checks and for the K-FAC line
+    monkeypatch.setattr(selfcheck, "_checks", lambda case: iter([("at the bound", 1e-12, 1e-12, "")]))
+    model = make_case("mlp-tanh", "ce-mean", n=1).model
+    off = model.param_offsets()
+    blocks = [types.SimpleNamespace(dense=lambda j=j: np.full((off[j + 1] - off[j],) * 2, 1e-12)) for j in (0, 2)]
+    monkeypatch.setattr(C, "kfac", lambda *a, **k: types.SimpleNamespace(blocks=blocks))
+    monkeypatch.setattr(C, "ggn", lambda *a, **k: np.zeros((model.n_params,) * 2))
+    assert selfcheck.run(cases=[make_case("linear", "ce-mean")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ok   linear/ce-mean") and lines[0].endswith("at the bound                     1.00e-12 (<= 1e-12)")
+    assert lines[1] == f"ok   {'mlp-tanh, one sample':40s} {'K-FAC == exact GGN block':32s} 1.00e-12"
