@@ -521,6 +521,9 @@ def test_one_pair_swapped_at_the_limit():
     # S against refprune's A: 0.5 exactly, at the limit
     assert dg._pair_notes(np.array([[1.5]]), rS, rS, rA, 0, case, kfac_options(), 1, 0.5, alts) == [
         "(A, S) swapped: refprune's pairs are (S, A), the output-gradient factor S (G in the papers) first"]
+    # A against refprune's S: 0.5 exactly
+    assert dg._pair_notes(rA.copy(), np.array([[3.0]]), rS, rA, 0, case, kfac_options(), 1, 0.5, alts) == [
+        "(A, S) swapped: refprune's pairs are (S, A), the output-gradient factor S (G in the papers) first"]
     # both must be swapped: an A equal to refprune's S alone is no swap
     notes = dg._pair_notes(np.array([[7.0]]), rS, rS, rA, 0, case, kfac_options(), 1, 0.5, alts)
     assert not any("swapped" in x for x in notes)
@@ -580,3 +583,82 @@ def test_compare_pairs_of_no_pairs_is_no_error():
     case = cf.make_case("linear", "ce-mean")
     assert dg.compare_pairs([], [], case, TOL) == (0.0, [])
     assert dg.compare_pairs([], [], case, 0.0) == (0.0, [])
+
+
+# ---------------------------------------------------------------------------------------
+# diagnose: the factors of the quantity (and its options) in every branch
+
+
+def test_diagnose_names_factors_for_the_quantity_and_its_options():
+    # the empirical Fisher's K-FAC on squared error (linear: C = 2) has no Lambda: its 1/2 is 1/C
+    case = cf.make_case("linear", "mse-mean")
+    opts = kfac_options(curvature="empirical_fisher")
+    K = cf.QUANTITIES["kfac"][0](case, opts)
+    assert dg.diagnose(0.5 * K, K, case, TOL, quantity="kfac", options=opts) == [
+        f"off by a constant factor 0.5: {one_over_c(2, 'MSELoss')}"]
+    # the GGN's K-FAC has one: Lambda = I
+    opts = kfac_options()
+    K = cf.QUANTITIES["kfac"][0](case, opts)
+    assert dg.diagnose(0.5 * K, K, case, TOL, quantity="kfac", options=opts) == [
+        f"off by a constant factor 0.5: {LAMBDA_I}"]
+
+
+def test_diagnose_a_scalar_names_only_the_factors_of_its_quantity():
+    case = cf.make_case("linear", "mse-mean")
+    L = float(cf.QUANTITIES["loss"][0](case, None))
+    # a loss has no Lambda: a half of it is no named factor, its values are given
+    assert dg.diagnose(np.array(0.5 * L), np.array(L), case, TOL, quantity="loss") == [
+        f"value {0.5 * L!r}, refprune's {L!r}"]
+    assert dg.diagnose(np.array(3 * L), np.array(L), case, TOL, quantity="loss") == [
+        f"off by a constant factor 3: {SUM_FOR_MEAN}"]
+
+
+def test_diagnose_names_a_factor_of_one_layer_for_the_quantity():
+    case = cf.make_case("mlp-tanh", "mse-mean")  # C = 3: a gradient's 1/3 is 1/C
+    b = cf.QUANTITIES["grad"][0](case, None)
+    a = b.copy()
+    a[16:28] /= 3  # layer 2's weights
+    label = [lbl for lbl, *_ in dg._segments(case.model)][2]
+    assert dg.diagnose(a, b, case, TOL, quantity="grad") == [
+        f"differs in: {label}", f"{label}: off by a constant factor 0.333333: {one_over_c(3, 'MSELoss')}"]
+
+
+def test_diagnose_at_exactly_the_tolerance_looks_for_no_neighbour():
+    """A Hessian a twentieth of the way from refprune's GGN to refprune's Hessian: at a
+    tolerance just below its error it is named as the GGN; at its own error it passes,
+    and nothing is matched."""
+    case = cf.make_case("mlp-tanh", "mse-mean")
+    H = cf.QUANTITIES["hessian"][0](case, None)
+    G = cf.QUANTITIES["ggn"][0](case, None)
+    a = G + 0.05 * (H - G)
+    err = dg.relative_error(a, H)
+    assert dg.diagnose(a, H, case, np.nextafter(err, 0.0), quantity="hessian")[0].startswith(
+        "matches refprune's GGN (the Hessian without its residual")
+    assert not any(s.startswith("matches") for s in dg.diagnose(a, H, case, err, quantity="hessian"))
+
+
+def test_pair_notes_name_the_alternative_a_factor_matches():
+    case = cf.make_case("linear", "ce-mean")
+    opts = kfac_options()
+    rS, rA = np.array([1.0, 0.0]), np.array([[1.0]])
+    S = np.array([0.0, 1.5])  # no multiple of refprune's S
+    alts = [("the first", [(np.array([0.0, 1.0]), np.array([[5.0]]))])]  # S within 0.5 of it, exactly
+    assert dg._pair_notes(S, rA, rS, rA, 0, case, opts, 1, 0.5, alts) == ["S matches the S of the first"]
+    assert dg._pair_notes(S, rA, rS, rA, 0, case, opts, 1, 0.49, alts) == []
+    # A against the alternative's A, never its S
+    alts = [("the first", [(np.array([[0.0, 1.0]]), np.array([0.0, 1.0]))])]
+    assert dg._pair_notes(rA, S, rA, rS, 0, case, opts, 1, 0.5, alts) == ["A matches the A of the first"]
+    alts = [("the first", [(np.array([0.0, 1.0]), np.array([[9.0]]))])]
+    assert dg._pair_notes(rA, S, rA, rS, 0, case, opts, 1, 0.5, alts) == []
+    # an alternative with fewer pairs than the index is passed over
+    alts = [("short", [(np.array([0.0, 1.0]), np.array([[1.0]]))]), ("long", [(rS, rA), (np.array([0.0, 1.0]), rA)])]
+    assert dg._pair_notes(S, rA, rS, rA, 1, case, opts, 1, 0.5, alts) == ["S matches the S of long"]
+
+
+def test_pair_notes_a_factor_fit_at_exactly_the_limit():
+    case = cf.make_case("linear", "ce-mean")  # S's factors: 1/3, 3, -1; 2 has no name
+    rS, rA = np.array([1.0, 0.0]), np.array([[1.0]])
+    S = np.array([2.0, 0.2])  # the fit 2 leaves 0.2 / 2 = 0.1
+    assert dg._pair_notes(S, rA, rS, rA, 0, case, kfac_options(), 1, 0.1, []) == [
+        "S alone off by a constant factor 2"]
+    assert dg._pair_notes(S, rA, rS, rA, 0, case, kfac_options(), 1, 0.099, []) == []
