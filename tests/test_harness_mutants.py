@@ -395,3 +395,107 @@ def test_option_variants_of_a_grouped_reference_are_compared_as_sums(monkeypatch
     assert len(notes) == 1 and notes[0].startswith("matches refprune's gv with shortcut=True")
     assert hs._option_neighbours("gv", reference, np.array([6.0, 6.0]), LIN, {"shortcut": False}, 1e-9) == []
     assert hs._option_neighbours("gv", reference, np.array([6.0, 0.0, 6.1]), LIN, {"shortcut": False}, 1e-9) == []
+
+
+def test_adapter_options_of_an_added_quantity(monkeypatch):
+    """A quantity added by another module: an option without a row of the options table
+    keeps its default's kind; K-FAC's three options are checked together, also when they
+    come from the added quantity's own defaults."""
+    _add(monkeypatch, "custom", lambda c, o: _g(c), "rules", {"mode": "a", "shortcut": False})
+    a = cf.Adapter(custom=len, options={"custom": {"mode": "b"}})
+    assert a.options == {"custom": {"mode": "b", "shortcut": False}}
+    assert _raises(TypeError, lambda: cf.Adapter(custom=len, options={"custom": {"mode": 3}})) == \
+        "Adapter: options['custom']: mode must be a name (str) like its default 'a', got 3"
+    _add(monkeypatch, "kfac_like", lambda c, o: _g(c), "rules", {"curvature": "hessian", "approx": "expand",
+                                                                 "bias": "fold"})
+    assert _raises(ValueError, lambda: cf.Adapter(kfac_like=len)).startswith(
+        "Adapter: options['kfac_like']: curvature='hessian' has no Kronecker factorisation here")
+    _add(monkeypatch, "kfac_bias", lambda c, o: _g(c), "rules", {"curvature": "ggn", "approx": "expand",
+                                                                 "bias": "apart"})
+    assert _raises(ValueError, lambda: cf.Adapter(kfac_bias=len)) == \
+        "Adapter: options['kfac_bias']: bias must be one of ('fold', 'separate'), got 'apart'"
+
+
+def test_result_reads_factor_pairs_as_pairs_when_the_reference_is_a_list():
+    ref = [(b.S, b.A) for b in kfac(*MLP.args()).blocks]
+    got = hs._result("kfac_factors", [(S.tolist(), A) for S, A in ref], MLP, ref)
+    assert len(got) == 2 and all(isinstance(p, tuple) and len(p) == 2 for p in got)
+    assert all(np.array_equal(S, rS) and np.array_equal(A, rA) for (S, A), (rS, rA) in zip(got, ref))
+
+
+def test_compare_factor_pairs_with_the_options_asked():
+    fold = [(b.S, b.A) for b in kfac(*MLP.args()).blocks]
+    sep = [(b.S, b.A) for b in kfac(*MLP.args(), bias="separate").blocks]
+    assert hs._compare("kfac_factors", fold, sep, MLP, 1e-9, dict(KFAC, bias="separate")) == (float("inf"), [
+        "2 factor pairs, one per layer with the bias folded into A (bias='fold'), where bias='separate' was asked "
+        "for: refprune then gives every layer with a bias two pairs, (S, A_W) for its weights and (S, [[1]]) for "
+        "its bias"])
+
+
+def test_check_names_the_kfac_factors_variant_the_adapter_computes():
+    sep = cf.Adapter(kfac_factors=lambda c: [(b.S, b.A) for b in kfac(*c.args(), bias="separate").blocks])
+    f = cf.check(sep, [MLP])["kfac_factors"].smallest_failure
+    assert f.diagnosis[-1] == ("matches refprune's kfac_factors with bias='separate': bias='separate'; it was compared "
+                               "with bias='fold' (set the adapter's options to the variant it computes)")
+
+
+def test_option_variants_only_for_choices_and_flags_of_the_table(monkeypatch):
+    # 'scale' has no row of the options table: no variant of it is tried, whatever the result
+    _add(monkeypatch, "scaled", lambda c, o: _g(c) * o["scale"], "rules", {"scale": 1.0})
+    f = cf.check(cf.Adapter(scaled=lambda c: 0 * _g(c)), [LIN])["scaled"].smallest_failure
+    assert not any("matches refprune's" in d for d in f.diagnosis)
+    assert hs._option_neighbours("scaled", cf.QUANTITIES["scaled"][0], 0 * _g(LIN), LIN, {"scale": 1.0}, 1e-9) == []
+    # 'damping' is a real number of the table: no variant either
+    _add(monkeypatch, "damped", lambda c, o: _g(c) * o["damping"], "rules", {"damping": 1.0})
+    assert hs._option_neighbours("damped", cf.QUANTITIES["damped"][0], 0 * _g(LIN), LIN, {"damping": 1.0}, 1e-9) == []
+
+
+def test_option_variants_go_on_after_one_of_another_shape():
+    """Curvature choices in the table's order (ggn, fisher, mc_fisher, empirical_fisher):
+    the fisher variant has another shape and is passed over, the empirical Fisher's
+    matches."""
+    def reference(c, o):
+        if o["curvature"] == "fisher":
+            return hs.Grouped(np.ones(3), [np.array([0]), np.array([1]), np.array([2])])
+        return hs.Grouped(np.array([1.0, 2.0]) * (5.0 if o["curvature"] == "empirical_fisher" else 1.0),
+                          [np.array([0]), np.array([1])])
+
+    notes = hs._option_neighbours("gv", reference, np.array([5.0, 10.0]), LIN, {"curvature": "ggn"}, 1e-9)
+    assert notes == ["matches refprune's gv with curvature='empirical_fisher': curvature='empirical_fisher'; it was "
+                     "compared with curvature='ggn' (set the adapter's options to the variant it computes)"]
+
+
+def test_check_without_cases_runs_the_zoo_smallest_first():
+    seen = []
+    rep = cf.check(cf.Adapter(loss=lambda c: seen.append((c.n_params, c.name)) or rp.loss(*c.args())))
+    zoo = cf.zoo()
+    assert rep.ok and rep["loss"].cases == len(zoo) == len(seen)
+    assert sorted(seen) == sorted((c.n_params, c.name) for c in zoo) and seen == sorted(seen)
+
+
+def test_option_variant_at_exactly_the_tolerance_is_named():
+    def reference(c, o):
+        return np.array([1.0, 4.0 if o["shortcut"] else 2.0])
+
+    # [1, 3] against the shortcut's [1, 4]: 1/4, the tolerance
+    notes = hs._option_neighbours("v", reference, np.array([1.0, 3.0]), LIN, {"shortcut": False}, 0.25)
+    assert len(notes) == 1 and notes[0].startswith("matches refprune's v with shortcut=True")
+    assert hs._option_neighbours("v", reference, np.array([1.0, 3.0]), LIN, {"shortcut": False}, 0.2499) == []
+
+
+def test_check_explains_the_first_failure_with_the_quantity_and_the_others_without():
+    """A gradient halved on two squared-error cases: on the first (C = 2) the 1/2 is named
+    for a gradient (1/C); the second (C = 3) is explained without the quantity, where 1/2
+    reads as Lambda = I."""
+    cases = [cf.make_case("linear", "mse-mean"), MLP]
+    rep = cf.check(cf.Adapter(grad=lambda c: 0.5 * _g(c)), cases)["grad"]
+    first, second = rep.failures
+    assert first.case is cases[0] and first.diagnosis[0].startswith("off by a constant factor 0.5: 1/C = 1/2")
+    assert second.case is MLP and second.diagnosis == [
+        "off by a constant factor 0.5: Lambda = I for squared error where refprune (like PyTorch's MSELoss) has 2 I"]
+
+
+def test_check_a_result_refused_by_type_is_a_failure_of_its_case():
+    rep = cf.check(cf.Adapter(grad=lambda c: _g(c) + 1e-3j), [LIN])["grad"]
+    f = rep.smallest_failure
+    assert f.case is LIN and f.error == float("inf") and rep.max_error == float("inf") and rep.worst_case == LIN.name
