@@ -231,7 +231,8 @@ def match_neighbours(a, b, candidates, tol, explanations):
     limit = MATCH * max(tol, 1e-12)
     usable = []
     for desc, x in candidates:
-        x = np.asarray(x, dtype=float)
+        # a registered neighbour's complex or boolean array is refused by name, never truncated
+        x = real_array(x, f"match_neighbours: the candidate {desc!r}")
         if x.shape != a.shape or not np.all(np.isfinite(x)) or relative_error(x, b) <= tol:
             continue  # not comparable, or indistinguishable from refprune's own result
         e = relative_error(a, x)
@@ -322,10 +323,13 @@ def _pair_labels(case, options):
 
     opts = _nb._kfac_options(options)
     op = kfac(*case.args(), **_nb._kfac_kw(case, opts))
+    # a layer's position in the network, counted as _segments and PyTorch's module names count it: a layer
+    # without parameters (Tanh, Flatten) starts at the same offset as the next one, so the offset cannot name it
+    position = {id(layer): j for j, layer in enumerate(case.model)}
     labels = []
     for b in op.blocks:
         lay = b.layout
-        j = list(case.model.param_offsets()).index(lay.layer_offset)
+        j = position[id(lay.layer)]
         part = {"all": "", "weight": " weights", "bias": " bias"}[lay.part]
         labels.append((f"layer {j} {lay.layer!r}{part}", lay))
     return labels
