@@ -490,3 +490,258 @@ def test_a_refused_value_is_reported_by_the_subcommand(capsys):
     code, _, err = _run(capsys, "hessian", "--model", "Linear(3,2)", "--input-shape", "3", "--samples", "0")
     assert code == 2 and err.startswith("refprune hessian: error: --samples ") and err.endswith(
         " (see refprune hessian --help)\n")
+
+
+def test_the_pool_has_the_workers_asked_for_and_they_ignore_interrupts(monkeypatch):
+    """``--workers k``: a WorkerPool of k processes whose initializer makes Ctrl-C
+    ignored in each (the driver stops them); a stand-in records the call, no process starts."""
+    from refprune.curvature import parallel
+
+    made = []
+
+    class Recorded:
+        def __init__(self, *args, **kwargs):
+            made.append((args, kwargs))
+
+    monkeypatch.setattr(parallel, "WorkerPool", Recorded)
+    pool = cli._pool(3)
+    assert isinstance(pool, Recorded) and made == [((3,), {"initializer": made[0][1].get("initializer")})]
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        made[0][1]["initializer"]()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _record(path):
+    import json
+
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def test_resume_lists_at_most_three_of_the_recorded_blocks(capsys, monkeypatch, tmp_path):
+    """The refusal names the interrupted run's blocks, the first three in order and
+    ", ..." only when there are more."""
+    common = ("hessian", "--model", "Linear(2, 3) Tanh Linear(3, 1)", "--input-shape", "2", "--samples", "4",
+              "--loss", "mse")
+    for block_rows, count in (("6", 3), ("1", 4)):
+        out = tmp_path / f"H{block_rows}.npy"
+        _interrupted(capsys, monkeypatch, (*common, "--out", str(out), "--block-rows", block_rows), after=1)
+        names = sorted(_record(f"{out}.partial.refprune.json")["blocks"])
+        assert len(names) == count
+        theirs = ", ".join(names[:3]) + (", ..." if count == 4 else "")
+        code, _, err = _run(capsys, *common, "--out", str(out), "--block-rows", "9", "--resume")
+        assert code == 2 and err == (f"refprune hessian: error: --resume: {out}.partial was written in other blocks "
+                                     f"({theirs}) than --block-rows 9 gives; give the --block-rows of the interrupted "
+                                     "run to keep its 1 finished block, or run without --resume to start again\n")
+
+
+def test_resume_names_the_shards_of_the_interrupted_run_up_to_64(capsys, monkeypatch, tmp_path):
+    """The --shards of the interrupted run are searched from 1 to min(samples, 64): the
+    largest possible (one sample per shard) is named; 65 is beyond the search, and the
+    refusal is the general one."""
+    tail = "to keep its 1 finished block, or run without --resume to start again\n"
+    for samples, shards in ((6, 6), (65, 65)):
+        out = tmp_path / f"H{samples}.npy"
+        common = ("hessian", "--model", "Linear(2, 2)", "--input-shape", "2", "--samples", str(samples),
+                  "--loss", "mse", "--out", str(out), "--block-rows", "1")
+        _interrupted(capsys, monkeypatch, (*common, "--shards", str(shards)), after=1)
+        code, _, err = _run(capsys, *common, "--shards", "1", "--resume")
+        if samples <= 64:
+            assert code == 2 and err == (f"refprune hessian: error: --resume with --shards 1: {out}.partial was "
+                                         f"written with --shards {shards}; give --shards {shards} {tail}")
+        else:
+            assert code == 2 and err == (f"refprune hessian: error: --resume: {out}.partial was written for another "
+                                         "computation (other data, parameters, loss, --curvature, --seed, "
+                                         "--block-rows or --shards than these); give the options of the interrupted "
+                                         f"run {tail}")
+
+
+def _resume_quietly(capsys, argv):
+    """Run ``argv``; its exit status, stderr and the RuntimeWarnings that reached the caller."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = _run(capsys, *argv)
+    return code, err, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_resume_with_a_record_that_is_not_text_or_of_another_size(capsys, monkeypatch, tmp_path):
+    """A record whose bytes are not UTF-8 is reported as the store reads it (not valid
+    JSON), and one for a matrix of another size as damaged: either way one line, every
+    block computed again, and the store's own warning about it not shown."""
+    import json
+
+    import numpy as np
+
+    from refprune.curvature import store
+
+    out = tmp_path / "H.npy"
+    rec = f"{out}.partial.refprune.json"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out), "--block-rows", "5")
+    ref = _reference()
+    for damage in ("bytes", "size"):
+        _interrupted(capsys, monkeypatch, common, after=2)
+        raw = open(rec, "rb").read()
+        if damage == "bytes":
+            raw = raw.replace(b'"hessian"', b'"hessian\xff"', 1)
+        else:
+            saved = json.loads(raw)
+            saved["n"] = 44
+            raw = json.dumps(saved).encode()
+        with open(rec, "wb") as fh:
+            fh.write(raw)
+        with pytest.raises(ValueError) as e:
+            store.parse_record(raw, rec, "refprune hessian", n=43)
+        assert ("is not valid JSON" if damage == "bytes" else "it is for a 44 x 44 matrix") in str(e.value)
+        code, err, warned = _resume_quietly(capsys, (*common, "--resume"))
+        assert code == 0 and warned == []
+        assert f"hessian: the record of {out}.partial cannot be used ({e.value}); every block is computed again\n" in err
+        assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()
+        out.unlink()
+
+
+def test_resume_hides_only_the_warning_it_has_said_in_its_own_line(capsys, monkeypatch, tmp_path):
+    """After the one line about an unusable record, or about a record with no finished
+    block, the store's warning saying the same is not shown; any other RuntimeWarning
+    of the run still is."""
+    out = tmp_path / "H.npy"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out), "--block-rows", "5")
+    real = refprune.hessian
+
+    def hessian(*args, **kwargs):
+        import warnings
+
+        warnings.warn("some other warning of the run", RuntimeWarning)
+        return real(*args, **kwargs)
+
+    for case in ("unreadable", "nothing finished"):
+        _interrupted(capsys, monkeypatch, common, after=2 if case == "unreadable" else 0)
+        if case == "unreadable":
+            with open(f"{out}.partial.refprune.json", "w") as fh:
+                fh.write("{not json")
+        monkeypatch.setattr(refprune, "hessian", hessian)
+        code, err, warned = _resume_quietly(capsys, (*common, "--resume", "--seed", "1"))
+        monkeypatch.setattr(refprune, "hessian", real)
+        assert code == 0 and warned == ["some other warning of the run"], (case, warned)
+        assert ("cannot be used" if case == "unreadable" else "records no finished block") in err
+        out.unlink()
+
+
+def _calibrate(monkeypatch, N, seconds):
+    """``cli._estimate`` over ``N`` samples with a clock that advances by ``seconds(k)``
+    per run on ``k`` samples (the warm-up on 2 samples takes 9 s): the estimate and the
+    sample counts run, warm-up first."""
+    now, calls = [0.0], []
+
+    def timed(k):
+        now[0] += 9.0 if not calls else seconds(k)
+        calls.append(k)
+
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
+    return cli._estimate(timed, N), calls
+
+
+def test_the_calibration_runs_documented(monkeypatch):
+    """cli._estimate's calibration as its docstring gives it (least = 0.5 s, fraction
+    1/16): k = ceil(N / 16) samples, at least one, doubled while a run takes less than
+    least; then 2k and 4k; a run below N shorter than 2 least is timed twice, a run on
+    all N once; an 8k run only when the time per sample grew by more than 30% from the
+    first pair of points to the second.  Clocks of whole binary fractions of a second,
+    so that the comparisons with least and 1.3 are exact."""
+    # each run takes 2 s or more: k = ceil(10 / 16) = 1, 2, 4, each timed once; 4 < N, and
+    # the time is linear: the line through the points, at N
+    est, calls = _calibrate(monkeypatch, 10, lambda k: 1.75 + 0.25 * k)
+    assert calls == [2, 1, 2, 4] and est == pytest.approx(1.75 + 0.25 * 10)
+    # a run taking exactly least is long enough: no doubling (timed twice, below 2 least; 1.25 s once)
+    est, calls = _calibrate(monkeypatch, 64, lambda k: 0.5 if k == 4 else 0.25 + k / 16)
+    assert calls == [2, 4, 4, 8, 8, 16] and est == pytest.approx(0.25 + 64 / 16)
+    # 2k and 4k below N and short: each timed twice
+    est, calls = _calibrate(monkeypatch, 160, lambda k: 0.5 + k / 160)
+    assert calls == [2, 10, 10, 20, 20, 40, 40] and est == pytest.approx(1.5)
+    # 4k = N: the whole run timed once, even when short, and it is the estimate
+    est, calls = _calibrate(monkeypatch, 4, lambda k: 0.75)
+    assert calls == [2, 1, 1, 2, 2, 4] and est == 0.75
+    # linear, but not through the origin: no growth, no 8k run
+    est, calls = _calibrate(monkeypatch, 160, lambda k: 1.0 + 0.2 * k)
+    assert calls == [2, 10, 20, 40] and est == pytest.approx(33.0)
+    # growth exactly 30%: (37 - 11) / 20 = 1.3 * (11 - 1) / 10, not more: no 8k run
+    est, calls = _calibrate(monkeypatch, 160, {10: 1.0, 20: 11.0, 40: 37.0}.__getitem__)
+    assert calls == [2, 10, 20, 40]
+    # time per sample doubled (a + b k + c k^2): the 8k run, timed once, and the curve
+    # through the three largest points gives the cost at N
+    cost = lambda k: 1.0 + 0.01 * k + 0.005 * k * k  # noqa: E731
+    est, calls = _calibrate(monkeypatch, 160, cost)
+    assert calls == [2, 10, 20, 40, 80] and est == pytest.approx(cost(160), rel=1e-9)
+
+
+class _StandInPool:
+    """In place of ``WorkerPool(workers, initializer=...)``: an executor that runs each
+    task at submission, in this process, recording the SIGINT handler each task sees;
+    ``stop(wait)`` recorded."""
+
+    made, stops, handlers = [], [], []
+
+    def __init__(self, workers, initializer=None):
+        import concurrent.futures as cf
+
+        type(self).made.append((workers, initializer))
+        self.executor = cf.Executor()
+
+    def submit(self, fn, *args, **kwargs):
+        import concurrent.futures as cf
+
+        type(self).handlers.append(signal.getsignal(signal.SIGINT))
+        fut = cf.Future()
+        fut.set_result(fn(*args, **kwargs))
+        return fut
+
+    def worker_pids(self):
+        return []
+
+    def stop(self, wait=True):
+        type(self).stops.append(wait)
+
+
+def test_hessian_with_workers_hands_a_pool_to_the_library_and_stops_it(capsys, monkeypatch, tmp_path):
+    """``--workers 2`` in this process (a stand-in pool, no process started): the pool of
+    2 is built once, the library's tasks are submitted to it with the command's Ctrl-C
+    handler installed, the pool is stopped, waiting, at the end, the previous handler is
+    back, and the matrix is the library's; interrupted, the pool is stopped at once
+    (then waited for) and the line names --resume."""
+    import concurrent.futures as cf
+
+    import numpy as np
+
+    from refprune.curvature import parallel
+
+    pool_class = type("Pool", (_StandInPool, cf.Executor), {"made": [], "stops": [], "handlers": []})
+    monkeypatch.setattr(parallel, "WorkerPool", pool_class)
+    before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "H.npy"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out), "--workers", "2")
+    code, _, err = _run(capsys, *common)
+    assert code == 0 and "block 2/2" in err
+    assert len(pool_class.made) == 1 and pool_class.made[0][0] == 2 and pool_class.stops == [True]
+    assert pool_class.handlers and all(getattr(h, "__func__", None) is cli._Interrupts._handler
+                                       for h in pool_class.handlers)
+    assert signal.getsignal(signal.SIGINT) is before
+    ref = _reference()
+    assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()
+    pool_class.stops.clear()
+    from refprune.curvature import store
+
+    def stop_after_one(self, key, block, **kw):  # the workers write; the driver records
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.BlockRecord, "mark_written", stop_after_one)
+    code, _, err = _run(capsys, *common[:-4], "--out", str(tmp_path / "H2.npy"), "--workers", "2")
+    assert code == 130 and pool_class.stops == [False, True] and signal.getsignal(signal.SIGINT) is before
+    assert err.splitlines()[-1] == (f"refprune hessian: interrupted; the finished blocks are recorded in "
+                                    f"{tmp_path / 'H2.npy'}.partial: run the same command with --resume to continue")

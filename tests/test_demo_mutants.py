@@ -189,8 +189,24 @@ def test_a_whole_tiny_run_prints_what_the_library_computes(monkeypatch, tmp_path
     monkeypatch.setattr(plot, "spectra", lambda eigs, path, linthresh: drawn.update(spectra=(eigs, path, linthresh)))
     monkeypatch.setattr(plot, "heatmaps", lambda mats, path: drawn.update(heatmaps=(mats, path)))
     pic, heat = str(tmp_path / "s.png"), str(tmp_path / "h.png")
-    code, lines = _run(["--steps", "6", "--hidden", "2", "--seed", "3", "--lr", "0.1", "--plot", pic,
-                        "--heatmaps", heat])
+    # each pruning run is called with the table's options exactly (a damping of 1e-6 or 0 may
+    # print alike); only the PruningWarnings are silenced, any other warning still shows
+    real_prune, calls = rp.prune, []
+
+    def prune(*args, **kw):
+        calls.append(kw)
+        warnings.warn("a pruning note", rp.PruningWarning)
+        warnings.warn("another warning", RuntimeWarning)
+        return real_prune(*args, **kw)
+
+    monkeypatch.setattr(demo.rp, "prune", prune)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, lines = _run(["--steps", "6", "--hidden", "2", "--seed", "3", "--lr", "0.1", "--plot", pic,
+                            "--heatmaps", heat])
+    monkeypatch.setattr(demo.rp, "prune", real_prune)
+    assert calls == [kw for _, kw in _RUNS]
+    assert [str(w.message) for w in caught] == ["another warning"] * len(_RUNS)
     X, y = demo.spirals(seed=3)
     model = rp.Sequential(rp.Linear(2, 2), rp.Tanh(), rp.Linear(2, 2), rp.Tanh(), rp.Linear(2, 3))
     want, params, eigs = _expected_output(model, X, y, "180 spiral points, 3 classes", 6, 0.1, 3)
@@ -344,3 +360,41 @@ def test_parameters_that_overflow_are_a_divergence_in_one_line(capsys):
     with pytest.raises(FloatingPointError, match=f"^the parameters overflowed to inf or NaN at step {step}$"), \
             np.errstate(all="ignore"):
         demo.train(model, model.init(2), X, y, loss, 20, 1e308, 0.9, 100, out=io.StringIO())
+
+
+def test_training_logs_a_fifth_of_the_steps_apart_and_a_loss_that_stays_is_not_a_divergence(monkeypatch):
+    """Ten steps are logged every second step (steps // 5); a learning rate so small that
+    no parameter moves leaves the loss exactly where it started, which is no divergence:
+    the run goes on to the Hessian."""
+    def stop(*a, **k):
+        raise _Stop
+
+    monkeypatch.setattr(demo.rp, "hessian", stop)
+    buf = io.StringIO()
+    with redirect_stdout(buf), pytest.raises(_Stop):
+        demo.main(["--steps", "10", "--hidden", "2", "--lr", "1e-300"])
+    steps = [int(m) for m in re.findall(r"^  step +(\d+) ", buf.getvalue(), re.M)]
+    losses = set(re.findall(r"^  step +\d+  loss (\S+) ", buf.getvalue(), re.M))
+    assert steps == [0, 2, 4, 6, 8, 10] and len(losses) == 1
+    model = rp.Sequential(rp.Linear(2, 2), rp.Tanh(), rp.Linear(2, 2), rp.Tanh(), rp.Linear(2, 3))
+    X, y = demo.spirals(seed=0)
+    got = demo.train(model, model.init(0), X, y, rp.CrossEntropyLoss(), 10, 1e-300, 0.9, 100, out=io.StringIO())
+    assert all(np.array_equal(a, b) for a, b in zip(got, model.init(0)))  # not one bit moved
+
+
+def test_the_time_printed_is_that_of_the_three_matrices(monkeypatch):
+    """The seconds between the clock readings before and after the Hessian, GGN and
+    residual (a stand-in clock for the demo alone: 10.0 s, then 10.375 s)."""
+    from types import SimpleNamespace
+
+    def stop(*a, **k):
+        raise _Stop
+
+    readings = iter([10.0, 10.375])
+    monkeypatch.setattr(demo, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
+    monkeypatch.setattr(demo.rp, "prune", stop)  # the pruning that follows is not needed here
+    buf = io.StringIO()
+    with redirect_stdout(buf), pytest.raises(_Stop):
+        demo.main(["--steps", "1", "--hidden", "2", "--seed", "3"])
+    n = 2 * 2 + 2 + 2 * 2 + 2 + 2 * 3 + 3
+    assert f"\nexact Hessian, GGN and residual ({n} x {n}) in 0.375 s\n" in buf.getvalue()
