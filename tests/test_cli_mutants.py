@@ -726,8 +726,18 @@ def test_hessian_with_workers_hands_a_pool_to_the_library_and_stops_it(capsys, m
     out = tmp_path / "H.npy"
     common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
               "--out", str(out), "--workers", "2")
+    real, executors = refprune.hessian, []
+
+    def hessian(*args, **kw):
+        executors.append(kw.get("executor"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(refprune, "hessian", hessian)
     code, _, err = _run(capsys, *common)
+    monkeypatch.setattr(refprune, "hessian", real)
     assert code == 0 and "block 2/2" in err
+    # the estimate's runs and the real one, all on the pool
+    assert len(executors) >= 2 and all(isinstance(e, pool_class) for e in executors)
     assert len(pool_class.made) == 1 and pool_class.made[0][0] == 2 and pool_class.stops == [True]
     assert pool_class.handlers and all(getattr(h, "__func__", None) is cli._Interrupts._handler
                                        for h in pool_class.handlers)
@@ -745,3 +755,181 @@ def test_hessian_with_workers_hands_a_pool_to_the_library_and_stops_it(capsys, m
     assert code == 130 and pool_class.stops == [False, True] and signal.getsignal(signal.SIGINT) is before
     assert err.splitlines()[-1] == (f"refprune hessian: interrupted; the finished blocks are recorded in "
                                     f"{tmp_path / 'H2.npy'}.partial: run the same command with --resume to continue")
+
+
+_SMALL = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8")
+
+
+def test_what_fits_is_computed_and_what_does_not_is_refused_in_gib(capsys, monkeypatch, tmp_path):
+    """The matrix needs 8 n^2 bytes: exactly that much memory or disk is enough, a byte
+    less is refused, the message in GiB (2**30 bytes) with two decimals; an estimate
+    line with three (the calibration and the file's time stand-ins here: nothing of
+    the 6,040-parameter model is computed)."""
+    import shutil
+    from collections import namedtuple
+
+    import refprune.curvature.exact as exact
+
+    usage = namedtuple("usage", "total used free")
+    need = 8 * 43 * 43
+    monkeypatch.setattr(exact, "available_memory", lambda: need)
+    assert _run(capsys, *_SMALL, "--dry-run")[0] == 0
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need))
+    assert _run(capsys, *_SMALL, "--dry-run", "--out", str(tmp_path / "H.npy"))[0] == 0
+    big = ("hessian", "--model", "Linear(150, 40)", "--input-shape", "150", "--samples", "2", "--loss", "mse")
+    n = 150 * 40 + 40
+    need = 8 * n * n
+    monkeypatch.setattr(exact, "available_memory", lambda: need - 1)
+    code, _, err = _run(capsys, *big)
+    assert code == 2 and err == (f"refprune hessian: error: the {n} x {n} matrix needs {need / 2**30:.2f} GiB, more "
+                                 "than the memory available; give --out FILE.npy to write it to disk\n")
+    assert f"{need / 2**30:.2f}" == "0.27"
+    free = 2**28  # 0.25 GiB
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40 - free, free))
+    code, _, err = _run(capsys, *big, "--out", str(tmp_path / "B.npy"))
+    assert code == 2 and err == (f"refprune hessian: error: the {n} x {n} matrix needs 0.27 GiB but the disk has "
+                                 "0.25 GiB free\n")
+    monkeypatch.setattr(exact, "available_memory", lambda: need)
+    monkeypatch.setattr(cli, "_estimate", lambda timed, N, saturates: 200.0)
+    code, out, err = _run(capsys, *big, "--dry-run")
+    assert code == 0 and out == "" and err == f"hessian: n = {n} parameters, N = 2 samples: 0.272 GiB, about 200.0 s\n"
+
+
+def test_the_estimate_adds_the_files_time_and_a_dry_run_leaves_no_file(capsys, monkeypatch, tmp_path):
+    """With --out the estimate is the calibration's plus the file's (flush and hashing);
+    --dry-run then removes the partial file it made, and its record."""
+    monkeypatch.setattr(cli, "_estimate", lambda timed, N, saturates: 200.0)
+    monkeypatch.setattr(cli, "_store_seconds", lambda dest, n: 1000.0)
+    out = tmp_path / "H.npy"
+    code, _, err = _run(capsys, *_SMALL, "--out", str(out), "--dry-run")
+    assert code == 0 and err.endswith(", about 20 min\n")  # 1,200 s
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_the_calibration_writes_into_the_destination_not_a_new_matrix(capsys, monkeypatch, tmp_path):
+    """The calibration runs (the estimate) are the same computation on the first k samples,
+    written into a plain view of the destination (so nothing more than the matrix is
+    allocated and no record is kept), without progress, on the same pool; the real run
+    writes into the memmap with progress; the estimate's model saturates at the samples
+    of one chunk times the shards."""
+    import numpy as np
+
+    calls, seen = [], {}
+    real = refprune.hessian
+
+    def hessian(model, params, X, y, loss, out=None, progress=False, **kw):
+        calls.append((len(X), out, progress, kw.get("executor")))
+        return real(model, params, X, y, loss, out=out, progress=progress, **kw)
+
+    real_estimate = cli._estimate
+
+    def estimate(timed, N, saturates):
+        seen["saturates"] = saturates
+        return real_estimate(timed, N, saturates=saturates)
+
+    monkeypatch.setattr(refprune, "hessian", hessian)
+    monkeypatch.setattr(cli, "_estimate", estimate)
+    out = tmp_path / "H.npy"
+    code, _, _ = _run(capsys, *_SMALL, "--out", str(out), "--shards", "2")
+    assert code == 0
+    *calibration, final = calls
+    assert calibration and final[0] == 8 and isinstance(final[1], np.memmap) and final[2] is True
+    for k, scratch, progress, executor in calibration:
+        assert type(scratch) is np.ndarray and scratch.shape == (43, 43) and progress is False and executor is None
+        assert np.shares_memory(scratch, final[1])
+    model = cli.parse_model("Linear(4, 5) Tanh Linear(5, 3)")
+    X = np.random.default_rng(0).standard_normal((8, 4))
+    assert seen["saturates"] == cli._samples_per_chunk(model, X) * 2
+
+
+def test_lines_of_a_run_to_a_file_and_of_its_resumptions(capsys, monkeypatch, tmp_path):
+    """On stderr, nothing on stdout: "wrote FILE (record FILE.refprune.json)" at the end,
+    "resuming" when continuing, "is complete; nothing to resume" (exit 0) once done; a
+    FILE that is there without a verified record is refused with the reason; a new run
+    over an interrupted one's partial file starts clean (its old record removed: no
+    warning that it is for another computation)."""
+    import warnings
+
+    import numpy as np
+
+    out = tmp_path / "H.npy"
+    common = (*_SMALL, "--out", str(out), "--block-rows", "5")
+    _interrupted(capsys, monkeypatch, common, after=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, stdout, err = _run(capsys, *common, "--seed", "1")
+    assert code == 0 and stdout == "" and [str(w.message) for w in caught] == []
+    assert err.splitlines()[-1] == f"wrote {out} (record {out}.refprune.json)"
+    ref = _reference(1)
+    assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()
+    code, stdout, err = _run(capsys, *common, "--seed", "1", "--resume")
+    assert (code, stdout, err) == (0, "", f"hessian: {out} is complete; nothing to resume\n")
+    _interrupted(capsys, monkeypatch, common, after=2)
+    code, stdout, err = _run(capsys, *common, "--resume")
+    assert code == 0 and stdout == ""
+    assert err.splitlines()[0] == f"hessian: resuming {out}.partial (blocks recorded as done are kept)"
+    os.remove(f"{out}.refprune.json")
+    with pytest.raises(refprune.IncompleteResultError) as e:
+        refprune.load_matrix(str(out))
+    code, stdout, err = _run(capsys, *common, "--resume")
+    assert (code, stdout) == (2, "") and err == (f"refprune hessian: error: {out} is there but not a verified result "
+                                                 f"({e.value}); run without --resume to compute it again\n")
+
+
+def test_an_interrupted_run_without_a_file_says_nothing_was_kept(capsys, monkeypatch):
+    real = cli._compute
+
+    def compute(rp, args, model, params, X, y, loss, out, progress, pool, shards=None):
+        if progress:  # the real run, after the estimate's
+            raise KeyboardInterrupt
+        return real(rp, args, model, params, X, y, loss, out, progress, pool, shards=shards)
+
+    monkeypatch.setattr(cli, "_compute", compute)
+    code, stdout, err = _run(capsys, *_SMALL)
+    assert code == 130 and stdout == "" and err.splitlines()[-1] == (
+        "refprune hessian: interrupted; nothing was kept (without --out); give --out FILE.npy to keep finished "
+        "blocks for --resume")
+
+
+def test_model_json_data_and_params_files_and_their_refusals(capsys, tmp_path):
+    """--model-json: a list of layer specifications or an object with one under
+    "network"; a missing key named as such.  --data and --params: what a file lacks or
+    has too many of, in full."""
+    import json
+
+    import numpy as np
+
+    layers = [{"type": "Linear", "in_features": 3, "out_features": 2}]
+    for name, spec in (("list.json", layers), ("object.json", {"network": layers})):
+        (tmp_path / name).write_text(json.dumps(spec))
+        code, out, _ = _run(capsys, "hessian", "--model-json", str(tmp_path / name), "--input-shape", "3",
+                            "--samples", "4", "--loss", "mse")
+        model = cli.parse_model("Linear(3, 2)")
+        rng = np.random.default_rng(0)
+        X, y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+        ev = np.linalg.eigvalsh(refprune.hessian(model, model.init(seed=0), X, y, refprune.MSELoss()))
+        assert code == 0 and out == f"trace {ev.sum():.6g}, eigenvalues from {ev[0]:.6g} to {ev[-1]:.6g}\n", name
+    (tmp_path / "bad.json").write_text(json.dumps({"layers": layers}))
+    code, _, err = _run(capsys, "hessian", "--model-json", str(tmp_path / "bad.json"), "--input-shape", "3")
+    assert code == 2 and err == (f"refprune hessian: error: --model-json {tmp_path / 'bad.json'}: cannot build the "
+                                 "model: missing key 'network'\n")
+    code, _, err = _run(capsys, "hessian", "--model", "Linear(3, 2)")
+    assert code == 2 and err == ("refprune hessian: error: give --data FILE.npz or --input-shape (and --samples) for "
+                                 "random data\n")
+    np.savez(tmp_path / "empty.npz")
+    code, _, err = _run(capsys, "hessian", "--model", "Linear(3, 2)", "--data", str(tmp_path / "empty.npz"))
+    assert code == 2 and err == (f"refprune hessian: error: --data {tmp_path / 'empty.npz'} must hold arrays 'X' (N, "
+                                 "per-sample input shape) and 'y' (N labels or N x outputs); it holds nothing\n")
+    common = ("hessian", "--model", "Linear(3, 2) Tanh Linear(2, 2)", "--input-shape", "3", "--params")
+    expected = "the model expects param0 (2, 3), param1 (2,), param2 (2, 2), param3 (2,)"
+    for arrays, what in (
+            ({"param0": np.zeros((2, 3)), "param1": np.zeros(2)}, " lacks param2, param3;"),
+            ({f"param{i}": np.zeros(s) for i, s in enumerate([(2, 3), (2,), (2, 2), (2,)])} | {"w": np.zeros(1)},
+             " has arrays the model does not: w;"),
+            ({"param0": np.zeros((2, 3)), "b": np.zeros(1), "a": np.zeros(1)},
+             " lacks param1, param2, param3; has arrays the model does not: a, b;"),
+            ({f"param{i}": np.zeros(s) for i, s in enumerate([(2, 3), (2,), (2, 3), (2,)])},
+             ": param2 has shape (2, 3);")):
+        np.savez(tmp_path / "p.npz", **arrays)
+        code, _, err = _run(capsys, *common, str(tmp_path / "p.npz"))
+        assert code == 2 and err == f"refprune hessian: error: --params {tmp_path / 'p.npz'}{what} {expected}\n"
