@@ -933,3 +933,44 @@ def test_model_json_data_and_params_files_and_their_refusals(capsys, tmp_path):
         np.savez(tmp_path / "p.npz", **arrays)
         code, _, err = _run(capsys, *common, str(tmp_path / "p.npz"))
         assert code == 2 and err == f"refprune hessian: error: --params {tmp_path / 'p.npz'}{what} {expected}\n"
+
+
+def test_an_overflow_at_the_initial_parameters_names_them(capsys, monkeypatch):
+    """Without --data or --params the refusal of an overflowing forward pass names the
+    initial parameters (a stand-in loss raises, as refprune's does, FloatingPointError)."""
+    def overflow(*args, **kwargs):
+        raise FloatingPointError("the network's output is not finite")
+
+    monkeypatch.setattr(refprune, "loss", overflow)
+    code, _, err = _run(capsys, *_SMALL)
+    assert code == 2 and err == ("refprune hessian: error: the model at its initial parameters: the network's output "
+                                 "is not finite\n")
+
+
+def test_the_estimate_when_every_calibration_run_is_past_saturation(monkeypatch):
+    """``saturates`` at or below the smallest calibration run (a layer whose chunk holds
+    fewer samples than N / 16, as a conv net on 28x28 images with 4,000 samples): the time
+    is the line a + (b + c s) k from there to N.  It used to stop the command with
+    "Singular matrix" (the curve's third column was s times the second)."""
+    now = [0.0]
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
+    for s in (1, 8, 10):
+        cost = lambda k: 1.0 + 0.25 * k + 0.0625 * k * min(k, s)  # noqa: E731
+        calls = []
+
+        def timed(k):
+            now[0] += 9.0 if not calls else cost(k)
+            calls.append(k)
+
+        assert cli._estimate(timed, 160, saturates=s) == pytest.approx(cost(160), rel=1e-9)
+        assert calls == [2, 10, 20, 40]
+    # saturation within the calibration (between its first and last runs): the curve
+    cost = lambda k: 1.0 + 0.01 * k + 0.005 * k * min(k, 30)  # noqa: E731
+    calls = []
+
+    def timed(k):
+        now[0] += 9.0 if not calls else cost(k)
+        calls.append(k)
+
+    assert cli._estimate(timed, 160, saturates=30) == pytest.approx(cost(160), rel=1e-9)
+    assert calls == [2, 10, 20, 40, 80]
