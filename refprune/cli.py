@@ -322,7 +322,8 @@ def _estimate(timed, N, least=0.5, fraction=1 / 16, saturates=None):
     timed (a run on fewer than ``N`` samples shorter than ``2 least`` twice, keeping the faster: other processes
     sharing the cores slow some runs down).  If the time per sample grows from the
     first pair to the second by more than 30%, ``8k`` is timed too and the curve is
-    fitted on the three largest; it is extrapolated to ``N``.  Two lines
+    fitted on the three largest; it is extrapolated to ``N``.  When the smallest of them is
+    already past ``saturates`` the curve is a line there (least squares through the points).  Two lines
     measured worse on benchmarks/bench_cli_estimate.py: one from a single sample to
     ``N/8`` samples gave 0.52 to 1.77 times the measured time, one through ``N/16`` and
     ``N/8`` samples 0.26 to 2.42, and the curve through ``N/32``, ``N/16`` and ``N/8``
@@ -362,9 +363,16 @@ def _estimate(timed, N, least=0.5, fraction=1 / 16, saturates=None):
     cap = N if saturates is None else max(1, saturates)
     ks = np.array([p[0] for p in points], float)
     ts = np.array([p[1] for p in points])
-    coef = np.linalg.solve(np.stack([np.ones_like(ks), ks, ks * np.minimum(ks, cap)], axis=1), ts)
-    if np.all(coef >= 0):
-        return float(coef @ [1.0, N, N * min(N, cap)])
+    if cap > ks[0]:
+        coef = np.linalg.solve(np.stack([np.ones_like(ks), ks, ks * np.minimum(ks, cap)], axis=1), ts)
+        if np.all(coef >= 0):
+            return float(coef @ [1.0, N, N * min(N, cap)])
+    else:
+        # every point is past saturation, and so is N: the time is the line a + (b + c cap) k
+        # (the third column would be cap times the second, a singular system)
+        coef = np.linalg.lstsq(np.stack([np.ones_like(ks), ks], axis=1), ts, rcond=None)[0]
+        if np.all(coef >= 0):
+            return float(coef @ [1.0, N])
     # noise larger than the curvature: a line through the last two points
     (k1, t1), (k2, t2) = points[-2:]
     slope = (t2 - t1) / (k2 - k1)

@@ -67,7 +67,8 @@ def bars(n_per_class=40, size=8, noise=0.3, seed=0):
 
 
 def train(model, params, X, y, loss, steps, lr, momentum, log_every, out=None):
-    """Full-batch gradient descent with momentum, logging loss and accuracy."""
+    """Full-batch gradient descent with momentum, logging loss and accuracy;
+    ``FloatingPointError`` once a step overflows the parameters."""
     out = sys.stdout if out is None else out
     theta = rp.flatten_params(params)
     vel = np.zeros_like(theta)
@@ -80,6 +81,11 @@ def train(model, params, X, y, loss, steps, lr, momentum, log_every, out=None):
             return p
         vel = momentum * vel - lr * rp.grad(model, p, X, y, loss)
         theta = theta + vel
+        if not np.all(np.isfinite(theta)):
+            # a step that overflows the parameters; behind a saturated tanh the output can
+            # stay finite, and the next gradient would refuse the parameters as bad input
+            # (a ValueError) instead of naming the divergence
+            raise FloatingPointError(f"the parameters overflowed to inf or NaN at step {step + 1}")
 
 
 def summarise(name, eig, out=None):

@@ -490,3 +490,487 @@ def test_a_refused_value_is_reported_by_the_subcommand(capsys):
     code, _, err = _run(capsys, "hessian", "--model", "Linear(3,2)", "--input-shape", "3", "--samples", "0")
     assert code == 2 and err.startswith("refprune hessian: error: --samples ") and err.endswith(
         " (see refprune hessian --help)\n")
+
+
+def test_the_pool_has_the_workers_asked_for_and_they_ignore_interrupts(monkeypatch):
+    """``--workers k``: a WorkerPool of k processes whose initializer makes Ctrl-C
+    ignored in each (the driver stops them); a stand-in records the call, no process starts."""
+    from refprune.curvature import parallel
+
+    made = []
+
+    class Recorded:
+        def __init__(self, *args, **kwargs):
+            made.append((args, kwargs))
+
+    monkeypatch.setattr(parallel, "WorkerPool", Recorded)
+    pool = cli._pool(3)
+    assert isinstance(pool, Recorded) and made == [((3,), {"initializer": made[0][1].get("initializer")})]
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        made[0][1]["initializer"]()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _record(path):
+    import json
+
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def test_resume_lists_at_most_three_of_the_recorded_blocks(capsys, monkeypatch, tmp_path):
+    """The refusal names the interrupted run's blocks, the first three in order and
+    ", ..." only when there are more."""
+    common = ("hessian", "--model", "Linear(2, 3) Tanh Linear(3, 1)", "--input-shape", "2", "--samples", "4",
+              "--loss", "mse")
+    for block_rows, count in (("6", 3), ("1", 4)):
+        out = tmp_path / f"H{block_rows}.npy"
+        _interrupted(capsys, monkeypatch, (*common, "--out", str(out), "--block-rows", block_rows), after=1)
+        names = sorted(_record(f"{out}.partial.refprune.json")["blocks"])
+        assert len(names) == count
+        theirs = ", ".join(names[:3]) + (", ..." if count == 4 else "")
+        code, _, err = _run(capsys, *common, "--out", str(out), "--block-rows", "9", "--resume")
+        assert code == 2 and err == (f"refprune hessian: error: --resume: {out}.partial was written in other blocks "
+                                     f"({theirs}) than --block-rows 9 gives; give the --block-rows of the interrupted "
+                                     "run to keep its 1 finished block, or run without --resume to start again\n")
+
+
+def test_resume_names_the_shards_of_the_interrupted_run_up_to_64(capsys, monkeypatch, tmp_path):
+    """The --shards of the interrupted run are searched from 1 to min(samples, 64): the
+    largest possible (one sample per shard) is named; 65 is beyond the search, and the
+    refusal is the general one."""
+    tail = "to keep its 1 finished block, or run without --resume to start again\n"
+    for samples, shards in ((6, 6), (65, 65)):
+        out = tmp_path / f"H{samples}.npy"
+        common = ("hessian", "--model", "Linear(2, 2)", "--input-shape", "2", "--samples", str(samples),
+                  "--loss", "mse", "--out", str(out), "--block-rows", "1")
+        _interrupted(capsys, monkeypatch, (*common, "--shards", str(shards)), after=1)
+        code, _, err = _run(capsys, *common, "--shards", "1", "--resume")
+        if samples <= 64:
+            assert code == 2 and err == (f"refprune hessian: error: --resume with --shards 1: {out}.partial was "
+                                         f"written with --shards {shards}; give --shards {shards} {tail}")
+        else:
+            assert code == 2 and err == (f"refprune hessian: error: --resume: {out}.partial was written for another "
+                                         "computation (other data, parameters, loss, --curvature, --seed, "
+                                         "--block-rows or --shards than these); give the options of the interrupted "
+                                         f"run {tail}")
+
+
+def _resume_quietly(capsys, argv):
+    """Run ``argv``; its exit status, stderr and the RuntimeWarnings that reached the caller."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = _run(capsys, *argv)
+    return code, err, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_resume_with_a_record_that_is_not_text_or_of_another_size(capsys, monkeypatch, tmp_path):
+    """A record whose bytes are not UTF-8 is reported as the store reads it (not valid
+    JSON), and one for a matrix of another size as damaged: either way one line, every
+    block computed again, and the store's own warning about it not shown."""
+    import json
+
+    import numpy as np
+
+    from refprune.curvature import store
+
+    out = tmp_path / "H.npy"
+    rec = f"{out}.partial.refprune.json"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out), "--block-rows", "5")
+    ref = _reference()
+    for damage in ("bytes", "size"):
+        _interrupted(capsys, monkeypatch, common, after=2)
+        raw = open(rec, "rb").read()
+        if damage == "bytes":
+            raw = raw.replace(b'"hessian"', b'"hessian\xff"', 1)
+        else:
+            saved = json.loads(raw)
+            saved["n"] = 44
+            raw = json.dumps(saved).encode()
+        with open(rec, "wb") as fh:
+            fh.write(raw)
+        with pytest.raises(ValueError) as e:
+            store.parse_record(raw, rec, "refprune hessian", n=43)
+        assert ("is not valid JSON" if damage == "bytes" else "it is for a 44 x 44 matrix") in str(e.value)
+        code, err, warned = _resume_quietly(capsys, (*common, "--resume"))
+        assert code == 0 and warned == []
+        assert f"hessian: the record of {out}.partial cannot be used ({e.value}); every block is computed again\n" in err
+        assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()
+        out.unlink()
+
+
+def test_resume_hides_only_the_warning_it_has_said_in_its_own_line(capsys, monkeypatch, tmp_path):
+    """After the one line about an unusable record, or about a record with no finished
+    block, the store's warning saying the same is not shown; any other RuntimeWarning
+    of the run still is."""
+    out = tmp_path / "H.npy"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out), "--block-rows", "5")
+    real = refprune.hessian
+
+    def hessian(*args, **kwargs):
+        import warnings
+
+        warnings.warn("some other warning of the run", RuntimeWarning)
+        return real(*args, **kwargs)
+
+    for case in ("unreadable", "nothing finished"):
+        _interrupted(capsys, monkeypatch, common, after=2 if case == "unreadable" else 0)
+        if case == "unreadable":
+            with open(f"{out}.partial.refprune.json", "w") as fh:
+                fh.write("{not json")
+        monkeypatch.setattr(refprune, "hessian", hessian)
+        code, err, warned = _resume_quietly(capsys, (*common, "--resume", "--seed", "1"))
+        monkeypatch.setattr(refprune, "hessian", real)
+        assert code == 0 and warned == ["some other warning of the run"], (case, warned)
+        assert ("cannot be used" if case == "unreadable" else "records no finished block") in err
+        out.unlink()
+
+
+def _calibrate(monkeypatch, N, seconds):
+    """``cli._estimate`` over ``N`` samples with a clock that advances by ``seconds(k)``
+    per run on ``k`` samples (the warm-up on 2 samples takes 9 s): the estimate and the
+    sample counts run, warm-up first."""
+    now, calls = [0.0], []
+
+    def timed(k):
+        now[0] += 9.0 if not calls else seconds(k)
+        calls.append(k)
+
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
+    return cli._estimate(timed, N), calls
+
+
+def test_the_calibration_runs_documented(monkeypatch):
+    """cli._estimate's calibration as its docstring gives it (least = 0.5 s, fraction
+    1/16): k = ceil(N / 16) samples, at least one, doubled while a run takes less than
+    least; then 2k and 4k; a run below N shorter than 2 least is timed twice, a run on
+    all N once; an 8k run only when the time per sample grew by more than 30% from the
+    first pair of points to the second.  Clocks of whole binary fractions of a second,
+    so that the comparisons with least and 1.3 are exact."""
+    # each run takes 2 s or more: k = ceil(10 / 16) = 1, 2, 4, each timed once; 4 < N, and
+    # the time is linear: the line through the points, at N
+    est, calls = _calibrate(monkeypatch, 10, lambda k: 1.75 + 0.25 * k)
+    assert calls == [2, 1, 2, 4] and est == pytest.approx(1.75 + 0.25 * 10)
+    # a run taking exactly least is long enough: no doubling (timed twice, below 2 least; 1.25 s once)
+    est, calls = _calibrate(monkeypatch, 64, lambda k: 0.5 if k == 4 else 0.25 + k / 16)
+    assert calls == [2, 4, 4, 8, 8, 16] and est == pytest.approx(0.25 + 64 / 16)
+    # 2k and 4k below N and short: each timed twice
+    est, calls = _calibrate(monkeypatch, 160, lambda k: 0.5 + k / 160)
+    assert calls == [2, 10, 10, 20, 20, 40, 40] and est == pytest.approx(1.5)
+    # 4k = N: the whole run timed once, even when short, and it is the estimate
+    est, calls = _calibrate(monkeypatch, 4, lambda k: 0.75)
+    assert calls == [2, 1, 1, 2, 2, 4] and est == 0.75
+    # linear, but not through the origin: no growth, no 8k run
+    est, calls = _calibrate(monkeypatch, 160, lambda k: 1.0 + 0.2 * k)
+    assert calls == [2, 10, 20, 40] and est == pytest.approx(33.0)
+    # growth exactly 30%: (37 - 11) / 20 = 1.3 * (11 - 1) / 10, not more: no 8k run
+    est, calls = _calibrate(monkeypatch, 160, {10: 1.0, 20: 11.0, 40: 37.0}.__getitem__)
+    assert calls == [2, 10, 20, 40]
+    # time per sample doubled (a + b k + c k^2): the 8k run, timed once, and the curve
+    # through the three largest points gives the cost at N
+    cost = lambda k: 1.0 + 0.01 * k + 0.005 * k * k  # noqa: E731
+    est, calls = _calibrate(monkeypatch, 160, cost)
+    assert calls == [2, 10, 20, 40, 80] and est == pytest.approx(cost(160), rel=1e-9)
+
+
+class _StandInPool:
+    """In place of ``WorkerPool(workers, initializer=...)``: an executor that runs each
+    task at submission, in this process, recording the SIGINT handler each task sees;
+    ``stop(wait)`` recorded."""
+
+    made, stops, handlers = [], [], []
+
+    def __init__(self, workers, initializer=None):
+        import concurrent.futures as cf
+
+        type(self).made.append((workers, initializer))
+        self.executor = cf.Executor()
+
+    def submit(self, fn, *args, **kwargs):
+        import concurrent.futures as cf
+
+        type(self).handlers.append(signal.getsignal(signal.SIGINT))
+        fut = cf.Future()
+        fut.set_result(fn(*args, **kwargs))
+        return fut
+
+    def worker_pids(self):
+        return []
+
+    def stop(self, wait=True):
+        type(self).stops.append(wait)
+
+
+def test_hessian_with_workers_hands_a_pool_to_the_library_and_stops_it(capsys, monkeypatch, tmp_path):
+    """``--workers 2`` in this process (a stand-in pool, no process started): the pool of
+    2 is built once, the library's tasks are submitted to it with the command's Ctrl-C
+    handler installed, the pool is stopped, waiting, at the end, the previous handler is
+    back, and the matrix is the library's; interrupted, the pool is stopped at once
+    (then waited for) and the line names --resume."""
+    import concurrent.futures as cf
+
+    import numpy as np
+
+    from refprune.curvature import parallel
+
+    pool_class = type("Pool", (_StandInPool, cf.Executor), {"made": [], "stops": [], "handlers": []})
+    monkeypatch.setattr(parallel, "WorkerPool", pool_class)
+    before = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "H.npy"
+    common = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8",
+              "--out", str(out), "--workers", "2")
+    real, executors = refprune.hessian, []
+
+    def hessian(*args, **kw):
+        executors.append(kw.get("executor"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(refprune, "hessian", hessian)
+    code, _, err = _run(capsys, *common)
+    monkeypatch.setattr(refprune, "hessian", real)
+    assert code == 0 and "block 2/2" in err
+    # the estimate's runs and the real one, all on the pool
+    assert len(executors) >= 2 and all(isinstance(e, pool_class) for e in executors)
+    assert len(pool_class.made) == 1 and pool_class.made[0][0] == 2 and pool_class.stops == [True]
+    assert pool_class.handlers and all(getattr(h, "__func__", None) is cli._Interrupts._handler
+                                       for h in pool_class.handlers)
+    assert signal.getsignal(signal.SIGINT) is before
+    ref = _reference()
+    assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()
+    pool_class.stops.clear()
+    from refprune.curvature import store
+
+    def stop_after_one(self, key, block, **kw):  # the workers write; the driver records
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.BlockRecord, "mark_written", stop_after_one)
+    code, _, err = _run(capsys, *common[:-4], "--out", str(tmp_path / "H2.npy"), "--workers", "2")
+    assert code == 130 and pool_class.stops == [False, True] and signal.getsignal(signal.SIGINT) is before
+    assert err.splitlines()[-1] == (f"refprune hessian: interrupted; the finished blocks are recorded in "
+                                    f"{tmp_path / 'H2.npy'}.partial: run the same command with --resume to continue")
+
+
+_SMALL = ("hessian", "--model", "Linear(4, 5) Tanh Linear(5, 3)", "--input-shape", "4", "--samples", "8")
+
+
+def test_what_fits_is_computed_and_what_does_not_is_refused_in_gib(capsys, monkeypatch, tmp_path):
+    """The matrix needs 8 n^2 bytes: exactly that much memory or disk is enough, a byte
+    less is refused, the message in GiB (2**30 bytes) with two decimals; an estimate
+    line with three (the calibration and the file's time stand-ins here: nothing of
+    the 6,040-parameter model is computed)."""
+    import shutil
+    from collections import namedtuple
+
+    import refprune.curvature.exact as exact
+
+    usage = namedtuple("usage", "total used free")
+    need = 8 * 43 * 43
+    monkeypatch.setattr(exact, "available_memory", lambda: need)
+    assert _run(capsys, *_SMALL, "--dry-run")[0] == 0
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need))
+    assert _run(capsys, *_SMALL, "--dry-run", "--out", str(tmp_path / "H.npy"))[0] == 0
+    big = ("hessian", "--model", "Linear(150, 40)", "--input-shape", "150", "--samples", "2", "--loss", "mse")
+    n = 150 * 40 + 40
+    need = 8 * n * n
+    monkeypatch.setattr(exact, "available_memory", lambda: need - 1)
+    code, _, err = _run(capsys, *big)
+    assert code == 2 and err == (f"refprune hessian: error: the {n} x {n} matrix needs {need / 2**30:.2f} GiB, more "
+                                 "than the memory available; give --out FILE.npy to write it to disk\n")
+    assert f"{need / 2**30:.2f}" == "0.27"
+    free = 2**28  # 0.25 GiB
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**40 - free, free))
+    code, _, err = _run(capsys, *big, "--out", str(tmp_path / "B.npy"))
+    assert code == 2 and err == (f"refprune hessian: error: the {n} x {n} matrix needs 0.27 GiB but the disk has "
+                                 "0.25 GiB free\n")
+    monkeypatch.setattr(exact, "available_memory", lambda: need)
+    monkeypatch.setattr(cli, "_estimate", lambda timed, N, saturates: 200.0)
+    code, out, err = _run(capsys, *big, "--dry-run")
+    assert code == 0 and out == "" and err == f"hessian: n = {n} parameters, N = 2 samples: 0.272 GiB, about 200.0 s\n"
+
+
+def test_the_estimate_adds_the_files_time_and_a_dry_run_leaves_no_file(capsys, monkeypatch, tmp_path):
+    """With --out the estimate is the calibration's plus the file's (flush and hashing);
+    --dry-run then removes the partial file it made, and its record."""
+    monkeypatch.setattr(cli, "_estimate", lambda timed, N, saturates: 200.0)
+    monkeypatch.setattr(cli, "_store_seconds", lambda dest, n: 1000.0)
+    out = tmp_path / "H.npy"
+    code, _, err = _run(capsys, *_SMALL, "--out", str(out), "--dry-run")
+    assert code == 0 and err.endswith(", about 20 min\n")  # 1,200 s
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_the_calibration_writes_into_the_destination_not_a_new_matrix(capsys, monkeypatch, tmp_path):
+    """The calibration runs (the estimate) are the same computation on the first k samples,
+    written into a plain view of the destination (so nothing more than the matrix is
+    allocated and no record is kept), without progress, on the same pool; the real run
+    writes into the memmap with progress; the estimate's model saturates at the samples
+    of one chunk times the shards."""
+    import numpy as np
+
+    calls, seen = [], {}
+    real = refprune.hessian
+
+    def hessian(model, params, X, y, loss, out=None, progress=False, **kw):
+        calls.append((len(X), out, progress, kw.get("executor")))
+        return real(model, params, X, y, loss, out=out, progress=progress, **kw)
+
+    real_estimate = cli._estimate
+
+    def estimate(timed, N, saturates):
+        seen["saturates"] = saturates
+        return real_estimate(timed, N, saturates=saturates)
+
+    monkeypatch.setattr(refprune, "hessian", hessian)
+    monkeypatch.setattr(cli, "_estimate", estimate)
+    out = tmp_path / "H.npy"
+    code, _, _ = _run(capsys, *_SMALL, "--out", str(out), "--shards", "2")
+    assert code == 0
+    *calibration, final = calls
+    assert calibration and final[0] == 8 and isinstance(final[1], np.memmap) and final[2] is True
+    for k, scratch, progress, executor in calibration:
+        assert type(scratch) is np.ndarray and scratch.shape == (43, 43) and progress is False and executor is None
+        assert np.shares_memory(scratch, final[1])
+    model = cli.parse_model("Linear(4, 5) Tanh Linear(5, 3)")
+    X = np.random.default_rng(0).standard_normal((8, 4))
+    assert seen["saturates"] == cli._samples_per_chunk(model, X) * 2
+
+
+def test_lines_of_a_run_to_a_file_and_of_its_resumptions(capsys, monkeypatch, tmp_path):
+    """On stderr, nothing on stdout: "wrote FILE (record FILE.refprune.json)" at the end,
+    "resuming" when continuing, "is complete; nothing to resume" (exit 0) once done; a
+    FILE that is there without a verified record is refused with the reason; a new run
+    over an interrupted one's partial file starts clean (its old record removed: no
+    warning that it is for another computation)."""
+    import warnings
+
+    import numpy as np
+
+    out = tmp_path / "H.npy"
+    common = (*_SMALL, "--out", str(out), "--block-rows", "5")
+    _interrupted(capsys, monkeypatch, common, after=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, stdout, err = _run(capsys, *common, "--seed", "1")
+    assert code == 0 and stdout == "" and [str(w.message) for w in caught] == []
+    assert err.splitlines()[-1] == f"wrote {out} (record {out}.refprune.json)"
+    ref = _reference(1)
+    assert np.abs(np.load(out) - ref).max() <= 1e-12 * np.abs(ref).max()
+    code, stdout, err = _run(capsys, *common, "--seed", "1", "--resume")
+    assert (code, stdout, err) == (0, "", f"hessian: {out} is complete; nothing to resume\n")
+    _interrupted(capsys, monkeypatch, common, after=2)
+    code, stdout, err = _run(capsys, *common, "--resume")
+    assert code == 0 and stdout == ""
+    assert err.splitlines()[0] == f"hessian: resuming {out}.partial (blocks recorded as done are kept)"
+    os.remove(f"{out}.refprune.json")
+    with pytest.raises(refprune.IncompleteResultError) as e:
+        refprune.load_matrix(str(out))
+    code, stdout, err = _run(capsys, *common, "--resume")
+    assert (code, stdout) == (2, "") and err == (f"refprune hessian: error: {out} is there but not a verified result "
+                                                 f"({e.value}); run without --resume to compute it again\n")
+
+
+def test_an_interrupted_run_without_a_file_says_nothing_was_kept(capsys, monkeypatch):
+    real = cli._compute
+
+    def compute(rp, args, model, params, X, y, loss, out, progress, pool, shards=None):
+        if progress:  # the real run, after the estimate's
+            raise KeyboardInterrupt
+        return real(rp, args, model, params, X, y, loss, out, progress, pool, shards=shards)
+
+    monkeypatch.setattr(cli, "_compute", compute)
+    code, stdout, err = _run(capsys, *_SMALL)
+    assert code == 130 and stdout == "" and err.splitlines()[-1] == (
+        "refprune hessian: interrupted; nothing was kept (without --out); give --out FILE.npy to keep finished "
+        "blocks for --resume")
+
+
+def test_model_json_data_and_params_files_and_their_refusals(capsys, tmp_path):
+    """--model-json: a list of layer specifications or an object with one under
+    "network"; a missing key named as such.  --data and --params: what a file lacks or
+    has too many of, in full."""
+    import json
+
+    import numpy as np
+
+    layers = [{"type": "Linear", "in_features": 3, "out_features": 2}]
+    for name, spec in (("list.json", layers), ("object.json", {"network": layers})):
+        (tmp_path / name).write_text(json.dumps(spec))
+        code, out, _ = _run(capsys, "hessian", "--model-json", str(tmp_path / name), "--input-shape", "3",
+                            "--samples", "4", "--loss", "mse")
+        model = cli.parse_model("Linear(3, 2)")
+        rng = np.random.default_rng(0)
+        X, y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+        ev = np.linalg.eigvalsh(refprune.hessian(model, model.init(seed=0), X, y, refprune.MSELoss()))
+        assert code == 0 and out == f"trace {ev.sum():.6g}, eigenvalues from {ev[0]:.6g} to {ev[-1]:.6g}\n", name
+    (tmp_path / "bad.json").write_text(json.dumps({"layers": layers}))
+    code, _, err = _run(capsys, "hessian", "--model-json", str(tmp_path / "bad.json"), "--input-shape", "3")
+    assert code == 2 and err == (f"refprune hessian: error: --model-json {tmp_path / 'bad.json'}: cannot build the "
+                                 "model: missing key 'network'\n")
+    code, _, err = _run(capsys, "hessian", "--model", "Linear(3, 2)")
+    assert code == 2 and err == ("refprune hessian: error: give --data FILE.npz or --input-shape (and --samples) for "
+                                 "random data\n")
+    np.savez(tmp_path / "empty.npz")
+    code, _, err = _run(capsys, "hessian", "--model", "Linear(3, 2)", "--data", str(tmp_path / "empty.npz"))
+    assert code == 2 and err == (f"refprune hessian: error: --data {tmp_path / 'empty.npz'} must hold arrays 'X' (N, "
+                                 "per-sample input shape) and 'y' (N labels or N x outputs); it holds nothing\n")
+    common = ("hessian", "--model", "Linear(3, 2) Tanh Linear(2, 2)", "--input-shape", "3", "--params")
+    expected = "the model expects param0 (2, 3), param1 (2,), param2 (2, 2), param3 (2,)"
+    for arrays, what in (
+            ({"param0": np.zeros((2, 3)), "param1": np.zeros(2)}, " lacks param2, param3;"),
+            ({f"param{i}": np.zeros(s) for i, s in enumerate([(2, 3), (2,), (2, 2), (2,)])} | {"w": np.zeros(1)},
+             " has arrays the model does not: w;"),
+            ({"param0": np.zeros((2, 3)), "b": np.zeros(1), "a": np.zeros(1)},
+             " lacks param1, param2, param3; has arrays the model does not: a, b;"),
+            ({f"param{i}": np.zeros(s) for i, s in enumerate([(2, 3), (2,), (2, 3), (2,)])},
+             ": param2 has shape (2, 3);")):
+        np.savez(tmp_path / "p.npz", **arrays)
+        code, _, err = _run(capsys, *common, str(tmp_path / "p.npz"))
+        assert code == 2 and err == f"refprune hessian: error: --params {tmp_path / 'p.npz'}{what} {expected}\n"
+
+
+def test_an_overflow_at_the_initial_parameters_names_them(capsys, monkeypatch):
+    """Without --data or --params the refusal of an overflowing forward pass names the
+    initial parameters (a stand-in loss raises, as refprune's does, FloatingPointError)."""
+    def overflow(*args, **kwargs):
+        raise FloatingPointError("the network's output is not finite")
+
+    monkeypatch.setattr(refprune, "loss", overflow)
+    code, _, err = _run(capsys, *_SMALL)
+    assert code == 2 and err == ("refprune hessian: error: the model at its initial parameters: the network's output "
+                                 "is not finite\n")
+
+
+def test_the_estimate_when_every_calibration_run_is_past_saturation(monkeypatch):
+    """``saturates`` at or below the smallest calibration run (a layer whose chunk holds
+    fewer samples than N / 16, as a conv net on 28x28 images with 4,000 samples): the time
+    is the line a + (b + c s) k from there to N.  It used to stop the command with
+    "Singular matrix" (the curve's third column was s times the second)."""
+    now = [0.0]
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
+    for s in (1, 8, 10):
+        cost = lambda k: 1.0 + 0.25 * k + 0.0625 * k * min(k, s)  # noqa: E731
+        calls = []
+
+        def timed(k):
+            now[0] += 9.0 if not calls else cost(k)
+            calls.append(k)
+
+        assert cli._estimate(timed, 160, saturates=s) == pytest.approx(cost(160), rel=1e-9)
+        assert calls == [2, 10, 20, 40]
+    # saturation within the calibration (between its first and last runs): the curve
+    cost = lambda k: 1.0 + 0.01 * k + 0.005 * k * min(k, 30)  # noqa: E731
+    calls = []
+
+    def timed(k):
+        now[0] += 9.0 if not calls else cost(k)
+        calls.append(k)
+
+    assert cli._estimate(timed, 160, saturates=30) == pytest.approx(cost(160), rel=1e-9)
+    assert calls == [2, 10, 20, 40, 80]

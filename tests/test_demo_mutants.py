@@ -189,8 +189,24 @@ def test_a_whole_tiny_run_prints_what_the_library_computes(monkeypatch, tmp_path
     monkeypatch.setattr(plot, "spectra", lambda eigs, path, linthresh: drawn.update(spectra=(eigs, path, linthresh)))
     monkeypatch.setattr(plot, "heatmaps", lambda mats, path: drawn.update(heatmaps=(mats, path)))
     pic, heat = str(tmp_path / "s.png"), str(tmp_path / "h.png")
-    code, lines = _run(["--steps", "6", "--hidden", "2", "--seed", "3", "--lr", "0.1", "--plot", pic,
-                        "--heatmaps", heat])
+    # each pruning run is called with the table's options exactly (a damping of 1e-6 or 0 may
+    # print alike); only the PruningWarnings are silenced, any other warning still shows
+    real_prune, calls = rp.prune, []
+
+    def prune(*args, **kw):
+        calls.append(kw)
+        warnings.warn("a pruning note", rp.PruningWarning)
+        warnings.warn("another warning", RuntimeWarning)
+        return real_prune(*args, **kw)
+
+    monkeypatch.setattr(demo.rp, "prune", prune)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, lines = _run(["--steps", "6", "--hidden", "2", "--seed", "3", "--lr", "0.1", "--plot", pic,
+                            "--heatmaps", heat])
+    monkeypatch.setattr(demo.rp, "prune", real_prune)
+    assert calls == [kw for _, kw in _RUNS]
+    assert [str(w.message) for w in caught] == ["another warning"] * len(_RUNS)
     X, y = demo.spirals(seed=3)
     model = rp.Sequential(rp.Linear(2, 2), rp.Tanh(), rp.Linear(2, 2), rp.Tanh(), rp.Linear(2, 3))
     want, params, eigs = _expected_output(model, X, y, "180 spiral points, 3 classes", 6, 0.1, 3)
@@ -258,3 +274,127 @@ def test_divergence_is_refused_in_one_line(capsys, monkeypatch):
     assert e.value.code == 2
     assert capsys.readouterr().err == ("refprune demo: error: --lr 2.5: training diverged (the output overflows); "
                                        "give a smaller --lr (see refprune demo --help)\n")
+
+
+def test_train_returns_float64_parameters():
+    """The iterate stays float64 (the velocity starts as float64 zeros of theta's shape)."""
+    X, y = demo.spirals(n_per_class=4, seed=0)
+    model = rp.Sequential(rp.Linear(2, 2), rp.Tanh(), rp.Linear(2, 3))
+    got = demo.train(model, model.init(seed=0), X, y, rp.CrossEntropyLoss(), steps=2, lr=0.1, momentum=0.9,
+                     log_every=5, out=io.StringIO())
+    assert [p.dtype for p in got] == [np.float64] * len(got)
+    assert [p.shape for p in got] == [tuple(s) for s in model.param_shapes()]
+
+
+def test_summarise_threshold_scales_with_the_largest_eigenvalue():
+    """The zero threshold is 1e-10 times the largest |eigenvalue| when that exceeds 1:
+    with 4.0 the largest, 1e-10 and -3e-10 lie within it (zero, not negative)."""
+    buf = io.StringIO()
+    demo.summarise("H", np.array([-3e-10, 1e-10, 4.0]), out=buf)
+    assert "negative    0 (sum   0.0000)  zero    2" in buf.getvalue()
+    buf = io.StringIO()
+    demo.summarise("H", np.array([-5e-10, 5e-10, 4.0]), out=buf)  # beyond 4e-10: counted
+    assert "negative    1 (sum  -0.0000)  zero    0" in buf.getvalue()
+
+
+def test_help_describes_the_demo_in_the_first_paragraph_of_its_docstring(capsys):
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--help"])
+    assert e.value.code == 0
+    first = ("Demo: train a small network on built-in data, summarise its exact Hessian and compare pruning "
+             "criteria by predicted and actual loss change.")
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith("usage: refprune demo ") and f" {first} " in out
+    assert "three interleaved spirals" not in out  # the second paragraph is not part of it
+
+
+@pytest.mark.parametrize("option", ["--plot", "--heatmaps"])
+def test_a_picture_without_matplotlib_is_refused_before_the_run(capsys, monkeypatch, tmp_path, option):
+    """--plot or --heatmaps without matplotlib: one line naming the option, the path and
+    plot's reason, exit status 2, before anything is printed; without either option the
+    run does not need matplotlib."""
+    from refprune import plot
+
+    def missing():
+        raise ImportError("refprune.plot needs matplotlib")
+
+    monkeypatch.setattr(plot, "pyplot", missing)
+    path = str(tmp_path / "x.png")
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--steps", "1", "--hidden", "2", option, path])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    assert err == f"refprune demo: error: {option} {path}: refprune.plot needs matplotlib (see refprune demo --help)\n"
+
+    def stop(*a, **k):
+        raise _Stop
+
+    monkeypatch.setattr(demo.rp, "hessian", stop)
+    with pytest.raises(_Stop):
+        demo.main(["--steps", "1", "--hidden", "2"])
+    assert "training (1 full-batch steps" in capsys.readouterr().out
+
+
+def test_parameters_that_overflow_are_a_divergence_in_one_line(capsys):
+    """A step that overflows the parameters (here the first layer's, behind a tanh that
+    saturates, so the output stays finite) is refused as a divergence, one line and exit
+    status 2, with no NumPy warning; it used to end in a traceback (the next gradient
+    refused the parameters with a ValueError).  The step is the first at which the
+    heavy-ball iterate written out here is not finite."""
+    X, y = demo.spirals(seed=2)
+    model = rp.Sequential(rp.Linear(2, 1), rp.Tanh(), rp.Linear(1, 1), rp.Tanh(), rp.Linear(1, 3))
+    loss = rp.CrossEntropyLoss()
+    theta, vel, step = rp.flatten_params(model.init(2)), 0.0, 0
+    with np.errstate(all="ignore"):
+        while np.all(np.isfinite(theta)):
+            vel = 0.9 * vel - 1e308 * rp.grad(model, rp.unflatten_params(model, theta), X, y, loss)
+            theta, step = theta + vel, step + 1
+    assert 1 <= step < 20
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit) as e:
+        warnings.simplefilter("always")
+        demo.main(["--steps", "20", "--hidden", "1", "--seed", "2", "--lr", "1e308"])
+    assert e.value.code == 2 and [str(w.message) for w in caught] == []
+    assert capsys.readouterr().err == (f"refprune demo: error: --lr 1e+308: training diverged (the parameters "
+                                       f"overflowed to inf or NaN at step {step}); give a smaller --lr (see refprune "
+                                       "demo --help)\n")
+    with pytest.raises(FloatingPointError, match=f"^the parameters overflowed to inf or NaN at step {step}$"), \
+            np.errstate(all="ignore"):
+        demo.train(model, model.init(2), X, y, loss, 20, 1e308, 0.9, 100, out=io.StringIO())
+
+
+def test_training_logs_a_fifth_of_the_steps_apart_and_a_loss_that_stays_is_not_a_divergence(monkeypatch):
+    """Ten steps are logged every second step (steps // 5); a learning rate so small that
+    no parameter moves leaves the loss exactly where it started, which is no divergence:
+    the run goes on to the Hessian."""
+    def stop(*a, **k):
+        raise _Stop
+
+    monkeypatch.setattr(demo.rp, "hessian", stop)
+    buf = io.StringIO()
+    with redirect_stdout(buf), pytest.raises(_Stop):
+        demo.main(["--steps", "10", "--hidden", "2", "--lr", "1e-300"])
+    steps = [int(m) for m in re.findall(r"^  step +(\d+) ", buf.getvalue(), re.M)]
+    losses = set(re.findall(r"^  step +\d+  loss (\S+) ", buf.getvalue(), re.M))
+    assert steps == [0, 2, 4, 6, 8, 10] and len(losses) == 1
+    model = rp.Sequential(rp.Linear(2, 2), rp.Tanh(), rp.Linear(2, 2), rp.Tanh(), rp.Linear(2, 3))
+    X, y = demo.spirals(seed=0)
+    got = demo.train(model, model.init(0), X, y, rp.CrossEntropyLoss(), 10, 1e-300, 0.9, 100, out=io.StringIO())
+    assert all(np.array_equal(a, b) for a, b in zip(got, model.init(0)))  # not one bit moved
+
+
+def test_the_time_printed_is_that_of_the_three_matrices(monkeypatch):
+    """The seconds between the clock readings before and after the Hessian, GGN and
+    residual (a stand-in clock for the demo alone: 10.0 s, then 10.375 s)."""
+    from types import SimpleNamespace
+
+    def stop(*a, **k):
+        raise _Stop
+
+    readings = iter([10.0, 10.375])
+    monkeypatch.setattr(demo, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
+    monkeypatch.setattr(demo.rp, "prune", stop)  # the pruning that follows is not needed here
+    buf = io.StringIO()
+    with redirect_stdout(buf), pytest.raises(_Stop):
+        demo.main(["--steps", "1", "--hidden", "2", "--seed", "3"])
+    n = 2 * 2 + 2 + 2 * 2 + 2 + 2 * 3 + 3
+    assert f"\nexact Hessian, GGN and residual ({n} x {n}) in 0.375 s\n" in buf.getvalue()
