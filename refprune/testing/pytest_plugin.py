@@ -59,14 +59,16 @@ _DRAWN = "drawn"
 
 def pytest_addoption(parser):
     """The options ``--refprune-drawn``, ``--refprune-seed`` and their ini keys."""
+    # pytest names each option's dest after it (refprune_drawn, refprune_seed), reads None
+    # for an option not given and "" for an ini key not set: settings() tells these apart
     group = parser.getgroup("refprune", "refprune conformance cases (refprune_case fixture)")
-    group.addoption("--refprune-drawn", dest="refprune_drawn", metavar="N", default=None,
+    group.addoption("--refprune-drawn", metavar="N",
                     help="add N drawn cases (refprune.conformance.drawn_zoo) to refprune_case; default 0 "
                          "(ini: refprune_drawn)")
-    group.addoption("--refprune-seed", dest="refprune_seed", metavar="S", default=None,
+    group.addoption("--refprune-seed", metavar="S",
                     help="seed of the drawn cases; default 0; needs --refprune-drawn > 0 (ini: refprune_seed)")
-    parser.addini("refprune_drawn", "number of drawn cases added to refprune_case (default 0)", default="")
-    parser.addini("refprune_seed", "seed of the drawn cases of refprune_case (default 0)", default="")
+    parser.addini("refprune_drawn", "number of drawn cases added to refprune_case (default 0)")
+    parser.addini("refprune_seed", "seed of the drawn cases of refprune_case (default 0)")
 
 
 def parse_count(value, where):
