@@ -562,3 +562,40 @@ def test_the_reference_built_for_the_table(name):
     with pytest.raises(TypeError) as e:
         ref(CASE.args(), {})
     assert str(e.value) == f"optimizer quantity {name}: case must be a refprune.conformance.Case, got tuple"
+
+
+@pytest.mark.parametrize("name", ["kfac_direction", "natural_gradient_direction"])
+def test_neighbours_differ_relative_to_the_reference(name):
+    """A neighbour is listed when it differs from refprune's value by more than ``rtol``
+    times the reference's largest entry: relative, also for a reference far below 1 (a
+    large damping makes the direction about g / lam)."""
+    o = dict(damping=100.0)
+    ref = oq.run(CASE, name, o)
+    scale = np.abs(ref).max()
+    assert scale < 0.01
+    every = oq.neighbours(CASE, name, o, rtol=0)
+    rtol = 0.005
+    want = [d for d, a in every if np.abs(a - ref).max() > rtol * scale]
+    assert 0 < len(want) < len(every)
+    assert any(np.abs(a - ref).max() <= rtol for d, a in every if d in want)  # listed, though below rtol itself
+    assert [d for d, _ in oq.neighbours(CASE, name, o, rtol=rtol)] == want
+
+
+@pytest.mark.parametrize("name, bugs", [("kfac_direction", ["damping_not_sqrt", "pi_unnormalised", "empirical_fisher"]),
+                                        ("natural_gradient_direction", ["empirical_fisher", "hessian",
+                                                                        "other_structure"])])
+def test_bug_neighbours_under_the_options_given(name, bugs):
+    """The planted bugs that change K-FAC's direction (damping form 'pi', damping > 0) and
+    the natural gradient's (Fisher, whole matrix) on an MLP, in the table's order, each
+    computed under the options given (damping 100, not the default), against the dense
+    computation with the same bug.  The averages' bugs do not change a first step from the
+    start, and expand and reduce are the same for Linear layers."""
+    from test_optimizer_quantities import close, dense_run
+
+    o = dict(damping=100.0)
+    descs = {oq.NEIGHBOUR_BUGS[b][0]: b for b in bugs}
+    every_bug = {desc for desc, _ in oq.NEIGHBOUR_BUGS.values()}  # not the forms and starts
+    got = [(d, a) for d, a in oq.neighbours(CASE, name, o, rtol=0) if d in every_bug]
+    assert [descs.get(d) for d, _ in got] == bugs
+    for d, a in got:
+        assert close(a, dense_run(CASE, name, o, bugs=[descs[d]])), descs[d]
