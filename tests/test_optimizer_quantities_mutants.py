@@ -599,3 +599,14 @@ def test_bug_neighbours_under_the_options_given(name, bugs):
     assert [descs.get(d) for d, _ in got] == bugs
     for d, a in got:
         assert close(a, dense_run(CASE, name, o, bugs=[descs[d]])), descs[d]
+
+
+def test_a_neighbour_that_cannot_be_computed_is_left_out_alone():
+    """The Hessian in place of the Fisher has no Cholesky factor on this case (smallest
+    eigenvalue of H + lam I about -0.77): that neighbour is left out, the later ones are not."""
+    assert np.linalg.eigvalsh(rp.hessian(*CASE.args()))[0] < -0.1
+    with pytest.raises(np.linalg.LinAlgError):
+        oq.run(CASE, "natural_gradient_direction", {}, bugs=["hessian"])
+    got = [d for d, _ in oq.neighbours(CASE, "natural_gradient_direction")]
+    assert oq.NEIGHBOUR_BUGS["hessian"][0] not in got
+    assert oq.NEIGHBOUR_BUGS["other_structure"][0] in got
