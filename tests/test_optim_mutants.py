@@ -128,6 +128,18 @@ def test_check_mask_all_free_is_none():
     assert np.array_equal(out, m) and out is not m
 
 
+def test_check_mask_refusals_word_for_word():
+    with pytest.raises(ValueError) as e:
+        base.check_mask(np.ones(2, bool), 3, "w")
+    assert str(e.value) == "w: mask must have shape (3,), got (2,)"
+    with pytest.raises(ValueError) as e:
+        base.check_mask(np.ones((3, 1), bool), 3, "w")
+    assert str(e.value) == "w: mask must have shape (3,), got (3, 1)"
+    with pytest.raises(TypeError) as e:
+        base.check_mask(np.ones(3, int), 3, "w")
+    assert str(e.value) == "w: mask must be a bool array (True = free), got dtype int64"
+
+
 # ---------------------------------------------------------------- moving averages
 
 def test_moving_average_zero_decay_keeps_only_the_latest_batch():
@@ -415,3 +427,18 @@ def test_kfac_memory_refusal_names_the_optimizer(cls, monkeypatch):
     X, y = rng.standard_normal((50, 1)), rng.integers(0, 40, 50)
     with pytest.raises(memory.ArrayTooLargeError, match=rf"^{cls.name}: the square roots of the loss Hessians "):
         cls(curvature="ggn").step(model, model.init(0), X, y, rp.CrossEntropyLoss())
+
+
+def test_the_shared_rows_differ_between_optimizers_only_in_their_defaults():
+    """``Optimizer.__init__`` converts lr, momentum, weight_decay and kl_clip against its own
+    table's rows (SGD's for an optimizer defined elsewhere), always passing all four values:
+    the rows agree in everything but the default, which ``convert`` does not read."""
+    import refprune.options as options_table
+
+    def row(table, name):
+        r = next(r for r in options_table.TABLE[table] if r.name == name)
+        return {k: v for k, v in vars(r).items() if k != "default"}
+
+    for name in ("lr", "momentum", "weight_decay", "kl_clip"):
+        for table in ("KFAC", "EKFAC", "NaturalGradient"):
+            assert row(table, name) == row("SGD", name), (table, name)

@@ -420,3 +420,193 @@ def test_ekfac_rescaled_every_third_step(scale_decay):
     assert close(got, dense_run(case, "ekfac_steps", o))
     assert not close(got, oq.run(case, "ekfac_steps", dict(o, scale_interval=2)), 1e-6)
     assert not close(got, oq.run(case, "ekfac_steps", dict(o, scale_decay=0.0)), 1e-6)  # the decay shows
+
+
+# ---------------------------------------------------------------- the natural gradient's engine
+
+
+def test_natural_gradient_refuses_a_damped_matrix_that_is_not_positive_definite():
+    """The damped Hessian ``H + lam I`` of a case whose Hessian is indefinite has no
+    Cholesky factor: refused with its smallest eigenvalue, from ``rp.hessian`` here."""
+    H = rp.hessian(*CASE.args())
+    for lam in (0.0, 0.1):
+        smallest = np.linalg.eigvalsh(H + lam * np.eye(len(H)))[0]
+        assert smallest < -0.1  # well below zero: the printed digits do not depend on rounding
+        with pytest.raises(np.linalg.LinAlgError) as e:
+            oq.run(CASE, "natural_gradient_direction", dict(curvature="hessian", damping=lam))
+        assert str(e.value) == (f"natural gradient: the damped hessian matrix is not positive definite (smallest "
+                                f"eigenvalue {smallest:.3e}); use a larger damping")
+
+
+@pytest.mark.parametrize("name", ["natural_gradient_direction", "natural_gradient_step"])
+def test_natural_gradient_state_ignored_bug(name):
+    """The "state_ignored" neighbour of the natural gradient: the batch's matrix alone
+    (``(F + lam I)^-1 g`` with ``F = rp.fisher``), where the reference averages it with the
+    given matrix (a decay above 0: with the default 0 the two are the same)."""
+    from test_optimizer_quantities import close, dense_run
+
+    B = np.random.default_rng(3).standard_normal((CASE.n_params, CASE.n_params))
+    o = dict(matrix=B @ B.T / CASE.n_params, updates=2, ema_decay=0.6, damping=0.1)
+    got = oq.run(CASE, name, o, bugs=["state_ignored"])
+    assert close(got, dense_run(CASE, name, o, bugs=["state_ignored"]))
+    if name.endswith("direction"):  # written out: P g with P from the batch's Fisher alone
+        F = rp.fisher(*CASE.args())
+        assert close(got, np.linalg.solve(F + 0.1 * np.eye(len(F)), rp.grad(*CASE.args())))
+    assert not close(got, oq.run(CASE, name, o), 1e-6)
+
+
+# ---------------------------------------------------------------- run
+
+
+@pytest.mark.parametrize("name", ["kfac_step", "ekfac_direction"])
+def test_monte_carlo_fisher_from_a_given_state(name):
+    """A state of factors under the Monte Carlo Fisher (its shapes checked against the
+    case's K-FAC blocks of the same curvature and targets), against the dense computation."""
+    from test_optimizer_quantities import close, dense_run
+
+    case = cf.make_case("mlp-sigmoid-softplus-nobias", "mse-sum")  # an EKFAC that is unique
+    factors = [(1.5 * S + 0.1 * np.eye(len(S)), A + 0.2 * np.eye(len(A)))
+               for S, A in rp.kfac(*case.args(), curvature="mc_fisher", targets=case.targets).factors()]
+    o = dict(curvature="mc_fisher", factors=factors, updates=2, damping=0.1)
+    got = oq.run(case, name, o)
+    assert close(got, dense_run(case, name, o))
+    assert not close(got, oq.run(case, name, dict(o, curvature="fisher")), 1e-6)  # the targets show
+
+
+def test_the_targets_callable_is_asked_only_for_monte_carlo_draws():
+    """``targets(u, params, idx)`` gives the Monte Carlo targets of step ``u`` on the samples
+    ``idx``: called once per step under ``curvature="mc_fisher"``, never otherwise."""
+    case = cf.make_case("mlp-tanh", "mse-mean")
+    calls = []
+
+    def targets(u, params, idx):
+        calls.append((u, list(idx)))
+        return case.targets[:, idx]
+
+    for name, o in (("kfac_steps", dict(k=3)), ("natural_gradient_step", {}), ("ekfac_direction", {})):
+        calls.clear()
+        oq.run(case, name, o, targets=targets)
+        assert calls == []
+    calls.clear()
+    got = oq.run(case, "kfac_steps", dict(k=3, curvature="mc_fisher"), targets=targets)
+    assert calls == [(1, [0]), (2, [1]), (3, [2])]  # 3 samples split in 3
+    assert np.array_equal(got, oq.run(case, "kfac_steps", dict(k=3, curvature="mc_fisher")))
+
+
+@pytest.mark.parametrize("name", ["kfac_step", "natural_gradient_step"])
+def test_weight_decay_preconditioned_bug_keeps_the_monte_carlo_targets(name):
+    """The "weight_decay_preconditioned" neighbour changes only what is preconditioned: the
+    Monte Carlo Fisher is still the one of the case's targets (the dense computation)."""
+    from test_optimizer_quantities import close, dense_run
+
+    o = dict(curvature="mc_fisher", weight_decay=0.05, damping=0.1)
+    got = oq.run(CASE, name, o, bugs=["weight_decay_preconditioned"])
+    assert close(got, dense_run(CASE, name, o, bugs=["weight_decay_preconditioned"]))
+
+
+def test_momentum_before_clip_bug_with_weight_decay():
+    """"momentum_before_clip": ``buf = momentum buf + (d + weight_decay theta)``, then the
+    clip of the buffer; with weight decay, against the dense computation."""
+    from test_optimizer_quantities import close, dense_run
+
+    st = _state(CASE, "kfac_step")
+    o = dict(st, updates=2, buf=np.random.default_rng(5).standard_normal(CASE.n_params), kl_clip=1e-3, momentum=0.6,
+             weight_decay=0.5, lr=0.3, damping=0.1)
+    got = oq.run(CASE, "kfac_step", o, bugs=["momentum_before_clip"])
+    assert close(got, dense_run(CASE, "kfac_step", o, bugs=["momentum_before_clip"]))
+    assert not close(got, oq.run(CASE, "kfac_step", dict(o, weight_decay=0.0), bugs=["momentum_before_clip"]), 1e-6)
+
+
+def test_clip_bugs_without_a_clip_change_nothing():
+    """Without ``kl_clip`` (or with the clip removed by "no_kl_clip") the bugs of the clip have
+    nothing to act on: the step is the unclipped one."""
+    o = dict(weight_decay=0.5, momentum=0.6, lr=0.3)
+    ref = oq.run(CASE, "kfac_step", o)
+    for bug in ("kl_after_weight_decay", "kl_no_sqrt", "kl_lr_not_squared", "momentum_before_clip"):
+        assert np.array_equal(oq.run(CASE, "kfac_step", o, bugs=[bug]), ref), bug
+    o = dict(o, kl_clip=1e-3)
+    unclipped = oq.run(CASE, "kfac_step", o, bugs=["no_kl_clip"])
+    assert np.array_equal(unclipped, ref)
+    for bug in ("kl_after_weight_decay", "kl_no_sqrt", "kl_lr_not_squared", "momentum_before_clip"):
+        assert np.array_equal(oq.run(CASE, "kfac_step", o, bugs=["no_kl_clip", bug]), unclipped), bug
+
+
+def test_a_diverging_step_raises_without_numpy_warnings():
+    """A step whose parameters overflow raises DivergenceError naming the step and the case,
+    and NumPy's overflow (and, where lr^2 overflows against exact zeros of the direction,
+    invalid-value) warnings are not shown on the way: warnings are errors here."""
+    import warnings
+
+    case = cf.make_case("mlp-relu", "mse-mean")  # dead ReLU units: exact zeros in the direction
+    d = oq.run(case, "kfac_direction", {})
+    assert np.any(d == 0) and np.abs(d).max() > 2.0  # 1e308 |d| overflows, lr^2 = inf times 0 is NaN
+    for name, lr, bugs in (("kfac_step", 1e308, ()), ("kfac_step", 1e200, ["lr_twice"]),
+                           ("natural_gradient_step", 1e308, ()), ("kfac_steps", 1e200, ["lr_twice"])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(rp.DivergenceError) as e:
+                oq.run(case, name, dict(lr=lr), bugs=bugs)
+        assert str(e.value) == (f"optimizer quantity {name}: step 1 on case {case.name} diverged (parameters NaN or "
+                                "inf); lower lr or raise damping")
+
+
+@pytest.mark.parametrize("name", ["kfac_step", "natural_gradient_direction"])
+def test_the_reference_built_for_the_table(name):
+    """``_reference(name)`` (the table's entries are built at import, so it is called here
+    again) is the quantity on the case with the options given: the dense computation."""
+    from test_optimizer_quantities import close, dense_run
+
+    ref = oq._reference(name)
+    o = dict(damping=0.1, curvature="empirical_fisher")
+    assert close(ref(CASE, o), dense_run(CASE, name, o))
+    with pytest.raises(TypeError) as e:
+        ref(CASE.args(), {})
+    assert str(e.value) == f"optimizer quantity {name}: case must be a refprune.conformance.Case, got tuple"
+
+
+@pytest.mark.parametrize("name", ["kfac_direction", "natural_gradient_direction"])
+def test_neighbours_differ_relative_to_the_reference(name):
+    """A neighbour is listed when it differs from refprune's value by more than ``rtol``
+    times the reference's largest entry: relative, also for a reference far below 1 (a
+    large damping makes the direction about g / lam)."""
+    o = dict(damping=100.0)
+    ref = oq.run(CASE, name, o)
+    scale = np.abs(ref).max()
+    assert scale < 0.01
+    every = oq.neighbours(CASE, name, o, rtol=0)
+    rtol = 0.005
+    want = [d for d, a in every if np.abs(a - ref).max() > rtol * scale]
+    assert 0 < len(want) < len(every)
+    assert any(np.abs(a - ref).max() <= rtol for d, a in every if d in want)  # listed, though below rtol itself
+    assert [d for d, _ in oq.neighbours(CASE, name, o, rtol=rtol)] == want
+
+
+@pytest.mark.parametrize("name, bugs", [("kfac_direction", ["damping_not_sqrt", "pi_unnormalised", "empirical_fisher"]),
+                                        ("natural_gradient_direction", ["empirical_fisher", "hessian",
+                                                                        "other_structure"])])
+def test_bug_neighbours_under_the_options_given(name, bugs):
+    """The planted bugs that change K-FAC's direction (damping form 'pi', damping > 0) and
+    the natural gradient's (Fisher, whole matrix) on an MLP, in the table's order, each
+    computed under the options given (damping 100, not the default), against the dense
+    computation with the same bug.  The averages' bugs do not change a first step from the
+    start, and expand and reduce are the same for Linear layers."""
+    from test_optimizer_quantities import close, dense_run
+
+    o = dict(damping=100.0)
+    descs = {oq.NEIGHBOUR_BUGS[b][0]: b for b in bugs}
+    every_bug = {desc for desc, _ in oq.NEIGHBOUR_BUGS.values()}  # not the forms and starts
+    got = [(d, a) for d, a in oq.neighbours(CASE, name, o, rtol=0) if d in every_bug]
+    assert [descs.get(d) for d, _ in got] == bugs
+    for d, a in got:
+        assert close(a, dense_run(CASE, name, o, bugs=[descs[d]])), descs[d]
+
+
+def test_a_neighbour_that_cannot_be_computed_is_left_out_alone():
+    """The Hessian in place of the Fisher has no Cholesky factor on this case (smallest
+    eigenvalue of H + lam I about -0.77): that neighbour is left out, the later ones are not."""
+    assert np.linalg.eigvalsh(rp.hessian(*CASE.args()))[0] < -0.1
+    with pytest.raises(np.linalg.LinAlgError):
+        oq.run(CASE, "natural_gradient_direction", {}, bugs=["hessian"])
+    got = [d for d, _ in oq.neighbours(CASE, "natural_gradient_direction")]
+    assert oq.NEIGHBOUR_BUGS["hessian"][0] not in got
+    assert oq.NEIGHBOUR_BUGS["other_structure"][0] in got
