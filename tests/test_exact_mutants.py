@@ -44,3 +44,50 @@ def test_block_diagonal_checks_the_memory_of_draws_only_when_it_draws(monkeypatc
         kw = dict(targets=np.random.default_rng(4).integers(0, 3, (2, 5))) if targets else dict(samples=2, seed=3)
     rp.block_diagonal(m, p, X, y, l, curvature=curvature, **kw)
     assert calls == [(2, 3, "block_diagonal")] * checked
+
+
+def _refused_below(monkeypatch, call, need, words):
+    """``call`` passes with ``need`` bytes available and is refused with one byte less."""
+    from refprune import memory
+
+    monkeypatch.setattr(memory, "ALWAYS_FITS", 0)
+    monkeypatch.setattr(memory, "available_memory", lambda: need)
+    call()
+    monkeypatch.setattr(memory, "available_memory", lambda: need - 1)
+    with pytest.raises(rp.CurvatureTooLargeError, match=words):
+        call()
+
+
+def test_the_blocks_and_the_seed_of_each_layer_are_counted(monkeypatch):
+    """Conv2d(1, 1, 1) -> Flatten -> Linear(16, 2) on 1 x 4 x 4 inputs: blocks 2 x 2 and
+    34 x 34.  docs §12's seeds: the convolution's 2 parameters are fewer directions than
+    its 16 outputs (the parameter-Jacobian seed, 2 x 2); the Linear layer's 2 outputs are
+    fewer than its 34 parameters (the identity seed on its output, 2 x 2).  A seed of the
+    convolution's 16 outputs, or of another layer's shape, would need 16 x 16."""
+    from refprune.checks import validate
+
+    model = rp.Sequential(rp.Conv2d(1, 1, 1), rp.Flatten(), rp.Linear(16, 2))
+    params = model.init(seed=0)
+    rng = np.random.default_rng(1)
+    inp = validate(model, params, rng.standard_normal((3, 1, 4, 4)), rng.standard_normal((3, 2)), rp.MSELoss())
+    need = 8 * (2 * 2 + 34 * 34) + 8 * 2 * 2
+    _refused_below(monkeypatch, lambda: exact.check_blocks_fit(inp, "block_diagonal"), need, "^" + re.escape(
+        "block_diagonal: the diagonal blocks of every layer (the largest, of Linear(16, 2, bias=True), 34 x 34 "
+        "float64) would need "))
+
+
+def test_of_layers_of_the_same_size_the_first_is_named(monkeypatch):
+    """Linear(5, 2) and Linear(2, 4) both have 12 parameters: the refusal names the first,
+    as ``max`` would."""
+    from refprune.checks import validate
+
+    model = rp.Sequential(rp.Linear(5, 2), rp.Tanh(), rp.Linear(2, 4))
+    params = model.init(seed=0)
+    rng = np.random.default_rng(1)
+    inp = validate(model, params, rng.standard_normal((3, 5)), rng.standard_normal((3, 4)), rp.MSELoss())
+    from refprune import memory
+
+    monkeypatch.setattr(memory, "ALWAYS_FITS", 0)
+    monkeypatch.setattr(memory, "available_memory", lambda: 0)
+    with pytest.raises(rp.CurvatureTooLargeError, match=re.escape("(the largest, of Linear(5, 2, bias=True), 12 x 12")):
+        exact.check_blocks_fit(inp, "block_diagonal")
