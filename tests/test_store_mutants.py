@@ -206,3 +206,43 @@ def test_a_writer_holds_the_chunk_locks_while_it_writes_and_reads_back(tmp_path)
     block = np.arange(3 * 8, dtype=np.float64).reshape(3, 8)
     assert store.BlockWriter(z, "ggn").write(2, 6, [(2, 5)], block) == (sha(block), sha(block[:, 4:]))
     assert z.checked >= 4  # the rows and the mirror, written and read back
+
+
+def test_a_block_of_several_row_ranges_is_named_with_all_of_them(tmp_path):
+    """A block may hold several row ranges of its layer (docs/derivations.md §11: ``rows``
+    is a list): a missing one is named with each range, comma-separated."""
+    rec = record(3, {"b0": (0, 3, [(0, 1), (2, 3)], None, None), "b1": (0, 3, [(1, 2)], None, None)})
+    path = memmap_with_record(tmp_path, 3, rec)
+    with pytest.raises(store.IncompleteResultError, match="^" + re.escape(
+            f"load_matrix: the hessian matrix recorded in {path}.refprune.json is incomplete: blocks missing: "
+            "b0 (rows 0:1, 2:3), b1 (rows 1:2); run the same computation again with this store as out= to "
+            "compute them") + "$"):
+        rp.load_matrix(path)
+
+
+def test_a_record_with_blocks_the_layout_no_longer_has(tmp_path):
+    """A record of the same computation (same fingerprint) whose blocks were cut otherwise
+    (e.g. by another version of the layout): a block whose key and geometry match is
+    taken over, a key the layout does not have is ignored (computed again), not an error."""
+    n = 4
+    m = np.arange(n * n, dtype=np.float64).reshape(n, n)
+    rec = record(n, {"a": (0, n, [(0, 2)], sha(m[0:2]), None), "old": (0, n, [(2, 4)], sha(m[2:4]), None)},
+                 fingerprint="1" * 64)
+    path = memmap_with_record(tmp_path, n, rec)
+    out = np.load(path, mmap_mode="r+")
+    layout = {"a": (0, n, [(0, 2)]), "new": (0, n, [(2, 4)])}
+    kept = store.BlockRecord(out, "1" * 64, "hessian", layout)
+    assert sorted(kept.done) == ["a"]
+    assert kept.done["a"] == (sha(m[0:2]), None)
+
+
+def test_a_record_file_that_is_not_text_is_not_valid_json(tmp_path):
+    """A record file of bytes that are no text at all (0xff is in no UTF-8 sequence) is a
+    damaged record: IncompleteResultError naming the file, for a path and for a memmap."""
+    n = 2
+    path = memmap_with_record(tmp_path, n, record(n, {"a": (0, n, [(0, n)], None, None)}))
+    (tmp_path / "h.npy.refprune.json").write_bytes(b"{\"format\": \"\xff\"}")
+    for source in (path, np.load(path, mmap_mode="r")):
+        with pytest.raises(store.IncompleteResultError, match="^" + re.escape(
+                f"load_matrix: the record {path}.refprune.json is not valid JSON (") + r".*\); it is not trusted$"):
+            rp.load_matrix(source)
