@@ -104,14 +104,14 @@ def per_sample_grads(model, params, X, y, loss):
     return out
 
 
-def loss_curvature_matvec(inp, kind, samples=None, seed=None, f_all=None, targets=None):
+def loss_curvature_matvec(inp, kind, samples=None, seed=None, f_all=None, targets=None, where="loss_curvature_matvec"):
     """``(f, y, V, idx) -> Phi_n V`` for the output-space curvature of a matrix
     (docs §4 table): ``"hessian"`` and ``"ggn"`` (``Lambda_n``), ``"fisher"``
     (``E_y[g g^T]``), ``"mc_fisher"`` (``samples`` targets drawn with ``seed``, or the
     caller's ``targets``; the only kind that reads these), ``"empirical_fisher"``,
-    ``"zero"`` (for the residual)."""
+    ``"zero"`` (for the residual).  ``where`` names the caller in a refusal."""
     if targets is not None and kind != "mc_fisher":
-        raise ValueError(f"targets= is for curvature='mc_fisher', got curvature={kind!r}")
+        raise ValueError(f"{where}: targets= is for curvature='mc_fisher', got curvature={kind!r}")
     if kind in ("hessian", "ggn"):
         return lambda f, y, V, idx: inp.loss.hessian_matvec(f, y, V)
     if kind == "fisher":
@@ -124,7 +124,7 @@ def loss_curvature_matvec(inp, kind, samples=None, seed=None, f_all=None, target
 
         if targets is None and f_all is None:
             f_all = forward(inp)[0]
-        targets = draw_targets(inp, f_all, samples, seed, targets)
+        targets = draw_targets(inp, f_all, samples, seed, targets, where)
     elif kind == "empirical_fisher":
         targets = inp.y[None]
     else:

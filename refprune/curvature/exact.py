@@ -597,7 +597,7 @@ def layer_blocks(inp, curvature, samples, seed, targets):
     refuse_monte_carlo_options(curvature, samples, seed, targets, "block_diagonal")
     if curvature == "mc_fisher" and targets is None:
         check_draws(inp, samples, seed, "block_diagonal")
-    matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets)
+    matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets, where="block_diagonal")
     return _assemble(inp, matvec, curvature == "hessian", _BlockSink(inp.model, _param_layers(inp.model)), False,
                      "blocks")
 
@@ -766,7 +766,7 @@ def _matrix(model, params, X, y, loss, name, mc, out, max_bytes, progress, execu
             targets = _mc_targets(inp, name, mc)
             record = _store.BlockRecord(out, _fingerprint(inp, name, targets, None, 1), name, _layout(model, None))
             record.begin(keep=False)
-        matvec = _d.loss_curvature_matvec(inp, kind, **mc)
+        matvec = _d.loss_curvature_matvec(inp, kind, **mc, where="fisher")
         res = _assemble(inp, matvec, second_order, sink, progress, name)
         if record is not None:
             record.mark_from_store()
@@ -780,7 +780,7 @@ def _mc_targets(inp, name, mc):
     if name == "mc_fisher":
         from .output_factors import draw_targets
 
-        return draw_targets(inp, _d.forward(inp)[0], mc["samples"], mc["seed"], mc["targets"])
+        return draw_targets(inp, _d.forward(inp)[0], mc["samples"], mc["seed"], mc["targets"], "fisher")
     if mc.get("targets") is not None:
         raise ValueError(f"fisher: targets= is for curvature='mc_fisher', got curvature={name!r}")
     return None

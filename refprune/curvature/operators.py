@@ -202,7 +202,7 @@ class ExactCurvature(CurvatureOperator):
             check_draws(self.inp, samples, seed, "ExactCurvature")
         f, caches, douts = _d.gradient_pass(self.inp)
         self._state = (f, caches, douts)
-        self._phi = _d.loss_curvature_matvec(self.inp, curvature, samples, seed, f, targets)
+        self._phi = _d.loss_curvature_matvec(self.inp, curvature, samples, seed, f, targets, "ExactCurvature")
 
     def _matmat(self, V):
         f, caches, douts = self._state
