@@ -110,3 +110,35 @@ def test_targets_are_refused_for_a_curvature_that_draws_nothing(curvature):
         exact.layer_blocks(validate(model, params, X, y, loss), curvature, 1, 0, T)
     assert str(e.value) == (f"block_diagonal: targets= is for curvature='mc_fisher', got curvature={curvature!r} "
                             "(only Monte Carlo draws read it; leave it out)")
+
+
+def test_the_blocks_and_the_seed_of_each_layer_are_counted(monkeypatch):
+    """Conv2d(1, 1, 1) -> Flatten -> Linear(16, 2) on 1 x 4 x 4 inputs: blocks 2 x 2 and
+    34 x 34.  docs §12's seeds: the convolution's 2 parameters are fewer directions than
+    its 16 outputs (the parameter-Jacobian seed, 2 x 2); the Linear layer's 2 outputs are
+    fewer than its 34 parameters (the identity seed on its output, 2 x 2).  A seed of the
+    convolution's 16 outputs, or of another layer's shape, would need 16 x 16."""
+    model = rp.Sequential(rp.Conv2d(1, 1, 1), rp.Flatten(), rp.Linear(16, 2))
+    rng = np.random.default_rng(1)
+    inp = validate(model, model.init(seed=0), rng.standard_normal((3, 1, 4, 4)), rng.standard_normal((3, 2)),
+                   rp.MSELoss())
+    need = 8 * (2 * 2 + 34 * 34) + 8 * 2 * 2
+    _memory(monkeypatch, need)
+    exact.check_blocks_fit(inp, "block_diagonal")
+    _memory(monkeypatch, need - 1)
+    with pytest.raises(memory.CurvatureTooLargeError) as e:
+        exact.check_blocks_fit(inp, "block_diagonal")
+    assert str(e.value).startswith("block_diagonal: the diagonal blocks of every layer (the largest, of "
+                                   "Linear(16, 2, bias=True), 34 x 34 float64) would need ")
+
+
+def test_of_layers_of_the_same_size_the_first_is_named(monkeypatch):
+    """Linear(5, 2) and Linear(2, 4) both have 12 parameters: the refusal names the first,
+    as ``max`` would."""
+    model = rp.Sequential(rp.Linear(5, 2), rp.Tanh(), rp.Linear(2, 4))
+    rng = np.random.default_rng(1)
+    inp = validate(model, model.init(seed=0), rng.standard_normal((3, 5)), rng.standard_normal((3, 4)), rp.MSELoss())
+    _memory(monkeypatch, 0)
+    with pytest.raises(memory.CurvatureTooLargeError) as e:
+        exact.check_blocks_fit(inp, "block_diagonal")
+    assert "(the largest, of Linear(5, 2, bias=True), 12 x 12 float64)" in str(e.value)
