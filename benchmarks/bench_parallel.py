@@ -184,8 +184,8 @@ def cluster_note(t1, n0, N0, block_rows, N=10_000, workers=64):
             "table (it does not depend on n: the result and the work both grow as n^2). With S sample shards a "
             "block is assembled in S parts over 1/S of the samples each: the same work, but S partial blocks "
             "travel, S times the data, which pays only when N is large (here from N = 1,024 on). Each task also receives the "
-            "parameters and its shard of the data (on dask sent once per shard to every worker by scatter, on a process pool "
-            "with every task): small next to a block for these sizes. Past "
+            "parameters and its shard of the data (on dask sent once per shard as the data of a task whose result each worker "
+            "fetches once, on a process pool with every task): small next to a block for these sizes. Past "
             "these rates the driver, not the workers, limits the speed; a design in which workers write their "
             "blocks straight into a shared Zarr store with row-aligned chunks would remove that limit.", ""]
     return out

@@ -17,20 +17,20 @@ from cases import make
 
 
 class FakeClient:
-    """Looks like ``distributed.Client`` to the driver: ``get_executor`` and ``scatter``."""
+    """Looks like ``distributed.Client`` to the driver: ``submit`` (a task, or a shared
+    array sent once as the data of a task that returns it)."""
 
     def __init__(self):
-        self.scattered = []
+        self.shared = []
         self.pool = cf.ThreadPoolExecutor(2)
 
-    def get_executor(self, **kwargs):
-        assert kwargs == {"pure": False}  # tasks that write the store must run each time
-        return self.pool
-
-    def scatter(self, a, broadcast=False, hash=True):
-        assert hash is False  # a key of its own for each call
-        self.scattered.append((a.shape, broadcast))
-        return a
+    def submit(self, fn, *args, **kwargs):
+        # impure: a task that writes the store must run each time; a key of its own for each call
+        assert kwargs == {"pure": False}
+        if fn is parallel._held:
+            self.shared.append(args[0].shape)
+            return args[0]  # what a dask Future given to a task resolves to
+        return self.pool.submit(fn, *args)
 
 
 FakeClient.__module__ = "distributed.client"
@@ -46,8 +46,8 @@ def test_a_cluster_client_stand_in_runs_the_tasks_and_shares_each_shard_once():
     client = FakeClient()
     H = rp.hessian(m, p, X, y, l, executor=client, shards=2, block_rows=3)
     assert np.abs(H - rp.hessian(m, p, X, y, l)).max() <= 1e-12 * np.abs(H).max()
-    # X and y of each of the 2 shards, to every worker; no targets outside mc_fisher
-    assert client.scattered == [((3,) + X.shape[1:], True), ((3,), True)] * 2
+    # X and y of each of the 2 shards, once each; no targets outside mc_fisher
+    assert client.shared == [(3,) + X.shape[1:], (3,)] * 2
     client.pool.shutdown()
     assert parallel.sharer(client)(None) is None
     assert parallel.sharer(None)(X) is X
@@ -60,7 +60,7 @@ def test_executors_that_are_not_are_refused_by_name():
                                             rf"dask.distributed.Client, got {name}$"):
             rp.hessian(m, p, X, y, l, executor=bad)
     odd = type("Client", (), {})()
-    type(odd).__module__ = "distributed.client"  # no get_executor: not usable
+    type(odd).__module__ = "distributed.client"  # no submit: not usable
     with pytest.raises(TypeError, match="got Client$"):
         rp.hessian(m, p, X, y, l, executor=odd)
 

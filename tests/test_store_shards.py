@@ -99,28 +99,20 @@ def test_the_driver_receives_a_digest_per_shard_and_two_per_block(tmp_path):
 
 
 class FakeClient:
-    """Looks like ``distributed.Client`` to the driver: ``get_executor``, ``scatter`` and
-    ``nthreads``; it counts the tasks outstanding at each submission."""
+    """Looks like ``distributed.Client`` to the driver: ``submit`` and ``nthreads``; it
+    counts the tasks outstanding at each submission."""
 
     def __init__(self, threads=2):
         self.pool, self.threads = cf.ThreadPoolExecutor(threads), threads
         self.futures, self.most = [], 0
-        client = self
 
-        class Executor(cf.Executor):
-            def submit(self, fn, *args, **kwargs):
-                client.futures.append(client.pool.submit(fn, *args, **kwargs))
-                client.most = max(client.most, sum(not f.done() for f in client.futures))
-                return client.futures[-1]
-
-        self.executor = Executor()
-
-    def get_executor(self, pure=True):
+    def submit(self, fn, *args, pure=True):
         assert pure is False
-        return self.executor
-
-    def scatter(self, a, broadcast=False, hash=True):
-        return a
+        if fn is parallel._held:
+            return args[0]  # a shared array: what a dask Future given to a task resolves to
+        self.futures.append(self.pool.submit(fn, *args))
+        self.most = max(self.most, sum(not f.done() for f in self.futures))
+        return self.futures[-1]
 
     def nthreads(self):
         return {f"worker {i}": 1 for i in range(self.threads)}
@@ -376,3 +368,27 @@ def test_dask_workers_add_the_shards_and_survive_a_killed_worker(dask_client, tm
     got = rp.hessian(m, p, X, y, l, out=out, executor=dask_client, shards=3, block_rows=4)
     assert killed and np.array_equal(np.asarray(got[:]), ref)
     assert np.array_equal(np.asarray(rp.load_matrix(out)[:]), ref)
+
+
+def _raise(error):
+    raise error
+
+
+def test_a_dask_task_s_own_exception_reaches_the_driver(dask_client):
+    """A task's exception arrives as itself through the driver's executor (distributed's own
+    ``get_executor()`` turned it into a ``ValueError`` of its unpacking, so a
+    :class:`StaleBlockError` was not seen as one and a lost worker's task run twice failed
+    the call); its result arrives as itself too."""
+    import operator
+
+    ex = parallel.resolve_executor(dask_client, "test")
+    assert isinstance(ex, parallel.ClientTasks)
+    assert ex.submit(operator.add, 2, 3).result(timeout=30) == 5
+    with pytest.raises(ZeroDivisionError):
+        ex.submit(operator.truediv, 1, 0).result(timeout=30)
+    with pytest.raises(store.StaleBlockError, match="^the store moved$"):
+        ex.submit(_raise, store.StaleBlockError("the store moved")).result(timeout=30)
+    # a shared array is a task's result, which the cluster can compute again
+    shared = parallel.sharer(dask_client)(np.arange(3.0))
+    assert type(shared).__module__.startswith("distributed") and not shared.cancelled()
+    assert np.array_equal(ex.submit(np.sum, shared).result(timeout=30), 3.0)

@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -151,16 +152,65 @@ class WorkerLostError(RuntimeError):
     """A worker process died; the blocks finished before it are recorded in the store."""
 
 
+class ClientTasks(cf.Executor):
+    """A dask ``distributed.Client`` as a ``concurrent.futures`` executor whose futures end
+    with the task's own result or exception.
+
+    Not the client's ``get_executor()``: its futures (distributed 2026.8) replace a task's
+    exception by a ``ValueError`` of their own ("not enough values to unpack"), so a
+    :class:`StaleBlockError` would not reach :func:`run` as itself.  Each task is submitted
+    impure (``pure=False``): a task that writes the store must run each time it is
+    submitted, while a pure task's key is a hash of its arguments, so a block's chain
+    started again after a :class:`StaleBlockError` could get its first run's result back
+    without running.  The client belongs to the caller: ``shutdown`` leaves it open."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def submit(self, fn, *args, **kwargs):
+        task = self.client.submit(fn, *args, pure=False, **kwargs)
+        future = _TaskFuture(task)
+
+        def done(t):  # in the client's callback thread, once the task has ended
+            if t.cancelled():
+                future.set_exception(cf.CancelledError(f"the cluster cancelled the task {t!r}"))
+                return
+            error = t.exception()
+            if error is not None:
+                future.set_exception(error)
+            else:
+                try:
+                    future.set_result(t.result())
+                except BaseException as e:  # the result lost on its way back
+                    future.set_exception(e)
+
+        task.add_done_callback(done)
+        return future
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        pass
+
+
+class _TaskFuture(cf.Future):
+    """The ``concurrent.futures`` side of one dask task: cancelling it cancels the task."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+        self.set_running_or_notify_cancel()
+
+    def cancel(self):
+        self.task.cancel()
+        return False
+
+
 def resolve_executor(executor, where):
     """``None`` (run here), a ``concurrent.futures.Executor``, or a dask
     ``distributed.Client`` (through its ``concurrent.futures`` interface)."""
     if executor is None or isinstance(executor, cf.Executor):
         return executor
-    if type(executor).__module__.startswith("distributed") and hasattr(executor, "get_executor"):
-        # impure: a task that writes the store must run each time it is submitted (a
-        # pure task's key is a hash of its arguments, so a block's chain started again
-        # after a StaleBlockError could get its first run's result back without running)
-        return executor.get_executor(pure=False)
+    if type(executor).__module__.startswith("distributed") and hasattr(executor, "submit"):
+        return ClientTasks(executor)
     raise TypeError(f"{where}: executor must be None, a concurrent.futures.Executor or a dask.distributed.Client, "
                     f"got {type(executor).__name__}")
 
@@ -174,16 +224,35 @@ def wants_tasks(executor, shards, where, block_rows=None, out=None):
 
 
 def sharer(executor):
-    """``share(array)``: on a dask ``Client``, the array is sent to every worker once and
-    tasks receive a reference to it (``Client.scatter(..., broadcast=True)``: a copy on
-    each worker, so that losing one loses no data); otherwise it is the array itself,
-    passed with each task."""
-    if type(executor).__module__.startswith("distributed") and hasattr(executor, "scatter"):
-        # hash=False: a key of its own for each call; with keys from the contents, a second
-        # call with the same data could scatter a key that the first call's release then
-        # deletes (the cluster reported "computation on lost data" and cancelled the tasks)
-        return lambda a: None if a is None else executor.scatter(a, broadcast=True, hash=False)
+    """``share(array)``: on a dask ``Client``, the array is sent to the cluster once, as the
+    data of a task that returns it (``Client.submit(_held, array, pure=False)``), and the
+    tasks receive a reference to that task's result; otherwise it is the array itself,
+    passed with each task.
+
+    Why a task and not ``Client.scatter``: scattered data cannot be recomputed, and the
+    cluster keeps one copy of it whatever ``broadcast=`` asked for (the active memory
+    manager drops the extra replicas within seconds), so a worker killed while it held that
+    copy cancelled every task still to run ("computation on lost data").  A task's result
+    held by a lost worker is computed again from the task, whose data the scheduler keeps."""
+    if type(executor).__module__.startswith("distributed") and hasattr(executor, "submit"):
+        def share(a):
+            if a is None:
+                return None
+            with warnings.catch_warnings():
+                # the array is in the graph on purpose, once per call: that is what lets the
+                # scheduler compute it again (distributed warns above 10 MB)
+                warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+                # pure=False: a key of its own for each call; with keys from the contents, a
+                # second call with the same data could share a key that the first call's
+                # release then deletes
+                return executor.submit(_held, a, pure=False)
+
+        return share
     return lambda a: a
+
+
+def _held(a):
+    return a
 
 
 def shard_ranges(n_samples, shards, where):
