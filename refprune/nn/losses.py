@@ -142,9 +142,11 @@ class CrossEntropyLoss(Loss):
         """``samples`` labels per sample from ``softmax(f)``: ``(samples, N)`` ints."""
         cdf = np.cumsum(np.exp(log_softmax(f)), axis=1)
         u = rng.random((samples, f.shape[0], 1))
-        # the label is the number of the first C-1 thresholds below u: the last class takes
-        # the rest even when rounding leaves cdf[-1] a little below 1
-        return (u > cdf[None, :, :-1]).sum(axis=-1)
+        # the label is the number of the first C-1 thresholds at or below u, so that class k
+        # owns [cdf[k-1], cdf[k]) as u owns [0, 1): a class of probability 0 (an empty
+        # interval) is never drawn, not even for u exactly 0.  The last class takes the rest
+        # even when rounding leaves cdf[-1] a little below 1 (docs/conventions.md §3)
+        return (u >= cdf[None, :, :-1]).sum(axis=-1)
 
 
 class MSELoss(Loss):
@@ -232,13 +234,14 @@ class BCEWithLogitsLoss(Loss):
     def fisher_matvec(self, f, V):
         """``E_{y ~ Bernoulli(p)}[g g^T] V`` from the two values of each output, with
         ``g = p - y`` independent across outputs: the second moments
-        ``s = p (p - 1)^2 + (1 - p) p^2`` on the diagonal and the products of the means
-        ``m = p (p - 1) + (1 - p) p`` off it (no closed form used, so ``F = GGN`` is a
-        test)."""
+        ``s = p (p - 1)^2 + (1 - p) p^2`` on the diagonal (no closed form used, so
+        ``F = GGN`` is a test).  Off the diagonal ``E[g_c g_d] = E[g_c] E[g_d]`` with
+        ``E[g_c] = p (-q) + q p``, which is zero in floating point too (``p q`` and ``q p``
+        are the same rounded product), so the off-diagonal terms are left out rather than
+        computed as zeros."""
         p, q = sigmoid(f), sigmoid(-f)  # q = 1 - p
         s = p * q**2 + q * p**2  # E[g_c^2]: y = 1 gives g = -q, y = 0 gives g = p
-        m = p * (-q) + q * p  # E[g_c]; E[g_c g_d] = m_c m_d for c != d
-        return (s - m**2)[:, None, :] * V + m[:, None, :] * np.sum(m[:, None, :] * V, axis=-1, keepdims=True)
+        return s[:, None, :] * V
 
     def sample(self, f, rng, samples):
         """Targets ``(samples, N, C)`` of 0.0 and 1.0 from ``Bernoulli(sigmoid(f))``."""
