@@ -229,7 +229,7 @@ def test_a_forked_child_starts_with_no_lock_state(tmp_path, monkeypatch):
     monkeypatch.setattr(store._ChunkLocks, "_threads", {})
     monkeypatch.setattr(store._ChunkLocks, "_guard", None)
     path = str(tmp_path / "locks")
-    locks = store._ChunkLocks(path, (2, 2), 3)
+    locks = store._ChunkLocks(path, (2, 2), 3, sharded=False)
     opened = []
     try:
         with locks(1, 2):

@@ -5,6 +5,7 @@ full; Zarr arrays are stood in for by small classes, so that these run under mut
 
 import hashlib
 import json
+import os
 import re
 
 import numpy as np
@@ -246,3 +247,169 @@ def test_a_record_file_that_is_not_text_is_not_valid_json(tmp_path):
         with pytest.raises(store.IncompleteResultError, match="^" + re.escape(
                 f"load_matrix: the record {path}.refprune.json is not valid JSON (") + r".*\); it is not trusted$"):
             rp.load_matrix(source)
+
+
+# ---- load_matrix: what it opens, and how -----------------------------------------------
+
+
+def test_a_directory_without_zarr_installed_is_named(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr raises ImportError
+    with pytest.raises(ImportError) as e:
+        rp.load_matrix(str(tmp_path))
+    assert str(e.value) == (f"load_matrix: {tmp_path} is a directory (a Zarr store?); reading it needs zarr: pip "
+                            "install zarr")
+
+
+def _fake_zarr_module(monkeypatch, open_array):
+    import sys
+    import types
+
+    module = types.ModuleType("zarr")
+    module.open_array = open_array
+    monkeypatch.setitem(sys.modules, "zarr", module)
+
+
+def test_a_zarr_directory_is_opened_read_only(tmp_path, monkeypatch):
+    """A reader must not be able to change the result it verifies: Zarr's default mode
+    ("a") would open the array for writing."""
+    n = 2
+    m = np.arange(n * n, dtype=np.float64).reshape(n, n)
+    z = FakeZarr(str(tmp_path), n, (1, 1))
+    z.a[:] = m
+    z.attrs["refprune"] = json.dumps(record(n, {"b": (0, n, [(0, n)], sha(m), None)}, complete=True))
+    calls = []
+    _fake_zarr_module(monkeypatch, lambda **kw: (calls.append(kw), z)[1])
+    assert rp.load_matrix(str(tmp_path)) is z
+    assert calls == [{"store": str(tmp_path), "mode": "r"}]
+
+
+def test_a_directory_that_is_not_a_zarr_array_is_named_with_the_reason(tmp_path, monkeypatch):
+    def refuse(**kw):
+        raise KeyError("no zarr.json")
+
+    _fake_zarr_module(monkeypatch, refuse)
+    with pytest.raises(store.IncompleteResultError) as e:
+        rp.load_matrix(str(tmp_path))
+    assert str(e.value) == f"load_matrix: {tmp_path} is not a Zarr array (KeyError: 'no zarr.json')"
+
+
+def test_an_npy_file_is_returned_as_a_read_only_memmap(tmp_path):
+    """Not read into memory (the matrix may not fit), and not writable through the result."""
+    n = 3
+    m = np.arange(n * n, dtype=np.float64).reshape(n, n)
+    path = memmap_with_record(tmp_path, n, record(n, {"b": (0, n, [(0, n)], sha(m), None)}, complete=True))
+    got = rp.load_matrix(path)
+    assert isinstance(got, np.memmap) and not got.flags.writeable
+    assert np.array_equal(got, m)
+
+
+def test_a_stand_in_array_without_a_record_is_named_by_its_type(tmp_path):
+    z = FakeZarr(str(tmp_path), 2, (1, 1))
+    with pytest.raises(store.IncompleteResultError) as e:
+        rp.load_matrix(z)
+    assert str(e.value) == ("load_matrix: there is no record of the FakeZarr (attrs['refprune']): the matrix was not "
+                            "written by a refprune block store, or its writing was stopped before it began; it "
+                            "cannot be verified")
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 3), (2, 2, 2)])
+def test_a_stored_array_that_is_not_a_square_matrix_is_named(tmp_path, shape):
+    path = tmp_path / "v.npy"
+    np.save(path, np.zeros(shape))
+    with pytest.raises(store.IncompleteResultError) as e:
+        rp.load_matrix(str(path))
+    assert str(e.value) == (f"load_matrix: the stored array must be a square float64 matrix, got shape {shape} and "
+                            "dtype float64")
+
+
+# ---- the chunk locks ---------------------------------------------------------------------
+
+
+def _descriptors_of(path):
+    fds = "/proc/self/fd"
+    if not os.path.isdir(fds):
+        pytest.skip("needs /proc to list this process's descriptors")
+    out = []
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(os.path.join(fds, fd)) == path:
+                out.append(fd)
+        except OSError:  # the descriptor of the listing itself, closed meanwhile
+            pass
+    return out
+
+
+def test_the_lock_file_is_opened_once_per_process_and_readable_by_all(tmp_path, monkeypatch):
+    """One descriptor per lock file for good (_ChunkLocks' docstring): a descriptor per
+    lock taken would run out of descriptors in a long run (and closing one would drop the
+    others' locks).  The file is created rw-r--r--, as a data file is."""
+    pytest.importorskip("fcntl")
+    monkeypatch.setattr(store._ChunkLocks, "_fds", {})
+    monkeypatch.setattr(store._ChunkLocks, "_threads", {})
+    path = str(tmp_path / "h.refprune.lock")
+    locks = store._ChunkLocks(path, (2, 2), 3, sharded=False)
+    old = os.umask(0o022)
+    try:
+        for i, j in [(0, 0), (1, 2), (0, 0), (2, 1)]:
+            with locks(i, j):
+                pass
+    finally:
+        os.umask(old)
+    assert len(_descriptors_of(path)) == 1
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_an_error_while_the_locks_are_held_propagates_and_releases_them(tmp_path, monkeypatch):
+    pytest.importorskip("fcntl")
+    monkeypatch.setattr(store._ChunkLocks, "_threads", {})
+    path = str(tmp_path / "e.refprune.lock")
+    locks = store._ChunkLocks(path, (2, 2), 3, sharded=False)
+    with pytest.raises(KeyError, match="inside"):
+        with store._Held(locks, 1, range(0, 3)):
+            raise KeyError("inside")
+    assert not any(store._ChunkLocks._threads[(path, 3 + j)].locked() for j in range(3))
+
+
+def test_a_later_shard_reads_the_earlier_shards_rows_under_the_locks(tmp_path):
+    """Of a sharded array, the rows the earlier shards left are read under the locks of
+    their chunks too (a shard's index and its chunks are separate reads)."""
+    z = Watched(str(tmp_path), 10, (2, 2), shards=(4, 6))
+    z.checked = 0
+    w = store.BlockWriter(z, "ggn")
+    first = np.arange(3 * 8, dtype=np.float64).reshape(3, 8)
+    after = w.write(2, 6, [(2, 5)], first.copy(), final=False)
+    before = z.checked
+    second = np.ones((3, 8))
+    got = w.write(2, 6, [(2, 5)], second.copy(), final=True, after=after)
+    assert got == (sha(first + 1.0), sha((first + 1.0)[:, 4:]))
+    assert z.checked >= before + 3  # the earlier rows read, the rows and mirror written, then read back
+
+
+def test_a_stale_block_is_refused_naming_its_rows_and_the_store(tmp_path):
+    n = 4
+    path = str(tmp_path / "s.npy")
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n, n))
+    w = store.BlockWriter(out, "hessian")
+    w.write(0, n, [(0, 1), (2, 3)], np.ones((2, n)), final=False)
+    with pytest.raises(store.StaleBlockError) as e:
+        w.write(0, n, [(0, 1), (2, 3)], np.ones((2, n)), final=True, after="0" * 64)
+    assert str(e.value) == (f"hessian: rows 0:1, 2:3 (columns from 0) of {path} do not hold the sum of the earlier "
+                            "shards that this shard adds to (a task run twice after a lost worker, a torn write, or "
+                            "the store changed meanwhile)")
+
+
+def test_without_record_locks_the_driver_writes_a_zarr_array(tmp_path, monkeypatch):
+    """Workers write a local Zarr array only where ``fcntl``'s record locks exist (not on
+    Windows); a memmap needs none (a write changes only its own bytes, no chunk is
+    read and rewritten)."""
+    import sys
+
+    pytest.importorskip("fcntl")
+    z = FakeZarr(str(tmp_path), 4, (2, 2))
+    assert store.workers_can_write(z)
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    assert not store.workers_can_write(z)
+    out = np.lib.format.open_memmap(str(tmp_path / "m.npy"), mode="w+", dtype=np.float64, shape=(4, 4))
+    assert store.workers_can_write(out)

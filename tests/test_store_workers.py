@@ -178,7 +178,7 @@ def _try_lock(path, index, q):
 def test_chunk_locks_exclude_other_processes_and_threads(tmp_path):
     pytest.importorskip("fcntl")
     path = str(tmp_path / "a.refprune.lock")
-    locks = store._ChunkLocks(path, (4, 4), 3)
+    locks = store._ChunkLocks(path, (4, 4), 3, sharded=False)
     q = FORK.SimpleQueue()
     with locks(1, 2):  # chunk 1 * 3 + 2 = 5
         for index, expect in ((5, "busy"), (4, "got it"), (6, "got it")):

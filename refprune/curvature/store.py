@@ -427,7 +427,9 @@ def load_matrix(source):
     else:
         raise TypeError(f"{where}: source must be a path to an .npy file or a Zarr store, a numpy.memmap of a file "
                         f"or a Zarr array, got {type(source).__name__}")
-    shape, dtype = tuple(getattr(arr, "shape", ())), np.dtype(getattr(arr, "dtype", None) or "O")
+    # every branch above has an array: a loaded one, or one that is_array_store found to
+    # have a shape and a dtype
+    shape, dtype = tuple(arr.shape), np.dtype(arr.dtype)
     if len(shape) != 2 or shape[0] != shape[1] or dtype != np.float64:
         raise IncompleteResultError(f"{where}: the stored array must be a square float64 matrix, got shape {shape} "
                                     f"and dtype {dtype}")
@@ -510,7 +512,7 @@ class _ChunkLocks:
 
     _fds, _threads, _guard = {}, {}, None
 
-    def __init__(self, path, unit, columns, sharded=False):
+    def __init__(self, path, unit, columns, sharded):
         self.path, self.unit, self.columns = path, tuple(int(u) for u in unit), int(columns)
         self.sharded = bool(sharded)
 
