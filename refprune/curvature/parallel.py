@@ -204,12 +204,16 @@ class _TaskFuture(cf.Future):
         return False
 
 
+def _is_dask_client(executor):
+    return type(executor).__module__.startswith("distributed") and hasattr(executor, "submit")
+
+
 def resolve_executor(executor, where):
     """``None`` (run here), a ``concurrent.futures.Executor``, or a dask
-    ``distributed.Client`` (through its ``concurrent.futures`` interface)."""
+    ``distributed.Client`` (through :class:`ClientTasks`)."""
     if executor is None or isinstance(executor, cf.Executor):
         return executor
-    if type(executor).__module__.startswith("distributed") and hasattr(executor, "submit"):
+    if _is_dask_client(executor):
         return ClientTasks(executor)
     raise TypeError(f"{where}: executor must be None, a concurrent.futures.Executor or a dask.distributed.Client, "
                     f"got {type(executor).__name__}")
@@ -234,7 +238,7 @@ def sharer(executor):
     manager drops the extra replicas within seconds), so a worker killed while it held that
     copy cancelled every task still to run ("computation on lost data").  A task's result
     held by a lost worker is computed again from the task, whose data the scheduler keeps."""
-    if type(executor).__module__.startswith("distributed") and hasattr(executor, "submit"):
+    if _is_dask_client(executor):
         def share(a):
             if a is None:
                 return None
