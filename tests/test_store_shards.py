@@ -8,6 +8,7 @@ import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -392,3 +393,17 @@ def test_a_dask_task_s_own_exception_reaches_the_driver(dask_client):
     shared = parallel.sharer(dask_client)(np.arange(3.0))
     assert type(shared).__module__.startswith("distributed") and not shared.cancelled()
     assert np.array_equal(ex.submit(np.sum, shared).result(timeout=30), 3.0)
+
+
+def test_cancelling_a_client_task_s_future_cancels_the_dask_task(dask_client):
+    """:func:`run` cancels the futures still pending on an error or an interrupt: through
+    :class:`ClientTasks` that must reach the cluster, else its tasks go on writing."""
+    ex = parallel.resolve_executor(dask_client, "test")
+    future = ex.submit(time.sleep, 2)  # busy on a worker while it is cancelled
+    assert not future.cancel()  # not cancelled on this side: the cluster decides ...
+    deadline = time.monotonic() + 30
+    while future.task.status != "cancelled" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert future.task.status == "cancelled"  # ... and the dask task is cancelled there
+    with pytest.raises(cf.CancelledError, match="the cluster cancelled the task"):
+        future.result(timeout=30)

@@ -294,7 +294,7 @@ def chain_window(executor):
     computed again).  The workers are a dask ``Client``'s threads, or a
     ``concurrent.futures`` pool's ``max_workers``; ``None`` (no limit) for an executor
     that tells neither."""
-    if type(executor).__module__.startswith("distributed") and hasattr(executor, "nthreads"):
+    if _is_dask_client(executor):
         workers = sum(executor.nthreads().values())
     else:
         # the pools of concurrent.futures keep max_workers only in this attribute
