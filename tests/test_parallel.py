@@ -259,6 +259,21 @@ def test_dask_workers_write_a_zarr_store_themselves(dask_client, tmp_path, monke
     assert np.array_equal(rp.load_matrix(str(tmp_path / "h.zarr"))[:], ref)
 
 
+def test_a_zarr_result_is_read_back_read_only(tmp_path):
+    """The real counterpart of the stand-in in test_store_mutants.py: ``load_matrix`` opens
+    a Zarr directory with ``mode="r"``, so the result it verified cannot be changed through
+    it, and the store is left as it was."""
+    zarr = pytest.importorskip("zarr")
+    m, p, X, y, l = make("mlp-tanh", "ce-mean", n=6)
+    n = m.n_params
+    rp.hessian(m, p, X, y, l, out=zarr.create_array(store=str(tmp_path / "h.zarr"), shape=(n, n), chunks=(5, 5),
+                                                    dtype="f8"))
+    got = rp.load_matrix(str(tmp_path / "h.zarr"))
+    with pytest.raises(ValueError, match="read-only"):
+        got[0, 0] = 1.0
+    assert np.array_equal(rp.load_matrix(str(tmp_path / "h.zarr"))[:], rp.hessian(m, p, X, y, l))
+
+
 def test_dask_worker_killed_mid_run(dask_client, monkeypatch):
     m, p, X, y, l = make("conv-tanh-avgpool", "ce-mean", n=12)
     H = rp.hessian(m, p, X, y, l)
