@@ -99,3 +99,13 @@ def test_a_bernoulli_of_probability_zero_never_gives_one():
     f = np.array([[-1000.0, 1000.0]])  # sigmoid: exactly 0.0 and 1.0
     got = rp.BCEWithLogitsLoss().sample(f, _Fixed(0.0), 1)
     assert got.dtype == np.float64 and got.tolist() == [[[0.0, 1.0]]]
+
+
+def test_a_gaussian_draw_is_the_mean_plus_the_scaled_normal():
+    """The recipe's sign matters to a user replaying the draws, though not to the Monte
+    Carlo Fisher: its gradients are (f - y) J, whose outer products do not see the sign of
+    the noise, so only ``sample`` itself can tell ``f + s z`` from ``f - s z``."""
+    f = np.array([[0.5, -2.0], [3.0, 0.25]])
+    z = np.random.default_rng(4).standard_normal((3, 2, 2))
+    got = rp.MSELoss().sample(f, np.random.default_rng(4), 3)
+    assert np.array_equal(got, f[None] + np.sqrt(0.5) * z)  # variance 1/2: docs/conventions.md §3
