@@ -324,6 +324,84 @@ def test_a_stored_array_that_is_not_a_square_matrix_is_named(tmp_path, shape):
                             "dtype float64")
 
 
+def _raises_exactly(error, text, call):
+    with pytest.raises(error) as e:
+        call()
+    assert str(e.value) == text
+
+
+def test_what_is_not_an_npy_file_is_named_and_never_unpickled(tmp_path):
+    """A pickle is not an .npy file: refused, and never unpickled (unpickling runs code
+    the file chooses; a list would then be taken for the array)."""
+    import pickle
+
+    text, pickled = tmp_path / "h.txt", tmp_path / "h.pkl"
+    text.write_bytes(b"not an array")
+    pickled.write_bytes(pickle.dumps([[1.0, 0.0], [0.0, 1.0]]))
+    for path in (text, pickled):
+        with pytest.raises(store.IncompleteResultError) as e:
+            rp.load_matrix(str(path))
+        assert re.fullmatch(re.escape(f"load_matrix: {path} is not an .npy file (") + r".+\)", str(e.value))
+    assert "allow_pickle" in str(e.value)  # numpy's own reason: pickles are refused
+
+
+def test_what_load_matrix_cannot_open_is_named_in_full(tmp_path):
+    _raises_exactly(FileNotFoundError, f"load_matrix: no file or Zarr store at {str(tmp_path / 'h.npy')!r}",
+                    lambda: rp.load_matrix(tmp_path / "h.npy"))
+    for source, name in ((3, "int"), (np.eye(2), "ndarray"), (None, "NoneType")):
+        _raises_exactly(TypeError, "load_matrix: source must be a path to an .npy file or a Zarr store, a numpy.memmap "
+                                   f"of a file or a Zarr array, got {name}", lambda: rp.load_matrix(source))
+
+
+def test_a_stored_matrix_of_another_dtype_is_named(tmp_path):
+    path = tmp_path / "h.npy"
+    np.save(path, np.eye(2, dtype=np.float32))
+    (tmp_path / "h.npy.refprune.json").write_text(json.dumps(record(2, {"b": (0, 2, [(0, 2)], None, None)})))
+    _raises_exactly(store.IncompleteResultError, "load_matrix: the stored array must be a square float64 matrix, got "
+                                                 "shape (2, 2) and dtype float32", lambda: rp.load_matrix(str(path)))
+
+
+def test_a_record_of_another_size_is_named(tmp_path):
+    path = memmap_with_record(tmp_path, 2, record(3, {"b": (0, 3, [(0, 3)], None, None)}))
+    _raises_exactly(store.IncompleteResultError, f"load_matrix: the record {path}.refprune.json is damaged: it is for "
+                                                 "a 3 x 3 matrix, the store holds 2 x 2", lambda: rp.load_matrix(path))
+
+
+@pytest.mark.parametrize("case", ["damaged", "missing and damaged", "mirror damaged", "not complete", "complete"])
+def test_load_matrix_names_damaged_blocks_and_an_unfinished_record_in_full(tmp_path, case):
+    """Three blocks of one-row ranges: b0 rows 0:1 and b1 rows 1:3 of the first layer
+    (mirror below row 3), b2 rows 3:4 of the last.  The digests are those of the bytes
+    written by ``memmap_with_record``, except where the case spoils one."""
+    n = 4
+    m = np.arange(n * n, dtype=np.float64).reshape(n, n)
+    good = {"b0": (0, 3, [(0, 1)], sha(m[0:1]), sha(m[3:, 0:1].T)),
+            "b1": (0, 3, [(1, 3)], sha(m[1:3]), sha(m[3:, 1:3].T)),
+            "b2": (3, 4, [(3, 4)], sha(m[3:4, 3:]), None)}
+    blocks, complete = dict(good), case != "not complete"
+    if case == "damaged":
+        blocks["b1"] = good["b1"][:3] + ("0" * 64, good["b1"][4])
+    elif case == "missing and damaged":
+        blocks["b0"] = good["b0"][:3] + (None, None)
+        blocks["b2"] = good["b2"][:3] + ("0" * 64, None)
+    elif case == "mirror damaged":
+        blocks["b0"] = good["b0"][:4] + ("0" * 64,)
+    path = memmap_with_record(tmp_path, n, record(n, blocks, complete=complete))
+    head = f"load_matrix: the hessian matrix recorded in {path}.refprune.json is incomplete: "
+    tail = "; run the same computation again with this store as out= to compute them"
+    damaged = "blocks damaged (bytes or mirror differ from the record): "
+    expected = {
+        "damaged": head + damaged + "b1 (rows 1:3)" + tail,
+        "missing and damaged": head + "blocks missing: b0 (rows 0:1); " + damaged + "b2 (rows 3:4)" + tail,
+        "mirror damaged": head + damaged + "b0 (rows 0:1)" + tail,
+        "not complete": f"load_matrix: the record {path}.refprune.json does not mark the result complete (the run "
+                        "stopped before its end); call the computation again with this out= to finish it",
+    }
+    if case == "complete":
+        assert np.array_equal(rp.load_matrix(path), m)
+    else:
+        _raises_exactly(store.IncompleteResultError, expected[case], lambda: rp.load_matrix(path))
+
+
 # ---- the chunk locks ---------------------------------------------------------------------
 
 
