@@ -61,3 +61,103 @@ def test_linear_vjp_squared_counts_its_batch(monkeypatch):
     got = _boundary(monkeypatch, lambda: lin.vjp_squared([w, b], (None, (5,)), h), 8 * 8 * (3 + 5 + 5),
                     r"^Linear\(5, 3.*\)\.vjp_squared: a batch of 8: the outputs \(8 x 3 x 1\), features \(8 x 5 x 1\)")
     np.testing.assert_allclose(got, np.einsum("nko,oi->nki", h, w**2), rtol=1e-14)
+
+
+def _conv_direct(w, x, stride, padding):
+    """``z[n, o, i, j] = sum_{c, a, d} w[o, c, a, d] x[n, c, s_h i + a - p_h, s_w j + d - p_w]``
+    (zero outside the input), entry by entry: docs/derivations.md §2 without im2col."""
+    n, ci, H, W = x.shape
+    co, _, kh, kw = w.shape
+    ho, wo = (H + 2 * padding[0] - kh) // stride + 1, (W + 2 * padding[1] - kw) // stride + 1
+    z = np.zeros((n, co, ho, wo))
+    for o in range(co):
+        for c in range(ci):
+            for a in range(kh):
+                for d in range(kw):
+                    for i in range(ho):
+                        for j in range(wo):
+                            y, xx = stride * i + a - padding[0], stride * j + d - padding[1]
+                            if 0 <= y < H and 0 <= xx < W:
+                                z[:, o, i, j] += w[o, c, a, d] * x[:, c, y, xx]
+    return z
+
+
+def _conv_adjoint(w, h, in_shape, stride, padding):
+    """The adjoint of :func:`_conv_direct`, entry by entry (each output reads its inputs
+    back)."""
+    n, co, ho, wo = h.shape
+    ci, H, W = in_shape
+    _, _, kh, kw = w.shape
+    g = np.zeros((n,) + tuple(in_shape))
+    for o in range(co):
+        for c in range(ci):
+            for a in range(kh):
+                for d in range(kw):
+                    for i in range(ho):
+                        for j in range(wo):
+                            y, xx = stride * i + a - padding[0], stride * j + d - padding[1]
+                            if 0 <= y < H and 0 <= xx < W:
+                                g[:, c, y, xx] += w[o, c, a, d] * h[:, o, i, j]
+    return g
+
+
+@pytest.mark.parametrize("padding", [(1, 0), (0, 1), (1, 2)])
+@pytest.mark.parametrize("method", ["forward", "jvp", "vjp"])
+def test_each_pass_counts_its_batch_and_the_padded_input(monkeypatch, method, padding):
+    """Conv2d(2, 4, 3, stride=2, padding) on (2, 6, 4): per sample the outputs 4 T, im2col
+    features 18 T, the input 48 and, for any padding, the padded input
+    2 (6 + 2 p_h) (4 + 2 p_w) floats (one padded side is enough to need it, and each side
+    pads its own axis).  ``forward`` counts 3 samples, ``jvp`` and ``vjp`` 3 x 2 tangents;
+    each result is checked against the convolution written out entry by entry."""
+    rng = np.random.default_rng(3)
+    conv = rp.Conv2d(2, 4, 3, stride=2, padding=padding)
+    w, b = conv.init(rng)
+    ho, wo = (6 + 2 * padding[0] - 3) // 2 + 1, (4 + 2 * padding[1] - 3) // 2 + 1
+    t = ho * wo
+    per_sample = 4 * t + 18 * t + 48 + 2 * (6 + 2 * padding[0]) * (4 + 2 * padding[1])
+    x = rng.random((3, 2, 6, 4))
+    batch = 3 if method == "forward" else 6
+    if method == "forward":
+        call = lambda: conv.forward([w, b], x)[0]  # noqa: E731
+        want = _conv_direct(w, x, 2, padding) + b[None, :, None, None]
+    elif method == "jvp":
+        dx = rng.random((3, 2, 2, 6, 4))
+        call = lambda: conv.jvp([w, b], (None, (2, 6, 4)), dx)  # noqa: E731
+        want = _conv_direct(w, dx.reshape(6, 2, 6, 4), 2, padding).reshape(3, 2, 4, ho, wo)
+    else:
+        dy = rng.random((3, 2, 4, ho, wo))
+        call = lambda: conv.vjp([w, b], (None, (2, 6, 4)), dy)  # noqa: E731
+        want = _conv_adjoint(w, dy.reshape(6, 4, ho, wo), (2, 6, 4), 2, padding).reshape(3, 2, 2, 6, 4)
+    got = _boundary(monkeypatch, call, 8 * batch * per_sample,
+                    rf"^Conv2d\(2, 4, .*\)\.{method}: a batch of {batch}: the outputs \({batch} x 4 x {t}\), "
+                    rf"im2col features \({batch} x 18 x {t}\) and input-shaped results would need")
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+
+
+def test_init_is_pytorch_s_uniform_bound_drawn_weight_then_bias():
+    """PyTorch's default initialisation (``kaiming_uniform_(a=sqrt(5))`` on the weight and
+    the same bound on the bias): ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with
+    ``fan_in = c_in kh kw`` (``in_features`` for Linear), drawn from the generator in
+    parameter order, weight then bias."""
+    for layer, shapes, fan_in in ((rp.Linear(5, 3), [(3, 5), (3,)], 5),
+                                  (rp.Conv2d(2, 4, (3, 2)), [(4, 2, 3, 2), (4,)], 12)):
+        got = layer.init(np.random.default_rng(7))
+        rng = np.random.default_rng(7)
+        bound = 1.0 / np.sqrt(fan_in)
+        want = [rng.uniform(-bound, bound, size=s) for s in shapes]
+        assert [g.shape for g in got] == shapes
+        for g, v in zip(got, want):
+            assert np.array_equal(g, v)
+        # and, independently of the draw's form: every value inside the bound, both signs taken
+        big = layer.init(np.random.default_rng(8))[0]
+        assert big.min() < 0 < big.max() and np.abs(big).max() <= bound
+
+
+def test_init_refuses_a_generator_of_another_kind_and_a_size_that_does_not_fit(monkeypatch):
+    lin = rp.Linear(5, 3)
+    for rng, name in ((np.random.RandomState(0), "RandomState"), (None, "NoneType")):
+        with pytest.raises(TypeError) as e:
+            lin.init(rng)
+        assert str(e.value) == f"{lin!r}.init: rng must be a numpy.random.Generator, got {name}"
+    _boundary(monkeypatch, lambda: lin.init(np.random.default_rng(0)), 8 * 18,
+              r"^init: the 18 float64 parameters of Linear\(5, 3.*\) would need")
