@@ -107,7 +107,8 @@ def test_each_pass_counts_its_batch_and_the_padded_input(monkeypatch, method, pa
     """Conv2d(2, 4, 3, stride=2, padding) on (2, 6, 4): per sample the outputs 4 T, im2col
     features 18 T, the input 48 and, for any padding, the padded input
     2 (6 + 2 p_h) (4 + 2 p_w) floats (one padded side is enough to need it, and each side
-    pads its own axis).  ``forward`` counts 3 samples, ``jvp`` and ``vjp`` 3 x 2 tangents;
+    pads its own axis).  ``forward`` counts 3 samples, ``jvp`` and ``vjp`` 3 x 3 tangents
+    (3, not the 2 input or 4 output channels, so that no other axis gives the count);
     each result is checked against the convolution written out entry by entry."""
     rng = np.random.default_rng(3)
     conv = rp.Conv2d(2, 4, 3, stride=2, padding=padding)
@@ -116,18 +117,18 @@ def test_each_pass_counts_its_batch_and_the_padded_input(monkeypatch, method, pa
     t = ho * wo
     per_sample = 4 * t + 18 * t + 48 + 2 * (6 + 2 * padding[0]) * (4 + 2 * padding[1])
     x = rng.random((3, 2, 6, 4))
-    batch = 3 if method == "forward" else 6
+    batch = 3 if method == "forward" else 9
     if method == "forward":
         call = lambda: conv.forward([w, b], x)[0]  # noqa: E731
         want = _conv_direct(w, x, 2, padding) + b[None, :, None, None]
     elif method == "jvp":
-        dx = rng.random((3, 2, 2, 6, 4))
+        dx = rng.random((3, 3, 2, 6, 4))
         call = lambda: conv.jvp([w, b], (None, (2, 6, 4)), dx)  # noqa: E731
-        want = _conv_direct(w, dx.reshape(6, 2, 6, 4), 2, padding).reshape(3, 2, 4, ho, wo)
+        want = _conv_direct(w, dx.reshape(9, 2, 6, 4), 2, padding).reshape(3, 3, 4, ho, wo)
     else:
-        dy = rng.random((3, 2, 4, ho, wo))
+        dy = rng.random((3, 3, 4, ho, wo))
         call = lambda: conv.vjp([w, b], (None, (2, 6, 4)), dy)  # noqa: E731
-        want = _conv_adjoint(w, dy.reshape(6, 4, ho, wo), (2, 6, 4), 2, padding).reshape(3, 2, 2, 6, 4)
+        want = _conv_adjoint(w, dy.reshape(9, 4, ho, wo), (2, 6, 4), 2, padding).reshape(3, 3, 2, 6, 4)
     got = _boundary(monkeypatch, call, 8 * batch * per_sample,
                     rf"^Conv2d\(2, 4, .*\)\.{method}: a batch of {batch}: the outputs \({batch} x 4 x {t}\), "
                     rf"im2col features \({batch} x 18 x {t}\) and input-shaped results would need")
@@ -161,3 +162,49 @@ def test_init_refuses_a_generator_of_another_kind_and_a_size_that_does_not_fit(m
         assert str(e.value) == f"{lin!r}.init: rng must be a numpy.random.Generator, got {name}"
     _boundary(monkeypatch, lambda: lin.init(np.random.default_rng(0)), 8 * 18,
               r"^init: the 18 float64 parameters of Linear\(5, 3.*\) would need")
+
+
+@pytest.mark.parametrize("units", [None, (1, 3)])
+@pytest.mark.parametrize("in_shape", [(3,), (2, 4, 3), (2, 2, 3)])
+def test_the_tangent_of_the_per_sample_gradient_against_its_definition(in_shape, units):
+    """``per_sample_param_grad`` with an input tangent: for each sample and direction,
+    ``dW[c, r] = sum_t dz[c, t] U[r, t] + dz0[c, t] dU[r, t]`` and ``db[c] = sum_t dz[c, t]``
+    (docs/derivations.md §4), written here as ``einsum`` sums over the unfolded features;
+    ``units`` keeps output units 1 and 2 (their weight rows, then their biases).  Linear
+    (one location), Conv2d(2, 4, 2) with 6 locations and with 2."""
+    rng = np.random.default_rng(5)
+    layer = rp.Linear(3, 4) if len(in_shape) == 1 else rp.Conv2d(2, 4, 2)
+    w, b = layer.init(rng)
+    x, dx = rng.random((3,) + in_shape), rng.random((3, 2) + in_shape)
+    out, cache = layer.forward([w, b], x)
+    dy, dy0 = rng.random((3, 2) + out.shape[1:]), rng.random((3, 1) + out.shape[1:])
+    dU = layer.input_tangent_features(dx)
+    U = cache[0]
+    dz = dy.reshape(3, 2, 4, -1)
+    dz0 = dy0.reshape(3, 1, 4, -1)[:, 0]
+    want_w = np.einsum("nkct,nrt->nkcr", dz, U) + np.einsum("nct,nkrt->nkcr", dz0, dU)
+    want_b = dz.sum(axis=-1)
+    u0, u1 = units if units is not None else (0, 4)
+    want = np.concatenate([want_w[:, :, u0:u1].reshape(3, 2, -1), want_b[:, :, u0:u1]], axis=-1)
+    got = layer.per_sample_param_grad(cache, dy, dU, dy0, units=units)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+    # and param_contract sums such a tangent (for the same units) against the features
+    T = rng.random((3,) + (out.shape[1:] if units is None else (2 * U.shape[2],)) + (5,))
+    Tz = T.reshape(3, u1 - u0, U.shape[2], 5)
+    want_c = np.concatenate([np.einsum("nrt,nctq->crq", U, Tz).reshape(-1, 5), Tz.sum(axis=(0, 2))])
+    np.testing.assert_allclose(layer.param_contract(cache, T, units), want_c, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("conv", [True, False])
+def test_param_jacobian_of_every_row_is_param_jvp_of_the_identity(conv):
+    rng = np.random.default_rng(6)
+    layer = rp.Conv2d(2, 3, 2) if conv else rp.Linear(3, 2)
+    x = rng.random((2, 2, 3, 3) if conv else (2, 3))
+    params = layer.init(rng)
+    _, cache = layer.forward(params, x)
+    eye = np.eye(layer.n_params)
+    n_w = layer.n_weight
+    dparams = [eye[:, :n_w].reshape((-1,) + params[0].shape), eye[:, n_w:]]
+    want = layer.param_jvp(params, cache, dparams)
+    assert np.array_equal(layer.param_jacobian(cache), want)
+    assert np.array_equal(layer.param_jacobian(cache, [0, n_w]), want[:, [0, n_w]])
