@@ -127,6 +127,18 @@ def test_report_once_and_leave_only_after_a_real_interrupt(capsys, recorded_os):
     assert recorded_os["exit"] == [130]
 
 
+def test_the_reported_line_is_out_at_once_on_a_block_buffered_stderr(monkeypatch):
+    """The line must be visible while the workers are still being stopped, which may take
+    seconds, even when stderr is not line-buffered (a stream that a parent process or a
+    test harness put there): ``report`` flushes it."""
+    import io
+
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, encoding="utf-8", line_buffering=False))
+    cli._Interrupts(_Pool(), "stopped; resume with --resume").report()
+    assert raw.getvalue() == b"stopped; resume with --resume\n"
+
+
 def test_the_handler_is_installed_only_with_a_pool_and_restored_unless_pressed():
     before = signal.getsignal(signal.SIGINT)
     it = cli._Interrupts(_Pool(), "x")
