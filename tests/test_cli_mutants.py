@@ -688,6 +688,9 @@ def test_the_calibration_runs_documented(monkeypatch):
     # 4k = N: the whole run timed once, even when short, and it is the estimate
     est, calls = _calibrate(monkeypatch, 4, lambda k: 0.75)
     assert calls == [2, 1, 1, 2, 2, 4] and est == 0.75
+    # a single sample: the first run is already on all N, timed once although short
+    est, calls = _calibrate(monkeypatch, 1, lambda k: 0.25)
+    assert calls == [1, 1] and est == 0.25
     # linear, but not through the origin: no growth, no 8k run
     est, calls = _calibrate(monkeypatch, 160, lambda k: 1.0 + 0.2 * k)
     assert calls == [2, 10, 20, 40] and est == pytest.approx(33.0)
