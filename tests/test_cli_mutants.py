@@ -688,6 +688,13 @@ def test_the_calibration_runs_documented(monkeypatch):
     # 4k = N: the whole run timed once, even when short, and it is the estimate
     est, calls = _calibrate(monkeypatch, 4, lambda k: 0.75)
     assert calls == [2, 1, 1, 2, 2, 4] and est == 0.75
+    # a first run shorter than least: k doubled until a run takes least (each short run
+    # below N timed twice), then 2k and 4k as before
+    est, calls = _calibrate(monkeypatch, 64, lambda k: k / 16)
+    assert calls == [2, 4, 4, 8, 8, 16, 32] and est == pytest.approx(4.0)
+    # doubled up to N, whose run is timed once and is the estimate however short
+    est, calls = _calibrate(monkeypatch, 8, lambda k: k / 64)
+    assert calls == [2, 1, 1, 2, 2, 4, 4, 8] and est == 0.125
     # a single sample: the first run is already on all N, timed once although short
     est, calls = _calibrate(monkeypatch, 1, lambda k: 0.25)
     assert calls == [1, 1] and est == 0.25
