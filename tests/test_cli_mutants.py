@@ -695,6 +695,14 @@ def test_the_calibration_runs_documented(monkeypatch):
     # doubled up to N, whose run is timed once and is the estimate however short
     est, calls = _calibrate(monkeypatch, 8, lambda k: k / 64)
     assert calls == [2, 1, 1, 2, 2, 4, 4, 8] and est == 0.125
+    # growth, and 2k = 16 still below N = 20: the 8k run
+    cost = lambda k: 1.0 + 0.01 * k + 0.005 * k * k  # noqa: E731
+    est, calls = _calibrate(monkeypatch, 20, cost)
+    assert calls == [2, 2, 4, 8, 16] and est == pytest.approx(cost(20), rel=1e-9)
+    # growth, but 2k = 32 is past N = 20 (k doubled once at the start): no 8k run
+    cost = lambda k: 0.25 + 0.01 * k + 0.015 * k * k  # noqa: E731
+    est, calls = _calibrate(monkeypatch, 20, cost)
+    assert calls == [2, 2, 2, 4, 4, 8, 16] and est == pytest.approx(cost(20), rel=1e-9)
     # a single sample: the first run is already on all N, timed once although short
     est, calls = _calibrate(monkeypatch, 1, lambda k: 0.25)
     assert calls == [1, 1] and est == 0.25
