@@ -703,6 +703,9 @@ def test_the_calibration_runs_documented(monkeypatch):
     cost = lambda k: 0.25 + 0.01 * k + 0.015 * k * k  # noqa: E731
     est, calls = _calibrate(monkeypatch, 20, cost)
     assert calls == [2, 2, 2, 4, 4, 8, 16] and est == pytest.approx(cost(20), rel=1e-9)
+    # ... nor when 2k = 32 is N itself (that run would be the whole computation)
+    est, calls = _calibrate(monkeypatch, 32, cost)
+    assert calls == [2, 2, 2, 4, 4, 8, 16] and est == pytest.approx(cost(32), rel=1e-9)
     # a single sample: the first run is already on all N, timed once although short
     est, calls = _calibrate(monkeypatch, 1, lambda k: 0.25)
     assert calls == [1, 1] and est == 0.25
