@@ -1016,3 +1016,29 @@ def test_the_estimate_when_every_calibration_run_is_past_saturation(monkeypatch)
 
     assert cli._estimate(timed, 160, saturates=30) == pytest.approx(cost(160), rel=1e-9)
     assert calls == [2, 10, 20, 40, 80]
+
+
+def test_the_estimate_uses_the_saturation_it_is_given(monkeypatch):
+    """Where ``saturates`` falls decides the model: past the last calibration run (60, runs
+    of 20, 40, 80 samples) the curve bends there, not at N; between the first two runs (15,
+    runs of 10, 20, 40) the curve is still fitted, not a line; at one sample with a first
+    run of one sample (N = 8) every run is past it, so the times are fitted by a line."""
+    now = [0.0]
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
+
+    def estimate(N, s, cost):
+        calls = []
+
+        def timed(k):
+            now[0] += 9.0 if not calls else cost(k)
+            calls.append(k)
+
+        return cli._estimate(timed, N, saturates=s), calls
+
+    for s, calls_expected in ((60, [2, 10, 20, 40, 80]), (15, [2, 10, 20, 40])):
+        cost = lambda k: 1.0 + 0.01 * k + 0.005 * k * min(k, s)  # noqa: E731
+        est, calls = estimate(160, s, cost)
+        assert calls == calls_expected and est == pytest.approx(cost(160), rel=1e-9)
+    # times 1, 2.5 and 4 s for 1, 2 and 4 samples: the least-squares line t = 1/4 + 27/28 k
+    est, calls = estimate(8, 1, {1: 1.0, 2: 2.5, 4: 4.0}.__getitem__)
+    assert calls == [2, 1, 2, 4] and est == pytest.approx(0.25 + 27 / 28 * 8, rel=1e-12)
