@@ -22,6 +22,38 @@ def _boundary(monkeypatch, call, need, words):
     return out
 
 
+def _taps(w_shape, in_shape, stride, padding):
+    """Every ``(o, c, a, d, i, j, y, x)`` with output ``(o, i, j)`` reading input
+    ``(c, y, x) = (c, s i + a - p_h, s j + d - p_w)`` through weight ``(o, c, a, d)``, inside
+    the input (the padding reads zeros): docs/derivations.md §2 without im2col."""
+    co, ci, kh, kw = w_shape
+    _, H, W = in_shape
+    ho, wo = (H + 2 * padding[0] - kh) // stride + 1, (W + 2 * padding[1] - kw) // stride + 1
+    for o, c, a, d, i, j in np.ndindex(co, ci, kh, kw, ho, wo):
+        y, x = stride * i + a - padding[0], stride * j + d - padding[1]
+        if 0 <= y < H and 0 <= x < W:
+            yield o, c, a, d, i, j, y, x
+
+
+def _conv_direct(w, x, stride, padding):
+    """The convolution without bias, entry by entry."""
+    n, _, H, W = x.shape
+    ho, wo = (H + 2 * padding[0] - w.shape[2]) // stride + 1, (W + 2 * padding[1] - w.shape[3]) // stride + 1
+    z = np.zeros((n, w.shape[0], ho, wo))
+    for o, c, a, d, i, j, y, xx in _taps(w.shape, x.shape[1:], stride, padding):
+        z[:, o, i, j] += w[o, c, a, d] * x[:, c, y, xx]
+    return z
+
+
+def _conv_adjoint(w, h, in_shape, stride, padding):
+    """The adjoint of :func:`_conv_direct`, entry by entry (each output gives back to the
+    inputs it read)."""
+    g = np.zeros((h.shape[0],) + tuple(in_shape))
+    for o, c, a, d, i, j, y, x in _taps(w.shape, in_shape, stride, padding):
+        g[:, c, y, x] += w[o, c, a, d] * h[:, o, i, j]
+    return g
+
+
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_vjp_squared_counts_a_batch_of_samples_times_tangents(monkeypatch, k):
     """Conv2d(2, 4, 3, stride=2, padding=1) on (2, 6, 4) -> (4, 3, 2): per sample the
@@ -37,17 +69,8 @@ def test_vjp_squared_counts_a_batch_of_samples_times_tangents(monkeypatch, k):
     got = _boundary(monkeypatch, lambda: conv.vjp_squared([w, b], (None, (2, 6, 4)), h), 8 * 3 * k * per_sample,
                     rf"^Conv2d\(2, 4, .*\)\.vjp_squared: a batch of {3 * k}: the outputs \({3 * k} x 4 x 6\), "
                     rf"im2col features \({3 * k} x 18 x 6\) and input-shaped results would need")
-    # the adjoint, brute force: output (o, i, j) reads input (c, 2i + a - 1, 2j + d - 1)
-    want = np.zeros((3, k, 2, 6, 4))
-    for o in range(4):
-        for c in range(2):
-            for a in range(3):
-                for d in range(3):
-                    for i in range(3):
-                        for j in range(2):
-                            y, x = 2 * i + a - 1, 2 * j + d - 1
-                            if 0 <= y < 6 and 0 <= x < 4:
-                                want[:, :, c, y, x] += w[o, c, a, d] ** 2 * h[:, :, o, i, j]
+    # the adjoint of the squared-weight convolution, entry by entry
+    want = _conv_adjoint(w**2, h.reshape(3 * k, 4, 3, 2), (2, 6, 4), 2, (1, 1)).reshape(3, k, 2, 6, 4)
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
 
 
@@ -61,44 +84,6 @@ def test_linear_vjp_squared_counts_its_batch(monkeypatch):
     got = _boundary(monkeypatch, lambda: lin.vjp_squared([w, b], (None, (5,)), h), 8 * 8 * (3 + 5 + 5),
                     r"^Linear\(5, 3.*\)\.vjp_squared: a batch of 8: the outputs \(8 x 3 x 1\), features \(8 x 5 x 1\)")
     np.testing.assert_allclose(got, np.einsum("nko,oi->nki", h, w**2), rtol=1e-14)
-
-
-def _conv_direct(w, x, stride, padding):
-    """``z[n, o, i, j] = sum_{c, a, d} w[o, c, a, d] x[n, c, s_h i + a - p_h, s_w j + d - p_w]``
-    (zero outside the input), entry by entry: docs/derivations.md §2 without im2col."""
-    n, ci, H, W = x.shape
-    co, _, kh, kw = w.shape
-    ho, wo = (H + 2 * padding[0] - kh) // stride + 1, (W + 2 * padding[1] - kw) // stride + 1
-    z = np.zeros((n, co, ho, wo))
-    for o in range(co):
-        for c in range(ci):
-            for a in range(kh):
-                for d in range(kw):
-                    for i in range(ho):
-                        for j in range(wo):
-                            y, xx = stride * i + a - padding[0], stride * j + d - padding[1]
-                            if 0 <= y < H and 0 <= xx < W:
-                                z[:, o, i, j] += w[o, c, a, d] * x[:, c, y, xx]
-    return z
-
-
-def _conv_adjoint(w, h, in_shape, stride, padding):
-    """The adjoint of :func:`_conv_direct`, entry by entry (each output reads its inputs
-    back)."""
-    n, co, ho, wo = h.shape
-    ci, H, W = in_shape
-    _, _, kh, kw = w.shape
-    g = np.zeros((n,) + tuple(in_shape))
-    for o in range(co):
-        for c in range(ci):
-            for a in range(kh):
-                for d in range(kw):
-                    for i in range(ho):
-                        for j in range(wo):
-                            y, xx = stride * i + a - padding[0], stride * j + d - padding[1]
-                            if 0 <= y < H and 0 <= xx < W:
-                                g[:, c, y, xx] += w[o, c, a, d] * h[:, o, i, j]
-    return g
 
 
 @pytest.mark.parametrize("padding", [(1, 0), (0, 1), (1, 2)])

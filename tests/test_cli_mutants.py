@@ -654,7 +654,7 @@ def test_resume_hides_only_the_warning_it_has_said_in_its_own_line(capsys, monke
         out.unlink()
 
 
-def _calibrate(monkeypatch, N, seconds):
+def _calibrate(monkeypatch, N, seconds, saturates=None):
     """``cli._estimate`` over ``N`` samples with a clock that advances by ``seconds(k)``
     per run on ``k`` samples (the warm-up on 2 samples takes 9 s): the estimate and the
     sample counts run, warm-up first."""
@@ -665,7 +665,7 @@ def _calibrate(monkeypatch, N, seconds):
         calls.append(k)
 
     monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
-    return cli._estimate(timed, N), calls
+    return cli._estimate(timed, N, saturates=saturates), calls
 
 
 def test_the_calibration_runs_documented(monkeypatch):
@@ -1023,22 +1023,10 @@ def test_the_estimate_uses_the_saturation_it_is_given(monkeypatch):
     of 20, 40, 80 samples) the curve bends there, not at N; between the first two runs (15,
     runs of 10, 20, 40) the curve is still fitted, not a line; at one sample with a first
     run of one sample (N = 8) every run is past it, so the times are fitted by a line."""
-    now = [0.0]
-    monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
-
-    def estimate(N, s, cost):
-        calls = []
-
-        def timed(k):
-            now[0] += 9.0 if not calls else cost(k)
-            calls.append(k)
-
-        return cli._estimate(timed, N, saturates=s), calls
-
     for s, calls_expected in ((60, [2, 10, 20, 40, 80]), (15, [2, 10, 20, 40])):
         cost = lambda k: 1.0 + 0.01 * k + 0.005 * k * min(k, s)  # noqa: E731
-        est, calls = estimate(160, s, cost)
+        est, calls = _calibrate(monkeypatch, 160, cost, saturates=s)
         assert calls == calls_expected and est == pytest.approx(cost(160), rel=1e-9)
     # times 1, 2.5 and 4 s for 1, 2 and 4 samples: the least-squares line t = 1/4 + 27/28 k
-    est, calls = estimate(8, 1, {1: 1.0, 2: 2.5, 4: 4.0}.__getitem__)
+    est, calls = _calibrate(monkeypatch, 8, {1: 1.0, 2: 2.5, 4: 4.0}.__getitem__, saturates=1)
     assert calls == [2, 1, 2, 4] and est == pytest.approx(0.25 + 27 / 28 * 8, rel=1e-12)
