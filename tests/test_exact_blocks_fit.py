@@ -142,3 +142,11 @@ def test_of_layers_of_the_same_size_the_first_is_named(monkeypatch):
     with pytest.raises(memory.CurvatureTooLargeError) as e:
         exact.check_blocks_fit(inp, "block_diagonal")
     assert "(the largest, of Linear(5, 2, bias=True), 12 x 12 float64)" in str(e.value)
+
+
+def test_block_diagonal_refuses_blocks_that_do_not_fit_naming_itself(monkeypatch):
+    inp = _two_linears()
+    monkeypatch.setattr(exact, "_FORCE_SEED", "jacobian")
+    _memory(monkeypatch, NEED["jacobian"] - 1)
+    with pytest.raises(memory.CurvatureTooLargeError, match=r"^block_diagonal: the diagonal blocks of every layer"):
+        rp.block_diagonal(inp.model, inp.model.init(0), inp.X, inp.y, inp.loss)

@@ -103,6 +103,7 @@ FINGERPRINT_CHANGES = {
     "model": lambda kw: dict(kw, m=rp.Sequential(rp.Linear(3, 4), rp.Sigmoid(), rp.Linear(4, 3))),
     "block_rows": lambda kw: dict(kw, block_rows=8),
     "shards": lambda kw: dict(kw, shards=3),
+    "loss": lambda kw: dict(kw, loss=rp.CrossEntropyLoss("sum")),  # the same targets, another scale
 }
 
 
@@ -116,7 +117,7 @@ def test_every_part_of_the_problem_is_in_the_fingerprint(tmp_path, monkeypatch, 
     base = dict(fn=rp.hessian, m=m, p=p, X=X, y=y, block_rows=4, shards=2)
 
     def call(kw):
-        return kw["fn"](kw["m"], kw["p"], kw["X"], kw["y"], l, out=out, block_rows=kw["block_rows"],
+        return kw["fn"](kw["m"], kw["p"], kw["X"], kw["y"], kw.get("loss", l), out=out, block_rows=kw["block_rows"],
                         shards=kw["shards"])
 
     call(base)
@@ -125,7 +126,7 @@ def test_every_part_of_the_problem_is_in_the_fingerprint(tmp_path, monkeypatch, 
     other = FINGERPRINT_CHANGES[change](base)
     call(other)
     assert submitted[2] == len(exact.row_blocks(other["m"], other["block_rows"]))
-    one = other["fn"](other["m"], other["p"], other["X"], other["y"], l)
+    one = other["fn"](other["m"], other["p"], other["X"], other["y"], other.get("loss", l))
     assert np.abs(out - one).max() <= 1e-12 * np.abs(one).max()
 
 

@@ -595,8 +595,7 @@ def layer_blocks(inp, curvature, samples, seed, targets):
     (any name of :data:`refprune.vocabulary.CURVATURES`)."""
     check_blocks_fit(inp, "block_diagonal")
     refuse_monte_carlo_options(curvature, samples, seed, targets, "block_diagonal")
-    if curvature == "mc_fisher" and targets is None:
-        check_draws(inp, samples, seed, "block_diagonal")
+    # the draws of "mc_fisher" (without targets=) are checked, memory included, by draw_targets
     matvec = _d.loss_curvature_matvec(inp, curvature, samples, seed, targets=targets, where="block_diagonal")
     return _assemble(inp, matvec, curvature == "hessian", _BlockSink(inp.model, _param_layers(inp.model)), False,
                      "blocks")
@@ -776,14 +775,14 @@ def _matrix(model, params, X, y, loss, name, mc, out, max_bytes, progress, execu
 
 
 def _mc_targets(inp, name, mc):
-    """The Monte Carlo targets of ``"mc_fisher"``, drawn once for the whole batch."""
-    if name == "mc_fisher":
-        from .output_factors import draw_targets
+    """The Monte Carlo targets of ``"mc_fisher"``, drawn once for the whole batch; ``None``
+    for every other matrix (``targets=`` with another curvature was refused by
+    :func:`_matrix`)."""
+    if name != "mc_fisher":
+        return None
+    from .output_factors import draw_targets
 
-        return draw_targets(inp, _d.forward(inp)[0], mc["samples"], mc["seed"], mc["targets"], "fisher")
-    if mc.get("targets") is not None:
-        raise ValueError(f"fisher: targets= is for curvature='mc_fisher', got curvature={name!r}")
-    return None
+    return draw_targets(inp, _d.forward(inp)[0], mc["samples"], mc["seed"], mc["targets"], "fisher")
 
 
 def _fingerprint(inp, name, targets, block_rows, shards):

@@ -1,0 +1,489 @@
+"""Edges of the exact assembly (refprune/curvature/exact.py) that the route tests of
+test_exact_kernels.py do not reach, from the fifth mutation pass (docs/mutation/exact.md):
+
+- the cost model of docs/derivations.md §12 counted by hand where a convolution with
+  several locations follows the layer, where an affine layer follows it directly, and for
+  the last layer; the counts are exact integers; a tie takes the identity seed;
+- which route the assembly takes (the routes agree on the matrix, so a wrong choice is
+  seen only as a route taken or not): spies on the output-Jacobian route, the channel
+  route, the chunk widths and the diagonal ``dU`` of dense pairs;
+- a loss whose curvature depends on the targets (every built-in one's does not), against
+  finite differences of the gradient;
+- the samples' chunks of the route through the output for the sampled Fishers, a last
+  chunk of one sample, the shared whole-batch pass left read-only;
+- the progress line of the route through the output, the mirror image past 256 columns.
+"""
+
+import types
+
+import numpy as np
+import pytest
+
+import refprune as rp
+from refprune import derivatives as _d
+from refprune.curvature import dense_pairs, exact
+from refprune.nn.base import Layer
+from refprune.testing.finite_differences import check_hessian
+
+from test_exact_kernels import ARCHS, IN_SHAPES, assert_rel, case, compute, reference
+
+
+def conv_relu_conv():
+    """Conv2d(1, 2, 2) on 1x4x4 (z_0: 2x3x3, T = 9, n_0 = 10), ReLU, Conv2d(2, 2, 2)
+    (z_2: 2x2x2, T = 4, n_2 = 18), Flatten, Linear(8, 2) (n_4 = 18)."""
+    model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.ReLU(), rp.Conv2d(2, 2, 2), rp.Flatten(), rp.Linear(8, 2))
+    return model, exact._in_shapes(model, (1, 4, 4))
+
+
+def conv_conv():
+    """The same without the ReLU: the second convolution follows the first directly."""
+    model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.Conv2d(2, 2, 2), rp.Flatten(), rp.Linear(8, 2))
+    return model, exact._in_shapes(model, (1, 4, 4))
+
+
+def test_seed_costs_with_a_convolution_of_four_locations_after():
+    model, shapes = conv_relu_conv()
+    # one direction (docs §12): ReLU 2 (18 + 18) = 72, Conv2d 4 * 16 * 4 = 256,
+    # Flatten 2 (8 + 8) = 32, Linear 4 * 16 * 1 = 64: 424
+    # identity (18 directions): 18 * 424 = 7632, then per later affine layer m
+    # 2 K_id n_m T_m + 2 T_l n_l n_m: (3240 + 1800) + (2592 + 3240) + (648 + 3240) -> 22392
+    # Jacobian (10 directions): 10 * 424 + 2 * 10 * 8 * 9 = 5680, then 2 n_l n_m T_m:
+    # 1800 + 1440 + 360 -> 9280
+    costs = exact.seed_costs(model, 0, shapes)
+    assert costs == (22392, 9280) and all(type(c) is int for c in costs)
+    # rows of the second convolution (n_l = 18, T_l = 4, K_id = 8): one direction 32 + 64 = 96;
+    # identity 8 * 96 + (1152 + 2592) + (288 + 2592) = 7392; Jacobian 18 * 96 + 2 * 18 * 16 * 4
+    # + 2592 + 648 = 7272.  Layer 0 comes before it and is not counted.
+    assert exact.seed_costs(model, 2, shapes) == (7392, 7272)
+
+
+def test_back_costs_with_a_convolution_of_four_locations_after():
+    model, shapes = conv_relu_conv()
+    # one direction back: ReLU 18 + 18, Conv2d 2 * 16 * 4 = 128, Flatten 8 + 8, Linear 2 * 16: 212
+    # pull: 10 * 212 + 2 * 10 * 10 * 9 + 2 * 10 * 18 * 4 + 2 * 10 * 18 = 5720
+    # out:  2 * 212 + 2 * 100 * 2 + (2 * 2 * 18 * 4 + 2 * 10 * 2 * 18) + 2 * 10 * 18 = 2192
+    costs = exact.back_costs(model, 0, shapes)
+    assert costs == (5720, 2192) and all(type(c) is int for c in costs)
+    # the convolution right after layer 0: one direction 128 + 16 + 32 = 176;
+    # pull 10 * 176 + 1800 + 1440 + 360 = 5360; out 2 * 176 + 400 + 1008 + 360 = 2120
+    model, shapes = conv_conv()
+    assert exact.back_costs(model, 0, shapes) == (5360, 2120)
+
+
+def test_rows_width_by_hand():
+    model, shapes = conv_relu_conv()
+    # from z_0 (18) on: ReLU 18, 18; Conv2d in 18, out 8, features r T = 8 * 4 = 32;
+    # Flatten 8, 8; Linear 8, 2, features 8: the widest is 32
+    assert exact._rows_width(model, 0, shapes) == 32
+    # one channel up to the second convolution: its features 4 * 4 = 16, the rest as before
+    # but the seed's own z_0 (18) is the widest
+    assert exact._rows_width(model, 0, shapes, 2) == 18
+    # the convolution right after layer 0 (its features are the widest)
+    model, shapes = conv_conv()
+    assert exact._rows_width(model, 0, shapes) == 32
+    # the last layer: its output alone
+    dense = rp.Sequential(rp.Linear(3, 20), rp.Tanh(), rp.Linear(20, 2))
+    assert exact._rows_width(dense, 2, exact._in_shapes(dense, (3,))) == 2
+
+
+def test_a_tie_of_the_seed_costs_takes_the_identity(monkeypatch):
+    model, shapes = conv_relu_conv()
+    monkeypatch.setattr(exact, "seed_costs", lambda *a: (100, 100))
+    assert not exact._jacobian_seed(model, 0, shapes)
+    monkeypatch.setattr(exact, "seed_costs", lambda *a: (100, 99))
+    assert exact._jacobian_seed(model, 0, shapes)
+
+
+class CurvedFlatten(rp.Flatten):
+    """A user's layer with second-order terms of its own (``vjp_curvature`` overridden)."""
+
+    def vjp_curvature(self, params, cache, dy0, dx):
+        return None
+
+
+def test_the_output_jacobians_need_every_later_layer_without_terms_of_its_own():
+    # the last two layers, both Linear: the output Jacobians apply to the first
+    two = rp.Sequential(rp.Linear(3, 4), rp.Linear(4, 2))
+    assert exact._ends_in_linear(two, 0) and exact._output_jacobians_eligible(two, 0, True)
+    assert not exact._ends_in_linear(two, 1)
+    # a Sigmoid before the layer does not count, one after it does (for the Hessian)
+    model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.Sigmoid(), rp.Conv2d(2, 2, 2), rp.Flatten(), rp.Linear(8, 2))
+    assert exact._output_jacobians_eligible(model, 2, True)
+    assert not exact._output_jacobians_eligible(model, 0, True) and exact._output_jacobians_eligible(model, 0, False)
+    curved = rp.Sequential(rp.Conv2d(1, 2, 2), CurvedFlatten(), rp.Linear(18, 2))
+    assert not exact._output_jacobians_eligible(curved, 0, False)
+    assert exact._output_jacobians_eligible(rp.Sequential(rp.Conv2d(1, 2, 2), rp.Flatten(), rp.Linear(18, 2)), 0,
+                                            False)
+
+
+def test_the_channel_convolution(monkeypatch):
+    assert exact._channel_conv(conv_conv()[0], 0) == 1  # right after
+    assert exact._channel_conv(conv_relu_conv()[0], 0) == 2
+    monkeypatch.setattr(exact, "_ALL_CHANNELS", True)
+    assert exact._channel_conv(conv_relu_conv()[0], 0) is None
+
+
+def spy(monkeypatch, module, name):
+    """Record the arguments of every call of ``module.name`` (which still runs)."""
+    calls, original = [], getattr(module, name)
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, recording)
+    return calls
+
+
+def conv_relu_conv_case(n=3):
+    model, _ = conv_relu_conv()
+    rng = np.random.default_rng(5)
+    return model, model.init(5), rng.standard_normal((n, 1, 4, 4)), rng.integers(0, 2, n), rp.CrossEntropyLoss()
+
+
+def test_the_first_convolution_s_rows_go_channel_by_channel_through_the_output_jacobians(monkeypatch):
+    # layer 0: the Jacobian seed (9280 < 22392), the output Jacobians (2192 < 5720), one
+    # channel up to the second convolution, whose rows are chunked by that width (18, not 32)
+    by_outputs = spy(monkeypatch, exact, "_rows_from_output_jacobians")
+    by_channel = spy(monkeypatch, exact, "_seed_by_channel")
+    widths = spy(monkeypatch, _d, "chunk_length")
+    args = conv_relu_conv_case()
+    H = rp.hessian(*args)
+    assert [c[0][1] for c in by_outputs] == [0] and [c[0][1:3] for c in by_channel] == [(0, 2)]
+    assert widths[0][0] == (10, 18)
+    monkeypatch.undo()
+    assert_rel(H, reference("hessian", *args))
+
+
+def test_dense_pairs_take_the_diagonal_input_tangent_only_through_elementwise_layers(monkeypatch):
+    # Linear - Linear - Tanh - Linear (one location each, identity seeds): dU of the last
+    # layer is diagonal in the rows of the second (only Tanh between) and of the last
+    # itself, not in those of the first (the second Linear between); the matrix is the
+    # R-operator's all the same
+    model = rp.Sequential(rp.Linear(3, 4), rp.Linear(4, 3), rp.Tanh(), rp.Linear(3, 2))
+    monkeypatch.setattr(exact, "_FORCE_SEED", "identity")
+    calls = spy(monkeypatch, dense_pairs, "dense_rows")
+    rng = np.random.default_rng(2)
+    args = (model, [2.0 * p for p in model.init(2)], rng.standard_normal((5, 3)), rng.integers(0, 2, 5),
+            rp.CrossEntropyLoss())
+    H = rp.hessian(*args)
+    # rows of layer l against layer j, j from the last down to l: (l, j, diagonal)
+    seen = [(c[0][1], c[0][3], c[0][7]) for c in calls]
+    assert seen == [(model[0], model[3], False), (model[0], model[1], True), (model[0], model[0], True),
+                    (model[1], model[3], True), (model[1], model[1], True), (model[3], model[3], True)]
+    assert_rel(H, reference("hessian", *args))
+
+
+class TargetWeightedSquares(rp.MSELoss):
+    """``l_n = sum_c (1 + y_c^2) (f_c - y_c)^2``: a loss whose curvature ``2 (1 + y^2)``
+    depends on the targets, as none of the built-in losses' does."""
+
+    def per_sample(self, f, y):
+        return np.sum((1 + y ** 2) * (f - y) ** 2, axis=1)
+
+    def grad(self, f, y):
+        return 2.0 * (1 + y ** 2) * (f - y)
+
+    def hessian_matvec(self, f, y, V):
+        return 2.0 * (1 + y ** 2)[:, None, :] * V
+
+
+@pytest.mark.parametrize("arch", ["conv-relu-linear", "dense-bias"])
+def test_a_loss_whose_curvature_depends_on_the_targets(arch):
+    # conv-relu-linear: the second convolution's rows through the output, the first's by
+    # the seeds; dense-bias: the seeds and dense pairs.  Against the R-operator, and for
+    # the smooth net (no ReLU kinks in the way) finite differences of the gradient.
+    model, params, X, _, _ = case(arch, "mse")
+    y = np.random.default_rng(9).standard_normal((len(X), model.output_shape(IN_SHAPES[arch])[0]))
+    loss = TargetWeightedSquares()
+    H = rp.hessian(model, params, X, y, loss)
+    assert_rel(H, reference("hessian", model, params, X, y, loss))
+    assert not np.allclose(H, rp.hessian(model, params, X, np.zeros_like(y) + y.mean(), loss), rtol=1e-3)
+    if arch == "dense-bias":
+        def grad(t):
+            return rp.grad(model, rp.unflatten_params(model, t), X, y, loss)
+
+        check_hessian(grad, H, rp.flatten_params(params), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mc_fisher", "empirical_fisher", "hessian"])
+def test_chunks_of_samples_through_the_output(monkeypatch, name):
+    # the second convolution of conv-relu-linear: its rows through the output, every chunk
+    # reading its own slice of the sampled targets
+    args = case("conv-relu-linear", n=7)
+    calls = spy(monkeypatch, exact, "_rows_through_output")
+    whole = compute(name, *args)
+    assert [c[0][7] for c in calls] == [slice(0, 7)]
+    calls.clear()
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", 40)
+    chunked = compute(name, *args)
+    idx = [c[0][7] for c in calls]
+    assert len(idx) > 1 and [(s.start, s.stop) for s in idx] == list(zip([0] + [s.stop for s in idx[:-1]],
+                                                                         [s.stop for s in idx]))
+    assert idx[-1].stop == 7
+    assert_rel(chunked, whole)
+
+
+def test_a_last_chunk_of_one_sample(monkeypatch):
+    # two samples, one a chunk: the second chunk (1, 2) ends the batch but is not the batch
+    args = case("dense-bias", n=2)
+    whole = rp.hessian(*args)
+    passes = spy(monkeypatch, _d, "gradient_pass")
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", 1)
+    assert_rel(rp.hessian(*args), whole)
+    assert {len(c[0][1]) for c in passes} == {1}
+
+
+def test_the_shared_whole_batch_pass_is_read_only(monkeypatch):
+    passes = []
+    original = _d.gradient_pass
+
+    def recording(*args):
+        passes.append(original(*args))
+        return passes[-1]
+
+    monkeypatch.setattr(_d, "gradient_pass", recording)
+    rp.hessian(*case("dense-bias"))
+    assert len(passes) == 1
+    f, caches, douts = passes[0]
+    arrays = [f] + [a for c in caches for a in (c if isinstance(c, tuple) else (c,)) if isinstance(a, np.ndarray)]
+    arrays += [d for d in douts if isinstance(d, np.ndarray)]
+    assert len(arrays) > 3 and not any(a.flags.writeable for a in arrays)
+
+
+def test_progress_of_rows_through_the_output(capsys, monkeypatch):
+    # conv-relu-linear: the second convolution's rows (layer 2) through the output, the
+    # first convolution's and the last Linear's by the seeds
+    model, *rest = case("conv-relu-linear")
+    ticks = iter([10.0, 12.3, 13.5, 14.0])
+    monkeypatch.setattr(exact, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    rp.ggn(model, *rest, progress=True)
+    assert capsys.readouterr().err.splitlines() == [
+        f"ggn: rows of layer 0 ({model[0]!r}) done [1/3, 2.3 s]",
+        f"ggn: rows of layer 2 ({model[2]!r}) done through the output [2/3, 3.5 s]",
+        f"ggn: rows of layer 5 ({model[5]!r}) done [3/3, 4.0 s]",
+    ]
+
+
+def test_progress_must_be_a_bool():
+    with pytest.raises(TypeError, match="^progress must be True or False, got 'yes'$"):
+        rp.hessian(*case("dense-bias"), progress="yes")
+
+
+def test_mirror_image_past_256_columns():
+    # a first layer of 310 parameters: its block against the second is mirrored into 33
+    # rows of 310 columns, three column tiles of 128
+    rng = np.random.default_rng(0)
+    m = rp.Sequential(rp.Linear(30, 10), rp.Tanh(), rp.Linear(10, 3))
+    p = m.init(0)
+    X, y = rng.standard_normal((4, 30)), rng.integers(0, 3, 4)
+    H = rp.ggn(m, p, X, y, rp.CrossEntropyLoss())
+    assert np.array_equal(H[310:, :310], H[:310, 310:].T)
+
+
+def test_the_output_jacobians_are_not_used_under_a_forced_jacobian_seed_nor_on_a_tie(monkeypatch):
+    model, shapes = conv_relu_conv()
+    assert exact._back_by_outputs(model, 0, shapes, True)  # 2192 < 5720
+    monkeypatch.setattr(exact, "_FORCE_SEED", "jacobian")  # the reference route: pull every tangent back
+    assert not exact._back_by_outputs(model, 0, shapes, True)
+    monkeypatch.setattr(exact, "_FORCE_SEED", None)
+    monkeypatch.setattr(exact, "back_costs", lambda *a: (100, 100))
+    assert not exact._back_by_outputs(model, 0, shapes, True)
+
+
+def record_calls(monkeypatch, obj, name):
+    """Count the calls of method ``name`` of one layer object (which still runs)."""
+    calls, original = [], getattr(obj, name)
+
+    def recording(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, recording, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("net", ["conv-conv", "conv-relu-conv-linear-linear"])
+def test_output_jacobians_through_an_affine_layer_right_after_and_before_the_last(monkeypatch, net):
+    # conv-conv: the first convolution's rows by the output Jacobians (2120 < 5360), the
+    # second convolution right after it, so the outputs' cotangents are pulled back through
+    # Flatten to reach it.  The second net has a Linear before the last one.  The last layer's
+    # rows come from its shared features (param_grad_rows), the others' from per-sample
+    # gradients of the pulled-back cotangents.
+    rng = np.random.default_rng(4)
+    if net == "conv-conv":
+        model = conv_conv()[0]
+    else:
+        model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.ReLU(), rp.Conv2d(2, 2, 2), rp.Flatten(), rp.Linear(8, 3),
+                              rp.Linear(3, 2))
+    args = (model, [2.0 * p for p in model.init(4)], rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 2, 4),
+            rp.CrossEntropyLoss())
+    by_outputs = spy(monkeypatch, exact, "_rows_from_output_jacobians")
+    last = record_calls(monkeypatch, model[len(model) - 1], "per_sample_param_grad")
+    H = rp.hessian(*args)
+    # (the second convolution of conv-conv goes through the output; that of the other net cannot)
+    assert [c[0][1] for c in by_outputs] == ([0] if net == "conv-conv" else [0, 2])
+    assert last == []
+    monkeypatch.undo()
+    assert_rel(H, reference("hessian", *args))
+
+
+def test_output_factor_cost_of_a_convolution_of_four_locations():
+    # the second convolution (r + 1 = 9 features, T = 4, 2 channels, n_l = 18) before
+    # Flatten - Linear(8, 2) (C = 2, n_m = 18): J 2 * 9 * 4 * 2 * 2 = 288, twice;
+    # loss 2 * 18 * 2 * 2 = 144; diagonal 2 * 18 * 18 * 2 = 1296; the Linear 2 * 18 * 18 = 648
+    model, shapes = conv_relu_conv()
+    cost = exact.output_factor_cost(model, 2, shapes)
+    assert cost == 2664 and type(cost) is int
+
+
+# --- the driver: options, messages, the record of a numpy.memmap of a file ---------------
+
+def small():
+    return case("dense-bias", n=4)
+
+
+def test_max_bytes_and_out_refusals_name_the_argument(tmp_path):
+    args = small()
+    with pytest.raises(TypeError, match="^max_bytes must be a number, got '8'$"):
+        rp.hessian(*args, max_bytes="8")
+    out = np.zeros((args[0].n_params,) * 2)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="^hessian: out is read-only$"):
+        rp.hessian(*args, out=out)
+    n = args[0].n_params
+    with pytest.raises(rp.CurvatureTooLargeError, match=rf"; pass out=numpy.memmap\(path, dtype='float64', mode='w\+', "
+                                                        rf"shape=\({n}, {n}\)\) to write it to disk$"):
+        rp.hessian(*args, max_bytes=8)
+
+
+@pytest.mark.parametrize("fn", [rp.hessian, rp.ggn])
+def test_an_executor_runs_the_blocks_as_tasks(capsys, fn):
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = small()
+    with ThreadPoolExecutor(1) as ex:
+        M = fn(*args, executor=ex, progress=True)
+    err = capsys.readouterr().err
+    assert "block" in err and "rows of layer" not in err
+    assert_rel(M, fn(*args))
+
+
+def test_targets_with_another_fisher_are_refused_up_front():
+    args = small()
+    T = np.zeros((1, 4), int)
+    for kw in ({}, {"shards": 2}):
+        with pytest.raises(ValueError) as e:
+            rp.fisher(*args, curvature="fisher", targets=T, **kw)
+        assert str(e.value) == ("fisher: targets= is for curvature='mc_fisher', got curvature='fisher' (only Monte "
+                                "Carlo draws read it; leave it out)")
+
+
+@pytest.mark.parametrize("tasks", [{}, {"shards": 2}])
+def test_bad_monte_carlo_targets_are_named_by_fisher(tasks):
+    args = small()
+    with pytest.raises(ValueError, match="^fisher: samples=2 does not apply with targets="):
+        rp.fisher(*args, curvature="mc_fisher", samples=2, targets=np.zeros((1, 4), int), **tasks)
+
+
+def test_the_draws_are_refused_before_the_matrix():
+    # both too large: the draws are checked first (before the matrix is allocated)
+    args = small()
+    with pytest.raises(rp.ArrayTooLargeError, match=r"^fisher: \d+ Monte Carlo target\(s\) for each of 4 "):
+        rp.fisher(*args, curvature="mc_fisher", samples=10 ** 15, max_bytes=8)
+    with pytest.raises(rp.CurvatureTooLargeError, match=r": the \d+ x \d+ float64 matrix"):
+        rp.fisher(*args, curvature="mc_fisher", samples=2, targets=None, max_bytes=8)
+
+
+@pytest.mark.parametrize("name", ["hessian", "mc_fisher", "empirical_fisher"])
+def test_a_memmap_written_in_one_pass_is_the_tasks_record(tmp_path, monkeypatch, name):
+    # one pass into a numpy.memmap of a file records it as the task path's one block per
+    # layer over one shard would (the same fingerprint, draws included): load_matrix reads it,
+    # and the same call as tasks finds nothing to do
+    from concurrent.futures import ThreadPoolExecutor
+    from refprune.curvature import parallel
+
+    args = small()
+    n = args[0].n_params
+    path = str(tmp_path / "m.npy")
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n, n))
+    M = compute(name, *args, out=out)
+    assert M is out
+    assert np.array_equal(rp.load_matrix(path), compute(name, *args))
+    submitted = []
+    real = parallel.run
+    monkeypatch.setattr(parallel, "run", lambda ex, jobs, *a: (submitted.append(len(jobs)), real(ex, jobs, *a)))
+    with ThreadPoolExecutor(1) as ex:
+        compute(name, *args, out=out, executor=ex)
+    assert submitted == [0]
+    # another draw of the Monte Carlo targets is another problem
+    if name == "mc_fisher":
+        with ThreadPoolExecutor(1) as ex, pytest.warns(RuntimeWarning, match="is for another computation \\(.*Monte Carlo targets"):
+            rp.fisher(*args, curvature="mc_fisher", samples=2, seed=4, out=out, executor=ex)
+        assert submitted[1] == len(exact._param_layers(args[0]))
+
+
+def test_the_route_through_the_output_when_forced_or_cheaper():
+    model, shapes = conv_relu_conv()
+    assert exact._through_output(model, 2, shapes, True)  # 2664 < min(7392, 7272)
+    dense = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 2))
+    dshapes = exact._in_shapes(dense, (3,))
+    # the GGN's rows of the first Linear could go through the output (Tanh's phi'' does not
+    # count) but cost 2 * 64 + 2 * 16 * 4 + 2 * 256 * 2 + 2 * 16 * 10 = 1600 > 1024
+    assert exact.output_factor_cost(dense, 0, dshapes) == 1600
+    assert not exact._through_output(dense, 0, dshapes, False)
+
+
+@pytest.mark.parametrize("force, expected", [("identity", False), ("jacobian", False), ("output", True)])
+def test_a_forced_route_through_the_output(monkeypatch, force, expected):
+    model, shapes = conv_relu_conv()
+    dense = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 2))
+    monkeypatch.setattr(exact, "_FORCE_SEED", force)
+    assert exact._through_output(model, 2, shapes, True) == expected
+    assert exact._through_output(dense, 0, exact._in_shapes(dense, (3,)), False) == expected
+    assert not exact._through_output(model, 0, shapes, True)  # never where a convolution follows
+
+
+def test_a_tie_does_not_go_through_the_output(monkeypatch):
+    model, shapes = conv_relu_conv()
+    monkeypatch.setattr(exact, "output_factor_cost", lambda *a: min(exact.seed_costs(*a)))
+    assert not exact._through_output(model, 2, shapes, True)
+
+
+def test_output_factor_width_by_hand():
+    # 3 C for J, Phi J and the output's rows, then |z_l| C / n_l (at least 1)
+    model, shapes = conv_relu_conv()
+    assert exact._output_factor_width(model, 2, shapes) == 3 * 2 + 1  # 8 * 2 // 18 = 0
+    wide = rp.Sequential(rp.Linear(1, 4), rp.Linear(4, 8))
+    assert exact._output_factor_width(wide, 0, exact._in_shapes(wide, (1,))) == 3 * 8 + 4 * 8 // 8
+
+
+@pytest.mark.parametrize("name", ["hessian", "ggn"])
+def test_rows_through_the_output_of_the_layer_right_before_the_last(monkeypatch, name):
+    # Linear(1, 4) - Linear(4, 8): z_0 has 4 entries, the output 8, so the mask between them
+    # is read in z_0's shape, not the output's
+    model = rp.Sequential(rp.Linear(1, 4), rp.Linear(4, 8))
+    rng = np.random.default_rng(6)
+    args = (model, model.init(6), rng.standard_normal((5, 1)), rng.integers(0, 8, 5), rp.CrossEntropyLoss())
+    monkeypatch.setattr(exact, "_FORCE_SEED", "output")
+    calls = spy(monkeypatch, exact, "_rows_through_output")
+    M = compute(name, *args)
+    assert [c[0][2] for c in calls] == [0]
+    monkeypatch.undo()
+    assert_rel(M, reference(name, *args))
+
+
+def test_identity_seed_rows_in_units_of_more_samples_than_directions_times_parameters(monkeypatch):
+    # Linear(1, 1) - Tanh - Linear(1, 1) through the per-sample gradient tangents: K = 1
+    # direction, n_l = 2 parameters, 5 samples, so the samples bound the units per chunk
+    model = rp.Sequential(rp.Linear(1, 1), rp.Tanh(), rp.Linear(1, 1))
+    rng = np.random.default_rng(8)
+    args = (model, [2.0 * p for p in model.init(8)], rng.standard_normal((5, 1)), rng.standard_normal((5, 1)),
+            rp.MSELoss())
+    monkeypatch.setattr(exact, "_T_ROUTE", True)
+    monkeypatch.setattr(exact, "_FORCE_SEED", "identity")
+    calls = spy(monkeypatch, exact, "_rows_from_identity_seed")
+    H = rp.hessian(*args)
+    assert len(calls) == 3
+    monkeypatch.undo()
+    assert_rel(H, reference("hessian", *args))
