@@ -303,7 +303,7 @@ def record_calls(monkeypatch, obj, name):
     return calls
 
 
-@pytest.mark.parametrize("net", ["conv-conv", "conv-relu-conv-linear-linear"])
+@pytest.mark.parametrize("net", ["conv-conv", "conv-conv-relu", "conv-relu-conv-linear-linear"])
 def test_output_jacobians_through_an_affine_layer_right_after_and_before_the_last(monkeypatch, net):
     # conv-conv: the first convolution's rows by the output Jacobians (2120 < 5360), the
     # second convolution right after it, so the outputs' cotangents are pulled back through
@@ -313,6 +313,8 @@ def test_output_jacobians_through_an_affine_layer_right_after_and_before_the_las
     rng = np.random.default_rng(4)
     if net == "conv-conv":
         model = conv_conv()[0]
+    elif net == "conv-conv-relu":  # a ReLU after the second convolution: its mask on the way back
+        model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.Conv2d(2, 2, 2), rp.ReLU(), rp.Flatten(), rp.Linear(8, 2))
     else:
         model = rp.Sequential(rp.Conv2d(1, 2, 2), rp.ReLU(), rp.Conv2d(2, 2, 2), rp.Flatten(), rp.Linear(8, 3),
                               rp.Linear(3, 2))
@@ -322,7 +324,7 @@ def test_output_jacobians_through_an_affine_layer_right_after_and_before_the_las
     last = record_calls(monkeypatch, model[len(model) - 1], "per_sample_param_grad")
     H = rp.hessian(*args)
     # (the second convolution of conv-conv goes through the output; that of the other net cannot)
-    assert [c[0][1] for c in by_outputs] == ([0] if net == "conv-conv" else [0, 2])
+    assert [c[0][1] for c in by_outputs] == ([0, 2] if net == "conv-relu-conv-linear-linear" else [0])
     assert last == []
     monkeypatch.undo()
     assert_rel(H, reference("hessian", *args))
@@ -358,7 +360,7 @@ def test_max_bytes_and_out_refusals_name_the_argument(tmp_path):
 
 
 @pytest.mark.parametrize("fn", [rp.hessian, rp.ggn])
-def test_an_executor_runs_the_blocks_as_tasks(capsys, fn):
+def test_an_executor_takes_the_task_path(capsys, fn):
     from concurrent.futures import ThreadPoolExecutor
 
     args = small()
@@ -487,3 +489,128 @@ def test_identity_seed_rows_in_units_of_more_samples_than_directions_times_param
     assert len(calls) == 3
     monkeypatch.undo()
     assert_rel(H, reference("hessian", *args))
+
+
+def test_widths_and_costs_where_the_next_layer_is_the_last():
+    # Linear(1, 4) - Linear(4, 8): z_0 has one location, the output 8 entries.  Through the
+    # output: r + 1 = 2, J 2 * 2 * 1 * 4 * 8 = 128 twice, loss 2 * 8 * 8 * 8, diagonal
+    # 2 * 8 * 8 * 8, the last layer 2 * 8 * 40
+    wide = rp.Sequential(rp.Linear(1, 4), rp.Linear(4, 8))
+    assert exact.output_factor_cost(wide, 0, exact._in_shapes(wide, (1,))) == 256 + 1024 + 1024 + 640
+    # Conv2d(1, 1, 1) on 1x3x3 (z_0: 9 entries), ReLU, Conv2d(1, 1, 3, padding=1): one channel
+    # of 9 locations with 9 features each, 81 floats, wider than anything else
+    model = rp.Sequential(rp.Conv2d(1, 1, 1), rp.ReLU(), rp.Conv2d(1, 1, 3, padding=1), rp.Flatten(),
+                          rp.Linear(9, 2))
+    assert exact._rows_width(model, 0, exact._in_shapes(model, (1, 3, 3)), 2) == 81
+
+
+def test_exact_matrix_passes_every_option_on():
+    args = case("dense-bias", n=4)
+    assert np.array_equal(exact.exact_matrix(*args, curvature="ggn"), rp.ggn(*args))
+    assert np.array_equal(exact.exact_matrix(*args), rp.hessian(*args))
+    mc = dict(curvature="mc_fisher", samples=3, seed=5)
+    assert np.array_equal(exact.exact_matrix(*args, **mc), rp.fisher(*args, **mc))
+    assert not np.array_equal(rp.fisher(*args, **mc), rp.fisher(*args, **dict(mc, samples=1)))
+    assert not np.array_equal(rp.fisher(*args, **mc), rp.fisher(*args, **dict(mc, seed=6)))
+    T = np.random.default_rng(1).integers(0, 2, (2, 4))
+    assert np.array_equal(exact.exact_matrix(*args, curvature="mc_fisher", targets=T),
+                          rp.fisher(*args, curvature="mc_fisher", targets=T))
+    assert not np.array_equal(rp.fisher(*args, curvature="mc_fisher", targets=T), rp.fisher(*args, curvature="mc_fisher"))
+
+
+def test_given_targets_ask_for_no_memory_of_draws(monkeypatch):
+    # Linear(1, 10), squared error, 200 samples: one draw needs two (1, 200, 10) float64
+    # arrays, 32,000 bytes, more than the forward pass's 8 * 200 * (10 + 1 + 1) = 19,200 and
+    # the 20 x 20 matrix with its temporaries; refused when drawn, not asked for when the
+    # targets are given
+    from refprune import memory
+
+    model = rp.Sequential(rp.Linear(1, 10))
+    rng = np.random.default_rng(1)
+    args = (model, model.init(1), rng.standard_normal((200, 1)), rng.standard_normal((200, 10)), rp.MSELoss())
+    monkeypatch.setattr(_d, "CHUNK_FLOATS", 64)
+    monkeypatch.setattr(memory, "ALWAYS_FITS", 0)
+    monkeypatch.setattr(memory, "available_memory", lambda: 25_000)
+    with pytest.raises(rp.ArrayTooLargeError, match=r"^fisher: 1 Monte Carlo target\(s\) for each of 200 "):
+        rp.fisher(*args, curvature="mc_fisher")
+    T = rng.standard_normal((1, 200, 10))
+    F = rp.fisher(*args, curvature="mc_fisher", targets=T)
+    monkeypatch.undo()
+    assert_rel(F, rp.fisher(*args, curvature="mc_fisher", targets=T))  # (chunked differently: rounding)
+
+
+def test_tasks_that_write_add_their_shards_and_the_last_writes_the_mirror(tmp_path):
+    # the rows of layer 0 in two shards of samples, written by the tasks themselves
+    # (docs/derivations.md §11.1): the first assigns, the second adds to it (checked against
+    # the first's digest) and, final by default, writes the mirror and returns both digests
+    from refprune.checks import validate
+    from refprune.curvature import store
+
+    model, params, X, y, loss = small()
+    scale = validate(model, params, X, y, loss).scale
+    n = model.n_params
+    out = np.lib.format.open_memmap(str(tmp_path / "h.npy"), mode="w+", dtype=np.float64, shape=(n, n))
+    out[:] = 7.0
+    writer = store.BlockWriter(out, "hessian")
+    geometry = exact._layout(model, None)["layer 0"]
+    o, end, _ = geometry
+    after = exact.rows_task(model, params, X[:2], y[:2], loss, scale, "hessian", None, 0, None, writer, geometry,
+                            final=False)
+    assert isinstance(after, str) and np.all(out[end:, o:end] == 7.0)  # no mirror yet
+    got = exact.rows_task(model, params, X[2:], y[2:], loss, scale, "hessian", None, 0, None, writer, geometry,
+                          after=after)
+    H = rp.hessian(model, params, X, y, loss)
+    assert len(got) == 2
+    assert_rel(out[o:end, o:], H[o:end, o:])
+    assert_rel(out[end:, o:end], H[end:, o:end])
+
+
+def test_the_driver_reads_back_the_first_block_a_worker_wrote_under_the_chunk_locks(tmp_path, monkeypatch):
+    # workers write a sharded array store themselves (a stand-in for a local Zarr array that
+    # asserts the chunk locks are held at every read and write); the driver reads the first
+    # block back (a store the workers see but the driver does not is caught there), holding
+    # the chunk locks, and trusts the digests of the others
+    from concurrent.futures import ThreadPoolExecutor
+    from refprune.curvature import store
+    from test_store_mutants import Watched
+
+    args = small()
+    n = args[0].n_params
+    out = Watched(str(tmp_path), n, (4, 4), shards=(8, 8))
+    out.checked = 0
+    calls = []
+    real = store.BlockRecord.mark_written
+
+    def recording(self, key, digests, verify=False, lock=None):
+        calls.append((verify, lock))
+        return real(self, key, digests, verify, lock)
+
+    monkeypatch.setattr(store.BlockRecord, "mark_written", recording)
+    with ThreadPoolExecutor(2) as ex:
+        rp.hessian(*args, out=out, executor=ex, block_rows=8)
+    assert len(calls) == len(exact.row_blocks(args[0], 8)) > 2
+    assert [v for v, _ in calls] == [True] + [False] * (len(calls) - 1)
+    assert isinstance(calls[0][1], store._ChunkLocks)
+    monkeypatch.undo()
+    assert out.checked > 0
+    assert_rel(out.a, rp.hessian(*args))
+
+
+@pytest.mark.parametrize("shards, window", [(1, None), (2, 3)])
+def test_one_shard_submits_every_block_at_once_several_keep_a_window(tmp_path, monkeypatch, capsys, shards, window):
+    # chained tasks that write the store: with one shard every task is a whole block and all
+    # are submitted at once; with several, the pool's 2 workers plus one are kept in flight
+    from concurrent.futures import ThreadPoolExecutor
+    from refprune.curvature import parallel
+
+    args = small()
+    n = args[0].n_params
+    out = np.lib.format.open_memmap(str(tmp_path / "h.npy"), mode="w+", dtype=np.float64, shape=(n, n))
+    seen = []
+    real = parallel.run
+    monkeypatch.setattr(parallel, "run", lambda *a: (seen.append(a[6:]), real(*a))[1])
+    with ThreadPoolExecutor(2) as ex:
+        rp.hessian(*args, out=out, executor=ex, shards=shards, progress=True)
+    assert seen == [(True, window)]
+    err = capsys.readouterr().err.splitlines()  # progress asked for: a line per block
+    assert len(err) == len(exact._param_layers(args[0])) and all(line.startswith("hessian: ") for line in err)
