@@ -1,8 +1,8 @@
 """Edges of the exact assembly and its task driver, from a mutation run: messages that
 name the function and what was passed, the memory limit on every path, silence unless
 progress is asked for, every part of a problem's fingerprint, caller-supplied Monte Carlo
-targets through tasks, the block plan counted by hand, and the mirror image of rows past
-the 256-row tiles."""
+targets through tasks, the block plan counted by hand, and the mirror image past the
+128 x 128 tiles in rows and in columns."""
 
 import os
 
@@ -139,17 +139,19 @@ def test_mc_targets_are_in_the_fingerprint(tmp_path, monkeypatch):
     assert np.abs(out - F).max() <= 1e-12 * np.abs(F).max()
 
 
-def test_mirror_image_past_the_row_tiles():
-    # a second layer of 620 parameters: its block against the first is mirrored in
-    # tiles of 256 rows, three of them
+@pytest.mark.parametrize("d_in, hidden, c", [(2, 30, 20), (30, 10, 3)])
+def test_mirror_image_past_the_tiles(d_in, hidden, c):
+    # the mirror is copied in 128 x 128 tiles: (2, 30, 20) has a second layer of 620
+    # parameters (five row tiles), (30, 10, 3) a first layer of 310 (three column tiles)
     rng = np.random.default_rng(0)
-    m = rp.Sequential(rp.Linear(2, 30), rp.Tanh(), rp.Linear(30, 20))
+    m = rp.Sequential(rp.Linear(d_in, hidden), rp.Tanh(), rp.Linear(hidden, c))
     p = m.init(0)
-    X, y = rng.standard_normal((4, 2)), rng.integers(0, 20, 4)
+    X, y = rng.standard_normal((4, d_in)), rng.integers(0, c, 4)
     H = rp.ggn(m, p, X, y, rp.CrossEntropyLoss())
-    assert np.array_equal(H[90:, :90], H[:90, 90:].T)
+    k = (d_in + 1) * hidden
+    assert np.array_equal(H[k:, :k], H[:k, k:].T)
     rows = exact.rows_task(m, p, X, y, rp.CrossEntropyLoss(), 1 / 4, "ggn", None, 0, None)
-    assert np.abs(H[:90] - rows).max() <= 1e-12 * np.abs(H).max()
+    assert np.abs(H[:k] - rows).max() <= 1e-12 * np.abs(H).max()
 
 
 def test_available_memory_reads_meminfo_then_sysconf(monkeypatch):

@@ -11,7 +11,7 @@ test_exact_kernels.py do not reach, from the fifth mutation pass (docs/mutation/
   finite differences of the gradient;
 - the samples' chunks of the route through the output for the sampled Fishers, a last
   chunk of one sample, the shared whole-batch pass left read-only;
-- the progress line of the route through the output, the mirror image past 256 columns.
+- the progress line of the route through the output.
 """
 
 import types
@@ -124,7 +124,8 @@ def test_the_channel_convolution(monkeypatch):
 
 
 def spy(monkeypatch, module, name):
-    """Record the arguments of every call of ``module.name`` (which still runs)."""
+    """Record the arguments of every call of ``module.name`` (a module's function or one
+    object's method, which still runs)."""
     calls, original = [], getattr(module, name)
 
     def recording(*args, **kwargs):
@@ -270,17 +271,6 @@ def test_progress_must_be_a_bool():
         rp.hessian(*case("dense-bias"), progress="yes")
 
 
-def test_mirror_image_past_256_columns():
-    # a first layer of 310 parameters: its block against the second is mirrored into 33
-    # rows of 310 columns, three column tiles of 128
-    rng = np.random.default_rng(0)
-    m = rp.Sequential(rp.Linear(30, 10), rp.Tanh(), rp.Linear(10, 3))
-    p = m.init(0)
-    X, y = rng.standard_normal((4, 30)), rng.integers(0, 3, 4)
-    H = rp.ggn(m, p, X, y, rp.CrossEntropyLoss())
-    assert np.array_equal(H[310:, :310], H[:310, 310:].T)
-
-
 def test_the_output_jacobians_are_not_used_under_a_forced_jacobian_seed_nor_on_a_tie(monkeypatch):
     model, shapes = conv_relu_conv()
     assert exact._back_by_outputs(model, 0, shapes, True)  # 2192 < 5720
@@ -289,18 +279,6 @@ def test_the_output_jacobians_are_not_used_under_a_forced_jacobian_seed_nor_on_a
     monkeypatch.setattr(exact, "_FORCE_SEED", None)
     monkeypatch.setattr(exact, "back_costs", lambda *a: (100, 100))
     assert not exact._back_by_outputs(model, 0, shapes, True)
-
-
-def record_calls(monkeypatch, obj, name):
-    """Count the calls of method ``name`` of one layer object (which still runs)."""
-    calls, original = [], getattr(obj, name)
-
-    def recording(*args, **kwargs):
-        calls.append(args)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(obj, name, recording, raising=False)
-    return calls
 
 
 @pytest.mark.parametrize("net", ["conv-conv", "conv-conv-relu", "conv-relu-conv-linear-linear"])
@@ -321,7 +299,7 @@ def test_output_jacobians_through_an_affine_layer_right_after_and_before_the_las
     args = (model, [2.0 * p for p in model.init(4)], rng.standard_normal((4, 1, 4, 4)), rng.integers(0, 2, 4),
             rp.CrossEntropyLoss())
     by_outputs = spy(monkeypatch, exact, "_rows_from_output_jacobians")
-    last = record_calls(monkeypatch, model[len(model) - 1], "per_sample_param_grad")
+    last = spy(monkeypatch, model[len(model) - 1], "per_sample_param_grad")
     H = rp.hessian(*args)
     # (the second convolution of conv-conv goes through the output; that of the other net cannot)
     assert [c[0][1] for c in by_outputs] == ([0, 2] if net == "conv-relu-conv-linear-linear" else [0])
