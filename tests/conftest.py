@@ -16,14 +16,15 @@ settings.register_profile("mutation", max_examples=30, derandomize=True,
                           phases=[Phase.explicit, Phase.reuse, Phase.generate], **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-if "mutmut" in sys.modules and not os.environ.get("REFPRUNE_MUTATION_FRESH_PROCESS"):
+if "mutmut" in sys.modules and not os.environ.get("REFPRUNE_MUTATION_OPTIONAL_LIBRARIES"):
     # Under mutmut, which runs each mutant in a forked copy of its own process: a library
     # that starts threads when imported (torch, JAX, dask) would leave locks held in the
     # copies, which then hang.  Mutation runs therefore behave as if these optional
     # libraries were absent (their tests skip, as in CI).  ModuleNotFoundError, not
     # ImportError: pytest.importorskip skips only on the former.  tools/mutant_check.py
-    # --fresh-process runs each mutant in a new interpreter, where they are safe: it sets
-    # REFPRUNE_MUTATION_FRESH_PROCESS.
+    # --fresh-process runs each mutant in a new interpreter, where they are safe, and
+    # --optional-libraries forks from a one-thread parent that imported them; both set
+    # REFPRUNE_MUTATION_OPTIONAL_LIBRARIES.
     class _Absent:
         names = ("torch", "jax", "jaxlib", "dask", "distributed", "zarr")
 

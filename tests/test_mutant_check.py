@@ -47,18 +47,24 @@ mutants_x_add__mutmut['x_add__mutmut_3'] = x_add__mutmut_3 # type: ignore # mutm
 '''
 
 
-def test_killed_survived_and_timeout(tmp_path):
+def _folder(tmp_path, test_source):
     (tmp_path / "fakepkg").mkdir()
     (tmp_path / "fakepkg" / "__init__.py").write_text("")
     (tmp_path / "fakepkg" / "mod.py").write_text(MODULE)
     (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "test_mod.py").write_text(textwrap.dedent("""
+    # the tool refuses a conftest that does not read the variable (it would keep torch away)
+    (tmp_path / "tests" / "conftest.py").write_text("# reads REFPRUNE_MUTATION_OPTIONAL_LIBRARIES\n")
+    (tmp_path / "tests" / "test_mod.py").write_text(textwrap.dedent(test_source))
+    (tmp_path / "setup.cfg").write_text("[mutmut]\npytest_add_cli_args =\n    -p\n    no:cacheprovider\n")
+
+
+def test_killed_survived_and_timeout(tmp_path):
+    _folder(tmp_path, """
         from fakepkg.mod import add
 
         def test_add():
             assert add(2, 3) == 5
-    """))
-    (tmp_path / "setup.cfg").write_text("[mutmut]\npytest_add_cli_args =\n    -p\n    no:cacheprovider\n")
+    """)
     out = tmp_path / "verdicts.json"
     proc = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "fakepkg.mod.*", "-t", "tests/test_mod.py",
                            "--cpu-limit", "2", "--json", str(out), "--diff"],
@@ -73,3 +79,41 @@ def test_killed_survived_and_timeout(tmp_path):
     proc = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "fakepkg.mod.x_sub*", "-t", "tests/test_mod.py"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "no mutant matches 'fakepkg.mod.x_sub*'" in proc.stderr
+
+
+def test_optional_libraries_forks_one_thread_with_the_variable_set(tmp_path):
+    # the children see the variable and one-thread settings, and give the verdicts of the default mode
+    _folder(tmp_path, """
+        import os
+        from fakepkg.mod import add
+
+        def test_add():
+            assert os.environ["REFPRUNE_MUTATION_OPTIONAL_LIBRARIES"] == "1"
+            assert os.environ["OMP_NUM_THREADS"] == os.environ["OPENBLAS_NUM_THREADS"] == "1"
+            assert add(2, 3) == 5
+    """)
+    out = tmp_path / "verdicts.json"
+    proc = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "fakepkg.mod.x_add__mutmut_[12]", "-t",
+                           "tests/test_mod.py", "--optional-libraries", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert json.loads(out.read_text()) == {"fakepkg.mod.x_add__mutmut_1": "killed",
+                                           "fakepkg.mod.x_add__mutmut_2": "survived"}
+    assert "a forked child per mutant, torch and JAX importable, one thread" in proc.stdout
+
+
+def test_optional_libraries_refuses_a_parent_with_a_second_thread(tmp_path):
+    # a test module that starts a thread when collected: forking would copy its locks
+    _folder(tmp_path, """
+        import threading, time
+        from fakepkg.mod import add
+
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+
+        def test_add():
+            assert add(2, 3) == 5
+    """)
+    proc = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "fakepkg.mod.x_add__mutmut_1", "-t",
+                           "tests/test_mod.py", "--optional-libraries"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "--optional-libraries: 2 threads after importing and collecting the tests" in proc.stderr

@@ -2,7 +2,7 @@
 
     python tools/mutant_check.py mutants "refprune.conformance.optimizer_quantities.*" \\
         -t tests/test_optimizer_quantities.py tests/test_optimizer_quantities_mutants.py
-    python tools/mutant_check.py mutants "refprune.bridges.*" -t tests/test_bridges.py --fresh-process
+    python tools/mutant_check.py mutants "refprune.bridges.*" -t tests/test_bridges.py --optional-libraries
     python tools/mutant_check.py mutants "refprune.nested.*" --mapped --tests-from . --json out.json
     python tools/mutant_check.py mutants --rerun out.json --status survived -t tests/test_new.py
 
@@ -40,10 +40,19 @@ How a verdict relates to mutmut's (docs/testing.md, "Mutation testing"):
   example database entry) can differ.  As under mutmut, the optional libraries that start
   threads (torch, JAX, dask, Zarr) are absent then (``tests/conftest.py``).
 - ``--fresh-process`` starts a new interpreter for each mutant instead (imports, then the
-  switch, then pytest) and sets ``REFPRUNE_MUTATION_FRESH_PROCESS=1``, under which
+  switch, then pytest) and sets ``REFPRUNE_MUTATION_OPTIONAL_LIBRARIES=1``, under which
   ``tests/conftest.py`` leaves torch and JAX importable: the tests that skip under mutmut
   (``tests/test_bridges.py``, the torch cross-checks) run.  These verdicts are ones mutmut
   cannot give; count them apart.
+- ``--optional-libraries`` gives the same verdicts as ``--fresh-process`` for a fraction of
+  its time (no interpreter start and no torch import per mutant): it sets the same variable
+  and keeps forking, from a parent that imported torch and JAX while collecting the tests.
+  A lock held by another thread at the fork stays held in the child: OpenBLAS guards its
+  pool at a fork, but torch's OpenMP pool and JAX's are not guarded.  The parent therefore sets ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and
+  ``OPENBLAS_NUM_THREADS`` to 1 before any import (torch and OpenBLAS then start no
+  thread pool; JAX starts its own only at its first computation, which the tests run in
+  the children) and stops, naming the count, if it has more than one thread after the
+  collection.  The tests therefore run single-threaded.
 - ``--tests-from DIR`` first copies ``DIR/tests/*.py`` over the folder's ``tests/`` (the
   files that differ are named), so that new tests can be checked before a mutmut run.  It
   changes the mutants folder: use a copy of it, never the folder of a running mutmut.
@@ -71,7 +80,8 @@ from pathlib import Path
 # pytest's exit codes: 0 all passed, 1 a test failed, 2 interrupted (a collection error), 3 internal error, 5 none ran
 _VERDICT = {0: "survived", 1: "killed", 3: "killed", 5: "no tests"}
 _TABLE_ENTRY = re.compile(r"^\s*mutants_\S+\[['\"](x\S+__mutmut_\d+)['\"]\]\s*=", re.M)
-_FRESH_ENV = "REFPRUNE_MUTATION_FRESH_PROCESS"
+_OPTIONAL_ENV = "REFPRUNE_MUTATION_OPTIONAL_LIBRARIES"
+_ONE_THREAD = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def list_mutants(mutants):
@@ -156,11 +166,12 @@ def changed_lines(mutants, name):
 
 class Runner:
     """Runs the tests under one mutant at a time, in a forked child (default) or a new
-    interpreter (``fresh=True``); see the module docstring."""
+    interpreter (``fresh=True``); ``optional=True`` forks with torch and JAX importable.
+    See the module docstring."""
 
-    def __init__(self, mutants, fresh=False, verbose=False):
+    def __init__(self, mutants, fresh=False, optional=False, verbose=False):
         self.mutants = Path(mutants).resolve()
-        self.fresh, self.verbose = fresh, verbose
+        self.fresh, self.optional, self.verbose = fresh, optional, verbose
         self.args = pytest_args(self.mutants)
         self.modules = set()
 
@@ -171,6 +182,10 @@ class Runner:
         self.modules = sorted({n.rsplit(".", 1)[0] for n in names})
         if self.fresh:
             return
+        if self.optional:
+            os.environ[_OPTIONAL_ENV] = "1"
+            for var in _ONE_THREAD:
+                os.environ[var] = "1"
         os.chdir(self.mutants)
         sys.path.insert(0, str(self.mutants))
         import importlib
@@ -187,6 +202,10 @@ class Runner:
                 pytest.main(["--collect-only", "-qq"] + self.args + list(tests))
             finally:
                 sys.stdout, sys.stderr = out, err
+        threads = threads_of_this_process() if self.optional else 1
+        if threads != 1:
+            raise SystemExit(f"mutant_check: --optional-libraries: {threads} threads after importing and collecting "
+                             "the tests; a forked child could hang on a lock another thread held (use --fresh-process)")
 
     def run(self, mutant, tests, cpu_limit=None):
         """``(verdict, exit code, CPU seconds, wall seconds)`` of the tests under ``mutant``
@@ -247,7 +266,7 @@ class Runner:
                   "if spec['mutant']: t.set_mutant_under_test(spec['mutant'])\n"
                   "sys.exit(int(pytest.main(spec['args'])))\n")
         spec = json.dumps(dict(modules=self.modules, mutant=mutant, args=self.args + list(tests)))
-        env = dict(os.environ, **{_FRESH_ENV: "1"})
+        env = dict(os.environ, **{_OPTIONAL_ENV: "1"})
         env.pop("MUTANT_UNDER_TEST", None)
 
         def limits():
@@ -259,6 +278,14 @@ class Runner:
         proc = subprocess.Popen([sys.executable, "-c", driver, spec], cwd=self.mutants, env=env, stdout=out,
                                 stderr=out, preexec_fn=limits)
         return proc.pid
+
+
+def threads_of_this_process():
+    """The process's thread count as Linux counts it (``/proc/self/task``); None elsewhere."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
 
 
 def mapped_tests(mutants, names):
@@ -279,6 +306,8 @@ def main(argv=None):
     p.add_argument("-t", "--tests", nargs="+", default=[], help="test files or node ids, relative to the folder")
     p.add_argument("--mapped", action="store_true", help="add the tests mutmut maps to each mutant's function")
     p.add_argument("--fresh-process", action="store_true", help="a new interpreter per mutant (torch and JAX importable)")
+    p.add_argument("--optional-libraries", action="store_true",
+                   help="forked children, torch and JAX importable, one thread (--fresh-process's verdicts, faster)")
     p.add_argument("--tests-from", metavar="DIR", help="copy DIR/tests/*.py into the folder first")
     p.add_argument("--cpu-limit", type=float, help="CPU seconds per mutant (default from the unmutated run)")
     p.add_argument("--rerun", metavar="JSON", help="take the mutants from an earlier --json output")
@@ -309,8 +338,12 @@ def main(argv=None):
     if a.tests_from:
         changed = copy_tests(a.tests_from, mutants)
         print(f"copied into {mutants / 'tests'}: {', '.join(changed) or 'nothing changed'}")
-    if a.fresh_process and _FRESH_ENV not in (mutants / "tests" / "conftest.py").read_text(encoding="utf-8"):
-        p.error(f"--fresh-process: {mutants}/tests/conftest.py does not read {_FRESH_ENV}, so torch and JAX would "
+    if a.fresh_process and a.optional_libraries:
+        p.error("--fresh-process and --optional-libraries: choose one")
+    wants_optional = a.fresh_process or a.optional_libraries
+    if wants_optional and _OPTIONAL_ENV not in (mutants / "tests" / "conftest.py").read_text(encoding="utf-8"):
+        flag = "--fresh-process" if a.fresh_process else "--optional-libraries"
+        p.error(f"{flag}: {mutants}/tests/conftest.py does not read {_OPTIONAL_ENV}, so torch and JAX would "
                 "stay absent; copy newer tests in with --tests-from")
     mapped = mapped_tests(mutants, names) if a.mapped else {}
     tests_of = {n: list(dict.fromkeys(a.tests + mapped.get(function_of(n), []))) for n in names}
@@ -318,7 +351,7 @@ def main(argv=None):
     if not every:
         p.error("no tests: give -t or --mapped")
 
-    runner = Runner(mutants, fresh=a.fresh_process, verbose=a.verbose)
+    runner = Runner(mutants, fresh=a.fresh_process, optional=a.optional_libraries, verbose=a.verbose)
     runner.prepare(names, every)
     verdict, code, cpu, wall = runner.run(None, every)
     print(f"unmutated run of {len(every)} test paths: exit {code}, {cpu:.1f} s CPU, {wall:.1f} s")
@@ -327,7 +360,8 @@ def main(argv=None):
         return 2
     limit = a.cpu_limit if a.cpu_limit is not None else math.ceil((cpu + 1) * 4 * 2)
     print(f"{len(names)} mutants, CPU-time limit {limit} s each, "
-          f"{'a new interpreter' if a.fresh_process else 'a forked child'} per mutant")
+          f"{'a new interpreter' if a.fresh_process else 'a forked child'} per mutant"
+          + (", torch and JAX importable, one thread" if a.optional_libraries else ""))
 
     results, start = {}, time.monotonic()
     for i, n in enumerate(names, 1):
