@@ -491,3 +491,287 @@ def test_without_record_locks_the_driver_writes_a_zarr_array(tmp_path, monkeypat
     assert not store.workers_can_write(z)
     out = np.lib.format.open_memmap(str(tmp_path / "m.npy"), mode="w+", dtype=np.float64, shape=(4, 4))
     assert store.workers_can_write(out)
+
+
+# ---- parse_record: every defect of a record named in full ---------------------------
+
+_D = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
+
+
+def _good():
+    """Two layers of a 4 x 4 matrix: columns 0:2 in blocks of one row each (with mirrors),
+    columns 2:4 in one block (the last layer: no mirror), b1 not written yet."""
+    return record(4, {"b0": (0, 2, [(0, 1)], _D[0], _D[1]), "b1": (0, 2, [(1, 2)], None, None),
+                      "b2": (2, 4, [(2, 4)], _D[2], None)}, matrix="ggn", fingerprint="f" * 64)
+
+
+def _edit(change):
+    def make():
+        r = _good()
+        change(r)
+        return r
+    return make
+
+
+def _block(key, **fields):
+    return _edit(lambda r: r["blocks"][key].update(fields))
+
+
+_ALL_KEYS = "format, version, matrix, n, fingerprint, complete, blocks"
+_RECORD_DEFECTS = {
+    "JSON syntax": (lambda: "{not json", "is not valid JSON (Expecting property name enclosed in double quotes at "
+                                         "line 1 column 2); it is not trusted"),
+    "bytes not UTF-8": (lambda: b"\xff{}", "is not valid JSON ('utf-8' codec can't decode byte 0xff in position 0: "
+                                           "invalid start byte); it is not trusted"),
+    "a list": (lambda: [_good()], f"is not a refprune block record (a JSON object with the keys {_ALL_KEYS}), got list"),
+    "JSON text of a number": (lambda: "3", f"is not a refprune block record (a JSON object with the keys {_ALL_KEYS}), "
+                                           "got int"),
+    "version 1": (lambda: {"fingerprint": "0", "done": {}}, "is of version 1, which did not record the mirrored "
+                                                             "blocks; it is not trusted: compute the matrix again"),
+    "two keys missing": (_edit(lambda r: [r.pop("n"), r.pop("format")]), "is not a refprune block record: it lacks "
+                                                                          "the keys format, n"),
+    "unknown keys": (_edit(lambda r: r.update({"zeta": 1, 7: 2})), "is not a refprune block record: it has unknown "
+                                                                    "keys 7, zeta"),
+    "missing and unknown": (_edit(lambda r: [r.pop("blocks"), r.update(extra=0)]), "is not a refprune block record: "
+                            "it lacks the keys blocks; it has unknown keys extra"),
+    "another format": (_edit(lambda r: r.update(format="x")), "is format 'x' version 2; this refprune reads "
+                                                              "'refprune block record' version 2"),
+    "another version": (_edit(lambda r: r.update(version="3")), "is format 'refprune block record' version '3'; this "
+                                                                "refprune reads 'refprune block record' version 2"),
+    "n text": (_edit(lambda r: r.update(n="4")), "is damaged: n must be a positive int, got '4'"),
+    "n bool": (_edit(lambda r: r.update(n=True)), "is damaged: n must be a positive int, got True"),
+    "n zero": (_edit(lambda r: r.update(n=0)), "is damaged: n must be a positive int, got 0"),
+    "matrix not a name": (_edit(lambda r: r.update(matrix=3)), "is damaged: matrix must be a name, got 3"),
+    "fingerprint short": (_edit(lambda r: r.update(fingerprint="f" * 63)), "is damaged: fingerprint must be 64 "
+                                                                           "hexadecimal digits"),
+    "fingerprint upper case": (_edit(lambda r: r.update(fingerprint="F" * 64)), "is damaged: fingerprint must be 64 "
+                                                                                "hexadecimal digits"),
+    "fingerprint a number": (_edit(lambda r: r.update(fingerprint=5)), "is damaged: fingerprint must be 64 "
+                                                                       "hexadecimal digits"),
+    "complete 1": (_edit(lambda r: r.update(complete=1)), "is damaged: complete must be true or false, got 1"),
+    "blocks empty": (_edit(lambda r: r.update(blocks={})), "is damaged: blocks must be a non-empty object"),
+    "blocks a list": (_edit(lambda r: r.update(blocks=[1])), "is damaged: blocks must be a non-empty object"),
+}
+_BLOCK_KEYS_TEXT = "must have exactly the keys rows, column_start, layer_end, digest, mirror_digest"
+_COLUMNS = "column_start and layer_end must satisfy 0 <= column_start < layer_end <= 4"
+_BLOCK_DEFECTS = {
+    "a block not an object": (_edit(lambda r: r["blocks"].update(b1=[0, 2])), f"block 'b1' {_BLOCK_KEYS_TEXT}"),
+    "a block with an extra key": (_block("b1", size=1), f"block 'b1' {_BLOCK_KEYS_TEXT}"),
+    "a block without a key": (_edit(lambda r: r["blocks"]["b2"].pop("digest")), f"block 'b2' {_BLOCK_KEYS_TEXT}"),
+    "start = end": (_block("b2", column_start=4), f"block 'b2': {_COLUMNS}"),
+    "start negative": (_block("b0", column_start=-1), f"block 'b0': {_COLUMNS}"),
+    "end past n": (_block("b2", layer_end=5), f"block 'b2': {_COLUMNS}"),
+    "end a bool": (_block("b0", layer_end=True), f"block 'b0': {_COLUMNS}"),
+    "start text": (_block("b0", column_start="0"), f"block 'b0': {_COLUMNS}"),
+    "rows empty": (_block("b1", rows=[]), "block 'b1': rows must be [start, stop] pairs within [0, 2)"),
+    "rows a pair, not a list of pairs": (_block("b1", rows=[1, 2]), "block 'b1': rows must be [start, stop] pairs "
+                                                                    "within [0, 2)"),
+    "rows of three": (_block("b1", rows=[[1, 2, 3]]), "block 'b1': rows must be [start, stop] pairs within [0, 2)"),
+    "rows of one": (_block("b1", rows=[[1]]), "block 'b1': rows must be [start, stop] pairs within [0, 2)"),
+    "rows before the layer": (_block("b2", rows=[[1, 4]]), "block 'b2': rows must be [start, stop] pairs within "
+                                                           "[2, 4)"),
+    "rows past the layer": (_block("b1", rows=[[1, 3]]), "block 'b1': rows must be [start, stop] pairs within [0, 2)"),
+    "rows empty range": (_block("b1", rows=[[1, 1]]), "block 'b1': rows must be [start, stop] pairs within [0, 2)"),
+    "rows as text": (_block("b1", rows="1:2"), "block 'b1': rows must be [start, stop] pairs within [0, 2)"),
+    "rows with a bool": (_block("b0", rows=[[False, 1]]), "block 'b0': rows must be [start, stop] pairs within "
+                                                          "[0, 2)"),
+    "second rows pair bad": (_block("b0", rows=[[0, 1], [1, 9]]), "block 'b0': rows must be [start, stop] pairs "
+                                                                  "within [0, 2)"),
+    "digest short": (_block("b0", digest="a" * 63), "block 'b0': digest must be null or 64 hexadecimal digits"),
+    "mirror digest a number": (_block("b0", mirror_digest=1), "block 'b0': mirror_digest must be null or 64 "
+                                                              "hexadecimal digits"),
+    "mirror digest missing": (_block("b0", mirror_digest=None), "block 'b0': a mirror digest belongs to every block "
+                                                                "but the last layer's"),
+    "mirror digest on the last layer": (_block("b2", mirror_digest=_D[3]), "block 'b2': a mirror digest belongs to "
+                                                                           "every block but the last layer's"),
+    "layers with a gap": (_edit(lambda r: r["blocks"].update(b2=dict(r["blocks"]["b2"], column_start=3, rows=[[3, 4]]))),
+                          "the layers do not follow each other: one starts at column 3, expected 2"),
+    "a layer's rows overlap": (_block("b1", rows=[[0, 2]]), "the blocks of the layer at columns 0:2 do not cover its "
+                                                            "rows once (at row 1)"),
+    "a layer's rows stop short": (_edit(lambda r: r["blocks"].pop("b1")), "the blocks of the layer at columns 0:2 "
+                                                                          "stop at row 1"),
+    "the last layer is missing": (_edit(lambda r: r["blocks"].pop("b2")), "the blocks stop at row 2 of 4"),
+    "the first layer starts late": (_edit(lambda r: [r["blocks"].pop("b0"), r["blocks"].pop("b1")]),
+                                    "the layers do not follow each other: one starts at column 2, expected 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(_RECORD_DEFECTS) + list(_BLOCK_DEFECTS))
+def test_parse_record_names_every_defect_in_full(case):
+    make, text = {**_RECORD_DEFECTS, **_BLOCK_DEFECTS}[case]
+    where = "is damaged: " if case in _BLOCK_DEFECTS else ""
+    _raises_exactly(store.IncompleteResultError, f"test: the record R {where}{text}",
+                    lambda: store.parse_record(make(), "R", "test"))
+
+
+def test_parse_record_of_another_size_and_a_good_record():
+    text = json.dumps(_good())
+    _raises_exactly(store.IncompleteResultError, "test: the record R is damaged: it is for a 4 x 4 matrix, the store "
+                    "holds 5 x 5", lambda: store.parse_record(text, "R", "test", n=5))
+    want = dict(matrix="ggn", n=4, fingerprint="f" * 64, complete=False,
+                layout={"b0": (0, 2, [(0, 1)]), "b1": (0, 2, [(1, 2)]), "b2": (2, 4, [(2, 4)])},
+                digests={"b0": (_D[0], _D[1]), "b1": None, "b2": (_D[2], None)})
+    for raw in (text, text.encode(), _good()):  # a record file's text or bytes, or a Zarr array's attributes
+        assert store.parse_record(raw, "R", "test", n=4) == want
+        assert store.parse_record(raw, "R", "test") == want
+
+
+# ---- the rest of the store's contract, each part against a hand-made case -------------
+
+
+def test_a_read_only_store_is_refused_naming_its_type():
+    z = FakeZarr("unused", 3, (2, 2))
+    assert store.check_store(z, 3, "ggn") is z  # no read_only attribute: writable
+    z.read_only = False
+    assert store.check_store(z, 3, "ggn") is z
+    z.read_only = True
+    _raises_exactly(ValueError, "ggn: out is a read-only FakeZarr (opened with mode 'r'); open it with mode 'r+' or "
+                    "'a' to write the matrix into it", lambda: store.check_store(z, 3, "ggn"))
+
+
+def test_the_fingerprint_hashes_each_part_s_dtype_shape_and_bytes():
+    a = np.arange(4.0).reshape(2, 2)
+    text = repr(("ggn", 3)).encode()
+    want = hashlib.sha256(b"float64(2, 2)" + a.tobytes() + f"uint8({len(text)},)".encode() + text).hexdigest()
+    assert store.fingerprint(a, ("ggn", 3)) == want
+    # the same bytes as another dtype or shape are another computation
+    zeros = np.zeros(2)
+    assert len({store.fingerprint(zeros), store.fingerprint(zeros.astype(np.int64)),
+                store.fingerprint(zeros.reshape(1, 2))}) == 3
+
+
+class _Unit:
+    """What ``_bands`` reads of a :class:`store._ChunkLocks`: its chunk shape."""
+    unit = (2, 3)
+
+
+def test_bands_take_the_locks_of_the_chunks_the_columns_meet_only():
+    # rows 1:6 and columns 4:8 of chunks of 2 x 3: chunk rows 0, 1, 2 and chunk columns 1, 2
+    got = [(a, b, held.i, list(held.columns)) for a, b, held in store._bands(1, 6, 4, 8, _Unit())]
+    assert got == [(1, 2, 0, [1, 2]), (2, 4, 1, [1, 2]), (4, 6, 2, [1, 2])]
+    assert [list(h.columns) for _, _, h in store._bands(0, 2, 3, 6, _Unit())] == [[1]]
+
+
+def test_write_block_writes_each_row_range_and_its_mirror():
+    # a layer at columns 1:5 of a 7 x 7 matrix, three row ranges of unequal length
+    out = np.zeros((7, 7))
+    block = np.arange(4 * 6, dtype=np.float64).reshape(4, 6) + 1.0  # rows 1, 2, 3 and 4 of columns 1:7
+    store.write_block(out, 1, 5, [(1, 2), (2, 4), (4, 5)], block)
+    want = np.zeros((7, 7))
+    for k, row in enumerate((1, 2, 3, 4)):
+        want[row, 1:] = block[k]
+        want[5:, row] = block[k, 4:]  # the mirror below the layer
+    assert np.array_equal(out, want)
+    last = np.zeros((7, 7))
+    store.write_block(last, 5, 7, [(5, 7)], np.ones((2, 2)))
+    assert last.sum() == 4 and (last[5:, 5:] == 1).all()  # the last layer has no mirror
+
+
+def _small_hessian():
+    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 2))
+    params = model.init(0)
+    X = np.random.default_rng(1).normal(size=(5, 3))
+    y = np.array([0, 1, 1, 0, 1])
+    return (model, params, X, y, rp.CrossEntropyLoss()), sum(p.size for p in params)
+
+
+def _warned_by_this_line(call):
+    """The RuntimeWarnings of ``call`` as (message, file, line), and its result."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call()
+    return [(str(w.message), w.filename, w.lineno) for w in caught if w.category is RuntimeWarning], result
+
+
+def _user_line(call):
+    """The line inside ``call`` (a function whose body is one ``return``) that calls refprune."""
+    return __file__, call.__code__.co_firstlineno + 1
+
+
+@pytest.fixture
+def package_frames(monkeypatch):
+    """Under mutmut every function runs inside the tool's trampoline frames, which count as
+    the library's own for the warning's attribution."""
+    import sys
+
+    from refprune import user_warnings
+
+    if "mutmut" in sys.modules:
+        tool = os.path.dirname(sys.modules["mutmut"].__file__) + os.sep
+        monkeypatch.setattr(user_warnings, "PACKAGE", user_warnings.PACKAGE + (tool,))
+
+
+@pytest.mark.parametrize("damage", ["bytes", "size"])
+def test_a_restart_names_an_untrusted_record_file_at_the_caller_s_line(tmp_path, damage, package_frames):
+    args, n = _small_hessian()
+    H = rp.hessian(*args)
+    path = tmp_path / "h.npy"
+    out = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float64, shape=(n, n))
+    rp.hessian(*args, out=out)
+    rec = tmp_path / "h.npy.refprune.json"
+    if damage == "bytes":
+        rec.write_bytes(b"\xff")
+        why = "is not valid JSON ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte); it is not trusted"
+    else:
+        r = json.loads(rec.read_text())
+        r["n"] = n + 1
+        rec.write_text(json.dumps(r))
+        why = f"is damaged: it is for a {n + 1} x {n + 1} matrix, the store holds {n} x {n}"
+    out[:] = 0.0
+
+    def call():
+        return rp.hessian(*args, out=out)
+    got, result = _warned_by_this_line(call)
+    assert got == [(f"hessian: the record {rec} {why}; every block is computed again", *_user_line(call))]
+    assert np.array_equal(result, H)
+
+
+def test_a_restart_names_a_stand_in_array_s_record_by_its_type(tmp_path, package_frames):
+    args, n = _small_hessian()
+    z = FakeZarr(str(tmp_path), n, (8, 8))
+    rp.hessian(*args, out=z)
+    fp = z.attrs["refprune"]["fingerprint"]
+    z.attrs["refprune"] = {"x": 1}
+
+    def damaged():
+        return rp.hessian(*args, out=z)
+    got, _ = _warned_by_this_line(damaged)
+    assert got == [("hessian: the record the FakeZarr's attrs['refprune'] is not a refprune block record: it lacks "
+                    f"the keys {_ALL_KEYS}; it has unknown keys x; every block is computed again", *_user_line(damaged))]
+    assert z.attrs["refprune"]["fingerprint"] == fp and z.attrs["refprune"]["complete"] is True
+
+    def other():
+        return rp.ggn(*args, out=z)
+    got, _ = _warned_by_this_line(other)
+    assert got == [("ggn: the record in the FakeZarr's attrs['refprune'] is for another computation (other model, "
+                    "parameters, data, loss, Monte Carlo targets, block_rows or shards); every block is computed "
+                    "again", *_user_line(other))]
+
+
+def test_the_driver_refuses_a_store_that_does_not_keep_a_block(tmp_path):
+    z = Forgetful(str(tmp_path), 4, (2, 2))
+    rec = store.BlockRecord(z, "e" * 64, "ggn", {"b0": (0, 2, [(0, 1)]), "b1": (0, 2, [(1, 2)]),
+                                                  "b2": (2, 4, [(2, 4)])})
+    block = np.ones((1, 4))
+    store.write_block(z, 0, 2, [(1, 2)], block)
+    _raises_exactly(ValueError, "ggn: the store did not keep the bytes written to b1 (rows 1:2) (the Forgetful's "
+                    "attrs['refprune'])", lambda: rec.mark("b1", block))
+
+
+def test_the_record_is_complete_only_when_finished(tmp_path):
+    out = np.lib.format.open_memmap(str(tmp_path / "h.npy"), mode="w+", dtype=np.float64, shape=(4, 4))
+    layout = {"b0": (0, 2, [(0, 2)]), "b1": (2, 4, [(2, 4)])}
+    rec = store.BlockRecord(out, "e" * 64, "ggn", layout)
+
+    def saved():
+        return json.loads((tmp_path / "h.npy.refprune.json").read_text())
+    rec.begin()
+    assert saved()["complete"] is False
+    out[:] = np.arange(16.0).reshape(4, 4)
+    rec.mark_written("b0", store.block_digests(out, 0, 2, [(0, 2)]), verify=True, lock=None)
+    assert saved()["complete"] is False and saved()["blocks"]["b0"]["digest"] == sha(out[0:2, 0:])
+    rec.mark("b1", np.array(out[2:4, 2:]))
+    assert saved()["complete"] is False and saved()["blocks"]["b1"]["digest"] == sha(out[2:4, 2:])
+    assert rec.finish() is True and saved()["complete"] is True

@@ -114,10 +114,10 @@ def test_suggested_damping_is_tiny_but_positive_for_zero():
 def test_pruning_warnings_point_at_the_caller_s_own_line(monkeypatch):
     if "mutmut" in sys.modules:
         # mutation testing wraps every function in the tool's own frames: they count as the library's
-        from refprune.pruning import records
+        from refprune import user_warnings
 
         tool = os.path.dirname(sys.modules["mutmut"].__file__) + os.sep
-        monkeypatch.setattr(records, "_PACKAGE", records._PACKAGE + (tool,))
+        monkeypatch.setattr(user_warnings, "PACKAGE", user_warnings.PACKAGE + (tool,))
     args = small_mlp()
     for call in (lambda: rp.prune(*args, method="obs", curvature="hessian", indefinite="damp", count=2, damping=1e-3),
                  lambda: rp.prune(*args, method="obs", curvature="hessian", indefinite="abs", count=2, damping=1e-3),

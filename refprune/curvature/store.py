@@ -22,9 +22,10 @@ import json
 import mmap as _mmap
 import os
 import re
-import warnings
 
 import numpy as np
+
+from .. import user_warnings
 
 FORMAT = "refprune block record"
 VERSION = 2
@@ -242,12 +243,6 @@ def _check_tiling(layout, n, fail):
         fail(f"the blocks stop at row {at} of {n}")
 
 
-def _store_label(out):
-    if isinstance(out, np.memmap) and out.filename:
-        return os.fspath(out.filename)
-    return f"the {type(out).__name__}'s attrs['refprune']"
-
-
 class BlockRecord:
     """Which blocks of a computation a store holds, with a digest of each block's rows and
     of its mirror.
@@ -264,16 +259,15 @@ class BlockRecord:
         memmap_file = isinstance(out, np.memmap) and out.filename
         self.path = (os.fspath(out.filename) + ".refprune.json") if memmap_file else None
         self.persistent = self.path is not None or is_array_store(out)
-        self.label = self.path if self.path is not None else _store_label(out)
+        self.label = self.path if self.path is not None else f"the {type(out).__name__}'s attrs['refprune']"
         self.done = {}
         saved = self._load() if self.persistent else None
         if saved is not None and saved["fingerprint"] != fp:
             # a restart with other data, parameters, loss, block_rows or shards: nothing
             # recorded can be reused, and the caller may have expected otherwise
-            warnings.warn(f"{name}: the record in {self.label} is for another computation (other model, "
+            user_warnings.warn(f"{name}: the record in {self.label} is for another computation (other model, "
                           "parameters, data, loss, Monte Carlo targets, block_rows or shards); every block is "
-                          "computed again",
-                          RuntimeWarning, stacklevel=4)
+                          "computed again", RuntimeWarning)
         elif saved is not None:
             for key, d in saved["digests"].items():
                 if d is not None and saved["layout"].get(key) == self._geometry(key):
@@ -296,10 +290,10 @@ class BlockRecord:
         try:
             return parse_record(raw, self.label, self.name, n=self.out.shape[0])
         except IncompleteResultError as err:
-            warnings.warn(f"{err}; every block is computed again", RuntimeWarning, stacklevel=4)
+            user_warnings.warn(f"{err}; every block is computed again", RuntimeWarning)
             return None
 
-    def _save(self, complete=False):
+    def _save(self, complete):
         if not self.persistent:
             return
         blocks = {}
@@ -349,7 +343,7 @@ class BlockRecord:
         self.done[key] = got
         self._save(complete=False)
 
-    def mark_written(self, key, digests, verify=False, lock=None):
+    def mark_written(self, key, digests, verify, lock):
         """Record block ``key`` as written by a worker, which read its rows and mirror back
         and sent their ``digests``; with ``verify`` the driver reads them back too (a store
         that the workers see but the driver does not, e.g. a path on another machine's

@@ -1,12 +1,10 @@
 """What a pruning run reports: one :class:`PruneStep` per round and a :class:`PruneResult`."""
 
-import os
-import sys
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import user_warnings
 from ..derivatives import loss as loss_value
 from ..params import flatten_params, unflatten_params
 from ..training import train
@@ -70,17 +68,9 @@ class PruningWarning(UserWarning):
     """A pruning request that removed nothing, or a prediction not to be trusted."""
 
 
-#: where the library's own frames come from (a tuple, as ``str.startswith`` takes it)
-_PACKAGE = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
-
-
 def warn(message):
-    """Issue a :class:`PruningWarning` attributed to the first caller outside refprune,
-    so that the warning names the user's line however deep inside it was raised."""
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, PruningWarning, stacklevel=level)
+    """Issue a :class:`PruningWarning` attributed to the first caller outside refprune."""
+    user_warnings.warn(message, PruningWarning)
 
 
 def evaluate(model, theta, X, y, loss, weight_decay=0.0):
