@@ -88,8 +88,6 @@ def _conv(name, m):
         if padding != "valid":
             _refuse(name, m, f"padding={padding!r}", "give the padding as numbers")
         padding = (0, 0)
-    if getattr(m, "output_padding", (0, 0)) not in ((0, 0), 0) or getattr(m, "transposed", False):
-        _refuse(name, m, "a transposed convolution", "only Conv2d")
     return nn.Conv2d(m.in_channels, m.out_channels, tuple(m.kernel_size), stride=tuple(_pair(m.stride)),
                      padding=tuple(_pair(padding)), bias=m.bias is not None)
 
