@@ -775,3 +775,41 @@ def test_the_record_is_complete_only_when_finished(tmp_path):
     rec.mark("b1", np.array(out[2:4, 2:]))
     assert saved()["complete"] is False and saved()["blocks"]["b1"]["digest"] == sha(out[2:4, 2:])
     assert rec.finish() is True and saved()["complete"] is True
+
+
+def test_a_record_verifies_what_it_keeps_and_forgets_on_request(tmp_path):
+    out = np.lib.format.open_memmap(str(tmp_path / "h.npy"), mode="w+", dtype=np.float64, shape=(4, 4))
+    out[:] = np.arange(16.0).reshape(4, 4)
+    layout = {"b0": (0, 2, [(0, 2)]), "b1": (2, 4, [(2, 4)])}
+    rec = store.BlockRecord(out, "e" * 64, "ggn", layout)
+    label = f"{tmp_path / 'h.npy'}.refprune.json"
+    _raises_exactly(ValueError, f"ggn: the block b1 (rows 2:4) that a worker wrote is not in the store as the driver "
+                    f"reads it ({label}): do the workers write the same file or directory as this process?",
+                    lambda: rec.mark_written("b1", ("0" * 64, None), verify=True, lock=None))
+    rec.mark_from_store()
+    assert rec.is_done("b0") and rec.is_done("b1")
+    out[3, 1] = -1.0  # in b0's mirror (rows 2:4 of columns 0:2)
+    assert not rec.is_done("b0") and "b0" not in rec.done and rec.is_done("b1")
+    rec.mark_from_store()
+    rec.begin()  # keeps the verified blocks
+    assert [b["digest"] is not None for b in json.loads(open(label).read())["blocks"].values()] == [True, True]
+    rec.begin(keep=False)
+    assert rec.done == {} and [b["digest"] for b in json.loads(open(label).read())["blocks"].values()] == [None, None]
+
+
+def test_a_writer_refuses_a_memmap_its_workers_cannot_reopen_in_full(tmp_path):
+    path = tmp_path / "h.npy"
+    out = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float64, shape=(4, 4))
+    view = ("hessian: out is a view of a numpy.memmap of {}, which workers cannot reopen by its file name; pass the "
+            "numpy.memmap of the whole matrix (numpy.lib.format.open_memmap(path, mode='w+', ...) or numpy.load(path, "
+            "mmap_mode='r+'))").format(path)
+    # rows 1:3 are contiguous but not the file's whole map; columns 0:2 are neither
+    for part in (out[1:3], out[:, :2]):
+        _raises_exactly(ValueError, view, lambda: store.BlockWriter(part, "hessian"))
+    del out
+    cow = np.load(str(path), mmap_mode="c")
+    _raises_exactly(ValueError, f"ggn: out is a copy-on-write numpy.memmap (mode 'c') of {path}: what it holds never "
+                    "reaches the file, which the workers write; open it with mode 'r+'",
+                    lambda: store.BlockWriter(cow, "ggn"))
+    w = store.BlockWriter(np.load(str(path), mmap_mode="r+"), "ggn")
+    assert (w.file, w.n, w.lock) == (str(path), 4, None) and w.offset > 0
