@@ -343,3 +343,23 @@ def test_torch_hessian_is_refprune_s_hessian():
         np.testing.assert_allclose(H, rp.hessian(model, params, X, y, loss), rtol=1e-11, atol=1e-13)
     with pytest.raises(ValueError, match=re.escape("X contains 15 NaN or inf")):
         tb.torch_hessian(model, params, np.full((5, 3), np.nan), y, rp.MSELoss())
+
+
+@pytest.mark.parametrize("cls", [tnn.AvgPool2d, tnn.MaxPool2d])
+def test_a_pool_whose_stride_was_set_to_none_strides_by_its_window(cls):
+    # torch's constructors turn stride=None into the kernel size, but the attribute can be
+    # set afterwards, and the functional pooling then strides by the window too
+    m = cls(2)
+    m.stride = None
+    X = torch.randn(2, 1, 4, 6, dtype=torch.float64)
+    model, params = rp.from_torch(tnn.Sequential(m))
+    np.testing.assert_allclose(model(params, X.numpy()), m(X).numpy(), rtol=1e-15)
+
+
+def test_only_torch_compile_s_wrapper_is_unwrapped():
+    # a module of the name torch.compile stores its original under is not a compiled network
+    inner = tnn.Linear(2, 3)
+    net = tnn.Sequential(OrderedDict(_orig_mod=inner, act=tnn.Tanh()))
+    model, params = rp.from_torch(net)
+    assert [type(layer).__name__ for layer in model] == ["Linear", "Tanh"]
+    assert np.array_equal(params[0], inner.weight.detach().numpy())

@@ -108,7 +108,7 @@ def _pool(name, m, cls):
             _refuse(name, m, f"dilation={m.dilation}", "only dilation 1")
         if m.return_indices:
             _refuse(name, m, "return_indices=True", "a layer returns one array")
-    elif getattr(m, "divisor_override", None) is not None:
+    elif m.divisor_override is not None:  # torch.nn.AvgPool2d has it since torch 1.2
         _refuse(name, m, f"divisor_override={m.divisor_override}", "the mean over the window")
     return cls(int(k[0]))
 
