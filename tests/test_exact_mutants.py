@@ -592,3 +592,29 @@ def test_one_shard_submits_every_block_at_once_several_keep_a_window(tmp_path, m
     assert seen == [(True, window)]
     err = capsys.readouterr().err.splitlines()  # progress asked for: a line per block
     assert len(err) == len(exact._param_layers(args[0])) and all(line.startswith("hessian: ") for line in err)
+
+
+@pytest.mark.parametrize("curvature", ["fisher", "mc_fisher", "empirical_fisher"])
+def test_fisher_s_refusals_name_the_call_and_its_curvature(curvature):
+    """``mc_fisher`` and ``empirical_fisher`` are choices of ``refprune.fisher``, not
+    functions: its refusals name ``fisher(curvature=...)``."""
+    model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 3))
+    params, X, y = model.init(0), np.ones((5, 3)), np.array([0, 1, 2, 0, 1])
+    where = "fisher" if curvature == "fisher" else f"fisher(curvature={curvature!r})"
+
+    def call(**kw):
+        return lambda: rp.fisher(model, params, X, y, rp.CrossEntropyLoss(), curvature=curvature, **kw)
+    for kw, error, text in [
+            (dict(shards=0), ValueError, "shards must be a positive int, got 0"),
+            (dict(out=np.zeros((2, 2))), ValueError, "out must be a float64 array of shape (31, 31), got ndarray "
+                                                     "(2, 2) float64"),
+            (dict(out=np.zeros(3), block_rows=4), ValueError, "out must be a float64 array of shape (31, 31), got "
+                                                               "ndarray (3,) float64"),
+            (dict(max_bytes=31 * 31 * 8 - 1), rp.CurvatureTooLargeError, "the 31 x 31 float64 matrix would need 0.00 GiB but "
+             "only 0.00 GiB may be used (max_bytes); pass out=numpy.memmap(path, dtype='float64', mode='w+', "
+             "shape=(31, 31)) to write it to disk")]:
+        with pytest.raises(error) as e:
+            call(**kw)()
+        assert str(e.value) == f"{where}: {text}"
+    H = rp.fisher(model, params, X, y, rp.CrossEntropyLoss(), curvature=curvature, max_bytes=31 * 31 * 8)
+    assert H.shape == (31, 31)  # exactly the matrix's bytes fit

@@ -585,8 +585,14 @@ def _param_layers(model):
     return [j for j, layer in enumerate(model) if isinstance(layer, AffineLayer)]
 
 
+def _caller(name):
+    """The call a matrix named ``name`` comes from, as its refusals name it: the Monte Carlo
+    and empirical Fishers are ``refprune.fisher``'s ``curvature=`` choices, not functions."""
+    return f"fisher(curvature={name!r})" if name in ("mc_fisher", "empirical_fisher") else name
+
+
 def _full(inp, out, max_bytes, name):
-    res = _output_array(inp.model.n_params, out, name, max_bytes)
+    res = _output_array(inp.model.n_params, out, _caller(name), max_bytes)
     return _FullSink(res, inp.model.param_offsets(), _param_layers(inp.model))
 
 
@@ -756,7 +762,7 @@ def _matrix(model, params, X, y, loss, name, mc, out, max_bytes, progress, execu
         refuse_monte_carlo_options(name, mc["samples"], mc["seed"], mc.get("targets"), "fisher")
     if name == "mc_fisher" and mc.get("targets") is None:
         check_draws(inp, mc["samples"], mc["seed"], "fisher")
-    if not _par.wants_tasks(executor, shards, name, block_rows, out):
+    if not _par.wants_tasks(executor, shards, _caller(name), block_rows, out):
         sink = _full(inp, out, max_bytes, name)
         record = None
         if isinstance(out, np.memmap) and out.filename:
@@ -869,11 +875,11 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
     here once: with a ``writer`` the tasks write, each block's shards chained in shard
     order (``parallel.run(..., chained=True)``) and returning digests; without one they
     return their rows and ``consume`` writes them."""
-    model, n = inp.model, inp.model.n_params
-    ex = _par.resolve_executor(executor, name)
-    ranges = _par.shard_ranges(inp.n_samples, shards, name)
+    model, n, where = inp.model, inp.model.n_params, _caller(name)
+    ex = _par.resolve_executor(executor, where)
+    ranges = _par.shard_ranges(inp.n_samples, shards, where)
     targets = _mc_targets(inp, name, mc)
-    out = _store.check_store(out, n, name) if _store.is_array_store(out) else _output_array(n, out, name, max_bytes)
+    out = _store.check_store(out, n, where) if _store.is_array_store(out) else _output_array(n, out, where, max_bytes)
     writer = None
     if ex is not None and _store.workers_can_write(out):
         writer = _store.BlockWriter(out, name)
