@@ -363,3 +363,26 @@ def test_only_torch_compile_s_wrapper_is_unwrapped():
     model, params = rp.from_torch(net)
     assert [type(layer).__name__ for layer in model] == ["Linear", "Tanh"]
     assert np.array_equal(params[0], inner.weight.detach().numpy())
+
+
+def test_bfloat16_and_complex_state_dict_entries():
+    net = tnn.Sequential(tnn.Linear(2, 2))
+    w = torch.tensor([[0.5, -2.0], [3.0, 0.0078125]], dtype=torch.bfloat16)  # NumPy has no bfloat16
+    _, (W, c) = rp.from_torch({"0.weight": w, "0.bias": torch.zeros(2)}, model=net)
+    assert np.array_equal(W, [[0.5, -2.0], [3.0, 0.0078125]])
+    bad = {"0.weight": np.zeros((2, 2), dtype=complex), "0.bias": np.zeros(2)}
+    _raises_exactly(TypeError, "from_torch: state dict entry '0.weight' is complex (complex128): refprune's quantities "
+                    "are real float64, and the imaginary part would be dropped silently; give a real state dict",
+                    lambda: rp.from_torch(bad, model=net))
+
+
+@pytest.mark.parametrize("extra, note", [
+    (["0.1.running_var"], True), (["block.bn.num_batches_tracked"], True), (["1.running_mean"], True),
+    (["bias"], False), (["0.running"], False)])
+def test_unexpected_buffers_are_named_as_buffers(extra, note):
+    net = tnn.Sequential(tnn.Linear(2, 2))
+    sd = dict(net.state_dict(), **{k: torch.zeros(2) for k in extra})
+    want = (f"from_torch: the state dict does not match the model (matched by name, as "
+            f"torch.nn.Module.load_state_dict does; expected keys ['0.weight', '0.bias']): unexpected {extra}"
+            + (" (buffers such as BatchNorm statistics are not modelled)" if note else ""))
+    _raises_exactly(ValueError, want, lambda: rp.from_torch(sd, model=net))

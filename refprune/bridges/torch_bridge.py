@@ -164,7 +164,7 @@ def _is_compiled(module):
     return type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")
 
 
-def _flat_modules(seq, torch, prefix="", seen=None):
+def _flat_modules(seq, torch, prefix, seen=None):
     """``[(name, module)]`` of a ``Sequential`` with nested ones flattened; ``name`` is
     the dotted prefix torch gives the module's parameters (``"0"``, ``"0.1"``, ``"fc"``).
 
@@ -212,16 +212,16 @@ def _array(t, name, torch):
     return arr
 
 
-def _model_of(module, torch, prefix=""):
+def _model_of(module, torch):
     """``(refprune model, [(parameter name, layer index, part)], [(name, module)])`` of a
     torch Sequential (or a compiled one); the parameter names are the module's
-    state-dict keys after ``prefix``, and the ``name`` of refprune's layer ``i`` is
+    state-dict keys, and the ``name`` of refprune's layer ``i`` is
     ``mods[i][0]``.  ``Identity`` and evaluation-mode ``Dropout`` are left out."""
     if not isinstance(module, torch.nn.Sequential):
         raise ValueError(f"from_torch: expected a torch.nn.Sequential, got {type(module).__name__} "
                          "(custom modules are refused: write the network as a Sequential)")
     mods, layers = [], []
-    for name, m in _flat_modules(module, torch, prefix):
+    for name, m in _flat_modules(module, torch, ""):
         layer = _layer_of(name, m, torch)
         if layer is not None:
             mods.append((name, m))
