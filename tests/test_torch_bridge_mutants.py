@@ -127,6 +127,8 @@ def test_a_custom_module_and_other_containers_are_refused_in_full():
                     lambda: rp.from_torch([tnn.Linear(2, 2)]))
     _raises_exactly(TypeError, "from_torch: a state dict needs model=, the refprune Sequential or the "
                     "torch.nn.Sequential it belongs to, got NoneType", lambda: rp.from_torch({}))
+    _raises_exactly(TypeError, "from_torch: a state dict needs model=, the refprune Sequential or the "
+                    "torch.nn.Sequential it belongs to, got int", lambda: rp.from_torch({}, model=3))
     net = tnn.Sequential(tnn.Linear(2, 2))
     _raises_exactly(ValueError, "from_torch: pass either a torch module or a state dict with model=, not both",
                     lambda: rp.from_torch(net, model=net))
