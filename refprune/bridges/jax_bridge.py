@@ -119,14 +119,15 @@ def jax_loss_function(model, X, y, loss):
         flat = jnp.split(theta, np.cumsum(sizes)[:-1])
         x = apply({k: t.reshape(s) for k, t, s in zip(names, flat, shapes)}, Xj)
         n, c = x.shape
+        # the sum over samples and outputs, scaled as docs/conventions.md §2 says
         if isinstance(loss, nn.CrossEntropyLoss):
-            per = -jnp.take_along_axis(jax.nn.log_softmax(x, axis=1), yj[:, None], axis=1)[:, 0]
+            total = -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(x, axis=1), yj[:, None], axis=1))
         elif isinstance(loss, nn.BCEWithLogitsLoss):
             # -log sigmoid(x) = softplus(-x), -log(1 - sigmoid(x)) = softplus(x) (docs/derivations.md §3)
-            per = jnp.sum(yj * jax.nn.softplus(-x) + (1.0 - yj) * jax.nn.softplus(x), axis=1)
+            total = jnp.sum(yj * jax.nn.softplus(-x) + (1.0 - yj) * jax.nn.softplus(x))
         else:
-            per = jnp.sum((x - yj) ** 2, axis=1)
-        return loss.scale(n, c) * jnp.sum(per)
+            total = jnp.sum((x - yj) ** 2)
+        return loss.scale(n, c) * total
 
     return L
 
