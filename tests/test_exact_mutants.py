@@ -14,6 +14,7 @@ test_exact_kernels.py do not reach, from the fifth mutation pass (docs/mutation/
 - the progress line of the route through the output.
 """
 
+import concurrent.futures
 import types
 
 import numpy as np
@@ -595,7 +596,7 @@ def test_one_shard_submits_every_block_at_once_several_keep_a_window(tmp_path, m
 
 
 @pytest.mark.parametrize("curvature", ["fisher", "mc_fisher", "empirical_fisher"])
-def test_fisher_s_refusals_name_the_call_and_its_curvature(curvature):
+def test_fisher_s_refusals_name_the_call_and_its_curvature(curvature, tmp_path):
     """``mc_fisher`` and ``empirical_fisher`` are choices of ``refprune.fisher``, not
     functions: its refusals name ``fisher(curvature=...)``."""
     model = rp.Sequential(rp.Linear(3, 4), rp.Tanh(), rp.Linear(4, 3))
@@ -616,5 +617,12 @@ def test_fisher_s_refusals_name_the_call_and_its_curvature(curvature):
         with pytest.raises(error) as e:
             call(**kw)()
         assert str(e.value) == f"{where}: {text}"
+    # a memmap's rows that workers cannot reopen: refused by the writer the tasks would use
+    big = np.lib.format.open_memmap(str(tmp_path / "big.npy"), mode="w+", dtype=np.float64, shape=(40, 31))
+    with concurrent.futures.ThreadPoolExecutor(2) as ex, pytest.raises(ValueError) as e:
+        call(out=big[:31], executor=ex)()
+    assert str(e.value) == (f"{where}: out is a view of a numpy.memmap of {tmp_path / 'big.npy'}, which workers cannot "
+                            "reopen by its file name; pass the numpy.memmap of the whole matrix "
+                            "(numpy.lib.format.open_memmap(path, mode='w+', ...) or numpy.load(path, mmap_mode='r+'))")
     H = rp.fisher(model, params, X, y, rp.CrossEntropyLoss(), curvature=curvature, max_bytes=31 * 31 * 8)
     assert H.shape == (31, 31)  # exactly the matrix's bytes fit

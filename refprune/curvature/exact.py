@@ -882,7 +882,7 @@ def _in_tasks(inp, name, mc, out, max_bytes, progress, executor, block_rows, sha
     out = _store.check_store(out, n, where) if _store.is_array_store(out) else _output_array(n, out, where, max_bytes)
     writer = None
     if ex is not None and _store.workers_can_write(out):
-        writer = _store.BlockWriter(out, name)
+        writer = _store.BlockWriter(out, where)
     params = [p for group in inp.grouped for p in group]
     layout = _layout(model, block_rows)
     record = _store.BlockRecord(out, _fingerprint(inp, name, targets, block_rows, shards), name, layout)
