@@ -1030,3 +1030,26 @@ def test_the_estimate_uses_the_saturation_it_is_given(monkeypatch):
     # times 1, 2.5 and 4 s for 1, 2 and 4 samples: the least-squares line t = 1/4 + 27/28 k
     est, calls = _calibrate(monkeypatch, 8, {1: 1.0, 2: 2.5, 4: 4.0}.__getitem__, saturates=1)
     assert calls == [2, 1, 2, 4] and est == pytest.approx(0.25 + 27 / 28 * 8, rel=1e-12)
+
+
+def test_the_estimate_when_the_last_two_runs_take_equal_time(monkeypatch):
+    """1.0 s on 64 samples, 2.0 s on 128 and on 256: the curve through them has c < 0
+    (c = -1/12288), so the estimate falls back to the line through the last two points,
+    whose slope is 0; the time is then taken as proportional to the samples from the
+    last run, 2.0 x 1024 / 256."""
+    times = {64: 1.0, 128: 2.0, 256: 2.0}
+    est, calls = _calibrate(monkeypatch, 1024, times.__getitem__)
+    assert calls == [2, 64, 128, 256] and est == 8.0
+
+
+def test_the_estimate_accepts_a_fitted_coefficient_of_exactly_zero(monkeypatch):
+    """A coefficient of 0 is a valid time model (no constant part, no growth): the fit is
+    used, not the fallback line.  The solvers' results are stood in for, since a
+    floating-point fit rarely gives exactly 0."""
+    seconds = {64: 1.0, 128: 2.5, 256: 7.0, 512: 20.0}.__getitem__  # a time per sample that grows
+    monkeypatch.setattr(cli.np.linalg, "solve", lambda a, b: cli.np.array([0.5, 0.0, 1e-5]))
+    est, _ = _calibrate(monkeypatch, 1024, seconds)
+    assert est == 0.5 + 1e-5 * 1024 * 1024
+    monkeypatch.setattr(cli.np.linalg, "lstsq", lambda a, b, rcond=None: (cli.np.array([3.0, 0.0]), None, None, None))
+    est, _ = _calibrate(monkeypatch, 1024, seconds, saturates=8)
+    assert est == 3.0
