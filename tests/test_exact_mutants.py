@@ -23,10 +23,9 @@ import pytest
 import refprune as rp
 from refprune import derivatives as _d
 from refprune.curvature import dense_pairs, exact
-from refprune.nn.base import Layer
 from refprune.testing.finite_differences import check_hessian
 
-from test_exact_kernels import ARCHS, IN_SHAPES, assert_rel, case, compute, reference
+from test_exact_kernels import IN_SHAPES, assert_rel, case, compute, reference
 
 
 def conv_relu_conv():
