@@ -813,3 +813,26 @@ def test_a_writer_refuses_a_memmap_its_workers_cannot_reopen_in_full(tmp_path):
                     lambda: store.BlockWriter(cow, "ggn"))
     w = store.BlockWriter(np.load(str(path), mmap_mode="r+"), "ggn")
     assert (w.file, w.n, w.lock) == (str(path), 4, None) and w.offset > 0
+
+
+def test_the_record_is_written_whole_through_a_temporary_of_its_own(tmp_path, monkeypatch):
+    """The record replaces itself atomically: a whole temporary file in the same directory
+    (a rename across file systems is not atomic), renamed over it.  Neither a record name
+    near the 255-byte limit nor a directory at ``<record>.tmp`` stops it."""
+    args, n = _small_hessian()
+    H = rp.hessian(*args)
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(store.os, "replace", lambda a, b: (renames.append((a, b)), real_replace(a, b)))
+    for name in ("a" * 236 + ".npy", "h.npy"):
+        path = tmp_path / name
+        if name == "h.npy":
+            (tmp_path / (name + ".refprune.json.tmp")).mkdir()
+        out = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float64, shape=(n, n))
+        rp.hessian(*args, out=out)
+        assert np.array_equal(rp.load_matrix(str(path)), H)
+    rec = str(tmp_path / "h.npy.refprune.json")
+    mine = [(a, b) for a, b in renames if b == rec]
+    assert mine and all(os.path.dirname(a) == str(tmp_path) and len(os.path.basename(a)) < 64 for a, _ in mine)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.is_dir()) == sorted(
+        ["h.npy", "h.npy.refprune.json", "a" * 236 + ".npy", "a" * 236 + ".npy.refprune.json"])

@@ -388,3 +388,42 @@ def test_unexpected_buffers_are_named_as_buffers(extra, note):
             f"torch.nn.Module.load_state_dict does; expected keys ['0.weight', '0.bias']): unexpected {extra}"
             + (" (buffers such as BatchNorm statistics are not modelled)" if note else ""))
     _raises_exactly(ValueError, want, lambda: rp.from_torch(sd, model=net))
+
+
+@pytest.mark.parametrize("make, option", [
+    (lambda: tnn.AvgPool2d(kernel_size=(np.float16(2048), 2049)), "kernel_size"),  # np.float16(2049) == 2048
+    (lambda: tnn.MaxPool2d((np.float64(2.0**53), 2**53 + 1)), "kernel_size"),
+    (lambda: tnn.MaxPool2d(2.0), "kernel_size"),
+    (lambda: tnn.MaxPool2d(True), "kernel_size"),
+    (lambda: tnn.AvgPool2d(2, stride=(2, 2, 2)), "stride"),
+    (lambda: tnn.AvgPool2d(2, padding=0.0), "padding"),
+    (lambda: tnn.MaxPool2d(2, dilation=1.0), "dilation"),
+])
+def test_pooling_sizes_must_be_whole_numbers(make, option):
+    # torch's pooling modules keep what they were given: a float that equals a neighbouring
+    # int must not pass a window of 2048 x 2049 as square
+    m = make()
+    _raises_exactly(ValueError, _not_modelled("0", m, f"{option}={getattr(m, option)}",
+                                              "sizes are whole numbers, one or one per axis"),
+                    lambda: rp.from_torch(tnn.Sequential(m)))
+    model, _ = rp.from_torch(tnn.Sequential(tnn.MaxPool2d(np.int64(3), stride=np.int32(3))))
+    assert model[0].kernel_size == 3 and type(model[0].kernel_size) is int
+
+
+def test_a_parameter_too_large_to_copy_is_refused_before_the_copy(monkeypatch):
+    from refprune import memory
+
+    # an expanded view: 1 byte of memory standing for 2**40 entries, 8 TiB as float64
+    N = 2**20
+    big = torch.zeros(1, 1, dtype=torch.int8).expand(N, N)
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**33)
+    _raises_exactly(rp.ArrayTooLargeError, "from_torch: the float64 copy of parameter 0.weight (1048576 x 1048576) "
+                    "would need 8192.00 GiB but only 8.00 GiB are available",
+                    lambda: rp.from_torch({"0.weight": big}, model=rp.Sequential(rp.Linear(N, N, bias=False))))
+    # 2048 x 2048 int8 entries are converted once, straight to float64: 8 bytes an entry
+    # (the copy) and 1 (the finiteness test of the float64 result) fit in 8.5
+    n = 2048
+    small = torch.ones(1, 1, dtype=torch.int8).expand(n, n)
+    monkeypatch.setattr(memory, "available_memory", lambda: 8 * n * n + n * n // 2)
+    _, (W,) = rp.from_torch({"0.weight": small}, model=rp.Sequential(rp.Linear(n, n, bias=False)))
+    assert W.dtype == np.float64 and W.shape == (n, n) and W.sum() == n * n

@@ -13,10 +13,13 @@ Both keep PyTorch's parameter layout (``docs/conventions.md`` §1), so
 other, and the round trips are exact (float64 values are copied, never recomputed).
 """
 
+import numbers
+
 import numpy as np
 
 from .. import nn
 from ..checks import check_params, real_array, validate
+from ..memory import check_fits, describe, nbytes
 from ..nn.losses import Loss
 
 
@@ -92,25 +95,36 @@ def _conv(name, m):
                      padding=tuple(_pair(padding)), bias=m.bias is not None)
 
 
+def _sizes(name, m, option):
+    """A pooling module's ``option`` as a pair of Python ints.  Torch's pooling modules
+    store whatever they were given, and a float compares equal to a neighbouring int
+    (``np.float16(2049) == 2048``): a window of 2048 x 2049 would pass as square."""
+    value = getattr(m, option)
+    pair = _pair(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair):
+        _refuse(name, m, f"{option}={value}", "sizes are whole numbers, one or one per axis")
+    return int(pair[0]), int(pair[1])
+
+
 def _pool(name, m, cls):
-    k = _pair(m.kernel_size)
+    k = _sizes(name, m, "kernel_size")
     if k[0] != k[1]:
         _refuse(name, m, f"kernel_size={m.kernel_size}", "only square pooling windows")
-    stride = k if m.stride is None else _pair(m.stride)
-    if tuple(stride) != tuple(k):
+    stride = k if m.stride is None else _sizes(name, m, "stride")
+    if stride != k:
         _refuse(name, m, f"stride={m.stride}", "pooling stride must equal the kernel size")
-    if tuple(_pair(m.padding)) != (0, 0):
+    if _sizes(name, m, "padding") != (0, 0):
         _refuse(name, m, f"padding={m.padding}", "no padding in pooling")
     if m.ceil_mode:
         _refuse(name, m, "ceil_mode=True", "windows are floored, as PyTorch's default")
     if cls is nn.MaxPool2d:
-        if tuple(_pair(m.dilation)) != (1, 1):
+        if _sizes(name, m, "dilation") != (1, 1):
             _refuse(name, m, f"dilation={m.dilation}", "only dilation 1")
         if m.return_indices:
             _refuse(name, m, "return_indices=True", "a layer returns one array")
     elif m.divisor_override is not None:  # torch.nn.AvgPool2d has it since torch 1.2
         _refuse(name, m, f"divisor_override={m.divisor_override}", "the mean over the window")
-    return cls(int(k[0]))
+    return cls(k[0])
 
 
 def _layer_of(name, m, torch):
@@ -198,15 +212,19 @@ def _array(t, name, torch):
         if t.is_complex():
             raise TypeError(f"from_torch: parameter {name} is complex ({t.dtype}); refprune's parameters are real "
                             "float64: convert a real network")
-        a = t.detach().cpu()
-        if a.is_floating_point():
-            a = a.to(torch.float64)
-        elif a.dtype == torch.bool:
+        if t.dtype == torch.bool:
             raise TypeError(f"from_torch: parameter {name} must be a real numeric tensor, got {t.dtype}")
-        a = a.numpy()
+        shape = tuple(t.shape)
     else:
-        a = real_array(t, f"from_torch: state dict entry {name!r}", hint="; give a real state dict")
-    arr = np.array(a, dtype=np.float64)  # a copy: the caller's tensor is never shared
+        t = real_array(t, f"from_torch: state dict entry {name!r}", hint="; give a real state dict")
+        shape = t.shape
+    # the copy is the one allocation; an expanded or broadcast view may be far larger than its memory
+    check_fits(nbytes(shape), "from_torch", lambda: f"the float64 copy of parameter {name} ({describe(shape)})")
+    if isinstance(t, torch.Tensor):
+        # a fresh float64 tensor (NumPy has no bfloat16), never the caller's memory
+        arr = t.detach().cpu().to(torch.float64, copy=True).numpy()
+    else:
+        arr = np.array(t, dtype=np.float64)  # a copy: the caller's array is never shared
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"from_torch: parameter {name} contains NaN or inf")
     return arr

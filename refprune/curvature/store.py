@@ -22,6 +22,7 @@ import json
 import mmap as _mmap
 import os
 import re
+import uuid
 
 import numpy as np
 
@@ -305,10 +306,19 @@ class BlockRecord:
                "fingerprint": self.fp, "complete": bool(complete), "blocks": blocks}
         if self.path is not None:
             self.out.flush()  # the bytes reach the file before the record says so
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as fh:
-                json.dump(rec, fh)
-            os.replace(tmp, self.path)
+            # written whole, then renamed over the record (atomic within one directory).  The
+            # temporary has a short name of its own: neither a long record name nor anything
+            # already at "<record>.tmp" stops it or is overwritten; "x" mode gives it the
+            # permissions of any new file.
+            tmp = os.path.join(os.path.dirname(os.path.abspath(self.path)), f".refprune-{uuid.uuid4().hex}.tmp")
+            fh = open(tmp, "x")
+            try:
+                with fh:
+                    json.dump(rec, fh)
+                os.replace(tmp, self.path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
         else:
             self.out.attrs["refprune"] = rec
 
