@@ -836,3 +836,15 @@ def test_the_record_is_written_whole_through_a_temporary_of_its_own(tmp_path, mo
     assert mine and all(os.path.dirname(a) == str(tmp_path) and len(os.path.basename(a)) < 64 for a, _ in mine)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.is_dir()) == sorted(
         ["h.npy", "h.npy.refprune.json", "a" * 236 + ".npy", "a" * 236 + ".npy.refprune.json"])
+
+
+def test_a_record_that_cannot_be_renamed_leaves_no_temporary(tmp_path, monkeypatch):
+    args, n = _small_hessian()
+    out = np.lib.format.open_memmap(str(tmp_path / "h.npy"), mode="w+", dtype=np.float64, shape=(n, n))
+
+    def refuse(a, b):
+        raise PermissionError(13, "Permission denied", b)
+    monkeypatch.setattr(store.os, "replace", refuse)
+    with pytest.raises(PermissionError):
+        rp.hessian(*args, out=out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.npy"]

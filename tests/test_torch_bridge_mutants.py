@@ -427,3 +427,27 @@ def test_a_parameter_too_large_to_copy_is_refused_before_the_copy(monkeypatch):
     monkeypatch.setattr(memory, "available_memory", lambda: 8 * n * n + n * n // 2)
     _, (W,) = rp.from_torch({"0.weight": small}, model=rp.Sequential(rp.Linear(n, n, bias=False)))
     assert W.dtype == np.float64 and W.shape == (n, n) and W.sum() == n * n
+
+
+def test_a_state_dict_of_numpy_arrays_and_lists_is_copied_to_float64(monkeypatch):
+    from refprune import memory
+
+    net = tnn.Sequential(tnn.Linear(2, 3))
+    W = np.arange(6, dtype=np.float32).reshape(3, 2) / 4
+    b = [1, -2, 3]
+    _, (W2, b2) = rp.from_torch({"0.weight": W, "0.bias": b}, model=net)
+    assert W2.dtype == b2.dtype == np.float64 and np.array_equal(W2, W) and np.array_equal(b2, b)
+    W64 = W.astype(np.float64)
+    _, (W3, _) = rp.from_torch({"0.weight": W64, "0.bias": b}, model=net)
+    W3[0, 0] = 7.0
+    assert W64[0, 0] == 0.0  # a copy, never the caller's array
+    # a broadcast NumPy view is refused by its copy's size before the copy
+    N = 2**20
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**33)
+    _raises_exactly(rp.ArrayTooLargeError, "from_torch: the float64 copy of parameter 0.weight (1048576 x 1048576) "
+                    "would need 8192.00 GiB but only 8.00 GiB are available",
+                    lambda: rp.from_torch({"0.weight": np.broadcast_to(np.float32(1), (N, N))},
+                                          model=rp.Sequential(rp.Linear(N, N, bias=False))))
+    with pytest.raises(TypeError) as e:
+        rp.from_torch({"0.weight": W, "0.bias": [1, [2, 3]]}, model=net)
+    assert str(e.value).startswith("from_torch: state dict entry '0.bias' cannot be read as an array (")

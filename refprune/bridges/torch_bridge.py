@@ -216,15 +216,18 @@ def _array(t, name, torch):
             raise TypeError(f"from_torch: parameter {name} must be a real numeric tensor, got {t.dtype}")
         shape = tuple(t.shape)
     else:
-        t = real_array(t, f"from_torch: state dict entry {name!r}", hint="; give a real state dict")
-        shape = t.shape
+        try:
+            shape = np.shape(t)
+        except ValueError:  # a ragged list: real_array names it
+            shape = ()
     # the copy is the one allocation; an expanded or broadcast view may be far larger than its memory
     check_fits(nbytes(shape), "from_torch", lambda: f"the float64 copy of parameter {name} ({describe(shape)})")
     if isinstance(t, torch.Tensor):
         # a fresh float64 tensor (NumPy has no bfloat16), never the caller's memory
         arr = t.detach().cpu().to(torch.float64, copy=True).numpy()
     else:
-        arr = np.array(t, dtype=np.float64)  # a copy: the caller's array is never shared
+        # a float64 copy (astype copies): the caller's array is never shared
+        arr = real_array(t, f"from_torch: state dict entry {name!r}", hint="; give a real state dict")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"from_torch: parameter {name} contains NaN or inf")
     return arr
