@@ -47,3 +47,15 @@ def dask_client():
     yield client
     client.close()
     cluster.close()
+
+
+@pytest.fixture
+def package_frames(monkeypatch):
+    """Warnings attributed to the user's line (``refprune.user_warnings``) skip the package's
+    frames; under mutmut every function also runs inside the tool's trampoline frames,
+    which must count as the library's own too."""
+    if "mutmut" in sys.modules:
+        from refprune import user_warnings
+
+        tool = os.path.dirname(sys.modules["mutmut"].__file__) + os.sep
+        monkeypatch.setattr(user_warnings, "PACKAGE", user_warnings.PACKAGE + (tool,))

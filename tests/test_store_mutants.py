@@ -690,19 +690,6 @@ def _user_line(call):
     return __file__, call.__code__.co_firstlineno + 1
 
 
-@pytest.fixture
-def package_frames(monkeypatch):
-    """Under mutmut every function runs inside the tool's trampoline frames, which count as
-    the library's own for the warning's attribution."""
-    import sys
-
-    from refprune import user_warnings
-
-    if "mutmut" in sys.modules:
-        tool = os.path.dirname(sys.modules["mutmut"].__file__) + os.sep
-        monkeypatch.setattr(user_warnings, "PACKAGE", user_warnings.PACKAGE + (tool,))
-
-
 @pytest.mark.parametrize("damage", ["bytes", "size"])
 def test_a_restart_names_an_untrusted_record_file_at_the_caller_s_line(tmp_path, damage, package_frames):
     args, n = _small_hessian()

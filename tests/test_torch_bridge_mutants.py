@@ -13,14 +13,10 @@ import pytest
 import refprune as rp
 from refprune.bridges import torch_bridge as tb
 
+from test_store_mutants import _raises_exactly
+
 torch = pytest.importorskip("torch")
 tnn = torch.nn
-
-
-def _raises_exactly(error, text, call):
-    with pytest.raises(error) as e:
-        call()
-    assert str(e.value) == text
 
 
 def _not_modelled(name, m, option, why):

@@ -3,8 +3,6 @@ each option's matrix against one built here, what ``indefinite`` does to a
 non-positive-definite curvature (and the warning, which names the caller's line), and
 the messages of what is refused."""
 
-import os
-import sys
 import warnings
 
 import numpy as np
@@ -111,13 +109,7 @@ def test_suggested_damping_is_tiny_but_positive_for_zero():
     assert U.suggested_damping(np.diag([1.0, 4.0])) == pytest.approx(4e-4, rel=1e-12)
 
 
-def test_pruning_warnings_point_at_the_caller_s_own_line(monkeypatch):
-    if "mutmut" in sys.modules:
-        # mutation testing wraps every function in the tool's own frames: they count as the library's
-        from refprune import user_warnings
-
-        tool = os.path.dirname(sys.modules["mutmut"].__file__) + os.sep
-        monkeypatch.setattr(user_warnings, "PACKAGE", user_warnings.PACKAGE + (tool,))
+def test_pruning_warnings_point_at_the_caller_s_own_line(package_frames):
     args = small_mlp()
     for call in (lambda: rp.prune(*args, method="obs", curvature="hessian", indefinite="damp", count=2, damping=1e-3),
                  lambda: rp.prune(*args, method="obs", curvature="hessian", indefinite="abs", count=2, damping=1e-3),

@@ -267,8 +267,8 @@ class BlockRecord:
             # a restart with other data, parameters, loss, block_rows or shards: nothing
             # recorded can be reused, and the caller may have expected otherwise
             user_warnings.warn(f"{name}: the record in {self.label} is for another computation (other model, "
-                          "parameters, data, loss, Monte Carlo targets, block_rows or shards); every block is "
-                          "computed again", RuntimeWarning)
+                               "parameters, data, loss, Monte Carlo targets, block_rows or shards); every block is "
+                               "computed again", RuntimeWarning)
         elif saved is not None:
             for key, d in saved["digests"].items():
                 if d is not None and saved["layout"].get(key) == self._geometry(key):
