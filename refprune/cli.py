@@ -169,6 +169,7 @@ def cmd_hessian(args):
     import refprune as rp
 
     from .curvature.exact import available_memory
+    from .memory import amounts
 
     model, params, X, y, loss = _model_and_data(args)
     n, N = model.n_params, len(X)
@@ -196,15 +197,15 @@ def cmd_hessian(args):
         where = os.path.dirname(os.path.abspath(args.out))  # an existing directory (the options table)
         free = shutil.disk_usage(where).free
         if need > free:
-            raise UsageError(f"the {n} x {n} matrix needs {need / 2**30:.2f} GiB but the disk has "
-                             f"{free / 2**30:.2f} GiB free")
+            raise UsageError("the {} x {} matrix needs {} but the disk has {} free".format(n, n, *amounts(need, free)))
         if os.path.exists(partial + ".refprune.json"):
             os.remove(partial + ".refprune.json")  # the record of an earlier run over the bytes about to go
         dest = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float64, shape=(n, n))
     else:
-        if need > available_memory():
-            raise UsageError(f"the {n} x {n} matrix needs {need / 2**30:.2f} GiB, more than the memory available; "
-                             "give --out FILE.npy to write it to disk")
+        free = available_memory()
+        if need > free:
+            raise UsageError("the {} x {} matrix needs {} but only {} of memory are available; give --out FILE.npy "
+                             "to write it to disk".format(n, n, *amounts(need, free)))
         dest = np.empty((n, n))
     if not args.out:
         hint = "nothing was kept (without --out); give --out FILE.npy to keep finished blocks for --resume"

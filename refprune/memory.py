@@ -6,7 +6,8 @@ that made the array large nor what would fit; worse, with memory overcommitted t
 allocation can succeed and the process be killed later.  Every allocation whose size
 refprune can know in advance is therefore checked here first (the list is in
 ``docs/conventions.md`` §10) and refused with an :class:`ArrayTooLargeError` that names the
-function, the array, the GiB it needs and the GiB available.
+function, the array, the GiB it needs and the GiB available (and the exact bytes of both
+when the GiB alone would read the same).
 
 The module imports nothing from refprune, so every part of the package can use it.
 """
@@ -69,5 +70,15 @@ def check_fits(need, where, what, hint="", error=ArrayTooLargeError, limit=None)
         allowed, said = limit[0], f"may be used ({limit[1]})"
     if need > allowed:
         where, what = (s() if callable(s) else s for s in (where, what))
-        raise error(f"{where}: {what} would need {need / 2**30:.2f} GiB but only {max(allowed, 0) / 2**30:.2f} "
-                    f"GiB {said}{hint}")
+        need_text, allowed_text = amounts(need, max(allowed, 0))
+        raise error(f"{where}: {what} would need {need_text} but only {allowed_text} {said}{hint}")
+
+
+def amounts(need, allowed):
+    """The two sizes of a refusal, in GiB with two decimals; when those read the same
+    ("0.00 GiB but only 0.00 GiB" for ``max_bytes=100``), each with its exact bytes too,
+    so that the message still says by how much the limit is short."""
+    texts = [f"{b / 2**30:.2f} GiB" for b in (need, allowed)]
+    if texts[0] == texts[1]:
+        texts = [f"{t} ({int(b):,} bytes)" for t, b in zip(texts, (need, allowed))]
+    return texts

@@ -69,7 +69,9 @@ def test_hessian_subcommand_refuses_what_will_not_fit(capsys, monkeypatch):
 
     monkeypatch.setattr(exact, "available_memory", lambda: 1000)
     code, _, err = run(capsys, "hessian", "--model", "Linear(30, 20)", "--input-shape", "30", "--loss", "mse")
-    assert code == 2 and "more than the memory available; give --out FILE.npy" in err
+    # 620 parameters: 8 x 620^2 = 3,075,200 bytes, which reads 0.00 GiB like the 1,000 bytes free
+    assert code == 2 and ("the 620 x 620 matrix needs 0.00 GiB (3,075,200 bytes) but only 0.00 GiB (1,000 bytes) "
+                          "of memory are available; give --out FILE.npy") in err
 
 
 def test_fixtures_and_check_subcommands(capsys, tmp_path):

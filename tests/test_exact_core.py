@@ -186,14 +186,15 @@ def test_the_memory_limit_keeps_room_for_the_temporaries(monkeypatch):
     assert rp.hessian(m, p, X, y, l).shape == (n,) * 2  # exactly enough
     monkeypatch.setattr(memory, "available_memory", lambda: need + room - 1)
     with pytest.raises(rp.CurvatureTooLargeError, match=rf"^hessian: the {n} x {n} float64 matrix and 256 MiB of "
-                       rf"temporaries would need {(need + room) / 2**30:.2f} GiB but only "
-                       rf"{(need + room - 1) / 2**30:.2f} GiB are available; pass out=numpy.memmap"):
+                       rf"temporaries would need 0.25 GiB \({need + room:,} bytes\) but only 0.25 GiB "
+                       rf"\({need + room - 1:,} bytes\) are available; pass out=numpy.memmap"):
         rp.hessian(m, p, X, y, l)
     # a 16,385-parameter layer: its Hessian needs 2.0002 GiB, refused before any work
     big = rp.Sequential(rp.Linear(16384, 1))
     args = (big, [np.zeros((1, 16384)), np.zeros(1)], np.zeros((1, 16384)), np.zeros((1, 1)), rp.MSELoss())
     monkeypatch.setattr(memory, "available_memory", lambda: 2**31 + room)
-    with pytest.raises(rp.CurvatureTooLargeError, match=r"would need 2.25 GiB but only 2.25 GiB are available"):
+    with pytest.raises(rp.CurvatureTooLargeError, match=r"would need 2.25 GiB \(2,416,181,256 bytes\) but only "
+                       r"2.25 GiB \(2,415,919,104 bytes\) are available"):
         rp.hessian(*args)
     with pytest.raises(rp.CurvatureTooLargeError, match=r"^hessian: the 16385 x 16385 float64 matrix would need "
                        r"2.00 GiB but only 1.50 GiB may be used \(max_bytes\)"):

@@ -610,8 +610,8 @@ def test_fisher_s_refusals_name_the_call_and_its_curvature(curvature, tmp_path):
                                                      "(2, 2) float64"),
             (dict(out=np.zeros(3), block_rows=4), ValueError, "out must be a float64 array of shape (31, 31), got "
                                                                "ndarray (3,) float64"),
-            (dict(max_bytes=31 * 31 * 8 - 1), rp.CurvatureTooLargeError, "the 31 x 31 float64 matrix would need 0.00 GiB but "
-             "only 0.00 GiB may be used (max_bytes); pass out=numpy.memmap(path, dtype='float64', mode='w+', "
+            (dict(max_bytes=31 * 31 * 8 - 1), rp.CurvatureTooLargeError, "the 31 x 31 float64 matrix would need 0.00 GiB "
+             "(7,688 bytes) but only 0.00 GiB (7,687 bytes) may be used (max_bytes); pass out=numpy.memmap(path, dtype='float64', mode='w+', "
              "shape=(31, 31)) to write it to disk")]:
         with pytest.raises(error) as e:
             call(**kw)()

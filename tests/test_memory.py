@@ -25,11 +25,20 @@ def test_check_fits_threshold_and_message(monkeypatch):
     memory.check_fits(2**30, "f", "the thing")  # exactly what is available fits
     with pytest.raises(memory.ArrayTooLargeError) as err:
         memory.check_fits(2**30 + 1, "f", "the thing", hint="; do less")
-    assert str(err.value) == "f: the thing would need 1.00 GiB but only 1.00 GiB are available; do less"
+    # the GiB read the same, so each is given in bytes too
+    assert str(err.value) == ("f: the thing would need 1.00 GiB (1,073,741,825 bytes) but only 1.00 GiB "
+                              "(1,073,741,824 bytes) are available; do less")
+    with pytest.raises(memory.ArrayTooLargeError) as err:
+        memory.check_fits(2**30 + 2**23, "f", "the thing")
+    assert str(err.value) == "f: the thing would need 1.01 GiB but only 1.00 GiB are available"
+    with pytest.raises(memory.ArrayTooLargeError) as err:
+        memory.check_fits(7688, "f", "the thing", limit=(100, "max_bytes"))
+    assert str(err.value) == ("f: the thing would need 0.00 GiB (7,688 bytes) but only 0.00 GiB (100 bytes) may "
+                              "be used (max_bytes)")
     # small allocations are not checked at all (no /proc read)
     monkeypatch.setattr(memory, "available_memory", lambda: 0)
     memory.check_fits(memory.ALWAYS_FITS, "f", "a small thing")
-    with pytest.raises(memory.ArrayTooLargeError, match="but only 0.00 GiB are available"):
+    with pytest.raises(memory.ArrayTooLargeError, match=r"would need 0.02 GiB but only 0.00 GiB are available$"):
         memory.check_fits(memory.ALWAYS_FITS + 1, "f", "a thing")
     with pytest.raises(memory.CurvatureTooLargeError):
         memory.check_fits(2**40, "f", "a matrix", error=memory.CurvatureTooLargeError)
