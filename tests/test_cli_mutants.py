@@ -315,10 +315,25 @@ def test_store_seconds_times_the_flush_and_two_hashings_of_the_whole_matrix(monk
 
     monkeypatch.setattr(cli.time, "perf_counter", lambda: now[0])
     monkeypatch.setattr(store, "digest", digest)
-    for n, m in ((6, 6), (1600, 2**21 // 1600), (3000, 2**21 // 3000)):
+    for n, m in ((1, 1), (6, 6), (1600, 2**21 // 1600), (3000, 2**21 // 3000)):
         digested.clear()
         assert cli._store_seconds(Dest(), n) == pytest.approx(0.25 + 2 * 0.25 * n / m)
         assert digested == [(m, n), (m, n)]
+
+
+def test_samples_per_chunk_by_hand():
+    """docs/derivations.md §4: ``CHUNK_FLOATS // (K_l x width)`` samples for the layer that
+    takes the most, ``K_l`` the smaller of its parameters and outputs, at least one."""
+    import numpy as np
+
+    from refprune import derivatives
+
+    assert derivatives.CHUNK_FLOATS == 2**23
+    X = np.zeros((3, 4))
+    # width 5 (Linear(4, 5)'s output); K = 5 for the first layer, 3 for the second
+    assert cli._samples_per_chunk(cli.parse_model("Linear(4, 5) Tanh Linear(5, 3)"), X) == 2**23 // (3 * 5)
+    # width 4096, K = 4096: 2**24 floats a sample, more than one chunk holds
+    assert cli._samples_per_chunk(cli.parse_model("Linear(2048, 4096)"), np.zeros((1, 2048))) == 1
 
 
 def test_the_subcommands_exactly():
@@ -989,6 +1004,26 @@ def test_an_overflow_at_the_initial_parameters_names_them(capsys, monkeypatch):
     code, _, err = _run(capsys, *_SMALL)
     assert code == 2 and err == ("refprune hessian: error: the model at its initial parameters: the network's output "
                                  "is not finite\n")
+
+
+def test_an_overflow_at_given_parameters_is_one_line_without_numpys_warnings(capsys, tmp_path):
+    """Parameters that overflow the first layer to +-inf make the second layer's product
+    inf - inf: NumPy's "overflow" and "invalid value" warnings would only repeat what the
+    refusal says, so neither is shown."""
+    import warnings
+
+    import numpy as np
+
+    arrays = dict(param0=np.full((3, 4), 1e308), param1=np.zeros(3),
+                  param2=np.array([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]), param3=np.zeros(2))
+    np.savez(tmp_path / "p.npz", **arrays)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code, _, err = _run(capsys, "hessian", "--model", "Linear(4, 3) Linear(3, 2)", "--input-shape", "4",
+                            "--samples", "3", "--params", str(tmp_path / "p.npz"))
+    assert code == 2 and err.startswith(f"refprune hessian: error: the model at --params {tmp_path / 'p.npz'}: the "
+                                        "network's output is not finite (")
+    assert err.count("\n") == 1 and [str(w.message) for w in seen] == []
 
 
 def test_the_estimate_when_every_calibration_run_is_past_saturation(monkeypatch):
