@@ -80,5 +80,5 @@ def amounts(need, allowed):
     so that the message still says by how much the limit is short."""
     texts = [f"{b / 2**30:.2f} GiB" for b in (need, allowed)]
     if texts[0] == texts[1]:
-        texts = [f"{t} ({int(b):,} bytes)" for t, b in zip(texts, (need, allowed))]
+        texts = [f"{t} ({int(b):,} byte{'' if b == 1 else 's'})" for t, b in zip(texts, (need, allowed))]
     return texts

@@ -35,6 +35,10 @@ def test_check_fits_threshold_and_message(monkeypatch):
         memory.check_fits(7688, "f", "the thing", limit=(100, "max_bytes"))
     assert str(err.value) == ("f: the thing would need 0.00 GiB (7,688 bytes) but only 0.00 GiB (100 bytes) may "
                               "be used (max_bytes)")
+    # a limit below zero (memory available less the temporaries) is said as 0 bytes
+    with pytest.raises(memory.ArrayTooLargeError) as err:
+        memory.check_fits(1, "f", "the thing", limit=(-5, "what is left"))
+    assert str(err.value) == "f: the thing would need 0.00 GiB (1 byte) but only 0.00 GiB (0 bytes) may be used (what is left)"
     # small allocations are not checked at all (no /proc read)
     monkeypatch.setattr(memory, "available_memory", lambda: 0)
     memory.check_fits(memory.ALWAYS_FITS, "f", "a small thing")
