@@ -117,3 +117,40 @@ def test_optional_libraries_refuses_a_parent_with_a_second_thread(tmp_path):
                            "tests/test_mod.py", "--optional-libraries"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "--optional-libraries: 2 threads after importing and collecting the tests" in proc.stderr
+
+
+def test_write_map_records_the_functions_each_test_calls_and_mapped_uses_it(tmp_path):
+    """--write-map: each test node under the functions it reached through a trampoline (a
+    test that calls nothing mutated is under none, but has its duration); --mapped then
+    runs a mutant against its function's tests alone.  A failing test writes no map."""
+    _folder(tmp_path, """
+        from fakepkg.mod import add
+
+        def test_add():
+            assert add(2, 3) == 5
+
+        def test_other():
+            assert 2 + 3 == 5
+    """)
+    proc = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "--write-map", "-t", "tests/test_mod.py"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stats = json.loads((tmp_path / "mutmut-stats.json").read_text())
+    assert stats["tests_by_mangled_function_name"] == {"fakepkg.mod.x_add": ["tests/test_mod.py::test_add"]}
+    assert sorted(stats["duration_by_test"]) == ["tests/test_mod.py::test_add", "tests/test_mod.py::test_other"]
+    assert f"mapped 2 tests to 1 functions: {tmp_path / 'mutmut-stats.json'}" in proc.stdout
+    out = tmp_path / "verdicts.json"
+    proc = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "fakepkg.mod.x_add__mutmut_1",
+                           "fakepkg.mod.x_add__mutmut_2", "--mapped", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert json.loads(out.read_text()) == {"fakepkg.mod.x_add__mutmut_1": "killed",
+                                           "fakepkg.mod.x_add__mutmut_2": "survived"}
+    assert "unmutated run of 1 test paths" in proc.stdout
+    (tmp_path / "mutmut-stats.json").unlink()
+    (tmp_path / "tests" / "test_fail.py").write_text("def test_fails():\n    assert False\n")
+    proc = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "--write-map", "-t", "tests"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no map is written" in proc.stderr
+    assert not (tmp_path / "mutmut-stats.json").exists()
+    proc = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "--write-map"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--write-map takes the tests to map (-t) and no mutants" in proc.stderr

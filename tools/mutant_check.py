@@ -5,6 +5,7 @@
     python tools/mutant_check.py mutants "refprune.bridges.*" -t tests/test_bridges.py --optional-libraries
     python tools/mutant_check.py mutants "refprune.nested.*" --mapped --tests-from . --json out.json
     python tools/mutant_check.py mutants --rerun out.json --status survived -t tests/test_new.py
+    python tools/mutant_check.py mutants --write-map -t tests/test_cli.py tests/test_cli_mutants.py
 
 Mutants are named as mutmut names them (``refprune.nested.x_as_array__mutmut_4``; a method
 is ``xǁClassǁmethod``) or matched by ``fnmatch`` patterns; they are listed from the
@@ -26,7 +27,10 @@ How a verdict relates to mutmut's (docs/testing.md, "Mutation testing"):
   arguments (``-x -q -p no:randomly -p no:random-order``, then ``pytest_add_cli_args`` of the
   folder's ``setup.cfg``, whose ``-k`` leaves out the tests that start worker processes).
   ``--mapped`` adds the tests mutmut maps to the mutant's function
-  (``mutants/mutmut-stats.json``), fastest first as mutmut orders them.  Without it the tests
+  (``mutants/mutmut-stats.json``), fastest first as mutmut orders them.  ``--write-map``
+  writes that file for the tests given, as mutmut's first pass maps them (its trampolines'
+  "stats" mode), without a ``mutmut run``: a whole suite's first pass takes minutes, a few
+  test files' seconds.  Without it the tests
   are the ones given, so a kill here by a test mutmut does not map to the function would
   not be mutmut's kill (mutmut maps a test once, when it first appears).
 - **A CPU-time limit** as mutmut's: ``RLIMIT_CPU``, by default
@@ -280,6 +284,47 @@ class Runner:
         return proc.pid
 
 
+_MAP_DRIVER = """\
+import json, os, sys, time
+sys.path.insert(0, os.getcwd())
+os.environ["MUTANT_UNDER_TEST"] = "stats"
+import mutmut.mutation.trampoline as t, pytest
+hits, by_function, duration = set(), {}, {}
+t.record_trampoline_hit = lambda name, caller=None: hits.add(name)
+
+class Map:
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        hits.clear()
+        start = time.perf_counter()
+        yield
+        duration[item.nodeid] = time.perf_counter() - start
+        for name in hits:
+            by_function.setdefault(name, []).append(item.nodeid)
+
+spec = json.loads(sys.argv[1])
+code = int(pytest.main(spec["args"], plugins=[Map()]))
+if code == 0:
+    with open(spec["out"], "w", encoding="utf-8") as fh:
+        json.dump(dict(tests_by_mangled_function_name=by_function, duration_by_test=duration), fh)
+sys.exit(code)
+"""
+
+
+def write_map(mutants, tests):
+    """Map ``tests`` to the mutated functions each one calls and write the map as
+    ``mutants/mutmut-stats.json``, the file ``--mapped`` reads.  The map is made as mutmut's
+    own first pass makes it (every trampoline records its function under
+    ``MUTANT_UNDER_TEST=stats``), in a new interpreter, without ``-x``, so that every test
+    is mapped; nothing is written when a test fails.  Returns pytest's exit code."""
+    args = [a for a in pytest_args(mutants) if a != "-x"] + list(tests)
+    spec = json.dumps(dict(args=args, out=str(Path(mutants) / "mutmut-stats.json")))
+    env = dict(os.environ)
+    env.pop(_OPTIONAL_ENV, None)
+    return subprocess.run([sys.executable, "-c", _MAP_DRIVER, spec], cwd=mutants, env=env,
+                          stdout=subprocess.DEVNULL).returncode
+
+
 def threads_of_this_process():
     """The process's thread count as Linux counts it (``/proc/self/task``); None elsewhere."""
     try:
@@ -305,6 +350,8 @@ def main(argv=None):
     p.add_argument("names", nargs="*", help="mutant names or fnmatch patterns")
     p.add_argument("-t", "--tests", nargs="+", default=[], help="test files or node ids, relative to the folder")
     p.add_argument("--mapped", action="store_true", help="add the tests mutmut maps to each mutant's function")
+    p.add_argument("--write-map", action="store_true",
+                   help="map the tests given by -t to the functions they call (mutants/mutmut-stats.json) and stop")
     p.add_argument("--fresh-process", action="store_true", help="a new interpreter per mutant (torch and JAX importable)")
     p.add_argument("--optional-libraries", action="store_true",
                    help="forked children, torch and JAX importable, one thread (--fresh-process's verdicts, faster)")
@@ -322,6 +369,17 @@ def main(argv=None):
     out_json = Path(a.json).resolve() if a.json else None  # the forked mode changes into the folder
     if not (mutants / "setup.cfg").exists():
         p.error(f"{a.mutants} is not a mutmut mutants folder (no setup.cfg)")
+    if a.write_map:
+        if not a.tests or a.names or a.rerun:
+            p.error("--write-map takes the tests to map (-t) and no mutants")
+        code = write_map(mutants, a.tests)
+        if code != 0:
+            print(f"mutant_check: the tests do not pass unmutated (exit {code}); no map is written", file=sys.stderr)
+            return 2
+        stats = json.loads((mutants / "mutmut-stats.json").read_text(encoding="utf-8"))
+        print(f"mapped {len(stats['duration_by_test'])} tests to {len(stats['tests_by_mangled_function_name'])} "
+              f"functions: {mutants / 'mutmut-stats.json'}")
+        return 0
     all_names = list_mutants(mutants)
     patterns = list(a.names)
     if a.rerun:
