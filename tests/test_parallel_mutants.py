@@ -3,7 +3,8 @@ count's fall-back, the BLAS thread limit (``threadpoolctl`` replaced by a stand-
 module, or made absent), a worker's start-up routine called here as the pool would call
 it in each worker, :class:`WorkerPool`'s construction with the process pool's own
 constructor replaced, and :meth:`WorkerPool.stop` against stand-in processes and a
-stand-in clock (docs/derivations.md §11.1).  The tests that start real workers are in
+stand-in clock (docs/derivations.md §11.1), and :class:`ClientTasks` on stand-in tasks
+of a cluster client.  The tests that start real workers are in
 ``tests/test_store_workers.py``; these run under mutmut too."""
 
 import concurrent.futures as cf
@@ -106,7 +107,8 @@ def no_processes(monkeypatch):
     return given
 
 
-def test_worker_pool_hands_its_start_up_to_the_process_pool(no_processes, monkeypatch):
+def test_worker_pool_hands_its_start_up_to_the_executor_it_extends(no_processes, monkeypatch):
+    # (not named after the process pool: setup.cfg's mutmut selection leaves such names out)
     monkeypatch.setattr(parallel, "available_cores", lambda: 7)
     inits = []
     pool = parallel.WorkerPool(3, initializer=lambda *a: inits.append(a), initargs=["a", 2])
@@ -265,3 +267,73 @@ def test_progress_counts_the_time_since_the_start(monkeypatch, capsys):
     assert got == [("a", 1), ("b", 5)]
     assert capsys.readouterr().err.splitlines() == ["f: block 1/2 (a) done [1.0 s, about 1 s left]",
                                                      "f: block 2/2 (b) done [2.0 s, about 0 s left]"]
+
+
+# ---- a cluster client's tasks as concurrent futures -------------------------------------
+
+class _Client:
+    """A cluster client's ``submit`` as :class:`ClientTasks` uses it: the call is recorded
+    and the task the test set up is returned."""
+
+    def __init__(self, task):
+        self.task, self.calls = task, []
+
+    def submit(self, fn, *args, **kwargs):
+        self.calls.append((fn, args, kwargs))
+        return self.task
+
+
+class _LostResult:
+    """A task that ended without an exception whose result cannot be brought back."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def cancelled(self):
+        return False
+
+    def exception(self):
+        return None
+
+    def result(self):
+        raise self.error
+
+    def add_done_callback(self, fn):
+        fn(self)
+
+
+def test_client_tasks_futures_end_as_their_tasks():
+    """Each call reaches the client impure with all its arguments; the future is running
+    at once and ends with the task's result, the task's own exception, a
+    ``CancelledError`` naming a task the cluster cancelled, or the error of a result lost
+    on its way back.  Cancelling the future cancels the task (and reports that the future
+    itself is not cancelled: the task decides); shutdown leaves the client open."""
+    def f(*args, **kwargs):
+        raise AssertionError("run by the cluster, never here")
+
+    task = cf.Future()
+    client = _Client(task)
+    tasks = parallel.ClientTasks(client)
+    future = tasks.submit(f, 1, 2, block="b")
+    assert client.calls == [(f, (1, 2), {"pure": False, "block": "b"})]
+    assert future.running() and not future.done()
+    task.set_result(7)
+    assert future.result(timeout=0) == 7
+    tasks.shutdown()
+    assert tasks.client is client
+
+    error = ValueError("inside the task")
+    task = cf.Future()
+    future = parallel.ClientTasks(_Client(task)).submit(f)
+    task.set_exception(error)
+    assert future.exception(timeout=0) is error
+
+    task = cf.Future()
+    future = parallel.ClientTasks(_Client(task)).submit(f)
+    assert future.cancel() is False and task.cancelled()
+    cancelled = future.exception(timeout=0)
+    assert type(cancelled) is cf.CancelledError and str(cancelled) == f"the cluster cancelled the task {task!r}"
+
+    lost = OSError("the result could not be unpickled")
+    future = parallel.ClientTasks(_Client(_LostResult(lost))).submit(f)
+    assert future.exception(timeout=0) is lost
