@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import types
+import warnings
 
 import pytest
 
@@ -337,3 +338,160 @@ def test_client_tasks_futures_end_as_their_tasks():
     lost = OSError("the result could not be unpickled")
     future = parallel.ClientTasks(_Client(_LostResult(lost))).submit(f)
     assert future.exception(timeout=0) is lost
+
+
+def test_sharing_through_a_cluster_client_hides_only_its_large_graph_warning():
+    """``sharer``: on a cluster client each array is submitted once, impure, as the data of
+    a task that returns it (``None`` is not sent); distributed's "Sending large graph"
+    warning, expected there, is hidden, and any other warning of the call still shows."""
+    class Client:
+        def __init__(self):
+            self.calls = []
+
+        def submit(self, fn, *args, **kwargs):
+            self.calls.append((fn, args, kwargs))
+            warnings.warn("Sending large graph of size 80.00 MiB.", UserWarning)
+            warnings.warn("another warning of the client", UserWarning)
+            return fn(*args)
+
+    Client.__module__ = "distributed.client"
+    client, a = Client(), object()
+    share = parallel.sharer(client)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert share(a) is a and share(None) is None
+    assert client.calls == [(parallel._held, (a,), {"pure": False})]
+    assert [str(w.message) for w in seen] == ["another warning of the client"]
+    assert parallel.sharer(None)(a) is a
+
+
+def test_a_chain_run_here_hands_each_shards_result_to_the_next():
+    """``_chain_here`` (a chained run without an executor): the first part is called with
+    its own arguments, each next one with its arguments and the previous result."""
+    def first(a):
+        return ("first", a)
+
+    def then(a, previous):
+        return ("then", a, previous)
+
+    assert parallel._chain_here([(first, (1,))]) == ("first", 1)
+    assert parallel._chain_here([(first, (1,)), (then, (2,)), (then, (3,))]) == \
+        ("then", 3, ("then", 2, ("first", 1)))
+
+
+def test_chain_window_is_the_workers_plus_one():
+    """A cluster client's threads summed over its workers, or a pool's ``max_workers``,
+    plus one; ``None`` for an executor that tells neither or tells no worker."""
+    class Client:
+        def nthreads(self):
+            return {"tcp://a": 2, "tcp://b": 1}
+
+        def submit(self, *args, **kwargs):
+            raise AssertionError("not called")
+
+    Client.__module__ = "distributed.client"
+    assert parallel.chain_window(Client()) == 4
+
+    def pool(workers):
+        ex = cf.Executor()
+        ex._max_workers = workers
+        return ex
+
+    assert [parallel.chain_window(pool(w)) for w in (1, 2, 5)] == [2, 3, 6]
+    assert [parallel.chain_window(pool(w)) for w in (0, -1, 2.0, None)] == [None] * 4
+    assert parallel.chain_window(cf.Executor()) is None
+
+
+# ---- run: chains, restarts, the window ---------------------------------------------------
+
+class _Recording(cf.Executor):
+    """Runs each task at submission and records ``(fn's name, args)`` of every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, fn, *args):
+        self.calls.append((fn.__name__, args))
+        fut = cf.Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:
+            fut.set_exception(e)
+        return fut
+
+
+def _part(tag):
+    return tag
+
+
+def _next(tag, previous):
+    return previous + [tag]
+
+
+def _chains(blocks, parts):
+    """Jobs of ``blocks`` blocks of ``parts`` shards each: the first part returns ``[tag]``
+    (as a list), each next one appends its tag to what it is handed."""
+    return [(b, [(lambda t: [t], (f"{b}{i}",)) if i == 0 else (_next, (f"{b}{i}",)) for i in range(parts)])
+            for b in blocks]
+
+
+def test_a_chained_run_hands_each_part_its_predecessor_and_keeps_the_window():
+    """``run(..., chained=True)``: part ``i + 1`` is called with part ``i``'s result and
+    ``consume`` gets the last one, with or without an executor; with ``window=1`` a block's
+    chain ends before the next block's starts, with ``window=2`` two are in flight."""
+    for executor in (None, _Recording()):
+        got = []
+        parallel.run(executor, _chains("AB", 3), lambda k, v: got.append((k, v)), False, "f", chained=True)
+        assert got == [("A", ["A0", "A1", "A2"]), ("B", ["B0", "B1", "B2"])]
+    ex = _Recording()
+    parallel.run(ex, _chains("AB", 2), lambda k, v: None, False, "f", chained=True, window=1)
+    assert [args[0] for _, args in ex.calls] == ["A0", "A1", "B0", "B1"]
+    ex = _Recording()
+    parallel.run(ex, _chains("ABC", 2), lambda k, v: None, False, "f", chained=True, window=2)
+    # A and B start; each second part follows its first; C starts once A is consumed
+    assert [args[0] for _, args in ex.calls] == ["A0", "B0", "A1", "B1", "C0", "C1"]
+
+
+def test_a_stale_part_starts_its_chain_again_at_most_chain_restarts_times():
+    """A part raising ``StaleBlockError`` restarts its block from the first part; the
+    restarts are counted per block, and the ``CHAIN_RESTARTS + 1``-th is raised."""
+    assert parallel.CHAIN_RESTARTS == 3
+    for stale in (0, 1, 3, 4):
+        left = {"A": stale, "B": 1}
+
+        def flaky(key, previous):
+            if left[key]:
+                left[key] -= 1
+                raise store.StaleBlockError(f"{key} found the store changed")
+            return previous + ["end"]
+
+        jobs = [(k, [(lambda t: [t], (k,)), (flaky, (k,))]) for k in "AB"]
+        ex, got = _Recording(), []
+        if stale > 3:
+            with pytest.raises(store.StaleBlockError, match="^A found the store changed$"):
+                parallel.run(ex, jobs, lambda k, v: got.append((k, v)), False, "f", chained=True, window=1)
+            assert [a for _, a in ex.calls] == [("A",), ("A", ["A"])] * 4
+            continue
+        parallel.run(ex, jobs, lambda k, v: got.append((k, v)), False, "f", chained=True, window=1)
+        assert got == [("A", ["A", "end"]), ("B", ["B", "end"])]
+        assert [a for _, a in ex.calls] == [("A",), ("A", ["A"])] * (stale + 1) + [("B",), ("B", ["B"])] * 2
+
+
+def test_a_block_finished_first_is_consumed_while_another_still_runs():
+    """``run`` takes each part as soon as it is back (``FIRST_COMPLETED``): block B's
+    consumption lets block A's task finish; waiting for every task first would keep A
+    waiting until its 5 s safety timeout."""
+    released = threading.Event()
+
+    def slow():
+        return "released" if released.wait(timeout=5) else "waited in vain"
+
+    got = {}
+
+    def consume(key, value):
+        got[key] = value
+        released.set()
+
+    with cf.ThreadPoolExecutor(2) as ex:
+        parallel.run(ex, [("A", [(slow, ())]), ("B", [(_part, ("b",))])], consume, False, "f")
+    assert got == {"A": "released", "B": "b"}

@@ -162,7 +162,8 @@ class ClientTasks(cf.Executor):
     impure (``pure=False``): a task that writes the store must run each time it is
     submitted, while a pure task's key is a hash of its arguments, so a block's chain
     started again after a :class:`StaleBlockError` could get its first run's result back
-    without running.  The client belongs to the caller: ``shutdown`` leaves it open."""
+    without running.  The client belongs to the caller: ``shutdown`` (``Executor``'s own,
+    which does nothing) leaves it open."""
 
     def __init__(self, client):
         self.client = client
@@ -175,20 +176,15 @@ class ClientTasks(cf.Executor):
             if t.cancelled():
                 future.set_exception(cf.CancelledError(f"the cluster cancelled the task {t!r}"))
                 return
-            error = t.exception()
-            if error is not None:
-                future.set_exception(error)
+            try:
+                result = t.result()
+            except BaseException as e:  # the task's own exception, or its result lost on the way back
+                future.set_exception(e)
             else:
-                try:
-                    future.set_result(t.result())
-                except BaseException as e:  # the result lost on its way back
-                    future.set_exception(e)
+                future.set_result(result)
 
         task.add_done_callback(done)
         return future
-
-    def shutdown(self, wait=True, *, cancel_futures=False):
-        pass
 
 
 class _TaskFuture(cf.Future):
@@ -245,7 +241,7 @@ def sharer(executor):
             with warnings.catch_warnings():
                 # the array is in the graph on purpose, once per call: that is what lets the
                 # scheduler compute it again (distributed warns above 10 MB)
-                warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+                warnings.filterwarnings("ignore", message=_LARGE_GRAPH, category=UserWarning)
                 # pure=False: a key of its own for each call; with keys from the contents, a
                 # second call with the same data could share a key that the first call's
                 # release then deletes
@@ -253,6 +249,10 @@ def sharer(executor):
 
         return share
     return lambda a: a
+
+
+#: the start of distributed's warning that a task's data is large, hidden by :func:`sharer`
+_LARGE_GRAPH = "Sending large graph"
 
 
 def _held(a):
@@ -281,9 +281,10 @@ CHAIN_RESTARTS = 3
 
 
 def _chain_here(parts):
-    result = None
-    for i, (fn, args) in enumerate(parts):
-        result = fn(*args) if i == 0 else fn(*args, result)
+    (fn, args), rest = parts[0], parts[1:]
+    result = fn(*args)
+    for fn, args in rest:
+        result = fn(*args, result)
     return result
 
 
@@ -367,17 +368,17 @@ def run(executor, jobs, consume, progress, name, on_lost=None, chained=False, wi
                     if restarts[key] > CHAIN_RESTARTS:
                         raise
                     submit(key, 0)
-                    continue
-                if chained and i + 1 < len(parts_of[key]):
-                    submit(key, i + 1, result)
-                    continue
-                results[key][i] = result
-                if chained or all(r is not None for r in results[key]):
-                    parts = results.pop(key)
-                    consume(key, parts[-1] if chained else _sum_in_order(parts))
-                    done += 1
-                    report(key)
-                    start_blocks()
+                else:
+                    if chained and i + 1 < len(parts_of[key]):
+                        submit(key, i + 1, result)
+                    else:
+                        results[key][i] = result
+                        if chained or all(r is not None for r in results[key]):
+                            parts = results.pop(key)
+                            consume(key, parts[-1] if chained else _sum_in_order(parts))
+                            done += 1
+                            report(key)
+                            start_blocks()
     except BrokenProcessPool:
         for fut in pending:
             fut.cancel()
