@@ -109,3 +109,44 @@ def test_a_gaussian_draw_is_the_mean_plus_the_scaled_normal():
     z = np.random.default_rng(4).standard_normal((3, 2, 2))
     got = rp.MSELoss().sample(f, np.random.default_rng(4), 3)
     assert np.array_equal(got, f[None] + np.sqrt(0.5) * z)  # variance 1/2: docs/conventions.md §3
+
+
+def test_the_draws_name_themselves_when_their_caller_gives_no_name():
+    """``draw_targets`` and ``loss_curvature_matvec`` name the public function in a refusal
+    when it passes ``where``; called without it (the conformance zoo, the block tasks) they
+    name themselves."""
+    from refprune import derivatives
+    from refprune.checks import validate
+    from refprune.curvature.output_factors import draw_targets
+
+    model = rp.Sequential(rp.Linear(2, 3))
+    params = model.init(0)
+    X = np.zeros((4, 2))
+    inp = validate(model, params, X, np.array([0, 1, 2, 0]), rp.CrossEntropyLoss())
+    with pytest.raises(ValueError) as err:
+        draw_targets(inp, model(params, X), 0, 0)
+    assert str(err.value).startswith("draw_targets: samples must be ")
+    with pytest.raises(ValueError) as err:
+        derivatives.loss_curvature_matvec(inp, "hessian", targets=np.zeros((1, 4), dtype=np.int64))
+    assert str(err.value) == "loss_curvature_matvec: targets= is for curvature='mc_fisher', got curvature='hessian'"
+
+
+def test_the_monte_carlo_curvature_runs_no_forward_pass_it_does_not_need(monkeypatch):
+    """``loss_curvature_matvec(..., "mc_fisher")`` runs the network only to draw targets:
+    not when the caller's targets are given, nor when the outputs ``f_all`` are."""
+    from refprune import derivatives
+    from refprune.checks import validate
+
+    model = rp.Sequential(rp.Linear(2, 3))
+    params = model.init(0)
+    X = np.random.default_rng(0).standard_normal((4, 2))
+    inp = validate(model, params, X, np.array([0, 1, 2, 0]), rp.CrossEntropyLoss())
+    f_all = model(params, X)
+    calls = []
+    real = derivatives.forward
+    monkeypatch.setattr(derivatives, "forward", lambda inp: calls.append(1) or real(inp))
+    derivatives.loss_curvature_matvec(inp, "mc_fisher", targets=np.array([[0, 1, 2, 0]]))
+    derivatives.loss_curvature_matvec(inp, "mc_fisher", samples=2, seed=0, f_all=f_all)
+    assert calls == []
+    derivatives.loss_curvature_matvec(inp, "mc_fisher", samples=2, seed=0)
+    assert calls == [1]
