@@ -30,11 +30,15 @@ def as_array(a, name, path=None):
     and the first row that differs (as ``path[i]``, ``path`` defaulting to ``name``)."""
     try:
         arr = np.asarray(a)
-    except ValueError:
-        arr = None
-    # NumPy >= 1.24 raises on a ragged list; older versions made an object array of it
-    if isinstance(a, (list, tuple)) and (arr is None or arr.dtype == object):
-        where = ragged_place(a, name if path is None else path)
-        if where is not None:
-            raise ValueError(f"{name} is a ragged nested list: {where}; every row must have the same shape")
-    return np.asarray(a) if arr is None else arr  # (again, to raise NumPy's own error)
+    except ValueError:  # NumPy >= 1.24 on a ragged list, or any other list it refuses
+        _refuse_ragged(a, name, path)
+        raise  # not ragged: NumPy's own error
+    if arr.dtype == object:  # NumPy < 1.24 made an object array of a ragged list
+        _refuse_ragged(a, name, path)
+    return arr
+
+
+def _refuse_ragged(a, name, path):
+    where = ragged_place(a, name if path is None else path)
+    if where is not None:
+        raise ValueError(f"{name} is a ragged nested list: {where}; every row must have the same shape") from None

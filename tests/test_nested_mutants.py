@@ -64,3 +64,16 @@ def test_an_object_array_made_of_a_ragged_list_is_refused_as_numpy_before_1_24_m
     # a rectangular list of objects stays an object array, as NumPy made it
     out = as_array([None, "a"], "X")
     assert out.dtype == object and list(out) == [None, "a"]
+
+
+@pytest.mark.parametrize("a", [[[1.0, 2.0], [3.0, 4.0]], (1, 2, 3), np.arange(6.0).reshape(2, 3), 2.5,
+                               np.array([None, "a"], dtype=object)])
+def test_no_ragged_search_for_what_numpy_reads_as_numbers_or_what_is_not_a_list(a, monkeypatch):
+    """The search for a ragged row walks the whole nested list: it runs only when NumPy
+    refused the input or made an object array of it, and finds nothing outside lists."""
+    searched = []
+    real = nested.ragged_place
+    monkeypatch.setattr(nested, "ragged_place", lambda a, path: searched.append(path) or real(a, path))
+    out = as_array(a, "X")
+    assert searched == ([] if out.dtype != object else ["X"])
+    assert out is a if isinstance(a, np.ndarray) else np.array_equal(out, np.asarray(a))

@@ -142,7 +142,7 @@ def _check_step_order(step, order, where):
             raise ValueError(f"{where}: step must be a positive finite number, got {step!r}")
 
 
-def _check_options(where, directions=None, seed=0, rtol=0.0, atol=0.0, step=None, order=4):
+def _check_options(where, directions, seed, rtol, atol, step=None, order=4):
     """Every option of a checker, checked before any evaluation; returns ``directions``."""
     _check_step_order(step, order, where)
     check_number(rtol, f"{where}: rtol")

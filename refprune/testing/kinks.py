@@ -39,7 +39,7 @@ def kink_margin(model, params, X, explain=False):
             if m < margin:
                 margin, where = m, f"layer {j} (ReLU): smallest |input| {m:.3e}"
         elif isinstance(layer, MaxPool2d):
-            win = np.sort(layer._windows(x), axis=-1)
+            win = np.sort(layer._windows(x))  # along the last axis, each window's values
             if win.shape[-1] > 1 and win.size:
                 gap = win[..., -1] - win[..., -2]
                 harmless = (win[..., -1] == 0.0) if after_relu else np.zeros(gap.shape, dtype=bool)
