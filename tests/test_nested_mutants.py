@@ -61,6 +61,9 @@ def test_an_object_array_made_of_a_ragged_list_is_refused_as_numpy_before_1_24_m
     with pytest.raises(ValueError, match=r"^X is a ragged nested list: X\[1\] has shape \(3,\) but X\[0\] has "
                                          r"shape \(2,\); every row must have the same shape$"):
         as_array([[1.0, 2.0], [3.0, 4.0, 5.0]], "X")
+    with pytest.raises(ValueError, match=r"^MSELoss: targets is a ragged nested list: y\[1\] has shape \(3,\) but "
+                                         r"y\[0\] has shape \(2,\); every row must have the same shape$"):
+        as_array([[1.0, 2.0], [3.0, 4.0, 5.0]], "MSELoss: targets", path="y")
     # a rectangular list of objects stays an object array, as NumPy made it
     out = as_array([None, "a"], "X")
     assert out.dtype == object and list(out) == [None, "a"]
@@ -77,3 +80,10 @@ def test_no_ragged_search_for_what_numpy_reads_as_numbers_or_what_is_not_a_list(
     out = as_array(a, "X")
     assert searched == ([] if out.dtype != object else ["X"])
     assert out is a if isinstance(a, np.ndarray) else np.array_equal(out, np.asarray(a))
+
+
+def test_a_ragged_row_deeper_down_is_named_by_its_whole_path():
+    with pytest.raises(ValueError) as err:
+        as_array([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0]]], "X")
+    assert str(err.value) == ("X is a ragged nested list: X[1][1] has shape (1,) but X[1][0] has shape (2,); every "
+                              "row must have the same shape")
