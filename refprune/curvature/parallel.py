@@ -223,6 +223,10 @@ def wants_tasks(executor, shards, where, block_rows=None, out=None):
     return executor is not None or shards != 1 or block_rows is not None or is_array_store(out)
 
 
+#: the start of distributed's warning that a task's data is large, hidden by :func:`sharer`
+_LARGE_GRAPH = "Sending large graph"
+
+
 def sharer(executor):
     """``share(array)``: on a dask ``Client``, the array is sent to the cluster once, as the
     data of a task that returns it (``Client.submit(_held, array, pure=False)``), and the
@@ -249,10 +253,6 @@ def sharer(executor):
 
         return share
     return lambda a: a
-
-
-#: the start of distributed's warning that a task's data is large, hidden by :func:`sharer`
-_LARGE_GRAPH = "Sending large graph"
 
 
 def _held(a):
